@@ -1,0 +1,239 @@
+//! The HTTP API v1 (DESIGN §4): one file per resource, each with its `router()`, and the
+//! pieces they share — state, the caller's identity, body and query parsing, list pages.
+
+mod error;
+mod events;
+mod health;
+mod keys;
+mod tenants;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
+use axum::http::{HeaderMap, header, request::Parts};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::auth::{self, Principal, Scope};
+use crate::event::{Catalog, FieldError};
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    /// The admin key's hash; the key itself is not kept.
+    pub admin_key_hash: Arc<str>,
+    pub max_body_bytes: usize,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(tenants::router())
+        .merge(keys::router())
+        .merge(events::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Bodies are read and limited by `json_body`, which answers 413 as problem+json.
+        .layer(DefaultBodyLimit::disable())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = auth::hash_key(key);
+        if *hash == *state.admin_key_hash {
+            return Ok(Caller(Principal::Admin));
+        }
+        match state.store.find_key(&hash).await? {
+            Some(k) => Ok(Caller(Principal::Tenant {
+                tenant_id: k.tenant_id,
+                scopes: k.scopes,
+            })),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+impl Caller {
+    /// Checks that the caller may act on `tenant` with `scope`, and that the tenant exists.
+    pub async fn allow(
+        &self,
+        state: &AppState,
+        tenant: &str,
+        scope: Scope,
+    ) -> Result<(), ApiError> {
+        self.0.allow(tenant, scope)?;
+        // A tenant key's tenant exists (its keys go with it); the admin may name any.
+        if self.0 == Principal::Admin && state.store.get_tenant(tenant).await?.is_none() {
+            return Err(ApiError::NotFound("tenant not found".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a JSON request body: 415 unless it says JSON, 413 past the limit.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::TooLarge { limit }),
+        Err(e) => Err(ApiError::Malformed(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Reads and deserializes a JSON body; type errors are 422 naming the field.
+pub async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_json_body(headers, body, state.max_body_bytes).await?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            let field = if field == "." {
+                "body".to_string()
+            } else {
+                field
+            };
+            ApiError::Invalid(vec![FieldError::new(None, field, strip_position(&inner))])
+        } else {
+            ApiError::Malformed(format!("malformed JSON: {inner}"))
+        }
+    })
+}
+
+/// serde_json appends "at line 1 column 9"; the field name says more.
+fn strip_position(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+/// Query parameters, taken one by one so that an unknown one can be refused.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn from_query(
+        q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ) -> Result<Self, ApiError> {
+        q.map(|Query(pairs)| Params(pairs))
+            .map_err(|e| ApiError::Malformed(format!("malformed query string: {e}")))
+    }
+
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Takes and parses a parameter; the message names what it should be.
+    pub fn parse<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::invalid(name, format!("must be {what}, got {v:?}"))),
+        }
+    }
+
+    /// The page size: 1–1000, default 100.
+    pub fn limit(&mut self) -> Result<u32, ApiError> {
+        match self.parse::<u32>("limit", "an integer from 1 to 1000")? {
+            None => Ok(100),
+            Some(n @ 1..=1000) => Ok(n),
+            Some(n) => Err(ApiError::invalid(
+                "limit",
+                format!("must be from 1 to 1000, got {n}"),
+            )),
+        }
+    }
+
+    /// Refuses whatever was not taken.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(ApiError::invalid(k, "unknown query parameter")),
+        }
+    }
+}
+
+/// A page of a list: `{data, next_after}`.
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_after: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// `items` was fetched with `limit + 1`: the extra one only says there is more.
+    pub fn new(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Self {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_after = if more { items.last().map(cursor) } else { None };
+        Page {
+            data: items,
+            next_after,
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC.
+pub fn rfc3339(millis: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}

@@ -1,0 +1,191 @@
+//! The one error type at the HTTP edge, answered as RFC 9457 `application/problem+json`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::Denied;
+use crate::event::FieldError;
+use crate::store::{CreateError, IngestError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{detail}")]
+    Conflict {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("content-type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged in full; the client sees an opaque message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The problem document.
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Invalid(vec![FieldError::new(None, field, message)])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+            ),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Request too large",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Validation failed",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(msg) => {
+                tracing::error!(error = %msg, "request failed");
+                "the server failed to handle the request; it has been logged".to_string()
+            }
+            ApiError::Invalid(errors) => match errors.as_slice() {
+                [one] => format!("{}: {}", one.field, one.message),
+                many => format!("{} problems; see errors", many.len()),
+            },
+            other => other.to_string(),
+        };
+        let errors = match &self {
+            ApiError::Invalid(e) | ApiError::Conflict { errors: e, .. } => e.as_slice(),
+            _ => &[],
+        };
+        let problem = Problem {
+            r#type: format!("urn:switchboard:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::OtherTenant => ApiError::NotFound("tenant not found".into()),
+            Denied::MissingScope(s) => ApiError::Forbidden(format!("this key lacks the {s} scope")),
+            Denied::AdminOnly => ApiError::Forbidden("only the admin key may do this".into()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::TenantNotFound => ApiError::NotFound("tenant not found".into()),
+            IngestError::Conflict(conflicts) => ApiError::Conflict {
+                detail: format!(
+                    "{} event(s) reuse an Id already stored with other content; nothing was stored",
+                    conflicts.len()
+                ),
+                errors: conflicts
+                    .into_iter()
+                    .map(|(index, id)| {
+                        let msg = format!("event {id} exists with different content");
+                        FieldError::new(Some(index), "Id", msg)
+                    })
+                    .collect(),
+            },
+            IngestError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Exists => ApiError::Conflict {
+                detail: "a resource with this id already exists".into(),
+                errors: vec![FieldError::new(None, "id", "already exists")],
+            },
+            CreateError::TenantNotFound => ApiError::NotFound("tenant not found".into()),
+            CreateError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `/v1/tenants/{t}/events`: ingest (publish) and the event log (read).
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{ApiError, AppState, Caller, Page, Params, read_json_body, rfc3339};
+use crate::auth::Scope;
+use crate::event::{self, ParseError, Timestamp};
+use crate::store::{Accepted, EventQuery, StoredEvent};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/events", get(list).post(publish))
+        .route("/v1/tenants/{tenant}/events/{id}", get(show))
+}
+
+#[derive(Serialize)]
+struct PublishResponse {
+    events: Vec<Accepted>,
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.allow(&state, &tenant, Scope::Publish).await?;
+    let bytes = read_json_body(&headers, body, state.max_body_bytes).await?;
+    let events = event::parse_batch(&bytes, &state.catalog).map_err(|e| match e {
+        ParseError::Malformed(e) => ApiError::Malformed(format!("malformed JSON: {e}")),
+        ParseError::Invalid(errors) => ApiError::Invalid(errors),
+    })?;
+    let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let accepted = state.store.ingest(&tenant, events).await.map_err(|e| {
+        let mut err = ApiError::from(e);
+        // A single posted object has no index to name.
+        if let (false, ApiError::Conflict { errors, .. }) = (is_array, &mut err) {
+            errors.iter_mut().for_each(|e| e.index = None);
+        }
+        err
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishResponse { events: accepted }),
+    )
+        .into_response())
+}
+
+/// An event-log item; the event is the stored canonical JSON, passed through unparsed.
+#[derive(Serialize)]
+struct LogItem {
+    sequence: i64,
+    received_at: String,
+    event: Box<RawValue>,
+}
+
+impl LogItem {
+    fn new(e: StoredEvent) -> Result<Self, ApiError> {
+        Ok(LogItem {
+            sequence: e.sequence,
+            received_at: rfc3339(e.received_at),
+            event: RawValue::from_string(e.body)
+                .map_err(|e| ApiError::Internal(format!("stored event is not JSON: {e}")))?,
+        })
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<LogItem>>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let timestamp = |p: &mut Params, name: &str| -> Result<Option<Timestamp>, ApiError> {
+        p.take(name)
+            .map(|v| Timestamp::parse(&v).map_err(|m| ApiError::invalid(name, m)))
+            .transpose()
+    };
+    let q = EventQuery {
+        after: p
+            .parse("after", "a sequence number (a non-negative integer)")?
+            .unwrap_or(0),
+        limit: limit + 1,
+        category: p.parse("category", "a category number from 0 to 255")?,
+        code: p.parse("code", "a non-negative integer")?,
+        username: p.take("username"),
+        since: timestamp(&mut p, "since")?,
+        until: timestamp(&mut p, "until")?,
+    };
+    p.finish()?;
+    if q.after < 0 {
+        return Err(ApiError::invalid("after", "must be a non-negative integer"));
+    }
+    let items = state.store.list_events(&tenant, &q).await?;
+    let items = items
+        .into_iter()
+        .map(LogItem::new)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(Page::new(items, limit, |i| i.sequence.to_string())))
+}
+
+#[derive(Serialize)]
+struct EventDetail {
+    #[serde(flatten)]
+    item: LogItem,
+    /// Filled in once subscriptions exist.
+    deliveries: Vec<serde_json::Value>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<EventDetail>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let not_found = || ApiError::NotFound(format!("event {id} not found"));
+    let uuid = Uuid::try_parse(&id).map_err(|_| not_found())?;
+    let event = state
+        .store
+        .get_event(&tenant, uuid)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(EventDetail {
+        item: LogItem::new(event)?,
+        deliveries: vec![],
+    }))
+}

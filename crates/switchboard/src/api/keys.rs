@@ -1,0 +1,109 @@
+//! `/v1/tenants/{t}/keys`: a tenant's API keys (`manage` scope). A key is shown once, at
+//! creation; only its hash is stored.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use axum::routing::{delete, get};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use crate::auth::{self, Scope};
+use crate::store::KeyRecord;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/keys", get(list).post(create))
+        .route("/v1/tenants/{tenant}/keys/{id}", delete(remove))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    scopes: Vec<Scope>,
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    name: String,
+    scopes: Vec<Scope>,
+    created_at: String,
+    /// Only in the answer to creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl KeyView {
+    fn new(k: KeyRecord, key: Option<String>) -> Self {
+        KeyView {
+            id: k.id,
+            name: k.name,
+            scopes: k.scopes,
+            created_at: rfc3339(k.created_at),
+            key,
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let mut req: CreateKey = json_body(&state, &headers, body).await?;
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+    }
+    req.scopes.sort();
+    req.scopes.dedup();
+    if req.scopes.is_empty() {
+        return Err(ApiError::invalid(
+            "scopes",
+            "must name at least one of publish, read, manage",
+        ));
+    }
+    let key = auth::generate_key("sb_");
+    let id = auth::generate_key_id();
+    let record = state
+        .store
+        .create_key(&tenant, &req.name, &req.scopes, &id, &auth::hash_key(&key))
+        .await?;
+    Ok((StatusCode::CREATED, Json(KeyView::new(record, Some(key)))))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<KeyView>>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let after = p.take("after").unwrap_or_default();
+    p.finish()?;
+    let keys = state.store.list_keys(&tenant, &after, limit + 1).await?;
+    let views = keys.into_iter().map(|k| KeyView::new(k, None)).collect();
+    Ok(Json(Page::new(views, limit, |k| k.id.clone())))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    if state.store.delete_key(&tenant, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("key {id} not found")))
+    }
+}

@@ -1,0 +1,133 @@
+//! `/v1/tenants`: the operator's tenant administration (admin key only).
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use crate::store::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", get(list).post(create))
+        .route("/v1/tenants/{tenant}", get(show).delete(remove))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    /// Defaults to the id.
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TenantView {
+    id: String,
+    name: String,
+    created_at: String,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            id: t.id,
+            name: t.name,
+            created_at: rfc3339(t.created_at),
+        }
+    }
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,62}$`
+fn valid_tenant_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len()) && ok(&b[0]) && b[1..].iter().all(|c| ok(c) || *c == b'-')
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    caller.0.require_admin()?;
+    let req: CreateTenant = json_body(&state, &headers, body).await?;
+    if !valid_tenant_id(&req.id) {
+        return Err(ApiError::invalid(
+            "id",
+            "must be 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+        ));
+    }
+    let name = req.name.unwrap_or_else(|| req.id.clone());
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+    }
+    let tenant = state.store.create_tenant(&req.id, &name).await?;
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
+    caller.0.require_admin()?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let after = p.take("after").unwrap_or_default();
+    p.finish()?;
+    let tenants = state.store.list_tenants(&after, limit + 1).await?;
+    let views = tenants.into_iter().map(TenantView::from).collect();
+    Ok(Json(Page::new(views, limit, |t| t.id.clone())))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.0.require_admin()?;
+    let found = state.store.get_tenant(&tenant).await?;
+    let found = found.ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
+    Ok(Json(found.into()))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.0.require_admin()?;
+    if state.store.delete_tenant(&tenant).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("tenant not found".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tenant_ids() {
+        for (id, ok) in [
+            ("default", true),
+            ("a", true),
+            ("0-acme", true),
+            (&"a".repeat(63), true),
+            (&"a".repeat(64), false),
+            ("", false),
+            ("-acme", false),
+            ("Acme", false),
+            ("acme_1", false),
+            ("acmé", false),
+        ] {
+            assert_eq!(super::valid_tenant_id(id), ok, "{id:?}");
+        }
+    }
+}

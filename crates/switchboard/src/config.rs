@@ -1,0 +1,283 @@
+//! The one typed configuration, layered: flags > `SWITCHBOARD_*` env > file > compiled-in
+//! defaults (`config.default.toml`, which documents every key).
+//!
+//! Layering works on TOML tables before deserializing, so every source speaks the same key names
+//! and an unknown key anywhere is an error at start rather than a silent no-op.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The documented defaults, compiled in so they cannot drift from the file users read.
+pub const DEFAULTS: &str = include_str!("../../../config.default.toml");
+
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Empty: the embedded SQLite file in `data_dir`.
+    pub database_url: String,
+    pub dev: bool,
+    /// Empty: read or generate `<data_dir>/admin.key`.
+    pub admin_key: String,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Values given on the command line; `None` leaves the key to the lower layers.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub dev: bool,
+}
+
+impl Config {
+    /// Builds the effective configuration from every layer, reading the real environment.
+    pub fn load(flags: &Overrides) -> anyhow::Result<Self> {
+        Self::load_from(flags, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(
+        flags: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table: toml::Table = DEFAULTS.parse().context("compiled-in defaults")?;
+
+        let file = match &flags.config_file {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("switchboard.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let overlay: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(
+                &mut table,
+                overlay,
+                &format!("config file {}", path.display()),
+            )?;
+        }
+
+        let mut from_env = toml::Table::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            // Variables that are not config keys (SWITCHBOARD_TEST_*, …) belong to others.
+            let Some(default) = table.get(&key) else {
+                continue;
+            };
+            let parsed = typed_like(default, &value)
+                .with_context(|| format!("environment variable {name}={value:?}"))?;
+            from_env.insert(key, parsed);
+        }
+        merge(&mut table, from_env, "environment")?;
+
+        let mut from_flags = toml::Table::new();
+        let mut set = |k: &str, v: toml::Value| {
+            from_flags.insert(k.to_string(), v);
+        };
+        if let Some(v) = &flags.listen {
+            set("listen", v.clone().into());
+        }
+        if let Some(v) = &flags.data_dir {
+            set("data_dir", v.display().to_string().into());
+        }
+        if let Some(v) = &flags.database_url {
+            set("database_url", v.clone().into());
+        }
+        if flags.dev {
+            set("dev", true.into());
+        }
+        merge(&mut table, from_flags, "flags")?;
+
+        let config: Config = table.try_into().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_body_bytes < 1024 {
+            bail!(
+                "max_body_bytes must be at least 1024, got {}",
+                self.max_body_bytes
+            );
+        }
+        if !self.database_url.is_empty() && !self.database_url.starts_with("sqlite:") {
+            bail!(
+                "database_url {:?} is not supported: use \"sqlite://PATH\" or leave it empty",
+                self.database_url
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the embedded database lives, when it is the embedded one.
+    pub fn sqlite_path(&self) -> PathBuf {
+        match self.database_url.strip_prefix("sqlite:") {
+            Some(rest) => PathBuf::from(rest.trim_start_matches("//")),
+            None => self.data_dir.join("switchboard.db"),
+        }
+    }
+
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.data_dir.join("admin.key")
+    }
+
+    /// The effective configuration as TOML, secrets masked, for `switchboard config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.admin_key.is_empty() {
+            shown.admin_key = "********".into();
+        }
+        if let Some((scheme, _)) = shown.database_url.split_once('@') {
+            shown.database_url = format!("{scheme}@********");
+        }
+        toml::to_string(&shown).unwrap_or_default()
+    }
+
+    /// A configuration for tests and tools: defaults, a data dir, loopback on port 0.
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        let flags = Overrides {
+            data_dir: Some(data_dir.to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        Self::load_from(&flags, std::iter::empty()).expect("defaults are valid")
+    }
+}
+
+/// Lays `overlay` over `base`, refusing keys the defaults do not know.
+fn merge(base: &mut toml::Table, overlay: toml::Table, source: &str) -> anyhow::Result<()> {
+    for (key, value) in overlay {
+        if !base.contains_key(&key) {
+            let known: Vec<_> = base.keys().map(String::as_str).collect();
+            bail!(
+                "{source}: unknown key {key:?}; known keys: {}",
+                known.join(", ")
+            );
+        }
+        base.insert(key, value);
+    }
+    Ok(())
+}
+
+/// Reads an environment string as the TOML type the key has by default.
+fn typed_like(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
+    Ok(match default {
+        toml::Value::Boolean(_) => match raw {
+            "1" | "true" | "yes" | "on" => true.into(),
+            "0" | "false" | "no" | "off" | "" => false.into(),
+            _ => bail!("expected true or false"),
+        },
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .context("expected an integer")?
+            .into(),
+        _ => raw.to_string().into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::load_from(&Overrides::default(), env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(
+            c.sqlite_path(),
+            PathBuf::from("./switchboard-data/switchboard.db")
+        );
+        assert!(!c.dev);
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmax_body_bytes = 2048\ndev = true\n",
+        )
+        .unwrap();
+        let mut flags = Overrides {
+            config_file: Some(file),
+            ..Overrides::default()
+        };
+        let e = env(&[
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:2"),
+            ("SWITCHBOARD_ADMIN_KEY", "secret"),
+            ("SWITCHBOARD_TEST_DATABASE_URL", "ignored"),
+            ("OTHER", "x"),
+        ]);
+        let c = Config::load_from(&flags, e.clone()).unwrap();
+        assert_eq!(c.listen.port(), 2, "env beats file");
+        assert_eq!(c.max_body_bytes, 2048, "file beats defaults");
+        assert!(c.dev);
+        assert_eq!(c.admin_key, "secret");
+        assert!(c.to_masked_toml().contains("admin_key = \"********\""));
+        flags.listen = Some("127.0.0.1:3".into());
+        assert_eq!(
+            Config::load_from(&flags, e).unwrap().listen.port(),
+            3,
+            "flag beats env"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_clearly() {
+        let err = |flags: &Overrides, e: &[(&str, &str)]| {
+            format!("{:#}", Config::load_from(flags, env(e)).unwrap_err())
+        };
+        let none = Overrides::default();
+        assert!(err(&none, &[("SWITCHBOARD_DEV", "maybe")]).contains("SWITCHBOARD_DEV"));
+        assert!(
+            err(&none, &[("SWITCHBOARD_MAX_BODY_BYTES", "big")]).contains("expected an integer")
+        );
+        assert!(err(&none, &[("SWITCHBOARD_LISTEN", "nowhere")]).contains("invalid configuration"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Overrides::default()
+        };
+        assert!(err(&flags, &[]).contains("unknown key \"lisen\""));
+        let pg = Overrides {
+            database_url: Some("mysql://x".into()),
+            ..Overrides::default()
+        };
+        assert!(err(&pg, &[]).contains("not supported"));
+    }
+}

@@ -1,0 +1,92 @@
+//! The `switchboard` binary: flags → config → telemetry → run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use switchboard::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Webhooks for contact centers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API (and, later, the dispatcher).
+    Serve(ConfigArgs),
+    /// Print the effective configuration, secrets masked.
+    Config(ConfigArgs),
+}
+
+/// Every flag also has an environment variable SWITCHBOARD_<NAME> and a key in the config file.
+#[derive(Args)]
+struct ConfigArgs {
+    /// Address to listen on [env: SWITCHBOARD_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data directory [env: SWITCHBOARD_DATA_DIR] [default: ./switchboard-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL; empty for the embedded SQLite file in the data dir [env: SWITCHBOARD_DATABASE_URL]
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Local development: allow receivers on loopback [env: SWITCHBOARD_DEV]
+    #[arg(long)]
+    dev: bool,
+    /// Config file [default: ./switchboard.toml if it exists]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        Config::load(&Overrides {
+            config_file: self.config,
+            listen: self.listen,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            dev: self.dev,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Config(args) => {
+            print!("{}", args.load()?.to_masked_toml());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let config = args.load()?;
+            switchboard::telemetry::init(&config)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            // Scripts and tests read this line to learn the port when listening on port 0.
+            println!("switchboard listening on http://{}", listener.local_addr()?);
+            switchboard::run(config, listener, shutdown_signal()).await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
