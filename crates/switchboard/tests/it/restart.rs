@@ -1,0 +1,157 @@
+//! Durability: what was acknowledged survives a graceful restart and a SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::support::TestApp;
+use crate::support::app::{ADMIN_KEY, agent_event, guid};
+
+#[tokio::test]
+async fn events_survive_a_graceful_restart() {
+    let app = TestApp::spawn().await;
+    let batch: Vec<Value> = (0..100)
+        .map(|i| agent_event(&guid(), 1, &format!("u{i}")))
+        .collect();
+    app.publish_ok("default", &Value::Array(batch.clone()))
+        .await;
+    let before = app.all_events("default").await;
+    let dir = app.stop().await;
+
+    let app = TestApp::spawn_in(dir).await;
+    assert_eq!(app.all_events("default").await, before);
+    // Sequences continue where they stopped.
+    let next = app
+        .publish_ok("default", &agent_event(&guid(), 1, "after"))
+        .await;
+    assert_eq!(next[0]["sequence"], 101);
+}
+
+/// The real binary as a child process, so it can be SIGKILLed.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+            .env("SWITCHBOARD_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start switchboard");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("switchboard listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, base }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Producers keep posting while the server is SIGKILLed; every event that got a 202 is there
+/// after the restart.
+#[tokio::test]
+async fn acknowledged_events_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/tenants/default/events", server.base);
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let killed = Arc::new(AtomicBool::new(false));
+
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let (client, url, acked, killed) =
+            (client.clone(), url.clone(), acked.clone(), killed.clone());
+        producers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !killed.load(Ordering::SeqCst) {
+                let event = agent_event(&guid(), 1, &format!("p{p}-{i}"));
+                i += 1;
+                let Ok(r) = client
+                    .post(&url)
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&event)
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                if r.status() == StatusCode::ACCEPTED {
+                    acked
+                        .lock()
+                        .await
+                        .push(event["Id"].as_str().unwrap().to_string());
+                }
+            }
+        }));
+    }
+    // Kill as soon as enough have been acknowledged, while requests are still in flight.
+    loop {
+        if acked.lock().await.len() >= 400 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    killed.store(true, Ordering::SeqCst);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() >= 400);
+
+    let server = Server::start(dir.path());
+    let mut stored = std::collections::HashSet::new();
+    let mut after = 0;
+    loop {
+        let page: Value = client
+            .get(format!(
+                "{}/v1/tenants/default/events?limit=1000&after={after}",
+                server.base
+            ))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["data"].as_array().unwrap() {
+            stored.insert(item["event"]["Id"].as_str().unwrap().to_string());
+            after = item["sequence"].as_i64().unwrap();
+        }
+        if page["next_after"].is_null() {
+            break;
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost: {lost:?}",
+        lost.len()
+    );
+}

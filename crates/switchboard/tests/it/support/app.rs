@@ -1,0 +1,216 @@
+//! `TestApp`: the server running in-process on 127.0.0.1:0 with its own data dir, and helpers
+//! to talk to it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use switchboard::config::Config;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_KEY: &str = "sb_admin_test_key";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// Kept so the data dir lives as long as the app (and across restarts).
+    pub dir: TempDir,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// The configuration tests run with: defaults, a data dir, loopback on port 0.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::for_data_dir(data_dir);
+    config.admin_key = ADMIN_KEY.into();
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_in(tempfile::tempdir().expect("temp dir")).await
+    }
+
+    /// Starts the server on an existing data dir (a restart).
+    pub async fn spawn_in(dir: TempDir) -> Self {
+        Self::spawn_with(dir, test_config).await
+    }
+
+    pub async fn spawn_with(dir: TempDir, config: impl FnOnce(&Path) -> Config) -> Self {
+        let config = config(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(switchboard::run(config, listener, async {
+            let _ = stop.await;
+        }));
+        let app = TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            dir,
+            shutdown,
+            server,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    /// The listener is bound before `run` starts, so the first request simply waits in the
+    /// accept queue until the store is open; no polling needed.
+    async fn wait_ready(&self) {
+        let ready = self.client.get(self.url("/readyz")).send().await;
+        match ready {
+            Ok(r) if r.status() == StatusCode::OK => {}
+            other => panic!("server at {} is not ready: {other:?}", self.addr),
+        }
+    }
+
+    /// Graceful shutdown; hands back the data dir for a restart.
+    pub async fn stop(self) -> TempDir {
+        let _ = self.shutdown.send(());
+        self.server
+            .await
+            .expect("server task")
+            .expect("server ran cleanly");
+        self.dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with a bearer key and, if given, a JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.call(Method::GET, path, key, None).await
+    }
+
+    /// Posts events to `tenant` as the admin.
+    pub async fn publish(&self, tenant: &str, body: &Value) -> Response {
+        self.call(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/events"),
+            ADMIN_KEY,
+            Some(body),
+        )
+        .await
+    }
+
+    /// Posts events that must be accepted; returns the `events` array of the 202.
+    pub async fn publish_ok(&self, tenant: &str, body: &Value) -> Vec<Value> {
+        let r = self.publish(tenant, body).await;
+        let status = r.status();
+        let answer: Value = r.json().await.expect("json answer");
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        answer["events"].as_array().expect("events array").clone()
+    }
+
+    /// The whole event log of a tenant, walked page by page.
+    pub async fn all_events(&self, tenant: &str) -> Vec<Value> {
+        self.events_where(tenant, "").await
+    }
+
+    /// The event log filtered by a query string such as `category=1&code=2`.
+    pub async fn events_where(&self, tenant: &str, filter: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let path = format!("/v1/tenants/{tenant}/events?limit=1000&{filter}{after}");
+            let page = json_ok(self.get(&path, ADMIN_KEY).await).await;
+            out.extend(page["data"].as_array().expect("data").iter().cloned());
+            match page["next_after"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => return out,
+            }
+        }
+    }
+
+    pub async fn create_tenant(&self, id: &str) {
+        let r = self
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                ADMIN_KEY,
+                Some(&json!({"id": id, "name": id})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+
+    /// Creates a key on `tenant` with `scopes`; returns the secret key.
+    pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let body = json!({"name": "test", "scopes": scopes});
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/keys"),
+                ADMIN_KEY,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.expect("json");
+        v["key"].as_str().expect("key").to_string()
+    }
+}
+
+/// Asserts 200 and returns the JSON body.
+pub async fn json_ok(r: Response) -> Value {
+    let status = r.status();
+    let body: Value = r.json().await.expect("json answer");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Asserts a problem+json answer with `status`; returns the document.
+pub async fn problem(r: Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert_eq!(ct, "application/problem+json");
+    let doc: Value = r.json().await.expect("problem json");
+    assert_eq!(doc["status"], status.as_u16());
+    assert!(doc["type"].is_string() && doc["title"].is_string() && doc["detail"].is_string());
+    doc
+}
+
+/// A valid Agent event with the given code, id and username.
+pub fn agent_event(id: &str, code: u32, username: &str) -> Value {
+    let mut fields = json!({
+        "SessionId": format!("S-{username}"), "SessionType": "CCA",
+        "Username": username, "PhoneNo": "+15551230001"
+    });
+    match code {
+        2 => fields["ExitCode"] = json!(0),
+        3 => {
+            fields["ActivityCode"] = json!(16);
+            fields["AvailabilityCode"] = json!(1);
+            fields["ActivityName"] = json!("");
+        }
+        _ => {}
+    }
+    json!({"Id": id, "CreationDateUtc": "20261123184603", "Category": 1, "Code": code,
+           "AdditionalFields": fields})
+}
+
+/// A fresh GUID string.
+pub fn guid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

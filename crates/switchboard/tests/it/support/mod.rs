@@ -1,0 +1,5 @@
+//! Shared test harness.
+
+pub mod app;
+
+pub use app::TestApp;
