@@ -1,10 +1,12 @@
 //! The HTTP API v1 (DESIGN §4): one file per resource, each with its `router()`, and the
 //! pieces they share — state, the caller's identity, body and query parsing, list pages.
 
+mod deliveries;
 mod error;
 mod events;
 mod health;
 mod keys;
+mod subscriptions;
 mod tenants;
 
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct AppState {
     /// The admin key's hash; the key itself is not kept.
     pub admin_key_hash: Arc<str>,
     pub max_body_bytes: usize,
+    /// The guarded outbound client, for `…/test`.
+    pub sender: crate::delivery::Sender,
 }
 
 /// The whole HTTP application.
@@ -44,6 +48,8 @@ pub fn app(state: AppState) -> Router {
         .merge(tenants::router())
         .merge(keys::router())
         .merge(events::router())
+        .merge(subscriptions::router())
+        .merge(deliveries::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Bodies are read and limited by `json_body`, which answers 413 as problem+json.

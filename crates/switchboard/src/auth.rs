@@ -83,7 +83,8 @@ impl Principal {
     }
 }
 
-fn random_token(bytes: usize) -> String {
+/// `bytes` random bytes, base64url without padding.
+pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the operating system's random source works");
     URL_SAFE_NO_PAD.encode(buf)

@@ -23,6 +23,8 @@ pub struct Config {
     /// Empty: the embedded SQLite file in `data_dir`.
     pub database_url: String,
     pub dev: bool,
+    pub allow_networks: Vec<ipnet::IpNet>,
+    pub delivery_timeout_secs: u64,
     /// Empty: read or generate `<data_dir>/admin.key`.
     pub admin_key: String,
     pub max_body_bytes: usize,
@@ -123,6 +125,12 @@ impl Config {
                 self.max_body_bytes
             );
         }
+        if !(1..=300).contains(&self.delivery_timeout_secs) {
+            bail!(
+                "delivery_timeout_secs must be 1 to 300, got {}",
+                self.delivery_timeout_secs
+            );
+        }
         if !self.database_url.is_empty() && !self.database_url.starts_with("sqlite:") {
             bail!(
                 "database_url {:?} is not supported: use \"sqlite://PATH\" or leave it empty",
@@ -195,6 +203,14 @@ fn typed_like(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
             .parse::<i64>()
             .context("expected an integer")?
             .into(),
+        // Lists are comma-separated.
+        toml::Value::Array(_) => raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_string()))
+            .collect::<Vec<_>>()
+            .into(),
         _ => raw.to_string().into(),
     })
 }
@@ -238,6 +254,7 @@ mod tests {
         let e = env(&[
             ("SWITCHBOARD_LISTEN", "127.0.0.1:2"),
             ("SWITCHBOARD_ADMIN_KEY", "secret"),
+            ("SWITCHBOARD_ALLOW_NETWORKS", "10.0.0.0/8, fd00::/8"),
             ("SWITCHBOARD_TEST_DATABASE_URL", "ignored"),
             ("OTHER", "x"),
         ]);
@@ -246,6 +263,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 2048, "file beats defaults");
         assert!(c.dev);
         assert_eq!(c.admin_key, "secret");
+        assert_eq!(c.allow_networks.len(), 2);
         assert!(c.to_masked_toml().contains("admin_key = \"********\""));
         flags.listen = Some("127.0.0.1:3".into());
         assert_eq!(
@@ -266,6 +284,10 @@ mod tests {
             err(&none, &[("SWITCHBOARD_MAX_BODY_BYTES", "big")]).contains("expected an integer")
         );
         assert!(err(&none, &[("SWITCHBOARD_LISTEN", "nowhere")]).contains("invalid configuration"));
+        assert!(
+            err(&none, &[("SWITCHBOARD_ALLOW_NETWORKS", "10.0.0.0/99")])
+                .contains("invalid configuration")
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();

@@ -406,6 +406,12 @@ impl Event {
     pub fn username(&self) -> Option<&str> {
         self.fields.get("Username").and_then(Value::as_str)
     }
+
+    /// The key per-agent ordering uses: `Username`, else `SessionId`.
+    pub fn agent_key(&self) -> Option<&str> {
+        self.username()
+            .or_else(|| self.fields.get("SessionId").and_then(Value::as_str))
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Switchboard: a webhooks service for contact centers. It takes events in over HTTP, stores
-//! them durably, and (soon) delivers them to every subscribed application.
+//! them durably, and delivers them to every subscribed application, signed, retried until
+//! delivered.
 //!
 //! # Layout
 //!
 //! - [`event`]: the wire event, its validation and canonical form (pure logic, no I/O).
-//! - [`store`]: durable state; the only module with SQL. Ingest goes through one group-committing
-//!   writer.
+//! - [`store`]: durable state; the only module with SQL. Ingest, claims and outcomes go through
+//!   one group-committing writer.
+//! - [`subscription`]: the subscription body, its validation and event matching (pure logic).
+//! - [`delivery`]: the dispatcher, the guarded HTTP client, signing and the retry policy.
 //! - [`api`]: the HTTP API, one file per resource, errors as problem+json.
 //! - [`auth`]: API keys and scopes.
 //! - [`config`], [`telemetry`]: start-up concerns.
@@ -16,8 +19,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod store;
+pub mod subscription;
 pub mod telemetry;
 
 use std::future::Future;
@@ -25,10 +30,15 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::delivery::guard::Guard;
+use crate::delivery::{Dispatcher, Sender};
 use crate::event::Catalog;
 use crate::store::Store;
 
@@ -46,16 +56,33 @@ pub async fn run(
     let store = Store::open(&db)
         .await
         .with_context(|| format!("opening database {}", db.display()))?;
+    let timeout = Duration::from_secs(config.delivery_timeout_secs);
+    let guard = Guard {
+        allow_loopback: config.dev,
+        allow_networks: config.allow_networks.clone(),
+    };
+    let sender = Sender::new(guard, timeout).context("building the HTTP client")?;
     let state = api::AppState {
         store: store.clone(),
         catalog: Arc::new(Catalog::builtin()),
         admin_key_hash: auth::hash_key(&admin_key).into(),
         max_body_bytes: config.max_body_bytes,
+        sender: sender.clone(),
     };
-    tracing::info!(addr = %listener.local_addr()?, db = %db.display(), "serving");
+
+    // The lease outlives the HTTP timeout, so a delivery in flight is never claimed twice.
+    let lease = timeout * 3 + Duration::from_secs(30);
+    let (stop_dispatcher, stopped) = watch::channel(false);
+    let dispatcher = tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped));
+
+    tracing::info!(addr = %listener.local_addr()?, db = %db.display(), dev = config.dev, "serving");
     let served = axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown)
         .await;
+    // Order matters: no new requests, then no new attempts (those in flight finish and are
+    // recorded), then the writer commits what is queued.
+    let _ = stop_dispatcher.send(true);
+    let _ = dispatcher.await;
     store.close().await;
     tracing::info!("stopped");
     served.context("serving HTTP")

@@ -6,11 +6,14 @@
 
 mod sqlite;
 
+use bytes::Bytes;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::Scope;
+use crate::delivery::signing::Secret;
 use crate::event::{NewEvent, Timestamp};
+use crate::subscription::SubscriptionSpec;
 
 pub use sqlite::Store;
 
@@ -128,4 +131,126 @@ fn scopes_to_text(scopes: &[Scope]) -> String {
 
 fn scopes_from_text(text: &str) -> Vec<Scope> {
     text.split(',').filter_map(Scope::parse).collect()
+}
+
+/// A stored subscription. `spec.secret` is always set; `spec.enabled` mirrors the column.
+#[derive(Clone, Debug)]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub spec: SubscriptionSpec,
+    pub disabled_reason: Option<String>,
+    pub old_secret: Option<String>,
+    /// Unix ms.
+    pub old_secret_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl SubscriptionRecord {
+    /// The secrets that sign at `now_ms`: the current one, and the previous one during its grace.
+    pub fn live_secrets(&self, now_ms: i64) -> Vec<Secret> {
+        let current = self
+            .spec
+            .secret
+            .as_deref()
+            .and_then(|s| Secret::parse(s).ok());
+        let old = match (&self.old_secret, self.old_secret_expires_at) {
+            (Some(s), Some(until)) if until > now_ms => Secret::parse(s).ok(),
+            _ => None,
+        };
+        current.into_iter().chain(old).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A delivery as the API shows it; times in unix ms.
+#[derive(Clone, Debug)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub event_id: String,
+    pub subscription_id: String,
+    pub sequence: i64,
+    pub status: DeliveryStatus,
+    pub attempt_count: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One HTTP attempt of a delivery, as logged.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub number: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// A delivery claimed by the dispatcher, with the bytes to send.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub subscription_id: String,
+    pub event_id: String,
+    pub sequence: i64,
+    /// The number this attempt will have, counting every attempt of the delivery.
+    pub attempt: u32,
+    /// The number this attempt will have in the current round (since the last requeue).
+    pub round_attempt: u32,
+    /// The stored canonical event, sent as is.
+    pub body: Bytes,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextState {
+    Succeeded,
+    /// Pending again, due at this unix ms.
+    RetryAt(i64),
+    Failed,
+}
+
+/// A finished attempt, to be written back with its delivery's new state in one transaction.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub delivery_id: i64,
+    pub subscription_id: String,
+    pub attempt: u32,
+    pub round_attempt: u32,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub next: NextState,
+    /// Disable the subscription, with this reason (410 Gone).
+    pub disable: Option<String>,
 }

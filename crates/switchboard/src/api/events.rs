@@ -116,8 +116,7 @@ async fn list(
 struct EventDetail {
     #[serde(flatten)]
     item: LogItem,
-    /// Filled in once subscriptions exist.
-    deliveries: Vec<serde_json::Value>,
+    deliveries: Vec<super::deliveries::DeliveryView>,
 }
 
 async fn show(
@@ -133,8 +132,9 @@ async fn show(
         .get_event(&tenant, uuid)
         .await?
         .ok_or_else(not_found)?;
+    let deliveries = state.store.deliveries_of_event(&tenant, uuid).await?;
     Ok(Json(EventDetail {
         item: LogItem::new(event)?,
-        deliveries: vec![],
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
     }))
 }

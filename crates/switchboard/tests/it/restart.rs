@@ -113,6 +113,10 @@ async fn acknowledged_events_survive_sigkill() {
         if acked.lock().await.len() >= 400 {
             break;
         }
+        assert!(
+            !producers.iter().all(|p| p.is_finished()),
+            "the producers stopped: is the server up?"
+        );
         tokio::task::yield_now().await;
     }
     server.child.kill().expect("SIGKILL");

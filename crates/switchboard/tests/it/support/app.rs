@@ -26,6 +26,8 @@ pub struct TestApp {
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::for_data_dir(data_dir);
     config.admin_key = ADMIN_KEY.into();
+    // Receivers in tests are on loopback.
+    config.dev = true;
     config
 }
 
@@ -56,17 +58,19 @@ impl TestApp {
             shutdown,
             server,
         };
-        app.wait_ready().await;
-        app
+        app.wait_ready().await
     }
 
     /// The listener is bound before `run` starts, so the first request simply waits in the
     /// accept queue until the store is open; no polling needed.
-    async fn wait_ready(&self) {
+    async fn wait_ready(self) -> Self {
         let ready = self.client.get(self.url("/readyz")).send().await;
         match ready {
-            Ok(r) if r.status() == StatusCode::OK => {}
-            other => panic!("server at {} is not ready: {other:?}", self.addr),
+            Ok(r) if r.status() == StatusCode::OK => self,
+            other => {
+                let exit = self.server.await;
+                panic!("server is not ready: {other:?}; it ended with {exit:?}")
+            }
         }
     }
 
@@ -213,4 +217,39 @@ pub fn agent_event(id: &str, code: u32, username: &str) -> Value {
 /// A fresh GUID string.
 pub fn guid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+impl TestApp {
+    /// Creates a subscription on `default` from `body`; returns the answer (with `id`, `secret`).
+    pub async fn subscribe(&self, body: Value) -> Value {
+        let r = self
+            .call(
+                Method::POST,
+                "/v1/tenants/default/subscriptions",
+                ADMIN_KEY,
+                Some(&body),
+            )
+            .await;
+        let status = r.status();
+        let answer: Value = r.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        answer
+    }
+
+    /// The deliveries of a subscription, optionally of one status.
+    pub async fn deliveries(&self, sub: &str, status: Option<&str>) -> Vec<Value> {
+        let filter = status.map(|s| format!("&status={s}")).unwrap_or_default();
+        let path = format!("/v1/tenants/default/subscriptions/{sub}/deliveries?limit=1000{filter}");
+        let page = json_ok(self.get(&path, ADMIN_KEY).await).await;
+        page["data"].as_array().expect("data").clone()
+    }
+
+    /// A delivery with its attempts.
+    pub async fn delivery(&self, id: &Value) -> Value {
+        json_ok(
+            self.get(&format!("/v1/tenants/default/deliveries/{id}"), ADMIN_KEY)
+                .await,
+        )
+        .await
+    }
 }

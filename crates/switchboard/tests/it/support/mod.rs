@@ -1,5 +1,7 @@
 //! Shared test harness.
 
 pub mod app;
+pub mod receiver;
 
 pub use app::TestApp;
+pub use receiver::TestReceiver;

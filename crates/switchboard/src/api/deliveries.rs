@@ -1,0 +1,140 @@
+//! `/v1/tenants/{t}/deliveries/{id}`: one delivery with its attempts, and retrying it now.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Json;
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use super::{ApiError, AppState, Caller, rfc3339};
+use crate::auth::Scope;
+use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/deliveries/{id}", get(show))
+        .route("/v1/tenants/{tenant}/deliveries/{id}/retry", post(retry))
+}
+
+#[derive(Serialize)]
+pub struct DeliveryView {
+    pub id: i64,
+    event_id: String,
+    subscription_id: String,
+    sequence: i64,
+    status: DeliveryStatus,
+    attempt_count: i64,
+    next_attempt_at: Option<String>,
+    last_status_code: Option<i64>,
+    last_error: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<DeliveryRecord> for DeliveryView {
+    fn from(d: DeliveryRecord) -> Self {
+        DeliveryView {
+            id: d.id,
+            event_id: d.event_id,
+            subscription_id: d.subscription_id,
+            sequence: d.sequence,
+            status: d.status,
+            attempt_count: d.attempt_count,
+            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AttemptView {
+    number: i64,
+    started_at: String,
+    duration_ms: i64,
+    status_code: Option<i64>,
+    error: Option<String>,
+    response_body: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptView {
+            number: a.number,
+            started_at: rfc3339(a.started_at),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error,
+            response_body: a.response_body,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeliveryDetail {
+    #[serde(flatten)]
+    delivery: DeliveryView,
+    attempts: Vec<AttemptView>,
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("delivery {id} not found")))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<DeliveryDetail>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let (delivery, attempts) = state
+        .store
+        .get_delivery(&tenant, parse_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("delivery {id} not found")))?;
+    Ok(Json(DeliveryDetail {
+        delivery: delivery.into(),
+        attempts: attempts.into_iter().map(AttemptView::from).collect(),
+    }))
+}
+
+/// Makes the delivery due now. A finished (succeeded or failed) delivery gets one attempt; a
+/// pending one keeps its schedule and is simply tried now.
+async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let not_found = || ApiError::NotFound(format!("delivery {id} not found"));
+    let delivery_id = parse_id(&id)?;
+    let (delivery, _) = state
+        .store
+        .get_delivery(&tenant, delivery_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let sub = state
+        .store
+        .get_subscription(&tenant, &delivery.subscription_id)
+        .await?
+        .ok_or_else(not_found)?;
+    // Its round is set so that the next attempt is the last one of the schedule.
+    let last_round = sub.spec.schedule().len() as i64;
+    if !state
+        .store
+        .retry_delivery(&tenant, delivery_id, last_round)
+        .await?
+    {
+        return Err(not_found());
+    }
+    let (delivery, _) = state
+        .store
+        .get_delivery(&tenant, delivery_id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((StatusCode::ACCEPTED, Json(delivery.into())))
+}

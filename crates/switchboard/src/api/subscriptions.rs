@@ -1,0 +1,314 @@
+//! `/v1/tenants/{t}/subscriptions`: endpoints, their filters and secrets; test, replay, rotate.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::deliveries::DeliveryView;
+use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use crate::auth::{self, Scope};
+use crate::delivery::signing::Secret;
+use crate::event::{Event, FieldError, Timestamp, catalog};
+use crate::store::{DeliveryStatus, SubscriptionRecord, now_millis};
+use crate::subscription::{SubscriptionSpec, merge_patch};
+
+pub fn router() -> Router<AppState> {
+    let base = "/v1/tenants/{tenant}/subscriptions";
+    Router::new()
+        .route(base, get(list).post(create))
+        .route(
+            &format!("{base}/{{id}}"),
+            get(show).patch(update).delete(remove),
+        )
+        .route(&format!("{base}/{{id}}/secret/rotate"), post(rotate))
+        .route(&format!("{base}/{{id}}/test"), post(test))
+        .route(&format!("{base}/{{id}}/replay"), post(replay))
+        .route(&format!("{base}/{{id}}/deliveries"), get(deliveries))
+}
+
+/// A subscription as answered: its body plus identity and state. `secret` only for `manage`.
+#[derive(Serialize)]
+struct SubscriptionView {
+    id: String,
+    #[serde(flatten)]
+    spec: SubscriptionSpec,
+    disabled_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl SubscriptionView {
+    fn new(rec: SubscriptionRecord, show_secret: bool) -> Self {
+        let mut spec = rec.spec;
+        if !show_secret {
+            spec.secret = None;
+        }
+        SubscriptionView {
+            id: rec.id,
+            spec,
+            disabled_reason: rec.disabled_reason,
+            created_at: rfc3339(rec.created_at),
+            updated_at: rfc3339(rec.updated_at),
+        }
+    }
+}
+
+/// Deserializes a body value as a subscription, naming the field of any problem.
+fn parse_spec(value: Value) -> Result<SubscriptionSpec, ApiError> {
+    let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "body".to_string(),
+            p => p,
+        };
+        let msg = e.into_inner().to_string();
+        ApiError::Invalid(vec![FieldError::new(None, field, msg)])
+    })?;
+    spec.validate().map_err(ApiError::Invalid)?;
+    Ok(spec)
+}
+
+async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
+    state
+        .store
+        .get_subscription(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("subscription {id} not found")))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let value: Value = json_body(&state, &headers, body).await?;
+    let mut spec = parse_spec(value)?;
+    spec.secret.get_or_insert_with(Secret::generate);
+    let now = now_millis();
+    let rec = SubscriptionRecord {
+        id: format!("sub_{}", auth::random_token(12)),
+        tenant_id: tenant,
+        disabled_reason: (!spec.enabled).then(|| "disabled by the user".to_string()),
+        spec,
+        old_secret: None,
+        old_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.create_subscription(&rec).await?;
+    Ok((StatusCode::CREATED, Json(SubscriptionView::new(rec, true))))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<SubscriptionView>>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let after = p.take("after").unwrap_or_default();
+    p.finish()?;
+    let subs = state
+        .store
+        .list_subscriptions(&tenant, &after, limit + 1)
+        .await?;
+    let views = subs
+        .into_iter()
+        .map(|s| SubscriptionView::new(s, false))
+        .collect();
+    Ok(Json(Page::new(views, limit, |s| s.id.clone())))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let rec = find(&state, &tenant, &id).await?;
+    let manage = caller.0.allow(&tenant, Scope::Manage).is_ok();
+    Ok(Json(SubscriptionView::new(rec, manage)))
+}
+
+/// JSON merge patch (RFC 7396) over the stored body, validated as a whole.
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let patch: Map<String, Value> = json_body(&state, &headers, body).await?;
+    let mut rec = find(&state, &tenant, &id).await?;
+    let mut current =
+        serde_json::to_value(&rec.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    merge_patch(&mut current, Value::Object(patch));
+    let mut spec = parse_spec(current)?;
+    spec.secret.get_or_insert_with(Secret::generate);
+    match (rec.spec.enabled, spec.enabled) {
+        (true, false) => rec.disabled_reason = Some("disabled by the user".into()),
+        (_, true) => rec.disabled_reason = None,
+        _ => {}
+    }
+    rec.spec = spec;
+    rec.updated_at = now_millis();
+    state.store.update_subscription(&rec).await?;
+    Ok(Json(SubscriptionView::new(rec, true)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    if state.store.delete_subscription(&tenant, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("subscription {id} not found")))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    grace_secs: Option<u64>,
+}
+
+/// A new secret signs from now on; the old one keeps signing alongside until the grace ends.
+async fn rotate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let req: RotateRequest = if headers.contains_key("content-type") {
+        json_body(&state, &headers, body).await?
+    } else {
+        RotateRequest::default()
+    };
+    let grace = req.grace_secs.unwrap_or(86_400);
+    if grace > 30 * 86_400 {
+        return Err(ApiError::invalid(
+            "grace_secs",
+            "must be at most 2592000 (30 days)",
+        ));
+    }
+    let mut rec = find(&state, &tenant, &id).await?;
+    let now = now_millis();
+    let secret = Secret::generate();
+    rec.old_secret = rec.spec.secret.replace(secret.clone());
+    rec.old_secret_expires_at = Some(now + grace as i64 * 1000);
+    rec.updated_at = now;
+    state.store.update_subscription(&rec).await?;
+    Ok(Json(json!({"secret": secret})))
+}
+
+/// Sends a System Test event now and answers with the attempt's outcome.
+async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let rec = find(&state, &tenant, &id).await?;
+    let mut fields = Map::new();
+    fields.insert("SubscriptionId".into(), Value::String(rec.id.clone()));
+    let event = Event {
+        id: Uuid::new_v4(),
+        creation: Timestamp::now(),
+        category: catalog::SYSTEM,
+        code: 1,
+        fields,
+    };
+    let body = event.to_canonical_json();
+    let r = state
+        .sender
+        .send(&rec, &event.id.to_string(), 0, 1, body.into())
+        .await;
+    let delivered = r.status.is_some_and(|s| (200..300).contains(&s));
+    Ok(Json(json!({
+        "event_id": event.id,
+        "delivered": delivered,
+        "status_code": r.status,
+        "duration_ms": r.duration_ms,
+        "error": r.error,
+        "response_body": r.response_body,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    since: String,
+    until: Option<String>,
+    #[serde(default)]
+    only_failed: bool,
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.allow(&state, &tenant, Scope::Manage).await?;
+    let req: ReplayRequest = json_body(&state, &headers, body).await?;
+    let since = Timestamp::parse(&req.since).map_err(|m| ApiError::invalid("since", m))?;
+    let until = req
+        .until
+        .as_deref()
+        .map(|u| Timestamp::parse(u).map_err(|m| ApiError::invalid("until", m)))
+        .transpose()?;
+    if until.is_some_and(|u| u < since) {
+        return Err(ApiError::invalid("until", "must not be before since"));
+    }
+    let rec = find(&state, &tenant, &id).await?;
+    let requeued = state
+        .store
+        .replay(&rec, since, until, req.only_failed)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": requeued}))))
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<DeliveryView>>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let after: i64 = p.parse("after", "a delivery id")?.unwrap_or(0);
+    let status = p
+        .take("status")
+        .map(|s| {
+            DeliveryStatus::parse(&s)
+                .ok_or_else(|| ApiError::invalid("status", "must be pending, succeeded or failed"))
+        })
+        .transpose()?;
+    p.finish()?;
+    find(&state, &tenant, &id).await?;
+    let rows = state
+        .store
+        .list_deliveries(&tenant, &id, status, after, limit + 1)
+        .await?;
+    let views = rows.into_iter().map(DeliveryView::from).collect();
+    Ok(Json(Page::new(views, limit, |d| d.id.to_string())))
+}

@@ -1,0 +1,468 @@
+//! Delivery: the dispatcher that turns due delivery rows into signed HTTP POSTs, and the one
+//! guarded HTTP client they go through.
+//!
+//! The dispatcher loop: write back finished attempts → claim (lease) due deliveries for every
+//! subscription with free `max_in_flight` slots and rate-limit tokens → start each attempt as a
+//! task → wait for a commit (the store's wake-up), a finished attempt, or the next due time.
+//! Nothing that matters lives only in memory: a claim is a lease in the database, and an
+//! attempt's outcome changes the delivery row in the same transaction as its log entry.
+
+pub mod guard;
+pub mod retry;
+pub mod signing;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use tokio::sync::{mpsc, watch};
+
+use crate::store::{
+    Claimed, NextState, Outcome, Store, StoreError, SubscriptionRecord, now_millis,
+};
+use guard::{Guard, GuardedResolver};
+use retry::Next;
+
+/// How much of a receiver's answer is kept in the attempt log.
+const RESPONSE_BODY_LIMIT: usize = 4096;
+/// Most deliveries claimed for one subscription in one step.
+const MAX_CLAIM: u32 = 256;
+
+pub const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// What one HTTP attempt gave.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptResult {
+    /// Unix ms.
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// The one outbound HTTP client: pooled keep-alive connections, rustls, a timeout, no
+/// redirects, and the address guard on every resolved address.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    guard: Arc<Guard>,
+}
+
+impl Sender {
+    pub fn new(guard: Guard, timeout: Duration) -> anyhow::Result<Self> {
+        let guard = Arc::new(guard);
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+            .build()?;
+        Ok(Sender { client, guard })
+    }
+
+    /// POSTs `body` to the subscription's endpoint, signed with its live secrets.
+    pub async fn send(
+        &self,
+        sub: &SubscriptionRecord,
+        msg_id: &str,
+        sequence: i64,
+        attempt: u32,
+        body: Bytes,
+    ) -> AttemptResult {
+        let started = Instant::now();
+        let started_at = now_millis();
+        let mut result = AttemptResult {
+            started_at,
+            ..AttemptResult::default()
+        };
+        let finish = |mut r: AttemptResult| {
+            r.duration_ms = started.elapsed().as_millis() as i64;
+            r
+        };
+        let url = match reqwest::Url::parse(&sub.spec.url) {
+            Ok(u) => u,
+            Err(e) => {
+                result.error = Some(format!("invalid url: {e}"));
+                return finish(result);
+            }
+        };
+        // IP-literal hosts are not resolved, so the resolver's check does not see them.
+        let literal = url.host_str().and_then(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.parse::<std::net::IpAddr>().ok()
+        });
+        if let Some(ip) = literal
+            && let Err(why) = self.guard.check(ip)
+        {
+            result.error = Some(why);
+            return finish(result);
+        }
+
+        let timestamp = started_at / 1000;
+        let secrets = sub.live_secrets(started_at);
+        let mut headers = HeaderMap::new();
+        for (name, value) in &sub.spec.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        let fixed = [
+            ("webhook-id", msg_id.to_string()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                signing::signature_header(&secrets, msg_id, timestamp, &body),
+            ),
+            ("switchboard-sequence", sequence.to_string()),
+            ("switchboard-attempt", attempt.to_string()),
+            ("switchboard-subscription", sub.id.clone()),
+        ];
+        for (name, value) in fixed {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+
+        match self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Err(e) => result.error = Some(error_chain(&e)),
+            Ok(mut response) => {
+                let status = response.status();
+                result.status = Some(status.as_u16());
+                result.retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(retry::parse_retry_after);
+                let mut kept = Vec::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            let room = RESPONSE_BODY_LIMIT - kept.len();
+                            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                            if kept.len() >= RESPONSE_BODY_LIMIT {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            result.error =
+                                Some(format!("reading the response: {}", error_chain(&e)));
+                            break;
+                        }
+                    }
+                }
+                if !kept.is_empty() {
+                    result.response_body = Some(String::from_utf8_lossy(&kept).into_owned());
+                }
+                if !status.is_success() && result.error.is_none() {
+                    result.error = Some(if status.is_redirection() {
+                        format!("HTTP {status}: redirects are not followed")
+                    } else {
+                        format!("HTTP {status}")
+                    });
+                }
+            }
+        }
+        finish(result)
+    }
+}
+
+/// An error and its causes, "outer: inner: root".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    msg
+}
+
+/// What an attempt means for its delivery and subscription.
+pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcome {
+    let step = retry::next_step(
+        sub.spec.schedule(),
+        c.round_attempt,
+        r.status,
+        r.retry_after,
+        retry::jitter_sample(),
+    );
+    let finished_at = r.started_at + r.duration_ms;
+    let next = match step {
+        Next::Delivered => NextState::Succeeded,
+        Next::Retry(delay) => NextState::RetryAt(finished_at + delay.as_millis() as i64),
+        Next::Failed => NextState::Failed,
+    };
+    let disable = (r.status == Some(410)).then(|| "the endpoint answered 410 Gone".to_string());
+    Outcome {
+        delivery_id: c.delivery_id,
+        subscription_id: c.subscription_id.clone(),
+        attempt: c.attempt,
+        round_attempt: c.round_attempt,
+        started_at: r.started_at,
+        duration_ms: r.duration_ms,
+        status_code: r.status,
+        error: r.error,
+        response_body: r.response_body,
+        next,
+        disable,
+    }
+}
+
+/// Per-subscription state the dispatcher keeps: its settings, attempts in flight, rate tokens.
+struct SubState {
+    sub: Arc<SubscriptionRecord>,
+    /// False once disabled or deleted: only its attempts in flight are awaited.
+    active: bool,
+    in_flight: u32,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl SubState {
+    fn new(sub: Arc<SubscriptionRecord>) -> Self {
+        let tokens = sub.spec.rate_limit_per_sec.map_or(0.0, f64::from);
+        SubState {
+            sub,
+            active: true,
+            in_flight: 0,
+            tokens,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// How many attempts may start now.
+    fn capacity(&mut self) -> u32 {
+        if !self.active {
+            return 0;
+        }
+        let free = self.sub.spec.max_in_flight.saturating_sub(self.in_flight);
+        match self.sub.spec.rate_limit_per_sec {
+            None => free,
+            Some(rate) => {
+                let rate = f64::from(rate);
+                let elapsed = self.refilled.elapsed().as_secs_f64();
+                self.tokens = (self.tokens + elapsed * rate).min(rate);
+                self.refilled = Instant::now();
+                free.min(self.tokens.floor() as u32)
+            }
+        }
+    }
+}
+
+/// The dispatcher of one node.
+pub struct Dispatcher {
+    store: Store,
+    sender: Sender,
+    lease: Duration,
+    subs: HashMap<String, SubState>,
+    refreshed: Option<(Instant, u64)>,
+    done_tx: mpsc::UnboundedSender<Outcome>,
+    done_rx: mpsc::UnboundedReceiver<Outcome>,
+    finished: Vec<Outcome>,
+}
+
+/// Subscriptions are re-read at least this often, even without a local change.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+impl Dispatcher {
+    /// `lease` must outlive the HTTP timeout: a claimed delivery is not claimed again before.
+    pub fn new(store: Store, sender: Sender, lease: Duration) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Dispatcher {
+            store,
+            sender,
+            lease,
+            subs: HashMap::new(),
+            refreshed: None,
+            done_tx,
+            done_rx,
+            finished: Vec::new(),
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.subs.values().map(|s| s.in_flight).sum()
+    }
+
+    /// Delivers until `shutdown` turns true, then lets attempts in flight finish and records
+    /// them.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let wake = self.store.wake_handle();
+        while !*shutdown.borrow() {
+            let started = match self.step().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher step failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if started > 0 {
+                continue;
+            }
+            let idle = self.idle_wait().await;
+            tokio::select! {
+                _ = wake.notified() => {}
+                Some(o) = self.done_rx.recv() => self.finished.push(o),
+                _ = tokio::time::sleep(idle) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Shutdown: no new claims; wait for what is in flight (bounded by the HTTP timeout).
+        while self.in_flight() > 0 {
+            match self.done_rx.recv().await {
+                Some(o) => self.note_finished(o),
+                None => break,
+            }
+        }
+        let finished = std::mem::take(&mut self.finished);
+        if !finished.is_empty()
+            && let Err(e) = self.store.record(finished).await
+        {
+            tracing::warn!(error = %e, "could not record the last outcomes; they will be retried");
+        }
+    }
+
+    fn note_finished(&mut self, o: Outcome) {
+        if let Some(s) = self.subs.get_mut(&o.subscription_id) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        self.finished.push(o);
+    }
+
+    /// How long to wait when nothing could start: until the next due delivery, within bounds.
+    async fn idle_wait(&self) -> Duration {
+        let min = Duration::from_millis(50);
+        let max = Duration::from_secs(1);
+        match self.store.next_due().await {
+            Ok(Some(due)) => {
+                let ms = (due - now_millis()).max(0) as u64;
+                Duration::from_millis(ms).clamp(min, max)
+            }
+            _ => max,
+        }
+    }
+
+    /// One round: write back finished attempts, refresh subscriptions, claim what is due and
+    /// start it. Returns how many attempts started.
+    pub async fn step(&mut self) -> Result<usize, StoreError> {
+        while let Ok(o) = self.done_rx.try_recv() {
+            self.finished.push(o);
+        }
+        // `finished` may hold outcomes pushed by `run` whose slots are not yet freed.
+        let finished = std::mem::take(&mut self.finished);
+        for o in &finished {
+            if let Some(s) = self.subs.get_mut(&o.subscription_id) {
+                s.in_flight = s.in_flight.saturating_sub(1);
+            }
+        }
+        let disabled_any = finished.iter().any(|o| o.disable.is_some());
+        if !finished.is_empty() {
+            self.store.record(finished).await?;
+        }
+        self.refresh(disabled_any).await?;
+
+        let wanted: Vec<(String, u32)> = self
+            .subs
+            .iter_mut()
+            .filter_map(|(id, s)| {
+                let n = s.capacity().min(MAX_CLAIM);
+                (n > 0).then(|| (id.clone(), n))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let lease_until = now_millis() + self.lease.as_millis() as i64;
+        let claimed = self.store.claim(wanted, lease_until).await?;
+        let started = claimed.len();
+        for c in claimed {
+            let Some(state) = self.subs.get_mut(&c.subscription_id) else {
+                continue;
+            };
+            state.in_flight += 1;
+            state.tokens -= 1.0;
+            let (sub, sender, done) =
+                (state.sub.clone(), self.sender.clone(), self.done_tx.clone());
+            tokio::spawn(async move {
+                let result = sender
+                    .send(&sub, &c.event_id, c.sequence, c.attempt, c.body.clone())
+                    .await;
+                if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
+                    tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
+                } else if let Some(err) = &result.error {
+                    tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
+                }
+                let _ = done.send(decide(&sub, &c, result));
+            });
+        }
+        Ok(started)
+    }
+
+    /// Re-reads the enabled subscriptions when they changed, or every few seconds.
+    async fn refresh(&mut self, force: bool) -> Result<(), StoreError> {
+        let version = self.store.subscriptions_version();
+        let fresh = self
+            .refreshed
+            .is_some_and(|(at, v)| v == version && at.elapsed() < REFRESH_EVERY);
+        if fresh && !force {
+            return Ok(());
+        }
+        let subs = self.store.enabled_subscriptions().await?;
+        let mut next = HashMap::with_capacity(subs.len());
+        for sub in subs {
+            let sub = Arc::new(sub);
+            let state = match self.subs.remove(&sub.id) {
+                Some(old) if old.sub.updated_at == sub.updated_at => old,
+                // Settings changed: keep the count in flight, start the rate bucket afresh.
+                Some(old) => SubState {
+                    in_flight: old.in_flight,
+                    ..SubState::new(sub.clone())
+                },
+                None => SubState::new(sub.clone()),
+            };
+            next.insert(sub.id.clone(), state);
+        }
+        // Disabled or deleted subscriptions with attempts still in flight stay until they end.
+        for (id, old) in self.subs.drain() {
+            if old.in_flight > 0 {
+                next.insert(
+                    id,
+                    SubState {
+                        active: false,
+                        ..old
+                    },
+                );
+            }
+        }
+        self.subs = next;
+        self.refreshed = Some((Instant::now(), version));
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Subscriptions as data: the body users send, its validation, and event matching. Pure logic;
+//! the store persists them and the dispatcher uses them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::delivery::retry::DEFAULT_SCHEDULE_SECS;
+use crate::delivery::signing::Secret;
+use crate::event::{Event, FieldError, catalog};
+
+/// Headers Switchboard sets itself, which a subscription's own headers may not override.
+const RESERVED_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "user-agent",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "te",
+];
+const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "switchboard-"];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    #[default]
+    None,
+    PerAgent,
+}
+
+/// Which events a subscription receives. Absent parts match everything (but System events,
+/// which only a filter naming category 0 receives).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usernames: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    pub category: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<u32>>,
+}
+
+impl Filter {
+    pub fn matches(&self, category: u8, code: u32, username: Option<&str>) -> bool {
+        let event_ok = match &self.events {
+            None => category != catalog::SYSTEM,
+            Some(list) => list.iter().any(|f| {
+                f.category == category && f.codes.as_ref().is_none_or(|c| c.contains(&code))
+            }),
+        };
+        let user_ok = match &self.usernames {
+            None => true,
+            Some(names) => username.is_some_and(|u| names.iter().any(|n| n == u)),
+        };
+        event_ok && user_ok
+    }
+}
+
+/// Does a subscription with `filter` (None: no filter) receive `event`?
+pub fn matches(filter: Option<&Filter>, event: &Event) -> bool {
+    match filter {
+        None => event.category != catalog::SYSTEM,
+        Some(f) => f.matches(event.category, event.code, event.username()),
+    }
+}
+
+/// The subscription body, as created, patched and returned (DESIGN §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    /// Generated when absent; left out of answers to keys without `manage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<u32>,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub retry_schedule_secs: Option<Vec<u64>>,
+    #[serde(default)]
+    pub heartbeat_secs: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_in_flight() -> u32 {
+    16
+}
+
+/// Longest retry delay accepted in a custom schedule: one week.
+const MAX_RETRY_DELAY_SECS: u64 = 7 * 24 * 3600;
+
+impl SubscriptionSpec {
+    /// Checks what serde cannot; every problem is named.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, msg: &str| errors.push(FieldError::new(None, field, msg));
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                err("url", "must be an http or https URL")
+            }
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => err("url", "must name a host"),
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                err("url", "must not carry credentials; use headers instead")
+            }
+            Ok(_) => {}
+            Err(_) => err("url", "must be an absolute http or https URL"),
+        }
+        if self.url.len() > 2048 {
+            err("url", "must be at most 2048 characters");
+        }
+        if self.description.len() > 1000 {
+            err("description", "must be at most 1000 characters");
+        }
+        if let Some(secret) = &self.secret
+            && let Err(msg) = Secret::parse(secret)
+        {
+            err("secret", msg);
+        }
+        if let Some(filter) = &self.filter {
+            for (i, f) in filter.events.iter().flatten().enumerate() {
+                if f.category > 4 {
+                    err(&format!("filter.events[{i}].category"), "must be 0 to 4");
+                }
+            }
+            if filter.usernames.as_ref().is_some_and(Vec::is_empty) {
+                err(
+                    "filter.usernames",
+                    "must not be empty; leave it out to match every agent",
+                );
+            }
+        }
+        if self.rate_limit_per_sec == Some(0) {
+            err(
+                "rate_limit_per_sec",
+                "must be at least 1, or null for no limit",
+            );
+        }
+        if !(1..=1000).contains(&self.max_in_flight) {
+            err("max_in_flight", "must be 1 to 1000");
+        }
+        for (name, value) in &self.headers {
+            let lower = name.to_ascii_lowercase();
+            let field = format!("headers.{name}");
+            if RESERVED_HEADERS.contains(&lower.as_str())
+                || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+            {
+                err(&field, "is set by Switchboard and cannot be overridden");
+            } else if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                err(&field, "is not a valid header name");
+            } else if reqwest::header::HeaderValue::from_str(value).is_err() {
+                err(&field, "has a value that is not a valid header value");
+            }
+        }
+        if let Some(schedule) = &self.retry_schedule_secs {
+            if schedule.len() > 50 {
+                err("retry_schedule_secs", "must have at most 50 delays");
+            }
+            if schedule.iter().any(|&d| d > MAX_RETRY_DELAY_SECS) {
+                err(
+                    "retry_schedule_secs",
+                    "delays must be at most 604800 seconds (a week)",
+                );
+            }
+        }
+        if self.heartbeat_secs == Some(0) {
+            err("heartbeat_secs", "must be at least 1, or null for none");
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The retry delays after the first attempt.
+    pub fn schedule(&self) -> &[u64] {
+        self.retry_schedule_secs
+            .as_deref()
+            .unwrap_or(&DEFAULT_SCHEDULE_SECS)
+    }
+}
+
+/// RFC 7396 JSON merge patch: `patch` laid over `target`; `null` removes.
+pub fn merge_patch(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let map = target.as_object_mut().expect("made an object above");
+            for (k, v) in fields {
+                if v.is_null() {
+                    map.remove(&k);
+                } else {
+                    merge_patch(map.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(v: Value) -> SubscriptionSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn check(v: Value, fields: &[&str]) {
+        let got: Vec<String> = match spec(v.clone()).validate() {
+            Ok(()) => vec![],
+            Err(e) => e.into_iter().map(|e| e.field).collect(),
+        };
+        assert_eq!(got, fields, "{v}");
+    }
+
+    #[test]
+    fn validation() {
+        let ok = json!({"url": "https://crm.example.com/hooks"});
+        check(ok.clone(), &[]);
+        let with = |k: &str, v: Value| {
+            let mut o = ok.clone();
+            o[k] = v;
+            o
+        };
+        check(with("url", json!("ftp://x.example.com")), &["url"]);
+        check(with("url", json!("/relative")), &["url"]);
+        check(
+            with("url", json!("https://user:pw@x.example.com")),
+            &["url"],
+        );
+        check(with("url", json!("http://127.0.0.1:9000/x")), &[]);
+        check(with("secret", json!("nope")), &["secret"]);
+        check(
+            with("secret", json!("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")),
+            &[],
+        );
+        check(with("max_in_flight", json!(0)), &["max_in_flight"]);
+        check(
+            with("rate_limit_per_sec", json!(0)),
+            &["rate_limit_per_sec"],
+        );
+        check(with("headers", json!({"X-Crm-Token": "t"})), &[]);
+        check(
+            with("headers", json!({"Webhook-Id": "x"})),
+            &["headers.Webhook-Id"],
+        );
+        check(
+            with("headers", json!({"content-type": "x"})),
+            &["headers.content-type"],
+        );
+        check(
+            with("headers", json!({"bad name": "x"})),
+            &["headers.bad name"],
+        );
+        check(with("retry_schedule_secs", json!([1, 1])), &[]);
+        check(
+            with("retry_schedule_secs", json!([1, 999_999_999])),
+            &["retry_schedule_secs"],
+        );
+        check(
+            with("filter", json!({"events": [{"category": 9}]})),
+            &["filter.events[0].category"],
+        );
+        check(
+            with("filter", json!({"usernames": []})),
+            &["filter.usernames"],
+        );
+        check(with("heartbeat_secs", json!(0)), &["heartbeat_secs"]);
+        let s = spec(ok);
+        assert!(s.enabled);
+        assert_eq!((s.max_in_flight, s.ordering), (16, Ordering::None));
+        assert_eq!(s.schedule(), &DEFAULT_SCHEDULE_SECS);
+    }
+
+    #[test]
+    fn filter_matching() {
+        let f = |v: Value| -> Filter { serde_json::from_value(v).unwrap() };
+        let none = Filter::default();
+        assert!(none.matches(1, 3, Some("jdoe")));
+        assert!(none.matches(2, 9, None));
+        assert!(!none.matches(0, 1, None), "System events only when named");
+        let agents = f(json!({"events": [{"category": 1, "codes": [1, 2]}, {"category": 3}]}));
+        assert!(agents.matches(1, 1, None));
+        assert!(!agents.matches(1, 3, None));
+        assert!(agents.matches(3, 77, None));
+        assert!(!agents.matches(2, 1, None));
+        let system = f(json!({"events": [{"category": 0}]}));
+        assert!(system.matches(0, 4, None));
+        let users = f(json!({"usernames": ["jdoe"]}));
+        assert!(users.matches(1, 3, Some("jdoe")));
+        assert!(!users.matches(1, 3, Some("other")));
+        assert!(!users.matches(2, 3, None));
+    }
+
+    #[test]
+    fn merge_patch_rfc7396() {
+        let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        merge_patch(
+            &mut target,
+            json!({"a": null, "b": {"c": 5}, "e": [2], "f": "new"}),
+        );
+        assert_eq!(target, json!({"b": {"c": 5, "d": 3}, "e": [2], "f": "new"}));
+    }
+}

@@ -1,0 +1,161 @@
+//! `TestReceiver`: a webhook endpoint on 127.0.0.1:0 that records every request and answers as
+//! its behaviour says.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    pub fn event_id(&self) -> String {
+        self.json()["Id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Decides the answer to request number `n` (0-based): status and a delay before answering.
+pub type Behaviour = Arc<dyn Fn(usize, &Received) -> (u16, Duration) + Send + Sync>;
+
+#[derive(Clone)]
+struct Shared {
+    received: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl TestReceiver {
+    /// Answers 200 to everything.
+    pub async fn start() -> Self {
+        Self::with(|_, _| (200, Duration::ZERO)).await
+    }
+
+    pub async fn with(
+        behaviour: impl Fn(usize, &Received) -> (u16, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        let shared = Shared {
+            received: Arc::default(),
+            arrived: Arc::new(Notify::new()),
+            behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
+        };
+        let app = axum::Router::new()
+            .route("/{*path}", post(receive))
+            .route("/", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestReceiver { addr, shared }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set_behaviour(
+        &self,
+        behaviour: impl Fn(usize, &Received) -> (u16, Duration) + Send + Sync + 'static,
+    ) {
+        *self.shared.behaviour.lock().unwrap() = Arc::new(behaviour);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Waits (no polling) until at least `n` requests arrived; panics after 30 s.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        self.wait_until(|r| r.len() >= n, &format!("{n} requests"))
+            .await
+    }
+
+    /// Waits until `done` holds over the requests received so far.
+    pub async fn wait_until(
+        &self,
+        done: impl Fn(&[Received]) -> bool,
+        what: &str,
+    ) -> Vec<Received> {
+        let wait = async {
+            loop {
+                let arrived = self.shared.arrived.notified();
+                {
+                    let got = self.shared.received.lock().unwrap();
+                    if done(&got) {
+                        return got.clone();
+                    }
+                }
+                arrived.await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(got) => got,
+            Err(_) => panic!(
+                "receiver: timed out waiting for {what}; got {}",
+                self.received().len()
+            ),
+        }
+    }
+}
+
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let req = Received { headers, body };
+    let (n, behaviour) = {
+        let mut got = shared.received.lock().unwrap();
+        got.push(req.clone());
+        (got.len() - 1, shared.behaviour.lock().unwrap().clone())
+    };
+    shared.arrived.notify_waiters();
+    let (status, delay) = behaviour(n, &req);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// Polls `check` until it returns `Some`, for state only visible through the API (a readiness
+/// check, not a sleep-and-hope); panics after 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
