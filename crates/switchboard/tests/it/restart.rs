@@ -1,7 +1,5 @@
 //! Durability: what was acknowledged survives a graceful restart and a SIGKILL.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::process::Server;
 
 #[tokio::test]
 async fn events_survive_a_graceful_restart() {
@@ -30,44 +29,6 @@ async fn events_survive_a_graceful_restart() {
         .publish_ok("default", &agent_event(&guid(), 1, "after"))
         .await;
     assert_eq!(next[0]["sequence"], 101);
-}
-
-/// The real binary as a child process, so it can be SIGKILLed.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
-            .env("SWITCHBOARD_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start switchboard");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("switchboard listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Producers keep posting while the server is SIGKILLed; every event that got a 202 is there
@@ -119,8 +80,7 @@ async fn acknowledged_events_survive_sigkill() {
         );
         tokio::task::yield_now().await;
     }
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().expect("reaped");
+    server.kill();
     killed.store(true, Ordering::SeqCst);
     for p in producers {
         p.await.unwrap();
