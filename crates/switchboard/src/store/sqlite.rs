@@ -258,7 +258,7 @@ impl Store {
 
     /// Deletes a tenant with its keys and events; false if there was none.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.read.begin().await?;
+        let mut tx = self.read.begin_with("BEGIN IMMEDIATE").await?;
         let gone = sqlx::query("DELETE FROM tenants WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -494,7 +494,7 @@ impl Store {
 
     /// Deletes a subscription with its deliveries and their attempts.
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.read.begin().await?;
+        let mut tx = self.read.begin_with("BEGIN IMMEDIATE").await?;
         let gone = sqlx::query("DELETE FROM subscriptions WHERE tenant_id = ? AND id = ?")
             .bind(tenant)
             .bind(id)
@@ -625,9 +625,9 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let now = now_millis();
         let until = until.map_or(i64::MAX, Timestamp::as_i64);
-        let mut tx = self.read.begin().await?;
         let mut total = 0;
         if only_failed {
+            let mut tx = self.read.begin_with("BEGIN IMMEDIATE").await?;
             let done = sqlx::query(
                 "UPDATE deliveries SET status = 'pending', round_attempts = 0, next_attempt_at = ?, \
                  lease_until = NULL, updated_at = ? WHERE subscription_id = ? AND status = 'failed' \
@@ -642,10 +642,13 @@ impl Store {
             .bind(until)
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             total = done.rows_affected();
         } else {
+            // A page per transaction, so that ingest is never held up for long.
             let mut after = 0i64;
             loop {
+                let mut tx = self.read.begin_with("BEGIN IMMEDIATE").await?;
                 let rows = sqlx::query(
                     "SELECT sequence, body FROM events WHERE tenant_id = ? AND created >= ? \
                      AND created <= ? AND sequence > ? ORDER BY sequence LIMIT 1000",
@@ -688,9 +691,9 @@ impl Store {
                     .await?;
                     total += done.rows_affected();
                 }
+                tx.commit().await?;
             }
         }
-        tx.commit().await?;
         self.wake.notify_one();
         Ok(total)
     }

@@ -328,10 +328,10 @@ async fn replay_reaches_events_older_than_the_subscription() {
     );
     let body = json!({"since": "20261123000000", "until": "20261123235959"});
     let r = app.call(Method::POST, &path, ADMIN_KEY, Some(&body)).await;
+    let answer: Value = r.json().await.unwrap();
     assert_eq!(
-        r.json::<Value>().await.unwrap()["requeued"],
-        3,
-        "the filter matches the three agent events"
+        answer["requeued"], 3,
+        "the filter matches the three agent events: {answer}"
     );
     let got = rx.wait_for(3).await;
     let ids: HashSet<String> = got.iter().map(|r| r.event_id()).collect();
