@@ -692,3 +692,90 @@ async fn a_hanging_receiver_does_not_slow_a_healthy_one() {
         "alone {alone:?}, beside {beside:?}"
     );
 }
+
+#[tokio::test]
+async fn max_in_flight_bounds_concurrent_attempts() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::with(|_, _| (200, Duration::from_millis(50))).await;
+    app.subscribe(json!({"url": rx.url("/"), "max_in_flight": 3}))
+        .await;
+    let events: Vec<Value> = (0..30)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    app.publish_ok("default", &Value::Array(events)).await;
+    rx.wait_for(30).await;
+    assert_eq!(rx.max_concurrent(), 3, "three at a time, and no more");
+}
+
+#[tokio::test]
+async fn rate_limit_per_sec_spaces_attempts() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    app.subscribe(json!({"url": rx.url("/"), "rate_limit_per_sec": 10}))
+        .await;
+    let events: Vec<Value> = (0..30)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    let start = tokio::time::Instant::now();
+    app.publish_ok("default", &Value::Array(events)).await;
+    rx.wait_for(30).await;
+    // A burst of 10, then 10 a second: the last of 30 cannot start before about 2 s. (A lower
+    // bound only: a slow machine cannot make it fail.)
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "30 attempts at 10/s took only {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_answers_are_logged_truncated() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::with(|_, _| (302, Duration::ZERO)).await;
+    rx.set_answer(
+        &"x".repeat(10_000),
+        &[("location", "http://127.0.0.1:1/elsewhere")],
+    );
+    let sub = app
+        .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": []}))
+        .await;
+    app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
+        .await;
+    let sub_id = sub["id"].as_str().unwrap();
+    let failed = eventually("the delivery to fail", || async {
+        let d = app.deliveries(sub_id, Some("failed")).await;
+        (d.len() == 1).then(|| d[0].clone())
+    })
+    .await;
+    let detail = app.delivery(&failed["id"]).await;
+    let attempt = &detail["attempts"][0];
+    assert_eq!(attempt["status_code"], 302);
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed")
+    );
+    assert_eq!(
+        attempt["response_body"].as_str().unwrap().len(),
+        4096,
+        "the first 4 KiB"
+    );
+    assert_eq!(rx.received().len(), 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::with(|n, _| (if n == 0 { 429 } else { 200 }, Duration::ZERO)).await;
+    rx.set_answer("slow down", &[("retry-after", "1")]);
+    // The schedule would retry at once; the receiver asked for a second.
+    app.subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": [0]}))
+        .await;
+    let start = tokio::time::Instant::now();
+    app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
+        .await;
+    rx.wait_for(2).await;
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(950), "retried after {took:?}");
+}

@@ -3,12 +3,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -45,6 +47,10 @@ struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Answer body and extra headers, the same for every request.
+    answer: Arc<Mutex<(String, Vec<(String, String)>)>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
 }
 
 pub struct TestReceiver {
@@ -65,6 +71,9 @@ impl TestReceiver {
             received: Arc::default(),
             arrived: Arc::new(Notify::new()),
             behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
+            answer: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/{*path}", post(receive))
@@ -85,6 +94,20 @@ impl TestReceiver {
         behaviour: impl Fn(usize, &Received) -> (u16, Duration) + Send + Sync + 'static,
     ) {
         *self.shared.behaviour.lock().unwrap() = Arc::new(behaviour);
+    }
+
+    /// Answers every request with this body and these headers from now on.
+    pub fn set_answer(&self, body: &str, headers: &[(&str, &str)]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        *self.shared.answer.lock().unwrap() = (body.to_string(), headers);
+    }
+
+    /// The most requests that were being answered at the same moment.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -125,7 +148,9 @@ impl TestReceiver {
     }
 }
 
-async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let req = Received { headers, body };
     let (n, behaviour) = {
         let mut got = shared.received.lock().unwrap();
@@ -137,7 +162,16 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    StatusCode::from_u16(status).unwrap()
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let (text, extra) = shared.answer.lock().unwrap().clone();
+    let mut response = (StatusCode::from_u16(status).unwrap(), text).into_response();
+    for (k, v) in extra {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(&v).unwrap(),
+        );
+    }
+    response
 }
 
 /// Polls `check` until it returns `Some`, for state only visible through the API (a readiness
