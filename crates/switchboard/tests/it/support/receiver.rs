@@ -42,13 +42,16 @@ impl Received {
 /// Decides the answer to request number `n` (0-based): status and a delay before answering.
 pub type Behaviour = Arc<dyn Fn(usize, &Received) -> (u16, Duration) + Send + Sync>;
 
+/// The body and extra headers every request is answered with.
+type Answer = (String, Vec<(String, String)>);
+
 #[derive(Clone)]
 struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
     behaviour: Arc<Mutex<Behaviour>>,
     /// Answer body and extra headers, the same for every request.
-    answer: Arc<Mutex<(String, Vec<(String, String)>)>>,
+    answer: Arc<Mutex<Answer>>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
 }
