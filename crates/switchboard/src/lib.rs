@@ -11,6 +11,7 @@
 //! - [`delivery`]: the dispatcher, the guarded HTTP client, signing and the retry policy.
 //! - [`api`]: the HTTP API, one file per resource, errors as problem+json.
 //! - [`auth`]: API keys and scopes.
+//! - [`cli`]: the tools besides `serve` (`listen`).
 //! - [`config`], [`telemetry`]: start-up concerns.
 //!
 //! [`run`] serves the API on a bound listener until a shutdown future resolves; `main.rs` only
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard::config::{Config, Overrides};
+use switchboard::delivery::signing::Secret;
 
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "Webhooks for contact centers")]
@@ -19,6 +20,18 @@ enum Command {
     Serve(ConfigArgs),
     /// Print the effective configuration, secrets masked.
     Config(ConfigArgs),
+    /// Run a local webhook receiver that verifies signatures and prints deliveries.
+    Listen(ListenArgs),
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// The subscription's signing secret (whsec_…); bad signatures are then answered 401
+    #[arg(long, env = "SWITCHBOARD_LISTEN_SECRET", value_name = "SECRET")]
+    secret: Option<String>,
 }
 
 /// Every flag also has an environment variable SWITCHBOARD_<NAME> and a key in the config file.
@@ -59,6 +72,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Config(args) => {
             print!("{}", args.load()?.to_masked_toml());
             Ok(())
+        }
+        Command::Listen(args) => {
+            let secret = args
+                .secret
+                .as_deref()
+                .map(Secret::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--secret {e}"))?;
+            switchboard::cli::listen::run(args.listen, secret, shutdown_signal()).await
         }
         Command::Serve(args) => {
             let config = args.load()?;

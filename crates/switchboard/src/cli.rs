@@ -1,0 +1,3 @@
+//! Tools in the same binary besides `serve`.
+
+pub mod listen;
