@@ -20,12 +20,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    println!("listening for webhooks on http://{}/", listener.local_addr()?);
+    println!(
+        "listening for webhooks on http://{}/",
+        listener.local_addr()?
+    );
     let app = Router::new()
         .route("/", post(receive))
         .route("/{*path}", post(receive))
         .with_state(Arc::new(secret));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -34,12 +39,19 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let id = h("webhook-id");
     let verdict = match (secret.as_ref(), h("webhook-timestamp").parse::<i64>()) {
         (None, _) => "unverified",
         (Some(_), Err(_)) => "BAD (no timestamp)",
-        (Some(s), Ok(ts)) if signing::verify(s, h("webhook-signature"), id, ts, &body) => "verified",
+        (Some(s), Ok(ts)) if signing::verify(s, h("webhook-signature"), id, ts, &body) => {
+            "verified"
+        }
         (Some(_), Ok(_)) => "BAD SIGNATURE",
     };
     println!(
