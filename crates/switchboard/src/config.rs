@@ -131,10 +131,12 @@ impl Config {
                 self.delivery_timeout_secs
             );
         }
-        if !self.database_url.is_empty() && !self.database_url.starts_with("sqlite:") {
+        let url = &self.database_url;
+        let known = ["sqlite:", "postgres://", "postgresql://"];
+        if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
             bail!(
-                "database_url {:?} is not supported: use \"sqlite://PATH\" or leave it empty",
-                self.database_url
+                "database_url must be empty (embedded SQLite), \"sqlite://PATH\" or \"postgres://…\", got {}",
+                mask_password(url)
             );
         }
         Ok(())
@@ -148,6 +150,15 @@ impl Config {
         }
     }
 
+    /// The database in use, for logs: the SQLite path or the URL without its password.
+    pub fn database_description(&self) -> String {
+        if self.database_url.starts_with("postgres") {
+            mask_password(&self.database_url)
+        } else {
+            self.sqlite_path().display().to_string()
+        }
+    }
+
     pub fn admin_key_path(&self) -> PathBuf {
         self.data_dir.join("admin.key")
     }
@@ -158,9 +169,7 @@ impl Config {
         if !shown.admin_key.is_empty() {
             shown.admin_key = "********".into();
         }
-        if let Some((scheme, _)) = shown.database_url.split_once('@') {
-            shown.database_url = format!("{scheme}@********");
-        }
+        shown.database_url = mask_password(&shown.database_url);
         toml::to_string(&shown).unwrap_or_default()
     }
 
@@ -172,6 +181,17 @@ impl Config {
             ..Overrides::default()
         };
         Self::load_from(&flags, std::iter::empty()).expect("defaults are valid")
+    }
+}
+
+/// `scheme://user:password@host/…` with the password masked.
+fn mask_password(url: &str) -> String {
+    let (Some((scheme, _)), Some(at)) = (url.split_once("://"), url.rfind('@')) else {
+        return url.to_string();
+    };
+    match url[scheme.len() + 3..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********{}", &url[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -297,9 +317,18 @@ mod tests {
         };
         assert!(err(&flags, &[]).contains("unknown key \"lisen\""));
         let pg = Overrides {
-            database_url: Some("mysql://x".into()),
+            database_url: Some("mysql://root:hunter2@x".into()),
             ..Overrides::default()
         };
-        assert!(err(&pg, &[]).contains("not supported"));
+        let msg = err(&pg, &[]);
+        assert!(
+            msg.contains("database_url must be") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        assert_eq!(
+            mask_password("postgres://u:p@h:5432/db"),
+            "postgres://u:********@h:5432/db"
+        );
+        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

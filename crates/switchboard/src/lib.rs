@@ -54,10 +54,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let admin_key = admin_key(&config)?;
-    let db = config.sqlite_path();
-    let store = Store::open(&db)
+    let db = config.database_description();
+    let store = Store::open(&config.database_url, &config.sqlite_path())
         .await
-        .with_context(|| format!("opening database {}", db.display()))?;
+        .with_context(|| format!("opening database {db}"))?;
     let timeout = Duration::from_secs(config.delivery_timeout_secs);
     let guard = Guard {
         allow_loopback: config.dev,
@@ -77,7 +77,7 @@ pub async fn run(
     let (stop_dispatcher, stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped));
 
-    tracing::info!(addr = %listener.local_addr()?, db = %db.display(), dev = config.dev, "serving");
+    tracing::info!(addr = %listener.local_addr()?, db = %db, dev = config.dev, "serving");
     let served = axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown)
         .await;

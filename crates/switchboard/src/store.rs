@@ -1,10 +1,53 @@
-//! Durable state: the only module with SQL. Callers see typed operations; the backend behind
-//! them is the embedded SQLite database (`store/sqlite.rs`).
+//! Durable state: the only module with SQL. Callers see typed operations on [`Store`]; behind
+//! them is the embedded SQLite database (`store/sqlite.rs`) or PostgreSQL (`store/postgres.rs`).
+//! Both include `store/backend.rs`, the SQL they share, so they cannot drift apart.
 //!
-//! Ingest goes through one writer task per database that group-commits whatever requests have
-//! queued (see `sqlite::writer`); reads use a separate pool.
+//! Ingest, claims and outcomes go through one writer task per node that group-commits whatever
+//! has queued (see `backend.rs`, `writer`); reads use a separate pool.
 
+/// The statement that reads, and on PostgreSQL locks, a tenant's last sequence.
+macro_rules! tenant_sql {
+    () => {
+        "SELECT last_sequence FROM tenants WHERE id = $1"
+    };
+}
+
+/// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
+/// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
+/// `per_agent` subscriptions only a delivery with no earlier pending delivery of the same agent
+/// is due, so one agent's events go out one at a time in sequence order.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
+               SELECT d.id FROM deliveries d \
+               WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
+                 AND (d.lease_until IS NULL OR d.lease_until < $3) \
+                 AND (d.agent IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
+                     AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
+               ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
+            $lock,
+            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts"
+        )
+    };
+}
+
+mod postgres;
 mod sqlite;
+
+/// The statements that differ between backends.
+pub(crate) struct Dialect {
+    /// Starts a transaction that will write.
+    pub begin_write: &'static str,
+    /// [`tenant_sql!`], locking on PostgreSQL.
+    pub lock_tenant: &'static str,
+    /// [`claim_sql!`] with the backend's row locking.
+    pub claim: &'static str,
+    /// Run in a transaction that made deliveries due, to wake other nodes.
+    pub notify: Option<&'static str>,
+}
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -15,7 +58,115 @@ use crate::delivery::signing::Secret;
 use crate::event::{NewEvent, Timestamp};
 use crate::subscription::SubscriptionSpec;
 
-pub use sqlite::Store;
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store(Backend);
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::Backend),
+    Postgres(postgres::Backend),
+}
+
+impl Store {
+    /// Opens the database `url` names (`postgres://…`), else the SQLite file at `sqlite_path`,
+    /// and migrates it.
+    pub async fn open(url: &str, sqlite_path: &std::path::Path) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store(Backend::Postgres(
+                postgres::Backend::open(url).await?,
+            )))
+        } else {
+            Ok(Store(Backend::Sqlite(
+                sqlite::Backend::open(sqlite_path).await?,
+            )))
+        }
+    }
+
+    /// The dispatcher waits on this; it is signalled when deliveries may have become due.
+    pub fn wake_handle(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        match &self.0 {
+            Backend::Sqlite(b) => b.wake_handle(),
+            Backend::Postgres(b) => b.wake_handle(),
+        }
+    }
+
+    /// Commits what is queued and closes the database.
+    pub async fn close(&self) {
+        match &self.0 {
+            Backend::Sqlite(b) => b.close().await,
+            Backend::Postgres(b) => b.close().await,
+        }
+    }
+
+    /// Changes whenever a subscription is created, changed or deleted (on PostgreSQL, on any
+    /// node).
+    pub fn subscriptions_version(&self) -> u64 {
+        match &self.0 {
+            Backend::Sqlite(b) => b.subscriptions_version(),
+            Backend::Postgres(b) => b.subscriptions_version(),
+        }
+    }
+}
+
+/// Forwards each listed method to the backend.
+macro_rules! forward {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match &self.0 {
+                        Backend::Sqlite(b) => b.$name($($arg),*).await,
+                        Backend::Postgres(b) => b.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+forward! {
+    /// Commits the events of one request, all or nothing; returns once they are durable.
+    fn ingest(&self, tenant: &str, events: Vec<NewEvent>) -> Result<Vec<Accepted>, IngestError>;
+    fn ping(&self) -> Result<(), StoreError>;
+    fn list_events(&self, tenant: &str, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    fn get_event(&self, tenant: &str, id: Uuid) -> Result<Option<StoredEvent>, StoreError>;
+    fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, CreateError>;
+    fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError>;
+    fn list_tenants(&self, after: &str, limit: u32) -> Result<Vec<Tenant>, StoreError>;
+    /// Deletes a tenant with everything it owns; false if there was none.
+    fn delete_tenant(&self, id: &str) -> Result<bool, StoreError>;
+    /// Stores a key under its hash.
+    fn create_key(&self, tenant: &str, name: &str, scopes: &[Scope], id: &str, key_hash: &str) -> Result<KeyRecord, CreateError>;
+    fn list_keys(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<KeyRecord>, StoreError>;
+    fn delete_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    /// The key with this hash, if any.
+    fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Leases up to `n` due deliveries of each listed subscription until `lease_until` (ms).
+    fn claim(&self, subs: Vec<(String, u32)>, lease_until: i64) -> Result<Vec<Claimed>, StoreError>;
+    /// Writes back finished attempts with their deliveries' new state.
+    fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+    /// When the earliest unleased pending delivery of an enabled subscription is due (unix ms).
+    fn next_due(&self) -> Result<Option<i64>, StoreError>;
+    fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError>;
+    fn get_subscription(&self, tenant: &str, id: &str) -> Result<Option<SubscriptionRecord>, StoreError>;
+    fn list_subscriptions(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    /// Every enabled subscription of every tenant, for the dispatcher.
+    fn enabled_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    /// Replaces a subscription's body, state and secrets.
+    fn update_subscription(&self, rec: &SubscriptionRecord) -> Result<bool, StoreError>;
+    /// Deletes a subscription with its deliveries and their attempts.
+    fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    fn list_deliveries(&self, tenant: &str, subscription: &str, status: Option<DeliveryStatus>, after: i64, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError>;
+    fn deliveries_of_event(&self, tenant: &str, event_id: Uuid) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// A delivery with its attempts, oldest first.
+    fn get_delivery(&self, tenant: &str, id: i64) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError>;
+    /// Makes a delivery due now; a finished one gets the round given.
+    fn retry_delivery(&self, tenant: &str, id: i64, one_attempt_round: i64) -> Result<bool, StoreError>;
+    /// Requeues a window of events for a subscription; see the backend for the rules.
+    fn replay(&self, sub: &SubscriptionRecord, since: Timestamp, until: Option<Timestamp>, only_failed: bool) -> Result<u64, StoreError>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,99 @@
+//! The PostgreSQL backend: any number of nodes share one database.
+//!
+//! Each node has its own group-committing writer (see `backend.rs`). What keeps nodes correct
+//! together: a tenant's row is locked (`FOR UPDATE`, in one order) while its sequences are
+//! assigned, so sequences stay strictly increasing and a duplicate `Id` posted to two nodes at
+//! once is seen by the second; claims lock rows with `FOR UPDATE SKIP LOCKED`, so nodes never
+//! claim the same delivery; a commit that made deliveries due sends `NOTIFY`, and every node's
+//! listener wakes its dispatcher; migrations run under sqlx's advisory lock.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Executor, QueryBuilder, Row};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{
+    Accepted, AttemptRecord, Claimed, CreateError, DeliveryRecord, DeliveryStatus, Dialect,
+    EventQuery, IngestError, IngestJob, KeyRecord, NextState, Outcome, StoreError, StoredEvent,
+    SubscriptionRecord, Tenant, now_millis, scopes_from_text, scopes_to_text,
+};
+use crate::auth::Scope;
+use crate::event::{Event, NewEvent, Timestamp};
+use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
+
+type Db = sqlx::Postgres;
+type Conn = PgConnection;
+type DbRow = PgRow;
+type DbPool = PgPool;
+
+/// The channel nodes notify each other on: `wake` (deliveries due) or `subs` (subscriptions
+/// changed).
+const CHANNEL: &str = "switchboard";
+
+const DIALECT: Dialect = Dialect {
+    begin_write: "BEGIN",
+    lock_tenant: concat!(tenant_sql!(), " FOR UPDATE"),
+    claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
+    notify: Some("SELECT pg_notify('switchboard', 'wake')"),
+};
+
+/// The migrations, compiled in; versions only ever grow.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/postgres/0001_init.sql")),
+    (
+        2,
+        "delivery",
+        include_str!("migrations/postgres/0002_delivery.sql"),
+    ),
+];
+
+impl Backend {
+    /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting
+    /// together take turns) and starts the writer and the notification listener.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let read = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        Migrator::new(Embedded).await?.run(&read).await?;
+        let conn = PgConnection::connect_with(&options).await?;
+        let backend = Self::start(conn, read.clone());
+
+        let mut listener = PgListener::connect_with(&read).await?;
+        listener.listen(CHANNEL).await?;
+        let (wake, version) = (backend.wake.clone(), backend.subs_version.clone());
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if n.payload() == "subs" {
+                            version.fetch_add(1, AtomicOrdering::SeqCst);
+                        }
+                        wake.notify_one();
+                    }
+                    // The listener reconnects by itself; a missed notification only delays a
+                    // dispatcher until its next poll.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(backend)
+    }
+}
+
+include!("backend.rs");
