@@ -72,8 +72,9 @@ pub async fn run(
         sender: sender.clone(),
     };
 
-    // The lease outlives the HTTP timeout, so a delivery in flight is never claimed twice.
-    let lease = timeout * 3 + Duration::from_secs(30);
+    // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
+    // delivery in flight is never claimed twice; a dead node's claims come free after it.
+    let lease = timeout * 2 + Duration::from_secs(5);
     let (stop_dispatcher, stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped));
 

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::TestReceiver;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::db::TestData;
 use crate::support::process::Server;
 
 async fn publish(client: &reqwest::Client, server: &Server, events: &[Value]) {
@@ -27,7 +28,7 @@ async fn publish(client: &reqwest::Client, server: &Server, events: &[Value]) {
 /// the receiver ends with every event id at least once.
 #[tokio::test]
 async fn no_event_is_lost_when_the_server_is_killed_mid_delivery() {
-    let dir = tempfile::tempdir().unwrap();
+    let data = TestData::new().await;
     // A slightly slow receiver, so that deliveries are in flight when the kill comes.
     let rx = TestReceiver::with(|_, _| (200, Duration::from_millis(2))).await;
     let client = reqwest::Client::new();
@@ -40,7 +41,7 @@ async fn no_event_is_lost_when_the_server_is_killed_mid_delivery() {
             .collect()
     };
 
-    let mut server = Server::start(dir.path());
+    let mut server = Server::start(&data);
     let r = client
         .post(format!("{}/v1/tenants/default/subscriptions", server.base))
         .bearer_auth(ADMIN_KEY)
@@ -61,7 +62,7 @@ async fn no_event_is_lost_when_the_server_is_killed_mid_delivery() {
             unique(&rx.received()).len() < 2000,
             "phase {phase}: the kill came mid-delivery"
         );
-        server = Server::start(dir.path());
+        server = Server::start(&data);
     }
     publish(&client, &server, &events[1400..]).await;
 

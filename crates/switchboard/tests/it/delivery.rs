@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use switchboard::delivery::signing::{Secret, verify};
 
-use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem, test_config};
+use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem};
 use crate::support::receiver::eventually;
 use crate::support::{TestApp, TestReceiver};
 
@@ -390,13 +390,7 @@ async fn per_agent_ordering_holds_back_only_that_agent() {
 
 #[tokio::test]
 async fn without_dev_a_loopback_receiver_never_gets_a_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_with(dir, |d| {
-        let mut c = test_config(d);
-        c.dev = false;
-        c
-    })
-    .await;
+    let app = TestApp::spawn_with(|c| c.dev = false).await;
     let rx = TestReceiver::start().await;
     let by_ip = app
         .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": []}))
@@ -641,13 +635,7 @@ async fn subscription_crud_and_validation() {
 /// Time for `n` events to reach a healthy receiver, optionally beside a subscription whose
 /// receiver hangs past the delivery timeout.
 async fn healthy_delivery_time(n: usize, with_hanging: bool) -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_with(dir, |d| {
-        let mut c = test_config(d);
-        c.delivery_timeout_secs = 2;
-        c
-    })
-    .await;
+    let app = TestApp::spawn_with(|c| c.delivery_timeout_secs = 2).await;
     let healthy = TestReceiver::start().await;
     let hanging = TestReceiver::with(|_, _| (200, Duration::from_secs(60))).await;
     app.subscribe(json!({"url": healthy.url("/")})).await;

@@ -413,13 +413,7 @@ async fn malformed_unsupported_too_large_and_too_many() {
 
 #[tokio::test]
 async fn a_configured_body_limit_is_honoured() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_with(dir, |d| {
-        let mut c = crate::support::app::test_config(d);
-        c.max_body_bytes = 2048;
-        c
-    })
-    .await;
+    let app = TestApp::spawn_with(|c| c.max_body_bytes = 2048).await;
     let batch: Vec<Value> = (0..20)
         .map(|i| agent_event(&guid(), 1, &format!("u{i}")))
         .collect();

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::db::TestData;
 use crate::support::process::Server;
 
 #[tokio::test]
@@ -20,9 +21,9 @@ async fn events_survive_a_graceful_restart() {
     app.publish_ok("default", &Value::Array(batch.clone()))
         .await;
     let before = app.all_events("default").await;
-    let dir = app.stop().await;
+    let data = app.stop().await;
 
-    let app = TestApp::spawn_in(dir).await;
+    let app = TestApp::spawn_in(data).await;
     assert_eq!(app.all_events("default").await, before);
     // Sequences continue where they stopped.
     let next = app
@@ -35,8 +36,8 @@ async fn events_survive_a_graceful_restart() {
 /// after the restart.
 #[tokio::test]
 async fn acknowledged_events_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path());
+    let data = TestData::new().await;
+    let mut server = Server::start(&data);
     let client = reqwest::Client::new();
     let url = format!("{}/v1/tenants/default/events", server.base);
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -88,7 +89,7 @@ async fn acknowledged_events_survive_sigkill() {
     let acked = acked.lock().await.clone();
     assert!(acked.len() >= 400);
 
-    let server = Server::start(dir.path());
+    let server = Server::start(&data);
     let mut stored = std::collections::HashSet::new();
     let mut after = 0;
     loop {

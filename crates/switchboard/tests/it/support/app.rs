@@ -2,12 +2,12 @@
 //! to talk to it.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use switchboard::config::Config;
-use tempfile::TempDir;
+
+use crate::support::db::TestData;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -16,15 +16,16 @@ pub const ADMIN_KEY: &str = "sb_admin_test_key";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
-    /// Kept so the data dir lives as long as the app (and across restarts).
-    pub dir: TempDir,
+    /// Kept so the data lives as long as the app (and across restarts).
+    pub data: TestData,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
 }
 
-/// The configuration tests run with: defaults, a data dir, loopback on port 0.
-pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::for_data_dir(data_dir);
+/// The configuration tests run with: defaults, the test's data, loopback on port 0.
+pub fn test_config(data: &TestData) -> Config {
+    let mut config = Config::for_data_dir(data.dir.path());
+    config.database_url = data.database_url();
     config.admin_key = ADMIN_KEY.into();
     // Receivers in tests are on loopback.
     config.dev = true;
@@ -33,16 +34,24 @@ pub fn test_config(data_dir: &Path) -> Config {
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        Self::spawn_in(tempfile::tempdir().expect("temp dir")).await
+        Self::spawn_with(|_| {}).await
     }
 
-    /// Starts the server on an existing data dir (a restart).
-    pub async fn spawn_in(dir: TempDir) -> Self {
-        Self::spawn_with(dir, test_config).await
+    /// Starts the server on fresh data with its configuration adjusted.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data = TestData::new().await;
+        let mut config = test_config(&data);
+        adjust(&mut config);
+        Self::start(data, config).await
     }
 
-    pub async fn spawn_with(dir: TempDir, config: impl FnOnce(&Path) -> Config) -> Self {
-        let config = config(dir.path());
+    /// Starts the server on existing data (a restart).
+    pub async fn spawn_in(data: TestData) -> Self {
+        let config = test_config(&data);
+        Self::start(data, config).await
+    }
+
+    async fn start(data: TestData, config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -54,7 +63,7 @@ impl TestApp {
         let app = TestApp {
             addr,
             client: reqwest::Client::new(),
-            dir,
+            data,
             shutdown,
             server,
         };
@@ -74,14 +83,14 @@ impl TestApp {
         }
     }
 
-    /// Graceful shutdown; hands back the data dir for a restart.
-    pub async fn stop(self) -> TempDir {
+    /// Graceful shutdown; hands back the data for a restart.
+    pub async fn stop(self) -> TestData {
         let _ = self.shutdown.send(());
         self.server
             .await
             .expect("server task")
             .expect("server ran cleanly");
-        self.dir
+        self.data
     }
 
     pub fn url(&self, path: &str) -> String {

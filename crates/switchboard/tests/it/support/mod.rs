@@ -1,6 +1,7 @@
 //! Shared test harness.
 
 pub mod app;
+pub mod db;
 pub mod process;
 pub mod receiver;
 

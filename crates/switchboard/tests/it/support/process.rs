@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use crate::support::app::ADMIN_KEY;
+use crate::support::db::TestData;
 
 /// The real binary as a child process, so it can be SIGKILLed.
 pub struct Server {
@@ -12,13 +13,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `switchboard serve --dev` on port 0 over `data_dir` and waits for its listening line.
-    pub fn start(data_dir: &std::path::Path) -> Self {
+    /// Starts `switchboard serve --dev` on port 0 over the test's data and waits for its
+    /// listening line.
+    pub fn start(data: &TestData) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .arg(data.dir.path())
+            .arg("--database-url")
+            .arg(data.database_url())
             .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
             .env("SWITCHBOARD_LOG_LEVEL", "warn")
+            // A short timeout makes the lease short: on PostgreSQL a killed node's claims
+            // come free when their leases expire.
+            .env("SWITCHBOARD_DELIVERY_TIMEOUT_SECS", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,84 @@
+//! Where a test's data lives: a temporary data dir, and — when `SWITCHBOARD_TEST_DATABASE_URL`
+//! names a PostgreSQL server — a fresh database created for the test and dropped after it.
+//! An unreachable PostgreSQL fails the test loudly; it is never skipped.
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tempfile::TempDir;
+
+/// The variable that selects PostgreSQL for the whole suite.
+pub const DATABASE_URL_VAR: &str = "SWITCHBOARD_TEST_DATABASE_URL";
+
+pub struct TestData {
+    pub dir: TempDir,
+    db: Option<TestDb>,
+}
+
+/// A PostgreSQL database owned by one test.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestData {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = match std::env::var(DATABASE_URL_VAR) {
+            Ok(url) if !url.is_empty() => Some(TestDb::create(url).await),
+            _ => None,
+        };
+        TestData { dir, db }
+    }
+
+    /// The `database_url` to give the server: empty for the embedded SQLite default.
+    pub fn database_url(&self) -> String {
+        self.db.as_ref().map(|d| d.url.clone()).unwrap_or_default()
+    }
+}
+
+impl TestDb {
+    async fn create(admin_url: String) -> Self {
+        let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("{DATABASE_URL_VAR}={admin_url} is set but PostgreSQL is unreachable: {e}")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        let _ = conn.close().await;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        TestDb {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async code: a small runtime of its own, on its own thread.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
