@@ -58,6 +58,17 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a `worker` node serves: liveness and readiness only.
+pub fn health_only(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .fallback(|| async {
+            ApiError::NotFound("this node runs --role worker: no API here".into())
+        })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
 /// The authenticated caller.
 pub struct Caller(pub Principal);
 

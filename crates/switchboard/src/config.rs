@@ -23,6 +23,7 @@ pub struct Config {
     /// Empty: the embedded SQLite file in `data_dir`.
     pub database_url: String,
     pub dev: bool,
+    pub role: Role,
     pub allow_networks: Vec<ipnet::IpNet>,
     pub delivery_timeout_secs: u64,
     /// Empty: read or generate `<data_dir>/admin.key`.
@@ -30,6 +31,28 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// What a node does (DESIGN §6).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API only.
+    Api,
+    /// The dispatcher only (and /healthz, /readyz).
+    Worker,
+    /// Both.
+    All,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -47,6 +70,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub dev: bool,
+    pub role: Option<Role>,
 }
 
 impl Config {
@@ -110,6 +134,10 @@ impl Config {
         }
         if flags.dev {
             set("dev", true.into());
+        }
+        if let Some(role) = flags.role {
+            let name = toml::Value::try_from(role).context("role")?;
+            set("role", name);
         }
         merge(&mut table, from_flags, "flags")?;
 

@@ -76,16 +76,27 @@ pub async fn run(
     // delivery in flight is never claimed twice; a dead node's claims come free after it.
     let lease = timeout * 2 + Duration::from_secs(5);
     let (stop_dispatcher, stopped) = watch::channel(false);
-    let dispatcher = tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped));
+    let dispatcher = config
+        .role
+        .delivers()
+        .then(|| tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped)));
 
-    tracing::info!(addr = %listener.local_addr()?, db = %db, dev = config.dev, "serving");
-    let served = axum::serve(listener, api::app(state))
+    let app = if config.role.serves_api() {
+        api::app(state)
+    } else {
+        api::health_only(state)
+    };
+    let role = config.role;
+    tracing::info!(addr = %listener.local_addr()?, db = %db, dev = config.dev, ?role, "serving");
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     // Order matters: no new requests, then no new attempts (those in flight finish and are
     // recorded), then the writer commits what is queued.
     let _ = stop_dispatcher.send(true);
-    let _ = dispatcher.await;
+    if let Some(dispatcher) = dispatcher {
+        let _ = dispatcher.await;
+    }
     store.close().await;
     tracing::info!("stopped");
     served.context("serving HTTP")

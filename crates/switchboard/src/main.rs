@@ -20,6 +20,8 @@ enum Command {
     Serve(ConfigArgs),
     /// Print the effective configuration, secrets masked.
     Config(ConfigArgs),
+    /// Apply the database migrations and exit (`serve` also applies them at start).
+    Migrate(ConfigArgs),
     /// Run a local webhook receiver that verifies signatures and prints deliveries.
     Listen(ListenArgs),
 }
@@ -49,6 +51,9 @@ struct ConfigArgs {
     /// Local development: allow receivers on loopback [env: SWITCHBOARD_DEV]
     #[arg(long)]
     dev: bool,
+    /// What this node does [env: SWITCHBOARD_ROLE] [default: all]
+    #[arg(long, value_enum)]
+    role: Option<switchboard::config::Role>,
     /// Config file [default: ./switchboard.toml if it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -62,6 +67,7 @@ impl ConfigArgs {
             data_dir: self.data_dir,
             database_url: self.database_url,
             dev: self.dev,
+            role: self.role,
         })
     }
 }
@@ -71,6 +77,17 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Config(args) => {
             print!("{}", args.load()?.to_masked_toml());
+            Ok(())
+        }
+        Command::Migrate(args) => {
+            let config = args.load()?;
+            switchboard::telemetry::init(&config)?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store =
+                switchboard::store::Store::open(&config.database_url, &config.sqlite_path())
+                    .await?;
+            store.close().await;
+            println!("migrated {}", config.database_description());
             Ok(())
         }
         Command::Listen(args) => {

@@ -58,6 +58,15 @@ use crate::delivery::signing::Secret;
 use crate::event::{NewEvent, Timestamp};
 use crate::subscription::SubscriptionSpec;
 
+/// The compiled-in migrations of a backend as `(version, name, SQL)`, for tools and tests.
+pub fn migrations(postgres: bool) -> &'static [(i64, &'static str, &'static str)] {
+    if postgres {
+        postgres::MIGRATIONS
+    } else {
+        sqlite::MIGRATIONS
+    }
+}
+
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store(Backend);

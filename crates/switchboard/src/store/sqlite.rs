@@ -48,7 +48,7 @@ const DIALECT: Dialect = Dialect {
 };
 
 /// The migrations, compiled in; versions only ever grow.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
     (
         2,

@@ -9,6 +9,9 @@ use tempfile::TempDir;
 /// The variable that selects PostgreSQL for the whole suite.
 pub const DATABASE_URL_VAR: &str = "SWITCHBOARD_TEST_DATABASE_URL";
 
+/// This machine's PostgreSQL (trust auth).
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 pub struct TestData {
     pub dir: TempDir,
     db: Option<TestDb>,
@@ -29,6 +32,19 @@ impl TestData {
             _ => None,
         };
         TestData { dir, db }
+    }
+
+    /// Data on PostgreSQL whatever the suite runs on, for tests of what only PostgreSQL does
+    /// (many nodes): the server of `SWITCHBOARD_TEST_DATABASE_URL`, else this machine's.
+    pub async fn postgres() -> Self {
+        let url = std::env::var(DATABASE_URL_VAR)
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| DEFAULT_POSTGRES.to_string());
+        TestData {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db: Some(TestDb::create(url).await),
+        }
     }
 
     /// The `database_url` to give the server: empty for the embedded SQLite default.

@@ -16,11 +16,17 @@ impl Server {
     /// Starts `switchboard serve --dev` on port 0 over the test's data and waits for its
     /// listening line.
     pub fn start(data: &TestData) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// As [`Server::start`], with more arguments for `serve`.
+    pub fn start_with(data: &TestData, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.dir.path())
             .arg("--database-url")
             .arg(data.database_url())
+            .args(args)
             .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
             .env("SWITCHBOARD_LOG_LEVEL", "warn")
             // A short timeout makes the lease short: on PostgreSQL a killed node's claims

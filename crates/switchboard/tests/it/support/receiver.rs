@@ -117,7 +117,7 @@ impl TestReceiver {
         self.shared.received.lock().unwrap().clone()
     }
 
-    /// Waits (no polling) until at least `n` requests arrived; panics after 30 s.
+    /// Waits (no polling) until at least `n` requests arrived; panics after 60 s.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         self.wait_until(|r| r.len() >= n, &format!("{n} requests"))
             .await
@@ -141,7 +141,7 @@ impl TestReceiver {
                 arrived.await;
             }
         };
-        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        match tokio::time::timeout(Duration::from_secs(60), wait).await {
             Ok(got) => got,
             Err(_) => panic!(
                 "receiver: timed out waiting for {what}; got {}",

@@ -1,0 +1,285 @@
+//! Many nodes, one PostgreSQL: what only the PostgreSQL backend does. These tests always run
+//! against PostgreSQL (see `TestData::postgres`) and fail loudly when it is unreachable.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use crate::support::TestReceiver;
+use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::db::TestData;
+use crate::support::process::Server;
+use crate::support::receiver::Received;
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(format!("{base}{path}"))
+        .bearer_auth(ADMIN_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+fn unique(got: &[Received]) -> HashSet<String> {
+    got.iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
+}
+
+/// Posts `events` in batches of 25, round-robin over `nodes`, four batches at a time.
+async fn publish_round_robin(client: &reqwest::Client, nodes: &[String], events: &[Value]) {
+    let batches: Vec<&[Value]> = events.chunks(25).collect();
+    for (round, group) in batches.chunks(4).enumerate() {
+        let posts: Vec<_> = group
+            .iter()
+            .enumerate()
+            .map(|(i, batch)| {
+                let base = nodes[(round * 4 + i) % nodes.len()].clone();
+                let (client, body) = (client.clone(), Value::Array(batch.to_vec()));
+                tokio::spawn(async move {
+                    post(&client, &base, "/v1/tenants/default/events", &body)
+                        .await
+                        .status()
+                })
+            })
+            .collect();
+        for p in posts {
+            assert_eq!(p.await.unwrap(), StatusCode::ACCEPTED);
+        }
+    }
+}
+
+/// Three nodes share one database; 5,000 events are posted round-robin and one node is
+/// SIGKILLed mid-run. Every event arrives, duplicates stay under 1 %, and each agent's events
+/// arrive in sequence order although different nodes accepted and delivered them.
+#[tokio::test]
+async fn three_nodes_one_killed_deliver_everything_in_per_agent_order() {
+    let data = TestData::postgres().await;
+    let rx = TestReceiver::with(|_, _| (200, Duration::from_millis(1))).await;
+    let client = reqwest::Client::new();
+    let mut nodes: Vec<Server> = (0..3).map(|_| Server::start(&data)).collect();
+    let r = post(
+        &client,
+        &nodes[0].base,
+        "/v1/tenants/default/subscriptions",
+        &json!({"url": rx.url("/"), "ordering": "per_agent"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let events: Vec<Value> = (0..5000)
+        .map(|i| {
+            agent_event(
+                &guid(),
+                [1, 3, 4, 5, 8, 3][i % 6],
+                &format!("agent{}", i % 50),
+            )
+        })
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    publish_round_robin(&client, &bases, &events[..2500]).await;
+    rx.wait_until(
+        |got| unique(got).len() >= 1000,
+        "a first part of the deliveries",
+    )
+    .await;
+    nodes[1].kill();
+    assert!(unique(&rx.received()).len() < 5000, "the kill came mid-run");
+    let survivors = vec![bases[0].clone(), bases[2].clone()];
+    publish_round_robin(&client, &survivors, &events[2500..]).await;
+
+    let want: HashSet<String> = events
+        .iter()
+        .map(|e| e["Id"].as_str().unwrap().to_string())
+        .collect();
+    let got = rx
+        .wait_until(|got| unique(got).is_superset(&want), "every event")
+        .await;
+    let duplicates = got.len() - unique(&got).len();
+    eprintln!(
+        "{} deliveries of {} events: {duplicates} duplicates",
+        got.len(),
+        want.len()
+    );
+    assert!(
+        duplicates * 100 < want.len(),
+        "{duplicates} duplicates is 1 % or more"
+    );
+
+    let mut by_agent: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in &got {
+        let agent = r.json()["AdditionalFields"]["Username"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        by_agent
+            .entry(agent)
+            .or_default()
+            .push(r.header("switchboard-sequence").parse().unwrap());
+    }
+    for (agent, seqs) in by_agent {
+        assert!(
+            seqs.windows(2).all(|w| w[0] <= w[1]),
+            "{agent} out of order: {seqs:?}"
+        );
+    }
+    drop(nodes);
+}
+
+async fn applied_migrations(data: &TestData) -> Vec<(i64, bool)> {
+    let mut conn = PgConnection::connect(&data.database_url()).await.unwrap();
+    sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A node started against a database with an older schema migrates it, and works.
+#[tokio::test]
+async fn a_node_migrates_an_older_schema() {
+    let data = TestData::postgres().await;
+    // The schema as the first release left it: only migration 1.
+    let first = switchboard::store::migrations(true)[..1].to_vec();
+    let mut conn = PgConnection::connect(&data.database_url()).await.unwrap();
+    let old = sqlx::migrate::Migrator::new(OldSchema(first))
+        .await
+        .unwrap();
+    old.run_direct(&mut conn).await.unwrap();
+    sqlx::query("INSERT INTO events (tenant_id, sequence, id, created, category, code, received_at, body) \
+                 VALUES ('default', 1, '0f8fad5b-d9cb-469f-a165-70867728950e', 20261123184603, 2, 1, 0, \
+                 '{\"Id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"CreationDateUtc\":\"20261123184603\",\"Category\":2,\"Code\":1,\"AdditionalFields\":{}}')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET last_sequence = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied_migrations(&data).await, [(1, true)]);
+
+    let node = Server::start(&data);
+    let client = reqwest::Client::new();
+    // Served once the store is open, so after the migrations.
+    let r = client
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let all = switchboard::store::migrations(true).len() as i64;
+    assert_eq!(
+        applied_migrations(&data).await,
+        (1..=all).map(|v| (v, true)).collect::<Vec<_>>()
+    );
+    let client = reqwest::Client::new();
+    let r = post(
+        &client,
+        &node.base,
+        "/v1/tenants/default/events",
+        &agent_event(&guid(), 1, "jdoe"),
+    )
+    .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["events"][0]["sequence"], 2,
+        "the old event is kept, sequences continue"
+    );
+}
+
+/// Nodes started at the same moment on an empty database take turns migrating it.
+#[tokio::test]
+async fn nodes_starting_together_do_not_corrupt_the_migrations() {
+    let data = TestData::postgres().await;
+    let nodes: Vec<Server> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..3).map(|_| s.spawn(|| Server::start(&data))).collect();
+        starting.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let client = reqwest::Client::new();
+    for node in &nodes {
+        let r = client
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let all = switchboard::store::migrations(true).len() as i64;
+    assert_eq!(
+        applied_migrations(&data).await,
+        (1..=all).map(|v| (v, true)).collect::<Vec<_>>()
+    );
+    let r = post(
+        &client,
+        &nodes[2].base,
+        "/v1/tenants/default/events",
+        &agent_event(&guid(), 1, "jdoe"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
+/// An `api` node accepts but does not deliver; a `worker` node delivers but has no API.
+#[tokio::test]
+async fn roles_split_the_api_from_delivery() {
+    let data = TestData::postgres().await;
+    let rx = TestReceiver::start().await;
+    let client = reqwest::Client::new();
+    let api = Server::start_with(&data, &["--role", "api"]);
+    let r = post(
+        &client,
+        &api.base,
+        "/v1/tenants/default/subscriptions",
+        &json!({"url": rx.url("/")}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let event = agent_event(&guid(), 1, "jdoe");
+    let r = post(&client, &api.base, "/v1/tenants/default/events", &event).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    let worker = Server::start_with(&data, &["--role", "worker"]);
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].event_id(), event["Id"].as_str().unwrap());
+    let r = post(&client, &worker.base, "/v1/tenants/default/events", &event).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a worker serves no API");
+    let r = client
+        .get(format!("{}/readyz", worker.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The first migrations only, as a migration source.
+#[derive(Debug)]
+struct OldSchema(Vec<(i64, &'static str, &'static str)>);
+
+impl sqlx::migrate::MigrationSource<'static> for OldSchema {
+    fn resolve(
+        self,
+    ) -> futures_core::future::BoxFuture<
+        'static,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .into_iter()
+                .map(|(v, name, sql)| {
+                    sqlx::migrate::Migration::new(
+                        v,
+                        name.into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        sql.into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
