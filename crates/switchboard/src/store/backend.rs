@@ -804,10 +804,7 @@ async fn writer(mut conn: Conn, mut rx: mpsc::Receiver<Command>, wake: Arc<Notif
 
 type JobResult = Result<Vec<Accepted>, IngestError>;
 
-async fn commit_group(
-    conn: &mut Conn,
-    group: &Group,
-) -> Result<Committed, sqlx::Error> {
+async fn commit_group(conn: &mut Conn, group: &Group) -> Result<Committed, sqlx::Error> {
     conn.execute(DIALECT.begin_write).await?;
     let result = match write_group(conn, group).await {
         Ok(done) => conn.execute("COMMIT").await.map(|_| done),
@@ -825,10 +822,10 @@ async fn write_group(conn: &mut Conn, group: &Group) -> Result<Committed, sqlx::
     let (ingests, deliveries_added) = write_ingests(conn, &jobs, now).await?;
     // One order for row locks across concurrent writers: by subscription, then delivery.
     let mut outcomes: Vec<&Outcome> = group.outcomes.iter().collect();
-    outcomes.sort_by(|a, b| (&a.subscription_id, a.delivery_id).cmp(&(&b.subscription_id, b.delivery_id)));
-    for outcome in outcomes {
-        record_outcome(conn, outcome, now).await?;
-    }
+    outcomes.sort_by(|a, b| {
+        (&a.subscription_id, a.delivery_id).cmp(&(&b.subscription_id, b.delivery_id))
+    });
+    record_outcomes(conn, &outcomes, now).await?;
     let mut claims = Vec::with_capacity(group.claims.len());
     for ClaimJob(subs, lease_until, _) in &group.claims {
         claims.push(claim(conn, subs, *lease_until, now).await?);
@@ -861,7 +858,8 @@ async fn write_ingests(
 
     // Lock every tenant of the group in one order, so that concurrent writers (other nodes)
     // can wait on each other but never deadlock; the lock serialises sequences per tenant.
-    let tenants: std::collections::BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
+    let tenants: std::collections::BTreeSet<&str> =
+        jobs.iter().map(|j| j.tenant.as_str()).collect();
     for tenant in tenants {
         let row = sqlx::query(DIALECT.lock_tenant)
             .bind(tenant)
@@ -1031,86 +1029,104 @@ async fn insert_deliveries(
     Ok(())
 }
 
-/// Writes one attempt and its delivery's new state (the same transaction, always).
-async fn record_outcome(
+/// Writes attempts and their deliveries' new state (the same transaction, always), a chunk of
+/// rows per statement, then each subscription's health once.
+async fn record_outcomes(
     conn: &mut Conn,
-    o: &Outcome,
+    outcomes: &[&Outcome],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, error, \
-         response_body) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(o.delivery_id)
-    .bind(i64::from(o.attempt))
-    .bind(o.started_at)
-    .bind(o.duration_ms)
-    .bind(o.status_code.map(i64::from))
-    .bind(&o.error)
-    .bind(&o.response_body)
-    .execute(&mut *conn)
-    .await?;
-    let (status, next_at) = match o.next {
-        NextState::Succeeded => (DeliveryStatus::Succeeded, None),
-        NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-        NextState::Failed => (DeliveryStatus::Failed, None),
-    };
-    sqlx::query(
-        "UPDATE deliveries SET status = $1, \
-         attempt_count = CASE WHEN attempt_count > $2 THEN attempt_count ELSE $2 END, \
-         round_attempts = $3, next_attempt_at = $4, lease_until = NULL, last_status_code = $5, \
-         last_error = $6, updated_at = $7 WHERE id = $8",
-    )
-    .bind(status.as_str())
-    .bind(i64::from(o.attempt))
-    .bind(i64::from(o.round_attempt))
-    .bind(next_at)
-    .bind(o.status_code.map(i64::from))
-    .bind(&o.error)
-    .bind(now)
-    .bind(o.delivery_id)
-    .execute(&mut *conn)
-    .await?;
+    for chunk in fixed_chunks(outcomes) {
+        let mut sql = QueryBuilder::<Db>::new(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, \
+             error, response_body) ",
+        );
+        sql.push_values(chunk, |mut b, o| {
+            b.push_bind(o.delivery_id)
+                .push_bind(i64::from(o.attempt))
+                .push_bind(o.started_at)
+                .push_bind(o.duration_ms)
+                .push_bind(o.status_code.map(i64::from))
+                .push_bind(&o.error)
+                .push_bind(&o.response_body);
+        });
+        sql.push(" ON CONFLICT DO NOTHING");
+        sql.build().execute(&mut *conn).await?;
+
+        // VALUES columns are column1, column2, … on both backends.
+        let mut sql = QueryBuilder::<Db>::new(
+            "UPDATE deliveries SET status = v.column2, \
+             attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
+             round_attempts = v.column4, next_attempt_at = v.column5, lease_until = NULL, \
+             last_status_code = v.column6, last_error = v.column7, updated_at = ",
+        );
+        sql.push_bind(now).push(" FROM (");
+        sql.push_values(chunk, |mut b, o| {
+            let (status, next_at) = match o.next {
+                NextState::Succeeded => (DeliveryStatus::Succeeded, None),
+                NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+                NextState::Failed => (DeliveryStatus::Failed, None),
+            };
+            b.push_bind(o.delivery_id)
+                .push_bind(status.as_str())
+                .push_bind(i64::from(o.attempt))
+                .push_bind(i64::from(o.round_attempt))
+                .push_bind(next_at)
+                .push_bind(o.status_code.map(i64::from))
+                .push_bind(&o.error);
+        });
+        sql.push(") AS v WHERE id = v.column1");
+        sql.build().execute(&mut *conn).await?;
+    }
 
     // Subscription health: 410 disables at once; failing everything for 72 h with at least
-    // 10 attempts disables too; any success resets the count.
-    if let Some(reason) = &o.disable {
-        sqlx::query(
-            "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, updated_at = $2 \
-             WHERE id = $3 AND enabled = TRUE",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(&o.subscription_id)
-        .execute(&mut *conn)
-        .await?;
-    } else if o.next == NextState::Succeeded {
-        sqlx::query(
-            "UPDATE subscriptions SET failing_since = NULL, failures = 0 WHERE id = $1 AND failures > 0",
-        )
-        .bind(&o.subscription_id)
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        sqlx::query(
-            "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $1), \
-             failures = failures + 1 WHERE id = $2",
-        )
-        .bind(now)
-        .bind(&o.subscription_id)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "UPDATE subscriptions SET enabled = FALSE, updated_at = $1, \
-             disabled_reason = 'every attempt failed for 72 hours' \
-             WHERE id = $2 AND enabled = TRUE AND failures >= $3 AND failing_since <= $4",
-        )
-        .bind(now)
-        .bind(&o.subscription_id)
-        .bind(AUTO_DISABLE_ATTEMPTS)
-        .bind(now - AUTO_DISABLE_AFTER_MS)
-        .execute(&mut *conn)
-        .await?;
+    // 10 attempts disables too; any success resets the count. `outcomes` is sorted by
+    // subscription, so rows are locked in one order.
+    for group in outcomes.chunk_by(|a, b| a.subscription_id == b.subscription_id) {
+        let sub = &group[0].subscription_id;
+        let failures = group
+            .iter()
+            .filter(|o| o.next != NextState::Succeeded)
+            .count() as i64;
+        if let Some(reason) = group.iter().find_map(|o| o.disable.as_ref()) {
+            sqlx::query(
+                "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, updated_at = $2 \
+                 WHERE id = $3 AND enabled = TRUE",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(sub)
+            .execute(&mut *conn)
+            .await?;
+        } else if failures < group.len() as i64 {
+            sqlx::query(
+                "UPDATE subscriptions SET failing_since = NULL, failures = 0 WHERE id = $1 AND failures > 0",
+            )
+            .bind(sub)
+            .execute(&mut *conn)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE subscriptions SET failing_since = COALESCE(failing_since, $1), \
+                 failures = failures + $2 WHERE id = $3",
+            )
+            .bind(now)
+            .bind(failures)
+            .bind(sub)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE subscriptions SET enabled = FALSE, updated_at = $1, \
+                 disabled_reason = 'every attempt failed for 72 hours' \
+                 WHERE id = $2 AND enabled = TRUE AND failures >= $3 AND failing_since <= $4",
+            )
+            .bind(now)
+            .bind(sub)
+            .bind(AUTO_DISABLE_ATTEMPTS)
+            .bind(now - AUTO_DISABLE_AFTER_MS)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -1131,23 +1147,31 @@ async fn claim(
     let mut out = Vec::new();
     for (sub_id, n) in subs {
         let rows = sqlx::query(DIALECT.claim)
-        .bind(lease_until)
-        .bind(sub_id)
-        .bind(now)
-        .bind(i64::from(*n))
-        .fetch_all(&mut *conn)
-        .await?;
+            .bind(lease_until)
+            .bind(sub_id)
+            .bind(now)
+            .bind(i64::from(*n))
+            .fetch_all(&mut *conn)
+            .await?;
+        let Some(first) = rows.first() else { continue };
+        let tenant: String = first.get(1);
+        let mut bodies: HashMap<i64, String> = HashMap::with_capacity(rows.len());
+        let mut sql =
+            QueryBuilder::<Db>::new("SELECT sequence, body FROM events WHERE tenant_id = ");
+        sql.push_bind(&tenant).push(" AND sequence IN (");
+        let mut list = sql.separated(", ");
+        for row in &rows {
+            list.push_bind(row.get::<i64, _>(3));
+        }
+        sql.push(")");
+        for row in sql.build().fetch_all(&mut *conn).await? {
+            bodies.insert(row.get(0), row.get(1));
+        }
         for row in rows {
-            let tenant: String = row.get(1);
             let sequence: i64 = row.get(3);
-            let body: String =
-                sqlx::query_scalar("SELECT body FROM events WHERE tenant_id = $1 AND sequence = $2")
-                    .bind(&tenant)
-                    .bind(sequence)
-                    .fetch_one(&mut *conn)
-                    .await?;
             let attempts: i64 = row.get(4);
             let round: i64 = row.get(5);
+            let body = bodies.remove(&sequence).ok_or(sqlx::Error::RowNotFound)?;
             out.push(Claimed {
                 delivery_id: row.get(0),
                 subscription_id: sub_id.clone(),
