@@ -382,11 +382,15 @@ impl Dispatcher {
                 s.in_flight = s.in_flight.saturating_sub(1);
             }
         }
-        let disabled_any = finished.iter().any(|o| o.disable.is_some());
-        if !finished.is_empty() {
+        // A disabled subscription must be seen as such before claiming for it.
+        let finished = if finished.iter().any(|o| o.disable.is_some()) {
             self.store.record(finished).await?;
-        }
-        self.refresh(disabled_any).await?;
+            self.refresh(true).await?;
+            Vec::new()
+        } else {
+            self.refresh(false).await?;
+            finished
+        };
 
         let wanted: Vec<(String, u32)> = self
             .subs
@@ -396,11 +400,26 @@ impl Dispatcher {
                 (n > 0).then(|| (id.clone(), n))
             })
             .collect();
-        if wanted.is_empty() {
+        if wanted.is_empty() && finished.is_empty() {
             return Ok(0);
         }
+        // Sent together, the outcomes and the claim share one writer turn and one commit.
         let lease_until = now_millis() + self.lease.as_millis() as i64;
-        let claimed = self.store.claim(wanted, lease_until).await?;
+        let store = &self.store;
+        let record = async {
+            match finished.is_empty() {
+                true => Ok(()),
+                false => store.record(finished).await,
+            }
+        };
+        let claim = async {
+            match wanted.is_empty() {
+                true => Ok(Vec::new()),
+                false => store.claim(wanted, lease_until).await,
+            }
+        };
+        let (recorded, claimed) = tokio::join!(record, claim);
+        let claimed = claimed?;
         let started = claimed.len();
         for c in claimed {
             let Some(state) = self.subs.get_mut(&c.subscription_id) else {
@@ -422,6 +441,9 @@ impl Dispatcher {
                 let _ = done.send(decide(&sub, &c, result));
             });
         }
+        // Attempts claimed are started even if recording failed; those outcomes are lost and
+        // their deliveries go out again when the leases expire.
+        recorded?;
         Ok(started)
     }
 

@@ -47,6 +47,11 @@ pub(crate) struct Dialect {
     pub claim: &'static str,
     /// Run in a transaction that made deliveries due, to wake other nodes.
     pub notify: Option<&'static str>,
+    /// For transactions whose loss a crash may cause (claims, outcomes): run before `BEGIN`,
+    /// inside the transaction, and after its end, so its commit does not wait for the disk.
+    pub relax_before_begin: Option<&'static str>,
+    pub relax_in_transaction: Option<&'static str>,
+    pub restore_after_end: Option<&'static str>,
 }
 
 use bytes::Bytes;

@@ -44,6 +44,9 @@ const DIALECT: Dialect = Dialect {
     lock_tenant: concat!(tenant_sql!(), " FOR UPDATE"),
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
     notify: Some("SELECT pg_notify('switchboard', 'wake')"),
+    relax_before_begin: None,
+    relax_in_transaction: Some("SET LOCAL synchronous_commit = off"),
+    restore_after_end: None,
 };
 
 /// The migrations, compiled in; versions only ever grow.

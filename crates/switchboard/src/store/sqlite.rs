@@ -45,6 +45,9 @@ const DIALECT: Dialect = Dialect {
     lock_tenant: concat!(tenant_sql!(), ""),
     claim: claim_sql!(""),
     notify: None,
+    relax_before_begin: Some("PRAGMA synchronous = NORMAL"),
+    relax_in_transaction: None,
+    restore_after_end: Some("PRAGMA synchronous = FULL"),
 };
 
 /// The migrations, compiled in; versions only ever grow.
