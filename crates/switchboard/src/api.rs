@@ -186,6 +186,17 @@ impl Params {
             .map_err(|e| ApiError::Malformed(format!("malformed query string: {e}")))
     }
 
+    /// The whole query of a list keyed by string ids: `limit` and `after`, nothing else.
+    pub fn id_page(
+        q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ) -> Result<(u32, String), ApiError> {
+        let mut p = Params::from_query(q)?;
+        let limit = p.limit()?;
+        let after = p.take("after").unwrap_or_default();
+        p.finish()?;
+        Ok((limit, after))
+    }
+
     pub fn take(&mut self, name: &str) -> Option<String> {
         let i = self.0.iter().position(|(k, _)| k == name)?;
         Some(self.0.remove(i).1)

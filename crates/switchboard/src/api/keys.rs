@@ -86,10 +86,7 @@ async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<KeyView>>, ApiError> {
     caller.allow(&state, &tenant, Scope::Manage).await?;
-    let mut p = Params::from_query(query)?;
-    let limit = p.limit()?;
-    let after = p.take("after").unwrap_or_default();
-    p.finish()?;
+    let (limit, after) = Params::id_page(query)?;
     let keys = state.store.list_keys(&tenant, &after, limit + 1).await?;
     let views = keys.into_iter().map(|k| KeyView::new(k, None)).collect();
     Ok(Json(Page::new(views, limit, |k| k.id.clone())))

@@ -115,10 +115,7 @@ async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<SubscriptionView>>, ApiError> {
     caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
-    let limit = p.limit()?;
-    let after = p.take("after").unwrap_or_default();
-    p.finish()?;
+    let (limit, after) = Params::id_page(query)?;
     let subs = state
         .store
         .list_subscriptions(&tenant, &after, limit + 1)

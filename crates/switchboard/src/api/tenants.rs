@@ -78,10 +78,7 @@ async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
     caller.0.require_admin()?;
-    let mut p = Params::from_query(query)?;
-    let limit = p.limit()?;
-    let after = p.take("after").unwrap_or_default();
-    p.finish()?;
+    let (limit, after) = Params::id_page(query)?;
     let tenants = state.store.list_tenants(&after, limit + 1).await?;
     let views = tenants.into_iter().map(TenantView::from).collect();
     Ok(Json(Page::new(views, limit, |t| t.id.clone())))
