@@ -71,6 +71,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub dev: bool,
     pub role: Option<Role>,
+    /// Do not look for `./switchboard.toml` (tests and tools with a configuration of their own).
+    pub no_default_file: bool,
 }
 
 impl Config {
@@ -88,6 +90,7 @@ impl Config {
 
         let file = match &flags.config_file {
             Some(path) => Some(path.clone()),
+            None if flags.no_default_file => None,
             None => Some(PathBuf::from("switchboard.toml")).filter(|p| p.exists()),
         };
         if let Some(path) = file {
@@ -206,6 +209,7 @@ impl Config {
         let flags = Overrides {
             data_dir: Some(data_dir.to_path_buf()),
             listen: Some("127.0.0.1:0".into()),
+            no_default_file: true,
             ..Overrides::default()
         };
         Self::load_from(&flags, std::iter::empty()).expect("defaults are valid")

@@ -68,6 +68,7 @@ impl ConfigArgs {
             database_url: self.database_url,
             dev: self.dev,
             role: self.role,
+            no_default_file: false,
         })
     }
 }

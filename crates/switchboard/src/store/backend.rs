@@ -337,8 +337,10 @@ impl Backend {
         let due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(d.next_attempt_at) FROM deliveries d \
              JOIN subscriptions s ON s.id = d.subscription_id \
-             WHERE d.status = 'pending' AND s.enabled = TRUE",
+             WHERE d.status = 'pending' AND s.enabled = TRUE \
+               AND (d.lease_until IS NULL OR d.lease_until < $1)",
         )
+        .bind(now_millis())
         .fetch_one(&self.read)
         .await?;
         Ok(due)
