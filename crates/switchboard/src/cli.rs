@@ -1,3 +1,4 @@
 //! Tools in the same binary besides `serve`.
 
+pub mod bench;
 pub mod listen;

@@ -24,6 +24,39 @@ enum Command {
     Migrate(ConfigArgs),
     /// Run a local webhook receiver that verifies signatures and prints deliveries.
     Listen(ListenArgs),
+    /// End-to-end benchmark: a server (or --url), a receiver on loopback, events, figures.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Target a running server instead of starting one (it must allow loopback receivers: --dev)
+    #[arg(long)]
+    url: Option<String>,
+    /// The admin key of the server given with --url
+    #[arg(long)]
+    key: Option<String>,
+    /// Events to send
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Concurrent clients
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Events per request
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Subscriptions, each receiving every event
+    #[arg(long, default_value_t = 1)]
+    subscriptions: usize,
+    /// Open loop: events per second, latency measured from the scheduled send time
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Database for the server this command starts (empty: SQLite in a temporary directory)
+    #[arg(long, default_value = "")]
+    database_url: String,
+    /// One JSON object on stdout instead of the summary
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -89,6 +122,26 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
             store.close().await;
             println!("migrated {}", config.database_description());
+            Ok(())
+        }
+        Command::Bench(a) => {
+            let report = switchboard::cli::bench::run(switchboard::cli::bench::Options {
+                url: a.url,
+                key: a.key,
+                events: a.events,
+                concurrency: a.concurrency,
+                batch: a.batch,
+                subscriptions: a.subscriptions,
+                rate: a.rate,
+                database_url: a.database_url,
+                progress: !a.json,
+            })
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.text());
+            }
             Ok(())
         }
         Command::Listen(args) => {

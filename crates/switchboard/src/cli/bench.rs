@@ -1,0 +1,437 @@
+//! `switchboard bench`: the end-to-end benchmark. It starts a server (or targets one with
+//! `--url`), its own receiver on loopback and the subscriptions, drives events, and reports
+//! throughput and latency percentiles — and the receiver's raw loopback request rate, measured
+//! in the same run, so every figure reads as a fraction of what the machine can do at all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+use crate::config::Config;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A running server to target; `None` starts one in this process.
+    pub url: Option<String>,
+    /// Its admin key (with `url`).
+    pub key: Option<String>,
+    pub events: usize,
+    pub concurrency: usize,
+    pub batch: usize,
+    pub subscriptions: usize,
+    /// Open loop: events per second, sent on schedule and measured from the scheduled time.
+    /// `None`: closed loop, as fast as the server answers.
+    pub rate: Option<u64>,
+    /// For the in-process server: empty for SQLite in a temporary directory.
+    pub database_url: String,
+    /// Print a progress line on stderr.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    /// The command's defaults: 20,000 single-event POSTs from 64 clients, one subscription.
+    fn default() -> Self {
+        Options {
+            url: None,
+            key: None,
+            events: 20_000,
+            concurrency: 64,
+            batch: 1,
+            subscriptions: 1,
+            rate: None,
+            database_url: String::new(),
+            progress: false,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub events: usize,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub subscriptions: usize,
+    pub rate: Option<u64>,
+    pub accepted: usize,
+    pub deliveries: usize,
+    pub accept_secs: f64,
+    pub accepted_per_sec: f64,
+    pub end_to_end_secs: f64,
+    pub deliveries_per_sec: f64,
+    /// Per request.
+    pub ingest_latency_ms: Percentiles,
+    /// From the (scheduled) send to the first arrival at the receiver, per event and subscription.
+    pub ingest_to_receiver_ms: Percentiles,
+    /// The receiver driven directly over loopback: the ceiling for deliveries per second.
+    pub receiver_raw_requests_per_sec: f64,
+    /// Peak resident memory of the server, when it runs in this process (it then includes the
+    /// benchmark's own memory).
+    pub server_peak_rss_mib: Option<f64>,
+}
+
+/// The receiver's shared state.
+struct Receiver {
+    sent: Mutex<HashMap<Uuid, Instant>>,
+    latency: Mutex<Histogram<u64>>,
+    seen: Mutex<std::collections::HashSet<(Uuid, String)>>,
+    arrived: Notify,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap) -> StatusCode {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Ok(id) = Uuid::parse_str(h("webhook-id")) else {
+        // The raw-rate probe.
+        return StatusCode::NO_CONTENT;
+    };
+    let first = rx
+        .seen
+        .lock()
+        .expect("lock")
+        .insert((id, h("switchboard-subscription").to_string()));
+    if first && let Some(at) = rx.sent.lock().expect("lock").get(&id).copied() {
+        let us = at.elapsed().as_micros().max(1) as u64;
+        let _ = rx.latency.lock().expect("lock").record(us);
+    }
+    rx.arrived.notify_waiters();
+    StatusCode::NO_CONTENT
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    if opts.events == 0 || opts.batch == 0 || opts.concurrency == 0 || opts.subscriptions == 0 {
+        bail!("--events, --batch, --concurrency and --subscriptions must be at least 1");
+    }
+    let state = Arc::new(Receiver {
+        sent: Mutex::new(HashMap::with_capacity(opts.events)),
+        latency: Mutex::new(histogram()),
+        seen: Mutex::default(),
+        arrived: Notify::new(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", post(receive))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency * 2)
+        .build()?;
+
+    let probe = (opts.events * opts.subscriptions).clamp(1_000, 20_000);
+    let raw = raw_rate(&client, receiver_addr, opts.concurrency, probe).await?;
+
+    // The server: given, or in this process on a fresh data dir.
+    let (base, key, stop, _dir) = match &opts.url {
+        Some(url) => {
+            let key = opts
+                .key
+                .clone()
+                .context("--url needs --key, the admin key")?;
+            (url.trim_end_matches('/').to_string(), key, None, None)
+        }
+        None => {
+            let dir = tempfile::tempdir()?;
+            let mut config = Config::for_data_dir(dir.path());
+            config.dev = true;
+            config.database_url = opts.database_url.clone();
+            config.admin_key = crate::auth::generate_key("sb_admin_");
+            config.log_level = "warn".into();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            let (tx, rx) = oneshot::channel::<()>();
+            let key = config.admin_key.clone();
+            let server = tokio::spawn(crate::run(config, listener, async {
+                let _ = rx.await;
+            }));
+            (base, key, Some((tx, server)), Some(dir))
+        }
+    };
+    let ready = client.get(format!("{base}/readyz")).send().await?;
+    if !ready.status().is_success() {
+        bail!("the server at {base} is not ready: {}", ready.status());
+    }
+    let mut subs = Vec::new();
+    for _ in 0..opts.subscriptions {
+        let r = client
+            .post(format!("{base}/v1/tenants/default/subscriptions"))
+            .bearer_auth(&key)
+            .json(&json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64}))
+            .send()
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            bail!(
+                "creating a subscription: {} {}",
+                r.status(),
+                r.text().await?
+            );
+        }
+        subs.push(
+            r.json::<Value>().await?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+
+    // Drive: `concurrency` workers take batches from a shared counter.
+    let batches = opts.events.div_ceil(opts.batch);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ingest = Arc::new(Mutex::new(histogram()));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..opts.concurrency {
+        let (client, base, key, state, next, accepted, ingest, opts) = (
+            client.clone(),
+            base.clone(),
+            key.clone(),
+            state.clone(),
+            next.clone(),
+            accepted.clone(),
+            ingest.clone(),
+            opts.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let b = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if b >= batches {
+                    return anyhow::Ok(());
+                }
+                let first = b * opts.batch;
+                let count = opts.batch.min(opts.events - first);
+                // Open loop: this batch's scheduled time; latency counts from it.
+                let scheduled = match opts.rate {
+                    Some(rate) => {
+                        let at = start + Duration::from_secs_f64(first as f64 / rate.max(1) as f64);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                let events: Vec<Value> = (first..first + count).map(bench_event).collect();
+                {
+                    let mut sent = state.sent.lock().expect("lock");
+                    for e in &events {
+                        if let Some(id) = e["Id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+                            sent.insert(id, scheduled);
+                        }
+                    }
+                }
+                let body = if opts.batch == 1 {
+                    events[0].clone()
+                } else {
+                    Value::Array(events)
+                };
+                let r = client
+                    .post(format!("{base}/v1/tenants/default/events"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if r.status() != StatusCode::ACCEPTED {
+                    bail!("ingest answered {}: {}", r.status(), r.text().await?);
+                }
+                let us = scheduled.elapsed().as_micros().max(1) as u64;
+                let _ = ingest.lock().expect("lock").record(us);
+                accepted.fetch_add(count, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    let want = opts.events * opts.subscriptions;
+    let progress = opts.progress.then(|| {
+        let (accepted, state) = (accepted.clone(), state.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delivered = state.seen.lock().expect("lock").len();
+                eprint!(
+                    "\r{:>6.1}s  accepted {}/{}  delivered {delivered}/{want}   ",
+                    start.elapsed().as_secs_f64(),
+                    accepted.load(std::sync::atomic::Ordering::SeqCst),
+                    opts.events
+                );
+            }
+        })
+    });
+    for w in workers {
+        w.await??;
+    }
+    let accept_secs = start.elapsed().as_secs_f64();
+    // Every event at every subscription; the receiver wakes us on each arrival.
+    loop {
+        let arrived = state.arrived.notified();
+        if state.seen.lock().expect("lock").len() >= want {
+            break;
+        }
+        if tokio::time::timeout(Duration::from_secs(60), arrived)
+            .await
+            .is_err()
+        {
+            bail!(
+                "no delivery for 60 s; {} of {want} arrived",
+                state.seen.lock().expect("lock").len()
+            );
+        }
+    }
+    let end_to_end_secs = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let server_peak_rss_mib = opts.url.is_none().then(peak_rss_mib).flatten();
+    if let Some((tx, server)) = stop {
+        let _ = tx.send(());
+        server.await??;
+    }
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let deliveries = state.seen.lock().expect("lock").len();
+    let ingest_latency_ms = Percentiles::of(&ingest.lock().expect("lock"));
+    let ingest_to_receiver_ms = Percentiles::of(&state.latency.lock().expect("lock"));
+    Ok(Report {
+        events: opts.events,
+        batch: opts.batch,
+        concurrency: opts.concurrency,
+        subscriptions: opts.subscriptions,
+        rate: opts.rate,
+        accepted,
+        deliveries,
+        accept_secs,
+        accepted_per_sec: accepted as f64 / accept_secs,
+        end_to_end_secs,
+        deliveries_per_sec: deliveries as f64 / end_to_end_secs,
+        ingest_latency_ms,
+        ingest_to_receiver_ms,
+        receiver_raw_requests_per_sec: raw,
+        server_peak_rss_mib,
+    })
+}
+
+/// An Agent StatusChanged event with a fresh Id; agents rotate so per-agent work spreads.
+fn bench_event(n: usize) -> Value {
+    json!({
+        "Id": Uuid::new_v4(),
+        "Category": 1, "Code": 3,
+        "AdditionalFields": {
+            "SessionId": format!("S-{}", n % 500), "SessionType": "CCA",
+            "Username": format!("agent{}", n % 500), "PhoneNo": "+15551230001",
+            "ActivityCode": 16, "AvailabilityCode": 1, "ActivityName": ""
+        }
+    })
+}
+
+/// Requests per second the receiver answers when driven directly with `concurrency` clients
+/// sending `requests` in all.
+async fn raw_rate(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < requests {
+                client
+                    .post(format!("http://{addr}/"))
+                    .body("{}")
+                    .send()
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(requests as f64 / start.elapsed().as_secs_f64())
+}
+
+/// This process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+impl Report {
+    /// The human-readable summary.
+    pub fn text(&self) -> String {
+        let p = |x: &Percentiles| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms",
+                x.p50, x.p90, x.p99, x.max
+            )
+        };
+        let rate = self
+            .rate
+            .map_or("closed loop".to_string(), |r| format!("open loop at {r}/s"));
+        let rss = self
+            .server_peak_rss_mib
+            .map_or("n/a (--url)".to_string(), |m| format!("{m:.0} MiB"));
+        format!(
+            "switchboard bench: {} events, batch {}, concurrency {}, {} subscription(s), {rate}\n\
+             accepted          {} in {:.2} s = {:.0} events/s\n\
+             delivered         {} in {:.2} s = {:.0} deliveries/s end to end\n\
+             receiver raw      {:.0} requests/s over loopback (the ceiling)\n\
+             ingest latency    {}\n\
+             ingest→receiver   {}\n\
+             server peak RSS   {rss}",
+            self.events,
+            self.batch,
+            self.concurrency,
+            self.subscriptions,
+            self.accepted,
+            self.accept_secs,
+            self.accepted_per_sec,
+            self.deliveries,
+            self.end_to_end_secs,
+            self.deliveries_per_sec,
+            self.receiver_raw_requests_per_sec,
+            p(&self.ingest_latency_ms),
+            p(&self.ingest_to_receiver_ms),
+        )
+    }
+}
