@@ -175,13 +175,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             config.database_url = opts.database_url.clone();
             config.admin_key = crate::auth::generate_key("sb_admin_");
             config.log_level = "warn".into();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            // The server gets a runtime of its own on its own threads, as it would in its own
+            // process: the load generator's tasks never share its scheduler.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.set_nonblocking(true)?;
             let base = format!("http://{}", listener.local_addr()?);
             let (tx, rx) = oneshot::channel::<()>();
             let key = config.admin_key.clone();
-            let server = tokio::spawn(crate::run(config, listener, async {
-                let _ = rx.await;
-            }));
+            let server = std::thread::spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    crate::run(config, listener, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                })
+            });
             (base, key, Some((tx, server)), Some(dir))
         }
     };
@@ -320,7 +333,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let server_peak_rss_mib = opts.url.is_none().then(peak_rss_mib).flatten();
     if let Some((tx, server)) = stop {
         let _ = tx.send(());
-        server.await??;
+        tokio::task::spawn_blocking(move || server.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
     }
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let deliveries = state.seen.lock().expect("lock").len();
