@@ -329,7 +329,7 @@ impl Dispatcher {
             let idle = self.idle_wait().await;
             tokio::select! {
                 _ = wake.notified() => {}
-                Some(o) = self.done_rx.recv() => self.finished.push(o),
+                Some(o) = self.done_rx.recv() => self.note_finished(o),
                 _ = tokio::time::sleep(idle) => {}
                 _ = shutdown.changed() => {}
             }
@@ -349,6 +349,8 @@ impl Dispatcher {
         }
     }
 
+    /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
+    /// never counts an attempt whose outcome is already waiting to be recorded.
     fn note_finished(&mut self, o: Outcome) {
         if let Some(s) = self.subs.get_mut(&o.subscription_id) {
             s.in_flight = s.in_flight.saturating_sub(1);
@@ -373,15 +375,9 @@ impl Dispatcher {
     /// start it. Returns how many attempts started.
     pub async fn step(&mut self) -> Result<usize, StoreError> {
         while let Ok(o) = self.done_rx.try_recv() {
-            self.finished.push(o);
+            self.note_finished(o);
         }
-        // `finished` may hold outcomes pushed by `run` whose slots are not yet freed.
         let finished = std::mem::take(&mut self.finished);
-        for o in &finished {
-            if let Some(s) = self.subs.get_mut(&o.subscription_id) {
-                s.in_flight = s.in_flight.saturating_sub(1);
-            }
-        }
         // A disabled subscription must be seen as such before claiming for it.
         let finished = if finished.iter().any(|o| o.disable.is_some()) {
             self.store.record(finished).await?;

@@ -336,16 +336,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     drop(client);
     if let Some((tx, server)) = stop {
         let _ = tx.send(());
-        // The figures are taken; a server slow to stop does not hold the report back.
-        let joined = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::task::spawn_blocking(move || server.join()),
-        )
-        .await;
-        match joined {
-            Ok(joined) => joined?.map_err(|_| anyhow::anyhow!("the server thread panicked"))??,
-            Err(_) => eprintln!("warning: the in-process server did not stop within 10 s"),
-        }
+        tokio::task::spawn_blocking(move || server.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
     }
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let deliveries = state.seen.lock().expect("lock").len();

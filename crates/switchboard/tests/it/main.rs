@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0 with a fresh data dir, spoken to over HTTP.
 
 mod auth;
+mod bench;
 mod cluster;
 mod crash;
 mod delivery;
