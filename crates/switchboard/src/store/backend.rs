@@ -3,12 +3,14 @@
 // `DIALECT` (the few statements that differ) and `MIGRATIONS`. The SQL here is written once,
 // with `$N` placeholders that both SQLite and PostgreSQL accept.
 
-/// Most events one group commit takes; more wait for the next.
-const MAX_GROUP_EVENTS: usize = 10_000;
+/// Most events one group commit takes; more wait for the next. Small enough that a turn stays
+/// short, so the dispatcher's claims and outcomes, queued behind it, are not kept waiting long.
+const MAX_GROUP_EVENTS: usize = 2_000;
 /// Requests waiting for the writer before `ingest` callers queue up behind them.
 const QUEUE_DEPTH: usize = 4096;
-/// Insert this many rows per statement (then smaller), so a handful of statements are cached.
-const INSERT_CHUNKS: [usize; 3] = [128, 16, 1];
+/// Rows per multi-row statement: powers of two, largest first, so any count takes at most one
+/// statement of each size and the few statement shapes stay in the prepared-statement cache.
+const INSERT_CHUNKS: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 #[derive(Debug)]
 struct Embedded;
@@ -889,13 +891,13 @@ async fn write_ingests(
         }
     }
 
+    let stored = find_stored(conn, jobs).await?;
     for job in jobs {
         let tenant = job.tenant.as_str();
         let Some(&base) = last.get(tenant) else {
             results.push(Err(IngestError::TenantNotFound));
             continue;
         };
-        let stored = find_stored(conn, tenant, &job.events).await?;
 
         let mut seq = base;
         let mut accepted = Vec::with_capacity(job.events.len());
@@ -903,7 +905,7 @@ async fn write_ingests(
         let mut mine: HashMap<Uuid, (i64, Event)> = HashMap::new();
         for (index, ev) in job.events.iter().enumerate() {
             let prior = stored
-                .get(&ev.id)
+                .get(&(tenant, ev.id))
                 .or_else(|| added.get(&(tenant, ev.id)))
                 .or_else(|| mine.get(&ev.id));
             match prior {
@@ -1175,14 +1177,11 @@ async fn claim(
         let Some(first) = rows.first() else { continue };
         let tenant: String = first.get(1);
         let mut bodies: HashMap<i64, String> = HashMap::with_capacity(rows.len());
+        let sequences: Vec<i64> = rows.iter().map(|row| row.get(3)).collect();
         let mut sql =
             QueryBuilder::<Db>::new("SELECT sequence, body FROM events WHERE tenant_id = ");
         sql.push_bind(&tenant).push(" AND sequence IN (");
-        let mut list = sql.separated(", ");
-        for row in &rows {
-            list.push_bind(row.get::<i64, _>(3));
-        }
-        sql.push(")");
+        push_padded_list(&mut sql, &sequences);
         for row in sql.build().fetch_all(&mut *conn).await? {
             bodies.insert(row.get(0), row.get(1));
         }
@@ -1206,35 +1205,63 @@ async fn claim(
     Ok(out)
 }
 
-/// The already stored events among those the producer gave ids to.
-async fn find_stored(
+/// The already stored events among those the producers of a group gave ids to, by tenant and
+/// id: one query per tenant (and per [`IN_LIST`] ids), whatever the number of requests.
+async fn find_stored<'a>(
     conn: &mut Conn,
-    tenant: &str,
-    events: &[NewEvent],
-) -> Result<HashMap<Uuid, (i64, Event)>, sqlx::Error> {
+    jobs: &[&'a IngestJob],
+) -> Result<HashMap<(&'a str, Uuid), (i64, Event)>, sqlx::Error> {
+    let mut given: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for job in jobs {
+        let ids = given.entry(job.tenant.as_str()).or_default();
+        ids.extend(
+            job.events
+                .iter()
+                .filter(|e| e.id_given)
+                .map(|e| e.id.to_string()),
+        );
+    }
     let mut found = HashMap::new();
-    let given: Vec<String> = events
-        .iter()
-        .filter(|e| e.id_given)
-        .map(|e| e.id.to_string())
-        .collect();
-    for chunk in given.chunks(500) {
-        let mut sql =
-            QueryBuilder::<Db>::new("SELECT sequence, body FROM events WHERE tenant_id = ");
-        sql.push_bind(tenant).push(" AND id IN (");
-        let mut list = sql.separated(", ");
-        for id in chunk {
-            list.push_bind(id);
-        }
-        sql.push(")");
-        for row in sql.build().fetch_all(&mut *conn).await? {
-            let body: &str = row.get(1);
-            let event =
-                Event::from_canonical_json(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            found.insert(event.id, (row.get(0), event));
+    for (tenant, ids) in given {
+        for chunk in ids.chunks(IN_LIST) {
+            let mut sql =
+                QueryBuilder::<Db>::new("SELECT sequence, body FROM events WHERE tenant_id = ");
+            sql.push_bind(tenant).push(" AND id IN (");
+            push_padded_list(&mut sql, chunk);
+            for row in sql.build().fetch_all(&mut *conn).await? {
+                let body: &str = row.get(1);
+                let event = Event::from_canonical_json(body)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                found.insert((tenant, event.id), (row.get(0), event));
+            }
         }
     }
     Ok(found)
+}
+
+/// Most values in one `IN (…)` list.
+const IN_LIST: usize = 512;
+
+/// Binds `items` as the values of an `IN (…)` list and closes it. The list is padded to a power
+/// of two with copies of its last value (which change nothing), so that lists of any length
+/// take one of a few statement shapes, prepared once each.
+fn push_padded_list<'a, T>(sql: &mut QueryBuilder<'a, Db>, items: &'a [T])
+where
+    T: sqlx::Encode<'a, Db> + sqlx::Type<Db> + Send + Sync + 'a,
+    &'a T: sqlx::Encode<'a, Db> + sqlx::Type<Db> + Send,
+{
+    let Some(last) = items.last() else {
+        sql.push("NULL)");
+        return;
+    };
+    let mut list = sql.separated(", ");
+    for item in items {
+        list.push_bind(item);
+    }
+    for _ in items.len()..items.len().next_power_of_two() {
+        list.push_bind(last);
+    }
+    sql.push(")");
 }
 
 /// An event this group adds: `((tenant, id), (sequence, event))`.

@@ -133,6 +133,12 @@ async fn another_tenants_path_is_404() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // The admin on an unknown tenant: 404.
     problem(app.publish("nope", &event).await, StatusCode::NOT_FOUND).await;
+    // Even with a body that would be refused: the missing tenant is named first.
+    problem(
+        app.publish("nope", &json!({"Category": 99})).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     problem(
         app.get("/v1/tenants/nope/events", ADMIN_KEY).await,
         StatusCode::NOT_FOUND,
