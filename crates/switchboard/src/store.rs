@@ -34,6 +34,7 @@ macro_rules! claim_sql {
     };
 }
 
+mod group;
 mod postgres;
 mod sqlite;
 
@@ -47,11 +48,9 @@ pub(crate) struct Dialect {
     pub claim: &'static str,
     /// Run in a transaction that made deliveries due, to wake other nodes.
     pub notify: Option<&'static str>,
-    /// For transactions whose loss a crash may cause (claims, outcomes): run before `BEGIN`,
-    /// inside the transaction, and after its end, so its commit does not wait for the disk.
-    pub relax_before_begin: Option<&'static str>,
+    /// Run in a transaction whose loss a crash may cause (claims, outcomes), so its commit does
+    /// not wait for the disk.
     pub relax_in_transaction: Option<&'static str>,
-    pub restore_after_end: Option<&'static str>,
 }
 
 use bytes::Bytes;
@@ -186,6 +185,9 @@ forward! {
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// From the SQLite writer's connection.
+    #[error("database error: {0}")]
+    Sqlite(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The transaction carrying this request failed; nothing of it was stored.

@@ -8,7 +8,6 @@
 //! listener wakes its dispatcher; migrations run under sqlx's advisory lock.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,9 +17,9 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::group::{self, Command};
 use super::{
     Accepted, AttemptRecord, Claimed, CreateError, DeliveryRecord, DeliveryStatus, Dialect,
     EventQuery, IngestError, IngestJob, KeyRecord, NextState, Outcome, StoreError, StoredEvent,
@@ -28,7 +27,7 @@ use super::{
 };
 use crate::auth::Scope;
 use crate::event::{Event, NewEvent, Timestamp};
-use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
+use crate::subscription::{self, Ordering, SubscriptionSpec};
 
 type Db = sqlx::Postgres;
 type Conn = PgConnection;
@@ -44,9 +43,7 @@ const DIALECT: Dialect = Dialect {
     lock_tenant: concat!(tenant_sql!(), " FOR UPDATE"),
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
     notify: Some("SELECT pg_notify('switchboard', 'wake')"),
-    relax_before_begin: None,
     relax_in_transaction: Some("SET LOCAL synchronous_commit = off"),
-    restore_after_end: None,
 };
 
 /// The migrations, compiled in; versions only ever grow.
@@ -72,7 +69,10 @@ impl Backend {
             .await?;
         Migrator::new(Embedded).await?.run(&read).await?;
         let conn = PgConnection::connect_with(&options).await?;
-        let backend = Self::start(conn, read.clone());
+        let (tx, rx) = mpsc::channel(group::QUEUE_DEPTH);
+        let wake = Arc::new(Notify::new());
+        let done = writer::spawn(conn, rx, wake.clone());
+        let backend = Self::start(read.clone(), tx, wake, done);
 
         let mut listener = PgListener::connect_with(&read).await?;
         listener.listen(CHANNEL).await?;
@@ -98,5 +98,7 @@ impl Backend {
         Ok(backend)
     }
 }
+
+mod writer;
 
 include!("backend.rs");

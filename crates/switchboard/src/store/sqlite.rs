@@ -7,7 +7,6 @@
 //! administrative writes use a separate pool; those writes wait on SQLite's lock (busy timeout).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -22,9 +21,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::group::{self, Command};
 use super::{
     Accepted, AttemptRecord, Claimed, CreateError, DeliveryRecord, DeliveryStatus, Dialect,
     EventQuery, IngestError, IngestJob, KeyRecord, NextState, Outcome, StoreError, StoredEvent,
@@ -32,10 +31,9 @@ use super::{
 };
 use crate::auth::Scope;
 use crate::event::{Event, NewEvent, Timestamp};
-use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
+use crate::subscription::{self, Ordering, SubscriptionSpec};
 
 type Db = sqlx::Sqlite;
-type Conn = SqliteConnection;
 type DbRow = SqliteRow;
 type DbPool = SqlitePool;
 
@@ -45,9 +43,8 @@ const DIALECT: Dialect = Dialect {
     lock_tenant: concat!(tenant_sql!(), ""),
     claim: claim_sql!(""),
     notify: None,
-    relax_before_begin: Some("PRAGMA synchronous = NORMAL"),
+    // SQLite's writer sets `synchronous = NORMAL` around such transactions instead.
     relax_in_transaction: None,
-    restore_after_end: Some("PRAGMA synchronous = FULL"),
 };
 
 /// The migrations, compiled in; versions only ever grow.
@@ -77,14 +74,20 @@ impl Backend {
         // One process owns an SQLite database, so leases left by a crash are void at once.
         conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
             .await?;
+        conn.close().await?;
 
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(options)
             .await?;
-        Ok(Self::start(conn, read))
+        let (tx, rx) = mpsc::channel(group::QUEUE_DEPTH);
+        let wake = Arc::new(Notify::new());
+        let done = writer::spawn(path, rx, wake.clone())?;
+        Ok(Self::start(read, tx, wake, done))
     }
 }
+
+mod writer;
 
 include!("backend.rs");

@@ -1,0 +1,367 @@
+//! PostgreSQL's writer: an async task owning one connection. What to write is decided in
+//! `store/group.rs`, shared with SQLite's writer; this file only runs the statements (each a
+//! network round trip, so rows go many to a statement).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Connection, Executor, Row};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::super::group::{
+    self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
+    OutboxSub, Stored, fixed_chunks, sql,
+};
+use super::{Conn, DIALECT, Db, IngestJob, NextState, Outcome, now_millis};
+use crate::event::{Event, Timestamp};
+use crate::store::{Claimed, DeliveryStatus};
+
+type Q<'q> = Query<'q, Db, PgArguments>;
+
+/// Starts the writer task on `conn`; the returned receiver resolves when it has committed its
+/// last turn and closed the connection.
+pub(super) fn spawn(
+    mut conn: Conn,
+    mut rx: mpsc::Receiver<Command>,
+    wake: Arc<Notify>,
+) -> oneshot::Receiver<()> {
+    let (done, finished) = oneshot::channel();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let (group, stopping) = Group::collect(first, &mut rx);
+            if !group.is_empty() {
+                let result = commit(&mut conn, &group).await.map_err(|e| e.to_string());
+                group.answer(result, &wake);
+            }
+            if stopping {
+                break;
+            }
+        }
+        let _ = conn.close().await;
+        let _ = done.send(());
+    });
+    finished
+}
+
+async fn commit(conn: &mut Conn, group: &Group) -> Result<Committed, sqlx::Error> {
+    conn.execute(DIALECT.begin_write).await?;
+    let result = match write(conn, group).await {
+        Ok(done) => conn.execute("COMMIT").await.map(|_| done),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = conn.execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn write(conn: &mut Conn, group: &Group) -> Result<Committed, sqlx::Error> {
+    if let (true, Some(sql)) = (group.relaxed(), DIALECT.relax_in_transaction) {
+        conn.execute(sql).await?;
+    }
+    let now = now_millis();
+    let (ingests, added) = write_ingests(conn, &group.jobs(), now).await?;
+    record_outcomes(conn, &group.sorted_outcomes(), now).await?;
+    let mut claims = Vec::with_capacity(group.claims.len());
+    for ClaimJob(subs, lease_until, _) in &group.claims {
+        claims.push(claim(conn, subs, *lease_until, now).await?);
+    }
+    let deliveries_added = added || !group.outcomes.is_empty();
+    if let (true, Some(notify)) = (deliveries_added, DIALECT.notify) {
+        // Other nodes' dispatchers wake when this commits.
+        conn.execute(notify).await?;
+    }
+    Ok(Committed {
+        ingests,
+        claims,
+        deliveries_added,
+    })
+}
+
+fn decode(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+async fn write_ingests(
+    conn: &mut Conn,
+    jobs: &[&IngestJob],
+    received_at: i64,
+) -> Result<(Vec<group::JobResult>, bool), sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    // Every tenant of the group is locked in one order, so that nodes writing at once wait on
+    // each other but never deadlock; the lock serialises sequences per tenant.
+    let mut last = BTreeMap::new();
+    let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
+    for tenant in tenants {
+        let row = sqlx::query(DIALECT.lock_tenant)
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            last.insert(tenant, row.get::<i64, _>(0));
+        }
+    }
+    let stored = find_stored(conn, jobs).await?;
+    let decided = group::decide_ingests(jobs, last, &stored, Timestamp::now());
+    for chunk in fixed_chunks(&decided.added) {
+        insert_events(conn, chunk, received_at).await?;
+    }
+    let mut deliveries = 0;
+    for &tenant in decided.last.keys() {
+        if !decided.added.iter().any(|r| r.tenant == tenant) {
+            continue;
+        }
+        let subs = enabled_subscriptions(conn, tenant).await?;
+        let rows = group::outbox(&decided.added, tenant, &subs);
+        for chunk in fixed_chunks(&rows) {
+            insert_deliveries(conn, chunk, received_at).await?;
+        }
+        deliveries += rows.len();
+    }
+    for (tenant, seq) in &decided.last {
+        sqlx::query(sql::SET_LAST_SEQUENCE)
+            .bind(seq)
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((decided.results, deliveries > 0))
+}
+
+/// `(sequence, body)` of `tenant`'s events whose column is among `values` (`head` names it), a
+/// padded list per [`group::IN_LIST`] values.
+async fn sequences_and_bodies<T>(
+    conn: &mut Conn,
+    head: &str,
+    tenant: &str,
+    values: &[T],
+) -> Result<Vec<(i64, String)>, sqlx::Error>
+where
+    for<'q> &'q T: sqlx::Encode<'q, Db> + sqlx::Type<Db> + Send,
+    T: Sync,
+{
+    let mut out = Vec::with_capacity(values.len());
+    for chunk in values.chunks(group::IN_LIST) {
+        let Some(last) = chunk.last() else { continue };
+        let padded = group::padded_len(chunk.len());
+        let text = format!("{head}{}", sql::list(padded, 2));
+        let mut q = sqlx::query(&text).bind(tenant);
+        for v in chunk {
+            q = q.bind(v);
+        }
+        for _ in chunk.len()..padded {
+            q = q.bind(last);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.push((row.get(0), row.get(1)));
+        }
+    }
+    Ok(out)
+}
+
+async fn find_stored<'a>(
+    conn: &mut Conn,
+    jobs: &[&'a IngestJob],
+) -> Result<Stored<'a>, sqlx::Error> {
+    let mut found = HashMap::new();
+    for (tenant, ids) in group::given_ids(jobs) {
+        for (sequence, body) in sequences_and_bodies(conn, sql::FIND_STORED, tenant, &ids).await? {
+            let event = Event::from_canonical_json(&body).map_err(decode)?;
+            found.insert((tenant, event.id), (sequence, event));
+        }
+    }
+    Ok(found)
+}
+
+async fn insert_events(
+    conn: &mut Conn,
+    rows: &[NewEventRow<'_>],
+    received_at: i64,
+) -> Result<(), sqlx::Error> {
+    let values = sql::values(rows.len(), sql::INSERT_EVENTS_COLUMNS, 1);
+    let text = format!("{}{values}", sql::INSERT_EVENTS);
+    let mut q: Q = sqlx::query(&text);
+    for r in rows {
+        q = q
+            .bind(r.tenant)
+            .bind(r.sequence)
+            .bind(r.id.to_string())
+            .bind(r.event.creation.as_i64())
+            .bind(i64::from(r.event.category))
+            .bind(i64::from(r.event.code))
+            .bind(r.event.username())
+            .bind(received_at)
+            .bind(r.event.to_canonical_json());
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn enabled_subscriptions(
+    conn: &mut Conn,
+    tenant: &str,
+) -> Result<Vec<OutboxSub>, sqlx::Error> {
+    let rows = sqlx::query(sql::ENABLED_SUBSCRIPTIONS)
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| group::outbox_sub(row.get(0), row.get(1)).map_err(decode))
+        .collect()
+}
+
+async fn insert_deliveries(
+    conn: &mut Conn,
+    rows: &[NewDelivery<'_>],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let values = sql::values(rows.len(), sql::INSERT_DELIVERIES_COLUMNS, 1);
+    let text = format!("{}{values}", sql::INSERT_DELIVERIES);
+    let mut q: Q = sqlx::query(&text);
+    for d in rows {
+        q = q
+            .bind(d.tenant)
+            .bind(d.subscription_id)
+            .bind(&d.event_id)
+            .bind(d.sequence)
+            .bind(d.agent)
+            .bind(DeliveryStatus::Pending.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(now);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Attempts and their deliveries' new state, a chunk of rows per statement; then each
+/// subscription's health. `outcomes` is sorted by subscription, so rows are locked in one order.
+async fn record_outcomes(
+    conn: &mut Conn,
+    outcomes: &[&Outcome],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in fixed_chunks(outcomes) {
+        let values = sql::values(chunk.len(), sql::INSERT_ATTEMPTS_COLUMNS, 1);
+        let text = format!(
+            "{}{values}{}",
+            sql::INSERT_ATTEMPTS,
+            sql::INSERT_ATTEMPTS_TAIL
+        );
+        let mut q: Q = sqlx::query(&text);
+        for o in chunk {
+            q = q
+                .bind(o.delivery_id)
+                .bind(i64::from(o.attempt))
+                .bind(o.started_at)
+                .bind(o.duration_ms)
+                .bind(o.status_code.map(i64::from))
+                .bind(&o.error)
+                .bind(&o.response_body);
+        }
+        q.execute(&mut *conn).await?;
+
+        let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
+        let text = format!(
+            "{}{values}{}",
+            sql::UPDATE_DELIVERIES,
+            sql::UPDATE_DELIVERIES_TAIL
+        );
+        let mut q: Q = sqlx::query(&text).bind(now);
+        for o in chunk {
+            let (status, next_at) = match o.next {
+                NextState::Succeeded => (DeliveryStatus::Succeeded, None),
+                NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+                NextState::Failed => (DeliveryStatus::Failed, None),
+            };
+            q = q
+                .bind(o.delivery_id)
+                .bind(status.as_str())
+                .bind(i64::from(o.attempt))
+                .bind(i64::from(o.round_attempt))
+                .bind(next_at)
+                .bind(o.status_code.map(i64::from))
+                .bind(&o.error);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for (sub, verdict) in group::health(outcomes) {
+        match verdict {
+            Health::Disable(reason) => {
+                sqlx::query(sql::DISABLE)
+                    .bind(reason)
+                    .bind(now)
+                    .bind(sub)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Health::Reset => {
+                sqlx::query(sql::RESET_FAILURES)
+                    .bind(sub)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Health::Failing(failures) => {
+                sqlx::query(sql::COUNT_FAILURES)
+                    .bind(now)
+                    .bind(failures)
+                    .bind(sub)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(sql::DISABLE_IF_FAILING)
+                    .bind(now)
+                    .bind(sub)
+                    .bind(group::AUTO_DISABLE_ATTEMPTS)
+                    .bind(now - group::AUTO_DISABLE_AFTER_MS)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leases up to `n` due deliveries of each subscription and returns them with their bodies.
+async fn claim(
+    conn: &mut Conn,
+    subs: &[(String, u32)],
+    lease_until: i64,
+    now: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut out = Vec::new();
+    for (sub_id, n) in subs {
+        let rows: Vec<ClaimRow> = sqlx::query(DIALECT.claim)
+            .bind(lease_until)
+            .bind(sub_id)
+            .bind(now)
+            .bind(i64::from(*n))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| ClaimRow {
+                delivery_id: r.get(0),
+                tenant: r.get(1),
+                event_id: r.get(2),
+                sequence: r.get(3),
+                attempts: r.get(4),
+                round_attempts: r.get(5),
+            })
+            .collect();
+        let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
+            continue;
+        };
+        let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
+        let bodies: HashMap<i64, String> =
+            sequences_and_bodies(conn, sql::CLAIMED_BODIES, &tenant, &sequences)
+                .await?
+                .into_iter()
+                .collect();
+        out.extend(group::claimed(sub_id, rows, bodies).ok_or(sqlx::Error::RowNotFound)?);
+    }
+    out.sort_by_key(|c| c.sequence);
+    Ok(out)
+}

@@ -1,0 +1,369 @@
+//! SQLite's writer: a thread of its own holding a synchronous connection (rusqlite). A turn
+//! costs two thread hand-offs — the commands in, the answers out — however many statements it
+//! runs; through an async driver each statement would be a round trip to a worker thread, and
+//! on a busy machine every round trip waits to be scheduled. What to write is decided in
+//! `store/group.rs`, shared with PostgreSQL's writer; this file only runs the statements.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, Statement, ToSql, TransactionBehavior, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::super::group::{
+    self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
+    OutboxSub, Stored, fixed_chunks, sql,
+};
+use super::{DIALECT, IngestJob, NextState, Outcome, StoreError, now_millis};
+use crate::event::{Event, Timestamp};
+use crate::store::{Claimed, DeliveryStatus};
+
+/// Opens the write connection and starts the writer thread. The returned receiver resolves when
+/// the thread has committed its last turn and closed the database.
+pub(super) fn spawn(
+    path: &Path,
+    rx: mpsc::Receiver<Command>,
+    wake: Arc<Notify>,
+) -> Result<oneshot::Receiver<()>, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
+    // transaction survives power loss, not only a process crash.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
+         PRAGMA cache_size = -32000;",
+    )
+    .map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("switchboard-writer".into())
+        .spawn(move || {
+            run(conn, rx, &wake);
+            let _ = done.send(());
+        })
+        .map_err(|e| StoreError::GroupCommit(format!("cannot start the writer thread: {e}")))?;
+    Ok(finished)
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite(e.to_string())
+}
+
+/// Group commit until shutdown, or until every sender is gone.
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, wake: &Notify) {
+    while let Some(first) = rx.blocking_recv() {
+        let (group, stopping) = Group::collect(first, &mut rx);
+        if !group.is_empty() {
+            let result = commit(&mut conn, &group).map_err(|e| e.to_string());
+            group.answer(result, wake);
+        }
+        if stopping {
+            break;
+        }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the database");
+    }
+}
+
+fn commit(conn: &mut Connection, group: &Group) -> rusqlite::Result<Committed> {
+    let relaxed = group.relaxed();
+    if relaxed {
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    }
+    let result = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            let done = write(&tx, group)?;
+            tx.commit()?;
+            Ok(done)
+        });
+    if relaxed {
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+    }
+    result
+}
+
+fn write(tx: &Connection, group: &Group) -> rusqlite::Result<Committed> {
+    let now = now_millis();
+    let (ingests, added) = write_ingests(tx, &group.jobs(), now)?;
+    record_outcomes(tx, &group.sorted_outcomes(), now)?;
+    let mut claims = Vec::with_capacity(group.claims.len());
+    for ClaimJob(subs, lease_until, _) in &group.claims {
+        claims.push(claim(tx, subs, *lease_until, now)?);
+    }
+    Ok(Committed {
+        ingests,
+        claims,
+        deliveries_added: added || !group.outcomes.is_empty(),
+    })
+}
+
+/// Binds values to a statement's parameters in order.
+struct Binder<'a, 'c> {
+    stmt: &'a mut Statement<'c>,
+    n: usize,
+}
+
+impl<'a, 'c> Binder<'a, 'c> {
+    fn new(stmt: &'a mut Statement<'c>) -> Self {
+        Binder { stmt, n: 0 }
+    }
+
+    fn bind<T: ToSql>(&mut self, value: T) -> rusqlite::Result<&mut Self> {
+        self.n += 1;
+        self.stmt.raw_bind_parameter(self.n, value)?;
+        Ok(self)
+    }
+}
+
+fn write_ingests(
+    tx: &Connection,
+    jobs: &[&IngestJob],
+    received_at: i64,
+) -> rusqlite::Result<(Vec<group::JobResult>, bool)> {
+    if jobs.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let mut last = BTreeMap::new();
+    let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
+    for tenant in tenants {
+        let seq: Option<i64> = tx
+            .prepare_cached(DIALECT.lock_tenant)?
+            .query_row([tenant], |r| r.get(0))
+            .optional()?;
+        if let Some(seq) = seq {
+            last.insert(tenant, seq);
+        }
+    }
+    let stored = find_stored(tx, jobs)?;
+    let decided = group::decide_ingests(jobs, last, &stored, Timestamp::now());
+    for chunk in fixed_chunks(&decided.added) {
+        insert_events(tx, chunk, received_at)?;
+    }
+    let mut deliveries = 0;
+    for &tenant in decided.last.keys() {
+        if !decided.added.iter().any(|r| r.tenant == tenant) {
+            continue;
+        }
+        let subs = enabled_subscriptions(tx, tenant)?;
+        let rows = group::outbox(&decided.added, tenant, &subs);
+        for chunk in fixed_chunks(&rows) {
+            insert_deliveries(tx, chunk, received_at)?;
+        }
+        deliveries += rows.len();
+    }
+    for (tenant, seq) in &decided.last {
+        tx.prepare_cached(sql::SET_LAST_SEQUENCE)?
+            .execute(params![seq, tenant])?;
+    }
+    Ok((decided.results, deliveries > 0))
+}
+
+/// `(sequence, body)` of `tenant`'s events whose `column` is among `values`, a padded list per
+/// [`group::IN_LIST`] values.
+fn sequences_and_bodies<T: ToSql>(
+    tx: &Connection,
+    head: &str,
+    tenant: &str,
+    values: &[T],
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    let mut out = Vec::with_capacity(values.len());
+    for chunk in values.chunks(group::IN_LIST) {
+        let Some(last) = chunk.last() else { continue };
+        let padded = group::padded_len(chunk.len());
+        let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
+        let mut b = Binder::new(&mut stmt);
+        b.bind(tenant)?;
+        for v in chunk {
+            b.bind(v)?;
+        }
+        for _ in chunk.len()..padded {
+            b.bind(last)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            out.push((row.get(0)?, row.get(1)?));
+        }
+    }
+    Ok(out)
+}
+
+fn find_stored<'a>(tx: &Connection, jobs: &[&'a IngestJob]) -> rusqlite::Result<Stored<'a>> {
+    let mut found = HashMap::new();
+    for (tenant, ids) in group::given_ids(jobs) {
+        for (sequence, body) in sequences_and_bodies(tx, sql::FIND_STORED, tenant, &ids)? {
+            let event = Event::from_canonical_json(&body).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?;
+            found.insert((tenant, event.id), (sequence, event));
+        }
+    }
+    Ok(found)
+}
+
+fn insert_events(
+    tx: &Connection,
+    rows: &[NewEventRow<'_>],
+    received_at: i64,
+) -> rusqlite::Result<()> {
+    let values = sql::values(rows.len(), sql::INSERT_EVENTS_COLUMNS, 1);
+    let mut stmt = tx.prepare_cached(&format!("{}{values}", sql::INSERT_EVENTS))?;
+    let mut b = Binder::new(&mut stmt);
+    for r in rows {
+        b.bind(r.tenant)?
+            .bind(r.sequence)?
+            .bind(r.id.to_string())?
+            .bind(r.event.creation.as_i64())?
+            .bind(i64::from(r.event.category))?
+            .bind(i64::from(r.event.code))?
+            .bind(r.event.username())?
+            .bind(received_at)?
+            .bind(r.event.to_canonical_json())?;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+fn enabled_subscriptions(tx: &Connection, tenant: &str) -> rusqlite::Result<Vec<OutboxSub>> {
+    let mut stmt = tx.prepare_cached(sql::ENABLED_SUBSCRIPTIONS)?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    rows.map(|row| {
+        let (id, spec) = row?;
+        group::outbox_sub(id, &spec).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .collect()
+}
+
+fn insert_deliveries(tx: &Connection, rows: &[NewDelivery<'_>], now: i64) -> rusqlite::Result<()> {
+    let values = sql::values(rows.len(), sql::INSERT_DELIVERIES_COLUMNS, 1);
+    let mut stmt = tx.prepare_cached(&format!("{}{values}", sql::INSERT_DELIVERIES))?;
+    let mut b = Binder::new(&mut stmt);
+    for d in rows {
+        b.bind(d.tenant)?
+            .bind(d.subscription_id)?
+            .bind(&d.event_id)?
+            .bind(d.sequence)?
+            .bind(d.agent)?
+            .bind(DeliveryStatus::Pending.as_str())?
+            .bind(now)?
+            .bind(now)?
+            .bind(now)?;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+/// Attempts and their deliveries' new state, a chunk of rows per statement; then each
+/// subscription's health.
+fn record_outcomes(tx: &Connection, outcomes: &[&Outcome], now: i64) -> rusqlite::Result<()> {
+    for chunk in fixed_chunks(outcomes) {
+        let values = sql::values(chunk.len(), sql::INSERT_ATTEMPTS_COLUMNS, 1);
+        let mut stmt = tx.prepare_cached(&format!(
+            "{}{values}{}",
+            sql::INSERT_ATTEMPTS,
+            sql::INSERT_ATTEMPTS_TAIL
+        ))?;
+        let mut b = Binder::new(&mut stmt);
+        for o in chunk {
+            b.bind(o.delivery_id)?
+                .bind(i64::from(o.attempt))?
+                .bind(o.started_at)?
+                .bind(o.duration_ms)?
+                .bind(o.status_code.map(i64::from))?
+                .bind(&o.error)?
+                .bind(&o.response_body)?;
+        }
+        stmt.raw_execute()?;
+
+        let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
+        let mut stmt = tx.prepare_cached(&format!(
+            "{}{values}{}",
+            sql::UPDATE_DELIVERIES,
+            sql::UPDATE_DELIVERIES_TAIL
+        ))?;
+        let mut b = Binder::new(&mut stmt);
+        b.bind(now)?;
+        for o in chunk {
+            let (status, next_at) = match o.next {
+                NextState::Succeeded => (DeliveryStatus::Succeeded, None),
+                NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+                NextState::Failed => (DeliveryStatus::Failed, None),
+            };
+            b.bind(o.delivery_id)?
+                .bind(status.as_str())?
+                .bind(i64::from(o.attempt))?
+                .bind(i64::from(o.round_attempt))?
+                .bind(next_at)?
+                .bind(o.status_code.map(i64::from))?
+                .bind(&o.error)?;
+        }
+        stmt.raw_execute()?;
+    }
+    for (sub, verdict) in group::health(outcomes) {
+        match verdict {
+            Health::Disable(reason) => {
+                tx.prepare_cached(sql::DISABLE)?
+                    .execute(params![reason, now, sub])?;
+            }
+            Health::Reset => {
+                tx.prepare_cached(sql::RESET_FAILURES)?.execute([sub])?;
+            }
+            Health::Failing(failures) => {
+                tx.prepare_cached(sql::COUNT_FAILURES)?
+                    .execute(params![now, failures, sub])?;
+                tx.prepare_cached(sql::DISABLE_IF_FAILING)?
+                    .execute(params![
+                        now,
+                        sub,
+                        group::AUTO_DISABLE_ATTEMPTS,
+                        now - group::AUTO_DISABLE_AFTER_MS
+                    ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leases up to `n` due deliveries of each subscription and returns them with their bodies.
+fn claim(
+    tx: &Connection,
+    subs: &[(String, u32)],
+    lease_until: i64,
+    now: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut out = Vec::new();
+    for (sub_id, n) in subs {
+        let mut stmt = tx.prepare_cached(DIALECT.claim)?;
+        let rows = stmt
+            .query_map(params![lease_until, sub_id, now, i64::from(*n)], |r| {
+                Ok(ClaimRow {
+                    delivery_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    event_id: r.get(2)?,
+                    sequence: r.get(3)?,
+                    attempts: r.get(4)?,
+                    round_attempts: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
+            continue;
+        };
+        let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
+        let bodies: HashMap<i64, String> =
+            sequences_and_bodies(tx, sql::CLAIMED_BODIES, &tenant, &sequences)?
+                .into_iter()
+                .collect();
+        out.extend(
+            group::claimed(sub_id, rows, bodies).ok_or(rusqlite::Error::QueryReturnedNoRows)?,
+        );
+    }
+    out.sort_by_key(|c| c.sequence);
+    Ok(out)
+}
