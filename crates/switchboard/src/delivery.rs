@@ -456,9 +456,17 @@ impl Dispatcher {
         let mut next = HashMap::with_capacity(subs.len());
         for sub in subs {
             let sub = Arc::new(sub);
+            // Always the fresh record: a change within the same millisecond (a secret rotated
+            // right after a delivery) leaves `updated_at` alone but must still be seen.
             let state = match self.subs.remove(&sub.id) {
-                Some(old) if old.sub.updated_at == sub.updated_at => old,
-                // Settings changed: keep the count in flight, start the rate bucket afresh.
+                Some(old) if old.sub.spec.rate_limit_per_sec == sub.spec.rate_limit_per_sec => {
+                    SubState {
+                        sub: sub.clone(),
+                        active: true,
+                        ..old
+                    }
+                }
+                // The rate changed: keep the count in flight, start the rate bucket afresh.
                 Some(old) => SubState {
                     in_flight: old.in_flight,
                     ..SubState::new(sub.clone())

@@ -54,6 +54,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("migrations/postgres/0002_delivery.sql"),
     ),
+    (
+        3,
+        "due_order",
+        include_str!("migrations/postgres/0003_due_order.sql"),
+    ),
 ];
 
 impl Backend {

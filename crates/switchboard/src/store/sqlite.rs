@@ -55,6 +55,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("migrations/sqlite/0002_delivery.sql"),
     ),
+    (
+        3,
+        "due_order",
+        include_str!("migrations/sqlite/0003_due_order.sql"),
+    ),
 ];
 
 impl Backend {

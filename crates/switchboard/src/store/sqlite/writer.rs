@@ -29,21 +29,51 @@ pub(super) fn spawn(
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
     // transaction survives power loss, not only a process crash.
+    // Statement journals (multi-row statements inside a transaction) stay in memory; the WAL
+    // is checkpointed by a thread of its own (below), not by whichever commit crosses the limit.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-         PRAGMA cache_size = -32000;",
+         PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(db)?;
     conn.set_prepared_statement_cache_capacity(64);
+    let checkpointer = Connection::open(path).map_err(db)?;
+    checkpointer
+        .execute_batch("PRAGMA busy_timeout = 10000;")
+        .map_err(db)?;
+    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    let spawn_error = |e: std::io::Error| StoreError::Sqlite(format!("cannot start a thread: {e}"));
+    std::thread::Builder::new()
+        .name("switchboard-checkpoint".into())
+        .spawn(move || checkpoints(checkpointer, &stopped))
+        .map_err(spawn_error)?;
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name("switchboard-writer".into())
         .spawn(move || {
             run(conn, rx, &wake);
+            // Dropping the sender stops the checkpoints.
+            drop(stop_checkpoints);
             let _ = done.send(());
         })
-        .map_err(|e| StoreError::GroupCommit(format!("cannot start the writer thread: {e}")))?;
+        .map_err(spawn_error)?;
     Ok(finished)
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file, every [`CHECKPOINT_EVERY`], until
+/// `stop`'s sender is gone. PASSIVE never blocks the writer or readers; once every frame is
+/// copied, the writer's next transaction starts the WAL over, so it stays small.
+fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+        }
+    }
+    let _ = conn.close();
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
