@@ -1,4 +1,5 @@
 //! Tools in the same binary besides `serve`.
 
+pub mod backlog;
 pub mod bench;
 pub mod listen;

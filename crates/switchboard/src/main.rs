@@ -57,6 +57,17 @@ struct BenchArgs {
     /// One JSON object on stdout instead of the summary
     #[arg(long)]
     json: bool,
+    /// Backlog run instead: leave this many deliveries pending with the receiver down, measure
+    /// the server's memory, SIGKILL it, bring the receiver up, and time the restart to the
+    /// first delivery (the server runs as a child process on SQLite)
+    #[arg(long, value_name = "N")]
+    pending: Option<usize>,
+    /// With --pending: seconds the server keeps failing attempts before the kill
+    #[arg(long, default_value_t = 5)]
+    down_secs: u64,
+    /// With --pending: seconds deliveries are counted after the restart
+    #[arg(long, default_value_t = 5)]
+    after_secs: u64,
 }
 
 #[derive(Args)]
@@ -124,6 +135,16 @@ async fn main() -> anyhow::Result<()> {
             println!("migrated {}", config.database_description());
             Ok(())
         }
+        Command::Bench(a) if a.pending.is_some() => {
+            let report = switchboard::cli::backlog::run(switchboard::cli::backlog::Options {
+                pending: a.pending.unwrap_or_default(),
+                down_secs: a.down_secs,
+                after_secs: a.after_secs,
+                progress: !a.json,
+            })
+            .await?;
+            print_report(a.json, &report, report.text())
+        }
         Command::Bench(a) => {
             let report = switchboard::cli::bench::run(switchboard::cli::bench::Options {
                 url: a.url,
@@ -137,12 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 progress: !a.json,
             })
             .await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.text());
-            }
-            Ok(())
+            print_report(a.json, &report, report.text())
         }
         Command::Listen(args) => {
             let secret = args
@@ -164,6 +180,16 @@ async fn main() -> anyhow::Result<()> {
             switchboard::run(config, listener, shutdown_signal()).await
         }
     }
+}
+
+/// A bench report: one JSON object, or the human-readable `text`.
+fn print_report(json: bool, report: &impl serde::Serialize, text: String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -364,7 +364,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 /// An Agent StatusChanged event with a fresh Id; agents rotate so per-agent work spreads.
-fn bench_event(n: usize) -> Value {
+pub(crate) fn bench_event(n: usize) -> Value {
     json!({
         "Id": Uuid::new_v4(),
         "Category": 1, "Code": 3,

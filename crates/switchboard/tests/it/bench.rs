@@ -53,3 +53,41 @@ async fn bench_runs_a_tiny_workload_and_its_counts_add_up() {
     .expect("paced bench ran");
     assert_eq!((paced.accepted, paced.deliveries), (50, 50));
 }
+
+/// The backlog run (`--pending`): the real binary, as a user runs it, on a tiny backlog.
+#[tokio::test]
+async fn the_backlog_run_reports_memory_and_the_restart() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "--pending",
+            "300",
+            "--down-secs",
+            "1",
+            "--after-secs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("bench ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["pending"], 300);
+    for field in [
+        "ingest_secs",
+        "server_peak_rss_mib",
+        "server_rss_mib",
+        "restart_ready_secs",
+        "restart_first_delivery_secs",
+    ] {
+        assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {report}");
+    }
+    let delivered = report["delivered_after_restart"].as_u64().unwrap();
+    assert!((1..=300).contains(&delivered), "{report}");
+    assert!(report["server_rss_mib"].as_f64() <= report["server_peak_rss_mib"].as_f64());
+}

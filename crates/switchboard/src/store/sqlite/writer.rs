@@ -63,13 +63,26 @@ pub(super) fn spawn(
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// A WAL this many pages long after a passive checkpoint is truncated (about 32 MiB).
+const WAL_LIMIT_PAGES: i64 = 8192;
+
 /// Copies committed WAL frames into the database file, every [`CHECKPOINT_EVERY`], until
-/// `stop`'s sender is gone. PASSIVE never blocks the writer or readers; once every frame is
-/// copied, the writer's next transaction starts the WAL over, so it stays small.
+/// `stop`'s sender is gone. PASSIVE never blocks the writer or readers, but under steady writes
+/// it never catches up with the end of the WAL, and the WAL only starts over once a checkpoint
+/// has — so past [`WAL_LIMIT_PAGES`] a TRUNCATE checkpoint makes the writer wait for the last
+/// few frames (bounded: the passive one just copied the rest). A long WAL would also make a
+/// restart after a crash slow, as opening replays it.
 fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    let run = |mode: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+    };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let result = match run("PASSIVE") {
+            Ok(pages) if pages >= WAL_LIMIT_PAGES => run("TRUNCATE"),
+            other => other,
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
         }
     }

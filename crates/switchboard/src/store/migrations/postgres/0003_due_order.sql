@@ -4,3 +4,7 @@
 DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at, sequence)
     WHERE status = 'pending';
+
+-- Leased rows (attempts in flight) only, so that voiding leases at start is cheap however many
+-- deliveries are pending.
+CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE lease_until IS NOT NULL;
