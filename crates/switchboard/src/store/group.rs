@@ -358,11 +358,23 @@ pub(super) fn health<'a>(outcomes: &[&'a Outcome]) -> Vec<(&'a str, Health<'a>)>
         .collect()
 }
 
-/// Claimed rows' bodies by sequence, turned into [`Claimed`] items; `None` if a body is missing.
+/// Bodies of claimed events by tenant and sequence, read once per claim however many
+/// subscriptions (fan-out) claimed the same event; the bytes are shared, not copied.
+pub(super) type Bodies = HashMap<String, HashMap<i64, bytes::Bytes>>;
+
+/// The sequences among `rows` whose bodies `known` lacks.
+pub(super) fn missing_bodies(rows: &[ClaimRow], known: &HashMap<i64, bytes::Bytes>) -> Vec<i64> {
+    rows.iter()
+        .map(|r| r.sequence)
+        .filter(|s| !known.contains_key(s))
+        .collect()
+}
+
+/// Claimed rows with their bodies, as [`Claimed`] items; `None` if a body is missing.
 pub(super) fn claimed(
     sub_id: &str,
     rows: Vec<ClaimRow>,
-    mut bodies: HashMap<i64, String>,
+    bodies: &HashMap<i64, bytes::Bytes>,
 ) -> Option<Vec<Claimed>> {
     rows.into_iter()
         .map(|r| {
@@ -373,7 +385,7 @@ pub(super) fn claimed(
                 sequence: r.sequence,
                 attempt: r.attempts as u32 + 1,
                 round_attempt: r.round_attempts as u32 + 1,
-                body: bodies.remove(&r.sequence)?.into(),
+                body: bodies.get(&r.sequence)?.clone(),
             })
         })
         .collect()

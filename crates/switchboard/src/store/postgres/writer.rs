@@ -333,6 +333,7 @@ async fn claim(
     now: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut out = Vec::new();
+    let mut bodies = group::Bodies::new();
     for (sub_id, n) in subs {
         let rows: Vec<ClaimRow> = sqlx::query(DIALECT.claim)
             .bind(lease_until)
@@ -354,13 +355,17 @@ async fn claim(
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
             continue;
         };
-        let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
-        let bodies: HashMap<i64, String> =
-            sequences_and_bodies(conn, sql::CLAIMED_BODIES, &tenant, &sequences)
-                .await?
-                .into_iter()
-                .collect();
-        out.extend(group::claimed(sub_id, rows, bodies).ok_or(sqlx::Error::RowNotFound)?);
+        let known = bodies.entry(tenant).or_default();
+        let missing = group::missing_bodies(&rows, known);
+        if !missing.is_empty() {
+            let tenant = &rows[0].tenant;
+            for (sequence, body) in
+                sequences_and_bodies(conn, sql::CLAIMED_BODIES, tenant, &missing).await?
+            {
+                known.insert(sequence, body.into());
+            }
+        }
+        out.extend(group::claimed(sub_id, rows, known).ok_or(sqlx::Error::RowNotFound)?);
     }
     out.sort_by_key(|c| c.sequence);
     Ok(out)

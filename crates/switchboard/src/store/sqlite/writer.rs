@@ -381,6 +381,7 @@ fn claim(
     now: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut out = Vec::new();
+    let mut bodies = group::Bodies::new();
     for (sub_id, n) in subs {
         let mut stmt = tx.prepare_cached(DIALECT.claim)?;
         let rows = stmt
@@ -398,13 +399,17 @@ fn claim(
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
             continue;
         };
-        let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
-        let bodies: HashMap<i64, String> =
-            sequences_and_bodies(tx, sql::CLAIMED_BODIES, &tenant, &sequences)?
-                .into_iter()
-                .collect();
+        let known = bodies.entry(tenant).or_default();
+        let missing = group::missing_bodies(&rows, known);
+        if !missing.is_empty() {
+            let tenant = &rows[0].tenant;
+            for (sequence, body) in sequences_and_bodies(tx, sql::CLAIMED_BODIES, tenant, &missing)?
+            {
+                known.insert(sequence, body.into());
+            }
+        }
         out.extend(
-            group::claimed(sub_id, rows, bodies).ok_or(rusqlite::Error::QueryReturnedNoRows)?,
+            group::claimed(sub_id, rows, known).ok_or(rusqlite::Error::QueryReturnedNoRows)?,
         );
     }
     out.sort_by_key(|c| c.sequence);
