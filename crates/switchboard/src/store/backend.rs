@@ -469,7 +469,8 @@ impl Backend {
         event_id: Uuid,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND event_id = $2 ORDER BY id"
+            "{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND sequence = \
+             (SELECT sequence FROM events WHERE tenant_id = $1 AND id = $2) ORDER BY id"
         ))
         .bind(tenant)
         .bind(event_id.to_string())
@@ -600,7 +601,7 @@ impl Backend {
                         "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, \
                          agent, status, next_attempt_at, created_at, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
-                         ON CONFLICT (subscription_id, event_id) DO UPDATE SET status = 'pending', \
+                         ON CONFLICT (subscription_id, sequence) DO UPDATE SET status = 'pending', \
                          round_attempts = 0, next_attempt_at = excluded.next_attempt_at, \
                          lease_until = NULL, agent = excluded.agent, updated_at = excluded.updated_at",
                     )

@@ -59,6 +59,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "due_order",
         include_str!("migrations/postgres/0003_due_order.sql"),
     ),
+    (
+        4,
+        "deliveries_by_sequence",
+        include_str!("migrations/postgres/0004_deliveries_by_sequence.sql"),
+    ),
 ];
 
 impl Backend {

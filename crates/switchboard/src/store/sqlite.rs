@@ -60,6 +60,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "due_order",
         include_str!("migrations/sqlite/0003_due_order.sql"),
     ),
+    (
+        4,
+        "deliveries_by_sequence",
+        include_str!("migrations/sqlite/0004_deliveries_by_sequence.sql"),
+    ),
 ];
 
 impl Backend {
