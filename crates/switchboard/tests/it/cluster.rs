@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::support::TestReceiver;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
-use crate::support::db::TestData;
+use crate::support::db::{OldSchema, TestData};
 use crate::support::process::Server;
 use crate::support::receiver::Received;
 
@@ -253,33 +253,4 @@ async fn roles_split_the_api_from_delivery() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-}
-
-/// The first migrations only, as a migration source.
-#[derive(Debug)]
-struct OldSchema(Vec<(i64, &'static str, &'static str)>);
-
-impl sqlx::migrate::MigrationSource<'static> for OldSchema {
-    fn resolve(
-        self,
-    ) -> futures_core::future::BoxFuture<
-        'static,
-        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
-    > {
-        Box::pin(async move {
-            Ok(self
-                .0
-                .into_iter()
-                .map(|(v, name, sql)| {
-                    sqlx::migrate::Migration::new(
-                        v,
-                        name.into(),
-                        sqlx::migrate::MigrationType::Simple,
-                        sql.into(),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
 }

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
-use crate::support::db::TestData;
+use crate::support::db::{OldSchema, TestData};
 use crate::support::process::Server;
 
 #[tokio::test]
@@ -119,4 +119,61 @@ async fn acknowledged_events_survive_sigkill() {
         "{} acknowledged events lost: {lost:?}",
         lost.len()
     );
+}
+
+/// An SQLite database with deliveries made before migration 4 (which rebuilds their table)
+/// keeps them, ids, state and all, and finds them by event.
+#[tokio::test]
+async fn deliveries_survive_the_rebuild_of_their_table() {
+    use sqlx::Connection;
+    use switchboard::store::{DeliveryStatus, Store, migrations};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(OldSchema(migrations(false)[..3].to_vec()))
+        .await
+        .unwrap()
+        .run_direct(&mut conn)
+        .await
+        .unwrap();
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    sqlx::query(
+        "INSERT INTO events (tenant_id, sequence, id, created, category, code, received_at, body) \
+         VALUES ('default', 1, $1, 20261123184603, 2, 1, 0, '{}')",
+    )
+    .bind(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, subscription_id, event_id, sequence, status, \
+         attempt_count, next_attempt_at, created_at, updated_at) \
+         VALUES (7, 'default', 'sub_old', $1, 1, 'pending', 3, 5, 1, 2)",
+    )
+    .bind(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open("", &path).await.expect("migrates");
+    let found = store
+        .deliveries_of_event("default", id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let d = &found[0];
+    assert_eq!((d.id, d.sequence, d.attempt_count), (7, 1, 3));
+    assert_eq!(d.status, DeliveryStatus::Pending);
+    assert_eq!(
+        (d.event_id.as_str(), d.subscription_id.as_str()),
+        (id, "sub_old")
+    );
+    store.close().await;
 }

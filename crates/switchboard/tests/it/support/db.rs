@@ -98,3 +98,32 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// Some of the compiled-in migrations, to build a database as an older release left it.
+#[derive(Debug)]
+pub struct OldSchema(pub Vec<(i64, &'static str, &'static str)>);
+
+impl sqlx::migrate::MigrationSource<'static> for OldSchema {
+    fn resolve(
+        self,
+    ) -> futures_core::future::BoxFuture<
+        'static,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .into_iter()
+                .map(|(v, name, sql)| {
+                    sqlx::migrate::Migration::new(
+                        v,
+                        name.into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        sql.into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
