@@ -2,8 +2,10 @@
 //! guarded HTTP client they go through.
 //!
 //! The dispatcher loop: write back finished attempts → claim (lease) due deliveries for every
-//! subscription with free `max_in_flight` slots and rate-limit tokens → start each attempt as a
-//! task → wait for a commit (the store's wake-up), a finished attempt, or the next due time.
+//! subscription, up to its `max_in_flight` slots again beyond those (a prefetch, so the next
+//! attempts can start the moment a slot frees, without waiting for a database turn) → start
+//! what the free slots and rate-limit tokens allow, each attempt a task → wait for a commit
+//! (the store's wake-up), a finished attempt, or the next due time.
 //! Nothing that matters lives only in memory: a claim is a lease in the database, and an
 //! attempt's outcome changes the delivery row in the same transaction as its log entry.
 
@@ -11,7 +13,7 @@ pub mod guard;
 pub mod retry;
 pub mod signing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,7 +233,8 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
     }
 }
 
-/// Per-subscription state the dispatcher keeps: its settings, attempts in flight, rate tokens.
+/// Per-subscription state the dispatcher keeps: its settings, attempts in flight, rate tokens,
+/// and deliveries claimed but not started yet.
 struct SubState {
     sub: Arc<SubscriptionRecord>,
     /// False once disabled or deleted: only its attempts in flight are awaited.
@@ -239,6 +242,9 @@ struct SubState {
     in_flight: u32,
     tokens: f64,
     refilled: Instant,
+    /// Claimed (leased), in claim order, waiting for a slot. The lease (twice the HTTP timeout
+    /// and more) outlasts the wait: at most `max_in_flight` wait, behind as many in flight.
+    ready: VecDeque<Claimed>,
 }
 
 impl SubState {
@@ -250,11 +256,12 @@ impl SubState {
             in_flight: 0,
             tokens,
             refilled: Instant::now(),
+            ready: VecDeque::new(),
         }
     }
 
-    /// How many attempts may start now.
-    fn capacity(&mut self) -> u32 {
+    /// How many attempts may start now: free slots, within the rate-limit tokens.
+    fn startable(&mut self) -> u32 {
         if !self.active {
             return 0;
         }
@@ -269,6 +276,20 @@ impl SubState {
                 free.min(self.tokens.floor() as u32)
             }
         }
+    }
+
+    /// How many more deliveries to claim: enough to fill the free slots and, without a rate
+    /// limit, as many again to wait ready. A rate-limited subscription claims only what it may
+    /// start now, so nothing waits on tokens while its lease runs.
+    fn wanted(&mut self) -> u32 {
+        let max = self.sub.spec.max_in_flight;
+        let target = match self.sub.spec.rate_limit_per_sec {
+            None if self.active => (2 * max).saturating_sub(self.in_flight),
+            _ => self.startable(),
+        };
+        target
+            .saturating_sub(self.ready.len() as u32)
+            .min(MAX_CLAIM)
     }
 }
 
@@ -334,7 +355,14 @@ impl Dispatcher {
                 _ = shutdown.changed() => {}
             }
         }
-        // Shutdown: no new claims; wait for what is in flight (bounded by the HTTP timeout).
+        // Shutdown: no new claims, nothing more started; wait for what is in flight (bounded by
+        // the HTTP timeout).
+        let unstarted = self
+            .subs
+            .values_mut()
+            .flat_map(|s| s.ready.drain(..))
+            .collect();
+        self.release(unstarted).await;
         while self.in_flight() > 0 {
             match self.done_rx.recv().await {
                 Some(o) => self.note_finished(o),
@@ -371,12 +399,13 @@ impl Dispatcher {
         }
     }
 
-    /// One round: write back finished attempts, refresh subscriptions, claim what is due and
-    /// start it. Returns how many attempts started.
+    /// One round: write back finished attempts, refresh subscriptions, claim what is due, and
+    /// start what the slots allow. Returns how many attempts started.
     pub async fn step(&mut self) -> Result<usize, StoreError> {
         while let Ok(o) = self.done_rx.try_recv() {
             self.note_finished(o);
         }
+        let mut started = self.start_ready();
         let finished = std::mem::take(&mut self.finished);
         // A disabled subscription must be seen as such before claiming for it.
         let finished = if finished.iter().any(|o| o.disable.is_some()) {
@@ -392,12 +421,12 @@ impl Dispatcher {
             .subs
             .iter_mut()
             .filter_map(|(id, s)| {
-                let n = s.capacity().min(MAX_CLAIM);
+                let n = s.wanted();
                 (n > 0).then(|| (id.clone(), n))
             })
             .collect();
         if wanted.is_empty() && finished.is_empty() {
-            return Ok(0);
+            return Ok(started);
         }
         // Sent together, the outcomes and the claim share one writer turn and one commit.
         let lease_until = now_millis() + self.lease.as_millis() as i64;
@@ -415,32 +444,60 @@ impl Dispatcher {
             }
         };
         let (recorded, claimed) = tokio::join!(record, claim);
-        let claimed = claimed?;
-        let started = claimed.len();
-        for c in claimed {
-            let Some(state) = self.subs.get_mut(&c.subscription_id) else {
-                continue;
-            };
-            state.in_flight += 1;
-            state.tokens -= 1.0;
-            let (sub, sender, done) =
-                (state.sub.clone(), self.sender.clone(), self.done_tx.clone());
-            tokio::spawn(async move {
-                let result = sender
-                    .send(&sub, &c.event_id, c.sequence, c.attempt, c.body.clone())
-                    .await;
-                if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
-                    tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
-                } else if let Some(err) = &result.error {
-                    tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
-                }
-                let _ = done.send(decide(&sub, &c, result));
-            });
+        for c in claimed? {
+            if let Some(state) = self.subs.get_mut(&c.subscription_id) {
+                state.ready.push_back(c);
+            }
         }
+        started += self.start_ready();
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
         recorded?;
         Ok(started)
+    }
+
+    /// Starts every ready delivery that a free slot and the rate limit allow; returns how many.
+    fn start_ready(&mut self) -> usize {
+        let mut started = 0;
+        for state in self.subs.values_mut() {
+            if state.ready.is_empty() {
+                continue;
+            }
+            for _ in 0..state.startable() {
+                let Some(c) = state.ready.pop_front() else {
+                    break;
+                };
+                state.in_flight += 1;
+                state.tokens -= 1.0;
+                started += 1;
+                let (sub, sender, done) =
+                    (state.sub.clone(), self.sender.clone(), self.done_tx.clone());
+                tokio::spawn(async move {
+                    let result = sender
+                        .send(&sub, &c.event_id, c.sequence, c.attempt, c.body.clone())
+                        .await;
+                    if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
+                        tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
+                    } else if let Some(err) = &result.error {
+                        tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
+                    }
+                    let _ = done.send(decide(&sub, &c, result));
+                });
+            }
+        }
+        started
+    }
+
+    /// Gives back the leases of deliveries claimed but not started (subscription disabled,
+    /// shutdown), so they go out at once rather than when the lease expires.
+    async fn release(&self, ready: Vec<Claimed>) {
+        if ready.is_empty() {
+            return;
+        }
+        let ids = ready.iter().map(|c| c.delivery_id).collect();
+        if let Err(e) = self.store.release_leases(ids).await {
+            tracing::warn!(error = %e, "could not release leases; they expire by themselves");
+        }
     }
 
     /// Re-reads the enabled subscriptions when they changed, or every few seconds.
@@ -466,17 +523,22 @@ impl Dispatcher {
                         ..old
                     }
                 }
-                // The rate changed: keep the count in flight, start the rate bucket afresh.
+                // The rate changed: keep the count in flight and what is ready, start the rate
+                // bucket afresh.
                 Some(old) => SubState {
                     in_flight: old.in_flight,
+                    ready: old.ready,
                     ..SubState::new(sub.clone())
                 },
                 None => SubState::new(sub.clone()),
             };
             next.insert(sub.id.clone(), state);
         }
-        // Disabled or deleted subscriptions with attempts still in flight stay until they end.
-        for (id, old) in self.subs.drain() {
+        // Disabled or deleted subscriptions with attempts still in flight stay until they end;
+        // what they had claimed but not started is given back.
+        let mut unstarted = Vec::new();
+        for (id, mut old) in self.subs.drain() {
+            unstarted.extend(old.ready.drain(..));
             if old.in_flight > 0 {
                 next.insert(
                     id,
@@ -488,6 +550,7 @@ impl Dispatcher {
             }
         }
         self.subs = next;
+        self.release(unstarted).await;
         self.refreshed = Some((Instant::now(), version));
         Ok(())
     }

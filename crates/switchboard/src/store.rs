@@ -160,6 +160,8 @@ forward! {
     fn claim(&self, subs: Vec<(String, u32)>, lease_until: i64) -> Result<Vec<Claimed>, StoreError>;
     /// Writes back finished attempts with their deliveries' new state.
     fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+    /// Gives back the leases of claimed deliveries that were not attempted.
+    fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError>;
     /// When the earliest unleased pending delivery of an enabled subscription is due (unix ms).
     fn next_due(&self) -> Result<Option<i64>, StoreError>;
     fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError>;

@@ -313,6 +313,22 @@ impl Backend {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Gives back the leases of claimed deliveries that were not attempted (rare: a
+    /// subscription disabled, a shutdown), outside the writer.
+    pub async fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        for chunk in ids.chunks(500) {
+            let mut sql =
+                QueryBuilder::<Db>::new("UPDATE deliveries SET lease_until = NULL WHERE id IN (");
+            let mut list = sql.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            sql.push(")");
+            sql.build().execute(&self.read).await?;
+        }
+        Ok(())
+    }
+
     /// When the earliest pending delivery of an enabled subscription is due (unix ms).
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(
