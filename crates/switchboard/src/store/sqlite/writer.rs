@@ -61,7 +61,7 @@ pub(super) fn spawn(
 }
 
 /// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A WAL this many pages long after a passive checkpoint is truncated (about 32 MiB).
 const WAL_LIMIT_PAGES: i64 = 8192;
