@@ -60,8 +60,11 @@ pub(super) fn spawn(
     Ok(finished)
 }
 
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the WAL is copied back into the database file. A checkpoint's writes and fsync
+/// of the database file delay the commits' fsyncs of the WAL that overlap them (the open-loop
+/// p99 is 4-6 ms without checkpoints, 17-33 ms with them every 100 ms-1 s), so they are
+/// kept small: every 40 ms (p99 17-19 ms), at no cost to throughput.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(40);
 
 /// A WAL this many pages long after a passive checkpoint is truncated (about 32 MiB).
 const WAL_LIMIT_PAGES: i64 = 8192;
