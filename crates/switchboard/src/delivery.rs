@@ -449,6 +449,10 @@ impl Dispatcher {
                 state.ready.push_back(c);
             }
         }
+        // The claim may have taken deliveries of events committed after the refresh above, and
+        // after a change of their subscription (a secret rotated, then an event posted): they
+        // go out with the subscription as it is now.
+        self.refresh(false).await?;
         started += self.start_ready();
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
