@@ -51,6 +51,76 @@ pub(crate) struct Dialect {
     /// Run in a transaction whose loss a crash may cause (claims, outcomes), so its commit does
     /// not wait for the disk.
     pub relax_in_transaction: Option<&'static str>,
+    /// Tells the other nodes that a [`Change`] (`$1`, its name) happened.
+    pub announce: Option<&'static str>,
+}
+
+/// What nodes keep in memory and must forget when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Subscriptions,
+    Keys,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Subscriptions => "subs",
+            Change::Keys => "keys",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Change::Subscriptions, Change::Keys]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// How long a key found by authentication is trusted without reading it again. Deleting a key
+/// (or its tenant) forgets it at once on this node and, on PostgreSQL, on the others as the
+/// notification arrives; this bounds a notification lost with a dropped connection.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most keys remembered; past this the memory starts over (there are rarely so many).
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// API keys by hash, as authentication found them: a request with a known key reads nothing.
+/// Only keys that exist are remembered, so unknown keys cannot fill it.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    version: std::sync::atomic::AtomicU64,
+    keys: std::sync::Mutex<std::collections::HashMap<String, (KeyRecord, u64, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn get(&self, hash: &str) -> Option<KeyRecord> {
+        let keys = self.keys.lock().ok()?;
+        let (key, version, at) = keys.get(hash)?;
+        (*version == self.version() && at.elapsed() < KEY_CACHE_TTL).then(|| key.clone())
+    }
+
+    /// Remembers `key`, found by a read that started at `version`.
+    pub fn put(&self, hash: &str, key: KeyRecord, version: u64) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.len() >= KEY_CACHE_MAX {
+                keys.clear();
+            }
+            keys.insert(hash.to_string(), (key, version, std::time::Instant::now()));
+        }
+    }
+
+    /// Forgets every key (one was deleted).
+    pub fn invalidate(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.clear();
+        }
+    }
 }
 
 use bytes::Bytes;

@@ -34,8 +34,11 @@ pub struct Backend {
     writer: mpsc::Sender<Command>,
     /// Signalled after a commit that made deliveries due, to wake the dispatcher.
     wake: Arc<Notify>,
-    /// Bumped on every subscription change made through this handle.
+    /// Bumped on every subscription change made through this handle (and, on PostgreSQL, on
+    /// every node's).
     subs_version: Arc<AtomicU64>,
+    /// API keys by hash, as authentication found them.
+    keys: Arc<super::KeyCache>,
     /// Resolves when the writer has committed its last turn and closed its connection.
     writer_done: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
@@ -53,6 +56,7 @@ impl Backend {
             writer,
             wake,
             subs_version: Arc::new(AtomicU64::new(0)),
+            keys: Arc::default(),
             writer_done: Arc::new(Mutex::new(Some(writer_done))),
         }
     }
@@ -196,6 +200,8 @@ impl Backend {
                 .await?;
         }
         tx.commit().await?;
+        self.announce(super::Change::Keys).await;
+        self.announce(super::Change::Subscriptions).await;
         Ok(gone.rows_affected() > 0)
     }
 
@@ -258,18 +264,28 @@ impl Backend {
             .bind(id)
             .execute(&self.read)
             .await?;
+        self.announce(super::Change::Keys).await;
         Ok(done.rows_affected() > 0)
     }
 
-    /// The key with this hash, if any.
+    /// The key with this hash, if any; from memory when it was found recently.
     pub async fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        if let Some(key) = self.keys.get(key_hash) {
+            return Ok(Some(key));
+        }
+        // Read before the query: a deletion announced meanwhile makes this entry stale.
+        let version = self.keys.version();
         let row = sqlx::query(
             "SELECT id, tenant_id, name, scopes, created_at FROM api_keys WHERE key_hash = $1",
         )
         .bind(key_hash)
         .fetch_optional(&self.read)
         .await?;
-        Ok(row.as_ref().map(key_record))
+        let key = row.as_ref().map(key_record);
+        if let Some(key) = &key {
+            self.keys.put(key_hash, key.clone(), version);
+        }
+        Ok(key)
     }
 }
 
@@ -284,9 +300,29 @@ impl Backend {
         self.subs_version.load(AtomicOrdering::SeqCst)
     }
 
-    fn subscriptions_changed(&self) {
-        self.subs_version.fetch_add(1, AtomicOrdering::SeqCst);
-        self.wake.notify_one();
+    /// Something nodes keep in memory changed: this node forgets it at once, and on PostgreSQL
+    /// every other node does when the notification arrives.
+    async fn announce(&self, change: super::Change) {
+        self.changed(change);
+        if let Some(sql) = DIALECT.announce
+            && let Err(e) = sqlx::query(sql)
+                .bind(change.as_str())
+                .execute(&self.read)
+                .await
+        {
+            tracing::warn!(error = %e, "could not notify the other nodes; they catch up by themselves");
+        }
+    }
+
+    /// Forgets what `change` made stale.
+    fn changed(&self, change: super::Change) {
+        match change {
+            super::Change::Subscriptions => {
+                self.subs_version.fetch_add(1, AtomicOrdering::SeqCst);
+                self.wake.notify_one();
+            }
+            super::Change::Keys => self.keys.invalidate(),
+        }
     }
 
     /// Leases up to `n` due deliveries of each listed subscription until `lease_until` (ms).
@@ -364,7 +400,7 @@ impl Backend {
         if done.rows_affected() == 0 {
             return Err(CreateError::TenantNotFound);
         }
-        self.subscriptions_changed();
+        self.announce(super::Change::Subscriptions).await;
         Ok(())
     }
 
@@ -429,7 +465,7 @@ impl Backend {
         .bind(&rec.id)
         .execute(&self.read)
         .await?;
-        self.subscriptions_changed();
+        self.announce(super::Change::Subscriptions).await;
         Ok(done.rows_affected() > 0)
     }
 
@@ -455,7 +491,7 @@ impl Backend {
                 .await?;
         }
         tx.commit().await?;
-        self.subscriptions_changed();
+        self.announce(super::Change::Subscriptions).await;
         Ok(gone.rows_affected() > 0)
     }
 

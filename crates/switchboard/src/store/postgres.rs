@@ -34,8 +34,8 @@ type Conn = PgConnection;
 type DbRow = PgRow;
 type DbPool = PgPool;
 
-/// The channel nodes notify each other on: `wake` (deliveries due) or `subs` (subscriptions
-/// changed).
+/// The channel nodes notify each other on: `wake` (deliveries due), `subs` (subscriptions
+/// changed) or `keys` (a key or tenant deleted).
 const CHANNEL: &str = "switchboard";
 
 const DIALECT: Dialect = Dialect {
@@ -44,6 +44,7 @@ const DIALECT: Dialect = Dialect {
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
     notify: Some("SELECT pg_notify('switchboard', 'wake')"),
     relax_in_transaction: Some("SET LOCAL synchronous_commit = off"),
+    announce: Some("SELECT pg_notify('switchboard', $1)"),
 };
 
 /// The migrations, compiled in; versions only ever grow.
@@ -86,16 +87,14 @@ impl Backend {
 
         let mut listener = PgListener::connect_with(&read).await?;
         listener.listen(CHANNEL).await?;
-        let (wake, version) = (backend.wake.clone(), backend.subs_version.clone());
+        let node = backend.clone();
         tokio::spawn(async move {
             loop {
                 match listener.recv().await {
-                    Ok(n) => {
-                        if n.payload() == "subs" {
-                            version.fetch_add(1, AtomicOrdering::SeqCst);
-                        }
-                        wake.notify_one();
-                    }
+                    Ok(n) => match super::Change::parse(n.payload()) {
+                        Some(change) => node.changed(change),
+                        None => node.wake.notify_one(),
+                    },
                     // The listener reconnects by itself; a missed notification only delays a
                     // dispatcher until its next poll.
                     Err(e) => {

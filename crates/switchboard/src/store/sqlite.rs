@@ -45,6 +45,8 @@ const DIALECT: Dialect = Dialect {
     notify: None,
     // SQLite's writer sets `synchronous = NORMAL` around such transactions instead.
     relax_in_transaction: None,
+    // One process owns an SQLite database: nobody else to tell.
+    announce: None,
 };
 
 /// The migrations, compiled in; versions only ever grow.

@@ -209,6 +209,16 @@ async fn tenant_lifecycle() {
     let key = app.create_key("acme", &["publish"]).await;
     app.publish_ok("acme", &agent_event(&guid(), 1, "jdoe"))
         .await;
+    // The key works (and is now remembered by authentication).
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/events",
+            &key,
+            Some(&agent_event(&guid(), 1, "j")),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     let r = app
         .call(Method::DELETE, "/v1/tenants/acme", ADMIN_KEY, None)

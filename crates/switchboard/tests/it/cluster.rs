@@ -254,3 +254,52 @@ async fn roles_split_the_api_from_delivery() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A key deleted through one node stops working on the others at once: authentication
+/// remembers keys, and a deletion is announced to every node (`NOTIFY`), not left to the
+/// 30-second expiry.
+#[tokio::test]
+async fn a_key_deleted_on_one_node_stops_working_on_the_others() {
+    let data = TestData::postgres().await;
+    let (a, b) = (Server::start(&data), Server::start(&data));
+    let client = reqwest::Client::new();
+    let r = post(
+        &client,
+        &a.base,
+        "/v1/tenants/default/keys",
+        &json!({"name": "crm", "scopes": ["publish", "read"]}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let read_on_b = || {
+        client
+            .get(format!("{}/v1/tenants/default/events", b.base))
+            .bearer_auth(&key)
+            .send()
+    };
+    assert_eq!(read_on_b().await.unwrap().status(), StatusCode::OK);
+
+    let r = client
+        .delete(format!(
+            "{}/v1/tenants/default/keys/{}",
+            a.base,
+            created["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The notification is asynchronous: B refuses the key as soon as it arrives, well before
+    // the expiry would (30 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read_on_b().await.unwrap().status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B still accepts a key deleted on node A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
