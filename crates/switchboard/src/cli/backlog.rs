@@ -152,7 +152,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
 
-    // Ingest in the largest batches, a few at a time.
+    // Ingest in the largest batches, a few at a time, with a publish key.
+    let publish = super::bench::publish_key(&client, &base, &key).await?;
     let start = Instant::now();
     let batch = crate::event::MAX_BATCH;
     let next = Arc::new(AtomicUsize::new(0));
@@ -161,7 +162,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let (client, base, key, next, total) = (
             client.clone(),
             base.clone(),
-            key.clone(),
+            publish.clone(),
             next.clone(),
             opts.pending,
         );

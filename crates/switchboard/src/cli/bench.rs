@@ -225,6 +225,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
 
+    // Events are posted as a producer would: with a tenant key that may only publish.
+    let key = publish_key(&client, &base, &key).await?;
+
     // Drive: `concurrency` workers take batches from a shared counter.
     let batches = opts.events.div_ceil(opts.batch);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -361,6 +364,27 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         receiver_raw_requests_per_sec: raw,
         server_peak_rss_mib,
     })
+}
+
+/// Creates a `default`-tenant key with the `publish` scope, using the admin key.
+pub(crate) async fn publish_key(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+) -> anyhow::Result<String> {
+    let r = client
+        .post(format!("{base}/v1/tenants/default/keys"))
+        .bearer_auth(admin_key)
+        .json(&json!({"name": "bench", "scopes": ["publish"]}))
+        .send()
+        .await?;
+    if r.status() != StatusCode::CREATED {
+        bail!("creating a publish key: {} {}", r.status(), r.text().await?);
+    }
+    r.json::<Value>().await?["key"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the created key")
 }
 
 /// An Agent StatusChanged event with a fresh Id; agents rotate so per-agent work spreads.
