@@ -21,7 +21,7 @@ pub(super) const QUEUE_DEPTH: usize = 4096;
 /// Rows per multi-row statement: powers of two, largest first, so any count takes at most one
 /// statement of each size and the few statement shapes stay in the prepared-statement cache.
 pub(super) const INSERT_CHUNKS: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
-/// Most values in one `IN (…)` list.
+/// Most values in one `IN (…)` list (SQLite's writer; PostgreSQL's joins an array).
 pub(super) const IN_LIST: usize = 512;
 
 pub(super) type JobResult = Result<Vec<Accepted>, IngestError>;
@@ -403,10 +403,6 @@ pub(super) struct ClaimRow {
 
 /// The statements both writers run; `$N` placeholders, which SQLite and PostgreSQL both take.
 pub(super) mod sql {
-    pub const FIND_STORED: &str =
-        "SELECT sequence, body FROM events WHERE tenant_id = $1 AND id IN (";
-    pub const CLAIMED_BODIES: &str =
-        "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
     pub const INSERT_EVENTS: &str = "INSERT INTO events \
         (tenant_id, sequence, id, created, category, code, username, received_at, body) VALUES ";
     pub const INSERT_EVENTS_COLUMNS: usize = 9;

@@ -132,35 +132,31 @@ async fn write_ingests(
     Ok((decided.results, deliveries > 0))
 }
 
-/// `(sequence, body)` of `tenant`'s events whose column is among `values` (`head` names it), a
-/// padded list per [`group::IN_LIST`] values.
+/// `(sequence, body)` of `tenant`'s events whose id, or sequence, is in the array `$2`. The
+/// array is joined, not spelled out as an `IN` list: one statement shape for any length, and a
+/// plan of index lookups whatever the table's statistics say (a table that grew since its last
+/// ANALYZE made an `IN` list of hundreds scan the tenant's whole log).
+const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
+    JOIN events e ON e.tenant_id = $1 AND e.id = k.id";
+const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body FROM unnest($2::int8[]) AS k(seq) \
+    JOIN events e ON e.tenant_id = $1 AND e.sequence = k.seq";
+
 async fn sequences_and_bodies<T>(
     conn: &mut Conn,
-    head: &str,
+    sql: &str,
     tenant: &str,
     values: &[T],
 ) -> Result<Vec<(i64, String)>, sqlx::Error>
 where
-    for<'q> &'q T: sqlx::Encode<'q, Db> + sqlx::Type<Db> + Send,
+    for<'q> &'q [T]: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
     T: Sync,
 {
-    let mut out = Vec::with_capacity(values.len());
-    for chunk in values.chunks(group::IN_LIST) {
-        let Some(last) = chunk.last() else { continue };
-        let padded = group::padded_len(chunk.len());
-        let text = format!("{head}{}", sql::list(padded, 2));
-        let mut q = sqlx::query(&text).bind(tenant);
-        for v in chunk {
-            q = q.bind(v);
-        }
-        for _ in chunk.len()..padded {
-            q = q.bind(last);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            out.push((row.get(0), row.get(1)));
-        }
-    }
-    Ok(out)
+    let rows = sqlx::query(sql)
+        .bind(tenant)
+        .bind(values)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 async fn find_stored<'a>(
@@ -169,7 +165,7 @@ async fn find_stored<'a>(
 ) -> Result<Stored<'a>, sqlx::Error> {
     let mut found = HashMap::new();
     for (tenant, ids) in group::given_ids(jobs) {
-        for (sequence, body) in sequences_and_bodies(conn, sql::FIND_STORED, tenant, &ids).await? {
+        for (sequence, body) in sequences_and_bodies(conn, FIND_STORED, tenant, &ids).await? {
             let event = Event::from_canonical_json(&body).map_err(decode)?;
             found.insert((tenant, event.id), (sequence, event));
         }
@@ -360,7 +356,7 @@ async fn claim(
         if !missing.is_empty() {
             let tenant = &rows[0].tenant;
             for (sequence, body) in
-                sequences_and_bodies(conn, sql::CLAIMED_BODIES, tenant, &missing).await?
+                sequences_and_bodies(conn, CLAIMED_BODIES, tenant, &missing).await?
             {
                 known.insert(sequence, body.into());
             }

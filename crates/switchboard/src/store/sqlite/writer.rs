@@ -216,6 +216,10 @@ fn write_ingests(
     Ok((decided.results, deliveries > 0))
 }
 
+const FIND_STORED: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND id IN (";
+const CLAIMED_BODIES: &str =
+    "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
+
 /// `(sequence, body)` of `tenant`'s events whose `column` is among `values`, a padded list per
 /// [`group::IN_LIST`] values.
 fn sequences_and_bodies<T: ToSql>(
@@ -248,7 +252,7 @@ fn sequences_and_bodies<T: ToSql>(
 fn find_stored<'a>(tx: &Connection, jobs: &[&'a IngestJob]) -> rusqlite::Result<Stored<'a>> {
     let mut found = HashMap::new();
     for (tenant, ids) in group::given_ids(jobs) {
-        for (sequence, body) in sequences_and_bodies(tx, sql::FIND_STORED, tenant, &ids)? {
+        for (sequence, body) in sequences_and_bodies(tx, FIND_STORED, tenant, &ids)? {
             let event = Event::from_canonical_json(&body).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
             })?;
@@ -415,8 +419,7 @@ fn claim(
         let missing = group::missing_bodies(&rows, known);
         if !missing.is_empty() {
             let tenant = &rows[0].tenant;
-            for (sequence, body) in sequences_and_bodies(tx, sql::CLAIMED_BODIES, tenant, &missing)?
-            {
+            for (sequence, body) in sequences_and_bodies(tx, CLAIMED_BODIES, tenant, &missing)? {
                 known.insert(sequence, body.into());
             }
         }
