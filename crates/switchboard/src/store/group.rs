@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Accepted, Claimed, IngestError, IngestJob, NextState, Outcome, StoreError};
+use super::{
+    Accepted, Claimed, DeliveryStatus, IngestError, IngestJob, NextState, Outcome, StoreError,
+};
 use crate::event::{Event, Timestamp};
 use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
 
@@ -320,6 +322,15 @@ pub(super) fn outbox<'a>(
         }
     }
     out
+}
+
+/// A delivery's status and next attempt time after an attempt.
+pub(super) fn delivery_state(o: &Outcome) -> (DeliveryStatus, Option<i64>) {
+    match o.next {
+        NextState::Succeeded => (DeliveryStatus::Succeeded, None),
+        NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextState::Failed => (DeliveryStatus::Failed, None),
+    }
 }
 
 /// What a turn's outcomes mean for one subscription's health.

@@ -14,7 +14,7 @@ use super::super::group::{
     self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
     OutboxSub, Stored, fixed_chunks, sql,
 };
-use super::{Conn, DIALECT, Db, IngestJob, NextState, Outcome, now_millis};
+use super::{Conn, DIALECT, Db, IngestJob, Outcome, now_millis};
 use crate::event::{Event, Timestamp};
 use crate::store::{Claimed, DeliveryStatus};
 
@@ -234,6 +234,27 @@ async fn insert_deliveries(
     Ok(())
 }
 
+/// A delivery's new state after an attempt, as one array per column.
+#[derive(Default)]
+struct UpdateColumns<'a> {
+    id: Vec<i64>,
+    status: Vec<&'a str>,
+    attempt: Vec<i64>,
+    round: Vec<i64>,
+    next_at: Vec<Option<i64>>,
+    code: Vec<Option<i64>>,
+    error: Vec<Option<&'a str>>,
+}
+
+/// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`].
+const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET status = v.status, \
+    attempt_count = GREATEST(deliveries.attempt_count, v.attempt), round_attempts = v.round, \
+    next_attempt_at = v.next_at, lease_until = NULL, last_status_code = v.code, \
+    last_error = v.error, updated_at = $1 \
+    FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], \
+      $8::text[]) AS v(id, status, attempt, round, next_at, code, error) \
+    WHERE deliveries.id = v.id";
+
 /// Attempts and their deliveries' new state, a chunk of rows per statement; then each
 /// subscription's health. `outcomes` is sorted by subscription, so rows are locked in one order.
 async fn record_outcomes(
@@ -261,28 +282,27 @@ async fn record_outcomes(
         }
         q.execute(&mut *conn).await?;
 
-        let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
-        let text = format!(
-            "{}{values}{}",
-            sql::UPDATE_DELIVERIES,
-            sql::UPDATE_DELIVERIES_TAIL
-        );
-        let mut q: Q = sqlx::query(&text).bind(now);
+        // Arrays joined, not a VALUES list: see `FIND_STORED`.
+        let mut v = UpdateColumns::default();
         for o in chunk {
-            let (status, next_at) = match o.next {
-                NextState::Succeeded => (DeliveryStatus::Succeeded, None),
-                NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-                NextState::Failed => (DeliveryStatus::Failed, None),
-            };
-            q = q
-                .bind(o.delivery_id)
-                .bind(status.as_str())
-                .bind(i64::from(o.attempt))
-                .bind(i64::from(o.round_attempt))
-                .bind(next_at)
-                .bind(o.status_code.map(i64::from))
-                .bind(&o.error);
+            let (status, next_at) = group::delivery_state(o);
+            v.id.push(o.delivery_id);
+            v.status.push(status.as_str());
+            v.attempt.push(i64::from(o.attempt));
+            v.round.push(i64::from(o.round_attempt));
+            v.next_at.push(next_at);
+            v.code.push(o.status_code.map(i64::from));
+            v.error.push(o.error.as_deref());
         }
+        let q = sqlx::query(UPDATE_DELIVERIES)
+            .bind(now)
+            .bind(&v.id)
+            .bind(&v.status)
+            .bind(&v.attempt)
+            .bind(&v.round)
+            .bind(&v.next_at)
+            .bind(&v.code)
+            .bind(&v.error);
         q.execute(&mut *conn).await?;
     }
     for (sub, verdict) in group::health(outcomes) {

@@ -15,7 +15,7 @@ use super::super::group::{
     self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
     OutboxSub, Stored, fixed_chunks, sql,
 };
-use super::{DIALECT, IngestJob, NextState, Outcome, StoreError, now_millis};
+use super::{DIALECT, IngestJob, Outcome, StoreError, now_millis};
 use crate::event::{Event, Timestamp};
 use crate::store::{Claimed, DeliveryStatus};
 
@@ -349,11 +349,7 @@ fn record_outcomes(tx: &Connection, outcomes: &[&Outcome], now: i64) -> rusqlite
         let mut b = Binder::new(&mut stmt);
         b.bind(now)?;
         for o in chunk {
-            let (status, next_at) = match o.next {
-                NextState::Succeeded => (DeliveryStatus::Succeeded, None),
-                NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-                NextState::Failed => (DeliveryStatus::Failed, None),
-            };
+            let (status, next_at) = group::delivery_state(o);
             b.bind(o.delivery_id)?
                 .bind(status.as_str())?
                 .bind(i64::from(o.attempt))?
