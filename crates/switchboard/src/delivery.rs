@@ -202,6 +202,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Counts a finished attempt in the process's metrics.
+fn record_metrics(c: &Claimed, o: &Outcome) {
+    use crate::telemetry::{ATTEMPT_DURATION, DELIVERY_ATTEMPTS, DELIVERY_LATENCY};
+    let outcome = match o.next {
+        NextState::Succeeded => "succeeded",
+        NextState::RetryAt(_) => "retrying",
+        NextState::Failed => "failed",
+    };
+    metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(ATTEMPT_DURATION).record(o.duration_ms as f64 / 1000.0);
+    if o.next == NextState::Succeeded {
+        let finished = o.started_at + o.duration_ms;
+        metrics::histogram!(DELIVERY_LATENCY)
+            .record((finished - c.created_at).max(0) as f64 / 1000.0);
+    }
+}
+
 /// What an attempt means for its delivery and subscription.
 pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcome {
     let step = retry::next_step(
@@ -485,7 +502,9 @@ impl Dispatcher {
                     } else if let Some(err) = &result.error {
                         tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
                     }
-                    let _ = done.send(decide(&sub, &c, result));
+                    let outcome = decide(&sub, &c, result);
+                    record_metrics(&c, &outcome);
+                    let _ = done.send(outcome);
                 });
             }
         }

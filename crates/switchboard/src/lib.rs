@@ -53,6 +53,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Installed before anything is counted.
+    telemetry::metrics();
     let admin_key = admin_key(&config)?;
     let db = config.database_description();
     let store = Store::open(&config.database_url, &config.sqlite_path())

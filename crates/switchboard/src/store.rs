@@ -29,7 +29,7 @@ macro_rules! claim_sql {
                      AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
                ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
             $lock,
-            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts"
+            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at"
         )
     };
 }
@@ -232,6 +232,8 @@ forward! {
     fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
     /// Gives back the leases of claimed deliveries that were not attempted.
     fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError>;
+    /// Figures for `/metrics`.
+    fn stats(&self) -> Result<Stats, StoreError>;
     /// When the earliest unleased pending delivery of an enabled subscription is due (unix ms).
     fn next_due(&self) -> Result<Option<i64>, StoreError>;
     fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError>;
@@ -288,6 +290,15 @@ pub struct Accepted {
     pub id: Uuid,
     pub sequence: i64,
     pub duplicate: bool,
+}
+
+/// Figures for `/metrics`, counted in the database (so every node shows the same).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Deliveries waiting for a successful attempt (or their last).
+    pub pending: i64,
+    pub subscriptions_enabled: i64,
+    pub subscriptions: i64,
 }
 
 /// One entry of a tenant's event log.
@@ -466,6 +477,8 @@ pub struct Claimed {
     pub round_attempt: u32,
     /// The stored canonical event, sent as is.
     pub body: Bytes,
+    /// When the event was accepted (the delivery created), unix ms.
+    pub created_at: i64,
 }
 
 /// What becomes of a delivery after an attempt.

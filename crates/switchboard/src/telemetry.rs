@@ -1,5 +1,10 @@
-//! Logging set-up: `tracing` to stderr, text or JSON.
+//! Logging set-up (`tracing` to stderr, text or JSON) and the Prometheus metrics the process
+//! records (`metrics` facade, rendered at `GET /metrics`).
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
@@ -18,4 +23,73 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// Events accepted (duplicates not counted).
+pub const EVENTS_INGESTED: &str = "switchboard_events_ingested_total";
+/// Attempts finished, by `outcome`: `succeeded`, `retrying` or `failed` (the delivery's state
+/// after the attempt).
+pub const DELIVERY_ATTEMPTS: &str = "switchboard_delivery_attempts_total";
+/// How long each attempt took, request to answer (or error), in seconds.
+pub const ATTEMPT_DURATION: &str = "switchboard_attempt_duration_seconds";
+/// From an event's acceptance to the receiver's 2xx for it, per delivery, in seconds.
+pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
+
+/// Histogram buckets, in seconds: from a millisecond to the longest retry waits.
+const BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0, 86400.0,
+];
+
+/// The process's metrics recorder, installed on first use. `None` if another recorder was
+/// installed first (an embedding program's): then `/metrics` shows only the database gauges.
+pub fn metrics() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .and_then(|b| b.install_recorder());
+            match installed {
+                Ok(handle) => {
+                    describe();
+                    // Histogram samples wait in memory until upkeep folds them into buckets.
+                    let upkeep = handle.clone();
+                    std::thread::Builder::new()
+                        .name("switchboard-metrics".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        })
+                        .ok()?;
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "another metrics recorder is installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(EVENTS_INGESTED, "Events accepted (duplicates not counted).");
+    describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "Delivery attempts finished, by the delivery's state after them."
+    );
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Duration of each delivery attempt."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From an event's acceptance to its successful delivery, per subscription."
+    );
 }

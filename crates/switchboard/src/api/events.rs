@@ -15,6 +15,7 @@ use super::{ApiError, AppState, Caller, Page, Params, read_json_body, rfc3339};
 use crate::auth::Scope;
 use crate::event::{self, ParseError, Timestamp};
 use crate::store::{Accepted, EventQuery, StoredEvent};
+use crate::telemetry;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -62,6 +63,8 @@ async fn publish(
         }
         err
     })?;
+    let new = accepted.iter().filter(|a| !a.duplicate).count();
+    metrics::counter!(telemetry::EVENTS_INGESTED).increment(new as u64);
     Ok((
         StatusCode::ACCEPTED,
         Json(PublishResponse { events: accepted }),

@@ -365,6 +365,24 @@ impl Backend {
         Ok(())
     }
 
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(&self.read)
+                .await?;
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN enabled THEN 1 ELSE 0 END), 0), COUNT(*) \
+             FROM subscriptions",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(Stats {
+            pending,
+            subscriptions_enabled: row.get(0),
+            subscriptions: row.get(1),
+        })
+    }
+
     /// When the earliest pending delivery of an enabled subscription is due (unix ms).
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(

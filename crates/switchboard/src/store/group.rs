@@ -397,6 +397,7 @@ pub(super) fn claimed(
                 attempt: r.attempts as u32 + 1,
                 round_attempt: r.round_attempts as u32 + 1,
                 body: bodies.get(&r.sequence)?.clone(),
+                created_at: r.created_at,
             })
         })
         .collect()
@@ -410,6 +411,7 @@ pub(super) struct ClaimRow {
     pub sequence: i64,
     pub attempts: i64,
     pub round_attempts: i64,
+    pub created_at: i64,
 }
 
 /// The statements both writers run; `$N` placeholders, which SQLite and PostgreSQL both take.

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::group::{self, Command};
 use super::{
     Accepted, AttemptRecord, Claimed, CreateError, DeliveryRecord, DeliveryStatus, Dialect,
-    EventQuery, IngestError, IngestJob, KeyRecord, Outcome, StoreError, StoredEvent,
+    EventQuery, IngestError, IngestJob, KeyRecord, Outcome, Stats, StoreError, StoredEvent,
     SubscriptionRecord, Tenant, now_millis, scopes_from_text, scopes_to_text,
 };
 use crate::auth::Scope;

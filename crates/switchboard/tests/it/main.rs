@@ -7,5 +7,6 @@ mod crash;
 mod delivery;
 mod ingest;
 mod log;
+mod metrics;
 mod restart;
 mod support;

@@ -366,6 +366,7 @@ async fn claim(
                 sequence: r.get(3),
                 attempts: r.get(4),
                 round_attempts: r.get(5),
+                created_at: r.get(6),
             })
             .collect();
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {

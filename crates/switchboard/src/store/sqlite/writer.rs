@@ -405,6 +405,7 @@ fn claim(
                     sequence: r.get(3)?,
                     attempts: r.get(4)?,
                     round_attempts: r.get(5)?,
+                    created_at: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
