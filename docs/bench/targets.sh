@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${SWITCHBOARD_BIN:-target/release/switchboard}
 run() {
+    # Each run starts with the previous one's writes on disk, so that its flushing does not
+    # stall this one's fsyncs.
+    sync
     echo "\$ switchboard bench $*"
     "$bin" bench "$@" 2>/dev/null
     echo

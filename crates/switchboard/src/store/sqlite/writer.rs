@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use rusqlite::{Connection, OptionalExtension, Statement, ToSql, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -42,16 +43,18 @@ pub(super) fn spawn(
         .execute_batch("PRAGMA busy_timeout = 10000;")
         .map_err(db)?;
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    let wal_long = Arc::new(AtomicBool::new(false));
     let spawn_error = |e: std::io::Error| StoreError::Sqlite(format!("cannot start a thread: {e}"));
+    let flag = wal_long.clone();
     std::thread::Builder::new()
         .name("switchboard-checkpoint".into())
-        .spawn(move || checkpoints(checkpointer, &stopped))
+        .spawn(move || checkpoints(checkpointer, &stopped, &flag))
         .map_err(spawn_error)?;
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name("switchboard-writer".into())
         .spawn(move || {
-            run(conn, rx, &wake);
+            run(conn, rx, &wake, &wal_long);
             // Dropping the sender stops the checkpoints.
             drop(stop_checkpoints);
             let _ = done.send(());
@@ -67,27 +70,24 @@ pub(super) fn spawn(
 /// sustained load leaves; frequent, so each of its checkpoints stays small.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(40);
 
-/// A WAL this many pages long after a passive checkpoint is truncated (about 32 MiB).
-const WAL_LIMIT_PAGES: i64 = 8192;
+/// A WAL this many pages long (about 128 MiB) is restarted by the writer between two turns.
+const WAL_LIMIT_PAGES: i64 = 32_768;
 
 /// Copies committed WAL frames into the database file, every [`CHECKPOINT_EVERY`], until
 /// `stop`'s sender is gone. PASSIVE never blocks the writer or readers, but under steady writes
-/// it never catches up with the end of the WAL, and the WAL only starts over once a checkpoint
-/// has — so past [`WAL_LIMIT_PAGES`] a TRUNCATE checkpoint makes the writer wait for the last
-/// few frames (bounded: the passive one just copied the rest). A long WAL would also make a
-/// restart after a crash slow, as opening replays it.
-fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>) {
-    let run = |mode: &str| -> rusqlite::Result<i64> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
-    };
+/// it never reaches the end of the WAL, and the WAL only starts over once a checkpoint has: it
+/// would grow without bound (gigabytes in a bulk load), and opening after a crash replays it.
+/// So past [`WAL_LIMIT_PAGES`] this thread raises `wal_long`, and the writer — the one that can
+/// find a moment with no write in progress — checkpoints it in RESTART mode: everything copied,
+/// the next commit writes from the start of the file again (whose blocks stay allocated, so its
+/// fsyncs stay cheap). That pause is what a sustained bulk load pays for a bounded WAL.
+fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>, wal_long: &AtomicBool) {
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        let result = match run("PASSIVE") {
-            Ok(pages) if pages >= WAL_LIMIT_PAGES => run("TRUNCATE"),
-            other => other,
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(pages) if pages >= WAL_LIMIT_PAGES => wal_long.store(true, AtomicOrdering::SeqCst),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; trying again"),
         }
     }
     let _ = conn.close();
@@ -98,7 +98,12 @@ fn db(e: rusqlite::Error) -> StoreError {
 }
 
 /// Group commit until shutdown, or until every sender is gone.
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, wake: &Notify) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    wake: &Notify,
+    wal_long: &AtomicBool,
+) {
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
@@ -110,11 +115,17 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, wake: &Notify) {
         }
         // Idle: checkpoint the few frames just committed, so the background checkpoints —
         // which overlap commits — find little to do. Under load the queue is never empty and
-        // this never runs.
-        if rx.is_empty()
-            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        // this never runs; then the WAL is restarted when the checkpoint thread says so.
+        let mode = if wal_long.swap(false, AtomicOrdering::SeqCst) {
+            Some("RESTART")
+        } else {
+            rx.is_empty().then_some("PASSIVE")
+        };
+        if let Some(mode) = mode
+            && let Err(e) =
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
         {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
         }
     }
     if let Err((_, e)) = conn.close() {
