@@ -140,31 +140,34 @@ async fn main() -> anyhow::Result<()> {
             println!("migrated {}", config.database_description());
             Ok(())
         }
-        Command::Bench(a) if a.pending.is_some() => {
-            let report = switchboard::cli::backlog::run(switchboard::cli::backlog::Options {
-                pending: a.pending.unwrap_or_default(),
-                down_secs: a.down_secs,
-                after_secs: a.after_secs,
-                progress: !a.json,
-            })
-            .await?;
-            print_report(a.json, &report, report.text())
-        }
-        Command::Bench(a) => {
-            let report = switchboard::cli::bench::run(switchboard::cli::bench::Options {
-                url: a.url,
-                key: a.key,
-                events: a.events,
-                concurrency: a.concurrency,
-                batch: a.batch,
-                subscriptions: a.subscriptions,
-                rate: a.rate,
-                database_url: a.database_url,
-                progress: !a.json,
-            })
-            .await?;
-            print_report(a.json, &report, report.text())
-        }
+        Command::Bench(a) => match a.pending {
+            // The backlog run.
+            Some(pending) => {
+                let report = switchboard::cli::backlog::run(switchboard::cli::backlog::Options {
+                    pending,
+                    down_secs: a.down_secs,
+                    after_secs: a.after_secs,
+                    progress: !a.json,
+                })
+                .await?;
+                print_report(a.json, &report, report.text())
+            }
+            None => {
+                let report = switchboard::cli::bench::run(switchboard::cli::bench::Options {
+                    url: a.url,
+                    key: a.key,
+                    events: a.events,
+                    concurrency: a.concurrency,
+                    batch: a.batch,
+                    subscriptions: a.subscriptions,
+                    rate: a.rate,
+                    database_url: a.database_url,
+                    progress: !a.json,
+                })
+                .await?;
+                print_report(a.json, &report, report.text())
+            }
+        },
         Command::Listen(args) => {
             let secret = args
                 .secret

@@ -38,15 +38,15 @@ async fn publish(
     // The hot path: the writer finds out whether the tenant exists as it commits, so a valid
     // request costs no read before it. Refusals still name a missing tenant first (404).
     caller.0.allow(&tenant, Scope::Publish)?;
-    let parsed = match read_json_body(&headers, body, state.max_body_bytes).await {
-        Ok(bytes) => event::parse_batch(&bytes, &state.catalog)
-            .map(|events| (bytes, events))
-            .map_err(|e| match e {
+    let parsed = read_json_body(&headers, body, state.max_body_bytes)
+        .await
+        .and_then(|bytes| {
+            let events = event::parse_batch(&bytes, &state.catalog).map_err(|e| match e {
                 ParseError::Malformed(e) => ApiError::Malformed(format!("malformed JSON: {e}")),
                 ParseError::Invalid(errors) => ApiError::Invalid(errors),
-            }),
-        Err(e) => Err(e),
-    };
+            })?;
+            Ok((bytes, events))
+        });
     let (bytes, events) = match parsed {
         Ok(ok) => ok,
         Err(e) => {

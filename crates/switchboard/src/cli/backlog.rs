@@ -111,17 +111,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     }
 }
 
-/// Resident memory of process `pid` from /proc: `(VmRSS, VmHWM)` in MiB.
-fn rss_mib(pid: u32) -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<f64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Runs the backlog benchmark.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.pending == 0 {
@@ -201,7 +190,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // The receiver stays down; the server keeps failing attempts.
     tokio::time::sleep(Duration::from_secs(opts.down_secs)).await;
     let (server_rss_mib, server_peak_rss_mib) =
-        rss_mib(pid).context("reading the server's memory")?;
+        super::bench::rss_mib(&pid.to_string()).context("reading the server's memory")?;
     server.kill().await?;
 
     // The receiver comes up; the server starts again on the same data.

@@ -333,7 +333,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         p.abort();
         eprintln!();
     }
-    let server_peak_rss_mib = opts.url.is_none().then(peak_rss_mib).flatten();
+    let server_peak_rss_mib = opts
+        .url
+        .is_none()
+        .then(|| rss_mib("self").map(|(_, peak)| peak))
+        .flatten();
     // Close the client's keep-alive connections first: the server's graceful shutdown waits
     // for its connections.
     drop(client);
@@ -430,12 +434,16 @@ async fn raw_rate(
     Ok(requests as f64 / start.elapsed().as_secs_f64())
 }
 
-/// This process's peak resident memory (VmHWM), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Resident memory of a process from /proc (`self` or a pid): `(VmRSS, VmHWM)` in MiB, the
+/// latter its peak.
+pub(crate) fn rss_mib(pid: &str) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 impl Report {

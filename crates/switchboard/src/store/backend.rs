@@ -660,12 +660,10 @@ impl Backend {
                 for row in &rows {
                     let event = Event::from_canonical_json(row.get(1))
                         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                    if !subscription::matches(sub.spec.filter.as_ref(), &event) {
+                    let Some(agent) =
+                        group::delivery_agent(&event, sub.spec.filter.as_ref(), sub.spec.ordering)
+                    else {
                         continue;
-                    }
-                    let agent = match sub.spec.ordering {
-                        Ordering::PerAgent => event.agent_key().map(str::to_owned),
-                        Ordering::None => None,
                     };
                     let done = sqlx::query(
                         "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, \

@@ -202,8 +202,8 @@ pub(super) struct NewEventRow<'a> {
 pub(super) struct Decided<'a> {
     /// One per request, in order.
     pub results: Vec<JobResult>,
-    /// Each existing tenant's last sequence after the group.
-    pub last: BTreeMap<&'a str, i64>,
+    /// The tenants that got new events, with their last sequence after the group.
+    pub advanced: BTreeMap<&'a str, i64>,
     /// The new events, by tenant and sequence.
     pub added: Vec<NewEventRow<'a>>,
 }
@@ -218,6 +218,7 @@ pub(super) fn decide_ingests<'a>(
     stored: &Stored<'a>,
     now: Timestamp,
 ) -> Decided<'a> {
+    let before = last.clone();
     let mut added: Stored<'a> = HashMap::new();
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -273,9 +274,10 @@ pub(super) fn decide_ingests<'a>(
         .collect();
     // In key order: appends to the events table's primary key.
     added.sort_by_key(|r| (r.tenant, r.sequence));
+    last.retain(|tenant, seq| before.get(tenant) != Some(seq));
     Decided {
         results,
-        last,
+        advanced: last,
         added,
     }
 }
@@ -307,21 +309,31 @@ pub(super) fn outbox<'a>(
     let mut out = Vec::new();
     for row in added.iter().filter(|r| r.tenant == tenant) {
         for (sub_id, filter, ordering) in subs {
-            if subscription::matches(filter.as_ref(), &row.event) {
+            if let Some(agent) = delivery_agent(&row.event, filter.as_ref(), *ordering) {
                 out.push(NewDelivery {
                     tenant,
                     subscription_id: sub_id,
                     event_id: row.id.to_string(),
                     sequence: row.sequence,
-                    agent: match ordering {
-                        Ordering::PerAgent => row.event.agent_key(),
-                        Ordering::None => None,
-                    },
+                    agent,
                 });
             }
         }
     }
     out
+}
+
+/// Whether a subscription with `filter` gets a delivery of `event` — at ingest or on replay —
+/// and if so its ordering key: the agent for `per_agent`, else none.
+pub(super) fn delivery_agent<'e>(
+    event: &'e Event,
+    filter: Option<&Filter>,
+    ordering: Ordering,
+) -> Option<Option<&'e str>> {
+    subscription::matches(filter, event).then(|| match ordering {
+        Ordering::PerAgent => event.agent_key(),
+        Ordering::None => None,
+    })
 }
 
 /// A delivery's status and next attempt time after an attempt.

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::auth::Scope;
 use crate::event::{Event, NewEvent, Timestamp};
-use crate::subscription::{self, Ordering, SubscriptionSpec};
+use crate::subscription::SubscriptionSpec;
 
 type Db = sqlx::Postgres;
 type Conn = PgConnection;

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::auth::Scope;
 use crate::event::{Event, NewEvent, Timestamp};
-use crate::subscription::{self, Ordering, SubscriptionSpec};
+use crate::subscription::SubscriptionSpec;
 
 type Db = sqlx::Sqlite;
 type DbRow = SqliteRow;

@@ -209,16 +209,17 @@ async fn tenant_lifecycle() {
     let key = app.create_key("acme", &["publish"]).await;
     app.publish_ok("acme", &agent_event(&guid(), 1, "jdoe"))
         .await;
-    // The key works (and is now remembered by authentication).
-    let r = app
-        .call(
+    let publish_with_key = || async {
+        app.call(
             Method::POST,
             "/v1/tenants/acme/events",
             &key,
             Some(&agent_event(&guid(), 1, "j")),
         )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+        .await
+    };
+    // The key works (and is now remembered by authentication).
+    assert_eq!(publish_with_key().await.status(), StatusCode::ACCEPTED);
 
     let r = app
         .call(Method::DELETE, "/v1/tenants/acme", ADMIN_KEY, None)
@@ -236,15 +237,7 @@ async fn tenant_lifecycle() {
     )
     .await;
     // Its keys went with it.
-    let r = app
-        .call(
-            Method::POST,
-            "/v1/tenants/acme/events",
-            &key,
-            Some(&agent_event(&guid(), 1, "j")),
-        )
-        .await;
-    problem(r, StatusCode::UNAUTHORIZED).await;
+    problem(publish_with_key().await, StatusCode::UNAUTHORIZED).await;
     // Re-created, it starts empty.
     assert_eq!(
         create(json!({"id": "acme"})).await.status(),

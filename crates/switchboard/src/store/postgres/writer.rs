@@ -110,19 +110,15 @@ async fn write_ingests(
     for chunk in fixed_chunks(&decided.added) {
         insert_events(conn, chunk, received_at).await?;
     }
+    // Per tenant with new events: their outbox rows, and its new last sequence.
     let mut deliveries = 0;
-    for &tenant in decided.last.keys() {
-        if !decided.added.iter().any(|r| r.tenant == tenant) {
-            continue;
-        }
+    for (&tenant, seq) in &decided.advanced {
         let subs = enabled_subscriptions(conn, tenant).await?;
         let rows = group::outbox(&decided.added, tenant, &subs);
         for chunk in fixed_chunks(&rows) {
             insert_deliveries(conn, chunk, received_at).await?;
         }
         deliveries += rows.len();
-    }
-    for (tenant, seq) in &decided.last {
         sqlx::query(sql::SET_LAST_SEQUENCE)
             .bind(seq)
             .bind(tenant)

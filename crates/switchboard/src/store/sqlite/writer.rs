@@ -208,19 +208,15 @@ fn write_ingests(
     for chunk in fixed_chunks(&decided.added) {
         insert_events(tx, chunk, received_at)?;
     }
+    // Per tenant with new events: their outbox rows, and its new last sequence.
     let mut deliveries = 0;
-    for &tenant in decided.last.keys() {
-        if !decided.added.iter().any(|r| r.tenant == tenant) {
-            continue;
-        }
+    for (&tenant, seq) in &decided.advanced {
         let subs = enabled_subscriptions(tx, tenant)?;
         let rows = group::outbox(&decided.added, tenant, &subs);
         for chunk in fixed_chunks(&rows) {
             insert_deliveries(tx, chunk, received_at)?;
         }
         deliveries += rows.len();
-    }
-    for (tenant, seq) in &decided.last {
         tx.prepare_cached(sql::SET_LAST_SEQUENCE)?
             .execute(params![seq, tenant])?;
     }
