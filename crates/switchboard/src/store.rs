@@ -53,6 +53,8 @@ pub(crate) struct Dialect {
     pub relax_in_transaction: Option<&'static str>,
     /// Tells the other nodes that a [`Change`] (`$1`, its name) happened.
     pub announce: Option<&'static str>,
+    /// The tables whose rows a tenant's deletion takes (by `tenant_id`), besides `attempts`.
+    pub tenant_tables: &'static [&'static str],
 }
 
 /// What nodes keep in memory and must forget when it changes.

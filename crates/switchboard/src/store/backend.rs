@@ -41,6 +41,8 @@ pub struct Backend {
     keys: Arc<super::KeyCache>,
     /// Resolves when the writer has committed its last turn and closed its connection.
     writer_done: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    /// What the backend keeps of event ids outside its tables, if anything.
+    ids: Ids,
 }
 
 impl Backend {
@@ -50,6 +52,7 @@ impl Backend {
         writer: mpsc::Sender<Command>,
         wake: Arc<Notify>,
         writer_done: oneshot::Receiver<()>,
+        ids: Ids,
     ) -> Self {
         Self {
             read,
@@ -58,6 +61,7 @@ impl Backend {
             subs_version: Arc::new(AtomicU64::new(0)),
             keys: Arc::default(),
             writer_done: Arc::new(Mutex::new(Some(writer_done))),
+            ids,
         }
     }
 
@@ -131,11 +135,14 @@ impl Backend {
         tenant: &str,
         id: Uuid,
     ) -> Result<Option<StoredEvent>, StoreError> {
+        let Some(sequence) = self.sequence_of(tenant, id).await? else {
+            return Ok(None);
+        };
         let row = sqlx::query(
-            "SELECT sequence, received_at, body FROM events WHERE tenant_id = $1 AND id = $2",
+            "SELECT sequence, received_at, body FROM events WHERE tenant_id = $1 AND sequence = $2",
         )
         .bind(tenant)
-        .bind(id.to_string())
+        .bind(sequence)
         .fetch_optional(&self.read)
         .await?;
         Ok(row.as_ref().map(stored_event))
@@ -193,13 +200,14 @@ impl Backend {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        for table in ["api_keys", "events", "subscriptions", "deliveries"] {
+        for table in DIALECT.tenant_tables {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
+        self.ids.forget(id);
         self.announce(super::Change::Keys).await;
         self.announce(super::Change::Subscriptions).await;
         Ok(gone.rows_affected() > 0)
@@ -538,12 +546,14 @@ impl Backend {
         tenant: &str,
         event_id: Uuid,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let Some(sequence) = self.sequence_of(tenant, event_id).await? else {
+            return Ok(Vec::new());
+        };
         let rows = sqlx::query(&format!(
-            "{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND sequence = \
-             (SELECT sequence FROM events WHERE tenant_id = $1 AND id = $2) ORDER BY id"
+            "{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND sequence = $2 ORDER BY id"
         ))
         .bind(tenant)
-        .bind(event_id.to_string())
+        .bind(sequence)
         .fetch_all(&self.read)
         .await?;
         Ok(rows.iter().map(delivery_record).collect())

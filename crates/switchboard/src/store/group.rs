@@ -173,16 +173,11 @@ pub(super) fn padded_len(n: usize) -> usize {
 }
 
 /// The ids the producers of a group gave, by tenant: those that may be stored already.
-pub(super) fn given_ids<'a>(jobs: &[&'a IngestJob]) -> BTreeMap<&'a str, Vec<String>> {
-    let mut given: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+pub(super) fn given_ids<'a>(jobs: &[&'a IngestJob]) -> BTreeMap<&'a str, Vec<Uuid>> {
+    let mut given: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
     for job in jobs {
         let ids = given.entry(job.tenant.as_str()).or_default();
-        ids.extend(
-            job.events
-                .iter()
-                .filter(|e| e.id_given)
-                .map(|e| e.id.to_string()),
-        );
+        ids.extend(job.events.iter().filter(|e| e.id_given).map(|e| e.id));
     }
     given
 }

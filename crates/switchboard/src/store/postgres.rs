@@ -45,7 +45,30 @@ const DIALECT: Dialect = Dialect {
     notify: Some("SELECT pg_notify('switchboard', 'wake')"),
     relax_in_transaction: Some("SET LOCAL synchronous_commit = off"),
     announce: Some("SELECT pg_notify('switchboard', $1)"),
+    tenant_tables: &["api_keys", "events", "subscriptions", "deliveries"],
 };
+
+/// PostgreSQL keeps nothing of event ids outside its tables: its unique index on
+/// `(tenant_id, id)` is maintained with the events.
+#[derive(Clone)]
+struct Ids;
+
+impl Ids {
+    fn forget(&self, _tenant: &str) {}
+}
+
+impl Backend {
+    /// The sequence `tenant`'s event `id` is stored under.
+    async fn sequence_of(&self, tenant: &str, id: Uuid) -> Result<Option<i64>, StoreError> {
+        let found =
+            sqlx::query_scalar("SELECT sequence FROM events WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id.to_string())
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(found)
+    }
+}
 
 /// The migrations, compiled in; versions only ever grow.
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -83,7 +106,7 @@ impl Backend {
         let (tx, rx) = mpsc::channel(group::QUEUE_DEPTH);
         let wake = Arc::new(Notify::new());
         let done = writer::spawn(conn, rx, wake.clone());
-        let backend = Self::start(read.clone(), tx, wake, done);
+        let backend = Self::start(read.clone(), tx, wake, done, Ids);
 
         let mut listener = PgListener::connect_with(&read).await?;
         listener.listen(CHANNEL).await?;

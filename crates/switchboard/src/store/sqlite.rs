@@ -47,7 +47,36 @@ const DIALECT: Dialect = Dialect {
     relax_in_transaction: None,
     // One process owns an SQLite database: nobody else to tell.
     announce: None,
+    tenant_tables: &[
+        "api_keys",
+        "events",
+        "event_ids",
+        "subscriptions",
+        "deliveries",
+    ],
 };
+
+/// The `Id`s of recent events, not yet copied into `event_ids` (see `sqlite/ids.rs`).
+type Ids = Arc<ids::RecentIds>;
+
+impl Backend {
+    /// The sequence `tenant`'s event `id` is stored under. Memory is asked first: an `Id` leaves
+    /// it only once `event_ids` has it.
+    async fn sequence_of(&self, tenant: &str, id: Uuid) -> Result<Option<i64>, StoreError> {
+        let hint = self.ids.hint(tenant, &id).unwrap_or(-1);
+        let found = sqlx::query_scalar(
+            "SELECT sequence FROM events WHERE tenant_id = $1 AND sequence = $2 AND id = $3 \
+             UNION ALL SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id = $4 LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(hint)
+        .bind(id.to_string())
+        .bind(id.as_bytes().as_slice())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(found)
+    }
+}
 
 /// The migrations, compiled in; versions only ever grow.
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -67,11 +96,22 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deliveries_by_sequence",
         include_str!("migrations/sqlite/0004_deliveries_by_sequence.sql"),
     ),
+    (
+        5,
+        "event_ids",
+        include_str!("migrations/sqlite/0005_event_ids.sql"),
+    ),
 ];
 
 impl Backend {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, ids::MergeSizes::default()).await
+    }
+
+    /// [`Backend::open`], with the writer merging event ids into their index in batches of the
+    /// given sizes.
+    pub(crate) async fn open_with(path: &Path, merge: ids::MergeSizes) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -95,11 +135,15 @@ impl Backend {
             .await?;
         let (tx, rx) = mpsc::channel(group::QUEUE_DEPTH);
         let wake = Arc::new(Notify::new());
-        let done = writer::spawn(path, rx, wake.clone())?;
-        Ok(Self::start(read, tx, wake, done))
+        let ids = Arc::new(ids::RecentIds::default());
+        let done = writer::spawn(path, rx, wake.clone(), ids.clone(), merge)?;
+        Ok(Self::start(read, tx, wake, done, ids))
     }
 }
 
+mod ids;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 include!("backend.rs");

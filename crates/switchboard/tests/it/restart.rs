@@ -177,3 +177,67 @@ async fn deliveries_survive_the_rebuild_of_their_table() {
     );
     store.close().await;
 }
+
+/// Events stored before migration 5 (which moves their ids into `event_ids`) are still
+/// duplicates when posted again, conflicts with other content, and found by id.
+#[tokio::test]
+async fn event_ids_survive_their_move_to_an_index_of_their_own() {
+    use sqlx::Connection;
+    use switchboard::event::{Catalog, Timestamp, parse_batch};
+    use switchboard::store::{IngestError, Store, migrations};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(OldSchema(migrations(false)[..4].to_vec()))
+        .await
+        .unwrap()
+        .run_direct(&mut conn)
+        .await
+        .unwrap();
+    let post = |date: &str| {
+        let body = agent_event("0f8fad5b-d9cb-469f-a165-70867728950e", 1, "alice");
+        let mut body = body.as_object().unwrap().clone();
+        body.insert("CreationDateUtc".into(), date.into());
+        parse_batch(
+            Value::Object(body).to_string().as_bytes(),
+            &Catalog::builtin(),
+        )
+        .unwrap()
+    };
+    let old = post("20261123184603").remove(0).complete(Timestamp::now());
+    sqlx::query(
+        "INSERT INTO events (tenant_id, sequence, id, created, category, code, received_at, body) \
+         VALUES ('default', 1, $1, $2, 1, 1, 0, $3)",
+    )
+    .bind(old.id.to_string())
+    .bind(old.creation.as_i64())
+    .bind(old.to_canonical_json())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE tenants SET last_sequence = 1 WHERE id = 'default'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open("", &path).await.expect("migrates");
+    let again = store
+        .ingest("default", post("20261123184603"))
+        .await
+        .unwrap();
+    assert_eq!((again[0].sequence, again[0].duplicate), (1, true));
+    match store.ingest("default", post("20261123184604")).await {
+        Err(IngestError::Conflict(c)) => assert_eq!(c, vec![(0, old.id)]),
+        other => panic!("other content: {other:?}"),
+    }
+    let found = store.get_event("default", old.id).await.unwrap();
+    assert_eq!(found.map(|e| e.sequence), Some(1));
+    store.close().await;
+}

@@ -9,6 +9,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{Connection, Executor, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
 
 use super::super::group::{
     self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
@@ -161,6 +162,7 @@ async fn find_stored<'a>(
 ) -> Result<Stored<'a>, sqlx::Error> {
     let mut found = HashMap::new();
     for (tenant, ids) in group::given_ids(jobs) {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         for (sequence, body) in sequences_and_bodies(conn, FIND_STORED, tenant, &ids).await? {
             let event = Event::from_canonical_json(&body).map_err(decode)?;
             found.insert((tenant, event.id), (sequence, event));

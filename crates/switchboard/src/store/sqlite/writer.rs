@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use rusqlite::{Connection, OptionalExtension, Statement, ToSql, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
 
 use super::super::group::{
     self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
     OutboxSub, Stored, fixed_chunks, sql,
 };
+use super::ids::{self, Merge, MergeSizes, RecentIds};
 use super::{DIALECT, IngestJob, Outcome, StoreError, now_millis};
 use crate::event::{Event, Timestamp};
 use crate::store::{Claimed, DeliveryStatus};
@@ -26,6 +28,8 @@ pub(super) fn spawn(
     path: &Path,
     rx: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
+    ids: Arc<RecentIds>,
+    merge: MergeSizes,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
@@ -38,6 +42,8 @@ pub(super) fn spawn(
     )
     .map_err(db)?;
     conn.set_prepared_statement_cache_capacity(64);
+    let tail = ids::load(&conn, &ids).map_err(db)?;
+    tracing::debug!(ids = tail, "event ids not yet in the index, read back");
     let checkpointer = Connection::open(path).map_err(db)?;
     checkpointer
         .execute_batch("PRAGMA busy_timeout = 10000;")
@@ -54,7 +60,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("switchboard-writer".into())
         .spawn(move || {
-            run(conn, rx, &wake, &wal_long);
+            run(conn, rx, &wake, &wal_long, &ids, Merge::new(merge));
             // Dropping the sender stops the checkpoints.
             drop(stop_checkpoints);
             let _ = done.send(());
@@ -103,15 +109,20 @@ fn run(
     mut rx: mpsc::Receiver<Command>,
     wake: &Notify,
     wal_long: &AtomicBool,
+    ids: &RecentIds,
+    mut merge: Merge,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
-            let result = commit(&mut conn, &group).map_err(|e| e.to_string());
+            let result = commit(&mut conn, &group, ids).map_err(|e| e.to_string());
             group.answer(result, wake);
         }
         if stopping {
             break;
+        }
+        if let Err(e) = merge.step(&mut conn, ids) {
+            tracing::warn!(error = %e, "copying event ids into their index failed; trying again");
         }
         // Idle: checkpoint the few frames just committed, so the background checkpoints —
         // which overlap commits — find little to do. Under load the queue is never empty and
@@ -133,7 +144,9 @@ fn run(
     }
 }
 
-fn commit(conn: &mut Connection, group: &Group) -> rusqlite::Result<Committed> {
+/// Commits a group; once it is durable, and before it is answered, its new events' `Id`s join
+/// the recent ones.
+fn commit(conn: &mut Connection, group: &Group, ids: &RecentIds) -> rusqlite::Result<Committed> {
     let relaxed = group.relaxed();
     if relaxed {
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
@@ -141,8 +154,9 @@ fn commit(conn: &mut Connection, group: &Group) -> rusqlite::Result<Committed> {
     let result = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .and_then(|tx| {
-            let done = write(&tx, group)?;
+            let (done, added) = write(&tx, group, ids)?;
             tx.commit()?;
+            ids.add(added);
             Ok(done)
         });
     if relaxed {
@@ -151,19 +165,26 @@ fn commit(conn: &mut Connection, group: &Group) -> rusqlite::Result<Committed> {
     result
 }
 
-fn write(tx: &Connection, group: &Group) -> rusqlite::Result<Committed> {
+/// Writes a group; returns what to answer and the new events' `(tenant, Id, sequence)`.
+fn write<'g>(
+    tx: &Connection,
+    group: &'g Group,
+    ids: &RecentIds,
+) -> rusqlite::Result<(Committed, NewIds<'g>)> {
     let now = now_millis();
-    let (ingests, added) = write_ingests(tx, &group.jobs(), now)?;
+    let jobs = group.jobs();
+    let (ingests, added, new_ids) = write_ingests(tx, &jobs, ids, now)?;
     record_outcomes(tx, &group.sorted_outcomes(), now)?;
     let mut claims = Vec::with_capacity(group.claims.len());
     for ClaimJob(subs, lease_until, _) in &group.claims {
         claims.push(claim(tx, subs, *lease_until, now)?);
     }
-    Ok(Committed {
+    let done = Committed {
         ingests,
         claims,
         deliveries_added: added || !group.outcomes.is_empty(),
-    })
+    };
+    Ok((done, new_ids))
 }
 
 /// Binds values to a statement's parameters in order.
@@ -184,13 +205,19 @@ impl<'a, 'c> Binder<'a, 'c> {
     }
 }
 
-fn write_ingests(
+/// A group's new events: `(tenant, Id, sequence)`.
+type NewIds<'a> = Vec<(&'a str, Uuid, i64)>;
+
+type Ingested<'a> = (Vec<group::JobResult>, bool, NewIds<'a>);
+
+fn write_ingests<'a>(
     tx: &Connection,
-    jobs: &[&IngestJob],
+    jobs: &[&'a IngestJob],
+    ids: &RecentIds,
     received_at: i64,
-) -> rusqlite::Result<(Vec<group::JobResult>, bool)> {
+) -> rusqlite::Result<Ingested<'a>> {
     if jobs.is_empty() {
-        return Ok((Vec::new(), false));
+        return Ok((Vec::new(), false, Vec::new()));
     }
     let mut last = BTreeMap::new();
     let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
@@ -203,7 +230,7 @@ fn write_ingests(
             last.insert(tenant, seq);
         }
     }
-    let stored = find_stored(tx, jobs)?;
+    let stored = find_stored(tx, jobs, ids)?;
     let decided = group::decide_ingests(jobs, last, &stored, Timestamp::now());
     for chunk in fixed_chunks(&decided.added) {
         insert_events(tx, chunk, received_at)?;
@@ -220,21 +247,26 @@ fn write_ingests(
         tx.prepare_cached(sql::SET_LAST_SEQUENCE)?
             .execute(params![seq, tenant])?;
     }
-    Ok((decided.results, deliveries > 0))
+    let new_ids = decided
+        .added
+        .iter()
+        .map(|r| (r.tenant, r.id, r.sequence))
+        .collect();
+    Ok((decided.results, deliveries > 0, new_ids))
 }
 
-const FIND_STORED: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND id IN (";
-const CLAIMED_BODIES: &str =
-    "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
+const EVENT_IDS: &str = "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
+const BODIES: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
 
-/// `(sequence, body)` of `tenant`'s events whose `column` is among `values`, a padded list per
-/// [`group::IN_LIST`] values.
-fn sequences_and_bodies<T: ToSql>(
+/// What `head` — a statement ending in `IN (` — selects for `tenant` and each of `values`, one
+/// padded list per [`group::IN_LIST`] values.
+fn select_in<T: ToSql, R>(
     tx: &Connection,
     head: &str,
     tenant: &str,
     values: &[T],
-) -> rusqlite::Result<Vec<(i64, String)>> {
+    mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+) -> rusqlite::Result<Vec<R>> {
     let mut out = Vec::with_capacity(values.len());
     for chunk in values.chunks(group::IN_LIST) {
         let Some(last) = chunk.last() else { continue };
@@ -250,21 +282,54 @@ fn sequences_and_bodies<T: ToSql>(
         }
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
-            out.push((row.get(0)?, row.get(1)?));
+            out.push(read(row)?);
         }
     }
     Ok(out)
 }
 
-fn find_stored<'a>(tx: &Connection, jobs: &[&'a IngestJob]) -> rusqlite::Result<Stored<'a>> {
+/// `(sequence, body)` of `tenant`'s events stored under `sequences`.
+fn bodies(
+    tx: &Connection,
+    tenant: &str,
+    sequences: &[i64],
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    select_in(tx, BODIES, tenant, sequences, |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+}
+
+/// The stored events among those whose `Id` the group's producers gave: recent ones where
+/// memory says, checked against the event stored there; the others through `event_ids`.
+fn find_stored<'a>(
+    tx: &Connection,
+    jobs: &[&'a IngestJob],
+    ids: &RecentIds,
+) -> rusqlite::Result<Stored<'a>> {
     let mut found = HashMap::new();
-    for (tenant, ids) in group::given_ids(jobs) {
-        for (sequence, body) in sequences_and_bodies(tx, FIND_STORED, tenant, &ids)? {
-            let event = Event::from_canonical_json(&body).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-            })?;
-            found.insert((tenant, event.id), (sequence, event));
-        }
+    for (tenant, given) in group::given_ids(jobs) {
+        let hinted: Vec<i64> = given.iter().filter_map(|id| ids.hint(tenant, id)).collect();
+        let keep = |found: &mut Stored<'a>, rows: Vec<(i64, String)>| -> rusqlite::Result<()> {
+            for (sequence, body) in rows {
+                let event = Event::from_canonical_json(&body).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
+                found.insert((tenant, event.id), (sequence, event));
+            }
+            Ok(())
+        };
+        keep(&mut found, bodies(tx, tenant, &hinted)?)?;
+        let rest: Vec<&[u8]> = given
+            .iter()
+            .filter(|id| hinted.is_empty() || !found.contains_key(&(tenant, **id)))
+            .map(|id| id.as_bytes().as_slice())
+            .collect();
+        let sequences = select_in(tx, EVENT_IDS, tenant, &rest, |r| r.get::<_, i64>(0))?;
+        keep(&mut found, bodies(tx, tenant, &sequences)?)?;
     }
     Ok(found)
 }
@@ -400,7 +465,7 @@ fn claim(
     now: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut out = Vec::new();
-    let mut bodies = group::Bodies::new();
+    let mut known_bodies = group::Bodies::new();
     for (sub_id, n) in subs {
         let mut stmt = tx.prepare_cached(DIALECT.claim)?;
         let rows = stmt
@@ -419,11 +484,11 @@ fn claim(
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
             continue;
         };
-        let known = bodies.entry(tenant).or_default();
+        let known = known_bodies.entry(tenant).or_default();
         let missing = group::missing_bodies(&rows, known);
         if !missing.is_empty() {
             let tenant = &rows[0].tenant;
-            for (sequence, body) in sequences_and_bodies(tx, CLAIMED_BODIES, tenant, &missing)? {
+            for (sequence, body) in bodies(tx, tenant, &missing)? {
                 known.insert(sequence, body.into());
             }
         }
