@@ -226,7 +226,7 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         c.round_attempt,
         r.status,
         r.retry_after,
-        retry::jitter_sample(),
+        retry::jitter_sample,
     );
     let finished_at = r.started_at + r.duration_ms;
     let next = match step {
