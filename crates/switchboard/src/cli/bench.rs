@@ -228,17 +228,38 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Events are posted as a producer would: with a tenant key that may only publish.
     let key = publish_key(&client, &base, &key).await?;
 
-    // Drive: `concurrency` workers take batches from a shared counter.
+    // Every request body is made before the clock starts, so that the bench's own work
+    // competes as little as possible with the server it measures (as with wrk's fixed bodies).
     let batches = opts.events.div_ceil(opts.batch);
+    let requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>> = Arc::new(
+        (0..batches)
+            .map(|b| {
+                let first = b * opts.batch;
+                let count = opts.batch.min(opts.events - first);
+                let ids: Vec<Uuid> = (first..first + count).map(bench_id).collect();
+                let events: Vec<Value> = (first..first + count).map(bench_event).collect();
+                let body = if opts.batch == 1 {
+                    serde_json::to_vec(&events[0])
+                } else {
+                    serde_json::to_vec(&events)
+                };
+                body.map(|b| (bytes::Bytes::from(b), ids))
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let url = format!("{base}/v1/tenants/default/events");
+
+    // Drive: `concurrency` workers take batches from a shared counter.
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let ingest = Arc::new(Mutex::new(histogram()));
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency {
-        let (client, base, key, state, next, accepted, ingest, opts) = (
+        let (client, url, requests, key, state, next, accepted, ingest, opts) = (
             client.clone(),
-            base.clone(),
+            url.clone(),
+            requests.clone(),
             key.clone(),
             state.clone(),
             next.clone(),
@@ -263,24 +284,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     }
                     None => Instant::now(),
                 };
-                let events: Vec<Value> = (first..first + count).map(bench_event).collect();
+                let (body, ids) = &requests[b];
                 {
                     let mut sent = state.sent.lock().expect("lock");
-                    for e in &events {
-                        if let Some(id) = e["Id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
-                            sent.insert(id, scheduled);
-                        }
+                    for id in ids {
+                        sent.insert(*id, scheduled);
                     }
                 }
-                let body = if opts.batch == 1 {
-                    events[0].clone()
-                } else {
-                    Value::Array(events)
-                };
                 let r = client
-                    .post(format!("{base}/v1/tenants/default/events"))
+                    .post(&url)
                     .bearer_auth(&key)
-                    .json(&body)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
                     .send()
                     .await?;
                 if r.status() != StatusCode::ACCEPTED {
@@ -413,7 +428,8 @@ fn bench_id(n: usize) -> Uuid {
         .into_uuid()
 }
 
-/// An Agent StatusChanged event with a fresh Id; agents rotate so per-agent work spreads.
+/// An Agent StatusChanged event with a fresh Id ([`bench_id`]`(n)`); agents rotate so
+/// per-agent work spreads.
 pub(crate) fn bench_event(n: usize) -> Value {
     json!({
         "Id": bench_id(n),
