@@ -50,7 +50,7 @@ struct BenchArgs {
     /// Events per request
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Subscriptions, each receiving every event
+    /// Subscriptions, each receiving every event; 0 measures ingest alone
     #[arg(long, default_value_t = 1)]
     subscriptions: usize,
     /// Open loop: events per second, latency measured from the scheduled send time

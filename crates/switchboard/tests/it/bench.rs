@@ -52,6 +52,19 @@ async fn bench_runs_a_tiny_workload_and_its_counts_add_up() {
     .await
     .expect("paced bench ran");
     assert_eq!((paced.accepted, paced.deliveries), (50, 50));
+
+    // Ingest alone: no subscription, nothing to wait for.
+    let alone = run(Options {
+        events: 40,
+        batch: 20,
+        subscriptions: 0,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("ingest-alone bench ran");
+    assert_eq!((alone.accepted, alone.deliveries), (40, 0));
+    assert!(alone.text().contains("ingest alone"), "{}", alone.text());
 }
 
 /// The backlog run (`--pending`): the real binary, as a user runs it, on a tiny backlog.
