@@ -499,13 +499,15 @@ impl Report {
         let rss = self
             .server_peak_rss_mib
             .map_or("n/a (--url)".to_string(), |m| format!("{m:.0} MiB"));
-        let delivered = if self.subscriptions == 0 {
-            "none: no subscription (ingest alone)".to_string()
+        let (delivered, to_receiver) = if self.subscriptions == 0 {
+            let none = "none: no subscription (ingest alone)".to_string();
+            (none.clone(), none)
         } else {
-            format!(
+            let delivered = format!(
                 "{} in {:.2} s = {:.0} deliveries/s end to end",
                 self.deliveries, self.end_to_end_secs, self.deliveries_per_sec
-            )
+            );
+            (delivered, p(&self.ingest_to_receiver_ms))
         };
         format!(
             "switchboard bench: {} events, batch {}, concurrency {}, {} subscription(s), {rate}\n\
@@ -513,7 +515,7 @@ impl Report {
              delivered         {delivered}\n\
              receiver raw      {:.0} requests/s over loopback (the ceiling)\n\
              ingest latency    {}\n\
-             ingest→receiver   {}\n\
+             ingest→receiver   {to_receiver}\n\
              server peak RSS   {rss}",
             self.events,
             self.batch,
@@ -524,7 +526,6 @@ impl Report {
             self.accepted_per_sec,
             self.receiver_raw_requests_per_sec,
             p(&self.ingest_latency_ms),
-            p(&self.ingest_to_receiver_ms),
         )
     }
 }
