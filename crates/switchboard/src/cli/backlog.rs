@@ -146,6 +146,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let start = Instant::now();
     let batch = crate::event::MAX_BATCH;
     let next = Arc::new(AtomicUsize::new(0));
+    let ids = super::bench::BenchIds::new();
     let mut workers = Vec::new();
     for _ in 0..4 {
         let (client, base, key, next, total) = (
@@ -162,7 +163,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     return anyhow::Ok(());
                 }
                 let events: Vec<Value> = (first..(first + batch).min(total))
-                    .map(super::bench::bench_event)
+                    .map(|n| super::bench::bench_event(ids.id(n), n))
                     .collect();
                 let r = client
                     .post(format!("{base}/v1/tenants/default/events"))

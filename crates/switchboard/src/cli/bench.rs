@@ -231,13 +231,17 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Every request body is made before the clock starts, so that the bench's own work
     // competes as little as possible with the server it measures (as with wrk's fixed bodies).
     let batches = opts.events.div_ceil(opts.batch);
+    let id_source = BenchIds::new();
     let requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>> = Arc::new(
         (0..batches)
             .map(|b| {
                 let first = b * opts.batch;
                 let count = opts.batch.min(opts.events - first);
-                let ids: Vec<Uuid> = (first..first + count).map(bench_id).collect();
-                let events: Vec<Value> = (first..first + count).map(bench_event).collect();
+                let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
+                let events: Vec<Value> = (first..first + count)
+                    .zip(&ids)
+                    .map(|(n, id)| bench_event(*id, n))
+                    .collect();
                 let body = if opts.batch == 1 {
                     serde_json::to_vec(&events[0])
                 } else {
@@ -406,33 +410,38 @@ pub(crate) async fn publish_key(
         .context("the created key")
 }
 
-/// A random-looking version-4 GUID, the `n`th of this process: as scattered as a producer's,
-/// without a system call for random bytes per event on the machine being measured.
-fn bench_id(n: usize) -> Uuid {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
+/// Random-looking version-4 GUIDs, as scattered as a producer's, without a system call for
+/// random bytes per event on the machine being measured: one seed per run (runs may share a
+/// database), the `n`th id derived from it.
+#[derive(Clone, Copy)]
+pub(crate) struct BenchIds(u64);
+
+impl BenchIds {
+    pub fn new() -> Self {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).expect("the operating system's random source works");
-        u64::from_le_bytes(b)
-    });
-    // SplitMix64's output function: distinct inputs give distinct, well-mixed outputs.
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let n = n as u64;
-    let high = mix(seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-    let low = mix(high ^ seed.rotate_left(32));
-    uuid::Builder::from_random_bytes((u128::from(high) << 64 | u128::from(low)).to_be_bytes())
-        .into_uuid()
+        BenchIds(u64::from_le_bytes(b))
+    }
+
+    pub fn id(self, n: usize) -> Uuid {
+        // SplitMix64's output function: distinct inputs give distinct, well-mixed outputs.
+        let mix = |mut z: u64| {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let seed = self.0;
+        let high = mix(seed.wrapping_add((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let low = mix(high ^ seed.rotate_left(32));
+        uuid::Builder::from_random_bytes((u128::from(high) << 64 | u128::from(low)).to_be_bytes())
+            .into_uuid()
+    }
 }
 
-/// An Agent StatusChanged event with a fresh Id ([`bench_id`]`(n)`); agents rotate so
-/// per-agent work spreads.
-pub(crate) fn bench_event(n: usize) -> Value {
+/// An Agent StatusChanged event with Id `id`; agents rotate with `n` so per-agent work spreads.
+pub(crate) fn bench_event(id: Uuid, n: usize) -> Value {
     json!({
-        "Id": bench_id(n),
+        "Id": id,
         "Category": 1, "Code": 3,
         "AdditionalFields": {
             "SessionId": format!("S-{}", n % 500), "SessionType": "CCA",
