@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
-use crate::support::db::{OldSchema, TestData};
+use crate::support::db::{TestData, old_sqlite};
 use crate::support::process::Server;
 
 #[tokio::test]
@@ -126,22 +126,11 @@ async fn acknowledged_events_survive_sigkill() {
 #[tokio::test]
 async fn deliveries_survive_the_rebuild_of_their_table() {
     use sqlx::Connection;
-    use switchboard::store::{DeliveryStatus, Store, migrations};
+    use switchboard::store::{DeliveryStatus, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(OldSchema(migrations(false)[..3].to_vec()))
-        .await
-        .unwrap()
-        .run_direct(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = old_sqlite(&path, 3).await;
     let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
     sqlx::query(
         "INSERT INTO events (tenant_id, sequence, id, created, category, code, received_at, body) \
@@ -184,22 +173,11 @@ async fn deliveries_survive_the_rebuild_of_their_table() {
 async fn event_ids_survive_their_move_to_an_index_of_their_own() {
     use sqlx::Connection;
     use switchboard::event::{Catalog, Timestamp, parse_batch};
-    use switchboard::store::{IngestError, Store, migrations};
+    use switchboard::store::{IngestError, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(OldSchema(migrations(false)[..4].to_vec()))
-        .await
-        .unwrap()
-        .run_direct(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = old_sqlite(&path, 4).await;
     let post = |date: &str| {
         let body = agent_event("0f8fad5b-d9cb-469f-a165-70867728950e", 1, "alice");
         let mut body = body.as_object().unwrap().clone();

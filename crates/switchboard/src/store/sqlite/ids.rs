@@ -26,6 +26,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use uuid::Uuid;
 
 use super::super::group;
+use super::writer;
 
 type Tails = HashMap<String, HashMap<Uuid, i64>>;
 
@@ -185,10 +186,7 @@ impl Merge {
         }
         // What a crash may lose here is rebuilt from the events at start: no need to wait for
         // the disk.
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let result = self.copy_range(conn, ids);
-        conn.execute_batch("PRAGMA synchronous = FULL")?;
-        if result? {
+        if writer::with_sync(conn, false, |conn| self.copy_range(conn, ids))? {
             self.batch.clear();
             ids.drop_batch();
         }
@@ -240,22 +238,15 @@ impl Merge {
 /// Copies the `Id`s of `tenant`'s events stored under `sequences` into `event_ids`.
 fn copy(tx: &Connection, tenant: &str, sequences: &[i64]) -> rusqlite::Result<()> {
     for chunk in sequences.chunks(group::IN_LIST) {
-        let Some(&last) = chunk.last() else { continue };
-        let padded = group::padded_len(chunk.len());
-        let mut stmt = tx.prepare_cached(&format!(
+        writer::in_list(
+            tx,
             "INSERT OR IGNORE INTO event_ids (tenant_id, id, sequence) \
              SELECT tenant_id, unhex(replace(id, '-', '')), sequence FROM events \
-             WHERE tenant_id = $1 AND sequence IN ({}",
-            group::sql::list(padded, 2)
-        ))?;
-        stmt.raw_bind_parameter(1, tenant)?;
-        let values = chunk
-            .iter()
-            .chain(std::iter::repeat_n(&last, padded - chunk.len()));
-        for (n, sequence) in values.enumerate() {
-            stmt.raw_bind_parameter(n + 2, sequence)?;
-        }
-        stmt.raw_execute()?;
+             WHERE tenant_id = $1 AND sequence IN (",
+            tenant,
+            chunk,
+        )?
+        .raw_execute()?;
     }
     Ok(())
 }

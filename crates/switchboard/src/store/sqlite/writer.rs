@@ -147,21 +147,28 @@ fn run(
 /// Commits a group; once it is durable, and before it is answered, its new events' `Id`s join
 /// the recent ones.
 fn commit(conn: &mut Connection, group: &Group, ids: &RecentIds) -> rusqlite::Result<Committed> {
-    let relaxed = group.relaxed();
-    if relaxed {
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    with_sync(conn, !group.relaxed(), |conn| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (done, added) = write(&tx, group, ids)?;
+        tx.commit()?;
+        ids.add(added);
+        Ok(done)
+    })
+}
+
+/// Runs `f`, whose commits wait for the disk only if `durable` (else `synchronous = NORMAL`:
+/// for what a crash may lose without harm; the next durable commit flushes it anyway).
+pub(super) fn with_sync<R>(
+    conn: &mut Connection,
+    durable: bool,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    if durable {
+        return f(conn);
     }
-    let result = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .and_then(|tx| {
-            let (done, added) = write(&tx, group, ids)?;
-            tx.commit()?;
-            ids.add(added);
-            Ok(done)
-        });
-    if relaxed {
-        conn.execute_batch("PRAGMA synchronous = FULL")?;
-    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    let result = f(conn);
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
     result
 }
 
@@ -258,6 +265,29 @@ fn write_ingests<'a>(
 const EVENT_IDS: &str = "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
 const BODIES: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
 
+/// `head` — a statement ending in `IN (` — with `tenant` bound to `$1` and `chunk` (at most
+/// [`group::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
+pub(super) fn in_list<'c, T: ToSql>(
+    tx: &'c Connection,
+    head: &str,
+    tenant: &str,
+    chunk: &[T],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let padded = group::padded_len(chunk.len());
+    let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
+    let mut b = Binder::new(&mut stmt);
+    b.bind(tenant)?;
+    for v in chunk {
+        b.bind(v)?;
+    }
+    if let Some(last) = chunk.last() {
+        for _ in chunk.len()..padded {
+            b.bind(last)?;
+        }
+    }
+    Ok(stmt)
+}
+
 /// What `head` — a statement ending in `IN (` — selects for `tenant` and each of `values`, one
 /// padded list per [`group::IN_LIST`] values.
 fn select_in<T: ToSql, R>(
@@ -269,17 +299,7 @@ fn select_in<T: ToSql, R>(
 ) -> rusqlite::Result<Vec<R>> {
     let mut out = Vec::with_capacity(values.len());
     for chunk in values.chunks(group::IN_LIST) {
-        let Some(last) = chunk.last() else { continue };
-        let padded = group::padded_len(chunk.len());
-        let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
-        let mut b = Binder::new(&mut stmt);
-        b.bind(tenant)?;
-        for v in chunk {
-            b.bind(v)?;
-        }
-        for _ in chunk.len()..padded {
-            b.bind(last)?;
-        }
+        let mut stmt = in_list(tx, head, tenant, chunk)?;
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
             out.push(read(row)?);

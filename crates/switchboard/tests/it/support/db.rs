@@ -127,3 +127,22 @@ impl sqlx::migrate::MigrationSource<'static> for OldSchema {
         })
     }
 }
+
+/// An SQLite database at `path` as a release with only the first `migrations` migrations left
+/// it, and a connection to it.
+pub async fn old_sqlite(path: &std::path::Path, migrations: usize) -> sqlx::SqliteConnection {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let first = switchboard::store::migrations(false)[..migrations].to_vec();
+    sqlx::migrate::Migrator::new(OldSchema(first))
+        .await
+        .unwrap()
+        .run_direct(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
