@@ -39,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The guarded outbound client, for `…/test`.
     pub sender: crate::delivery::Sender,
+    /// How long a delivery attempted by a request (`…/test`) is leased to it, in ms.
+    pub lease_ms: i64,
 }
 
 /// The whole HTTP application.

@@ -26,6 +26,7 @@ use crate::store::{
 };
 use guard::{Guard, GuardedResolver};
 use retry::Next;
+use signing::Secret;
 
 /// How much of a receiver's answer is kept in the attempt log.
 const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -68,10 +69,10 @@ impl Sender {
         Ok(Sender { client, guard })
     }
 
-    /// POSTs `body` to the subscription's endpoint, signed with its live secrets.
+    /// POSTs `body` to the target's endpoint, signed with its live secrets.
     pub async fn send(
         &self,
-        sub: &SubscriptionRecord,
+        target: &Target,
         msg_id: &str,
         sequence: i64,
         attempt: u32,
@@ -87,10 +88,10 @@ impl Sender {
             r.duration_ms = started.elapsed().as_millis() as i64;
             r
         };
-        let url = match reqwest::Url::parse(&sub.spec.url) {
-            Ok(u) => u,
+        let url = match &target.url {
+            Ok(u) => u.clone(),
             Err(e) => {
-                result.error = Some(format!("invalid url: {e}"));
+                result.error = Some(e.clone());
                 return finish(result);
             }
         };
@@ -107,34 +108,21 @@ impl Sender {
         }
 
         let timestamp = started_at / 1000;
-        let secrets = sub.live_secrets(started_at);
-        let mut headers = HeaderMap::new();
-        for (name, value) in &sub.spec.headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            }
-        }
+        let mut headers = target.headers.clone();
+        let signature =
+            signing::signature_header(target.live_secrets(started_at), msg_id, timestamp, &body);
         let fixed = [
             ("webhook-id", msg_id.to_string()),
             ("webhook-timestamp", timestamp.to_string()),
-            (
-                "webhook-signature",
-                signing::signature_header(&secrets, msg_id, timestamp, &body),
-            ),
+            ("webhook-signature", signature),
             ("switchboard-sequence", sequence.to_string()),
             ("switchboard-attempt", attempt.to_string()),
-            ("switchboard-subscription", sub.id.clone()),
         ];
         for (name, value) in fixed {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), v);
             }
         }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
 
         match self
             .client
@@ -184,6 +172,60 @@ impl Sender {
             }
         }
         finish(result)
+    }
+}
+
+/// A subscription made ready to send to, once per change of it rather than per attempt: its
+/// URL parsed, its signing secrets decoded, its fixed headers built.
+pub struct Target {
+    pub sub: SubscriptionRecord,
+    url: Result<reqwest::Url, String>,
+    headers: HeaderMap,
+    /// Each secret, with when it stops signing (unix ms; None: never).
+    secrets: Vec<(Secret, Option<i64>)>,
+}
+
+impl Target {
+    pub fn new(sub: SubscriptionRecord) -> Self {
+        let url = reqwest::Url::parse(&sub.spec.url).map_err(|e| format!("invalid url: {e}"));
+        let mut headers = HeaderMap::new();
+        for (name, value) in &sub.spec.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&sub.id) {
+            headers.insert(HeaderName::from_static("switchboard-subscription"), v);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let current = sub.spec.secret.as_deref().map(|s| (s, None));
+        let old = match (&sub.old_secret, sub.old_secret_expires_at) {
+            (Some(s), Some(until)) => Some((s.as_str(), Some(until))),
+            _ => None,
+        };
+        let secrets = current
+            .into_iter()
+            .chain(old)
+            .filter_map(|(s, until)| Some((Secret::parse(s).ok()?, until)))
+            .collect();
+        Target {
+            sub,
+            url,
+            headers,
+            secrets,
+        }
+    }
+
+    /// The secrets that sign at `now_ms`: the current one, and the previous one during its grace.
+    pub fn live_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
+        self.secrets
+            .iter()
+            .filter(move |(_, until)| until.is_none_or(|t| t > now_ms))
+            .map(|(s, _)| s)
     }
 }
 
@@ -253,7 +295,7 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
 /// Per-subscription state the dispatcher keeps: its settings, attempts in flight, rate tokens,
 /// and deliveries claimed but not started yet.
 struct SubState {
-    sub: Arc<SubscriptionRecord>,
+    target: Arc<Target>,
     /// False once disabled or deleted: only its attempts in flight are awaited.
     active: bool,
     in_flight: u32,
@@ -265,10 +307,10 @@ struct SubState {
 }
 
 impl SubState {
-    fn new(sub: Arc<SubscriptionRecord>) -> Self {
-        let tokens = sub.spec.rate_limit_per_sec.map_or(0.0, f64::from);
+    fn new(target: Arc<Target>) -> Self {
+        let tokens = target.sub.spec.rate_limit_per_sec.map_or(0.0, f64::from);
         SubState {
-            sub,
+            target,
             active: true,
             in_flight: 0,
             tokens,
@@ -282,8 +324,13 @@ impl SubState {
         if !self.active {
             return 0;
         }
-        let free = self.sub.spec.max_in_flight.saturating_sub(self.in_flight);
-        match self.sub.spec.rate_limit_per_sec {
+        let free = self
+            .target
+            .sub
+            .spec
+            .max_in_flight
+            .saturating_sub(self.in_flight);
+        match self.target.sub.spec.rate_limit_per_sec {
             None => free,
             Some(rate) => {
                 let rate = f64::from(rate);
@@ -299,8 +346,8 @@ impl SubState {
     /// limit, as many again to wait ready. A rate-limited subscription claims only what it may
     /// start now, so nothing waits on tokens while its lease runs.
     fn wanted(&mut self) -> u32 {
-        let max = self.sub.spec.max_in_flight;
-        let target = match self.sub.spec.rate_limit_per_sec {
+        let max = self.target.sub.spec.max_in_flight;
+        let target = match self.target.sub.spec.rate_limit_per_sec {
             None if self.active => (2 * max).saturating_sub(self.in_flight),
             _ => self.startable(),
         };
@@ -321,6 +368,9 @@ pub struct Dispatcher {
     done_rx: mpsc::UnboundedReceiver<Outcome>,
     finished: Vec<Outcome>,
 }
+
+/// The longest a failing dispatcher waits before its next try.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Subscriptions are re-read at least this often, even without a local change.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -349,13 +399,34 @@ impl Dispatcher {
     /// them.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let wake = self.store.wake_handle();
+        let mut failures = 0u32;
         while !*shutdown.borrow() {
             let started = match self.step().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "dispatcher steps succeed again");
+                    }
+                    failures = 0;
+                    n
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "dispatcher step failed; retrying in 1 s");
+                    // 100 ms, doubling to 10 s: a database that is down for minutes costs a
+                    // log line and a try every 10 s, not one a second.
+                    let delay = Duration::from_millis(100 << failures.min(7)).min(MAX_BACKOFF);
+                    failures = failures.saturating_add(1);
+                    match &e {
+                        StoreError::Unavailable(_) if failures > 1 && delay < MAX_BACKOFF => {
+                            tracing::debug!(error = %e, ?delay, "dispatcher step failed; backing off")
+                        }
+                        StoreError::Unavailable(_) => {
+                            tracing::warn!(error = %e, ?delay, "dispatcher step failed: database unavailable; backing off")
+                        }
+                        _ => {
+                            tracing::error!(error = %e, ?delay, "dispatcher step failed; backing off")
+                        }
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
                     }
                     continue;
@@ -407,9 +478,10 @@ impl Dispatcher {
     async fn idle_wait(&self) -> Duration {
         let min = Duration::from_millis(50);
         let max = Duration::from_secs(1);
-        match self.store.next_due().await {
+        let now = now_millis();
+        match self.store.next_due(now).await {
             Ok(Some(due)) => {
-                let ms = (due - now_millis()).max(0) as u64;
+                let ms = (due - now).max(0) as u64;
                 Duration::from_millis(ms).clamp(min, max)
             }
             _ => max,
@@ -446,7 +518,8 @@ impl Dispatcher {
             return Ok(started);
         }
         // Sent together, the outcomes and the claim share one writer turn and one commit.
-        let lease_until = now_millis() + self.lease.as_millis() as i64;
+        let now = now_millis();
+        let lease_until = now + self.lease.as_millis() as i64;
         let store = &self.store;
         let record = async {
             match finished.is_empty() {
@@ -457,7 +530,7 @@ impl Dispatcher {
         let claim = async {
             match wanted.is_empty() {
                 true => Ok(Vec::new()),
-                false => store.claim(wanted, lease_until).await,
+                false => store.claim(wanted, lease_until, now).await,
             }
         };
         let (recorded, claimed) = tokio::join!(record, claim);
@@ -491,18 +564,21 @@ impl Dispatcher {
                 state.in_flight += 1;
                 state.tokens -= 1.0;
                 started += 1;
-                let (sub, sender, done) =
-                    (state.sub.clone(), self.sender.clone(), self.done_tx.clone());
+                let (sub, sender, done) = (
+                    state.target.clone(),
+                    self.sender.clone(),
+                    self.done_tx.clone(),
+                );
                 tokio::spawn(async move {
                     let result = sender
                         .send(&sub, &c.event_id, c.sequence, c.attempt, c.body.clone())
                         .await;
                     if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
-                        tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
+                        tracing::warn!(subscription_id = %sub.sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
                     } else if let Some(err) = &result.error {
-                        tracing::warn!(subscription_id = %sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
+                        tracing::warn!(subscription_id = %sub.sub.id, event_id = %c.event_id, error = %err, "delivery attempt failed");
                     }
-                    let outcome = decide(&sub, &c, result);
+                    let outcome = decide(&sub.sub, &c, result);
                     record_metrics(&c, &outcome);
                     let _ = done.send(outcome);
                 });
@@ -535,17 +611,16 @@ impl Dispatcher {
         let subs = self.store.enabled_subscriptions().await?;
         let mut next = HashMap::with_capacity(subs.len());
         for sub in subs {
-            let sub = Arc::new(sub);
+            let sub = Arc::new(Target::new(sub));
             // Always the fresh record: a change within the same millisecond (a secret rotated
             // right after a delivery) leaves `updated_at` alone but must still be seen.
-            let state = match self.subs.remove(&sub.id) {
-                Some(old) if old.sub.spec.rate_limit_per_sec == sub.spec.rate_limit_per_sec => {
-                    SubState {
-                        sub: sub.clone(),
-                        active: true,
-                        ..old
-                    }
-                }
+            let rate = sub.sub.spec.rate_limit_per_sec;
+            let state = match self.subs.remove(&sub.sub.id) {
+                Some(old) if old.target.sub.spec.rate_limit_per_sec == rate => SubState {
+                    target: sub.clone(),
+                    active: true,
+                    ..old
+                },
                 // The rate changed: keep the count in flight and what is ready, start the rate
                 // bucket afresh.
                 Some(old) => SubState {
@@ -555,7 +630,7 @@ impl Dispatcher {
                 },
                 None => SubState::new(sub.clone()),
             };
-            next.insert(sub.id.clone(), state);
+            next.insert(sub.sub.id.clone(), state);
         }
         // Disabled or deleted subscriptions with attempts still in flight stay until they end;
         // what they had claimed but not started is given back.

@@ -66,17 +66,18 @@ pub async fn run(
         allow_networks: config.allow_networks.clone(),
     };
     let sender = Sender::new(guard, timeout).context("building the HTTP client")?;
+    // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
+    // delivery in flight is never claimed twice; a dead node's claims come free after it.
+    let lease = timeout * 2 + Duration::from_secs(5);
     let state = api::AppState {
         store: store.clone(),
         catalog: Arc::new(Catalog::builtin()),
         admin_key_hash: auth::hash_key(&admin_key).into(),
         max_body_bytes: config.max_body_bytes,
         sender: sender.clone(),
+        lease_ms: lease.as_millis() as i64,
     };
 
-    // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
-    // delivery in flight is never claimed twice; a dead node's claims come free after it.
-    let lease = timeout * 2 + Duration::from_secs(5);
     let (stop_dispatcher, stopped) = watch::channel(false);
     let dispatcher = config
         .role

@@ -1,60 +1,243 @@
 //! Durable state: the only module with SQL. Callers see typed operations on [`Store`]; behind
 //! them is the embedded SQLite database (`store/sqlite.rs`) or PostgreSQL (`store/postgres.rs`).
-//! Both include `store/backend.rs`, the SQL they share, so they cannot drift apart.
 //!
-//! Ingest, claims and outcomes go through one writer task per node that group-commits whatever
-//! has queued (see `backend.rs`, `writer`); reads use a separate pool.
+//! # Layout
+//!
+//! - `store.rs` (this file): [`Store`], its types, and the writer's channel operations
+//!   (ingest, claim, record, System events, close), written once for both backends.
+//! - `command.rs`: the writer's protocol — commands, the group one turn takes, the answers.
+//! - `turn.rs`: the writer turn, written once over a narrow interface each backend implements.
+//! - `decide.rs`: what a turn writes, as pure functions (sequences, duplicates, outbox rows).
+//! - `sql.rs`: every statement text, written once; `Dialect`s for where the two differ.
+//! - `db.rs`: the interface statements go through (arguments, rows, the read pool).
+//! - `events.rs`, `tenants.rs`, `subscriptions.rs`, `deliveries.rs`: reads and administrative
+//!   writes, by resource, as `impl Store` blocks.
+//! - `sqlite.rs` + `sqlite/`, `postgres.rs` + `postgres/`: opening each backend, its writer.
+//!
+//! Ingest, claims and outcomes go through one writer per node that group-commits whatever has
+//! queued; reads and the rare administrative writes use a separate pool.
 
-/// The statement that reads, and on PostgreSQL locks, a tenant's last sequence.
-macro_rules! tenant_sql {
-    () => {
-        "SELECT last_sequence FROM tenants WHERE id = $1"
-    };
-}
-
-/// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
-/// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
-/// `per_agent` subscriptions only a delivery with no earlier pending delivery of the same agent
-/// is due, so one agent's events go out one at a time in sequence order.
-macro_rules! claim_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
-               SELECT d.id FROM deliveries d \
-               WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
-                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
-                 AND (d.lease_until IS NULL OR d.lease_until < $3) \
-                 AND (d.agent IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
-                     AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
-               ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
-            $lock,
-            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at"
-        )
-    };
-}
-
-mod group;
+mod command;
+mod db;
+mod decide;
+mod deliveries;
+mod events;
 mod postgres;
+mod sql;
 mod sqlite;
+mod subscriptions;
+mod tenants;
+mod turn;
 
-/// The statements that differ between backends.
-pub(crate) struct Dialect {
-    /// Starts a transaction that will write.
-    pub begin_write: &'static str,
-    /// [`tenant_sql!`], locking on PostgreSQL.
-    pub lock_tenant: &'static str,
-    /// [`claim_sql!`] with the backend's row locking.
-    pub claim: &'static str,
-    /// Run in a transaction that made deliveries due, to wake other nodes.
-    pub notify: Option<&'static str>,
-    /// Run in a transaction whose loss a crash may cause (claims, outcomes), so its commit does
-    /// not wait for the disk.
-    pub relax_in_transaction: Option<&'static str>,
-    /// Tells the other nodes that a [`Change`] (`$1`, its name) happened.
-    pub announce: Option<&'static str>,
-    /// The tables whose rows a tenant's deletion takes (by `tenant_id`), besides `attempts`.
-    pub tenant_tables: &'static [&'static str],
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::auth::Scope;
+use crate::event::{Event, NewEvent, Timestamp};
+use crate::subscription::SubscriptionSpec;
+use crate::subscription::health::Policy;
+use command::{ClaimJob, Command};
+use db::{Db, Dialect};
+pub(crate) use tenants::KeyCache;
+
+/// The compiled-in migrations of a backend as `(version, name, SQL)`, for tools and tests.
+pub fn migrations(postgres: bool) -> &'static [(i64, &'static str, &'static str)] {
+    if postgres {
+        postgres::MIGRATIONS
+    } else {
+        sqlite::MIGRATIONS
+    }
+}
+
+/// What a store is opened with besides its address.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// When failing subscriptions are disabled.
+    pub health: Policy,
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store(Arc<Inner>);
+
+struct Inner {
+    /// Reads and administrative writes.
+    db: Db,
+    dialect: &'static Dialect,
+    /// The writer's queue.
+    writer: mpsc::Sender<Command>,
+    /// Signalled after a commit that made deliveries due, to wake the dispatcher.
+    wake: Arc<Notify>,
+    /// Bumped on every subscription change made through this store (and, on PostgreSQL, on
+    /// every node's).
+    subs_version: AtomicU64,
+    /// API keys by hash, as authentication found them.
+    keys: KeyCache,
+    /// Resolves when the writer has committed its last turn and closed its connection.
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    /// SQLite's: the `Id`s of recent events, not yet in `event_ids` (see `sqlite/ids.rs`).
+    ids: Option<Arc<sqlite::RecentIds>>,
+}
+
+/// What a backend's `open` hands over: its pools and its started writer.
+struct Opened {
+    db: Db,
+    dialect: &'static Dialect,
+    writer: mpsc::Sender<Command>,
+    wake: Arc<Notify>,
+    writer_done: oneshot::Receiver<()>,
+    ids: Option<Arc<sqlite::RecentIds>>,
+}
+
+impl Store {
+    /// Opens the database `url` names (`postgres://…`), else the SQLite file at `sqlite_path`,
+    /// and migrates it.
+    pub async fn open(url: &str, sqlite_path: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open_with(url, sqlite_path, Options::default()).await
+    }
+
+    /// [`Store::open`] with options.
+    pub async fn open_with(
+        url: &str,
+        sqlite_path: &std::path::Path,
+        options: Options,
+    ) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::open(url, options).await
+        } else {
+            let opened = sqlite::open(sqlite_path, sqlite::MergeSizes::default(), options).await?;
+            Ok(Store::from_opened(opened))
+        }
+    }
+
+    fn from_opened(o: Opened) -> Self {
+        Store(Arc::new(Inner {
+            db: o.db,
+            dialect: o.dialect,
+            writer: o.writer,
+            wake: o.wake,
+            subs_version: AtomicU64::new(0),
+            keys: KeyCache::default(),
+            writer_done: Mutex::new(Some(o.writer_done)),
+            ids: o.ids,
+        }))
+    }
+
+    /// Sends `cmd` to the writer and waits for its answer.
+    async fn turn<T>(
+        &self,
+        cmd: Command,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.0
+            .writer
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits the events of one request, all or nothing; returns once they are durable.
+    pub async fn ingest(
+        &self,
+        tenant: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Accepted>, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        let job = IngestJob {
+            tenant: tenant.to_string(),
+            events,
+        };
+        self.0
+            .writer
+            .send(Command::Ingest(job, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed subscription until
+    /// `lease_until`.
+    pub async fn claim(
+        &self,
+        subs: Vec<(String, u32)>,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = ClaimJob {
+            subs,
+            lease_until,
+            now,
+        };
+        self.turn(Command::Claim(job, reply), answer).await
+    }
+
+    /// Writes back finished attempts with their deliveries' new state.
+    pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.turn(Command::Record(outcomes, reply), answer).await
+    }
+
+    /// Stores a System event and a delivery of it to each of its subscriptions; returns those
+    /// deliveries, ready to attempt (leased to the caller if it asked for a lease).
+    pub async fn system_event(&self, event: SystemEvent) -> Result<Vec<Claimed>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.turn(Command::System(event, reply), answer).await
+    }
+
+    /// Commits what is queued and closes the database.
+    pub async fn close(&self) {
+        let done = self.0.writer_done.lock().ok().and_then(|mut t| t.take());
+        if let Some(done) = done {
+            let _ = self.0.writer.send(Command::Shutdown).await;
+            let _ = done.await;
+        }
+        self.0.db.close().await;
+    }
+
+    /// Whether the database answers reads.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.0.db.ping(std::time::Duration::from_secs(2)).await
+    }
+
+    /// The dispatcher waits on this; it is signalled when deliveries may have become due.
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.0.wake.clone()
+    }
+
+    /// Changes whenever a subscription is created, changed or deleted (on PostgreSQL, on any
+    /// node).
+    pub fn subscriptions_version(&self) -> u64 {
+        self.0.subs_version.load(AtomicOrdering::SeqCst)
+    }
+
+    /// Something nodes keep in memory changed: this node forgets it at once, and on PostgreSQL
+    /// every other node does when the notification arrives.
+    async fn announce(&self, change: Change) {
+        self.changed(change);
+        if let Some(sql) = self.0.dialect.announce
+            && let Err(e) = self.0.db.execute(sql, &db::args![change.as_str()]).await
+        {
+            tracing::warn!(error = %e, "could not notify the other nodes; they catch up by themselves");
+        }
+    }
+
+    /// Forgets what `change` made stale.
+    fn changed(&self, change: Change) {
+        match change {
+            Change::Subscriptions => {
+                self.0.subs_version.fetch_add(1, AtomicOrdering::SeqCst);
+                self.0.wake.notify_one();
+            }
+            Change::Keys => self.0.keys.invalidate(),
+        }
+    }
 }
 
 /// What nodes keep in memory and must forget when it changes.
@@ -79,198 +262,42 @@ impl Change {
     }
 }
 
-/// How long a key found by authentication is trusted without reading it again. Deleting a key
-/// (or its tenant) forgets it at once on this node and, on PostgreSQL, on the others as the
-/// notification arrives; this bounds a notification lost with a dropped connection.
-const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Most keys remembered; past this the memory starts over (there are rarely so many).
-const KEY_CACHE_MAX: usize = 10_000;
-
-/// API keys by hash, as authentication found them: a request with a known key reads nothing.
-/// Only keys that exist are remembered, so unknown keys cannot fill it.
-#[derive(Default)]
-pub(crate) struct KeyCache {
-    version: std::sync::atomic::AtomicU64,
-    keys: std::sync::Mutex<std::collections::HashMap<String, (KeyRecord, u64, std::time::Instant)>>,
+/// A System event (Category 0) to store and deliver to `subscriptions` of `tenant`.
+#[derive(Clone, Debug)]
+pub struct SystemEvent {
+    pub tenant: String,
+    pub event: Event,
+    pub subscriptions: Vec<String>,
+    /// Lease the new deliveries to the caller until then (unix ms): it makes their first
+    /// attempt itself.
+    pub lease_until: Option<i64>,
 }
 
-impl KeyCache {
-    pub fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn get(&self, hash: &str) -> Option<KeyRecord> {
-        let keys = self.keys.lock().ok()?;
-        let (key, version, at) = keys.get(hash)?;
-        (*version == self.version() && at.elapsed() < KEY_CACHE_TTL).then(|| key.clone())
-    }
-
-    /// Remembers `key`, found by a read that started at `version`.
-    pub fn put(&self, hash: &str, key: KeyRecord, version: u64) {
-        if let Ok(mut keys) = self.keys.lock() {
-            if keys.len() >= KEY_CACHE_MAX {
-                keys.clear();
-            }
-            keys.insert(hash.to_string(), (key, version, std::time::Instant::now()));
-        }
-    }
-
-    /// Forgets every key (one was deleted).
-    pub fn invalidate(&self) {
-        self.version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut keys) = self.keys.lock() {
-            keys.clear();
-        }
-    }
-}
-
-use bytes::Bytes;
-use serde::Serialize;
-use uuid::Uuid;
-
-use crate::auth::Scope;
-use crate::delivery::signing::Secret;
-use crate::event::{NewEvent, Timestamp};
-use crate::subscription::SubscriptionSpec;
-
-/// The compiled-in migrations of a backend as `(version, name, SQL)`, for tools and tests.
-pub fn migrations(postgres: bool) -> &'static [(i64, &'static str, &'static str)] {
-    if postgres {
-        postgres::MIGRATIONS
-    } else {
-        sqlite::MIGRATIONS
-    }
-}
-
-/// The store handle; cheap to clone.
-#[derive(Clone)]
-pub struct Store(Backend);
-
-#[derive(Clone)]
-enum Backend {
-    Sqlite(sqlite::Backend),
-    Postgres(postgres::Backend),
-}
-
-impl Store {
-    /// Opens the database `url` names (`postgres://…`), else the SQLite file at `sqlite_path`,
-    /// and migrates it.
-    pub async fn open(url: &str, sqlite_path: &std::path::Path) -> Result<Self, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store(Backend::Postgres(
-                postgres::Backend::open(url).await?,
-            )))
-        } else {
-            Ok(Store(Backend::Sqlite(
-                sqlite::Backend::open(sqlite_path).await?,
-            )))
-        }
-    }
-
-    /// The dispatcher waits on this; it is signalled when deliveries may have become due.
-    pub fn wake_handle(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        match &self.0 {
-            Backend::Sqlite(b) => b.wake_handle(),
-            Backend::Postgres(b) => b.wake_handle(),
-        }
-    }
-
-    /// Commits what is queued and closes the database.
-    pub async fn close(&self) {
-        match &self.0 {
-            Backend::Sqlite(b) => b.close().await,
-            Backend::Postgres(b) => b.close().await,
-        }
-    }
-
-    /// Changes whenever a subscription is created, changed or deleted (on PostgreSQL, on any
-    /// node).
-    pub fn subscriptions_version(&self) -> u64 {
-        match &self.0 {
-            Backend::Sqlite(b) => b.subscriptions_version(),
-            Backend::Postgres(b) => b.subscriptions_version(),
-        }
-    }
-}
-
-/// Forwards each listed method to the backend.
-macro_rules! forward {
-    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
-        impl Store {
-            $(
-                $(#[$doc])*
-                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
-                    match &self.0 {
-                        Backend::Sqlite(b) => b.$name($($arg),*).await,
-                        Backend::Postgres(b) => b.$name($($arg),*).await,
-                    }
-                }
-            )*
-        }
-    };
-}
-
-forward! {
-    /// Commits the events of one request, all or nothing; returns once they are durable.
-    fn ingest(&self, tenant: &str, events: Vec<NewEvent>) -> Result<Vec<Accepted>, IngestError>;
-    fn ping(&self) -> Result<(), StoreError>;
-    fn list_events(&self, tenant: &str, q: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
-    fn get_event(&self, tenant: &str, id: Uuid) -> Result<Option<StoredEvent>, StoreError>;
-    fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, CreateError>;
-    fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError>;
-    fn list_tenants(&self, after: &str, limit: u32) -> Result<Vec<Tenant>, StoreError>;
-    /// Deletes a tenant with everything it owns; false if there was none.
-    fn delete_tenant(&self, id: &str) -> Result<bool, StoreError>;
-    /// Stores a key under its hash.
-    fn create_key(&self, tenant: &str, name: &str, scopes: &[Scope], id: &str, key_hash: &str) -> Result<KeyRecord, CreateError>;
-    fn list_keys(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<KeyRecord>, StoreError>;
-    fn delete_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
-    /// The key with this hash, if any.
-    fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError>;
-    /// Leases up to `n` due deliveries of each listed subscription until `lease_until` (ms).
-    fn claim(&self, subs: Vec<(String, u32)>, lease_until: i64) -> Result<Vec<Claimed>, StoreError>;
-    /// Writes back finished attempts with their deliveries' new state.
-    fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
-    /// Gives back the leases of claimed deliveries that were not attempted.
-    fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError>;
-    /// Figures for `/metrics`.
-    fn stats(&self) -> Result<Stats, StoreError>;
-    /// When the earliest unleased pending delivery of an enabled subscription is due (unix ms).
-    fn next_due(&self) -> Result<Option<i64>, StoreError>;
-    fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError>;
-    fn get_subscription(&self, tenant: &str, id: &str) -> Result<Option<SubscriptionRecord>, StoreError>;
-    fn list_subscriptions(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<SubscriptionRecord>, StoreError>;
-    /// Every enabled subscription of every tenant, for the dispatcher.
-    fn enabled_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError>;
-    /// Replaces a subscription's body, state and secrets.
-    fn update_subscription(&self, rec: &SubscriptionRecord) -> Result<bool, StoreError>;
-    /// Deletes a subscription with its deliveries and their attempts.
-    fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
-    fn list_deliveries(&self, tenant: &str, subscription: &str, status: Option<DeliveryStatus>, after: i64, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError>;
-    fn deliveries_of_event(&self, tenant: &str, event_id: Uuid) -> Result<Vec<DeliveryRecord>, StoreError>;
-    /// A delivery with its attempts, oldest first.
-    fn get_delivery(&self, tenant: &str, id: i64) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError>;
-    /// Makes a delivery due now; a finished one gets the round given.
-    fn retry_delivery(&self, tenant: &str, id: i64, one_attempt_round: i64) -> Result<bool, StoreError>;
-    /// Requeues a window of events for a subscription; see the backend for the rules.
-    fn replay(&self, sub: &SubscriptionRecord, since: Timestamp, until: Option<Timestamp>, only_failed: bool) -> Result<u64, StoreError>;
-}
-
-#[derive(Debug, thiserror::Error)]
+/// A failed store operation; nothing of it was stored.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached or written now (connection lost, disk full or
+    /// read-only); the same request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    /// From the SQLite writer's connection.
-    #[error("database error: {0}")]
-    Sqlite(String),
+    Db(String),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The transaction carrying this request failed; nothing of it was stored.
-    #[error("group commit failed: {0}")]
-    GroupCommit(String),
+    Migrate(String),
     #[error("the store is shut down")]
     Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        db::sqlx_error(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e.to_string())
+    }
 }
 
 /// Why an ingest request was refused; nothing of it was stored.
@@ -354,18 +381,6 @@ pub enum CreateError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for CreateError {
-    fn from(e: sqlx::Error) -> Self {
-        CreateError::Store(e.into())
-    }
-}
-
-impl From<sqlx::Error> for IngestError {
-    fn from(e: sqlx::Error) -> Self {
-        IngestError::Store(e.into())
-    }
-}
-
 /// A unit of work for the writer: one ingest request.
 pub(crate) struct IngestJob {
     pub tenant: String,
@@ -397,22 +412,6 @@ pub struct SubscriptionRecord {
     pub old_secret_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-impl SubscriptionRecord {
-    /// The secrets that sign at `now_ms`: the current one, and the previous one during its grace.
-    pub fn live_secrets(&self, now_ms: i64) -> Vec<Secret> {
-        let current = self
-            .spec
-            .secret
-            .as_deref()
-            .and_then(|s| Secret::parse(s).ok());
-        let old = match (&self.old_secret, self.old_secret_expires_at) {
-            (Some(s), Some(until)) if until > now_ms => Secret::parse(s).ok(),
-            _ => None,
-        };
-        current.into_iter().chain(old).collect()
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,6 +1,8 @@
 //! Subscriptions as data: the body users send, its validation, and event matching. Pure logic;
 //! the store persists them and the dispatcher uses them.
 
+pub mod health;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -35,6 +35,9 @@ pub const ATTEMPT_DURATION: &str = "switchboard_attempt_duration_seconds";
 /// From an event's acceptance to the receiver's 2xx for it, per delivery, in seconds.
 pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
 
+/// Times a writer connection to the database was opened again after it was lost.
+pub const DB_RECONNECTS: &str = "switchboard_db_reconnects_total";
+
 /// Histogram buckets, in seconds: from a millisecond to the longest retry waits.
 const BUCKETS: [f64; 18] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -78,6 +81,10 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
     describe_counter!(EVENTS_INGESTED, "Events accepted (duplicates not counted).");
+    describe_counter!(
+        DB_RECONNECTS,
+        "Times the writer's database connection was opened again after it was lost."
+    );
     describe_counter!(
         DELIVERY_ATTEMPTS,
         "Delivery attempts finished, by the delivery's state after them."

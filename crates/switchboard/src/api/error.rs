@@ -33,6 +33,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    /// The database cannot be written now; the client should try again after a few seconds.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     /// Logged in full; the client sees an opaque message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,6 +94,11 @@ impl ApiError {
                 "unavailable",
                 "Unavailable",
             ),
+            DatabaseUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "Database unavailable",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -107,6 +115,10 @@ impl IntoResponse for ApiError {
             ApiError::Internal(msg) => {
                 tracing::error!(error = %msg, "request failed");
                 "the server failed to handle the request; it has been logged".to_string()
+            }
+            ApiError::DatabaseUnavailable(msg) => {
+                tracing::warn!(error = %msg, "request refused: database unavailable");
+                "the database cannot be reached now; nothing was stored; try again".to_string()
             }
             ApiError::Invalid(errors) => match errors.as_slice() {
                 [one] => format!("{}: {}", one.field, one.message),
@@ -132,6 +144,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::DatabaseUnavailable(_) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -151,7 +166,10 @@ impl From<Denied> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable(msg) => ApiError::DatabaseUnavailable(msg),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

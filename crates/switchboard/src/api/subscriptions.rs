@@ -15,8 +15,9 @@ use super::deliveries::DeliveryView;
 use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
 use crate::auth::{self, Scope};
 use crate::delivery::signing::Secret;
+use crate::delivery::{Target, decide};
 use crate::event::{Event, FieldError, Timestamp, catalog};
-use crate::store::{DeliveryStatus, SubscriptionRecord, now_millis};
+use crate::store::{DeliveryStatus, SubscriptionRecord, SystemEvent, now_millis};
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
 pub fn router() -> Router<AppState> {
@@ -215,7 +216,9 @@ async fn rotate(
     Ok(Json(json!({"secret": secret})))
 }
 
-/// Sends a System Test event now and answers with the attempt's outcome.
+/// Sends a System Test event now and answers with the attempt's outcome. The event is stored
+/// and its delivery logged like any other: leased to this request for its first attempt, then
+/// retried by the dispatcher if that failed.
 async fn test(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,23 +232,38 @@ async fn test(
         id: Uuid::new_v4(),
         creation: Timestamp::now(),
         category: catalog::SYSTEM,
-        code: 1,
+        code: catalog::system::TEST,
         fields,
     };
-    let body = event.to_canonical_json();
+    let target = Target::new(rec);
+    let system = SystemEvent {
+        tenant: tenant.clone(),
+        event,
+        subscriptions: vec![id.clone()],
+        lease_until: Some(now_millis() + state.lease_ms),
+    };
+    let claimed = state.store.system_event(system).await?;
+    let Some(c) = claimed.into_iter().next() else {
+        return Err(ApiError::Internal(
+            "the test delivery was not created".into(),
+        ));
+    };
     let r = state
         .sender
-        .send(&rec, &event.id.to_string(), 0, 1, body.into())
+        .send(&target, &c.event_id, c.sequence, c.attempt, c.body.clone())
         .await;
     let delivered = r.status.is_some_and(|s| (200..300).contains(&s));
-    Ok(Json(json!({
-        "event_id": event.id,
+    let answer = json!({
+        "event_id": c.event_id,
+        "delivery_id": c.delivery_id,
         "delivered": delivered,
         "status_code": r.status,
         "duration_ms": r.duration_ms,
         "error": r.error,
         "response_body": r.response_body,
-    })))
+    });
+    state.store.record(vec![decide(&target.sub, &c, r)]).await?;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

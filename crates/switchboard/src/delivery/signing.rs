@@ -55,9 +55,14 @@ impl Secret {
 }
 
 /// The `webhook-signature` header value: one signature per live secret, space-separated.
-pub fn signature_header(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     let sigs: Vec<String> = secrets
-        .iter()
+        .into_iter()
         .map(|s| s.sign(msg_id, timestamp, body))
         .collect();
     sigs.join(" ")

@@ -7,6 +7,15 @@ use std::collections::BTreeMap;
 
 /// Category numbers on the wire.
 pub const SYSTEM: u8 = 0;
+
+/// The codes of System events (Category 0, DESIGN §11).
+pub mod system {
+    pub const TEST: u32 = 1;
+    pub const HEARTBEAT: u32 = 2;
+    pub const SUBSCRIPTION_FAILING: u32 = 3;
+    pub const SUBSCRIPTION_DISABLED: u32 = 4;
+    pub const SUBSCRIPTION_RECOVERED: u32 = 5;
+}
 pub const AGENT: u8 = 1;
 
 /// What a required parameter must hold.

@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, TransactionBehavior};
 use uuid::Uuid;
 
-use super::super::group;
+use super::super::decide;
 use super::writer;
 
 type Tails = HashMap<String, HashMap<Uuid, i64>>;
@@ -237,7 +237,7 @@ impl Merge {
 
 /// Copies the `Id`s of `tenant`'s events stored under `sequences` into `event_ids`.
 fn copy(tx: &Connection, tenant: &str, sequences: &[i64]) -> rusqlite::Result<()> {
-    for chunk in sequences.chunks(group::IN_LIST) {
+    for chunk in sequences.chunks(decide::IN_LIST) {
         writer::in_list(
             tx,
             "INSERT OR IGNORE INTO event_ids (tenant_id, id, sequence) \

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::Backend;
+use super::super::db::Db;
+use super::super::{Options, Store};
 use super::ids::MergeSizes;
 use crate::event::{Catalog, NewEvent, parse_batch};
 use crate::store::{Accepted, IngestError};
@@ -26,7 +27,7 @@ fn event(id: Uuid, creation: &str) -> NewEvent {
         .remove(0)
 }
 
-async fn post(store: &Backend, tenant: &str, id: Uuid, creation: &str) -> Accepted {
+async fn post(store: &Store, tenant: &str, id: Uuid, creation: &str) -> Accepted {
     let mut accepted = store
         .ingest(tenant, vec![event(id, creation)])
         .await
@@ -34,16 +35,19 @@ async fn post(store: &Backend, tenant: &str, id: Uuid, creation: &str) -> Accept
     accepted.remove(0)
 }
 
-async fn in_index(store: &Backend) -> i64 {
+async fn in_index(store: &Store) -> i64 {
+    let Db::Sqlite(pool) = &store.0.db else {
+        panic!("an SQLite store")
+    };
     sqlx::query_scalar("SELECT count(*) FROM event_ids")
-        .fetch_one(&store.read)
+        .fetch_one(pool)
         .await
         .unwrap()
 }
 
 /// Every event posted so far is a duplicate when posted again, a conflict when posted with other
 /// content, and found by its `Id`.
-async fn all_known(store: &Backend, tenant: &str, posted: &[(Uuid, i64)]) {
+async fn all_known(store: &Store, tenant: &str, posted: &[(Uuid, i64)]) {
     for &(id, sequence) in posted {
         let again = post(store, tenant, id, "20261123184603").await;
         assert!(again.duplicate, "{id} posted again is a duplicate");
@@ -61,8 +65,11 @@ async fn all_known(store: &Backend, tenant: &str, posted: &[(Uuid, i64)]) {
     }
 }
 
-async fn open(path: &Path) -> Backend {
-    Backend::open_with(path, TINY).await.expect("opens")
+async fn open(path: &Path) -> Store {
+    let opened = super::open(path, TINY, Options::default())
+        .await
+        .expect("opens");
+    Store::from_opened(opened)
 }
 
 #[tokio::test]
@@ -95,7 +102,7 @@ async fn an_id_is_known_in_memory_while_merged_after_merging_and_after_a_restart
     store.close().await;
 
     // And with the default sizes, nothing merged since: all from memory and the index.
-    let store = Backend::open(&path).await.unwrap();
+    let store = Store::open("", &path).await.unwrap();
     all_known(&store, "default", &posted).await;
     store.close().await;
 }

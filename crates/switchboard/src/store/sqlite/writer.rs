@@ -1,26 +1,28 @@
 //! SQLite's writer: a thread of its own holding a synchronous connection (rusqlite). A turn
 //! costs two thread hand-offs — the commands in, the answers out — however many statements it
 //! runs; through an async driver each statement would be a round trip to a worker thread, and
-//! on a busy machine every round trip waits to be scheduled. What to write is decided in
-//! `store/group.rs`, shared with PostgreSQL's writer; this file only runs the statements.
+//! on a busy machine every round trip waits to be scheduled. The turn itself is `turn::run`,
+//! shared with PostgreSQL's writer; this file runs its statements ([`Writer`] is its `Conn`),
+//! and keeps the WAL checkpointed and the event ids merged between turns.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::Path;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::task::{Context, Poll, Waker};
 
-use rusqlite::{Connection, OptionalExtension, Statement, ToSql, TransactionBehavior, params};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, Statement, ToSql};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::super::group::{
-    self, ClaimJob, ClaimRow, Command, Committed, Group, Health, NewDelivery, NewEventRow,
-    OutboxSub, Stored, fixed_chunks, sql,
-};
+use super::super::command::{Command, Group};
+use super::super::db::{Arg, Dialect, Row, Value};
+use super::super::decide::{self, fixed_chunks};
+use super::super::{Outcome, StoreError, now_millis, sql, turn};
 use super::ids::{self, Merge, MergeSizes, RecentIds};
-use super::{DIALECT, IngestJob, Outcome, StoreError, now_millis};
-use crate::event::{Event, Timestamp};
-use crate::store::{Claimed, DeliveryStatus};
+use crate::subscription::health::Policy;
 
 /// Opens the write connection and starts the writer thread. The returned receiver resolves when
 /// the thread has committed its last turn and closed the database.
@@ -30,6 +32,7 @@ pub(super) fn spawn(
     wake: Arc<Notify>,
     ids: Arc<RecentIds>,
     merge: MergeSizes,
+    policy: Policy,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
@@ -50,7 +53,7 @@ pub(super) fn spawn(
         .map_err(db)?;
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
     let wal_long = Arc::new(AtomicBool::new(false));
-    let spawn_error = |e: std::io::Error| StoreError::Sqlite(format!("cannot start a thread: {e}"));
+    let spawn_error = |e: std::io::Error| StoreError::Db(format!("cannot start a thread: {e}"));
     let flag = wal_long.clone();
     std::thread::Builder::new()
         .name("switchboard-checkpoint".into())
@@ -60,7 +63,12 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("switchboard-writer".into())
         .spawn(move || {
-            run(conn, rx, &wake, &wal_long, &ids, Merge::new(merge));
+            let writer = Writer {
+                conn,
+                ids: &ids,
+                relaxed: false,
+            };
+            run(writer, rx, &wake, &wal_long, Merge::new(merge), &policy);
             // Dropping the sender stops the checkpoints.
             drop(stop_checkpoints);
             let _ = done.send(());
@@ -100,28 +108,57 @@ fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>, wal_long:
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Sqlite(e.to_string())
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        // The disk, not the statement: full, failing, read-only, locked past the timeout.
+        Some(
+            SystemIoFailure | DiskFull | ReadOnly | CannotOpen | DatabaseBusy | DatabaseLocked,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Db(e.to_string()),
+    }
+}
+
+/// Runs a future that never waits — the turn over rusqlite, whose every step completes at once —
+/// on this thread.
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Group commit until shutdown, or until every sender is gone.
 fn run(
-    mut conn: Connection,
+    mut writer: Writer<'_>,
     mut rx: mpsc::Receiver<Command>,
     wake: &Notify,
     wal_long: &AtomicBool,
-    ids: &RecentIds,
     mut merge: Merge,
+    policy: &Policy,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
-            let result = commit(&mut conn, &group, ids).map_err(|e| e.to_string());
+            let result = now_or_never(turn::run(&mut writer, &group, policy, now_millis()));
+            // Once durable, and before any request is answered, the new `Id`s join memory.
+            if let Ok(done) = &result {
+                for (tenant, ids) in &done.new_ids {
+                    writer
+                        .ids
+                        .add(ids.iter().map(|&(id, seq)| (tenant.as_str(), id, seq)));
+                }
+            }
             group.answer(result, wake);
         }
         if stopping {
             break;
         }
-        if let Err(e) = merge.step(&mut conn, ids) {
+        let conn = &mut writer.conn;
+        if let Err(e) = merge.step(conn, writer.ids) {
             tracing::warn!(error = %e, "copying event ids into their index failed; trying again");
         }
         // Idle: checkpoint the few frames just committed, so the background checkpoints —
@@ -139,21 +176,9 @@ fn run(
             tracing::warn!(error = %e, mode, "WAL checkpoint failed");
         }
     }
-    if let Err((_, e)) = conn.close() {
+    if let Err((_, e)) = writer.conn.close() {
         tracing::warn!(error = %e, "closing the database");
     }
-}
-
-/// Commits a group; once it is durable, and before it is answered, its new events' `Id`s join
-/// the recent ones.
-fn commit(conn: &mut Connection, group: &Group, ids: &RecentIds) -> rusqlite::Result<Committed> {
-    with_sync(conn, !group.relaxed(), |conn| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (done, added) = write(&tx, group, ids)?;
-        tx.commit()?;
-        ids.add(added);
-        Ok(done)
-    })
 }
 
 /// Runs `f`, whose commits wait for the disk only if `durable` (else `synchronous = NORMAL`:
@@ -172,26 +197,183 @@ pub(super) fn with_sync<R>(
     result
 }
 
-/// Writes a group; returns what to answer and the new events' `(tenant, Id, sequence)`.
-fn write<'g>(
-    tx: &Connection,
-    group: &'g Group,
-    ids: &RecentIds,
-) -> rusqlite::Result<(Committed, NewIds<'g>)> {
-    let now = now_millis();
-    let jobs = group.jobs();
-    let (ingests, added, new_ids) = write_ingests(tx, &jobs, ids, now)?;
-    record_outcomes(tx, &group.sorted_outcomes(), now)?;
-    let mut claims = Vec::with_capacity(group.claims.len());
-    for ClaimJob(subs, lease_until, _) in &group.claims {
-        claims.push(claim(tx, subs, *lease_until, now)?);
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Arg::Int(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Integer(v)),
+            Arg::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Arg::Int(None) | Arg::Text(None) => ToSqlOutput::Borrowed(ValueRef::Null),
+            Arg::Blob(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Arg::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(v))),
+        })
     }
-    let done = Committed {
-        ingests,
-        claims,
-        deliveries_added: added || !group.outcomes.is_empty(),
-    };
-    Ok((done, new_ids))
+}
+
+fn bound<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    for (i, a) in args.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, a)?;
+    }
+    Ok(stmt)
+}
+
+fn row(r: &rusqlite::Row<'_>, columns: usize) -> rusqlite::Result<Row> {
+    let mut out = Vec::with_capacity(columns);
+    for i in 0..columns {
+        out.push(match r.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Real(v) => Value::Int(v as i64),
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        });
+    }
+    Ok(Row(out))
+}
+
+/// The writer's connection, as the turn sees it.
+struct Writer<'a> {
+    conn: Connection,
+    /// The `Id`s of recent events, asked before `event_ids`.
+    ids: &'a RecentIds,
+    /// The open transaction's commit need not wait for the disk.
+    relaxed: bool,
+}
+
+impl Writer<'_> {
+    fn restore_sync(&mut self) {
+        if std::mem::take(&mut self.relaxed)
+            && let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL")
+        {
+            tracing::warn!(error = %e, "restoring synchronous = FULL");
+        }
+    }
+}
+
+impl turn::Conn for Writer<'_> {
+    fn dialect(&self) -> &'static Dialect {
+        &sql::SQLITE
+    }
+
+    async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {
+        if !durable {
+            self.conn
+                .execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(db)?;
+            self.relaxed = true;
+        }
+        self.conn.execute_batch(sql::SQLITE.begin_write).map_err(db)
+    }
+
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        let done = self.conn.execute_batch("COMMIT").map_err(db);
+        self.restore_sync();
+        done
+    }
+
+    async fn rollback(&mut self) {
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rolling back a failed turn");
+        }
+        self.restore_sync();
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let mut stmt = bound(&self.conn, sql, args).map_err(db)?;
+        stmt.raw_execute().map(|n| n as u64).map_err(db)
+    }
+
+    async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = bound(&self.conn, sql, args).map_err(db)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(db)? {
+            out.push(row(r, columns).map_err(db)?);
+        }
+        Ok(out)
+    }
+
+    /// Recent ones where memory says, checked against the event stored there; the others
+    /// through `event_ids`.
+    async fn stored(
+        &mut self,
+        tenant: &str,
+        given: &[Uuid],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let hinted: Vec<i64> = given
+            .iter()
+            .filter_map(|id| self.ids.hint(tenant, id))
+            .collect();
+        let mut found = bodies(&self.conn, tenant, &hinted).map_err(db)?;
+        let known: std::collections::HashSet<Uuid> = found
+            .iter()
+            .filter_map(|(_, body)| event_id(body))
+            .collect();
+        let rest: Vec<&[u8]> = given
+            .iter()
+            .filter(|id| !known.contains(id))
+            .map(|id| id.as_bytes().as_slice())
+            .collect();
+        let sequences =
+            select_in(&self.conn, EVENT_IDS, tenant, &rest, |r| r.get::<_, i64>(0)).map_err(db)?;
+        found.extend(bodies(&self.conn, tenant, &sequences).map_err(db)?);
+        Ok(found)
+    }
+
+    async fn bodies(
+        &mut self,
+        tenant: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        bodies(&self.conn, tenant, sequences).map_err(db)
+    }
+
+    async fn update_deliveries(
+        &mut self,
+        now: i64,
+        outcomes: &[&Outcome],
+    ) -> Result<(), StoreError> {
+        for chunk in fixed_chunks(outcomes) {
+            let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
+            let text = format!(
+                "{}{values}{}",
+                sql::UPDATE_DELIVERIES,
+                sql::UPDATE_DELIVERIES_TAIL
+            );
+            let mut stmt = self.conn.prepare_cached(&text).map_err(db)?;
+            let mut b = Binder::new(&mut stmt);
+            let bind = |b: &mut Binder| -> rusqlite::Result<()> {
+                b.bind(now)?;
+                for o in chunk {
+                    let (status, next_at) = decide::delivery_state(o);
+                    b.bind(o.delivery_id)?
+                        .bind(status.as_str())?
+                        .bind(i64::from(o.attempt))?
+                        .bind(i64::from(o.round_attempt))?
+                        .bind(next_at)?
+                        .bind(o.status_code.map(i64::from))?
+                        .bind(&o.error)?;
+                }
+                Ok(())
+            };
+            bind(&mut b).map_err(db)?;
+            stmt.raw_execute().map_err(db)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `Id` in a stored event's canonical JSON, which starts with it.
+fn event_id(body: &str) -> Option<Uuid> {
+    let rest = body.strip_prefix("{\"Id\":\"")?;
+    Uuid::parse_str(rest.get(..36)?).ok()
 }
 
 /// Binds values to a statement's parameters in order.
@@ -212,68 +394,18 @@ impl<'a, 'c> Binder<'a, 'c> {
     }
 }
 
-/// A group's new events: `(tenant, Id, sequence)`.
-type NewIds<'a> = Vec<(&'a str, Uuid, i64)>;
-
-type Ingested<'a> = (Vec<group::JobResult>, bool, NewIds<'a>);
-
-fn write_ingests<'a>(
-    tx: &Connection,
-    jobs: &[&'a IngestJob],
-    ids: &RecentIds,
-    received_at: i64,
-) -> rusqlite::Result<Ingested<'a>> {
-    if jobs.is_empty() {
-        return Ok((Vec::new(), false, Vec::new()));
-    }
-    let mut last = BTreeMap::new();
-    let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
-    for tenant in tenants {
-        let seq: Option<i64> = tx
-            .prepare_cached(DIALECT.lock_tenant)?
-            .query_row([tenant], |r| r.get(0))
-            .optional()?;
-        if let Some(seq) = seq {
-            last.insert(tenant, seq);
-        }
-    }
-    let stored = find_stored(tx, jobs, ids)?;
-    let decided = group::decide_ingests(jobs, last, &stored, Timestamp::now());
-    for chunk in fixed_chunks(&decided.added) {
-        insert_events(tx, chunk, received_at)?;
-    }
-    // Per tenant with new events: their outbox rows, and its new last sequence.
-    let mut deliveries = 0;
-    for (&tenant, seq) in &decided.advanced {
-        let subs = enabled_subscriptions(tx, tenant)?;
-        let rows = group::outbox(&decided.added, tenant, &subs);
-        for chunk in fixed_chunks(&rows) {
-            insert_deliveries(tx, chunk, received_at)?;
-        }
-        deliveries += rows.len();
-        tx.prepare_cached(sql::SET_LAST_SEQUENCE)?
-            .execute(params![seq, tenant])?;
-    }
-    let new_ids = decided
-        .added
-        .iter()
-        .map(|r| (r.tenant, r.id, r.sequence))
-        .collect();
-    Ok((decided.results, deliveries > 0, new_ids))
-}
-
 const EVENT_IDS: &str = "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
 const BODIES: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
 
 /// `head` — a statement ending in `IN (` — with `tenant` bound to `$1` and `chunk` (at most
-/// [`group::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
+/// [`decide::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
 pub(super) fn in_list<'c, T: ToSql>(
     tx: &'c Connection,
     head: &str,
     tenant: &str,
     chunk: &[T],
 ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
-    let padded = group::padded_len(chunk.len());
+    let padded = decide::padded_len(chunk.len());
     let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
     let mut b = Binder::new(&mut stmt);
     b.bind(tenant)?;
@@ -289,7 +421,7 @@ pub(super) fn in_list<'c, T: ToSql>(
 }
 
 /// What `head` — a statement ending in `IN (` — selects for `tenant` and each of `values`, one
-/// padded list per [`group::IN_LIST`] values.
+/// padded list per [`decide::IN_LIST`] values.
 fn select_in<T: ToSql, R>(
     tx: &Connection,
     head: &str,
@@ -298,7 +430,7 @@ fn select_in<T: ToSql, R>(
     mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<Vec<R>> {
     let mut out = Vec::with_capacity(values.len());
-    for chunk in values.chunks(group::IN_LIST) {
+    for chunk in values.chunks(decide::IN_LIST) {
         let mut stmt = in_list(tx, head, tenant, chunk)?;
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
@@ -317,205 +449,4 @@ fn bodies(
     select_in(tx, BODIES, tenant, sequences, |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
-}
-
-/// The stored events among those whose `Id` the group's producers gave: recent ones where
-/// memory says, checked against the event stored there; the others through `event_ids`.
-fn find_stored<'a>(
-    tx: &Connection,
-    jobs: &[&'a IngestJob],
-    ids: &RecentIds,
-) -> rusqlite::Result<Stored<'a>> {
-    let mut found = HashMap::new();
-    for (tenant, given) in group::given_ids(jobs) {
-        let hinted: Vec<i64> = given.iter().filter_map(|id| ids.hint(tenant, id)).collect();
-        let keep = |found: &mut Stored<'a>, rows: Vec<(i64, String)>| -> rusqlite::Result<()> {
-            for (sequence, body) in rows {
-                let event = Event::from_canonical_json(&body).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?;
-                found.insert((tenant, event.id), (sequence, event));
-            }
-            Ok(())
-        };
-        keep(&mut found, bodies(tx, tenant, &hinted)?)?;
-        let rest: Vec<&[u8]> = given
-            .iter()
-            .filter(|id| hinted.is_empty() || !found.contains_key(&(tenant, **id)))
-            .map(|id| id.as_bytes().as_slice())
-            .collect();
-        let sequences = select_in(tx, EVENT_IDS, tenant, &rest, |r| r.get::<_, i64>(0))?;
-        keep(&mut found, bodies(tx, tenant, &sequences)?)?;
-    }
-    Ok(found)
-}
-
-fn insert_events(
-    tx: &Connection,
-    rows: &[NewEventRow<'_>],
-    received_at: i64,
-) -> rusqlite::Result<()> {
-    let values = sql::values(rows.len(), sql::INSERT_EVENTS_COLUMNS, 1);
-    let mut stmt = tx.prepare_cached(&format!("{}{values}", sql::INSERT_EVENTS))?;
-    let mut b = Binder::new(&mut stmt);
-    for r in rows {
-        b.bind(r.tenant)?
-            .bind(r.sequence)?
-            .bind(r.id.to_string())?
-            .bind(r.event.creation.as_i64())?
-            .bind(i64::from(r.event.category))?
-            .bind(i64::from(r.event.code))?
-            .bind(r.event.username())?
-            .bind(received_at)?
-            .bind(r.event.to_canonical_json())?;
-    }
-    stmt.raw_execute()?;
-    Ok(())
-}
-
-fn enabled_subscriptions(tx: &Connection, tenant: &str) -> rusqlite::Result<Vec<OutboxSub>> {
-    let mut stmt = tx.prepare_cached(sql::ENABLED_SUBSCRIPTIONS)?;
-    let rows = stmt.query_map([tenant], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    rows.map(|row| {
-        let (id, spec) = row?;
-        group::outbox_sub(id, &spec).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
-        })
-    })
-    .collect()
-}
-
-fn insert_deliveries(tx: &Connection, rows: &[NewDelivery<'_>], now: i64) -> rusqlite::Result<()> {
-    let values = sql::values(rows.len(), sql::INSERT_DELIVERIES_COLUMNS, 1);
-    let mut stmt = tx.prepare_cached(&format!("{}{values}", sql::INSERT_DELIVERIES))?;
-    let mut b = Binder::new(&mut stmt);
-    for d in rows {
-        b.bind(d.tenant)?
-            .bind(d.subscription_id)?
-            .bind(&d.event_id)?
-            .bind(d.sequence)?
-            .bind(d.agent)?
-            .bind(DeliveryStatus::Pending.as_str())?
-            .bind(now)?
-            .bind(now)?
-            .bind(now)?;
-    }
-    stmt.raw_execute()?;
-    Ok(())
-}
-
-/// Attempts and their deliveries' new state, a chunk of rows per statement; then each
-/// subscription's health.
-fn record_outcomes(tx: &Connection, outcomes: &[&Outcome], now: i64) -> rusqlite::Result<()> {
-    for chunk in fixed_chunks(outcomes) {
-        let values = sql::values(chunk.len(), sql::INSERT_ATTEMPTS_COLUMNS, 1);
-        let mut stmt = tx.prepare_cached(&format!(
-            "{}{values}{}",
-            sql::INSERT_ATTEMPTS,
-            sql::INSERT_ATTEMPTS_TAIL
-        ))?;
-        let mut b = Binder::new(&mut stmt);
-        for o in chunk {
-            b.bind(o.delivery_id)?
-                .bind(i64::from(o.attempt))?
-                .bind(o.started_at)?
-                .bind(o.duration_ms)?
-                .bind(o.status_code.map(i64::from))?
-                .bind(&o.error)?
-                .bind(&o.response_body)?;
-        }
-        stmt.raw_execute()?;
-
-        let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
-        let mut stmt = tx.prepare_cached(&format!(
-            "{}{values}{}",
-            sql::UPDATE_DELIVERIES,
-            sql::UPDATE_DELIVERIES_TAIL
-        ))?;
-        let mut b = Binder::new(&mut stmt);
-        b.bind(now)?;
-        for o in chunk {
-            let (status, next_at) = group::delivery_state(o);
-            b.bind(o.delivery_id)?
-                .bind(status.as_str())?
-                .bind(i64::from(o.attempt))?
-                .bind(i64::from(o.round_attempt))?
-                .bind(next_at)?
-                .bind(o.status_code.map(i64::from))?
-                .bind(&o.error)?;
-        }
-        stmt.raw_execute()?;
-    }
-    for (sub, verdict) in group::health(outcomes) {
-        match verdict {
-            Health::Disable(reason) => {
-                tx.prepare_cached(sql::DISABLE)?
-                    .execute(params![reason, now, sub])?;
-            }
-            Health::Reset => {
-                tx.prepare_cached(sql::RESET_FAILURES)?.execute([sub])?;
-            }
-            Health::Failing(failures) => {
-                tx.prepare_cached(sql::COUNT_FAILURES)?
-                    .execute(params![now, failures, sub])?;
-                tx.prepare_cached(sql::DISABLE_IF_FAILING)?
-                    .execute(params![
-                        now,
-                        sub,
-                        group::AUTO_DISABLE_ATTEMPTS,
-                        now - group::AUTO_DISABLE_AFTER_MS
-                    ])?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Leases up to `n` due deliveries of each subscription and returns them with their bodies.
-fn claim(
-    tx: &Connection,
-    subs: &[(String, u32)],
-    lease_until: i64,
-    now: i64,
-) -> rusqlite::Result<Vec<Claimed>> {
-    let mut out = Vec::new();
-    let mut known_bodies = group::Bodies::new();
-    for (sub_id, n) in subs {
-        let mut stmt = tx.prepare_cached(DIALECT.claim)?;
-        let rows = stmt
-            .query_map(params![lease_until, sub_id, now, i64::from(*n)], |r| {
-                Ok(ClaimRow {
-                    delivery_id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    event_id: r.get(2)?,
-                    sequence: r.get(3)?,
-                    attempts: r.get(4)?,
-                    round_attempts: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
-            continue;
-        };
-        let known = known_bodies.entry(tenant).or_default();
-        let missing = group::missing_bodies(&rows, known);
-        if !missing.is_empty() {
-            let tenant = &rows[0].tenant;
-            for (sequence, body) in bodies(tx, tenant, &missing)? {
-                known.insert(sequence, body.into());
-            }
-        }
-        out.extend(
-            group::claimed(sub_id, rows, known).ok_or(rusqlite::Error::QueryReturnedNoRows)?,
-        );
-    }
-    out.sort_by_key(|c| c.sequence);
-    Ok(out)
 }

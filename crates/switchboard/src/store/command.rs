@@ -1,0 +1,166 @@
+//! The writer's protocol: what callers queue ([`Command`]), what one turn takes ([`Group`]:
+//! every command already queued, up to a bound) and how each is answered after the commit.
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Accepted, Claimed, IngestError, IngestJob, Outcome, StoreError, SystemEvent};
+
+/// Most events (and outcomes) one turn takes; more wait for the next. Small enough that a turn
+/// stays short, so claims and outcomes queued behind a burst of ingest are not kept waiting.
+pub(super) const MAX_GROUP_EVENTS: usize = 2_000;
+/// Commands waiting for the writer before senders queue up behind them.
+pub(super) const QUEUE_DEPTH: usize = 4096;
+
+pub(super) type JobResult = Result<Vec<Accepted>, IngestError>;
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum Command {
+    Ingest(IngestJob, oneshot::Sender<JobResult>),
+    Claim(ClaimJob, Reply<Vec<Claimed>>),
+    /// Write back finished attempts.
+    Record(Vec<Outcome>, Reply<()>),
+    /// Store a System event and its deliveries.
+    System(SystemEvent, Reply<Vec<Claimed>>),
+    /// Commit what is queued, then stop.
+    Shutdown,
+}
+
+/// A claim: up to `n` due deliveries of each listed subscription, leased until `lease_until`,
+/// due by `now` (unix ms, the dispatcher's clock).
+pub(super) struct ClaimJob {
+    pub subs: Vec<(String, u32)>,
+    pub lease_until: i64,
+    pub now: i64,
+}
+
+/// Everything one writer turn commits.
+#[derive(Default)]
+pub(super) struct Group {
+    pub ingests: Vec<(IngestJob, oneshot::Sender<JobResult>)>,
+    pub outcomes: Vec<Outcome>,
+    outcome_replies: Vec<Reply<()>>,
+    pub claims: Vec<(ClaimJob, Reply<Vec<Claimed>>)>,
+    pub system: Vec<(SystemEvent, Reply<Vec<Claimed>>)>,
+    events: usize,
+}
+
+/// What a committed turn hands back, in the order of the group's commands.
+#[derive(Default)]
+pub(super) struct Committed {
+    pub ingests: Vec<JobResult>,
+    pub claims: Vec<Vec<Claimed>>,
+    pub system: Vec<Vec<Claimed>>,
+    /// The new events' `Id`s with their sequences, by tenant.
+    pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
+    pub deliveries_added: bool,
+}
+
+impl Group {
+    /// `first` and every command queued behind it, up to about [`MAX_GROUP_EVENTS`]; true if a
+    /// shutdown was among them (everything queued before it is then taken).
+    pub fn collect(first: Command, rx: &mut mpsc::Receiver<Command>) -> (Group, bool) {
+        let mut group = Group::default();
+        let mut stopping = false;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            stopping |= group.add(cmd);
+            if group.events < MAX_GROUP_EVENTS || stopping {
+                next = rx.try_recv().ok();
+            }
+        }
+        (group, stopping)
+    }
+
+    fn add(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Ingest(job, reply) => {
+                self.events += job.events.len();
+                self.ingests.push((job, reply));
+            }
+            Command::Record(outcomes, reply) => {
+                self.events += outcomes.len();
+                self.outcomes.extend(outcomes);
+                self.outcome_replies.push(reply);
+            }
+            Command::Claim(job, reply) => self.claims.push((job, reply)),
+            Command::System(event, reply) => self.system.push((event, reply)),
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ingests.is_empty()
+            && self.outcome_replies.is_empty()
+            && self.claims.is_empty()
+            && self.system.is_empty()
+    }
+
+    /// A group without ingest holds nothing a client was promised — claims and outcomes; losing
+    /// them in a crash only means an attempt is made again — so its commit need not wait for
+    /// the disk. The next durable commit flushes it anyway. (System events are not promised
+    /// either: the condition that raised one raises it again.)
+    pub fn durable(&self) -> bool {
+        !self.ingests.is_empty()
+    }
+
+    pub fn jobs(&self) -> Vec<&IngestJob> {
+        self.ingests.iter().map(|(job, _)| job).collect()
+    }
+
+    /// The outcomes in the one order every writer locks rows in: by subscription, then delivery.
+    pub fn sorted_outcomes(&self) -> Vec<&Outcome> {
+        let mut outcomes: Vec<&Outcome> = self.outcomes.iter().collect();
+        outcomes.sort_by(|a, b| {
+            (&a.subscription_id, a.delivery_id).cmp(&(&b.subscription_id, b.delivery_id))
+        });
+        outcomes
+    }
+
+    /// Answers every command of the group: with its part of `result`, or with the error that
+    /// failed the whole turn (nothing of it was stored).
+    pub fn answer(self, result: Result<Committed, StoreError>, wake: &Notify) {
+        match result {
+            Ok(done) => {
+                if done.deliveries_added {
+                    wake.notify_one();
+                }
+                for ((_, reply), result) in self.ingests.into_iter().zip(done.ingests) {
+                    let _ = reply.send(result);
+                }
+                for ((_, reply), claimed) in self.claims.into_iter().zip(done.claims) {
+                    let _ = reply.send(Ok(claimed));
+                }
+                for ((_, reply), claimed) in self.system.into_iter().zip(done.system) {
+                    let _ = reply.send(Ok(claimed));
+                }
+                for reply in self.outcome_replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                match &e {
+                    StoreError::Unavailable(_) => {
+                        tracing::warn!(error = %e, requests = self.ingests.len(), "group commit failed: database unavailable")
+                    }
+                    _ => {
+                        tracing::error!(error = %e, requests = self.ingests.len(), "group commit failed")
+                    }
+                }
+                for (_, reply) in self.ingests {
+                    let _ = reply.send(Err(IngestError::Store(e.clone())));
+                }
+                for (_, reply) in self.claims {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in self.system {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for reply in self.outcome_replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

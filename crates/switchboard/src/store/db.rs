@@ -1,0 +1,432 @@
+//! The narrow interface every statement of the store goes through: arguments as [`Arg`]s, rows
+//! as [`Row`]s of [`Value`]s, and [`Db`], the read pool (SQLite or PostgreSQL through sqlx),
+//! with its transactions ([`Tx`]). The writers (`sqlite/writer.rs`, `postgres/writer.rs`) run
+//! the same arguments and rows through their own connections.
+//!
+//! Every SQL text is written once, with `$N` placeholders, which SQLite and PostgreSQL both take;
+//! where the two dialects differ, [`Dialect`] holds each one's text.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType};
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Decode, Executor, Postgres, Row as _, Sqlite, TypeInfo, ValueRef};
+
+use super::StoreError;
+
+/// A value bound to a placeholder. Nulls carry their type: PostgreSQL checks it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+    Blob(&'a [u8]),
+    Bool(bool),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Arg::Text(v.as_deref())
+    }
+}
+
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+
+/// `[Arg::from(a), Arg::from(b), …]`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { [$($crate::store::db::Arg::from($v)),*] };
+}
+pub(crate) use args;
+
+/// A column's value as read.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// One row of a result.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Row(pub Vec<Value>);
+
+impl Row {
+    fn at(&self, i: usize) -> Result<&Value, StoreError> {
+        self.0
+            .get(i)
+            .ok_or_else(|| StoreError::Db(format!("no column {i}")))
+    }
+
+    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.opt_int(i)?
+            .ok_or_else(|| StoreError::Db(format!("column {i} is null")))
+    }
+
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            other => Err(StoreError::Db(format!(
+                "column {i}: expected an integer, found {other:?}"
+            ))),
+        }
+    }
+
+    pub fn bool(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.int(i)? != 0)
+    }
+
+    /// Moves a text column out of the row.
+    pub fn text(&mut self, i: usize) -> Result<String, StoreError> {
+        self.opt_text(i)?
+            .ok_or_else(|| StoreError::Db(format!("column {i} is null")))
+    }
+
+    /// Moves a nullable text column out of the row.
+    pub fn opt_text(&mut self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.0.get_mut(i) {
+            Some(Value::Null) => Ok(None),
+            Some(Value::Text(s)) => Ok(Some(std::mem::take(s))),
+            other => Err(StoreError::Db(format!(
+                "column {i}: expected text, found {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The statements that differ between the dialects.
+pub(crate) struct Dialect {
+    /// Starts a transaction that will write.
+    pub begin_write: &'static str,
+    /// Reads, and on PostgreSQL locks, a tenant's last sequence (`$1`).
+    pub lock_tenant: &'static str,
+    /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
+    pub lock_health: &'static str,
+    /// The claim (see `sql::CLAIM`) with the dialect's row locking.
+    pub claim: &'static str,
+    /// Run in a transaction that made deliveries due, to wake other nodes.
+    pub notify: Option<&'static str>,
+    /// Tells the other nodes that a `Change` (`$1`, its name) happened.
+    pub announce: Option<&'static str>,
+    /// The tables whose rows a tenant's deletion takes (by `tenant_id`), besides `attempts`.
+    pub tenant_tables: &'static [&'static str],
+}
+
+/// The compiled-in migrations of a backend, as sqlx runs them.
+#[derive(Debug)]
+pub(crate) struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, name, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// An sqlx error as the store reports it: a lost or refused connection means the database is
+/// unavailable (the caller may try again), anything else is an error of the statement.
+pub(crate) fn sqlx_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: admin shutdown, crash shutdown, cannot connect now; connection
+            // exceptions; read-only transaction (a standby after failover).
+            Some("57P01" | "57P02" | "57P03" | "25006") => StoreError::Unavailable(e.to_string()),
+            Some(code) if code.starts_with("08") => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Db(e.to_string()),
+        },
+        _ => StoreError::Db(e.to_string()),
+    }
+}
+
+type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, args: &[Arg<'q>]) -> SqliteQuery<'q> {
+    for a in args {
+        q = match *a {
+            Arg::Int(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+pub(crate) fn bind_pg<'q>(mut q: PgQuery<'q>, args: &[Arg<'q>]) -> PgQuery<'q> {
+    for a in args {
+        q = match *a {
+            Arg::Int(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn decode_err(e: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Db(format!("decoding a column: {e}"))
+}
+
+fn sqlite_row(row: &SqliteRow) -> Result<Row, StoreError> {
+    let mut out = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        let raw = row.try_get_raw(i).map_err(sqlx_error)?;
+        let value = if raw.is_null() {
+            Value::Null
+        } else {
+            match raw.type_info().name() {
+                "INTEGER" | "BOOLEAN" | "INT8" | "BIGINT" => {
+                    Value::Int(<i64 as Decode<Sqlite>>::decode(raw).map_err(decode_err)?)
+                }
+                "BLOB" => {
+                    Value::Blob(<Vec<u8> as Decode<Sqlite>>::decode(raw).map_err(decode_err)?)
+                }
+                _ => Value::Text(<String as Decode<Sqlite>>::decode(raw).map_err(decode_err)?),
+            }
+        };
+        out.push(value);
+    }
+    Ok(Row(out))
+}
+
+pub(crate) fn pg_row(row: &PgRow) -> Result<Row, StoreError> {
+    let mut out = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        let raw = row.try_get_raw(i).map_err(sqlx_error)?;
+        let value = if raw.is_null() {
+            Value::Null
+        } else {
+            match raw.type_info().name() {
+                "INT8" => Value::Int(<i64 as Decode<Postgres>>::decode(raw).map_err(decode_err)?),
+                "INT4" => Value::Int(i64::from(
+                    <i32 as Decode<Postgres>>::decode(raw).map_err(decode_err)?,
+                )),
+                "INT2" => Value::Int(i64::from(
+                    <i16 as Decode<Postgres>>::decode(raw).map_err(decode_err)?,
+                )),
+                "BOOL" => Value::Int(i64::from(
+                    <bool as Decode<Postgres>>::decode(raw).map_err(decode_err)?,
+                )),
+                "BYTEA" => {
+                    Value::Blob(<Vec<u8> as Decode<Postgres>>::decode(raw).map_err(decode_err)?)
+                }
+                _ => Value::Text(<String as Decode<Postgres>>::decode(raw).map_err(decode_err)?),
+            }
+        };
+        out.push(value);
+    }
+    Ok(Row(out))
+}
+
+/// The read pool: reads, and the administrative writes that do not go through the writer.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A transaction on the read pool.
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Db {
+    pub async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let done = match self {
+            Db::Sqlite(p) => bind_sqlite(sqlx::query(sql), args)
+                .execute(p)
+                .await
+                .map(|d| d.rows_affected()),
+            Db::Postgres(p) => bind_pg(sqlx::query(sql), args)
+                .execute(p)
+                .await
+                .map(|d| d.rows_affected()),
+        };
+        done.map_err(sqlx_error)
+    }
+
+    pub async fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Db::Sqlite(p) => {
+                let rows = bind_sqlite(sqlx::query(sql), args)
+                    .fetch_all(p)
+                    .await
+                    .map_err(sqlx_error)?;
+                rows.iter().map(sqlite_row).collect()
+            }
+            Db::Postgres(p) => {
+                let rows = bind_pg(sqlx::query(sql), args)
+                    .fetch_all(p)
+                    .await
+                    .map_err(sqlx_error)?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    pub async fn query_one(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, args).await?.into_iter().next())
+    }
+
+    /// Starts a transaction that will write (on SQLite, taking the write lock at once).
+    pub async fn begin(&self, dialect: &Dialect) -> Result<Tx, StoreError> {
+        match self {
+            Db::Sqlite(p) => p.begin_with(dialect.begin_write).await.map(Tx::Sqlite),
+            Db::Postgres(p) => p.begin_with(dialect.begin_write).await.map(Tx::Postgres),
+        }
+        .map_err(sqlx_error)
+    }
+
+    /// Answers `SELECT 1` within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let ping = async {
+            match self {
+                Db::Sqlite(p) => p.execute("SELECT 1").await.map(drop),
+                Db::Postgres(p) => p.execute("SELECT 1").await.map(drop),
+            }
+            .map_err(sqlx_error)
+        };
+        tokio::time::timeout(timeout, ping)
+            .await
+            .map_err(|_| StoreError::Unavailable("the database did not answer in time".into()))?
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+impl Tx {
+    pub async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let done = match self {
+            Tx::Sqlite(t) => bind_sqlite(sqlx::query(sql), args)
+                .execute(&mut **t)
+                .await
+                .map(|d| d.rows_affected()),
+            Tx::Postgres(t) => bind_pg(sqlx::query(sql), args)
+                .execute(&mut **t)
+                .await
+                .map(|d| d.rows_affected()),
+        };
+        done.map_err(sqlx_error)
+    }
+
+    pub async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Tx::Sqlite(t) => {
+                let rows = bind_sqlite(sqlx::query(sql), args)
+                    .fetch_all(&mut **t)
+                    .await
+                    .map_err(sqlx_error)?;
+                rows.iter().map(sqlite_row).collect()
+            }
+            Tx::Postgres(t) => {
+                let rows = bind_pg(sqlx::query(sql), args)
+                    .fetch_all(&mut **t)
+                    .await
+                    .map_err(sqlx_error)?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+        .map_err(sqlx_error)
+    }
+}
+
+/// A statement assembled from optional parts, numbering its placeholders as they are added.
+pub(crate) struct Select<'a> {
+    pub sql: String,
+    pub args: Vec<Arg<'a>>,
+}
+
+impl<'a> Select<'a> {
+    pub fn new(head: &str) -> Self {
+        Select {
+            sql: head.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends `text` and then a placeholder bound to `arg`.
+    pub fn push(&mut self, text: &str, arg: impl Into<Arg<'a>>) -> &mut Self {
+        self.args.push(arg.into());
+        self.sql.push_str(text);
+        self.sql.push('$');
+        self.sql.push_str(&self.args.len().to_string());
+        self
+    }
+
+    pub fn text(&mut self, text: &str) -> &mut Self {
+        self.sql.push_str(text);
+        self
+    }
+}

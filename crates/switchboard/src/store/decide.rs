@@ -1,0 +1,282 @@
+//! The writer turn's decisions, as plain functions over plain data: sequences, duplicates and
+//! conflicts, the outbox rows, the deliveries' next state, what a claim hands out. No I/O: the
+//! turn (`turn.rs`) reads what they need and writes what they decide.
+
+use std::collections::{BTreeMap, HashMap};
+
+use uuid::Uuid;
+
+use super::command::JobResult;
+use super::{Accepted, Claimed, DeliveryStatus, IngestError, IngestJob, NextState, Outcome};
+use crate::event::{Event, Timestamp};
+use crate::subscription::health::Attempt;
+use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
+
+/// Rows per multi-row statement: powers of two, largest first, so any count takes at most one
+/// statement of each size and the few statement shapes stay in the prepared-statement cache.
+pub(super) const INSERT_CHUNKS: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
+/// Most values in one `IN (…)` list (SQLite's writer; PostgreSQL's joins an array).
+pub(super) const IN_LIST: usize = 512;
+
+/// Splits `rows` into chunks of the sizes in [`INSERT_CHUNKS`].
+pub(super) fn fixed_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    for size in INSERT_CHUNKS {
+        while rest.len() >= size {
+            let (chunk, tail) = rest.split_at(size);
+            out.push(chunk);
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The length an `IN (…)` list of `n` values is padded to (with copies of its last value,
+/// which change nothing), so lists of any length take one of a few statement shapes.
+pub(super) fn padded_len(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
+/// The ids the producers of a group gave, by tenant: those that may be stored already.
+pub(super) fn given_ids<'a>(jobs: &[&'a IngestJob]) -> BTreeMap<&'a str, Vec<Uuid>> {
+    let mut given: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
+    for job in jobs {
+        let ids = given.entry(job.tenant.as_str()).or_default();
+        ids.extend(job.events.iter().filter(|e| e.id_given).map(|e| e.id));
+    }
+    given
+}
+
+/// Stored events by tenant and id, with their sequence.
+pub(super) type Stored<'a> = HashMap<(&'a str, Uuid), (i64, Event)>;
+
+/// An event a group adds.
+pub(super) struct NewEventRow<'a> {
+    pub tenant: &'a str,
+    pub id: Uuid,
+    pub sequence: i64,
+    pub event: Event,
+}
+
+/// What a group's ingest requests come to.
+pub(super) struct Decided<'a> {
+    /// One per request, in order.
+    pub results: Vec<JobResult>,
+    /// The tenants that got new events, with their last sequence after the group.
+    pub advanced: BTreeMap<&'a str, i64>,
+    /// The new events, by tenant and sequence.
+    pub added: Vec<NewEventRow<'a>>,
+}
+
+/// Decides every ingest request of a group, in order: a request naming a missing tenant or
+/// posting an `Id` stored (or posted earlier in the group) with other content is refused
+/// alone; identical re-posts are duplicates; new events get the tenant's next sequences.
+/// `last` holds the last sequence of each tenant that exists.
+pub(super) fn decide_ingests<'a>(
+    jobs: &[&'a IngestJob],
+    mut last: BTreeMap<&'a str, i64>,
+    stored: &Stored<'a>,
+    now: Timestamp,
+) -> Decided<'a> {
+    let before = last.clone();
+    let mut added: Stored<'a> = HashMap::new();
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let tenant = job.tenant.as_str();
+        let Some(&base) = last.get(tenant) else {
+            results.push(Err(IngestError::TenantNotFound));
+            continue;
+        };
+        let mut seq = base;
+        let mut accepted = Vec::with_capacity(job.events.len());
+        let mut conflicts = Vec::new();
+        let mut mine: HashMap<Uuid, (i64, Event)> = HashMap::new();
+        for (index, ev) in job.events.iter().enumerate() {
+            let key = (tenant, ev.id);
+            let prior = stored
+                .get(&key)
+                .or_else(|| added.get(&key))
+                .or_else(|| mine.get(&ev.id));
+            match prior {
+                Some((sequence, existing)) if ev.same_as(existing) => accepted.push(Accepted {
+                    id: ev.id,
+                    sequence: *sequence,
+                    duplicate: true,
+                }),
+                Some(_) => conflicts.push((index, ev.id)),
+                None => {
+                    seq += 1;
+                    mine.insert(ev.id, (seq, ev.complete(now)));
+                    accepted.push(Accepted {
+                        id: ev.id,
+                        sequence: seq,
+                        duplicate: false,
+                    });
+                }
+            }
+        }
+        if conflicts.is_empty() {
+            last.insert(tenant, seq);
+            added.extend(mine.into_iter().map(|(id, v)| ((tenant, id), v)));
+            results.push(Ok(accepted));
+        } else {
+            results.push(Err(IngestError::Conflict(conflicts)));
+        }
+    }
+    let mut added: Vec<NewEventRow> = added
+        .into_iter()
+        .map(|((tenant, id), (sequence, event))| NewEventRow {
+            tenant,
+            id,
+            sequence,
+            event,
+        })
+        .collect();
+    // In key order: appends to the events table's primary key.
+    added.sort_by_key(|r| (r.tenant, r.sequence));
+    last.retain(|tenant, seq| before.get(tenant) != Some(seq));
+    Decided {
+        results,
+        advanced: last,
+        added,
+    }
+}
+
+/// An enabled subscription as the outbox needs it: id, filter, ordering.
+pub(super) type OutboxSub = (String, Option<Filter>, Ordering);
+
+/// Reads the stored spec of an enabled subscription for the outbox.
+pub(super) fn outbox_sub(id: String, spec: &str) -> Result<OutboxSub, serde_json::Error> {
+    let spec: SubscriptionSpec = serde_json::from_str(spec)?;
+    Ok((id, spec.filter, spec.ordering))
+}
+
+/// A delivery to insert: one per new event and matching enabled subscription.
+pub(super) struct NewDelivery<'a> {
+    pub tenant: &'a str,
+    pub subscription_id: &'a str,
+    pub event_id: String,
+    pub sequence: i64,
+    pub agent: Option<&'a str>,
+}
+
+/// The outbox rows for `tenant`'s new events among `added`.
+pub(super) fn outbox<'a>(
+    added: &'a [NewEventRow<'a>],
+    tenant: &'a str,
+    subs: &'a [OutboxSub],
+) -> Vec<NewDelivery<'a>> {
+    let mut out = Vec::new();
+    for row in added.iter().filter(|r| r.tenant == tenant) {
+        for (sub_id, filter, ordering) in subs {
+            if let Some(agent) = delivery_agent(&row.event, filter.as_ref(), *ordering) {
+                out.push(NewDelivery {
+                    tenant,
+                    subscription_id: sub_id,
+                    event_id: row.id.to_string(),
+                    sequence: row.sequence,
+                    agent,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether a subscription with `filter` gets a delivery of `event` — at ingest or on replay —
+/// and if so its ordering key: the agent for `per_agent`, else none.
+pub(super) fn delivery_agent<'e>(
+    event: &'e Event,
+    filter: Option<&Filter>,
+    ordering: Ordering,
+) -> Option<Option<&'e str>> {
+    subscription::matches(filter, event).then(|| match ordering {
+        Ordering::PerAgent => event.agent_key(),
+        Ordering::None => None,
+    })
+}
+
+/// A delivery's status and next attempt time after an attempt.
+pub(super) fn delivery_state(o: &Outcome) -> (DeliveryStatus, Option<i64>) {
+    match o.next {
+        NextState::Succeeded => (DeliveryStatus::Succeeded, None),
+        NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextState::Failed => (DeliveryStatus::Failed, None),
+    }
+}
+
+/// A turn's outcomes of one subscription, as its health policy sees them.
+pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
+    outcomes
+        .iter()
+        .map(|o| Attempt {
+            at: o.started_at,
+            succeeded: o.next == NextState::Succeeded,
+            gone: o.disable.as_deref(),
+        })
+        .collect()
+}
+
+/// Bodies of claimed events by tenant and sequence, read once per claim however many
+/// subscriptions (fan-out) claimed the same event; the bytes are shared, not copied.
+pub(super) type Bodies = HashMap<String, HashMap<i64, bytes::Bytes>>;
+
+/// The sequences among `rows` whose bodies `known` lacks.
+pub(super) fn missing_bodies(rows: &[ClaimRow], known: &HashMap<i64, bytes::Bytes>) -> Vec<i64> {
+    rows.iter()
+        .map(|r| r.sequence)
+        .filter(|s| !known.contains_key(s))
+        .collect()
+}
+
+/// Claimed rows with their bodies, as [`Claimed`] items; `None` if a body is missing.
+pub(super) fn claimed(
+    sub_id: &str,
+    rows: Vec<ClaimRow>,
+    bodies: &HashMap<i64, bytes::Bytes>,
+) -> Option<Vec<Claimed>> {
+    rows.into_iter()
+        .map(|r| {
+            Some(Claimed {
+                delivery_id: r.delivery_id,
+                subscription_id: sub_id.to_string(),
+                event_id: r.event_id,
+                // A System event's delivery points to its body with a negative sequence; it
+                // has no place in the tenant's log.
+                sequence: r.sequence.max(0),
+                attempt: r.attempts as u32 + 1,
+                round_attempt: r.round_attempts as u32 + 1,
+                body: bodies.get(&r.sequence)?.clone(),
+                created_at: r.created_at,
+            })
+        })
+        .collect()
+}
+
+/// A row the claim statement returns.
+pub(super) struct ClaimRow {
+    pub delivery_id: i64,
+    pub tenant: String,
+    pub event_id: String,
+    pub sequence: i64,
+    pub attempts: i64,
+    pub round_attempts: i64,
+    pub created_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_largest_first() {
+        let rows: Vec<usize> = (0..1_300).collect();
+        let sizes: Vec<usize> = fixed_chunks(&rows).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![512, 512, 256, 16, 4]);
+        assert_eq!(sizes.iter().sum::<usize>(), 1_300);
+        assert!(fixed_chunks::<u8>(&[]).is_empty());
+        assert_eq!(padded_len(5), 8);
+        assert_eq!(padded_len(1), 1);
+    }
+}

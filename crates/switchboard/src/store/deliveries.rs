@@ -1,0 +1,271 @@
+//! Deliveries and their attempts, outside the writer: listing, retrying, replaying, the
+//! dispatcher's leases given back and its next due time, and the figures for `/metrics`.
+
+use uuid::Uuid;
+
+use super::db::{Arg, Row, Select, args};
+use super::decide;
+use super::sql::DELIVERY_COLUMNS;
+use super::{
+    AttemptRecord, DeliveryRecord, DeliveryStatus, Stats, Store, StoreError, SubscriptionRecord,
+    now_millis,
+};
+use crate::event::{Event, Timestamp};
+
+fn delivery_record(mut r: Row) -> Result<DeliveryRecord, StoreError> {
+    Ok(DeliveryRecord {
+        id: r.int(0)?,
+        event_id: r.text(1)?,
+        subscription_id: r.text(2)?,
+        // A System event's delivery has no place in the log (see `sql::INSERT_SYSTEM_EVENT`).
+        sequence: r.int(3)?.max(0),
+        status: DeliveryStatus::parse(&r.text(4)?).unwrap_or(DeliveryStatus::Pending),
+        attempt_count: r.int(5)?,
+        next_attempt_at: r.opt_int(6)?,
+        last_status_code: r.opt_int(7)?,
+        last_error: r.opt_text(8)?,
+        created_at: r.int(9)?,
+        updated_at: r.int(10)?,
+    })
+}
+
+fn attempt_record(mut r: Row) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        number: r.int(0)?,
+        started_at: r.int(1)?,
+        duration_ms: r.int(2)?,
+        status_code: r.opt_int(3)?,
+        error: r.opt_text(4)?,
+        response_body: r.opt_text(5)?,
+    })
+}
+
+impl Store {
+    pub async fn list_deliveries(
+        &self,
+        tenant: &str,
+        subscription: &str,
+        status: Option<DeliveryStatus>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut sql = Select::new(DELIVERY_COLUMNS);
+        sql.push(" WHERE tenant_id = ", tenant)
+            .push(" AND subscription_id = ", subscription);
+        if let Some(s) = status {
+            sql.push(" AND status = ", s.as_str());
+        }
+        sql.push(" AND id > ", after)
+            .push(" ORDER BY id LIMIT ", i64::from(limit));
+        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
+        rows.into_iter().map(delivery_record).collect()
+    }
+
+    pub async fn deliveries_of_event(
+        &self,
+        tenant: &str,
+        event_id: Uuid,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let Some(sequence) = self.sequence_of(tenant, event_id).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .0
+            .db
+            .query(
+                &format!("{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND sequence = $2 ORDER BY id"),
+                &args![tenant, sequence],
+            )
+            .await?;
+        rows.into_iter().map(delivery_record).collect()
+    }
+
+    /// A delivery with its attempts, oldest first.
+    pub async fn get_delivery(
+        &self,
+        tenant: &str,
+        id: i64,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                &format!("{DELIVERY_COLUMNS} WHERE tenant_id = $1 AND id = $2"),
+                &args![tenant, id],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let attempts = self
+            .0
+            .db
+            .query(
+                "SELECT number, started_at, duration_ms, status_code, error, response_body \
+                 FROM attempts WHERE delivery_id = $1 ORDER BY number",
+                &args![id],
+            )
+            .await?;
+        let attempts = attempts
+            .into_iter()
+            .map(attempt_record)
+            .collect::<Result<_, _>>()?;
+        Ok(Some((delivery_record(row)?, attempts)))
+    }
+
+    /// Makes a delivery due now for one more attempt (a finished one gets exactly one).
+    pub async fn retry_delivery(
+        &self,
+        tenant: &str,
+        id: i64,
+        one_attempt_round: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let done = self
+            .0
+            .db
+            .execute(
+                "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, updated_at = $2, \
+                 round_attempts = CASE WHEN status = 'pending' THEN round_attempts ELSE $3 END, \
+                 status = 'pending' WHERE tenant_id = $4 AND id = $5",
+                &args![now, now, one_attempt_round, tenant, id],
+            )
+            .await?;
+        self.0.wake.notify_one();
+        Ok(done > 0)
+    }
+
+    /// Requeues, for a fresh round of attempts, every event of the window that the
+    /// subscription's filter matches now — creating deliveries for events it never had (older
+    /// than the subscription, or filtered out then). With `only_failed`, only failed deliveries
+    /// are requeued. Returns how many deliveries were requeued or created.
+    pub async fn replay(
+        &self,
+        sub: &SubscriptionRecord,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        only_failed: bool,
+    ) -> Result<u64, StoreError> {
+        let now = now_millis();
+        let until = until.map_or(i64::MAX, Timestamp::as_i64);
+        let (tenant, sub_id) = (sub.tenant_id.as_str(), sub.id.as_str());
+        let mut total = 0;
+        if only_failed {
+            let mut tx = self.0.db.begin(self.0.dialect).await?;
+            total = tx
+                .execute(
+                    "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
+                     next_attempt_at = $1, lease_until = NULL, updated_at = $2 \
+                     WHERE subscription_id = $3 AND status = 'failed' \
+                     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $4 \
+                       AND created >= $5 AND created <= $6)",
+                    &args![now, now, sub_id, tenant, since.as_i64(), until],
+                )
+                .await?;
+            tx.commit().await?;
+        } else {
+            // A page per transaction, so that ingest is never held up for long.
+            let mut after = 0i64;
+            loop {
+                let mut tx = self.0.db.begin(self.0.dialect).await?;
+                let rows = tx
+                    .query(
+                        "SELECT sequence, body FROM events WHERE tenant_id = $1 \
+                         AND created >= $2 AND created <= $3 AND sequence > $4 \
+                         ORDER BY sequence LIMIT 1000",
+                        &args![tenant, since.as_i64(), until, after],
+                    )
+                    .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.int(0)?;
+                for mut row in rows {
+                    let sequence = row.int(0)?;
+                    let event = Event::from_canonical_json(&row.text(1)?).map_err(|e| {
+                        StoreError::Db(format!("a stored event does not decode: {e}"))
+                    })?;
+                    let Some(agent) =
+                        decide::delivery_agent(&event, sub.spec.filter.as_ref(), sub.spec.ordering)
+                    else {
+                        continue;
+                    };
+                    let id = event.id.to_string();
+                    total += tx
+                        .execute(
+                            "INSERT INTO deliveries (tenant_id, subscription_id, event_id, \
+                             sequence, agent, status, next_attempt_at, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
+                             ON CONFLICT (subscription_id, sequence) DO UPDATE SET \
+                             status = 'pending', round_attempts = 0, \
+                             next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
+                             agent = excluded.agent, updated_at = excluded.updated_at",
+                            &args![tenant, sub_id, id.as_str(), sequence, agent, now, now, now],
+                        )
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        self.0.wake.notify_one();
+        Ok(total)
+    }
+
+    /// Gives back the leases of claimed deliveries that were not attempted (rare: a
+    /// subscription disabled, a shutdown), outside the writer.
+    pub async fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        for chunk in ids.chunks(500) {
+            let mut sql = Select::new("UPDATE deliveries SET lease_until = NULL WHERE id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "" } else { ", " }, Arg::from(*id));
+            }
+            sql.text(")");
+            self.0.db.execute(&sql.sql, &sql.args).await?;
+        }
+        Ok(())
+    }
+
+    /// Figures for `/metrics`.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let pending = self
+            .0
+            .db
+            .query_one(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
+                &[],
+            )
+            .await?;
+        let subs = self
+            .0
+            .db
+            .query_one(
+                "SELECT COALESCE(SUM(CASE WHEN enabled THEN 1 ELSE 0 END), 0), COUNT(*) \
+                 FROM subscriptions",
+                &[],
+            )
+            .await?;
+        let (Some(pending), Some(subs)) = (pending, subs) else {
+            return Err(StoreError::Db("a count returned no row".into()));
+        };
+        Ok(Stats {
+            pending: pending.int(0)?,
+            subscriptions_enabled: subs.int(0)?,
+            subscriptions: subs.int(1)?,
+        })
+    }
+
+    /// When the earliest unleased pending delivery of an enabled subscription is due (unix ms).
+    pub async fn next_due(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                // Per subscription, the first unleased row in due order (an index walk that
+                // stops there), not a scan of every pending row.
+                "SELECT MIN((SELECT d.next_attempt_at FROM deliveries d \
+                   WHERE d.subscription_id = s.id AND d.status = 'pending' \
+                     AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                   ORDER BY d.next_attempt_at LIMIT 1)) \
+                 FROM subscriptions s WHERE s.enabled = TRUE",
+                &args![now],
+            )
+            .await?;
+        row.map(|r| r.opt_int(0)).transpose().map(Option::flatten)
+    }
+}

@@ -1,0 +1,149 @@
+//! The statement texts, each written once with `$N` placeholders (SQLite and PostgreSQL both take
+//! them); where the dialects differ, both texts are here and `Dialect` picks one.
+
+use super::db::Dialect;
+
+/// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
+/// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
+/// `per_agent` subscriptions only a delivery with no earlier pending delivery of the same agent
+/// is due, so one agent's events go out one at a time in sequence order.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
+               SELECT d.id FROM deliveries d \
+               WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
+                 AND (d.lease_until IS NULL OR d.lease_until < $3) \
+                 AND (d.agent IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
+                     AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
+               ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
+            $lock,
+            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at"
+        )
+    };
+}
+
+const LOCK_TENANT: &str = "SELECT last_sequence FROM tenants WHERE id = $1";
+const LOCK_HEALTH: &str = "SELECT failing_since, failures FROM subscriptions WHERE id = $1";
+
+pub(crate) const SQLITE: Dialect = Dialect {
+    // IMMEDIATE takes the write lock up front: waiting on it beats failing a read-then-write.
+    begin_write: "BEGIN IMMEDIATE",
+    lock_tenant: LOCK_TENANT,
+    lock_health: LOCK_HEALTH,
+    claim: claim_sql!(""),
+    notify: None,
+    // One process owns an SQLite database: nobody else to tell.
+    announce: None,
+    tenant_tables: &[
+        "api_keys",
+        "events",
+        "event_ids",
+        "subscriptions",
+        "deliveries",
+        "system_events",
+    ],
+};
+
+pub(crate) const POSTGRES: Dialect = Dialect {
+    begin_write: "BEGIN",
+    lock_tenant: concat!(
+        "SELECT last_sequence FROM tenants WHERE id = $1",
+        " FOR UPDATE"
+    ),
+    lock_health: concat!(
+        "SELECT failing_since, failures FROM subscriptions WHERE id = $1",
+        " FOR UPDATE"
+    ),
+    claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
+    notify: Some("SELECT pg_notify('switchboard', 'wake')"),
+    announce: Some("SELECT pg_notify('switchboard', $1)"),
+    tenant_tables: &[
+        "api_keys",
+        "events",
+        "subscriptions",
+        "deliveries",
+        "system_events",
+    ],
+};
+
+pub const INSERT_EVENTS: &str = "INSERT INTO events \
+    (tenant_id, sequence, id, created, category, code, username, received_at, body) VALUES ";
+pub const INSERT_EVENTS_COLUMNS: usize = 9;
+pub const ENABLED_SUBSCRIPTIONS: &str =
+    "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
+pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (tenant_id, subscription_id, \
+    event_id, sequence, agent, status, next_attempt_at, created_at, updated_at, lease_until) VALUES ";
+pub const INSERT_DELIVERIES_COLUMNS: usize = 10;
+pub const SET_LAST_SEQUENCE: &str =
+    "UPDATE tenants SET last_sequence = $1 WHERE id = $2 AND last_sequence < $1";
+pub const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (delivery_id, number, started_at, \
+    duration_ms, status_code, error, response_body) VALUES ";
+pub const INSERT_ATTEMPTS_TAIL: &str = " ON CONFLICT DO NOTHING";
+pub const INSERT_ATTEMPTS_COLUMNS: usize = 7;
+/// SQLite's: `$1` is the time; the values follow. VALUES columns are column1, column2, ….
+/// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.)
+pub const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET status = v.column2, \
+    attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
+    round_attempts = v.column4, next_attempt_at = v.column5, lease_until = NULL, \
+    last_status_code = v.column6, last_error = v.column7, updated_at = $1 FROM (VALUES ";
+pub const UPDATE_DELIVERIES_TAIL: &str = ") AS v WHERE id = v.column1";
+pub const UPDATE_DELIVERIES_COLUMNS: usize = 7;
+/// A subscription's health as the policy decided it.
+pub const SET_HEALTH: &str =
+    "UPDATE subscriptions SET failing_since = $1, failures = $2 WHERE id = $3";
+pub const DISABLE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, \
+    updated_at = $2 WHERE id = $3 AND enabled = TRUE";
+/// A System event's body; its deliveries point to it with `sequence = -id`.
+pub const INSERT_SYSTEM_EVENT: &str = "INSERT INTO system_events (tenant_id, event_id, \
+    created_at, body) VALUES ($1, $2, $3, $4) RETURNING id";
+pub const SYSTEM_BODY: &str = "SELECT body FROM system_events WHERE id = $1";
+
+pub const SUBSCRIPTION_COLUMNS: &str = "SELECT id, tenant_id, spec, enabled, disabled_reason, \
+    old_secret, old_secret_expires_at, created_at, updated_at FROM subscriptions";
+
+pub const DELIVERY_COLUMNS: &str = "SELECT id, event_id, subscription_id, sequence, status, \
+    attempt_count, next_attempt_at, last_status_code, last_error, created_at, updated_at \
+    FROM deliveries";
+
+/// `rows` tuples of `columns` placeholders, numbered from `$first`.
+pub fn values(rows: usize, columns: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    let mut n = first;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&n.to_string());
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `count` placeholders for an `IN (…)` list, numbered from `$first`, and the closing `)`.
+pub fn list(count: usize, first: usize) -> String {
+    let mut out: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
+    if out.is_empty() {
+        out.push("NULL".into());
+    }
+    format!("{})", out.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_on() {
+        assert_eq!(values(2, 3, 2), "($2, $3, $4), ($5, $6, $7)");
+        assert_eq!(list(3, 2), "$2, $3, $4)");
+        assert_eq!(list(0, 2), "NULL)");
+    }
+}

@@ -1,0 +1,158 @@
+//! Subscriptions: their bodies, state and secrets.
+
+use super::db::{Row, args};
+use super::sql::SUBSCRIPTION_COLUMNS;
+use super::{Change, CreateError, Store, StoreError, SubscriptionRecord};
+use crate::subscription::SubscriptionSpec;
+
+fn spec_json(spec: &SubscriptionSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+fn subscription_record(mut r: Row) -> Result<SubscriptionRecord, StoreError> {
+    let mut spec: SubscriptionSpec = serde_json::from_str(&r.text(2)?)
+        .map_err(|e| StoreError::Db(format!("a stored subscription does not decode: {e}")))?;
+    spec.enabled = r.bool(3)?;
+    Ok(SubscriptionRecord {
+        id: r.text(0)?,
+        tenant_id: r.text(1)?,
+        spec,
+        disabled_reason: r.opt_text(4)?,
+        old_secret: r.opt_text(5)?,
+        old_secret_expires_at: r.opt_int(6)?,
+        created_at: r.int(7)?,
+        updated_at: r.int(8)?,
+    })
+}
+
+impl Store {
+    pub async fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError> {
+        let spec = spec_json(&rec.spec);
+        let done = self
+            .0
+            .db
+            .execute(
+                "INSERT INTO subscriptions (id, tenant_id, spec, enabled, disabled_reason, \
+                 created_at, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7 \
+                 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8)",
+                &args![
+                    &rec.id,
+                    &rec.tenant_id,
+                    spec.as_str(),
+                    rec.spec.enabled,
+                    &rec.disabled_reason,
+                    rec.created_at,
+                    rec.updated_at,
+                    &rec.tenant_id,
+                ],
+            )
+            .await?;
+        if done == 0 {
+            return Err(CreateError::TenantNotFound);
+        }
+        self.announce(Change::Subscriptions).await;
+        Ok(())
+    }
+
+    pub async fn get_subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                &format!("{SUBSCRIPTION_COLUMNS} WHERE tenant_id = $1 AND id = $2"),
+                &args![tenant, id],
+            )
+            .await?;
+        row.map(subscription_record).transpose()
+    }
+
+    pub async fn list_subscriptions(
+        &self,
+        tenant: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                &format!(
+                    "{SUBSCRIPTION_COLUMNS} WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+                ),
+                &args![tenant, after, i64::from(limit)],
+            )
+            .await?;
+        rows.into_iter().map(subscription_record).collect()
+    }
+
+    /// Every enabled subscription of every tenant, for the dispatcher.
+    pub async fn enabled_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(&format!("{SUBSCRIPTION_COLUMNS} WHERE enabled = TRUE"), &[])
+            .await?;
+        rows.into_iter().map(subscription_record).collect()
+    }
+
+    /// Replaces a subscription's body, state and secrets. Enabling it starts its health over.
+    pub async fn update_subscription(&self, rec: &SubscriptionRecord) -> Result<bool, StoreError> {
+        let spec = spec_json(&rec.spec);
+        let done = self
+            .0
+            .db
+            .execute(
+                "UPDATE subscriptions SET spec = $1, enabled = $2, disabled_reason = $3, \
+                 old_secret = $4, old_secret_expires_at = $5, updated_at = $6, \
+                 failing_since = CASE WHEN $7 THEN NULL ELSE failing_since END, \
+                 failures = CASE WHEN $8 THEN 0 ELSE failures END \
+                 WHERE tenant_id = $9 AND id = $10",
+                &args![
+                    spec.as_str(),
+                    rec.spec.enabled,
+                    &rec.disabled_reason,
+                    &rec.old_secret,
+                    rec.old_secret_expires_at,
+                    rec.updated_at,
+                    rec.spec.enabled,
+                    rec.spec.enabled,
+                    &rec.tenant_id,
+                    &rec.id,
+                ],
+            )
+            .await?;
+        self.announce(Change::Subscriptions).await;
+        Ok(done > 0)
+    }
+
+    /// Deletes a subscription with its deliveries and their attempts.
+    pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.0.db.begin(self.0.dialect).await?;
+        let gone = tx
+            .execute(
+                "DELETE FROM subscriptions WHERE tenant_id = $1 AND id = $2",
+                &args![tenant, id],
+            )
+            .await?;
+        if gone > 0 {
+            tx.execute(
+                "DELETE FROM attempts WHERE delivery_id IN \
+                 (SELECT id FROM deliveries WHERE subscription_id = $1)",
+                &args![id],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE subscription_id = $1",
+                &args![id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.announce(Change::Subscriptions).await;
+        Ok(gone > 0)
+    }
+}
