@@ -21,9 +21,8 @@ use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use tokio::sync::{mpsc, watch};
 
-use crate::store::{
-    Claimed, NextState, Outcome, Store, StoreError, SubscriptionRecord, now_millis,
-};
+use crate::clock::Clock;
+use crate::store::{Claimed, NextState, Outcome, Store, StoreError, SubscriptionRecord};
 use guard::{Guard, GuardedResolver};
 use retry::Next;
 use signing::Secret;
@@ -53,6 +52,8 @@ pub struct AttemptResult {
 pub struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
+    /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
+    clock: Clock,
 }
 
 impl Sender {
@@ -66,7 +67,20 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(90))
             .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
             .build()?;
-        Ok(Sender { client, guard })
+        Ok(Sender {
+            client,
+            guard,
+            clock: Clock::system(),
+        })
+    }
+
+    /// The same client, with attempts stamped by `clock` (tests move it by hand).
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Sender { clock, ..self }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// POSTs `body` to the target's endpoint, signed with its live secrets.
@@ -79,7 +93,7 @@ impl Sender {
         body: Bytes,
     ) -> AttemptResult {
         let started = Instant::now();
-        let started_at = now_millis();
+        let started_at = self.clock.now_ms();
         let mut result = AttemptResult {
             started_at,
             ..AttemptResult::default()
@@ -300,27 +314,28 @@ struct SubState {
     active: bool,
     in_flight: u32,
     tokens: f64,
-    refilled: Instant,
+    /// When the tokens were last topped up, unix ms (the dispatcher's clock).
+    refilled: i64,
     /// Claimed (leased), in claim order, waiting for a slot. The lease (twice the HTTP timeout
     /// and more) outlasts the wait: at most `max_in_flight` wait, behind as many in flight.
     ready: VecDeque<Claimed>,
 }
 
 impl SubState {
-    fn new(target: Arc<Target>) -> Self {
+    fn new(target: Arc<Target>, now: i64) -> Self {
         let tokens = target.sub.spec.rate_limit_per_sec.map_or(0.0, f64::from);
         SubState {
             target,
             active: true,
             in_flight: 0,
             tokens,
-            refilled: Instant::now(),
+            refilled: now,
             ready: VecDeque::new(),
         }
     }
 
-    /// How many attempts may start now: free slots, within the rate-limit tokens.
-    fn startable(&mut self) -> u32 {
+    /// How many attempts may start at `now`: free slots, within the rate-limit tokens.
+    fn startable(&mut self, now: i64) -> u32 {
         if !self.active {
             return 0;
         }
@@ -334,9 +349,9 @@ impl SubState {
             None => free,
             Some(rate) => {
                 let rate = f64::from(rate);
-                let elapsed = self.refilled.elapsed().as_secs_f64();
+                let elapsed = (now - self.refilled).max(0) as f64 / 1000.0;
                 self.tokens = (self.tokens + elapsed * rate).min(rate);
-                self.refilled = Instant::now();
+                self.refilled = now;
                 free.min(self.tokens.floor() as u32)
             }
         }
@@ -345,11 +360,11 @@ impl SubState {
     /// How many more deliveries to claim: enough to fill the free slots and, without a rate
     /// limit, as many again to wait ready. A rate-limited subscription claims only what it may
     /// start now, so nothing waits on tokens while its lease runs.
-    fn wanted(&mut self) -> u32 {
+    fn wanted(&mut self, now: i64) -> u32 {
         let max = self.target.sub.spec.max_in_flight;
         let target = match self.target.sub.spec.rate_limit_per_sec {
             None if self.active => (2 * max).saturating_sub(self.in_flight),
-            _ => self.startable(),
+            _ => self.startable(now),
         };
         target
             .saturating_sub(self.ready.len() as u32)
@@ -478,7 +493,7 @@ impl Dispatcher {
     async fn idle_wait(&self) -> Duration {
         let min = Duration::from_millis(50);
         let max = Duration::from_secs(1);
-        let now = now_millis();
+        let now = self.sender.clock.now_ms();
         match self.store.next_due(now).await {
             Ok(Some(due)) => {
                 let ms = (due - now).max(0) as u64;
@@ -494,7 +509,8 @@ impl Dispatcher {
         while let Ok(o) = self.done_rx.try_recv() {
             self.note_finished(o);
         }
-        let mut started = self.start_ready();
+        let now = self.sender.clock.now_ms();
+        let mut started = self.start_ready(now);
         let finished = std::mem::take(&mut self.finished);
         // A disabled subscription must be seen as such before claiming for it.
         let finished = if finished.iter().any(|o| o.disable.is_some()) {
@@ -510,7 +526,7 @@ impl Dispatcher {
             .subs
             .iter_mut()
             .filter_map(|(id, s)| {
-                let n = s.wanted();
+                let n = s.wanted(now);
                 (n > 0).then(|| (id.clone(), n))
             })
             .collect();
@@ -518,7 +534,6 @@ impl Dispatcher {
             return Ok(started);
         }
         // Sent together, the outcomes and the claim share one writer turn and one commit.
-        let now = now_millis();
         let lease_until = now + self.lease.as_millis() as i64;
         let store = &self.store;
         let record = async {
@@ -543,21 +558,43 @@ impl Dispatcher {
         // after a change of their subscription (a secret rotated, then an event posted): they
         // go out with the subscription as it is now.
         self.refresh(false).await?;
-        started += self.start_ready();
+        started += self.start_ready(now);
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
         recorded?;
         Ok(started)
     }
 
+    /// One [`Dispatcher::step`], then every attempt it started is awaited and its outcome
+    /// recorded: the dispatcher driven by hand, for tests and tools, with no waiting on timers.
+    /// Returns how many attempts were made.
+    pub async fn run_once(&mut self) -> Result<usize, StoreError> {
+        let started = self.step().await?;
+        while self.in_flight() > 0 {
+            match self.done_rx.recv().await {
+                Some(o) => self.note_finished(o),
+                None => break,
+            }
+        }
+        let finished = std::mem::take(&mut self.finished);
+        let disabled = finished.iter().any(|o| o.disable.is_some());
+        if !finished.is_empty() {
+            self.store.record(finished).await?;
+        }
+        if disabled {
+            self.refresh(true).await?;
+        }
+        Ok(started)
+    }
+
     /// Starts every ready delivery that a free slot and the rate limit allow; returns how many.
-    fn start_ready(&mut self) -> usize {
+    fn start_ready(&mut self, now: i64) -> usize {
         let mut started = 0;
         for state in self.subs.values_mut() {
             if state.ready.is_empty() {
                 continue;
             }
-            for _ in 0..state.startable() {
+            for _ in 0..state.startable(now) {
                 let Some(c) = state.ready.pop_front() else {
                     break;
                 };
@@ -609,6 +646,7 @@ impl Dispatcher {
             return Ok(());
         }
         let subs = self.store.enabled_subscriptions().await?;
+        let now = self.sender.clock.now_ms();
         let mut next = HashMap::with_capacity(subs.len());
         for sub in subs {
             let sub = Arc::new(Target::new(sub));
@@ -626,9 +664,9 @@ impl Dispatcher {
                 Some(old) => SubState {
                     in_flight: old.in_flight,
                     ready: old.ready,
-                    ..SubState::new(sub.clone())
+                    ..SubState::new(sub.clone(), now)
                 },
-                None => SubState::new(sub.clone()),
+                None => SubState::new(sub.clone(), now),
             };
             next.insert(sub.sub.id.clone(), state);
         }

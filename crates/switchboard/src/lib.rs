@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API, one file per resource, errors as problem+json.
 //! - [`auth`]: API keys and scopes.
 //! - [`cli`]: the tools besides `serve` (`listen`).
+//! - [`clock`]: time as the dispatcher sees it (a clock tests move by hand).
 //! - [`config`], [`telemetry`]: start-up concerns.
 //!
 //! [`run`] serves the API on a bound listener until a shutdown future resolves; `main.rs` only
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod event;

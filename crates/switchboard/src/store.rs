@@ -387,7 +387,7 @@ pub(crate) struct IngestJob {
     pub events: Vec<NewEvent>,
 }
 
-pub(crate) fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 

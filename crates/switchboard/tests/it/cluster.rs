@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::support::TestReceiver;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
-use crate::support::db::{OldSchema, TestData};
+use crate::support::db::{TestData, old_postgres};
 use crate::support::process::Server;
 use crate::support::receiver::Received;
 
@@ -144,12 +144,7 @@ async fn applied_migrations(data: &TestData) -> Vec<(i64, bool)> {
 async fn a_node_migrates_an_older_schema() {
     let data = TestData::postgres().await;
     // The schema as the first release left it: only migration 1.
-    let first = switchboard::store::migrations(true)[..1].to_vec();
-    let mut conn = PgConnection::connect(&data.database_url()).await.unwrap();
-    let old = sqlx::migrate::Migrator::new(OldSchema(first))
-        .await
-        .unwrap();
-    old.run_direct(&mut conn).await.unwrap();
+    let mut conn = old_postgres(&data.database_url(), 1).await;
     sqlx::query("INSERT INTO events (tenant_id, sequence, id, created, category, code, received_at, body) \
                  VALUES ('default', 1, '0f8fad5b-d9cb-469f-a165-70867728950e', 20261123184603, 2, 1, 0, \
                  '{\"Id\":\"0f8fad5b-d9cb-469f-a165-70867728950e\",\"CreationDateUtc\":\"20261123184603\",\"Category\":2,\"Code\":1,\"AdditionalFields\":{}}')")

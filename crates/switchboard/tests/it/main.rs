@@ -9,4 +9,5 @@ mod ingest;
 mod log;
 mod metrics;
 mod restart;
+mod stepped;
 mod support;

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
-use crate::support::db::{TestData, old_sqlite};
+use crate::support::db::{OldDb, TestData, old_sqlite};
 use crate::support::process::Server;
 
 #[tokio::test]
@@ -218,4 +218,74 @@ async fn event_ids_survive_their_move_to_an_index_of_their_own() {
     let found = store.get_event("default", old.id).await.unwrap();
     assert_eq!(found.map(|e| e.sequence), Some(1));
     store.close().await;
+}
+
+/// A database as the previous release (before System events had a table) left it — an event,
+/// a subscription, a delivery pending and one failed with its attempt — opens with its data, on
+/// either backend, and the pending delivery goes out.
+#[tokio::test]
+async fn a_database_of_the_previous_release_opens_with_its_data() {
+    let rx = crate::support::TestReceiver::start().await;
+    let data = TestData::new().await;
+    let mut old = OldDb::open(&data, 5, 4).await;
+    let (id1, id2) = (guid(), guid());
+    let body = |id: &str| {
+        let mut e = agent_event(id, 1, "alice");
+        e["CreationDateUtc"] = "20261123184603".into();
+        e.to_string()
+    };
+    let spec = serde_json::json!({"url": rx.url("/old"), "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"});
+    for sql in [
+        format!(
+            "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \
+             received_at, body) VALUES ('default', 1, '{id1}', 20261123184603, 1, 1, 'alice', 0, \
+             '{}'), ('default', 2, '{id2}', 20261123184603, 1, 1, 'alice', 0, '{}')",
+            body(&id1),
+            body(&id2)
+        ),
+        "UPDATE tenants SET last_sequence = 2".to_string(),
+        format!(
+            "INSERT INTO subscriptions (id, tenant_id, spec, enabled, created_at, updated_at) \
+             VALUES ('sub_old', 'default', '{spec}', TRUE, 0, 0)"
+        ),
+        format!(
+            "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, status, \
+             attempt_count, next_attempt_at, created_at, updated_at) VALUES \
+             ('default', 'sub_old', '{id1}', 1, 'failed', 1, NULL, 0, 0), \
+             ('default', 'sub_old', '{id2}', 2, 'pending', 0, 0, 0, 0)"
+        ),
+        "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, error) \
+         SELECT id, 1, 0, 5, 500, 'HTTP 500' FROM deliveries WHERE sequence = 1"
+            .to_string(),
+    ] {
+        old.exec(&sql).await;
+    }
+    old.close().await;
+
+    let app = TestApp::spawn_in(data).await;
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].event_id(), id2, "the pending delivery goes out");
+    let log = app.all_events("default").await;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["event"]["Id"], id1.as_str());
+    let failed = app.deliveries("sub_old", Some("failed")).await;
+    assert_eq!(failed.len(), 1);
+    let detail = app.delivery(&failed[0]["id"]).await;
+    assert_eq!(detail["attempts"][0]["status_code"], 500);
+    // New events follow the old ones, and the Test event (a System event: new table) works.
+    let accepted = app
+        .publish_ok("default", &agent_event(&guid(), 1, "bob"))
+        .await;
+    assert_eq!(accepted[0]["sequence"], 3);
+    let test = crate::support::app::json_ok(
+        app.call(
+            reqwest::Method::POST,
+            "/v1/tenants/default/subscriptions/sub_old/test",
+            ADMIN_KEY,
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(test["delivered"], true);
 }

@@ -146,3 +146,48 @@ pub async fn old_sqlite(path: &std::path::Path, migrations: usize) -> sqlx::Sqli
         .unwrap();
     conn
 }
+
+/// A PostgreSQL database at `url` as a release with only the first `migrations` migrations left
+/// it, and a connection to it.
+pub async fn old_postgres(url: &str, migrations: usize) -> PgConnection {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let first = switchboard::store::migrations(true)[..migrations].to_vec();
+    sqlx::migrate::Migrator::new(OldSchema(first))
+        .await
+        .unwrap()
+        .run_direct(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// The database of `data` (whichever backend) as a release with its first `sqlite` or
+/// `postgres` migrations left it; statements run on it as written, the same on both.
+pub enum OldDb {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl OldDb {
+    pub async fn open(data: &TestData, sqlite: usize, postgres: usize) -> Self {
+        match data.database_url().as_str() {
+            "" => OldDb::Sqlite(old_sqlite(&data.dir.path().join("switchboard.db"), sqlite).await),
+            url => OldDb::Postgres(old_postgres(url, postgres).await),
+        }
+    }
+
+    pub async fn exec(&mut self, sql: &str) {
+        match self {
+            OldDb::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+            OldDb::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn close(self) {
+        let _ = match self {
+            OldDb::Sqlite(c) => c.close().await,
+            OldDb::Postgres(c) => c.close().await,
+        };
+    }
+}

@@ -4,6 +4,7 @@ pub mod app;
 pub mod db;
 pub mod process;
 pub mod receiver;
+pub mod stepper;
 
 pub use app::TestApp;
 pub use receiver::TestReceiver;

@@ -1,0 +1,157 @@
+//! Time-dependent delivery, with the dispatcher stepped by hand and a clock the test moves:
+//! retry delays, `Retry-After`, rate limits, per-agent hold-back and lease expiry take no real
+//! time, and each step's effect is exact.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard::store::DeliveryStatus;
+
+use crate::support::TestReceiver;
+use crate::support::app::{agent_event, guid};
+use crate::support::stepper::Stepper;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[tokio::test]
+async fn the_default_retry_schedule_is_followed_within_its_jitter() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::with(|_, _| (500, Duration::ZERO)).await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+
+    assert_eq!(t.step().await, 1, "the first attempt at once");
+    assert_eq!(t.step().await, 0, "no retry before its time");
+    // 5 s ± 20 %: not before 4 s, surely by 6 s.
+    t.advance(secs(3.9));
+    assert_eq!(t.step().await, 0);
+    t.advance(secs(2.2));
+    assert_eq!(t.step().await, 1, "the retry after about 5 s");
+    // 30 s ± 20 %.
+    t.advance(secs(23.9));
+    assert_eq!(t.step().await, 0);
+    t.advance(secs(12.2));
+    assert_eq!(t.step().await, 1, "the next after about 30 s");
+    let d = &t.deliveries(&sub).await[0];
+    assert_eq!((d.status, d.attempt_count), (DeliveryStatus::Pending, 3));
+    assert_eq!(rx.received().len(), 3);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_over_the_schedule() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::with(|n, _| (if n == 0 { 429 } else { 200 }, Duration::ZERO)).await;
+    rx.set_answer("slow down", &[("retry-after", "120")]);
+    // The schedule would retry at once; the receiver asked for two minutes.
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": [0]}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    assert_eq!(t.step().await, 1);
+    assert_eq!(t.step().await, 0, "not at once, as the schedule says");
+    t.advance(secs(119.0));
+    assert_eq!(t.step().await, 0);
+    t.advance(secs(1.5));
+    assert_eq!(t.step().await, 1, "after the 120 s asked for");
+    let d = &t.deliveries(&sub).await[0];
+    assert_eq!((d.status, d.attempt_count), (DeliveryStatus::Succeeded, 2));
+}
+
+#[tokio::test]
+async fn rate_limit_per_sec_spaces_attempts() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    t.subscribe(json!({"url": rx.url("/"), "rate_limit_per_sec": 10}))
+        .await;
+    let events: Vec<Value> = (0..30)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    assert_eq!(t.step().await, 10, "a burst of the rate");
+    assert_eq!(t.step().await, 0, "then nothing until tokens come back");
+    t.advance(secs(0.5));
+    assert_eq!(t.step().await, 5, "5 tokens in half a second");
+    t.advance(secs(3.0));
+    assert_eq!(t.step().await, 10, "never more than a second's worth");
+    assert_eq!(t.step().await, 0);
+    t.advance(secs(1.0));
+    assert_eq!(t.step().await, 5, "the rest");
+    assert_eq!(rx.received().len(), 30);
+}
+
+#[tokio::test]
+async fn per_agent_ordering_holds_back_only_that_agent() {
+    let mut t = Stepper::new().await;
+    let events: Vec<Value> = ["a", "b", "a", "b"]
+        .iter()
+        .map(|agent| agent_event(&guid(), 3, agent))
+        .collect();
+    let id = |i: usize| events[i]["Id"].as_str().unwrap().to_string();
+    let a_first = id(0);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let seen = failures.clone();
+    // Agent a's first event fails twice; everything else succeeds at once.
+    let rx = TestReceiver::with(move |_, r| {
+        if r.event_id() == a_first && seen.fetch_add(1, Ordering::SeqCst) < 2 {
+            (500, Duration::ZERO)
+        } else {
+            (200, Duration::ZERO)
+        }
+    })
+    .await;
+    t.subscribe(
+        json!({"url": rx.url("/"), "ordering": "per_agent", "retry_schedule_secs": [10, 10]}),
+    )
+    .await;
+    t.publish(&Value::Array(events.clone())).await;
+    let got =
+        |rx: &TestReceiver| -> Vec<String> { rx.received().iter().map(|r| r.event_id()).collect() };
+
+    // Each agent's first event; a's fails.
+    assert_eq!(t.step().await, 2);
+    // b's second goes on; a's second waits behind a's first, which waits for its retry.
+    assert_eq!(t.step().await, 1);
+    assert_eq!(t.step().await, 0);
+    assert_eq!(got(&rx)[2..], [id(3)], "b went on without waiting for a");
+    // 10 s ± 20 %.
+    t.advance(secs(12.1));
+    assert_eq!(t.step().await, 1, "a's retry, failing again");
+    t.advance(secs(12.1));
+    assert_eq!(t.step().await, 1, "a's last attempt succeeds");
+    assert_eq!(t.step().await, 1, "then a's second event");
+    let a: Vec<String> = got(&rx)
+        .into_iter()
+        .filter(|e| *e == id(0) || *e == id(2))
+        .collect();
+    assert_eq!(a, [id(0), id(0), id(0), id(2)], "a strictly in sequence");
+    assert_eq!(failures.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_lease_left_by_a_dead_dispatcher_expires_and_the_delivery_goes_out() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    // Another node claims the delivery, then dies before attempting it.
+    let now = t.clock.now_ms();
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let taken = t
+        .store
+        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(t.step().await, 0, "leased to the other node");
+    t.advance(crate::support::stepper::LEASE - secs(1.0));
+    assert_eq!(t.step().await, 0, "still leased");
+    t.advance(secs(1.5));
+    assert_eq!(t.step().await, 1, "the lease expired: claimed again");
+    assert_eq!(rx.received().len(), 1);
+    let d = &t.deliveries(&sub).await[0];
+    assert_eq!(d.status, DeliveryStatus::Succeeded);
+}
