@@ -22,6 +22,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Empty: the embedded SQLite file in `data_dir`.
     pub database_url: String,
+    /// How long a node waits for an unreachable PostgreSQL at start, in seconds.
+    pub database_connect_timeout_secs: u64,
     pub dev: bool,
     pub role: Role,
     pub allow_networks: Vec<ipnet::IpNet>,
@@ -160,6 +162,12 @@ impl Config {
             bail!(
                 "delivery_timeout_secs must be 1 to 300, got {}",
                 self.delivery_timeout_secs
+            );
+        }
+        if self.database_connect_timeout_secs > 86_400 {
+            bail!(
+                "database_connect_timeout_secs must be at most 86400 (a day), got {}",
+                self.database_connect_timeout_secs
             );
         }
         let url = &self.database_url;

@@ -5,13 +5,16 @@
 //! # Layout
 //!
 //! - [`event`]: the wire event, its validation and canonical form (pure logic, no I/O).
-//! - [`store`]: durable state; the only module with SQL. Ingest, claims and outcomes go through
-//!   one group-committing writer.
-//! - [`subscription`]: the subscription body, its validation and event matching (pure logic).
+//! - [`store`]: durable state; the only module with SQL. Ingest, claims, outcomes and System
+//!   events go through one group-committing writer whose turn (`store/turn.rs`) is written once
+//!   for SQLite and PostgreSQL.
+//! - [`subscription`]: the subscription body, its validation, event matching and health policy
+//!   (pure logic).
 //! - [`delivery`]: the dispatcher, the guarded HTTP client, signing and the retry policy.
 //! - [`api`]: the HTTP API, one file per resource, errors as problem+json.
 //! - [`auth`]: API keys and scopes.
-//! - [`cli`]: the tools besides `serve` (`listen`).
+//! - [`cli`]: the tools besides `serve`: `listen` (a verifying local receiver), `bench` and its
+//!   `--pending` backlog mode.
 //! - [`clock`]: time as the dispatcher sees it (a clock tests move by hand).
 //! - [`config`], [`telemetry`]: start-up concerns.
 //!
@@ -59,7 +62,11 @@ pub async fn run(
     telemetry::metrics();
     let admin_key = admin_key(&config)?;
     let db = config.database_description();
-    let store = Store::open(&config.database_url, &config.sqlite_path())
+    let options = store::Options {
+        connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),
+        ..store::Options::default()
+    };
+    let store = Store::open_with(&config.database_url, &config.sqlite_path(), options)
         .await
         .with_context(|| format!("opening database {db}"))?;
     let timeout = Duration::from_secs(config.delivery_timeout_secs);

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API (and, later, the dispatcher).
+    /// Run the service: the API and the dispatcher (or one of them, with --role).
     Serve(ConfigArgs),
     /// Print the effective configuration, secrets masked.
     Config(ConfigArgs),

@@ -55,10 +55,21 @@ pub fn migrations(postgres: bool) -> &'static [(i64, &'static str, &'static str)
 }
 
 /// What a store is opened with besides its address.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// When failing subscriptions are disabled.
     pub health: Policy,
+    /// How long a PostgreSQL node waits for its database at start before giving up.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            health: Policy::default(),
+            connect_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// The store handle; cheap to clone.
@@ -201,9 +212,14 @@ impl Store {
         self.0.db.close().await;
     }
 
-    /// Whether the database answers reads.
+    /// Whether the database answers reads and the writer can commit, each within 2 s.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.0.db.ping(std::time::Duration::from_secs(2)).await
+        let timeout = std::time::Duration::from_secs(2);
+        self.0.db.ping(timeout).await?;
+        let (reply, answer) = oneshot::channel();
+        tokio::time::timeout(timeout, self.turn(Command::Ping(reply), answer))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer did not commit in time".into()))?
     }
 
     /// The dispatcher waits on this; it is signalled when deliveries may have become due.

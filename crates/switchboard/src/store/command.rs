@@ -22,6 +22,8 @@ pub(super) enum Command {
     Record(Vec<Outcome>, Reply<()>),
     /// Store a System event and its deliveries.
     System(SystemEvent, Reply<Vec<Claimed>>),
+    /// Answer once a (empty) transaction committed: the writer can write.
+    Ping(Reply<()>),
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -42,6 +44,7 @@ pub(super) struct Group {
     outcome_replies: Vec<Reply<()>>,
     pub claims: Vec<(ClaimJob, Reply<Vec<Claimed>>)>,
     pub system: Vec<(SystemEvent, Reply<Vec<Claimed>>)>,
+    pings: Vec<Reply<()>>,
     events: usize,
 }
 
@@ -85,6 +88,7 @@ impl Group {
             }
             Command::Claim(job, reply) => self.claims.push((job, reply)),
             Command::System(event, reply) => self.system.push((event, reply)),
+            Command::Ping(reply) => self.pings.push(reply),
             Command::Shutdown => return true,
         }
         false
@@ -95,6 +99,7 @@ impl Group {
             && self.outcome_replies.is_empty()
             && self.claims.is_empty()
             && self.system.is_empty()
+            && self.pings.is_empty()
     }
 
     /// A group without ingest holds nothing a client was promised — claims and outcomes; losing
@@ -135,7 +140,7 @@ impl Group {
                 for ((_, reply), claimed) in self.system.into_iter().zip(done.system) {
                     let _ = reply.send(Ok(claimed));
                 }
-                for reply in self.outcome_replies {
+                for reply in self.outcome_replies.into_iter().chain(self.pings) {
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -157,7 +162,7 @@ impl Group {
                 for (_, reply) in self.system {
                     let _ = reply.send(Err(e.clone()));
                 }
-                for reply in self.outcome_replies {
+                for reply in self.outcome_replies.into_iter().chain(self.pings) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
-use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
-use sqlx::{Decode, Executor, Postgres, Row as _, Sqlite, TypeInfo, ValueRef};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{
+    Database, Decode, Encode, Executor, Postgres, Row as _, Sqlite, Type, TypeInfo, ValueRef,
+};
 
 use super::StoreError;
 
@@ -195,22 +197,17 @@ pub(crate) fn sqlx_error(e: sqlx::Error) -> StoreError {
     }
 }
 
-type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
-type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
-
-fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, args: &[Arg<'q>]) -> SqliteQuery<'q> {
-    for a in args {
-        q = match *a {
-            Arg::Int(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::Blob(v) => q.bind(v),
-            Arg::Bool(v) => q.bind(v),
-        };
-    }
-    q
-}
-
-pub(crate) fn bind_pg<'q>(mut q: PgQuery<'q>, args: &[Arg<'q>]) -> PgQuery<'q> {
+/// Binds `args` to `q`, in order.
+fn bind<'q, DB: Database>(
+    mut q: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    args: &[Arg<'q>],
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    &'q [u8]: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+{
     for a in args {
         q = match *a {
             Arg::Int(v) => q.bind(v),
@@ -277,6 +274,46 @@ pub(crate) fn pg_row(row: &PgRow) -> Result<Row, StoreError> {
     Ok(Row(out))
 }
 
+/// Runs `sql` with `args` on an SQLite executor; rows affected.
+async fn sqlite_execute<'e>(
+    e: impl Executor<'e, Database = Sqlite>,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<u64, StoreError> {
+    let done = bind(sqlx::query(sql), args).execute(e).await;
+    done.map(|d| d.rows_affected()).map_err(sqlx_error)
+}
+
+/// Runs `sql` with `args` on an SQLite executor; its rows.
+async fn sqlite_query<'e>(
+    e: impl Executor<'e, Database = Sqlite>,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<Vec<Row>, StoreError> {
+    let rows = bind(sqlx::query(sql), args).fetch_all(e).await;
+    rows.map_err(sqlx_error)?.iter().map(sqlite_row).collect()
+}
+
+/// Runs `sql` with `args` on a PostgreSQL executor; rows affected.
+pub(crate) async fn pg_execute<'e>(
+    e: impl Executor<'e, Database = Postgres>,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<u64, StoreError> {
+    let done = bind(sqlx::query(sql), args).execute(e).await;
+    done.map(|d| d.rows_affected()).map_err(sqlx_error)
+}
+
+/// Runs `sql` with `args` on a PostgreSQL executor; its rows.
+pub(crate) async fn pg_query<'e>(
+    e: impl Executor<'e, Database = Postgres>,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<Vec<Row>, StoreError> {
+    let rows = bind(sqlx::query(sql), args).fetch_all(e).await;
+    rows.map_err(sqlx_error)?.iter().map(pg_row).collect()
+}
+
 /// The read pool: reads, and the administrative writes that do not go through the writer.
 #[derive(Clone)]
 pub(crate) enum Db {
@@ -292,35 +329,16 @@ pub(crate) enum Tx {
 
 impl Db {
     pub async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        let done = match self {
-            Db::Sqlite(p) => bind_sqlite(sqlx::query(sql), args)
-                .execute(p)
-                .await
-                .map(|d| d.rows_affected()),
-            Db::Postgres(p) => bind_pg(sqlx::query(sql), args)
-                .execute(p)
-                .await
-                .map(|d| d.rows_affected()),
-        };
-        done.map_err(sqlx_error)
+        match self {
+            Db::Sqlite(p) => sqlite_execute(p, sql, args).await,
+            Db::Postgres(p) => pg_execute(p, sql, args).await,
+        }
     }
 
     pub async fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         match self {
-            Db::Sqlite(p) => {
-                let rows = bind_sqlite(sqlx::query(sql), args)
-                    .fetch_all(p)
-                    .await
-                    .map_err(sqlx_error)?;
-                rows.iter().map(sqlite_row).collect()
-            }
-            Db::Postgres(p) => {
-                let rows = bind_pg(sqlx::query(sql), args)
-                    .fetch_all(p)
-                    .await
-                    .map_err(sqlx_error)?;
-                rows.iter().map(pg_row).collect()
-            }
+            Db::Sqlite(p) => sqlite_query(p, sql, args).await,
+            Db::Postgres(p) => pg_query(p, sql, args).await,
         }
     }
 
@@ -339,16 +357,11 @@ impl Db {
 
     /// Answers `SELECT 1` within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
-        let ping = async {
-            match self {
-                Db::Sqlite(p) => p.execute("SELECT 1").await.map(drop),
-                Db::Postgres(p) => p.execute("SELECT 1").await.map(drop),
-            }
-            .map_err(sqlx_error)
-        };
+        let ping = self.execute("SELECT 1", &[]);
         tokio::time::timeout(timeout, ping)
             .await
             .map_err(|_| StoreError::Unavailable("the database did not answer in time".into()))?
+            .map(drop)
     }
 
     pub async fn close(&self) {
@@ -361,35 +374,16 @@ impl Db {
 
 impl Tx {
     pub async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        let done = match self {
-            Tx::Sqlite(t) => bind_sqlite(sqlx::query(sql), args)
-                .execute(&mut **t)
-                .await
-                .map(|d| d.rows_affected()),
-            Tx::Postgres(t) => bind_pg(sqlx::query(sql), args)
-                .execute(&mut **t)
-                .await
-                .map(|d| d.rows_affected()),
-        };
-        done.map_err(sqlx_error)
+        match self {
+            Tx::Sqlite(t) => sqlite_execute(&mut **t, sql, args).await,
+            Tx::Postgres(t) => pg_execute(&mut **t, sql, args).await,
+        }
     }
 
     pub async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         match self {
-            Tx::Sqlite(t) => {
-                let rows = bind_sqlite(sqlx::query(sql), args)
-                    .fetch_all(&mut **t)
-                    .await
-                    .map_err(sqlx_error)?;
-                rows.iter().map(sqlite_row).collect()
-            }
-            Tx::Postgres(t) => {
-                let rows = bind_pg(sqlx::query(sql), args)
-                    .fetch_all(&mut **t)
-                    .await
-                    .map_err(sqlx_error)?;
-                rows.iter().map(pg_row).collect()
-            }
+            Tx::Sqlite(t) => sqlite_query(&mut **t, sql, args).await,
+            Tx::Postgres(t) => pg_query(&mut **t, sql, args).await,
         }
     }
 

@@ -49,8 +49,27 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together
-/// take turns) and starts the writer and the notification listener.
+/// take turns) and starts the writer and the notification listener. A database that cannot be
+/// reached yet (a node started before it, or during a restart) is tried again, with a log line
+/// each time, for up to `options.connect_timeout`.
 pub(super) async fn open(url: &str, options: Options) -> Result<Store, StoreError> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match try_open(url, options).await {
+            Err(StoreError::Unavailable(e))
+                if started.elapsed() + delay < options.connect_timeout =>
+            {
+                tracing::warn!(error = %e, retry_in = ?delay, "the database is not reachable yet; waiting for it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let connect: PgConnectOptions = url.parse()?;
     let read = PgPoolOptions::new()
         .max_connections(8)

@@ -1,7 +1,11 @@
 //! The statement texts, each written once with `$N` placeholders (SQLite and PostgreSQL both take
 //! them); where the dialects differ, both texts are here and `Dialect` picks one.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use super::db::Dialect;
+use super::decide::INSERT_CHUNKS;
 
 /// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
 /// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
@@ -69,28 +73,81 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     ],
 };
 
-pub const INSERT_EVENTS: &str = "INSERT INTO events \
-    (tenant_id, sequence, id, created, category, code, username, received_at, body) VALUES ";
-pub const INSERT_EVENTS_COLUMNS: usize = 9;
+/// A multi-row statement: `head`, `rows` tuples of `columns` placeholders numbered from
+/// `$first`, then `tail`. Its texts for the row counts of `INSERT_CHUNKS` are built once (the
+/// 512-row ones are tens of kilobytes), not per turn.
+pub struct MultiRow {
+    head: &'static str,
+    tail: &'static str,
+    pub columns: usize,
+    first: usize,
+    texts: OnceLock<Vec<String>>,
+}
+
+impl MultiRow {
+    const fn new(head: &'static str, tail: &'static str, columns: usize, first: usize) -> Self {
+        MultiRow {
+            head,
+            tail,
+            columns,
+            first,
+            texts: OnceLock::new(),
+        }
+    }
+
+    fn build(&self, rows: usize) -> String {
+        let values = values(rows, self.columns, self.first);
+        format!("{}{values}{}", self.head, self.tail)
+    }
+
+    /// The statement for `rows` rows.
+    pub fn text(&'static self, rows: usize) -> Cow<'static, str> {
+        let texts = self
+            .texts
+            .get_or_init(|| INSERT_CHUNKS.iter().map(|&n| self.build(n)).collect());
+        match INSERT_CHUNKS.iter().position(|&n| n == rows) {
+            Some(i) => Cow::Borrowed(texts[i].as_str()),
+            None => Cow::Owned(self.build(rows)),
+        }
+    }
+}
+
+pub static INSERT_EVENTS: MultiRow = MultiRow::new(
+    "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \
+     received_at, body) VALUES ",
+    "",
+    9,
+    1,
+);
 pub const ENABLED_SUBSCRIPTIONS: &str =
     "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
-pub const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (tenant_id, subscription_id, \
-    event_id, sequence, agent, status, next_attempt_at, created_at, updated_at, lease_until) VALUES ";
-pub const INSERT_DELIVERIES_COLUMNS: usize = 10;
+pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
+    "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
+     next_attempt_at, created_at, updated_at, lease_until) VALUES ",
+    "",
+    10,
+    1,
+);
 pub const SET_LAST_SEQUENCE: &str =
     "UPDATE tenants SET last_sequence = $1 WHERE id = $2 AND last_sequence < $1";
-pub const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (delivery_id, number, started_at, \
-    duration_ms, status_code, error, response_body) VALUES ";
-pub const INSERT_ATTEMPTS_TAIL: &str = " ON CONFLICT DO NOTHING";
-pub const INSERT_ATTEMPTS_COLUMNS: usize = 7;
+pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
+    "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, error, \
+     response_body) VALUES ",
+    " ON CONFLICT DO NOTHING",
+    7,
+    1,
+);
 /// SQLite's: `$1` is the time; the values follow. VALUES columns are column1, column2, ….
 /// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.)
-pub const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET status = v.column2, \
-    attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
-    round_attempts = v.column4, next_attempt_at = v.column5, lease_until = NULL, \
-    last_status_code = v.column6, last_error = v.column7, updated_at = $1 FROM (VALUES ";
-pub const UPDATE_DELIVERIES_TAIL: &str = ") AS v WHERE id = v.column1";
-pub const UPDATE_DELIVERIES_COLUMNS: usize = 7;
+pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
+    "UPDATE deliveries SET status = v.column2, \
+     attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
+     round_attempts = v.column4, next_attempt_at = v.column5, lease_until = NULL, \
+     last_status_code = v.column6, last_error = v.column7, updated_at = $1 FROM (VALUES ",
+    ") AS v WHERE id = v.column1",
+    7,
+    2,
+);
 /// A subscription's health as the policy decided it.
 pub const SET_HEALTH: &str =
     "UPDATE subscriptions SET failing_since = $1, failures = $2 WHERE id = $3";
@@ -139,6 +196,19 @@ pub fn list(count: usize, first: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_row_texts_are_built_once_per_size() {
+        let one = INSERT_ATTEMPTS.text(1);
+        assert_eq!(
+            one,
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, \
+             error, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+        );
+        assert!(matches!(one, Cow::Borrowed(_)));
+        assert!(matches!(UPDATE_DELIVERIES.text(2), Cow::Borrowed(t) if t.contains("($2, $3")));
+        assert!(matches!(INSERT_EVENTS.text(3), Cow::Owned(t) if t.ends_with("$27)")));
+    }
 
     #[test]
     fn placeholders_number_on() {

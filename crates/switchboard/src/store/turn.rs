@@ -168,7 +168,7 @@ async fn insert_events<C: Conn>(
         .iter()
         .map(|r| (r.id.to_string(), r.event.to_canonical_json()))
         .collect();
-    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_EVENTS_COLUMNS);
+    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_EVENTS.columns);
     for (r, (id, body)) in rows.iter().zip(&texts) {
         values.extend(args![
             r.tenant,
@@ -182,8 +182,7 @@ async fn insert_events<C: Conn>(
             body.as_str(),
         ]);
     }
-    let placeholders = sql::values(rows.len(), sql::INSERT_EVENTS_COLUMNS, 1);
-    conn.execute(&format!("{}{placeholders}", sql::INSERT_EVENTS), &values)
+    conn.execute(&sql::INSERT_EVENTS.text(rows.len()), &values)
         .await?;
     Ok(())
 }
@@ -211,7 +210,7 @@ async fn insert_deliveries<C: Conn>(
     now: i64,
     lease_until: Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_DELIVERIES_COLUMNS);
+    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_DELIVERIES.columns);
     for d in rows {
         values.extend(args![
             d.tenant,
@@ -226,12 +225,8 @@ async fn insert_deliveries<C: Conn>(
             lease_until,
         ]);
     }
-    let placeholders = sql::values(rows.len(), sql::INSERT_DELIVERIES_COLUMNS, 1);
-    conn.execute(
-        &format!("{}{placeholders}", sql::INSERT_DELIVERIES),
-        &values,
-    )
-    .await?;
+    conn.execute(&sql::INSERT_DELIVERIES.text(rows.len()), &values)
+        .await?;
     Ok(())
 }
 
@@ -244,7 +239,7 @@ async fn record<C: Conn>(
     now: i64,
 ) -> Result<(), StoreError> {
     for chunk in fixed_chunks(outcomes) {
-        let mut values = Vec::with_capacity(chunk.len() * sql::INSERT_ATTEMPTS_COLUMNS);
+        let mut values = Vec::with_capacity(chunk.len() * sql::INSERT_ATTEMPTS.columns);
         for o in chunk {
             values.extend(args![
                 o.delivery_id,
@@ -256,13 +251,8 @@ async fn record<C: Conn>(
                 &o.response_body,
             ]);
         }
-        let placeholders = sql::values(chunk.len(), sql::INSERT_ATTEMPTS_COLUMNS, 1);
-        let text = format!(
-            "{}{placeholders}{}",
-            sql::INSERT_ATTEMPTS,
-            sql::INSERT_ATTEMPTS_TAIL
-        );
-        conn.execute(&text, &values).await?;
+        conn.execute(&sql::INSERT_ATTEMPTS.text(chunk.len()), &values)
+            .await?;
         conn.update_deliveries(now, chunk).await?;
     }
     for outcomes in outcomes.chunk_by(|a, b| a.subscription_id == b.subscription_id) {

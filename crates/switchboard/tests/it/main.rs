@@ -8,6 +8,7 @@ mod delivery;
 mod ingest;
 mod log;
 mod metrics;
+mod pg_faults;
 mod restart;
 mod stepped;
 mod support;

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::command::{Command, Group};
-use super::super::db::{Arg, Dialect, Row, bind_pg, pg_row, sqlx_error};
+use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
 use super::super::{Outcome, StoreError, now_millis, sql, turn};
 use crate::subscription::health::Policy;
@@ -228,19 +228,11 @@ impl turn::Conn for Writer {
     }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        bind_pg(sqlx::query(sql), args)
-            .execute(self.conn()?)
-            .await
-            .map(|d| d.rows_affected())
-            .map_err(sqlx_error)
+        pg_execute(self.conn()?, sql, args).await
     }
 
     async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
-        let rows = bind_pg(sqlx::query(sql), args)
-            .fetch_all(self.conn()?)
-            .await
-            .map_err(sqlx_error)?;
-        rows.iter().map(pg_row).collect()
+        pg_query(self.conn()?, sql, args).await
     }
 
     async fn stored(

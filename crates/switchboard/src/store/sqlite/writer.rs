@@ -44,7 +44,9 @@ pub(super) fn spawn(
          PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(db)?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // Every shape the turn uses (ten sizes of each multi-row statement and IN list, and the
+    // rest) stays prepared.
+    conn.set_prepared_statement_cache_capacity(128);
     let tail = ids::load(&conn, &ids).map_err(db)?;
     tracing::debug!(ids = tail, "event ids not yet in the index, read back");
     let checkpointer = Connection::open(path).map_err(db)?;
@@ -341,12 +343,7 @@ impl turn::Conn for Writer<'_> {
         outcomes: &[&Outcome],
     ) -> Result<(), StoreError> {
         for chunk in fixed_chunks(outcomes) {
-            let values = sql::values(chunk.len(), sql::UPDATE_DELIVERIES_COLUMNS, 2);
-            let text = format!(
-                "{}{values}{}",
-                sql::UPDATE_DELIVERIES,
-                sql::UPDATE_DELIVERIES_TAIL
-            );
+            let text = sql::UPDATE_DELIVERIES.text(chunk.len());
             let mut stmt = self.conn.prepare_cached(&text).map_err(db)?;
             let mut b = Binder::new(&mut stmt);
             let bind = |b: &mut Binder| -> rusqlite::Result<()> {

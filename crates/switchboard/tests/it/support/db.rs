@@ -128,6 +128,17 @@ impl sqlx::migrate::MigrationSource<'static> for OldSchema {
     }
 }
 
+/// Applies the first `migrations` compiled-in migrations of a backend to `conn`.
+async fn migrate_to<C: sqlx::migrate::Migrate>(conn: &mut C, postgres: bool, migrations: usize) {
+    let first = switchboard::store::migrations(postgres)[..migrations].to_vec();
+    sqlx::migrate::Migrator::new(OldSchema(first))
+        .await
+        .unwrap()
+        .run_direct(conn)
+        .await
+        .unwrap();
+}
+
 /// An SQLite database at `path` as a release with only the first `migrations` migrations left
 /// it, and a connection to it.
 pub async fn old_sqlite(path: &std::path::Path, migrations: usize) -> sqlx::SqliteConnection {
@@ -137,13 +148,7 @@ pub async fn old_sqlite(path: &std::path::Path, migrations: usize) -> sqlx::Sqli
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await
         .unwrap();
-    let first = switchboard::store::migrations(false)[..migrations].to_vec();
-    sqlx::migrate::Migrator::new(OldSchema(first))
-        .await
-        .unwrap()
-        .run_direct(&mut conn)
-        .await
-        .unwrap();
+    migrate_to(&mut conn, false, migrations).await;
     conn
 }
 
@@ -151,13 +156,7 @@ pub async fn old_sqlite(path: &std::path::Path, migrations: usize) -> sqlx::Sqli
 /// it, and a connection to it.
 pub async fn old_postgres(url: &str, migrations: usize) -> PgConnection {
     let mut conn = PgConnection::connect(url).await.unwrap();
-    let first = switchboard::store::migrations(true)[..migrations].to_vec();
-    sqlx::migrate::Migrator::new(OldSchema(first))
-        .await
-        .unwrap()
-        .run_direct(&mut conn)
-        .await
-        .unwrap();
+    migrate_to(&mut conn, true, migrations).await;
     conn
 }
 
