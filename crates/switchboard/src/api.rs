@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod health;
 mod keys;
+mod limits;
 mod subscriptions;
 mod tenants;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub sender: crate::delivery::Sender,
     /// How long a delivery attempted by a request (`…/test`) is leased to it, in ms.
     pub lease_ms: i64,
+    /// Per-tenant ingest limits, enforced by this node.
+    pub limits: Arc<limits::TenantLimits>,
 }
 
 /// The whole HTTP application.
@@ -82,9 +85,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         let hash = auth::hash_key(key);
         if *hash == *state.admin_key_hash {
@@ -151,6 +152,14 @@ pub async fn json_body<T: DeserializeOwned>(
     body: Body,
 ) -> Result<T, ApiError> {
     let bytes = read_json_body(headers, body, state.max_body_bytes).await?;
+    // Every body this reads is an object; serde would also take a struct as a JSON array, by
+    // position (`["x", "y"]` for `{id, name}`), which no client means.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+    {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -166,6 +175,14 @@ pub async fn json_body<T: DeserializeOwned>(
             ApiError::Malformed(format!("malformed JSON: {inner}"))
         }
     })
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's case does not matter
+/// (RFC 9110 §11.1), nor the spaces around the token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// serde_json appends "at line 1 column 9"; the field name says more.
@@ -266,4 +283,24 @@ pub fn rfc3339(millis: i64) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_trimmed() {
+        for (value, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer   ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer_token(value), want, "{value:?}");
+        }
+    }
 }

@@ -28,6 +28,10 @@ pub struct Config {
     pub role: Role,
     pub allow_networks: Vec<ipnet::IpNet>,
     pub delivery_timeout_secs: u64,
+    /// A subscription whose attempts all failed this long (with at least 10) is disabled.
+    pub auto_disable_after_secs: u64,
+    /// Events, deliveries and attempts older than this are purged (pending ones stay).
+    pub retention_secs: u64,
     /// Empty: read or generate `<data_dir>/admin.key`.
     pub admin_key: String,
     pub max_body_bytes: usize,
@@ -163,6 +167,12 @@ impl Config {
                 "delivery_timeout_secs must be 1 to 300, got {}",
                 self.delivery_timeout_secs
             );
+        }
+        if self.retention_secs == 0 {
+            bail!("retention_secs must be at least 1");
+        }
+        if self.auto_disable_after_secs == 0 {
+            bail!("auto_disable_after_secs must be at least 1");
         }
         if self.database_connect_timeout_secs > 86_400 {
             bail!(

@@ -22,7 +22,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::store::{Claimed, NextState, Outcome, Store, StoreError, SubscriptionRecord};
+use crate::event::{Event, Timestamp, catalog};
+use crate::store::{
+    Claimed, NextState, Outcome, Recipients, Store, StoreError, SubscriptionRecord, SystemEvent,
+};
 use guard::{Guard, GuardedResolver};
 use retry::Next;
 use signing::Secret;
@@ -275,6 +278,20 @@ fn record_metrics(c: &Claimed, o: &Outcome) {
     }
 }
 
+/// A Heartbeat (System event 2) for `subscription`, whose latest delivered sequence is `last`.
+pub fn heartbeat(subscription: &str, last: i64, now_ms: i64) -> Event {
+    let mut fields = serde_json::Map::new();
+    fields.insert("SubscriptionId".into(), subscription.into());
+    fields.insert("LastSequence".into(), last.into());
+    Event {
+        id: uuid::Uuid::new_v4(),
+        creation: Timestamp::from_unix_ms(now_ms),
+        category: catalog::SYSTEM,
+        code: catalog::system::HEARTBEAT,
+        fields,
+    }
+}
+
 /// What an attempt means for its delivery and subscription.
 pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcome {
     let step = retry::next_step(
@@ -319,6 +336,9 @@ struct SubState {
     /// Claimed (leased), in claim order, waiting for a slot. The lease (twice the HTTP timeout
     /// and more) outlasts the wait: at most `max_in_flight` wait, behind as many in flight.
     ready: VecDeque<Claimed>,
+    /// When an attempt last started (or a Heartbeat was queued), unix ms: Heartbeats follow
+    /// `heartbeat_secs` of nothing attempted.
+    last_attempt: i64,
 }
 
 impl SubState {
@@ -331,6 +351,7 @@ impl SubState {
             tokens,
             refilled: now,
             ready: VecDeque::new(),
+            last_attempt: now,
         }
     }
 
@@ -522,6 +543,7 @@ impl Dispatcher {
             finished
         };
 
+        self.heartbeats(now).await?;
         let wanted: Vec<(String, u32)> = self
             .subs
             .iter_mut()
@@ -565,6 +587,36 @@ impl Dispatcher {
         Ok(started)
     }
 
+    /// Queues a Heartbeat (System event 2) for every subscription with `heartbeat_secs` to which
+    /// nothing was attempted that long. One attempt each, not retried: the next one follows.
+    async fn heartbeats(&mut self, now: i64) -> Result<(), StoreError> {
+        let due: Vec<Arc<Target>> = self
+            .subs
+            .values_mut()
+            .filter(|s| s.active && s.in_flight == 0 && s.ready.is_empty())
+            .filter_map(|s| {
+                let every = s.target.sub.spec.heartbeat_secs? as i64 * 1000;
+                (now - s.last_attempt >= every).then(|| {
+                    s.last_attempt = now;
+                    s.target.clone()
+                })
+            })
+            .collect();
+        for target in due {
+            let sub = &target.sub;
+            let last = self.store.last_delivered_sequence(&sub.id).await?;
+            let event = SystemEvent {
+                tenant: sub.tenant_id.clone(),
+                event: heartbeat(&sub.id, last, now),
+                to: Recipients::Subscriptions(vec![sub.id.clone()]),
+                lease_until: None,
+                retried: false,
+            };
+            self.store.system_event(event).await?;
+        }
+        Ok(())
+    }
+
     /// One [`Dispatcher::step`], then every attempt it started is awaited and its outcome
     /// recorded: the dispatcher driven by hand, for tests and tools, with no waiting on timers.
     /// Returns how many attempts were made.
@@ -599,6 +651,7 @@ impl Dispatcher {
                     break;
                 };
                 state.in_flight += 1;
+                state.last_attempt = now;
                 state.tokens -= 1.0;
                 started += 1;
                 let (sub, sender, done) = (

@@ -64,7 +64,11 @@ pub async fn run(
     let db = config.database_description();
     let options = store::Options {
         connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),
-        ..store::Options::default()
+        health: subscription::health::Policy {
+            disable_after_ms: config.auto_disable_after_secs as i64 * 1000,
+            ..Default::default()
+        },
+        clock: clock::Clock::system(),
     };
     let store = Store::open_with(&config.database_url, &config.sqlite_path(), options)
         .await
@@ -85,6 +89,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         sender: sender.clone(),
         lease_ms: lease.as_millis() as i64,
+        limits: Arc::default(),
     };
 
     let (stop_dispatcher, stopped) = watch::channel(false);
@@ -92,6 +97,12 @@ pub async fn run(
         .role
         .delivers()
         .then(|| tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped)));
+
+    let purger = tokio::spawn(purge(
+        store.clone(),
+        Duration::from_secs(config.retention_secs),
+        stop_dispatcher.subscribe(),
+    ));
 
     let app = if config.role.serves_api() {
         api::app(state)
@@ -109,9 +120,36 @@ pub async fn run(
     if let Some(dispatcher) = dispatcher {
         let _ = dispatcher.await;
     }
+    let _ = purger.await;
     store.close().await;
     tracing::info!("stopped");
     served.context("serving HTTP")
+}
+
+/// Purges what `retention` has expired, now and then every minute (or every half retention
+/// period, if shorter), until `stop` turns true. Each pass works in small transactions.
+async fn purge(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    while !*stop.borrow() {
+        let cutoff = store::now_millis() - retention.as_millis() as i64;
+        match store.purge(cutoff).await {
+            Ok(p) if p.events + p.system_events > 0 => {
+                metrics::counter!(telemetry::PURGED_EVENTS).increment(p.events);
+                tracing::info!(
+                    events = p.events,
+                    system_events = p.system_events,
+                    deliveries = p.deliveries,
+                    "retention purged"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; trying again later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// The admin key: configured, else the one saved in the data dir, else a new one — saved with

@@ -23,6 +23,7 @@ mod decide;
 mod deliveries;
 mod events;
 mod postgres;
+mod retention;
 mod sql;
 mod sqlite;
 mod subscriptions;
@@ -38,11 +39,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::auth::Scope;
+use crate::clock::Clock;
 use crate::event::{Event, NewEvent, Timestamp};
 use crate::subscription::SubscriptionSpec;
 use crate::subscription::health::Policy;
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
+pub use retention::Purged;
 pub(crate) use tenants::KeyCache;
 
 /// The compiled-in migrations of a backend as `(version, name, SQL)`, for tools and tests.
@@ -55,12 +58,15 @@ pub fn migrations(postgres: bool) -> &'static [(i64, &'static str, &'static str)
 }
 
 /// What a store is opened with besides its address.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// When failing subscriptions are disabled.
     pub health: Policy,
     /// How long a PostgreSQL node waits for its database at start before giving up.
     pub connect_timeout: std::time::Duration,
+    /// The writer's time: when events are received, deliveries due, attempts judged. The
+    /// dispatcher's clock (tests move one by hand).
+    pub clock: Clock,
 }
 
 impl Default for Options {
@@ -68,6 +74,7 @@ impl Default for Options {
         Options {
             health: Policy::default(),
             connect_timeout: std::time::Duration::from_secs(60),
+            clock: Clock::system(),
         }
     }
 }
@@ -91,6 +98,8 @@ struct Inner {
     keys: KeyCache,
     /// Resolves when the writer has committed its last turn and closed its connection.
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    /// False while the writer's last turn failed because the database could not be written.
+    writable: Arc<std::sync::atomic::AtomicBool>,
     /// SQLite's: the `Id`s of recent events, not yet in `event_ids` (see `sqlite/ids.rs`).
     ids: Option<Arc<sqlite::RecentIds>>,
 }
@@ -102,6 +111,7 @@ struct Opened {
     writer: mpsc::Sender<Command>,
     wake: Arc<Notify>,
     writer_done: oneshot::Receiver<()>,
+    writable: Arc<std::sync::atomic::AtomicBool>,
     ids: Option<Arc<sqlite::RecentIds>>,
 }
 
@@ -135,6 +145,7 @@ impl Store {
             subs_version: AtomicU64::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),
+            writable: o.writable,
             ids: o.ids,
         }))
     }
@@ -212,10 +223,20 @@ impl Store {
         self.0.db.close().await;
     }
 
-    /// Whether the database answers reads and the writer can commit, each within 2 s.
+    /// Whether the database answers reads and the writer can commit, each within 2 s. The
+    /// writer is asked (with an empty transaction, queued behind its work) only while its last
+    /// turn failed for want of the database; otherwise that turn's success answers for it.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let timeout = std::time::Duration::from_secs(2);
-        self.0.db.ping(timeout).await?;
+        if let Err(e) = self.0.db.ping(timeout).await {
+            // The database is away: the writer's connection may have gone with it unnoticed
+            // (no turn since), so once reads work again readiness asks the writer itself.
+            self.0.writable.store(false, AtomicOrdering::SeqCst);
+            return Err(e);
+        }
+        if self.0.writable.load(AtomicOrdering::SeqCst) {
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         tokio::time::timeout(timeout, self.turn(Command::Ping(reply), answer))
             .await
@@ -278,15 +299,27 @@ impl Change {
     }
 }
 
-/// A System event (Category 0) to store and deliver to `subscriptions` of `tenant`.
+/// A System event (Category 0) to store and deliver to subscriptions of `tenant`.
 #[derive(Clone, Debug)]
 pub struct SystemEvent {
     pub tenant: String,
     pub event: Event,
-    pub subscriptions: Vec<String>,
+    pub to: Recipients,
     /// Lease the new deliveries to the caller until then (unix ms): it makes their first
     /// attempt itself.
     pub lease_until: Option<i64>,
+    /// Retried like any delivery; false: one attempt only (Heartbeats: the next one follows).
+    pub retried: bool,
+}
+
+/// Who gets a System event.
+#[derive(Clone, Debug)]
+pub enum Recipients {
+    /// These subscriptions.
+    Subscriptions(Vec<String>),
+    /// The tenant's enabled subscriptions whose filter names category 0, but this one (the
+    /// subscription the event is about).
+    MonitorsBut(String),
 }
 
 /// A failed store operation; nothing of it was stored.
@@ -374,6 +407,8 @@ pub struct Tenant {
     pub name: String,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Events per second this tenant may post (None: no limit).
+    pub ingest_rate_limit_per_sec: Option<i64>,
 }
 
 #[derive(Clone, Debug)]

@@ -35,6 +35,11 @@ pub const ATTEMPT_DURATION: &str = "switchboard_attempt_duration_seconds";
 /// From an event's acceptance to the receiver's 2xx for it, per delivery, in seconds.
 pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
 
+/// Events removed by retention.
+pub const PURGED_EVENTS: &str = "switchboard_purged_events_total";
+/// System events stored, by `code`.
+pub const SYSTEM_EVENTS: &str = "switchboard_system_events_total";
+
 /// Times a writer connection to the database was opened again after it was lost.
 pub const DB_RECONNECTS: &str = "switchboard_db_reconnects_total";
 
@@ -81,6 +86,8 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
     describe_counter!(EVENTS_INGESTED, "Events accepted (duplicates not counted).");
+    describe_counter!(PURGED_EVENTS, "Events removed by retention.");
+    describe_counter!(SYSTEM_EVENTS, "System events created, by code.");
     describe_counter!(
         DB_RECONNECTS,
         "Times the writer's database connection was opened again after it was lost."

@@ -31,6 +31,10 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error(
+        "the tenant's ingest limit is reached; nothing was stored; retry after {retry_after_secs} s"
+    )]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     /// The database cannot be written now; the client should try again after a few seconds.
@@ -89,6 +93,11 @@ impl ApiError {
                 "method-not-allowed",
                 "Method not allowed",
             ),
+            TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -146,6 +155,9 @@ impl IntoResponse for ApiError {
         );
         if let ApiError::DatabaseUnavailable(_) = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        if let ApiError::TooManyRequests { retry_after_secs } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -55,6 +55,15 @@ async fn publish(
         }
     };
     let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if let Err(secs) = state
+        .limits
+        .take(&state.store, &tenant, events.len())
+        .await?
+    {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: secs,
+        });
+    }
     let accepted = state.store.ingest(&tenant, events).await.map_err(|e| {
         let mut err = ApiError::from(e);
         // A single posted object has no index to name.

@@ -17,7 +17,8 @@ use crate::auth::{self, Scope};
 use crate::delivery::signing::Secret;
 use crate::delivery::{Target, decide};
 use crate::event::{Event, FieldError, Timestamp, catalog};
-use crate::store::{DeliveryStatus, SubscriptionRecord, SystemEvent, now_millis};
+use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent, now_millis};
+use crate::subscription::health::Notice;
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
 pub fn router() -> Router<AppState> {
@@ -139,6 +140,9 @@ async fn show(
     Ok(Json(SubscriptionView::new(rec, manage)))
 }
 
+/// `disabled_reason` of a subscription a user disabled.
+const DISABLED_BY_USER: &str = "disabled by the user";
+
 /// JSON merge patch (RFC 7396) over the stored body, validated as a whole.
 async fn update(
     State(state): State<AppState>,
@@ -155,14 +159,29 @@ async fn update(
     merge_patch(&mut current, Value::Object(patch));
     let mut spec = parse_spec(current)?;
     spec.secret.get_or_insert_with(Secret::generate);
+    let disabled = rec.spec.enabled && !spec.enabled;
     match (rec.spec.enabled, spec.enabled) {
-        (true, false) => rec.disabled_reason = Some("disabled by the user".into()),
+        (true, false) => rec.disabled_reason = Some(DISABLED_BY_USER.into()),
         (_, true) => rec.disabled_reason = None,
         _ => {}
     }
     rec.spec = spec;
     rec.updated_at = now_millis();
     state.store.update_subscription(&rec).await?;
+    if disabled {
+        // The tenant's monitors are told, as for a disable by 410 or by failures.
+        let notice = Notice::Disabled {
+            reason: DISABLED_BY_USER.into(),
+        };
+        let event = SystemEvent {
+            tenant: tenant.clone(),
+            event: notice.event(&id, rec.updated_at),
+            to: Recipients::MonitorsBut(id.clone()),
+            lease_until: None,
+            retried: true,
+        };
+        state.store.system_event(event).await?;
+    }
     Ok(Json(SubscriptionView::new(rec, true)))
 }
 
@@ -239,8 +258,9 @@ async fn test(
     let system = SystemEvent {
         tenant: tenant.clone(),
         event,
-        subscriptions: vec![id.clone()],
+        to: Recipients::Subscriptions(vec![id.clone()]),
         lease_until: Some(now_millis() + state.lease_ms),
+        retried: true,
     };
     let claimed = state.store.system_event(system).await?;
     let Some(c) = claimed.into_iter().next() else {

@@ -15,7 +15,10 @@ use crate::store::Tenant;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants", get(list).post(create))
-        .route("/v1/tenants/{tenant}", get(show).delete(remove))
+        .route(
+            "/v1/tenants/{tenant}",
+            get(show).patch(update).delete(remove),
+        )
 }
 
 #[derive(Deserialize)]
@@ -30,6 +33,7 @@ struct CreateTenant {
 struct TenantView {
     id: String,
     name: String,
+    ingest_rate_limit_per_sec: Option<i64>,
     created_at: String,
 }
 
@@ -38,9 +42,58 @@ impl From<Tenant> for TenantView {
         TenantView {
             id: t.id,
             name: t.name,
+            ingest_rate_limit_per_sec: t.ingest_rate_limit_per_sec,
             created_at: rfc3339(t.created_at),
         }
     }
+}
+
+/// Most events per second a tenant's limit may be set to.
+const MAX_RATE_LIMIT: i64 = 1_000_000;
+
+/// `PATCH /v1/tenants/{t}`: `{name?, ingest_rate_limit_per_sec?}`, absent fields unchanged,
+/// a `null` limit removes it.
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.0.require_admin()?;
+    let patch: serde_json::Map<String, serde_json::Value> =
+        json_body(&state, &headers, body).await?;
+    let mut found = state
+        .store
+        .get_tenant(&tenant)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
+    for (key, value) in patch {
+        match key.as_str() {
+            "name" => match value.as_str() {
+                Some(n) if !n.trim().is_empty() && n.len() <= 200 => found.name = n.into(),
+                _ => return Err(ApiError::invalid("name", "must be 1 to 200 characters")),
+            },
+            "ingest_rate_limit_per_sec" => {
+                found.ingest_rate_limit_per_sec = match value.as_i64() {
+                    _ if value.is_null() => None,
+                    Some(n) if (1..=MAX_RATE_LIMIT).contains(&n) => Some(n),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "ingest_rate_limit_per_sec",
+                            "must be an integer from 1 to 1000000, or null for no limit",
+                        ));
+                    }
+                }
+            }
+            other => return Err(ApiError::invalid(other, "unknown field")),
+        }
+    }
+    if !state.store.update_tenant(&found).await? {
+        return Err(ApiError::NotFound("tenant not found".into()));
+    }
+    state.limits.forget(&tenant);
+    Ok(Json(found.into()))
 }
 
 /// `^[a-z0-9][a-z0-9-]{0,62}$`

@@ -42,6 +42,13 @@ impl Timestamp {
         Self(d * 1_000_000 + hms)
     }
 
+    /// The second holding unix milliseconds `ms` (UTC); the epoch for what cannot be shown.
+    pub fn from_unix_ms(ms: i64) -> Self {
+        let t = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Self::from_datetime(t)
+    }
+
     pub fn as_i64(self) -> i64 {
         self.0
     }

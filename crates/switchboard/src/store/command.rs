@@ -1,6 +1,8 @@
 //! The writer's protocol: what callers queue ([`Command`]), what one turn takes ([`Group`]:
 //! every command already queued, up to a bound) and how each is answered after the commit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -124,8 +126,16 @@ impl Group {
     }
 
     /// Answers every command of the group: with its part of `result`, or with the error that
-    /// failed the whole turn (nothing of it was stored).
-    pub fn answer(self, result: Result<Committed, StoreError>, wake: &Notify) {
+    /// failed the whole turn (nothing of it was stored). `writable` is set to whether the
+    /// database could be written.
+    pub fn answer(
+        self,
+        result: Result<Committed, StoreError>,
+        wake: &Notify,
+        writable: &AtomicBool,
+    ) {
+        let unavailable = matches!(result, Err(StoreError::Unavailable(_)));
+        writable.store(!unavailable, Ordering::SeqCst);
         match result {
             Ok(done) => {
                 if done.deliveries_added {

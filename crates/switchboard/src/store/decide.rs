@@ -143,6 +143,17 @@ pub(super) fn decide_ingests<'a>(
     }
 }
 
+/// Whether a subscription with `filter` monitors its tenant: its filter names category 0.
+pub(super) fn monitors(filter: Option<&Filter>) -> bool {
+    filter
+        .and_then(|f| f.events.as_ref())
+        .is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e.category == crate::event::catalog::SYSTEM)
+        })
+}
+
 /// An enabled subscription as the outbox needs it: id, filter, ordering.
 pub(super) type OutboxSub = (String, Option<Filter>, Ordering);
 
@@ -214,6 +225,7 @@ pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
             at: o.started_at,
             succeeded: o.next == NextState::Succeeded,
             gone: o.disable.as_deref(),
+            error: o.error.as_deref(),
         })
         .collect()
 }

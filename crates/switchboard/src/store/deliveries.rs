@@ -221,6 +221,25 @@ impl Store {
         Ok(())
     }
 
+    /// The latest sequence delivered to a subscription, 0 if none: the highest among its last
+    /// hundred successful deliveries (an index walk, however many it has).
+    pub async fn last_delivered_sequence(&self, subscription: &str) -> Result<i64, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT sequence FROM deliveries WHERE subscription_id = $1 \
+                 AND status = 'succeeded' ORDER BY id DESC LIMIT 100",
+                &args![subscription],
+            )
+            .await?;
+        let mut last = 0;
+        for row in rows {
+            last = last.max(row.int(0)?);
+        }
+        Ok(last)
+    }
+
     /// Figures for `/metrics`.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let pending = self

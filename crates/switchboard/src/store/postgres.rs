@@ -8,6 +8,7 @@
 //! listener wakes its dispatcher; migrations run under sqlx's advisory lock.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::Connection;
@@ -56,7 +57,7 @@ pub(super) async fn open(url: &str, options: Options) -> Result<Store, StoreErro
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        match try_open(url, options).await {
+        match try_open(url, options.clone()).await {
             Err(StoreError::Unavailable(e))
                 if started.elapsed() + delay < options.connect_timeout =>
             {
@@ -74,7 +75,9 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let read = PgPoolOptions::new()
         .max_connections(8)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        // A request waits this long for a connection before it is answered 503 (while the
+        // database is away, every read would otherwise hang that long).
+        .acquire_timeout(Duration::from_secs(3))
         .connect_with(connect.clone())
         .await?;
     Migrator::new(Embedded(MIGRATIONS))
@@ -84,7 +87,15 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Notify::new());
-    let done = writer::spawn(connect, conn, rx, wake.clone(), options.health);
+    let writable = Arc::new(AtomicBool::new(true));
+    let done = writer::spawn(
+        connect,
+        conn,
+        rx,
+        wake.clone(),
+        options.clone(),
+        writable.clone(),
+    );
     let mut listener = PgListener::connect_with(&read).await?;
     listener.listen(CHANNEL).await?;
     let store = Store::from_opened(Opened {
@@ -93,6 +104,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
         writer: tx,
         wake,
         writer_done: done,
+        writable,
         ids: None,
     });
     tokio::spawn(listen(listener, store.clone()));

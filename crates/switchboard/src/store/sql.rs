@@ -30,7 +30,8 @@ macro_rules! claim_sql {
 }
 
 const LOCK_TENANT: &str = "SELECT last_sequence FROM tenants WHERE id = $1";
-const LOCK_HEALTH: &str = "SELECT failing_since, failures FROM subscriptions WHERE id = $1";
+const LOCK_HEALTH: &str =
+    "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1";
 
 pub(crate) const SQLITE: Dialect = Dialect {
     // IMMEDIATE takes the write lock up front: waiting on it beats failing a read-then-write.
@@ -58,7 +59,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         " FOR UPDATE"
     ),
     lock_health: concat!(
-        "SELECT failing_since, failures FROM subscriptions WHERE id = $1",
+        "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1",
         " FOR UPDATE"
     ),
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
@@ -149,14 +150,19 @@ pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
     2,
 );
 /// A subscription's health as the policy decided it.
-pub const SET_HEALTH: &str =
-    "UPDATE subscriptions SET failing_since = $1, failures = $2 WHERE id = $3";
+pub const SET_HEALTH: &str = "UPDATE subscriptions SET failing_since = $1, failures = $2, \
+    failing_sent = $3 WHERE id = $4";
 pub const DISABLE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, \
     updated_at = $2 WHERE id = $3 AND enabled = TRUE";
 /// A System event's body; its deliveries point to it with `sequence = -id`.
 pub const INSERT_SYSTEM_EVENT: &str = "INSERT INTO system_events (tenant_id, event_id, \
     created_at, body) VALUES ($1, $2, $3, $4) RETURNING id";
 pub const SYSTEM_BODY: &str = "SELECT body FROM system_events WHERE id = $1";
+/// The tenant's enabled subscriptions: those whose filter names category 0 are its monitors.
+pub const TENANT_SUBSCRIPTIONS: &str =
+    "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE ORDER BY id";
+/// A delivery whose retries are spent before its first attempt (Heartbeats: the next follows).
+pub const NO_RETRY: &str = "UPDATE deliveries SET round_attempts = 1000000 WHERE id = $1";
 
 pub const SUBSCRIPTION_COLUMNS: &str = "SELECT id, tenant_id, spec, enabled, disabled_reason, \
     old_secret, old_secret_expires_at, created_at, updated_at FROM subscriptions";

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -87,13 +88,23 @@ pub(super) async fn open(
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Notify::new());
     let ids = Arc::new(RecentIds::default());
-    let done = writer::spawn(path, rx, wake.clone(), ids.clone(), merge, options.health)?;
+    let writable = Arc::new(AtomicBool::new(true));
+    let done = writer::spawn(
+        path,
+        rx,
+        wake.clone(),
+        ids.clone(),
+        merge,
+        options,
+        writable.clone(),
+    )?;
     Ok(Opened {
         db: Db::Sqlite(read),
         dialect: &sql::SQLITE,
         writer: tx,
         wake,
         writer_done: done,
+        writable,
         ids: Some(ids),
     })
 }

@@ -109,8 +109,9 @@ impl Store {
                 "UPDATE subscriptions SET spec = $1, enabled = $2, disabled_reason = $3, \
                  old_secret = $4, old_secret_expires_at = $5, updated_at = $6, \
                  failing_since = CASE WHEN $7 THEN NULL ELSE failing_since END, \
-                 failures = CASE WHEN $8 THEN 0 ELSE failures END \
-                 WHERE tenant_id = $9 AND id = $10",
+                 failures = CASE WHEN $8 THEN 0 ELSE failures END, \
+                 failing_sent = CASE WHEN $9 THEN FALSE ELSE failing_sent END \
+                 WHERE tenant_id = $10 AND id = $11",
                 &args![
                     spec.as_str(),
                     rec.spec.enabled,
@@ -118,6 +119,7 @@ impl Store {
                     &rec.old_secret,
                     rec.old_secret_expires_at,
                     rec.updated_at,
+                    rec.spec.enabled,
                     rec.spec.enabled,
                     rec.spec.enabled,
                     &rec.tenant_id,

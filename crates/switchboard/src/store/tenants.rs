@@ -62,8 +62,11 @@ fn tenant(mut r: Row) -> Result<Tenant, StoreError> {
         id: r.text(0)?,
         name: r.text(1)?,
         created_at: r.int(2)?,
+        ingest_rate_limit_per_sec: r.opt_int(3)?,
     })
 }
+
+const TENANT_COLUMNS: &str = "SELECT id, name, created_at, ingest_rate_limit_per_sec FROM tenants";
 
 fn key_record(mut r: Row) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
@@ -96,17 +99,28 @@ impl Store {
             id: id.into(),
             name: name.into(),
             created_at,
+            ingest_rate_limit_per_sec: None,
         })
+    }
+
+    /// Sets a tenant's name and ingest limit; false if there is no such tenant.
+    pub async fn update_tenant(&self, t: &Tenant) -> Result<bool, StoreError> {
+        let done = self
+            .0
+            .db
+            .execute(
+                "UPDATE tenants SET name = $1, ingest_rate_limit_per_sec = $2 WHERE id = $3",
+                &args![t.name.as_str(), t.ingest_rate_limit_per_sec, t.id.as_str()],
+            )
+            .await?;
+        Ok(done > 0)
     }
 
     pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
         let row = self
             .0
             .db
-            .query_one(
-                "SELECT id, name, created_at FROM tenants WHERE id = $1",
-                &args![id],
-            )
+            .query_one(&format!("{TENANT_COLUMNS} WHERE id = $1"), &args![id])
             .await?;
         row.map(tenant).transpose()
     }
@@ -116,7 +130,7 @@ impl Store {
             .0
             .db
             .query(
-                "SELECT id, name, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
+                &format!("{TENANT_COLUMNS} WHERE id > $1 ORDER BY id LIMIT $2"),
                 &args![after, i64::from(limit)],
             )
             .await?;

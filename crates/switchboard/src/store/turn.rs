@@ -23,7 +23,9 @@ use uuid::Uuid;
 use super::command::{ClaimJob, Committed, Group};
 use super::db::{Arg, Dialect, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
-use super::{Claimed, DeliveryStatus, IngestJob, Outcome, StoreError, SystemEvent, sql};
+use super::{
+    Claimed, DeliveryStatus, IngestJob, Outcome, Recipients, StoreError, SystemEvent, sql,
+};
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
 
@@ -257,34 +259,73 @@ async fn record<C: Conn>(
     }
     for outcomes in outcomes.chunk_by(|a, b| a.subscription_id == b.subscription_id) {
         let sub = outcomes[0].subscription_id.as_str();
-        let rows = conn.query(conn.dialect().lock_health, &args![sub]).await?;
+        let mut rows = conn.query(conn.dialect().lock_health, &args![sub]).await?;
         // Deleted meanwhile: nothing to keep.
-        let Some(row) = rows.first() else { continue };
+        let Some(row) = rows.first_mut() else {
+            continue;
+        };
         let before = Health {
             failing_since: row.opt_int(0)?,
             failures: row.int(1)?,
+            failing_sent: row.bool(2)?,
         };
+        let tenant = row.text(3)?;
         let verdict = policy.judge(before, &decide::attempts(outcomes), now);
         if verdict.health != before {
             let h = verdict.health;
-            conn.execute(sql::SET_HEALTH, &args![h.failing_since, h.failures, sub])
-                .await?;
+            let health = args![h.failing_since, h.failures, h.failing_sent, sub];
+            conn.execute(sql::SET_HEALTH, &health).await?;
         }
         if let Some(reason) = &verdict.disable {
             conn.execute(sql::DISABLE, &args![reason.as_str(), now, sub])
                 .await?;
         }
+        for notice in &verdict.notices {
+            let event = SystemEvent {
+                tenant: tenant.clone(),
+                event: notice.event(sub, now),
+                to: Recipients::MonitorsBut(sub.to_string()),
+                lease_until: None,
+                retried: true,
+            };
+            system(conn, &event, now).await?;
+        }
     }
     Ok(())
 }
 
-/// Step 6: a System event's body and one delivery per subscription it goes to. Returns those
-/// deliveries as claimed: leased ones are attempted by whoever asked.
+/// The subscriptions a System event goes to.
+async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<String>, StoreError> {
+    let except = match &ev.to {
+        Recipients::Subscriptions(subs) => return Ok(subs.clone()),
+        Recipients::MonitorsBut(except) => except,
+    };
+    let rows = conn
+        .query(sql::TENANT_SUBSCRIPTIONS, &args![ev.tenant.as_str()])
+        .await?;
+    let mut out = Vec::new();
+    for mut row in rows {
+        let id = row.text(0)?;
+        let (id, filter, _) = decide::outbox_sub(id, &row.text(1)?).map_err(corrupt)?;
+        if id != *except && decide::monitors(filter.as_ref()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Step 6 (and notices of step 5): a System event's body and one delivery per subscription it
+/// goes to; nothing when it goes to none. Returns those deliveries as claimed: leased ones are
+/// attempted by whoever asked.
 async fn system<C: Conn>(
     conn: &mut C,
     ev: &SystemEvent,
     now: i64,
 ) -> Result<Vec<Claimed>, StoreError> {
+    let subscriptions = recipients(conn, ev).await?;
+    if subscriptions.is_empty() {
+        return Ok(Vec::new());
+    }
     let id = ev.event.id.to_string();
     let body = ev.event.to_canonical_json();
     let rows = conn
@@ -294,9 +335,11 @@ async fn system<C: Conn>(
         )
         .await?;
     let sequence = -rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+    let code = ev.event.code.to_string();
+    metrics::counter!(crate::telemetry::SYSTEM_EVENTS, "code" => code).increment(1);
     let body = Bytes::from(body);
-    let mut claimed = Vec::with_capacity(ev.subscriptions.len());
-    for sub in &ev.subscriptions {
+    let mut claimed = Vec::with_capacity(subscriptions.len());
+    for sub in &subscriptions {
         let row = NewDelivery {
             tenant: &ev.tenant,
             subscription_id: sub,
@@ -312,6 +355,9 @@ async fn system<C: Conn>(
             )
             .await?;
         let delivery_id = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+        if !ev.retried {
+            conn.execute(sql::NO_RETRY, &args![delivery_id]).await?;
+        }
         claimed.push(Claimed {
             delivery_id,
             subscription_id: sub.clone(),

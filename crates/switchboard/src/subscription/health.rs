@@ -1,9 +1,17 @@
-//! Subscription health: how a run of failed attempts is counted, and when it disables the
-//! subscription (DESIGN §5, §11). Pure: the store reads the health it holds, asks [`Policy`],
-//! and records the verdict in the same transaction as the attempts.
+//! Subscription health: how a run of failed attempts is counted, when it disables the
+//! subscription, and which System events tell the tenant's monitors (DESIGN §5, §11). Pure: the
+//! store reads the health it holds, asks [`Policy`], and records the verdict — and stores the
+//! event it names — in the same transaction as the attempts.
 
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::event::{Event, Timestamp, catalog};
+
+/// SubscriptionFailing is sent once this many attempts in a row have failed.
+pub const FAILING_AFTER: i64 = 5;
 
 /// What is kept per subscription: since when every attempt failed, and how many did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -11,6 +19,8 @@ pub struct Health {
     /// Unix ms of the first failure since the last success; None while healthy.
     pub failing_since: Option<i64>,
     pub failures: i64,
+    /// SubscriptionFailing was sent for this failing period.
+    pub failing_sent: bool,
 }
 
 /// One finished attempt, as health sees it.
@@ -21,6 +31,51 @@ pub struct Attempt<'a> {
     pub succeeded: bool,
     /// The receiver asked to be disabled (410 Gone), with this reason.
     pub gone: Option<&'a str>,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+}
+
+/// What the tenant's monitoring subscriptions are told (System events 3, 4, 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The last [`FAILING_AFTER`] attempts failed: since when, and the last error.
+    Failing {
+        since: i64,
+        last_error: String,
+    },
+    Disabled {
+        reason: String,
+    },
+    /// The first success after a Failing was sent.
+    Recovered,
+}
+
+impl Notice {
+    /// The System event telling of `subscription`, created at `now_ms`.
+    pub fn event(&self, subscription: &str, now_ms: i64) -> Event {
+        let mut fields = Map::new();
+        fields.insert("SubscriptionId".into(), Value::String(subscription.into()));
+        let code = match self {
+            Notice::Failing { since, last_error } => {
+                let since = Timestamp::from_unix_ms(*since).to_string();
+                fields.insert("FailingSince".into(), Value::String(since));
+                fields.insert("LastError".into(), Value::String(last_error.clone()));
+                catalog::system::SUBSCRIPTION_FAILING
+            }
+            Notice::Disabled { reason } => {
+                fields.insert("Reason".into(), Value::String(reason.clone()));
+                catalog::system::SUBSCRIPTION_DISABLED
+            }
+            Notice::Recovered => catalog::system::SUBSCRIPTION_RECOVERED,
+        };
+        Event {
+            id: Uuid::new_v4(),
+            creation: Timestamp::from_unix_ms(now_ms),
+            category: catalog::SYSTEM,
+            code,
+            fields,
+        }
+    }
 }
 
 /// What the store records after a turn's attempts.
@@ -29,6 +84,8 @@ pub struct Verdict {
     pub health: Health,
     /// Disable the subscription, with this reason.
     pub disable: Option<String>,
+    /// Tell the tenant's monitors, in this order.
+    pub notices: Vec<Notice>,
 }
 
 /// When failures disable a subscription: after failing everything for `disable_after_ms` with at
@@ -55,12 +112,21 @@ impl Policy {
         let mut sorted: Vec<&Attempt> = attempts.iter().collect();
         sorted.sort_by_key(|a| a.at);
         let mut health = before;
+        let mut notices = Vec::new();
         for a in &sorted {
             if a.succeeded {
+                if health.failing_sent {
+                    notices.push(Notice::Recovered);
+                }
                 health = Health::default();
             } else {
                 health.failures += 1;
-                health.failing_since.get_or_insert(a.at);
+                let since = *health.failing_since.get_or_insert(a.at);
+                if health.failures >= FAILING_AFTER && !health.failing_sent {
+                    health.failing_sent = true;
+                    let last_error = a.error.unwrap_or("the attempt failed").to_string();
+                    notices.push(Notice::Failing { since, last_error });
+                }
             }
         }
         let disable = if let Some(reason) = sorted.iter().find_map(|a| a.gone) {
@@ -76,7 +142,16 @@ impl Policy {
                 _ => None,
             }
         };
-        Verdict { health, disable }
+        if let Some(reason) = &disable {
+            notices.push(Notice::Disabled {
+                reason: reason.clone(),
+            });
+        }
+        Verdict {
+            health,
+            disable,
+            notices,
+        }
     }
 }
 
@@ -98,6 +173,7 @@ mod tests {
             at,
             succeeded: false,
             gone: None,
+            error: Some("HTTP 500"),
         }
     }
 
@@ -106,6 +182,7 @@ mod tests {
             at,
             succeeded: true,
             gone: None,
+            error: None,
         }
     }
 
@@ -126,6 +203,7 @@ mod tests {
         let failing = |since, failures| Health {
             failing_since: Some(since),
             failures,
+            failing_sent: false,
         };
         check(healthy, &[fail(5), fail(7)], 8, failing(5, 2), false);
         check(failing(1, 3), &[fail(5)], 8, failing(1, 4), false);
@@ -140,6 +218,7 @@ mod tests {
         let long = Health {
             failing_since: Some(0),
             failures: 9,
+            failing_sent: true,
         };
         let at = 72 * HOUR;
         check(
@@ -190,8 +269,53 @@ mod tests {
             at: 1,
             succeeded: false,
             gone: Some("the endpoint answered 410 Gone"),
+            error: Some("HTTP 410 Gone"),
         };
         let v = Policy::default().judge(Health::default(), &[gone], 1);
         assert_eq!(v.disable.as_deref(), Some("the endpoint answered 410 Gone"));
+        assert_eq!(
+            v.notices,
+            [Notice::Disabled {
+                reason: "the endpoint answered 410 Gone".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn failing_is_told_once_per_period_and_recovery_once_after_it() {
+        let p = Policy::default();
+        let four = p.judge(Health::default(), &[fail(1), fail(2), fail(3), fail(4)], 4);
+        assert!(four.notices.is_empty(), "four failures are not yet failing");
+        let five = p.judge(four.health, &[fail(5)], 5);
+        assert_eq!(
+            five.notices,
+            [Notice::Failing {
+                since: 1,
+                last_error: "HTTP 500".into()
+            }]
+        );
+        let more = p.judge(five.health, &[fail(6), fail(7)], 7);
+        assert!(more.notices.is_empty(), "once per failing period");
+        let back = p.judge(more.health, &[ok(8), ok(9)], 9);
+        assert_eq!(back.notices, [Notice::Recovered], "once");
+        assert_eq!(back.health, Health::default());
+        // A success that follows failures never told of tells nothing.
+        let quiet = p.judge(Health::default(), &[fail(1), ok(2)], 2);
+        assert!(quiet.notices.is_empty());
+    }
+
+    #[test]
+    fn notices_are_system_events_with_their_fields() {
+        let e = Notice::Failing {
+            since: 0,
+            last_error: "HTTP 500".into(),
+        }
+        .event("sub_1", 1_000);
+        assert_eq!((e.category, e.code), (0, 3));
+        assert_eq!(e.fields["SubscriptionId"], "sub_1");
+        assert_eq!(e.fields["FailingSince"], "19700101000000");
+        assert_eq!(e.fields["LastError"], "HTTP 500");
+        let e = Notice::Recovered.event("sub_1", 0);
+        assert_eq!((e.code, e.fields.len()), (5, 1));
     }
 }

@@ -310,3 +310,39 @@ async fn keys_are_shown_once_listed_and_revoked() {
     )
     .await;
 }
+
+/// The `Authorization` scheme is case-insensitive (RFC 9110 §11.1).
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_whatever_its_case() {
+    let app = TestApp::spawn().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = app
+            .client
+            .get(app.url("/v1/tenants"))
+            .header("authorization", format!("{scheme} {ADMIN_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+    }
+}
+
+/// A body that must be an object is refused as a JSON array (serde's positional form of a
+/// struct), and nothing is created.
+#[tokio::test]
+async fn object_bodies_given_as_arrays_are_refused() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            ADMIN_KEY,
+            Some(&json!(["acme", "Acme"])),
+        )
+        .await;
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(p["errors"][0]["field"], "body");
+    assert_eq!(p["errors"][0]["message"], "must be a JSON object");
+    let r = app.get("/v1/tenants/acme", ADMIN_KEY).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing created");
+}

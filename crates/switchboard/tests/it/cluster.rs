@@ -12,24 +12,8 @@ use sqlx::postgres::PgConnection;
 use crate::support::TestReceiver;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
 use crate::support::db::{TestData, old_postgres};
-use crate::support::process::Server;
-use crate::support::receiver::Received;
-
-async fn post(client: &reqwest::Client, base: &str, path: &str, body: &Value) -> reqwest::Response {
-    client
-        .post(format!("{base}{path}"))
-        .bearer_auth(ADMIN_KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("request")
-}
-
-fn unique(got: &[Received]) -> HashSet<String> {
-    got.iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect()
-}
+use crate::support::process::{Server, post_to};
+use crate::support::receiver::{eventually_within, unique_ids};
 
 /// Posts `events` in batches of 25, round-robin over `nodes`, four batches at a time.
 async fn publish_round_robin(client: &reqwest::Client, nodes: &[String], events: &[Value]) {
@@ -42,7 +26,7 @@ async fn publish_round_robin(client: &reqwest::Client, nodes: &[String], events:
                 let base = nodes[(round * 4 + i) % nodes.len()].clone();
                 let (client, body) = (client.clone(), Value::Array(batch.to_vec()));
                 tokio::spawn(async move {
-                    post(&client, &base, "/v1/tenants/default/events", &body)
+                    post_to(&client, &base, "/v1/tenants/default/events", &body)
                         .await
                         .status()
                 })
@@ -63,7 +47,7 @@ async fn three_nodes_one_killed_deliver_everything_in_per_agent_order() {
     let rx = TestReceiver::with(|_, _| (200, Duration::from_millis(1))).await;
     let client = reqwest::Client::new();
     let mut nodes: Vec<Server> = (0..3).map(|_| Server::start(&data)).collect();
-    let r = post(
+    let r = post_to(
         &client,
         &nodes[0].base,
         "/v1/tenants/default/subscriptions",
@@ -84,12 +68,15 @@ async fn three_nodes_one_killed_deliver_everything_in_per_agent_order() {
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
     publish_round_robin(&client, &bases, &events[..2500]).await;
     rx.wait_until(
-        |got| unique(got).len() >= 1000,
+        |got| unique_ids(got).len() >= 1000,
         "a first part of the deliveries",
     )
     .await;
     nodes[1].kill();
-    assert!(unique(&rx.received()).len() < 5000, "the kill came mid-run");
+    assert!(
+        unique_ids(&rx.received()).len() < 5000,
+        "the kill came mid-run"
+    );
     let survivors = vec![bases[0].clone(), bases[2].clone()];
     publish_round_robin(&client, &survivors, &events[2500..]).await;
 
@@ -98,9 +85,9 @@ async fn three_nodes_one_killed_deliver_everything_in_per_agent_order() {
         .map(|e| e["Id"].as_str().unwrap().to_string())
         .collect();
     let got = rx
-        .wait_until(|got| unique(got).is_superset(&want), "every event")
+        .wait_until(|got| unique_ids(got).is_superset(&want), "every event")
         .await;
-    let duplicates = got.len() - unique(&got).len();
+    let duplicates = got.len() - unique_ids(&got).len();
     eprintln!(
         "{} deliveries of {} events: {duplicates} duplicates",
         got.len(),
@@ -172,7 +159,7 @@ async fn a_node_migrates_an_older_schema() {
         (1..=all).map(|v| (v, true)).collect::<Vec<_>>()
     );
     let client = reqwest::Client::new();
-    let r = post(
+    let r = post_to(
         &client,
         &node.base,
         "/v1/tenants/default/events",
@@ -208,7 +195,7 @@ async fn nodes_starting_together_do_not_corrupt_the_migrations() {
         applied_migrations(&data).await,
         (1..=all).map(|v| (v, true)).collect::<Vec<_>>()
     );
-    let r = post(
+    let r = post_to(
         &client,
         &nodes[2].base,
         "/v1/tenants/default/events",
@@ -225,7 +212,7 @@ async fn roles_split_the_api_from_delivery() {
     let rx = TestReceiver::start().await;
     let client = reqwest::Client::new();
     let api = Server::start_with(&data, &["--role", "api"]);
-    let r = post(
+    let r = post_to(
         &client,
         &api.base,
         "/v1/tenants/default/subscriptions",
@@ -234,13 +221,13 @@ async fn roles_split_the_api_from_delivery() {
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let event = agent_event(&guid(), 1, "jdoe");
-    let r = post(&client, &api.base, "/v1/tenants/default/events", &event).await;
+    let r = post_to(&client, &api.base, "/v1/tenants/default/events", &event).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     let worker = Server::start_with(&data, &["--role", "worker"]);
     let got = rx.wait_for(1).await;
     assert_eq!(got[0].event_id(), event["Id"].as_str().unwrap());
-    let r = post(&client, &worker.base, "/v1/tenants/default/events", &event).await;
+    let r = post_to(&client, &worker.base, "/v1/tenants/default/events", &event).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "a worker serves no API");
     let r = client
         .get(format!("{}/readyz", worker.base))
@@ -258,7 +245,7 @@ async fn a_key_deleted_on_one_node_stops_working_on_the_others() {
     let data = TestData::postgres().await;
     let (a, b) = (Server::start(&data), Server::start(&data));
     let client = reqwest::Client::new();
-    let r = post(
+    let r = post_to(
         &client,
         &a.base,
         "/v1/tenants/default/keys",
@@ -289,12 +276,13 @@ async fn a_key_deleted_on_one_node_stops_working_on_the_others() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // The notification is asynchronous: B refuses the key as soon as it arrives, well before
     // the expiry would (30 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while read_on_b().await.unwrap().status() != StatusCode::UNAUTHORIZED {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node B still accepts a key deleted on node A"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = || async {
+        (read_on_b().await.unwrap().status() == StatusCode::UNAUTHORIZED).then_some(())
+    };
+    eventually_within(
+        "node B to refuse a key deleted on node A",
+        Duration::from_secs(10),
+        refused,
+    )
+    .await;
 }

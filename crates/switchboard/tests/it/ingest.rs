@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::TestApp;
-use crate::support::app::{ADMIN_KEY, agent_event, guid, problem};
+use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem};
 
 #[tokio::test]
 async fn single_event_and_batch_are_accepted_in_sequence_and_read_back_identical() {
@@ -428,4 +428,94 @@ async fn a_configured_body_limit_is_honoured() {
     problem(r, StatusCode::PAYLOAD_TOO_LARGE).await;
     app.publish_ok("default", &agent_event(&guid(), 1, "small"))
         .await;
+}
+
+/// A tenant limited to 50 events/s: a burst of 200 gets 202s up to the limit, then 429s with
+/// `Retry-After`, and only the accepted events are in the log.
+#[tokio::test]
+async fn a_tenant_over_its_ingest_limit_gets_429_and_nothing_of_it_is_stored() {
+    let app = TestApp::spawn().await;
+    app.create_tenant("acme").await;
+    let limit = |v: Value| {
+        let app = &app;
+        async move {
+            let body = json!({"ingest_rate_limit_per_sec": v});
+            json_ok(
+                app.call(Method::PATCH, "/v1/tenants/acme", ADMIN_KEY, Some(&body))
+                    .await,
+            )
+            .await
+        }
+    };
+    assert_eq!(limit(json!(50)).await["ingest_rate_limit_per_sec"], 50);
+    let r = app
+        .call(
+            Method::PATCH,
+            "/v1/tenants/acme",
+            ADMIN_KEY,
+            Some(&json!({"ingest_rate_limit_per_sec": 0})),
+        )
+        .await;
+    let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(p["errors"][0]["field"], "ingest_rate_limit_per_sec");
+
+    // The burst: 200 single events at once.
+    let ids: Vec<String> = (0..200).map(|_| guid()).collect();
+    let posts: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (client, url) = (app.client.clone(), app.url("/v1/tenants/acme/events"));
+            let event = agent_event(id, 1, "jdoe");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&event)
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut accepted = std::collections::HashSet::new();
+    for (id, post) in ids.iter().zip(posts) {
+        let r = post.await.unwrap();
+        match r.status() {
+            StatusCode::ACCEPTED => {
+                accepted.insert(id.clone());
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let after: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(after >= 1);
+                let p: Value = r.json().await.unwrap();
+                assert_eq!(p["type"], "urn:switchboard:problem:rate-limited");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(accepted.len() >= 50, "{} accepted", accepted.len());
+    assert!(
+        accepted.len() < 120,
+        "{} accepted: the limit held",
+        accepted.len()
+    );
+    let log: std::collections::HashSet<String> = app
+        .all_events("acme")
+        .await
+        .iter()
+        .map(|e| e["event"]["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(log, accepted, "only the accepted events are stored");
+
+    // Without a limit, everything goes in again.
+    assert_eq!(
+        limit(Value::Null).await["ingest_rate_limit_per_sec"],
+        Value::Null
+    );
+    let batch: Vec<Value> = (0..300).map(|_| agent_event(&guid(), 1, "jdoe")).collect();
+    app.publish_ok("acme", &Value::Array(batch)).await;
 }

@@ -10,5 +10,7 @@ mod log;
 mod metrics;
 mod pg_faults;
 mod restart;
+mod retention;
 mod stepped;
 mod support;
+mod system_events;

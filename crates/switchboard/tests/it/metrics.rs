@@ -2,12 +2,13 @@
 //! Counters are per process and the suite runs many servers in one, so they are checked as
 //! lower bounds; the gauges come from this server's own database and are exact.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::app::{agent_event, guid};
+use crate::support::receiver::eventually;
 use crate::support::{TestApp, TestReceiver};
 
 /// The value of the sample named exactly `series` (name and labels), if present.
@@ -40,17 +41,13 @@ async fn metrics_count_ingest_attempts_latency_and_show_pending_and_subscription
     ok.wait_for(3).await;
     down.wait_for(3).await;
     // Outcomes are counted before they are written back; once the log shows them, they are in.
-    let deadline = Instant::now() + Duration::from_secs(30);
     for (sub, state) in [(&sub_ok, "succeeded"), (&sub_down, "pending")] {
         let id = sub["id"].as_str().unwrap();
-        loop {
+        eventually("the attempts to be recorded", || async {
             let done = app.deliveries(id, Some(state)).await;
-            if done.len() == 3 && done.iter().all(|d| d["attempt_count"] == 1) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "attempts of {id} not recorded");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            (done.len() == 3 && done.iter().all(|d| d["attempt_count"] == 1)).then_some(())
+        })
+        .await;
     }
 
     // No key needed.

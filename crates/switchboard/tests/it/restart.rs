@@ -90,29 +90,7 @@ async fn acknowledged_events_survive_sigkill() {
     assert!(acked.len() >= 400);
 
     let server = Server::start(&data);
-    let mut stored = std::collections::HashSet::new();
-    let mut after = 0;
-    loop {
-        let page: Value = client
-            .get(format!(
-                "{}/v1/tenants/default/events?limit=1000&after={after}",
-                server.base
-            ))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for item in page["data"].as_array().unwrap() {
-            stored.insert(item["event"]["Id"].as_str().unwrap().to_string());
-            after = item["sequence"].as_i64().unwrap();
-        }
-        if page["next_after"].is_null() {
-            break;
-        }
-    }
+    let stored = server.event_ids(&client).await;
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(
         lost.is_empty(),
@@ -235,11 +213,13 @@ async fn a_database_of_the_previous_release_opens_with_its_data() {
         e.to_string()
     };
     let spec = serde_json::json!({"url": rx.url("/old"), "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"});
+    // Received now: older would be purged by retention as the node starts.
+    let now = switchboard::store::now_millis();
     for sql in [
         format!(
             "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \
-             received_at, body) VALUES ('default', 1, '{id1}', 20261123184603, 1, 1, 'alice', 0, \
-             '{}'), ('default', 2, '{id2}', 20261123184603, 1, 1, 'alice', 0, '{}')",
+             received_at, body) VALUES ('default', 1, '{id1}', 20261123184603, 1, 1, 'alice', {now}, \
+             '{}'), ('default', 2, '{id2}', 20261123184603, 1, 1, 'alice', {now}, '{}')",
             body(&id1),
             body(&id2)
         ),

@@ -7,6 +7,7 @@
 //! before its next turn. Meanwhile turns fail at once with `StoreError::Unavailable`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -17,22 +18,23 @@ use uuid::Uuid;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
-use super::super::{Outcome, StoreError, now_millis, sql, turn};
-use crate::subscription::health::Policy;
+use super::super::{Options, Outcome, StoreError, sql, turn};
 
 /// Starts the writer task; the returned receiver resolves when it has committed its last turn
 /// and closed the connection.
 pub(super) fn spawn(
-    options: PgConnectOptions,
+    connect: PgConnectOptions,
     conn: PgConnection,
     mut rx: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
-    policy: Policy,
+    options: Options,
+    writable: Arc<AtomicBool>,
 ) -> oneshot::Receiver<()> {
+    let (policy, clock) = (options.health, options.clock);
     let (done, finished) = oneshot::channel();
     tokio::spawn(async move {
         let mut writer = Writer {
-            options,
+            options: connect,
             conn: Some(conn),
             retry: Backoff::default(),
         };
@@ -40,14 +42,14 @@ pub(super) fn spawn(
             let (group, stopping) = Group::collect(first, &mut rx);
             if !group.is_empty() {
                 let result = match writer.connected().await {
-                    Ok(()) => turn::run(&mut writer, &group, &policy, now_millis()).await,
+                    Ok(()) => turn::run(&mut writer, &group, &policy, clock.now_ms()).await,
                     Err(e) => Err(e),
                 };
                 if let Err(StoreError::Unavailable(_)) = &result {
                     // The connection is not to be trusted again; the next turn opens another.
                     writer.conn = None;
                 }
-                group.answer(result, &wake);
+                group.answer(result, &wake, &writable);
             }
             if stopping {
                 break;

@@ -20,8 +20,9 @@ use uuid::Uuid;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, Value};
 use super::super::decide::{self, fixed_chunks};
-use super::super::{Outcome, StoreError, now_millis, sql, turn};
+use super::super::{Options, Outcome, StoreError, sql, turn};
 use super::ids::{self, Merge, MergeSizes, RecentIds};
+use crate::clock::Clock;
 use crate::subscription::health::Policy;
 
 /// Opens the write connection and starts the writer thread. The returned receiver resolves when
@@ -32,8 +33,10 @@ pub(super) fn spawn(
     wake: Arc<Notify>,
     ids: Arc<RecentIds>,
     merge: MergeSizes,
-    policy: Policy,
+    options: Options,
+    writable: Arc<AtomicBool>,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
+    let (policy, clock) = (options.health, options.clock);
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
     // transaction survives power loss, not only a process crash.
@@ -70,7 +73,12 @@ pub(super) fn spawn(
                 ids: &ids,
                 relaxed: false,
             };
-            run(writer, rx, &wake, &wal_long, Merge::new(merge), &policy);
+            let turn = Turn {
+                policy,
+                clock,
+                writable,
+            };
+            run(writer, rx, &wake, &wal_long, Merge::new(merge), &turn);
             // Dropping the sender stops the checkpoints.
             drop(stop_checkpoints);
             let _ = done.send(());
@@ -133,6 +141,13 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// What every turn is run with.
+struct Turn {
+    policy: Policy,
+    clock: Clock,
+    writable: Arc<AtomicBool>,
+}
+
 /// Group commit until shutdown, or until every sender is gone.
 fn run(
     mut writer: Writer<'_>,
@@ -140,12 +155,13 @@ fn run(
     wake: &Notify,
     wal_long: &AtomicBool,
     mut merge: Merge,
-    policy: &Policy,
+    turn: &Turn,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
-            let result = now_or_never(turn::run(&mut writer, &group, policy, now_millis()));
+            let now = turn.clock.now_ms();
+            let result = now_or_never(turn::run(&mut writer, &group, &turn.policy, now));
             // Once durable, and before any request is answered, the new `Id`s join memory.
             if let Ok(done) = &result {
                 for (tenant, ids) in &done.new_ids {
@@ -154,7 +170,7 @@ fn run(
                         .add(ids.iter().map(|&(id, seq)| (tenant.as_str(), id, seq)));
                 }
             }
-            group.answer(result, wake);
+            group.answer(result, wake, &turn.writable);
         }
         if stopping {
             break;
@@ -446,4 +462,37 @@ fn bodies(
     select_in(tx, BODIES, tenant, sequences, |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk (here: SQLite's page limit, which fails the same way) is the database being
+    /// unavailable — a 503 the client may retry — not an error of the request; and the
+    /// connection writes again once there is room.
+    #[test]
+    fn a_full_disk_is_unavailable_and_the_connection_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("full.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v TEXT); PRAGMA max_page_count = 3;")
+            .unwrap();
+        let fill = || conn.execute("INSERT INTO t VALUES (?1)", ["x".repeat(2000)]);
+        let err = (0..100)
+            .find_map(|_| fill().err())
+            .expect("the database fills up");
+        assert!(
+            matches!(db(err), StoreError::Unavailable(_)),
+            "disk full is unavailable"
+        );
+        conn.execute_batch("PRAGMA max_page_count = 1000").unwrap();
+        fill().expect("writes again once there is room");
+        let bad = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .unwrap_err();
+        assert!(
+            matches!(db(bad), StoreError::Db(_)),
+            "a bad statement is not"
+        );
+    }
 }

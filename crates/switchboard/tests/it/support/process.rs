@@ -50,6 +50,22 @@ impl Server {
     }
 }
 
+/// POSTs `body` to `path` of the server at `base` with the admin key.
+pub async fn post_to(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    client
+        .post(format!("{base}{path}"))
+        .bearer_auth(ADMIN_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -58,6 +74,43 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// POSTs `body` to `path` with the admin key.
+    pub async fn post(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        post_to(client, &self.base, path, body).await
+    }
+
+    /// Every event `Id` in tenant `default`'s log, read page by page.
+    pub async fn event_ids(&self, client: &reqwest::Client) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        let mut after = 0;
+        loop {
+            let page: serde_json::Value = client
+                .get(format!(
+                    "{}/v1/tenants/default/events?limit=1000&after={after}",
+                    self.base
+                ))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .expect("request")
+                .json()
+                .await
+                .expect("a page");
+            for item in page["data"].as_array().expect("data") {
+                ids.insert(item["event"]["Id"].as_str().expect("Id").to_string());
+                after = item["sequence"].as_i64().expect("sequence");
+            }
+            if page["next_after"].is_null() {
+                return ids;
+            }
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");

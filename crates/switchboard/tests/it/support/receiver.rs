@@ -177,21 +177,37 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     response
 }
 
+/// The distinct `webhook-id`s among requests received.
+pub fn unique_ids(got: &[Received]) -> std::collections::HashSet<String> {
+    got.iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
+}
+
 /// Polls `check` until it returns `Some`, for state only visible through the API (a readiness
 /// check, not a sleep-and-hope); panics after 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    eventually_within(what, Duration::from_secs(30), check).await
+}
+
+/// [`eventually`], panicking after `limit`: for what must happen within a bound.
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "not within {limit:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

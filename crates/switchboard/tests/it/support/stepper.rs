@@ -9,7 +9,9 @@ use switchboard::clock::Clock;
 use switchboard::delivery::guard::Guard;
 use switchboard::delivery::{Dispatcher, Sender};
 use switchboard::event::{Catalog, parse_batch};
-use switchboard::store::{Accepted, DeliveryRecord, Store, SubscriptionRecord, now_millis};
+use switchboard::store::{
+    Accepted, DeliveryRecord, Options, Store, SubscriptionRecord, now_millis,
+};
 use switchboard::subscription::SubscriptionSpec;
 
 use crate::support::db::TestData;
@@ -20,35 +22,57 @@ pub const LEASE: Duration = Duration::from_secs(25);
 pub struct Stepper {
     pub store: Store,
     pub dispatcher: Dispatcher,
+    /// The store's and the dispatcher's.
     pub clock: Clock,
-    /// Kept so the data lives as long as the stepper.
-    _data: TestData,
+    options: Options,
+    data: TestData,
+}
+
+/// A store on `data` with `options`, and a dispatcher on the same clock.
+async fn open(data: &TestData, options: &Options) -> (Store, Dispatcher) {
+    let path = data.dir.path().join("switchboard.db");
+    let store = Store::open_with(&data.database_url(), &path, options.clone())
+        .await
+        .expect("store opens");
+    let guard = Guard {
+        allow_loopback: true,
+        allow_networks: Vec::new(),
+    };
+    let sender = Sender::new(guard, Duration::from_secs(10))
+        .expect("client")
+        .with_clock(options.clock.clone());
+    let dispatcher = Dispatcher::new(store.clone(), sender, LEASE);
+    (store, dispatcher)
 }
 
 impl Stepper {
     pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A stepper whose store is opened with `adjust`ed options.
+    pub async fn with(adjust: impl FnOnce(&mut Options)) -> Self {
         let data = TestData::new().await;
-        let path = data.dir.path().join("switchboard.db");
-        let store = Store::open(&data.database_url(), &path)
-            .await
-            .expect("store opens");
-        // An hour ahead of the system clock, which stamps new deliveries due: they are due at
-        // once, and only the retries this clock schedules wait for it to move.
-        let clock = Clock::manual(now_millis() + 3_600_000);
-        let guard = Guard {
-            allow_loopback: true,
-            allow_networks: Vec::new(),
+        let clock = Clock::manual(now_millis());
+        let mut options = Options {
+            clock: clock.clone(),
+            ..Options::default()
         };
-        let sender = Sender::new(guard, Duration::from_secs(10))
-            .expect("client")
-            .with_clock(clock.clone());
-        let dispatcher = Dispatcher::new(store.clone(), sender, LEASE);
+        adjust(&mut options);
+        let (store, dispatcher) = open(&data, &options).await;
         Stepper {
             store,
             dispatcher,
             clock,
-            _data: data,
+            options,
+            data,
         }
+    }
+
+    /// Closes the store and opens it again on the same data, with a new dispatcher: a restart.
+    pub async fn restart(&mut self) {
+        self.store.close().await;
+        (self.store, self.dispatcher) = open(&self.data, &self.options).await;
     }
 
     /// Creates a subscription of tenant `default` from a body as the API takes it.
@@ -89,6 +113,14 @@ impl Stepper {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    pub async fn subscription(&self, sub: &SubscriptionRecord) -> SubscriptionRecord {
+        self.store
+            .get_subscription("default", &sub.id)
+            .await
+            .unwrap()
+            .expect("the subscription")
     }
 
     pub async fn deliveries(&self, sub: &SubscriptionRecord) -> Vec<DeliveryRecord> {

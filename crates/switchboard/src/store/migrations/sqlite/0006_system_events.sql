@@ -11,3 +11,10 @@ CREATE TABLE system_events (
     body       TEXT NOT NULL                   -- the canonical JSON, delivered byte for byte
 );
 CREATE INDEX system_events_tenant ON system_events (tenant_id, id);
+
+-- SubscriptionFailing is sent once per failing period: whether it was, kept with the failing
+-- count so that a restart neither repeats nor forgets it.
+ALTER TABLE subscriptions ADD COLUMN failing_sent BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- A tenant's ingest limit in events per second (NULL: none), enforced by each node.
+ALTER TABLE tenants ADD COLUMN ingest_rate_limit_per_sec BIGINT;

@@ -1,0 +1,94 @@
+//! Retention (DESIGN §11), with the store's clock moved by hand: old finished events go with
+//! their deliveries and attempts; an old event with a pending delivery stays and is delivered;
+//! an `Id` posted again after its purge is a new event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::store::{DeliveryStatus, EventQuery};
+
+use crate::support::TestReceiver;
+use crate::support::app::{agent_event, guid};
+use crate::support::stepper::Stepper;
+
+async fn log(t: &Stepper) -> Vec<String> {
+    let q = EventQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let events = t.store.list_events("default", &q).await.unwrap();
+    events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["Id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn old_finished_events_go_pending_ones_stay_and_their_ids_are_new_again() {
+    let mut t = Stepper::new().await;
+    let ok = TestReceiver::start().await;
+    let status = Arc::new(AtomicU16::new(503));
+    let s = status.clone();
+    let down = TestReceiver::with(move |_, _| (s.load(Ordering::SeqCst), Duration::ZERO)).await;
+    let all = t.subscribe(json!({"url": ok.url("/all")})).await;
+    let bobs = t
+        .subscribe(json!({"url": down.url("/bob"), "filter": {"usernames": ["bob"]}, "retry_schedule_secs": [60]}))
+        .await;
+    let (a1, a2, b1) = (guid(), guid(), guid());
+    t.publish(&json!([
+        agent_event(&a1, 1, "alice"),
+        agent_event(&a2, 3, "alice"),
+        agent_event(&b1, 1, "bob")
+    ]))
+    .await;
+    assert_eq!(
+        t.step().await,
+        4,
+        "three to all, bob's to his receiver, which is down"
+    );
+    let old_delivery = t.deliveries(&all).await[0].id;
+
+    t.advance(Duration::from_secs(3));
+    let a3 = guid();
+    t.publish(&agent_event(&a3, 1, "alice")).await;
+    t.step().await;
+    let purged = t.store.purge(t.clock.now_ms() - 2_000).await.unwrap();
+    assert_eq!(purged.events, 2, "alice's two old events");
+    assert_eq!(
+        log(&t).await,
+        [b1.clone(), a3.clone()],
+        "the pending one and the young one stay"
+    );
+    assert!(
+        t.store
+            .get_delivery("default", old_delivery)
+            .await
+            .unwrap()
+            .is_none(),
+        "its deliveries and attempts went with it"
+    );
+    assert_eq!(t.deliveries(&all).await.len(), 2);
+
+    // An Id posted again after its purge is a new event.
+    let again = t.publish(&agent_event(&a1, 1, "alice")).await;
+    assert!(!again[0].duplicate);
+    assert_eq!(again[0].sequence, 5);
+
+    // The old pending event is still delivered, then goes too.
+    status.store(200, Ordering::SeqCst);
+    t.advance(Duration::from_secs(80));
+    t.step().await;
+    let bob = &t.deliveries(&bobs).await[0];
+    assert_eq!(bob.status, DeliveryStatus::Succeeded);
+    let purged = t.store.purge(t.clock.now_ms() - 2_000).await.unwrap();
+    assert_eq!(purged.events, 3, "bob's, alice's young one and the re-post");
+    assert!(log(&t).await.is_empty());
+    assert!(down.received().iter().all(|r| r.event_id() == b1));
+}
