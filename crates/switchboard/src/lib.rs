@@ -56,6 +56,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` with the bound address once the store is open and requests are
+/// answered (`serve` prints its "listening" line there: nothing is said before it is true).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     // Installed before anything is counted.
@@ -111,6 +122,7 @@ pub async fn run(
     };
     let role = config.role;
     tracing::info!(addr = %listener.local_addr()?, db = %db, dev = config.dev, ?role, "serving");
+    serving(listener.local_addr()?);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

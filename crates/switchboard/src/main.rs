@@ -183,9 +183,10 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
-            // Scripts and tests read this line to learn the port when listening on port 0.
-            println!("switchboard listening on http://{}", listener.local_addr()?);
-            switchboard::run(config, listener, shutdown_signal()).await
+            // Scripts and tests read this line to learn the port when listening on port 0. It
+            // comes once the store is open: a node that cannot open its database never says it.
+            let serving = |addr| println!("switchboard listening on http://{addr}");
+            switchboard::run_with(config, listener, shutdown_signal(), serving).await
         }
     }
 }

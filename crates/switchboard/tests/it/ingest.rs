@@ -519,3 +519,47 @@ async fn a_tenant_over_its_ingest_limit_gets_429_and_nothing_of_it_is_stored() {
     let batch: Vec<Value> = (0..300).map(|_| agent_event(&guid(), 1, "jdoe")).collect();
     app.publish_ok("acme", &Value::Array(batch)).await;
 }
+
+/// Numbers in `AdditionalFields` pass through exactly as posted: integers beyond 64 bits are not
+/// rounded to floats, decimals keep their digits.
+#[tokio::test]
+async fn numbers_in_additional_fields_are_kept_exactly_as_posted() {
+    let app = TestApp::spawn().await;
+    let id = guid();
+    let body = format!(
+        r#"{{"Id":"{id}","CreationDateUtc":"20261123184603","Category":2,"Code":1,"AdditionalFields":{{"Big":123456789012345678901234567890,"Neg":-9223372036854775809,"Dec":0.1000000000000000055511151231257827}}}}"#
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/tenants/default/events"))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let stored = app
+        .get(&format!("/v1/tenants/default/events/{id}"), ADMIN_KEY)
+        .await;
+    let text = stored.text().await.unwrap();
+    for digits in [
+        "123456789012345678901234567890",
+        "-9223372036854775809",
+        "0.1000000000000000055511151231257827",
+    ] {
+        assert!(text.contains(digits), "{digits} in {text}");
+    }
+    // Posted again as it was: identical, a duplicate.
+    let again = app
+        .client
+        .post(app.url("/v1/tenants/default/events"))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["events"][0]["duplicate"], true);
+}

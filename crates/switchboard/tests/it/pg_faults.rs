@@ -369,3 +369,24 @@ async fn a_node_started_before_its_database_serves_once_it_is_up() {
     let status = r.status();
     assert_eq!(status, StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
 }
+
+/// A node whose database cannot be opened exits with a message naming it, and never says it is
+/// listening.
+#[test]
+fn a_node_that_cannot_open_its_database_never_says_it_is_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        // Nothing listens on port 1 of loopback: refused at once.
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/none"])
+        .env("SWITCHBOARD_DATABASE_CONNECT_TIMEOUT_SECS", "0")
+        .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .expect("run switchboard");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(stderr.contains("opening database"), "{stderr}");
+}
