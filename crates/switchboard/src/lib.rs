@@ -146,7 +146,6 @@ async fn purge(store: Store, retention: Duration, mut stop: watch::Receiver<bool
         let cutoff = store::now_millis() - retention.as_millis() as i64;
         match store.purge(cutoff).await {
             Ok(p) if p.events + p.system_events > 0 => {
-                metrics::counter!(telemetry::PURGED_EVENTS).increment(p.events);
                 tracing::info!(
                     events = p.events,
                     system_events = p.system_events,

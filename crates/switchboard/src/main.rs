@@ -73,6 +73,10 @@ struct BenchArgs {
     /// With --pending: seconds deliveries are counted after the restart
     #[arg(long, default_value_t = 5)]
     after_secs: u64,
+    /// First store this many events, then run with a one-second retention: the purge of all
+    /// of them runs alongside the measured load (in-process server only)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    expired: usize,
 }
 
 #[derive(Args)]
@@ -163,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: a.rate,
                     database_url: a.database_url,
                     progress: !a.json,
+                    expired: a.expired,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

@@ -39,6 +39,9 @@ pub struct Options {
     pub database_url: String,
     /// Print a progress line on stderr.
     pub progress: bool,
+    /// In-process server only: first store this many events, then run with a one-second
+    /// retention, so that the purge of all of them runs alongside the measured load.
+    pub expired: usize,
 }
 
 impl Default for Options {
@@ -54,8 +57,98 @@ impl Default for Options {
             rate: None,
             database_url: String::new(),
             progress: false,
+            expired: 0,
         }
     }
+}
+
+/// A server started in this process, and what stops it.
+type InProcess = (
+    oneshot::Sender<()>,
+    std::thread::JoinHandle<anyhow::Result<()>>,
+);
+
+/// Starts `config`'s server in this process on a port of its own; returns its base URL.
+fn in_process(config: Config) -> anyhow::Result<(String, InProcess)> {
+    // The server gets a runtime of its own on its own threads, as it would in its own
+    // process: the load generator's tasks never share its scheduler.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = std::thread::spawn(move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            crate::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    });
+    Ok((base, (tx, server)))
+}
+
+/// Stops a server started with [`in_process`] and waits for it.
+async fn stop_in_process((tx, server): InProcess) -> anyhow::Result<()> {
+    let _ = tx.send(());
+    tokio::task::spawn_blocking(move || server.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))?
+}
+
+/// Stores `n` events (no subscription), 1,000 a request, four requests at a time.
+async fn prefill(client: &reqwest::Client, base: &str, key: &str, n: usize) -> anyhow::Result<()> {
+    let ids = BenchIds::new();
+    let url = format!("{base}/v1/tenants/default/events");
+    let batches: Vec<usize> = (0..n.div_ceil(1000)).collect();
+    for group in batches.chunks(4) {
+        let posts = group.iter().map(|&b| {
+            let events: Vec<Value> = (b * 1000..((b + 1) * 1000).min(n))
+                .map(|i| bench_event(ids.id(i), i))
+                .collect();
+            client.post(&url).bearer_auth(key).json(&events).send()
+        });
+        for r in futures_join(posts).await {
+            let r = r?;
+            if r.status() != StatusCode::ACCEPTED {
+                bail!("storing expired events: {}", r.status());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the requests together; their answers in order.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("a request task"));
+    }
+    out
+}
+
+/// `switchboard_purged_events_total` as the server's `/metrics` shows it.
+async fn purged_so_far(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_purged_events_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64))
 }
 
 /// Latency percentiles in milliseconds.
@@ -102,6 +195,9 @@ pub struct Report {
     /// Peak resident memory of the server, when it runs in this process (it then includes the
     /// benchmark's own memory).
     pub server_peak_rss_mib: Option<f64>,
+    /// With `expired`: expired events stored before the run, and how many retention had
+    /// purged by its end.
+    pub expired: Option<(usize, u64)>,
 }
 
 /// The receiver's shared state.
@@ -175,27 +271,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             config.database_url = opts.database_url.clone();
             config.admin_key = crate::auth::generate_key("sb_admin_");
             config.log_level = "warn".into();
-            // The server gets a runtime of its own on its own threads, as it would in its own
-            // process: the load generator's tasks never share its scheduler.
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            listener.set_nonblocking(true)?;
-            let base = format!("http://{}", listener.local_addr()?);
-            let (tx, rx) = oneshot::channel::<()>();
             let key = config.admin_key.clone();
-            let server = std::thread::spawn(move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    crate::run(config, listener, async {
-                        let _ = rx.await;
-                    })
-                    .await
-                })
-            });
-            (base, key, Some((tx, server)), Some(dir))
+            if opts.expired > 0 {
+                let (base, stop) = in_process(config.clone())?;
+                prefill(&client, &base, &key, opts.expired).await?;
+                stop_in_process(stop).await?;
+                // The prefill's writes reach the disk first, so that the run measures the
+                // purge, not the write-back of a gigabyte stored just before; everything
+                // stored so far is then expired a second from now.
+                let _ = tokio::process::Command::new("sync").status().await;
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+                config.retention_secs = 1;
+            }
+            let (base, stop) = in_process(config)?;
+            (base, key, Some(stop), Some(dir))
         }
     };
     let ready = client.get(format!("{base}/readyz")).send().await?;
@@ -357,14 +446,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .is_none()
         .then(|| rss_mib("self").map(|(_, peak)| peak))
         .flatten();
+    let expired = match (opts.expired, &stop) {
+        (0, _) | (_, None) => None,
+        (n, Some(_)) => Some((n, purged_so_far(&client, &base).await?)),
+    };
     // Close the client's keep-alive connections first: the server's graceful shutdown waits
     // for its connections.
     drop(client);
-    if let Some((tx, server)) = stop {
-        let _ = tx.send(());
-        tokio::task::spawn_blocking(move || server.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    if let Some(stop) = stop {
+        stop_in_process(stop).await?;
     }
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let deliveries = state.seen.lock().expect("lock").len();
@@ -386,6 +476,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         ingest_to_receiver_ms,
         receiver_raw_requests_per_sec: raw,
         server_peak_rss_mib,
+        expired,
     })
 }
 
@@ -518,6 +609,9 @@ impl Report {
             );
             (delivered, p(&self.ingest_to_receiver_ms))
         };
+        let expired = self.expired.map_or(String::new(), |(n, purged)| {
+            format!("\nretention         {purged} of {n} expired events purged during the run")
+        });
         format!(
             "switchboard bench: {} events, batch {}, concurrency {}, {} subscription(s), {rate}\n\
              accepted          {} in {:.2} s = {:.0} events/s\n\
@@ -525,7 +619,7 @@ impl Report {
              receiver raw      {:.0} requests/s over loopback (the ceiling)\n\
              ingest latency    {}\n\
              ingest→receiver   {to_receiver}\n\
-             server peak RSS   {rss}",
+             server peak RSS   {rss}{expired}",
             self.events,
             self.batch,
             self.concurrency,

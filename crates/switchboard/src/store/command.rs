@@ -26,6 +26,8 @@ pub(super) enum Command {
     System(SystemEvent, Reply<Vec<Claimed>>),
     /// Answer once a (empty) transaction committed: the writer can write.
     Ping(Reply<()>),
+    /// One batch of retention's purge.
+    Purge(PurgeJob, Reply<PurgeStep>),
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -38,6 +40,22 @@ pub(super) struct ClaimJob {
     pub now: i64,
 }
 
+/// One batch of the purge: events of `tenant` after sequence `after` (or, with no tenant, System
+/// events) received before `cutoff` (unix ms).
+pub(super) struct PurgeJob {
+    pub tenant: Option<String>,
+    pub after: i64,
+    pub cutoff: i64,
+}
+
+/// What a purge batch did: whether more may follow, where the next starts, what went.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PurgeStep {
+    pub more: bool,
+    pub last: i64,
+    pub purged: super::Purged,
+}
+
 /// Everything one writer turn commits.
 #[derive(Default)]
 pub(super) struct Group {
@@ -47,6 +65,7 @@ pub(super) struct Group {
     pub claims: Vec<(ClaimJob, Reply<Vec<Claimed>>)>,
     pub system: Vec<(SystemEvent, Reply<Vec<Claimed>>)>,
     pings: Vec<Reply<()>>,
+    pub purges: Vec<(PurgeJob, Reply<PurgeStep>)>,
     events: usize,
 }
 
@@ -56,6 +75,7 @@ pub(super) struct Committed {
     pub ingests: Vec<JobResult>,
     pub claims: Vec<Vec<Claimed>>,
     pub system: Vec<Vec<Claimed>>,
+    pub purges: Vec<PurgeStep>,
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
     pub deliveries_added: bool,
@@ -91,6 +111,7 @@ impl Group {
             Command::Claim(job, reply) => self.claims.push((job, reply)),
             Command::System(event, reply) => self.system.push((event, reply)),
             Command::Ping(reply) => self.pings.push(reply),
+            Command::Purge(job, reply) => self.purges.push((job, reply)),
             Command::Shutdown => return true,
         }
         false
@@ -102,6 +123,7 @@ impl Group {
             && self.claims.is_empty()
             && self.system.is_empty()
             && self.pings.is_empty()
+            && self.purges.is_empty()
     }
 
     /// A group without ingest holds nothing a client was promised — claims and outcomes; losing
@@ -150,6 +172,9 @@ impl Group {
                 for ((_, reply), claimed) in self.system.into_iter().zip(done.system) {
                     let _ = reply.send(Ok(claimed));
                 }
+                for ((_, reply), step) in self.purges.into_iter().zip(done.purges) {
+                    let _ = reply.send(Ok(step));
+                }
                 for reply in self.outcome_replies.into_iter().chain(self.pings) {
                     let _ = reply.send(Ok(()));
                 }
@@ -170,6 +195,9 @@ impl Group {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in self.system {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in self.purges {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in self.outcome_replies.into_iter().chain(self.pings) {

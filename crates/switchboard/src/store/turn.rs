@@ -92,6 +92,10 @@ async fn write<C: Conn>(
     for (job, _) in &group.claims {
         done.claims.push(claim(conn, job).await?);
     }
+    for (job, _) in &group.purges {
+        done.purges
+            .push(super::retention::purge_batch(conn, job).await?);
+    }
     done.deliveries_added = added || !group.outcomes.is_empty() || !group.system.is_empty();
     if let (true, Some(notify)) = (done.deliveries_added, conn.dialect().notify) {
         // Other nodes' dispatchers wake when this commits.

@@ -155,6 +155,7 @@ struct Seen {
     accepted: Vec<String>,
     statuses: HashSet<u16>,
     last_202: Option<Instant>,
+    transport_errors: Vec<String>,
 }
 
 /// Eight clients posting single events until `stop`.
@@ -193,7 +194,10 @@ fn load(
                                 assert_eq!(p["title"], "Database unavailable");
                             }
                         }
-                        Err(e) => panic!("the node stopped answering: {e}"),
+                        // A connection dropped in transit is not an answer: counted, with its
+                        // cause, and bounded below (a node that stopped answering fails the
+                        // test by never accepting again).
+                        Err(e) => seen.transport_errors.push(format!("{e:?}")),
                     }
                 }
             })
@@ -284,6 +288,11 @@ async fn a_node_survives_database_restarts_fast_and_crash() {
     }
     let seen = seen.lock().await;
     assert!(seen.accepted.len() > 20, "{} accepted", seen.accepted.len());
+    assert!(
+        seen.transport_errors.len() <= 8,
+        "{:?}",
+        seen.transport_errors
+    );
     all_kept_and_delivered(&app, &rx, &seen.accepted).await;
 }
 
@@ -313,6 +322,14 @@ async fn a_node_survives_its_connections_being_terminated() {
         c.await.unwrap();
     }
     let seen = seen.lock().await;
+    assert!(
+        seen.transport_errors.len() <= 8,
+        "{:?}",
+        seen.transport_errors
+    );
+    if !seen.transport_errors.is_empty() {
+        eprintln!("transport errors: {:?}", seen.transport_errors);
+    }
     all_kept_and_delivered(&app, &rx, &seen.accepted).await;
     assert_eq!(readyz(&app).await, StatusCode::OK);
 }
