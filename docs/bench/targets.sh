@@ -18,3 +18,4 @@ run --events 100000 --batch 100 --concurrency 8 --subscriptions 0   # the same, 
 run --events 10000 --rate 1000                      # p99 ingest→receiver ≤ 25 ms at 1,000/s
 run --events 3000 --subscriptions 100               # fan-out to 100 subscriptions ≥ 20,000/s
 run --pending 1000000                               # RSS ≤ 150 MiB; restart to first delivery ≤ 5 s
+run --events 10000 --rate 1000 --expired 1000000    # p99 ≤ 25 ms while a million expired events are purged
