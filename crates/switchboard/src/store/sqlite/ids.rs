@@ -193,6 +193,24 @@ impl Merge {
         Ok(())
     }
 
+    /// Copies every `Id` still in memory into `event_ids`, at a graceful stop: the next start
+    /// has nothing to read back and no merges to catch up on.
+    pub fn finish(&mut self, conn: &mut Connection, ids: &RecentIds) -> rusqlite::Result<()> {
+        loop {
+            if self.batch.is_empty() {
+                if ids.active_len() == 0 {
+                    return Ok(());
+                }
+                self.batch = ids.take_batch();
+                self.at = (0, 0);
+            }
+            if writer::with_sync(conn, false, |conn| self.copy_range(conn, ids))? {
+                self.batch.clear();
+                ids.drop_batch();
+            }
+        }
+    }
+
     /// Copies the next [`MergeSizes::per_turn`] `Id`s; true when the batch is done.
     fn copy_range(&mut self, conn: &mut Connection, ids: &RecentIds) -> rusqlite::Result<bool> {
         // IMMEDIATE: no tenant can be deleted or created while this runs (see below).

@@ -194,6 +194,9 @@ fn run(
             tracing::warn!(error = %e, mode, "WAL checkpoint failed");
         }
     }
+    if let Err(e) = merge.finish(&mut writer.conn, writer.ids) {
+        tracing::warn!(error = %e, "merging event ids at stop failed; they are read back at start");
+    }
     if let Err((_, e)) = writer.conn.close() {
         tracing::warn!(error = %e, "closing the database");
     }
