@@ -177,9 +177,27 @@ impl Merge {
     /// copies the next key range of the batch into `event_ids` in a transaction of its own.
     /// The last step also moves each tenant's `ids_through` past the batch.
     pub fn step(&mut self, conn: &mut Connection, ids: &RecentIds) -> rusqlite::Result<()> {
+        self.advance(conn, ids, self.sizes.batch).map(drop)
+    }
+
+    /// Copies every `Id` still in memory into `event_ids`, at a graceful stop: the next start
+    /// has nothing to read back and no merges to catch up on.
+    pub fn finish(&mut self, conn: &mut Connection, ids: &RecentIds) -> rusqlite::Result<()> {
+        while self.advance(conn, ids, 1)? {}
+        Ok(())
+    }
+
+    /// Takes a batch when at least `min` `Id`s are in memory, and copies its next key range;
+    /// false when there was nothing to do.
+    fn advance(
+        &mut self,
+        conn: &mut Connection,
+        ids: &RecentIds,
+        min: usize,
+    ) -> rusqlite::Result<bool> {
         if self.batch.is_empty() {
-            if ids.active_len() < self.sizes.batch.max(1) {
-                return Ok(());
+            if ids.active_len() < min.max(1) {
+                return Ok(false);
             }
             self.batch = ids.take_batch();
             self.at = (0, 0);
@@ -190,25 +208,7 @@ impl Merge {
             self.batch.clear();
             ids.drop_batch();
         }
-        Ok(())
-    }
-
-    /// Copies every `Id` still in memory into `event_ids`, at a graceful stop: the next start
-    /// has nothing to read back and no merges to catch up on.
-    pub fn finish(&mut self, conn: &mut Connection, ids: &RecentIds) -> rusqlite::Result<()> {
-        loop {
-            if self.batch.is_empty() {
-                if ids.active_len() == 0 {
-                    return Ok(());
-                }
-                self.batch = ids.take_batch();
-                self.at = (0, 0);
-            }
-            if writer::with_sync(conn, false, |conn| self.copy_range(conn, ids))? {
-                self.batch.clear();
-                ids.drop_batch();
-            }
-        }
+        Ok(true)
     }
 
     /// Copies the next [`MergeSizes::per_turn`] `Id`s; true when the batch is done.
