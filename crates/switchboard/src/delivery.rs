@@ -21,8 +21,8 @@ use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use tokio::sync::{mpsc, watch};
 
-use crate::clock::Clock;
-use crate::event::{Event, Timestamp, catalog};
+use crate::clock::{Backoff, Clock};
+use crate::event::{Event, catalog};
 use crate::store::{
     Claimed, NextState, Outcome, Recipients, Store, StoreError, SubscriptionRecord, SystemEvent,
 };
@@ -80,10 +80,6 @@ impl Sender {
     /// The same client, with attempts stamped by `clock` (tests move it by hand).
     pub fn with_clock(self, clock: Clock) -> Self {
         Sender { clock, ..self }
-    }
-
-    pub fn clock(&self) -> &Clock {
-        &self.clock
     }
 
     /// POSTs `body` to the target's endpoint, signed with its live secrets.
@@ -283,13 +279,7 @@ pub fn heartbeat(subscription: &str, last: i64, now_ms: i64) -> Event {
     let mut fields = serde_json::Map::new();
     fields.insert("SubscriptionId".into(), subscription.into());
     fields.insert("LastSequence".into(), last.into());
-    Event {
-        id: uuid::Uuid::new_v4(),
-        creation: Timestamp::from_unix_ms(now_ms),
-        category: catalog::SYSTEM,
-        code: catalog::system::HEARTBEAT,
-        fields,
-    }
+    Event::system(catalog::system::HEARTBEAT, fields, now_ms)
 }
 
 /// What an attempt means for its delivery and subscription.
@@ -299,7 +289,7 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         c.round_attempt,
         r.status,
         r.retry_after,
-        retry::jitter_sample,
+        crate::clock::jitter,
     );
     let finished_at = r.started_at + r.duration_ms;
     let next = match step {
@@ -435,23 +425,27 @@ impl Dispatcher {
     /// them.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let wake = self.store.wake_handle();
-        let mut failures = 0u32;
+        // 100 ms, doubling to 10 s: a database that is down for minutes costs a log line and a
+        // try every 10 s, not one a second.
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         while !*shutdown.borrow() {
             let started = match self.step().await {
                 Ok(n) => {
-                    if failures > 0 {
-                        tracing::info!(failures, "dispatcher steps succeed again");
+                    if backoff.failures() > 0 {
+                        tracing::info!(
+                            failures = backoff.failures(),
+                            "dispatcher steps succeed again"
+                        );
                     }
-                    failures = 0;
+                    backoff.succeeded();
                     n
                 }
                 Err(e) => {
-                    // 100 ms, doubling to 10 s: a database that is down for minutes costs a
-                    // log line and a try every 10 s, not one a second.
-                    let delay = Duration::from_millis(100 << failures.min(7)).min(MAX_BACKOFF);
-                    failures = failures.saturating_add(1);
+                    let delay = backoff.failed();
                     match &e {
-                        StoreError::Unavailable(_) if failures > 1 && delay < MAX_BACKOFF => {
+                        StoreError::Unavailable(_)
+                            if backoff.failures() > 1 && delay < MAX_BACKOFF =>
+                        {
                             tracing::debug!(error = %e, ?delay, "dispatcher step failed; backing off")
                         }
                         StoreError::Unavailable(_) => {
@@ -487,6 +481,14 @@ impl Dispatcher {
             .flat_map(|s| s.ready.drain(..))
             .collect();
         self.release(unstarted).await;
+        if let Err(e) = self.settle().await {
+            tracing::warn!(error = %e, "could not record the last outcomes; they will be retried");
+        }
+    }
+
+    /// Waits for every attempt in flight and records every finished one; true if one of them
+    /// disabled its subscription.
+    async fn settle(&mut self) -> Result<bool, StoreError> {
         while self.in_flight() > 0 {
             match self.done_rx.recv().await {
                 Some(o) => self.note_finished(o),
@@ -494,11 +496,11 @@ impl Dispatcher {
             }
         }
         let finished = std::mem::take(&mut self.finished);
-        if !finished.is_empty()
-            && let Err(e) = self.store.record(finished).await
-        {
-            tracing::warn!(error = %e, "could not record the last outcomes; they will be retried");
+        let disabled = finished.iter().any(|o| o.disable.is_some());
+        if !finished.is_empty() {
+            self.store.record(finished).await?;
         }
+        Ok(disabled)
     }
 
     /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
@@ -622,18 +624,7 @@ impl Dispatcher {
     /// Returns how many attempts were made.
     pub async fn run_once(&mut self) -> Result<usize, StoreError> {
         let started = self.step().await?;
-        while self.in_flight() > 0 {
-            match self.done_rx.recv().await {
-                Some(o) => self.note_finished(o),
-                None => break,
-            }
-        }
-        let finished = std::mem::take(&mut self.finished);
-        let disabled = finished.iter().any(|o| o.disable.is_some());
-        if !finished.is_empty() {
-            self.store.record(finished).await?;
-        }
-        if disabled {
+        if self.settle().await? {
             self.refresh(true).await?;
         }
         Ok(started)

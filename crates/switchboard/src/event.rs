@@ -377,6 +377,17 @@ struct Wire {
 }
 
 impl Event {
+    /// A System event (Category 0) of `code` with a fresh `Id`, created at `now_ms`.
+    pub fn system(code: u32, fields: Map<String, Value>, now_ms: i64) -> Event {
+        Event {
+            id: Uuid::new_v4(),
+            creation: Timestamp::from_unix_ms(now_ms),
+            category: catalog::SYSTEM,
+            code,
+            fields,
+        }
+    }
+
     /// The canonical compact JSON: the bytes stored, signed and delivered.
     pub fn to_canonical_json(&self) -> String {
         let wire = WireRef {

@@ -9,7 +9,6 @@ use axum::response::Json;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use uuid::Uuid;
 
 use super::deliveries::DeliveryView;
 use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
@@ -247,13 +246,7 @@ async fn test(
     let rec = find(&state, &tenant, &id).await?;
     let mut fields = Map::new();
     fields.insert("SubscriptionId".into(), Value::String(rec.id.clone()));
-    let event = Event {
-        id: Uuid::new_v4(),
-        creation: Timestamp::now(),
-        category: catalog::SYSTEM,
-        code: catalog::system::TEST,
-        fields,
-    };
+    let event = Event::system(catalog::system::TEST, fields, now_millis());
     let target = Target::new(rec);
     let system = SystemEvent {
         tenant: tenant.clone(),

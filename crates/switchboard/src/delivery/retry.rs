@@ -48,13 +48,6 @@ pub fn next_step(
     Next::Retry(Duration::from_secs_f64(base as f64 * factor))
 }
 
-/// A uniform sample from [-1, 1].
-pub fn jitter_sample() -> f64 {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).expect("the operating system's random source works");
-    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0
-}
-
 /// Parses `Retry-After` as delay-seconds (HTTP dates are not honoured).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -108,7 +101,7 @@ mod tests {
         check(d, 2, Some(500), None, -1.0, secs(24.0));
         check(d, 2, Some(500), None, 7.0, secs(36.0));
         for _ in 0..1000 {
-            let j = jitter_sample();
+            let j = crate::clock::jitter();
             assert!((-1.0..=1.0).contains(&j));
         }
     }

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use super::command::QUEUE_DEPTH;
 use super::db::{Db, Embedded};
 use super::{Change, Opened, Options, Store, StoreError, sql};
+use crate::clock::Backoff;
 
 /// The channel nodes notify each other on: `wake` (deliveries due), `subs` (subscriptions
 /// changed) or `keys` (a key or tenant deleted).
@@ -55,15 +56,15 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// each time, for up to `options.connect_timeout`.
 pub(super) async fn open(url: &str, options: Options) -> Result<Store, StoreError> {
     let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
+        let delay = backoff.failed();
         match try_open(url, options.clone()).await {
             Err(StoreError::Unavailable(e))
                 if started.elapsed() + delay < options.connect_timeout =>
             {
                 tracing::warn!(error = %e, retry_in = ?delay, "the database is not reachable yet; waiting for it");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             other => return other,
         }

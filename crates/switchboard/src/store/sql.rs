@@ -158,9 +158,6 @@ pub const DISABLE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_re
 pub const INSERT_SYSTEM_EVENT: &str = "INSERT INTO system_events (tenant_id, event_id, \
     created_at, body) VALUES ($1, $2, $3, $4) RETURNING id";
 pub const SYSTEM_BODY: &str = "SELECT body FROM system_events WHERE id = $1";
-/// The tenant's enabled subscriptions: those whose filter names category 0 are its monitors.
-pub const TENANT_SUBSCRIPTIONS: &str =
-    "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE ORDER BY id";
 /// A delivery whose retries are spent before its first attempt (Heartbeats: the next follows).
 pub const NO_RETRY: &str = "UPDATE deliveries SET round_attempts = 1000000 WHERE id = $1";
 

@@ -216,6 +216,18 @@ async fn insert_deliveries<C: Conn>(
     now: i64,
     lease_until: Option<i64>,
 ) -> Result<(), StoreError> {
+    let values = delivery_values(rows, now, lease_until);
+    conn.execute(&sql::INSERT_DELIVERIES.text(rows.len()), &values)
+        .await?;
+    Ok(())
+}
+
+/// The arguments of [`sql::INSERT_DELIVERIES`] for `rows`.
+fn delivery_values<'a>(
+    rows: &'a [NewDelivery<'a>],
+    now: i64,
+    lease_until: Option<i64>,
+) -> Vec<Arg<'a>> {
     let mut values = Vec::with_capacity(rows.len() * sql::INSERT_DELIVERIES.columns);
     for d in rows {
         values.extend(args![
@@ -231,9 +243,7 @@ async fn insert_deliveries<C: Conn>(
             lease_until,
         ]);
     }
-    conn.execute(&sql::INSERT_DELIVERIES.text(rows.len()), &values)
-        .await?;
-    Ok(())
+    values
 }
 
 /// Step 5: attempts and their deliveries' new state, a chunk of rows per statement; then each
@@ -304,18 +314,12 @@ async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<Strin
         Recipients::Subscriptions(subs) => return Ok(subs.clone()),
         Recipients::MonitorsBut(except) => except,
     };
-    let rows = conn
-        .query(sql::TENANT_SUBSCRIPTIONS, &args![ev.tenant.as_str()])
-        .await?;
-    let mut out = Vec::new();
-    for mut row in rows {
-        let id = row.text(0)?;
-        let (id, filter, _) = decide::outbox_sub(id, &row.text(1)?).map_err(corrupt)?;
-        if id != *except && decide::monitors(filter.as_ref()) {
-            out.push(id);
-        }
-    }
-    Ok(out)
+    let subs = enabled_subscriptions(conn, &ev.tenant).await?;
+    Ok(subs
+        .into_iter()
+        .filter(|(id, filter, _)| id != except && decide::monitors(filter.as_ref()))
+        .map(|(id, _, _)| id)
+        .collect())
 }
 
 /// Step 6 (and notices of step 5): a System event's body and one delivery per subscription it
@@ -351,13 +355,9 @@ async fn system<C: Conn>(
             sequence,
             agent: None,
         };
-        insert_deliveries(conn, &[row], now, ev.lease_until).await?;
-        let rows = conn
-            .query(
-                "SELECT id FROM deliveries WHERE subscription_id = $1 AND sequence = $2",
-                &args![sub.as_str(), sequence],
-            )
-            .await?;
+        let insert = format!("{} RETURNING id", sql::INSERT_DELIVERIES.text(1));
+        let values = delivery_values(std::slice::from_ref(&row), now, ev.lease_until);
+        let rows = conn.query(&insert, &values).await?;
         let delivery_id = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
         if !ev.retried {
             conn.execute(sql::NO_RETRY, &args![delivery_id]).await?;

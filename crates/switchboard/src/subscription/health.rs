@@ -6,7 +6,6 @@
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use uuid::Uuid;
 
 use crate::event::{Event, Timestamp, catalog};
 
@@ -68,13 +67,7 @@ impl Notice {
             }
             Notice::Recovered => catalog::system::SUBSCRIPTION_RECOVERED,
         };
-        Event {
-            id: Uuid::new_v4(),
-            creation: Timestamp::from_unix_ms(now_ms),
-            category: catalog::SYSTEM,
-            code,
-            fields,
-        }
+        Event::system(code, fields, now_ms)
     }
 }
 

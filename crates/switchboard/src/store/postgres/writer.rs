@@ -19,6 +19,7 @@ use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
 use super::super::{Options, Outcome, StoreError, sql, turn};
+use crate::clock::Backoff;
 
 /// Starts the writer task; the returned receiver resolves when it has committed its last turn
 /// and closed the connection.
@@ -36,7 +37,8 @@ pub(super) fn spawn(
         let mut writer = Writer {
             options: connect,
             conn: Some(conn),
-            retry: Backoff::default(),
+            retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            not_before: None,
         };
         while let Some(first) = rx.recv().await {
             let (group, stopping) = Group::collect(first, &mut rx);
@@ -63,33 +65,14 @@ pub(super) fn spawn(
     finished
 }
 
-/// When the writer may try to connect again: 50 ms after the first failure, doubling to 2 s,
-/// each with up to 25 % jitter so that nodes do not reconnect in step.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-    not_before: Option<Instant>,
-}
-
-impl Backoff {
-    fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let base = 50u64 << self.failures.min(6).saturating_sub(1);
-        let base = base.min(2_000);
-        let mut b = [0u8; 2];
-        let jitter = match getrandom::fill(&mut b) {
-            Ok(()) => u64::from(u16::from_le_bytes(b)) * base / 4 / u64::from(u16::MAX),
-            Err(_) => 0,
-        };
-        self.not_before = Some(Instant::now() + Duration::from_millis(base + jitter));
-    }
-}
-
 struct Writer {
     options: PgConnectOptions,
     /// None after a connection error, until connected again.
     conn: Option<PgConnection>,
+    /// 50 ms after the first failure to connect, doubling to 2 s.
     retry: Backoff,
+    /// No try before then.
+    not_before: Option<Instant>,
 }
 
 fn gone() -> StoreError {
@@ -102,28 +85,29 @@ impl Writer {
         if self.conn.is_some() {
             return Ok(());
         }
-        if self.retry.not_before.is_some_and(|t| Instant::now() < t) {
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
             return Err(gone());
         }
         let connect = PgConnection::connect_with(&self.options);
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(conn)) => {
                 tracing::info!(
-                    after = self.retry.failures,
+                    after = self.retry.failures(),
                     "writer reconnected to the database"
                 );
                 metrics::counter!(crate::telemetry::DB_RECONNECTS).increment(1);
                 self.conn = Some(conn);
-                self.retry = Backoff::default();
+                self.retry.succeeded();
+                self.not_before = None;
                 Ok(())
             }
             Ok(Err(e)) => {
-                self.retry.failed();
+                self.not_before = Some(Instant::now() + self.retry.failed());
                 tracing::warn!(error = %e, "writer cannot reach the database; retrying");
                 Err(StoreError::Unavailable(e.to_string()))
             }
             Err(_) => {
-                self.retry.failed();
+                self.not_before = Some(Instant::now() + self.retry.failed());
                 tracing::warn!("writer cannot reach the database (timed out); retrying");
                 Err(gone())
             }
