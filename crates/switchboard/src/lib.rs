@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`event`]: the wire event, its validation and canonical form (pure logic, no I/O).
+//! - [`agent`]: the live state of an agent derived from its events, and its timeline (pure).
 //! - [`store`]: durable state; the only module with SQL. Ingest, claims, outcomes and System
 //!   events go through one group-committing writer whose turn (`store/turn.rs`) is written once
 //!   for SQLite and PostgreSQL.
@@ -21,6 +22,7 @@
 //! [`run`] serves the API on a bound listener until a shutdown future resolves; `main.rs` only
 //! parses flags and hands over.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -1,0 +1,283 @@
+//! The live state of an agent (DESIGN §9, EVENTS.md "Agent state derived from events"), derived
+//! from Agent events in `sequence` order. Pure logic, no I/O: the store's projection (written in
+//! the same transaction as the events), `as_of` rebuilds and timelines all fold events through
+//! [`apply`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::catalog::AGENT;
+use crate::event::{Event, Timestamp};
+
+/// Agent event codes.
+pub mod code {
+    pub const SIGNED_IN: u32 = 1;
+    pub const SIGNED_OUT: u32 = 2;
+    pub const STATUS_CHANGED: u32 = 3;
+    pub const RECEIVING_WORK_ITEM: u32 = 4;
+    pub const ACCEPTED_WORK_ITEM: u32 = 5;
+    pub const DECLINED_WORK_ITEM: u32 = 6;
+    pub const RELEASED_WORK_ITEM: u32 = 8;
+}
+
+/// The known activity codes and their names (EVENTS.md); others show as "activity N".
+const ACTIVITIES: [(i64, &str); 5] = [
+    (0, "Not Ready"),
+    (16, "Available"),
+    (17, "Accept Internal Calls"),
+    (34, "On Break"),
+    (36, "Busy – Other"),
+];
+
+/// The name the catalog gives `activity_code`, else "activity N".
+pub fn activity_name(activity_code: i64) -> String {
+    ACTIVITIES
+        .iter()
+        .find(|(c, _)| *c == activity_code)
+        .map_or_else(
+            || format!("activity {activity_code}"),
+            |(_, n)| n.to_string(),
+        )
+}
+
+/// One agent's state: the agent object of the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub username: String,
+    pub signed_in: bool,
+    pub session_id: Option<String>,
+    pub session_type: Option<String>,
+    pub phone_no: Option<String>,
+    pub activity_code: Option<i64>,
+    pub availability_code: Option<i64>,
+    pub activity_name: Option<String>,
+    pub since: Option<Timestamp>,
+    pub work_item: Option<WorkItem>,
+    pub signed_in_at: Option<Timestamp>,
+    pub signed_out_at: Option<Timestamp>,
+    pub exit_code: Option<i64>,
+    pub last_sequence: i64,
+    pub last_event_at: Timestamp,
+}
+
+/// The work item an agent is receiving or handling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `receiving` or `accepted`.
+    pub state: String,
+    pub since: Timestamp,
+}
+
+fn text(event: &Event, name: &str) -> Option<String> {
+    event
+        .fields
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn int(event: &Event, name: &str) -> Option<i64> {
+    event.fields.get(name).and_then(Value::as_i64)
+}
+
+/// The state after `event` (stored under `sequence`) given the state before it, or `None` when
+/// the event changes nothing: not an Agent event, no `Username`, or older than the state
+/// (`CreationDateUtc` before its `last_event_at`: never a roll-back; equal times go by
+/// sequence, which only grows).
+///
+/// Any Agent event but SignedOut shows the agent signed in: an agent first seen mid-shift (the
+/// service started after it signed in) is on the wallboard at once, `signed_in_at` then being
+/// the first event seen.
+pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Agent> {
+    if event.category != AGENT {
+        return None;
+    }
+    let username = event.username()?;
+    if let Some(b) = before
+        && (event.creation < b.last_event_at || sequence <= b.last_sequence)
+    {
+        return None;
+    }
+    let at = event.creation;
+    let mut a = before.cloned().unwrap_or_else(|| Agent {
+        username: username.to_string(),
+        signed_in: false,
+        session_id: None,
+        session_type: None,
+        phone_no: None,
+        activity_code: None,
+        availability_code: None,
+        activity_name: None,
+        since: None,
+        work_item: None,
+        signed_in_at: None,
+        signed_out_at: None,
+        exit_code: None,
+        last_sequence: sequence,
+        last_event_at: at,
+    });
+    a.last_sequence = sequence;
+    a.last_event_at = at;
+    let signs_in = event.code == code::SIGNED_IN;
+    if signs_in || (!a.signed_in && event.code != code::SIGNED_OUT) {
+        // A new session: what the last one left is gone.
+        a = Agent {
+            signed_in: true,
+            signed_in_at: Some(at),
+            signed_out_at: None,
+            exit_code: None,
+            activity_code: None,
+            availability_code: None,
+            activity_name: None,
+            since: None,
+            work_item: None,
+            ..a
+        };
+    }
+    for (field, name) in [
+        (&mut a.session_id, "SessionId"),
+        (&mut a.session_type, "SessionType"),
+        (&mut a.phone_no, "PhoneNo"),
+    ] {
+        if let Some(v) = text(event, name) {
+            *field = Some(v);
+        }
+    }
+    let work_item = |state: &str| WorkItem {
+        id: text(event, "WorkItemId"),
+        kind: text(event, "WorkItemType"),
+        state: state.to_string(),
+        since: at,
+    };
+    match event.code {
+        code::SIGNED_OUT => {
+            a.signed_in = false;
+            a.signed_out_at = Some(at);
+            a.exit_code = int(event, "ExitCode");
+            a.work_item = None;
+        }
+        code::STATUS_CHANGED => {
+            let activity = int(event, "ActivityCode");
+            a.activity_code = activity;
+            a.availability_code = int(event, "AvailabilityCode");
+            a.activity_name = match text(event, "ActivityName") {
+                Some(n) if !n.is_empty() => Some(n),
+                _ => activity.map(activity_name),
+            };
+            a.since = Some(at);
+        }
+        code::RECEIVING_WORK_ITEM => a.work_item = Some(work_item("receiving")),
+        code::ACCEPTED_WORK_ITEM => a.work_item = Some(work_item("accepted")),
+        code::DECLINED_WORK_ITEM | code::RELEASED_WORK_ITEM => a.work_item = None,
+        _ => {}
+    }
+    Some(a)
+}
+
+/// The state after folding `events` (in sequence order) onto `base`.
+pub fn fold<'a>(
+    base: Option<Agent>,
+    events: impl IntoIterator<Item = (i64, &'a Event)>,
+) -> Option<Agent> {
+    events.into_iter().fold(base, |state, (sequence, event)| {
+        apply(state.as_ref(), event, sequence).or(state)
+    })
+}
+
+/// One interval of an agent's timeline: a state held from `from` to `to` (null: still held).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Interval {
+    pub from: Timestamp,
+    pub to: Option<Timestamp>,
+    pub signed_in: bool,
+    pub activity_code: Option<i64>,
+    pub availability_code: Option<i64>,
+    pub activity_name: Option<String>,
+    pub work_item: Option<WorkItem>,
+}
+
+impl Interval {
+    fn of(a: &Agent, from: Timestamp) -> Self {
+        Interval {
+            from,
+            to: None,
+            signed_in: a.signed_in,
+            activity_code: a.activity_code,
+            availability_code: a.availability_code,
+            activity_name: a.activity_name.clone(),
+            work_item: a.work_item.clone(),
+        }
+    }
+
+    fn same_state(&self, other: &Interval) -> bool {
+        (
+            self.signed_in,
+            self.activity_code,
+            self.availability_code,
+            &self.activity_name,
+            &self.work_item,
+        ) == (
+            other.signed_in,
+            other.activity_code,
+            other.availability_code,
+            &other.activity_name,
+            &other.work_item,
+        )
+    }
+}
+
+/// The intervals of an agent's states between `since` and `until` (inclusive, on
+/// `CreationDateUtc`): `start` is the state at `since` (if the agent was known then), `events`
+/// the agent's later events in sequence order. The first interval is clipped to `since`; the
+/// last one ends at `until` when given, else is still held (`to` null). A change and its undoing
+/// within the same second leave no empty interval; consecutive events that leave the shown
+/// state as it was (a new session id, a repeated status) extend the interval.
+pub fn timeline<'a>(
+    start: Option<Agent>,
+    events: impl IntoIterator<Item = (i64, &'a Event)>,
+    since: Timestamp,
+    until: Option<Timestamp>,
+) -> Vec<Interval> {
+    let mut out: Vec<Interval> = Vec::new();
+    let mut state = start;
+    if let Some(a) = &state {
+        out.push(Interval::of(a, since));
+    }
+    for (sequence, event) in events {
+        if until.is_some_and(|u| event.creation > u) {
+            break;
+        }
+        let Some(next) = apply(state.as_ref(), event, sequence) else {
+            continue;
+        };
+        let at = event.creation.max(since);
+        let interval = Interval::of(&next, at);
+        match out.last_mut() {
+            Some(last) if last.same_state(&interval) => {}
+            Some(last) if last.from == at => *last = interval,
+            Some(last) => {
+                last.to = Some(at);
+                out.push(interval);
+            }
+            None => out.push(interval),
+        }
+        // Two intervals in a row may now hold the same state (a change undone within a second).
+        if out.len() >= 2 && out[out.len() - 2].same_state(&out[out.len() - 1]) {
+            out.pop();
+            if let Some(last) = out.last_mut() {
+                last.to = None;
+            }
+        }
+        state = Some(next);
+    }
+    if let (Some(last), Some(u)) = (out.last_mut(), until) {
+        last.to = Some(u);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
