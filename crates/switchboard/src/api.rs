@@ -1,12 +1,14 @@
 //! The HTTP API v1 (DESIGN §4): one file per resource, each with its `router()`, and the
 //! pieces they share — state, the caller's identity, body and query parsing, list pages.
 
+mod agents;
 mod deliveries;
 mod error;
 mod events;
 mod health;
 mod keys;
 mod limits;
+mod streams;
 mod subscriptions;
 mod tenants;
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub lease_ms: i64,
     /// Per-tenant ingest limits, enforced by this node.
     pub limits: Arc<limits::TenantLimits>,
+    /// Turns true when the server stops: streams end, so that their connections close.
+    pub streams_stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole HTTP application.
@@ -55,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .merge(events::router())
         .merge(subscriptions::router())
         .merge(deliveries::router())
+        .merge(agents::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Bodies are read and limited by `json_body`, which answers 413 as problem+json.

@@ -92,6 +92,12 @@ pub async fn run_with(
         allow_networks: config.allow_networks.clone(),
     };
     let sender = Sender::new(guard, timeout).context("building the HTTP client")?;
+    // Streams never end by themselves: the server's graceful stop ends them first.
+    let (stop_streams, streams_stopped) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
     // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
     // delivery in flight is never claimed twice; a dead node's claims come free after it.
     let lease = timeout * 2 + Duration::from_secs(5);
@@ -103,6 +109,7 @@ pub async fn run_with(
         sender: sender.clone(),
         lease_ms: lease.as_millis() as i64,
         limits: Arc::default(),
+        streams_stop: streams_stopped,
     };
 
     let (stop_dispatcher, stopped) = watch::channel(false);

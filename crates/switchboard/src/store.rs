@@ -17,6 +17,7 @@
 //! Ingest, claims and outcomes go through one writer per node that group-commits whatever has
 //! queued; reads and the rare administrative writes use a separate pool.
 
+mod agents;
 mod command;
 mod db;
 mod decide;
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::auth::Scope;
@@ -43,6 +44,7 @@ use crate::clock::Clock;
 use crate::event::{Event, NewEvent, Timestamp};
 use crate::subscription::SubscriptionSpec;
 use crate::subscription::health::Policy;
+pub use agents::{AgentQuery, History};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
 pub use retention::Purged;
@@ -91,6 +93,8 @@ struct Inner {
     writer: mpsc::Sender<Command>,
     /// Signalled after a commit that made deliveries due, to wake the dispatcher.
     wake: Arc<Notify>,
+    /// Bumped after events were committed (on PostgreSQL, by any node): streams read on.
+    commits: watch::Sender<u64>,
     /// Bumped on every subscription change made through this store (and, on PostgreSQL, on
     /// every node's).
     subs_version: AtomicU64,
@@ -128,12 +132,16 @@ impl Store {
         sqlite_path: &std::path::Path,
         options: Options,
     ) -> Result<Self, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            postgres::open(url, options).await
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::open(url, options).await?
         } else {
             let opened = sqlite::open(sqlite_path, sqlite::MergeSizes::default(), options).await?;
-            Ok(Store::from_opened(opened))
-        }
+            Store::from_opened(opened)
+        };
+        // A log from before the agents projection (or a node that stopped mid-way) is folded
+        // in before anything is served.
+        store.catch_up_agents().await?;
+        Ok(store)
     }
 
     fn from_opened(o: Opened) -> Self {
@@ -142,6 +150,7 @@ impl Store {
             dialect: o.dialect,
             writer: o.writer,
             wake: o.wake,
+            commits: watch::Sender::new(0),
             subs_version: AtomicU64::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),
@@ -180,7 +189,22 @@ impl Store {
             .send(Command::Ingest(job, reply))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let accepted = answer.await.map_err(|_| StoreError::Closed)??;
+        if accepted.iter().any(|a| !a.duplicate) {
+            self.committed();
+        }
+        Ok(accepted)
+    }
+
+    /// Wakes the streams: events were committed.
+    fn committed(&self) {
+        self.0.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes after events were committed (on PostgreSQL, by any node); a stream waits on it
+    /// before reading on.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.0.commits.subscribe()
     }
 
     /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed subscription until
@@ -399,6 +423,8 @@ pub struct EventQuery {
     pub username: Option<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
+    /// Sequences up to this one only.
+    pub through: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

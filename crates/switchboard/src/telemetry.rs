@@ -40,6 +40,9 @@ pub const PURGED_EVENTS: &str = "switchboard_purged_events_total";
 /// System events stored, by `code`.
 pub const SYSTEM_EVENTS: &str = "switchboard_system_events_total";
 
+/// Server-Sent Event streams open now.
+pub const STREAMS_OPEN: &str = "switchboard_streams_open";
+
 /// Times a writer connection to the database was opened again after it was lost.
 pub const DB_RECONNECTS: &str = "switchboard_db_reconnects_total";
 

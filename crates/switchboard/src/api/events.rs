@@ -20,6 +20,10 @@ use crate::telemetry;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants/{tenant}/events", get(list).post(publish))
+        .route(
+            "/v1/tenants/{tenant}/events/stream",
+            get(super::streams::events),
+        )
         .route("/v1/tenants/{tenant}/events/{id}", get(show))
 }
 
@@ -83,14 +87,14 @@ async fn publish(
 
 /// An event-log item; the event is the stored canonical JSON, passed through unparsed.
 #[derive(Serialize)]
-struct LogItem {
-    sequence: i64,
+pub(super) struct LogItem {
+    pub(super) sequence: i64,
     received_at: String,
     event: Box<RawValue>,
 }
 
 impl LogItem {
-    fn new(e: StoredEvent) -> Result<Self, ApiError> {
+    pub(super) fn new(e: StoredEvent) -> Result<Self, ApiError> {
         Ok(LogItem {
             sequence: e.sequence,
             received_at: rfc3339(e.received_at),
@@ -114,17 +118,16 @@ async fn list(
             .map(|v| Timestamp::parse(&v).map_err(|m| ApiError::invalid(name, m)))
             .transpose()
     };
-    let q = EventQuery {
+    let mut q = EventQuery {
         after: p
             .parse("after", "a sequence number (a non-negative integer)")?
             .unwrap_or(0),
         limit: limit + 1,
-        category: p.parse("category", "a category number from 0 to 255")?,
-        code: p.parse("code", "a non-negative integer")?,
-        username: p.take("username"),
         since: timestamp(&mut p, "since")?,
         until: timestamp(&mut p, "until")?,
+        ..EventQuery::default()
     };
+    filters(&mut p, &mut q)?;
     p.finish()?;
     if q.after < 0 {
         return Err(ApiError::invalid("after", "must be a non-negative integer"));
@@ -135,6 +138,15 @@ async fn list(
         .map(LogItem::new)
         .collect::<Result<_, _>>()?;
     Ok(Json(Page::new(items, limit, |i| i.sequence.to_string())))
+}
+
+/// The filters on what an event is, shared by the log and its stream: `category`, `code`,
+/// `username`.
+pub(super) fn filters(p: &mut Params, q: &mut EventQuery) -> Result<(), ApiError> {
+    q.category = p.parse("category", "a category number from 0 to 255")?;
+    q.code = p.parse("code", "a non-negative integer")?;
+    q.username = p.take("username");
+    Ok(())
 }
 
 #[derive(Serialize)]

@@ -28,6 +28,8 @@ pub(super) enum Command {
     Ping(Reply<()>),
     /// One batch of retention's purge.
     Purge(PurgeJob, Reply<PurgeStep>),
+    /// One batch folding a tenant's log into the agents projection; true if more remain.
+    CatchUpAgents(String, Reply<bool>),
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -66,6 +68,7 @@ pub(super) struct Group {
     pub system: Vec<(SystemEvent, Reply<Vec<Claimed>>)>,
     pings: Vec<Reply<()>>,
     pub purges: Vec<(PurgeJob, Reply<PurgeStep>)>,
+    pub catch_ups: Vec<(String, Reply<bool>)>,
     events: usize,
 }
 
@@ -76,6 +79,7 @@ pub(super) struct Committed {
     pub claims: Vec<Vec<Claimed>>,
     pub system: Vec<Vec<Claimed>>,
     pub purges: Vec<PurgeStep>,
+    pub catch_ups: Vec<bool>,
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
     pub deliveries_added: bool,
@@ -112,6 +116,7 @@ impl Group {
             Command::System(event, reply) => self.system.push((event, reply)),
             Command::Ping(reply) => self.pings.push(reply),
             Command::Purge(job, reply) => self.purges.push((job, reply)),
+            Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
             Command::Shutdown => return true,
         }
         false
@@ -124,6 +129,7 @@ impl Group {
             && self.system.is_empty()
             && self.pings.is_empty()
             && self.purges.is_empty()
+            && self.catch_ups.is_empty()
     }
 
     /// A group without ingest holds nothing a client was promised — claims and outcomes; losing
@@ -175,6 +181,9 @@ impl Group {
                 for ((_, reply), step) in self.purges.into_iter().zip(done.purges) {
                     let _ = reply.send(Ok(step));
                 }
+                for ((_, reply), more) in self.catch_ups.into_iter().zip(done.catch_ups) {
+                    let _ = reply.send(Ok(more));
+                }
                 for reply in self.outcome_replies.into_iter().chain(self.pings) {
                     let _ = reply.send(Ok(()));
                 }
@@ -198,6 +207,9 @@ impl Group {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in self.purges {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in self.catch_ups {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in self.outcome_replies.into_iter().chain(self.pings) {

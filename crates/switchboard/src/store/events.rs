@@ -37,9 +37,25 @@ impl Store {
         if let Some(t) = q.until {
             sql.push(" AND created <= ", t.as_i64());
         }
+        if let Some(s) = q.through {
+            sql.push(" AND sequence <= ", s);
+        }
         sql.push(" ORDER BY sequence LIMIT ", i64::from(q.limit));
         let rows = self.0.db.query(&sql.sql, &sql.args).await?;
         rows.into_iter().map(stored_event).collect()
+    }
+
+    /// `tenant`'s last sequence: every event up to it is committed and readable.
+    pub async fn last_sequence(&self, tenant: &str) -> Result<i64, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT last_sequence FROM tenants WHERE id = $1",
+                &args![tenant],
+            )
+            .await?;
+        row.map_or(Ok(0), |r| r.int(0))
     }
 
     pub async fn get_event(

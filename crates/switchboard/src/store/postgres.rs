@@ -48,6 +48,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "system_events",
         include_str!("migrations/postgres/0005_system_events.sql"),
     ),
+    (
+        6,
+        "agents",
+        include_str!("migrations/postgres/0006_agents.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together
@@ -120,13 +125,17 @@ async fn listen(mut listener: PgListener, store: Store) {
         match listener.recv().await {
             Ok(n) => match Change::parse(n.payload()) {
                 Some(change) => store.changed(change),
-                None => store.0.wake.notify_one(),
+                None => {
+                    store.0.wake.notify_one();
+                    store.committed();
+                }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 store.changed(Change::Keys);
                 store.changed(Change::Subscriptions);
+                store.committed();
             }
         }
         if std::sync::Arc::strong_count(&store.0) == 1 {

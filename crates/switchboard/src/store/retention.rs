@@ -128,6 +128,7 @@ async fn events_batch<C: Conn>(
     if gone.is_empty() {
         return Ok(step);
     }
+    super::agents::fold_purged(conn, tenant, &gone).await?;
     // `head`, then `$1` (the tenant) and `AND sequence IN (…)` over the events that go.
     let list = |head: &str, tail: &str| {
         let mut sql = Select::new(head);

@@ -29,7 +29,7 @@ macro_rules! claim_sql {
     };
 }
 
-const LOCK_TENANT: &str = "SELECT last_sequence FROM tenants WHERE id = $1";
+const LOCK_TENANT: &str = "SELECT last_sequence, agents_through FROM tenants WHERE id = $1";
 const LOCK_HEALTH: &str =
     "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1";
 
@@ -49,13 +49,15 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "subscriptions",
         "deliveries",
         "system_events",
+        "agents",
+        "agent_bases",
     ],
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     lock_tenant: concat!(
-        "SELECT last_sequence FROM tenants WHERE id = $1",
+        "SELECT last_sequence, agents_through FROM tenants WHERE id = $1",
         " FOR UPDATE"
     ),
     lock_health: concat!(
@@ -71,6 +73,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "subscriptions",
         "deliveries",
         "system_events",
+        "agents",
+        "agent_bases",
     ],
 };
 
@@ -131,6 +135,25 @@ pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
 );
 pub const SET_LAST_SEQUENCE: &str =
     "UPDATE tenants SET last_sequence = $1 WHERE id = $2 AND last_sequence < $1";
+/// Also moves the agents projection along, when it was up to date (see `agents.rs`).
+pub const SET_SEQUENCES: &str = "UPDATE tenants SET last_sequence = $1, agents_through = $1 \
+    WHERE id = $2 AND last_sequence < $1";
+pub static UPSERT_AGENTS: MultiRow = MultiRow::new(
+    "INSERT INTO agents (tenant_id, username, last_sequence, signed_in, availability_code, \
+     state) VALUES ",
+    " ON CONFLICT (tenant_id, username) DO UPDATE SET last_sequence = excluded.last_sequence, \
+     signed_in = excluded.signed_in, availability_code = excluded.availability_code, \
+     state = excluded.state",
+    6,
+    1,
+);
+pub static UPSERT_AGENT_BASES: MultiRow = MultiRow::new(
+    "INSERT INTO agent_bases (tenant_id, username, through_sequence, state) VALUES ",
+    " ON CONFLICT (tenant_id, username) DO UPDATE SET \
+     through_sequence = excluded.through_sequence, state = excluded.state",
+    4,
+    1,
+);
 pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
     "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, status_code, error, \
      response_body) VALUES ",

@@ -52,6 +52,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "system_events",
         include_str!("migrations/sqlite/0006_system_events.sql"),
     ),
+    (
+        7,
+        "agents",
+        include_str!("migrations/sqlite/0007_agents.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

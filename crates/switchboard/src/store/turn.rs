@@ -24,7 +24,7 @@ use super::command::{ClaimJob, Committed, Group};
 use super::db::{Arg, Dialect, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
 use super::{
-    Claimed, DeliveryStatus, IngestJob, Outcome, Recipients, StoreError, SystemEvent, sql,
+    Claimed, DeliveryStatus, IngestJob, Outcome, Recipients, StoreError, SystemEvent, agents, sql,
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
@@ -96,15 +96,20 @@ async fn write<C: Conn>(
         done.purges
             .push(super::retention::purge_batch(conn, job).await?);
     }
+    for (tenant, _) in &group.catch_ups {
+        done.catch_ups
+            .push(agents::catch_up_batch(conn, tenant).await?);
+    }
     done.deliveries_added = added || !group.outcomes.is_empty() || !group.system.is_empty();
-    if let (true, Some(notify)) = (done.deliveries_added, conn.dialect().notify) {
-        // Other nodes' dispatchers wake when this commits.
+    let events_added = !done.new_ids.is_empty() || !group.catch_ups.is_empty();
+    if let (true, Some(notify)) = (done.deliveries_added || events_added, conn.dialect().notify) {
+        // Other nodes' dispatchers and streams wake when this commits.
         conn.execute(notify, &[]).await?;
     }
     Ok(done)
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(format!("a stored row does not decode: {e}"))
 }
 
@@ -121,6 +126,8 @@ async fn ingest<C: Conn>(
     // Every tenant of the group is locked in one order, so that nodes writing at once wait on
     // each other but never deadlock; the lock serialises sequences per tenant.
     let mut last = BTreeMap::new();
+    // Tenants whose agents projection holds their whole log: this turn keeps it so.
+    let mut projected = BTreeSet::new();
     let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
     for tenant in tenants {
         let rows = conn
@@ -128,6 +135,9 @@ async fn ingest<C: Conn>(
             .await?;
         if let Some(row) = rows.first() {
             last.insert(tenant, row.int(0)?);
+            if row.int(1)? >= row.int(0)? {
+                projected.insert(tenant);
+            }
         }
     }
     let mut stored: Stored = HashMap::new();
@@ -150,8 +160,20 @@ async fn ingest<C: Conn>(
             insert_deliveries(conn, chunk, now, None).await?;
         }
         deliveries += rows.len();
-        conn.execute(sql::SET_LAST_SEQUENCE, &args![seq, tenant])
-            .await?;
+        if projected.contains(tenant) {
+            let events: Vec<(i64, &Event)> = decided
+                .added
+                .iter()
+                .filter(|r| r.tenant == tenant)
+                .map(|r| (r.sequence, &r.event))
+                .collect();
+            agents::fold_in(conn, agents::Table::Live, tenant, &events).await?;
+            conn.execute(sql::SET_SEQUENCES, &args![seq, tenant])
+                .await?;
+        } else {
+            conn.execute(sql::SET_LAST_SEQUENCE, &args![seq, tenant])
+                .await?;
+        }
     }
     done.new_ids = decided
         .added

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on port 0 with a fresh data dir, spoken to over HTTP.
 
+mod agents;
 mod auth;
 mod bench;
 mod cluster;

@@ -83,6 +83,15 @@ impl TestApp {
         }
     }
 
+    /// Another node on the same PostgreSQL database (with its own data dir).
+    pub async fn second_node(&self) -> TestApp {
+        let url = self.data.database_url();
+        assert!(!url.is_empty(), "a second node needs PostgreSQL");
+        let data = TestData::beside(url);
+        let config = test_config(&data);
+        Self::start(data, config).await
+    }
+
     /// Graceful shutdown; hands back the data for a restart.
     pub async fn stop(self) -> TestData {
         let _ = self.shutdown.send(());

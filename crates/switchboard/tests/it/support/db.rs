@@ -47,6 +47,18 @@ impl TestData {
         }
     }
 
+    /// A data dir of its own on the database `url` another `TestData` owns (a second node).
+    pub fn beside(url: String) -> Self {
+        TestData {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db: Some(TestDb {
+                admin_url: String::new(),
+                name: String::new(),
+                url,
+            }),
+        }
+    }
+
     /// The `database_url` to give the server: empty for the embedded SQLite default.
     pub fn database_url(&self) -> String {
         self.db.as_ref().map(|d| d.url.clone()).unwrap_or_default()
@@ -78,6 +90,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            // Borrowed from another TestData, which drops it.
+            return;
+        }
         let (url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside async code: a small runtime of its own, on its own thread.
         let dropped = std::thread::spawn(move || {

@@ -1,0 +1,133 @@
+//! `/v1/tenants/{t}/agents` (DESIGN §9): the live state of every agent, one agent (now or as of
+//! a sequence), and an agent's timeline. The agents stream is in `streams.rs`.
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Json;
+use axum::routing::get;
+use serde::Serialize;
+
+use super::{ApiError, AppState, Caller, Page, Params};
+use crate::agent::{Agent, Interval};
+use crate::auth::Scope;
+use crate::event::Timestamp;
+use crate::store::AgentQuery;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/agents", get(list))
+        .route(
+            "/v1/tenants/{tenant}/agents/stream",
+            get(super::streams::agents),
+        )
+        .route("/v1/tenants/{tenant}/agents/{username}", get(show))
+        .route(
+            "/v1/tenants/{tenant}/agents/{username}/timeline",
+            get(timeline),
+        )
+}
+
+#[derive(Serialize)]
+struct AgentPage {
+    #[serde(flatten)]
+    page: Page<Agent>,
+    as_of_sequence: i64,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<AgentPage>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let limit = p.limit()?;
+    let q = AgentQuery {
+        signed_in: p.parse("signed_in", "true or false")?,
+        availability_code: p.parse("availability_code", "an integer")?,
+        after: p.take("after"),
+        limit: limit + 1,
+    };
+    p.finish()?;
+    let (agents, as_of_sequence) = state.store.list_agents(&tenant, &q).await?;
+    Ok(Json(AgentPage {
+        page: Page::new(agents, limit, |a| a.username.clone()),
+        as_of_sequence,
+    }))
+}
+
+fn not_found(username: &str) -> ApiError {
+    ApiError::NotFound(format!("agent {username:?} not found"))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, username)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Agent>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let as_of: Option<i64> = p.parse("as_of", "a sequence number (a non-negative integer)")?;
+    p.finish()?;
+    let agent = match as_of {
+        None => state.store.get_agent(&tenant, &username).await?,
+        Some(n) if n < 0 => {
+            return Err(ApiError::invalid("as_of", "must be a non-negative integer"));
+        }
+        Some(n) => {
+            let history = state.store.agent_history(&tenant, &username).await?;
+            history.as_of(n).map_err(|()| {
+                ApiError::invalid(
+                    "as_of",
+                    format!(
+                        "the log no longer holds this agent's events from before sequence {n} \
+                         (retention purged them); ask for a later sequence"
+                    ),
+                )
+            })?
+        }
+    };
+    agent.map(Json).ok_or_else(|| not_found(&username))
+}
+
+#[derive(Serialize)]
+struct Timeline {
+    data: Vec<Interval>,
+}
+
+async fn timeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, username)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Timeline>, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let mut timestamp = |name: &str| -> Result<Option<Timestamp>, ApiError> {
+        p.take(name)
+            .map(|v| Timestamp::parse(&v).map_err(|m| ApiError::invalid(name, m)))
+            .transpose()
+    };
+    let since = timestamp("since")?
+        .ok_or_else(|| ApiError::invalid("since", "is required (yyyyMMddHHmmss, UTC)"))?;
+    let until = timestamp("until")?;
+    p.finish()?;
+    if until.is_some_and(|u| u < since) {
+        return Err(ApiError::invalid("until", "must not be before since"));
+    }
+    let history = state.store.agent_history(&tenant, &username).await?;
+    if history.base.is_none() && history.events.is_empty() {
+        return Err(not_found(&username));
+    }
+    let data = history.timeline(since, until).map_err(|()| {
+        ApiError::invalid(
+            "since",
+            "the log no longer holds this agent's events from that far back (retention purged \
+             them); ask for a later start",
+        )
+    })?;
+    Ok(Json(Timeline { data }))
+}

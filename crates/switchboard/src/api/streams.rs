@@ -1,0 +1,250 @@
+//! Server-Sent Events (DESIGN §10): `…/events/stream` and `…/agents/stream`.
+//!
+//! A stream is a cursor on the durable log, not a queue: a task per consumer reads a page after
+//! its cursor, hands each message to a small channel (the consumer's only buffer), and when it
+//! has read everything there is waits for the next commit (`Store::commits`, which on
+//! PostgreSQL every node's commits wake). A consumer that stops reading stops its task at the
+//! channel's bound; the rest stays in the database until it reads on. Nothing is sent before
+//! its commit, so resuming after the last `id:` received loses nothing and repeats nothing.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use super::events::{LogItem, filters};
+use super::{ApiError, AppState, Caller, Params};
+use crate::agent::Agent;
+use crate::auth::Scope;
+use crate::store::{AgentQuery, EventQuery, Store, StoreError};
+use crate::telemetry;
+
+/// Messages a consumer may have waiting besides what its connection holds.
+const BUFFER: usize = 32;
+/// Rows read from the database at a time.
+const PAGE: u32 = 200;
+/// A comment line at least this often keeps proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The messages of one stream, as the response body reads them.
+pub struct Feed(mpsc::Receiver<SseEvent>);
+
+impl futures_core::Stream for Feed {
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+type Stream = Sse<axum::response::sse::KeepAliveStream<Feed>>;
+
+/// Starts `pump` on its own task and answers with what it sends.
+fn start<F>(pump: impl FnOnce(mpsc::Sender<SseEvent>) -> F) -> Stream
+where
+    F: Future<Output = Result<(), StoreError>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(BUFFER);
+    let run = pump(tx);
+    tokio::spawn(async move {
+        let gauge = metrics::gauge!(telemetry::STREAMS_OPEN);
+        gauge.increment(1.0);
+        if let Err(e) = run.await {
+            tracing::warn!(error = %e, "a stream ended: its reads failed; the consumer resumes");
+        }
+        gauge.decrement(1.0);
+    });
+    Sse::new(Feed(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// Why a pump stops waiting.
+enum Woken {
+    /// New commits: read on.
+    Commit,
+    /// The consumer went away or the server is stopping: end.
+    End,
+}
+
+/// Waits for a commit after the last look at `commits`, the consumer's leaving, or shutdown.
+async fn wait(
+    commits: &mut watch::Receiver<u64>,
+    stop: &mut watch::Receiver<bool>,
+    tx: &mpsc::Sender<SseEvent>,
+) -> Woken {
+    if *stop.borrow() {
+        return Woken::End;
+    }
+    tokio::select! {
+        changed = commits.changed() => match changed {
+            Ok(()) => Woken::Commit,
+            Err(_) => Woken::End,
+        },
+        _ = stop.changed() => Woken::End,
+        _ = tx.closed() => Woken::End,
+    }
+}
+
+/// Where a consumer resumes: `Last-Event-ID` (what a reconnecting `EventSource` sends), else
+/// `?after=`.
+fn resume_point(headers: &HeaderMap, p: &mut Params) -> Result<Option<i64>, ApiError> {
+    let after: Option<i64> = p.parse("after", "a sequence number (a non-negative integer)")?;
+    let header = headers.get("last-event-id").map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a sequence number"))
+    });
+    let at = match header {
+        Some(h) => Some(h?),
+        None => after,
+    };
+    if at.is_some_and(|n| n < 0) {
+        return Err(ApiError::invalid("after", "must be a non-negative integer"));
+    }
+    Ok(at)
+}
+
+fn message(kind: &str, id: i64, data: &impl Serialize) -> Result<SseEvent, StoreError> {
+    SseEvent::default()
+        .event(kind)
+        .id(id.to_string())
+        .json_data(data)
+        .map_err(|e| StoreError::Db(format!("encoding a stream message: {e}")))
+}
+
+/// `GET /v1/tenants/{t}/events/stream`: one `event` message per matching event.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Stream, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let resume = resume_point(&headers, &mut p)?;
+    let mut filter = EventQuery {
+        limit: PAGE,
+        ..EventQuery::default()
+    };
+    filters(&mut p, &mut filter)?;
+    p.finish()?;
+    let store = state.store.clone();
+    let mut commits = store.commits();
+    // Without a resume point the stream starts with what is committed from now on.
+    let after = match resume {
+        Some(n) => n,
+        None => store.last_sequence(&tenant).await?,
+    };
+    let stop = state.streams_stop.clone();
+    Ok(start(move |tx| async move {
+        let mut stop = stop;
+        let mut cursor = after;
+        loop {
+            commits.borrow_and_update();
+            // Every event up to the tenant's last sequence is committed: a page short of it
+            // has seen all of them, so the cursor moves past the ones that did not match.
+            let last = store.last_sequence(&tenant).await?;
+            let q = EventQuery {
+                after: cursor,
+                through: Some(last),
+                ..filter.clone()
+            };
+            let page = store.list_events(&tenant, &q).await?;
+            let full = page.len() == PAGE as usize;
+            for event in page {
+                let sequence = event.sequence;
+                let item = LogItem::new(event).map_err(|e| StoreError::Db(e.to_string()))?;
+                if tx.send(message("event", sequence, &item)?).await.is_err() {
+                    return Ok(());
+                }
+                cursor = sequence;
+            }
+            if full {
+                continue;
+            }
+            cursor = cursor.max(last);
+            if let Woken::End = wait(&mut commits, &mut stop, &tx).await {
+                return Ok(());
+            }
+        }
+    }))
+}
+
+#[derive(Serialize)]
+struct Snapshot {
+    as_of_sequence: i64,
+    agents: Vec<Agent>,
+}
+
+/// Every agent of `tenant` and the sequence that state is as of.
+async fn snapshot(store: &Store, tenant: &str) -> Result<Snapshot, StoreError> {
+    let q = AgentQuery {
+        limit: u32::MAX,
+        ..AgentQuery::default()
+    };
+    let (agents, as_of_sequence) = store.list_agents(tenant, &q).await?;
+    Ok(Snapshot {
+        as_of_sequence,
+        agents,
+    })
+}
+
+/// `GET /v1/tenants/{t}/agents/stream`: a `snapshot`, then an `agent` message per change.
+pub async fn agents(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Stream, ApiError> {
+    caller.allow(&state, &tenant, Scope::Read).await?;
+    let mut p = Params::from_query(query)?;
+    let resume = resume_point(&headers, &mut p)?;
+    p.finish()?;
+    let store = state.store.clone();
+    let mut commits = store.commits();
+    let stop = state.streams_stop.clone();
+    Ok(start(move |tx| async move {
+        let mut stop = stop;
+        // The projection outlives retention, so any point it has reached can be resumed from;
+        // one it has not (another database's ids) gets a fresh snapshot.
+        let through = store.agents_through(&tenant).await?;
+        let mut cursor = match resume {
+            Some(n) if n <= through => n,
+            _ => {
+                let snap = snapshot(&store, &tenant).await?;
+                let id = snap.as_of_sequence;
+                if tx.send(message("snapshot", id, &snap)?).await.is_err() {
+                    return Ok(());
+                }
+                id
+            }
+        };
+        loop {
+            commits.borrow_and_update();
+            let changes = store.agent_changes(&tenant, cursor, PAGE).await?;
+            let full = changes.len() == PAGE as usize;
+            for agent in changes {
+                cursor = agent.last_sequence;
+                if tx.send(message("agent", cursor, &agent)?).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if full {
+                continue;
+            }
+            if let Woken::End = wait(&mut commits, &mut stop, &tx).await {
+                return Ok(());
+            }
+        }
+    }))
+}

@@ -1,0 +1,392 @@
+//! The agents projection (DESIGN §9): the state of every agent, folded from Agent events by
+//! [`crate::agent::apply`] and written by the writer in the same transaction as the events, so
+//! that it is exactly as durable as the log and every node reads the same.
+//!
+//! - Each turn folds its new events into `agents` (when the tenant's projection is up to date:
+//!   `tenants.agents_through = last_sequence`) and moves `agents_through` along with the log.
+//! - A log the projection does not cover yet (a database from before it) is folded in by
+//!   [`Store::catch_up_agents`] when the store opens, a batch per writer turn; the turn leaves
+//!   such a tenant's projection to it.
+//! - Retention folds the Agent events it purges into `agent_bases`, from which `as_of` and
+//!   timelines rebuild what the log no longer holds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::oneshot;
+
+use super::command::Command;
+use super::db::{Arg, Row, Select, args};
+use super::decide::{IN_LIST, fixed_chunks};
+use super::turn::{Conn, corrupt};
+use super::{Store, StoreError, sql};
+use crate::agent::{self, Agent};
+use crate::event::catalog::AGENT;
+use crate::event::{Event, Timestamp};
+
+/// Events folded per catch-up batch.
+const CATCH_UP_BATCH: i64 = 2_000;
+
+/// Where a fold is kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Table {
+    /// `agents`: the live state.
+    Live,
+    /// `agent_bases`: the state after the purged events.
+    Base,
+}
+
+fn decode(text: &str) -> Result<Agent, StoreError> {
+    serde_json::from_str(text).map_err(corrupt)
+}
+
+fn encode(agent: &Agent) -> String {
+    serde_json::to_string(agent).unwrap_or_default()
+}
+
+/// Folds `events` (in sequence order; others than Agent events are skipped) into `table`.
+pub(super) async fn fold_in<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    events: &[(i64, &Event)],
+) -> Result<(), StoreError> {
+    let mut by_agent: BTreeMap<&str, Vec<(i64, &Event)>> = BTreeMap::new();
+    for &(sequence, event) in events {
+        if event.category == AGENT
+            && let Some(name) = event.username()
+        {
+            by_agent.entry(name).or_default().push((sequence, event));
+        }
+    }
+    if by_agent.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = by_agent.keys().copied().collect();
+    let select = match table {
+        Table::Live => "SELECT state FROM agents WHERE tenant_id = $1 AND username IN (",
+        Table::Base => "SELECT state FROM agent_bases WHERE tenant_id = $1 AND username IN (",
+    };
+    let mut states: HashMap<String, Agent> = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(IN_LIST) {
+        let text = format!("{select}{}", sql::list(chunk.len(), 2));
+        let mut values = vec![Arg::from(tenant)];
+        values.extend(chunk.iter().map(|n| Arg::from(*n)));
+        for mut row in conn.query(&text, &values).await? {
+            let a = decode(&row.text(0)?)?;
+            states.insert(a.username.clone(), a);
+        }
+    }
+    // (agent, its JSON, the last sequence folded)
+    let mut rows: Vec<(Agent, String, i64)> = Vec::with_capacity(by_agent.len());
+    for (name, evs) in by_agent {
+        let before = states.remove(name);
+        let through = evs.last().map_or(0, |(s, _)| *s);
+        let after = agent::fold(before.clone(), evs);
+        if let Some(a) = after
+            && (table == Table::Base || Some(&a) != before.as_ref())
+        {
+            let json = encode(&a);
+            rows.push((a, json, through));
+        }
+    }
+    for chunk in fixed_chunks(&rows) {
+        let (statement, columns) = match table {
+            Table::Live => (&sql::UPSERT_AGENTS, sql::UPSERT_AGENTS.columns),
+            Table::Base => (&sql::UPSERT_AGENT_BASES, sql::UPSERT_AGENT_BASES.columns),
+        };
+        let mut values = Vec::with_capacity(chunk.len() * columns);
+        for (a, json, through) in chunk {
+            match table {
+                Table::Live => values.extend(args![
+                    tenant,
+                    a.username.as_str(),
+                    a.last_sequence,
+                    a.signed_in,
+                    a.availability_code,
+                    json.as_str(),
+                ]),
+                Table::Base => {
+                    values.extend(args![tenant, a.username.as_str(), *through, json.as_str()])
+                }
+            }
+        }
+        conn.execute(&statement.text(chunk.len()), &values).await?;
+    }
+    Ok(())
+}
+
+/// `(sequence, event)` of stored rows `(sequence, body)`.
+fn parse_events(rows: Vec<Row>) -> Result<Vec<(i64, Event)>, StoreError> {
+    rows.into_iter()
+        .map(|mut r| {
+            let body = r.text(1)?;
+            Ok((
+                r.int(0)?,
+                Event::from_canonical_json(&body).map_err(corrupt)?,
+            ))
+        })
+        .collect()
+}
+
+/// One catch-up batch for `tenant`, in a writer turn: folds the next events the projection does
+/// not hold. True if more remain.
+pub(super) async fn catch_up_batch<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+) -> Result<bool, StoreError> {
+    let rows = conn
+        .query(conn.dialect().lock_tenant, &args![tenant])
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(false);
+    };
+    let (last, through) = (row.int(0)?, row.int(1)?);
+    if through >= last {
+        return Ok(false);
+    }
+    let rows = conn
+        .query(
+            "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence > $2 \
+             AND sequence <= $3 AND category = 1 ORDER BY sequence LIMIT $4",
+            &args![tenant, through, last, CATCH_UP_BATCH],
+        )
+        .await?;
+    let full = rows.len() as i64 == CATCH_UP_BATCH;
+    let events = parse_events(rows)?;
+    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+    fold_in(conn, Table::Live, tenant, &refs).await?;
+    let reached = match (full, events.last()) {
+        (true, Some((s, _))) => *s,
+        _ => last,
+    };
+    conn.execute(
+        "UPDATE tenants SET agents_through = $1 WHERE id = $2",
+        &args![reached, tenant],
+    )
+    .await?;
+    Ok(reached < last)
+}
+
+/// Folds the Agent events among `sequences` of `tenant` (about to be purged) into their agents'
+/// bases.
+pub(super) async fn fold_purged<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    sequences: &[i64],
+) -> Result<(), StoreError> {
+    let mut sql = Select::new("SELECT sequence, body FROM events WHERE category = 1");
+    sql.push(" AND tenant_id = ", tenant)
+        .text(" AND sequence IN (");
+    for (i, s) in sequences.iter().enumerate() {
+        sql.push(if i == 0 { "" } else { ", " }, Arg::from(*s));
+    }
+    sql.text(") ORDER BY sequence");
+    let events = parse_events(conn.query(&sql.sql, &sql.args).await?)?;
+    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+    fold_in(conn, Table::Base, tenant, &refs).await
+}
+
+/// A page of agents.
+#[derive(Clone, Debug, Default)]
+pub struct AgentQuery {
+    pub signed_in: Option<bool>,
+    pub availability_code: Option<i64>,
+    /// Usernames after this one.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// What a rebuild starts from: the base retention left (the state after its last purged event)
+/// and the agent's events still in the log after it, in sequence order.
+#[derive(Debug, Default)]
+pub struct History {
+    pub base: Option<(i64, Agent)>,
+    pub events: Vec<(i64, Event)>,
+}
+
+impl History {
+    /// The state right after `sequence`, or `Err(())` when the log no longer reaches back that
+    /// far (retention purged events of this agent after it).
+    #[allow(clippy::result_unit_err)]
+    pub fn as_of(&self, sequence: i64) -> Result<Option<Agent>, ()> {
+        let base = match &self.base {
+            Some((through, _)) if *through > sequence => return Err(()),
+            Some((_, a)) => Some(a.clone()),
+            None => None,
+        };
+        let upto = self.events.iter().take_while(|(s, _)| *s <= sequence);
+        Ok(agent::fold(base, upto.map(|(s, e)| (*s, e))))
+    }
+
+    /// The timeline between `since` and `until`, or `Err(())` when retention has purged events
+    /// of this agent from after `since`.
+    #[allow(clippy::result_unit_err)]
+    pub fn timeline(
+        &self,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<agent::Interval>, ()> {
+        let base = match &self.base {
+            Some((_, a)) if a.last_event_at > since => return Err(()),
+            Some((_, a)) => Some(a.clone()),
+            None => None,
+        };
+        let split = self
+            .events
+            .iter()
+            .position(|(_, e)| e.creation > since)
+            .unwrap_or(self.events.len());
+        let (before, after) = self.events.split_at(split);
+        let start = agent::fold(base, before.iter().map(|(s, e)| (*s, e)));
+        let rest = after.iter().map(|(s, e)| (*s, e));
+        Ok(agent::timeline(start, rest, since, until))
+    }
+}
+
+fn agents_of(rows: Vec<Row>) -> Result<(Vec<Agent>, Option<i64>), StoreError> {
+    let mut as_of = None;
+    let mut agents = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        agents.push(decode(&row.text(0)?)?);
+        as_of = Some(row.int(1)?);
+    }
+    Ok((agents, as_of))
+}
+
+impl Store {
+    /// A page of `tenant`'s agents by username, and the sequence the projection is as of (read
+    /// in the same statement, so the two agree).
+    pub async fn list_agents(
+        &self,
+        tenant: &str,
+        q: &AgentQuery,
+    ) -> Result<(Vec<Agent>, i64), StoreError> {
+        let mut sql = Select::new(
+            "SELECT state, (SELECT agents_through FROM tenants WHERE id = $1) FROM agents",
+        );
+        sql.push(" WHERE tenant_id = ", tenant);
+        if let Some(after) = &q.after {
+            sql.push(" AND username > ", after.as_str());
+        }
+        if let Some(s) = q.signed_in {
+            sql.push(" AND signed_in = ", s);
+        }
+        if let Some(c) = q.availability_code {
+            sql.push(" AND availability_code = ", c);
+        }
+        sql.push(" ORDER BY username LIMIT ", i64::from(q.limit));
+        let (agents, as_of) = agents_of(self.0.db.query(&sql.sql, &sql.args).await?)?;
+        let as_of = match as_of {
+            Some(s) => s,
+            None => self.agents_through(tenant).await?,
+        };
+        Ok((agents, as_of))
+    }
+
+    /// The sequence `tenant`'s projection is as of.
+    pub async fn agents_through(&self, tenant: &str) -> Result<i64, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT agents_through FROM tenants WHERE id = $1",
+                &args![tenant],
+            )
+            .await?;
+        row.map_or(Ok(0), |r| r.int(0))
+    }
+
+    pub async fn get_agent(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<Option<Agent>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT state FROM agents WHERE tenant_id = $1 AND username = $2",
+                &args![tenant, username],
+            )
+            .await?;
+        row.map(|mut r| decode(&r.text(0)?)).transpose()
+    }
+
+    /// Agents changed after sequence `after`, in the order of their changes, up to `limit`.
+    pub async fn agent_changes(
+        &self,
+        tenant: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Agent>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT state FROM agents WHERE tenant_id = $1 AND last_sequence > $2 \
+                 ORDER BY last_sequence LIMIT $3",
+                &args![tenant, after, i64::from(limit)],
+            )
+            .await?;
+        rows.into_iter().map(|mut r| decode(&r.text(0)?)).collect()
+    }
+
+    /// What rebuilding `username`'s past states takes: its base and its events in the log.
+    pub async fn agent_history(&self, tenant: &str, username: &str) -> Result<History, StoreError> {
+        let base = self
+            .0
+            .db
+            .query_one(
+                "SELECT through_sequence, state FROM agent_bases \
+                 WHERE tenant_id = $1 AND username = $2",
+                &args![tenant, username],
+            )
+            .await?
+            .map(|mut r| Ok::<_, StoreError>((r.int(0)?, decode(&r.text(1)?)?)))
+            .transpose()?;
+        let after = base.as_ref().map_or(0, |(s, _)| *s);
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT sequence, body FROM events WHERE tenant_id = $1 AND category = 1 \
+                 AND username = $2 AND sequence > $3 ORDER BY sequence",
+                &args![tenant, username, after],
+            )
+            .await?;
+        Ok(History {
+            base,
+            events: parse_events(rows)?,
+        })
+    }
+
+    /// Folds into the agents projection every event it does not hold yet (a log written before
+    /// it existed), a batch per writer turn.
+    pub async fn catch_up_agents(&self) -> Result<(), StoreError> {
+        let tenants = self
+            .0
+            .db
+            .query(
+                "SELECT id FROM tenants WHERE agents_through < last_sequence",
+                &[],
+            )
+            .await?;
+        for mut t in tenants {
+            let tenant = t.text(0)?;
+            let mut batches = 0u64;
+            loop {
+                let (reply, answer) = oneshot::channel();
+                let more = self
+                    .turn(Command::CatchUpAgents(tenant.clone(), reply), answer)
+                    .await?;
+                batches += 1;
+                self.committed();
+                if !more {
+                    break;
+                }
+            }
+            tracing::info!(tenant, batches, "agents projection caught up with the log");
+        }
+        Ok(())
+    }
+}

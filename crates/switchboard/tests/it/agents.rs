@@ -1,0 +1,394 @@
+//! The live agents projection (DESIGN §9): a scripted day of three agents, checked against the
+//! agent objects, `as_of` states and timelines written out by hand; kept across a restart, on a
+//! second PostgreSQL node, through retention, and filled from an older database's log.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+use crate::support::app::{ADMIN_KEY, guid, json_ok, problem};
+use crate::support::db::{OldDb, TestData};
+
+/// An Agent event of `username` at `at` with extra parameters.
+fn ev(username: &str, code: u32, at: &str, extra: Value) -> Value {
+    let mut fields = json!({
+        "SessionId": format!("S-{username}"), "SessionType": "CCA",
+        "Username": username, "PhoneNo": "+15551230001"
+    });
+    fields
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    json!({"Id": guid(), "CreationDateUtc": at, "Category": 1, "Code": code,
+           "AdditionalFields": fields})
+}
+
+fn status(username: &str, at: &str, activity: i64, availability: i64, name: &str) -> Value {
+    ev(
+        username,
+        3,
+        at,
+        json!({"ActivityCode": activity, "AvailabilityCode": availability, "ActivityName": name}),
+    )
+}
+
+/// The day, in the order posted: sequences 1 to 16.
+fn day() -> Vec<Value> {
+    vec![
+        ev("alice", 1, "20261123080000", json!({})),  // 1
+        ev("bob", 1, "20261123080000", json!({})),    // 2
+        ev("carol", 1, "20261123080000", json!({})),  // 3
+        status("bob", "20261123080030", 16, 1, ""),   // 4
+        status("alice", "20261123080100", 16, 1, ""), // 5
+        status("carol", "20261123080100", 16, 1, ""), // 6
+        ev(
+            "alice",
+            4,
+            "20261123080200",
+            json!({"WorkItemId": "W-1", "WorkItemType": "Voice", "Queue": "Sales"}),
+        ), // 7
+        ev(
+            "alice",
+            5,
+            "20261123080210",
+            json!({"WorkItemId": "W-1", "WorkItemType": "Voice"}),
+        ), // 8
+        ev(
+            "bob",
+            4,
+            "20261123080300",
+            json!({"WorkItemId": "W-2", "WorkItemType": "Chat"}),
+        ), // 9
+        ev(
+            "bob",
+            6,
+            "20261123080310",
+            json!({"WorkItemId": "W-2", "WorkItemType": "Chat", "Reason": "busy"}),
+        ), // 10
+        ev(
+            "alice",
+            8,
+            "20261123080500",
+            json!({"WorkItemId": "W-1", "WorkItemType": "Voice", "DurationSecs": 170}),
+        ), // 11
+        status("alice", "20261123080600", 36, 2, "Team meeting"), // 12
+        status("carol", "20261123080900", 0, 0, ""),  // 13
+        status("bob", "20261123081000", 34, 0, ""),   // 14
+        ev("bob", 2, "20261123090000", json!({"ExitCode": 3})), // 15
+        // Late: older than carol's state, so it changes nothing.
+        status("carol", "20261123080800", 34, 0, ""), // 16
+    ]
+}
+
+fn expected_agents() -> Value {
+    json!([
+        {"username": "alice", "signed_in": true, "session_id": "S-alice", "session_type": "CCA",
+         "phone_no": "+15551230001", "activity_code": 36, "availability_code": 2,
+         "activity_name": "Team meeting", "since": "20261123080600", "work_item": null,
+         "signed_in_at": "20261123080000", "signed_out_at": null, "exit_code": null,
+         "last_sequence": 12, "last_event_at": "20261123080600"},
+        {"username": "bob", "signed_in": false, "session_id": "S-bob", "session_type": "CCA",
+         "phone_no": "+15551230001", "activity_code": 34, "availability_code": 0,
+         "activity_name": "On Break", "since": "20261123081000", "work_item": null,
+         "signed_in_at": "20261123080000", "signed_out_at": "20261123090000", "exit_code": 3,
+         "last_sequence": 15, "last_event_at": "20261123090000"},
+        {"username": "carol", "signed_in": true, "session_id": "S-carol", "session_type": "CCA",
+         "phone_no": "+15551230001", "activity_code": 0, "availability_code": 0,
+         "activity_name": "Not Ready", "since": "20261123080900", "work_item": null,
+         "signed_in_at": "20261123080000", "signed_out_at": null, "exit_code": null,
+         "last_sequence": 13, "last_event_at": "20261123080900"},
+    ])
+}
+
+async fn post_day(app: &TestApp) {
+    let events = day();
+    app.publish_ok("default", &Value::Array(events[..10].to_vec()))
+        .await;
+    app.publish_ok("default", &Value::Array(events[10..].to_vec()))
+        .await;
+}
+
+async fn agents(app: &TestApp, query: &str) -> Value {
+    json_ok(
+        app.get(&format!("/v1/tenants/default/agents{query}"), ADMIN_KEY)
+            .await,
+    )
+    .await
+}
+
+/// Every check of the day's outcome that reads the projection.
+async fn check_current(app: &TestApp) {
+    let all = agents(app, "").await;
+    assert_eq!(all["data"], expected_agents());
+    assert_eq!(all["as_of_sequence"], 16);
+    assert_eq!(all["next_after"], Value::Null);
+    let one = json_ok(app.get("/v1/tenants/default/agents/bob", ADMIN_KEY).await).await;
+    assert_eq!(one, expected_agents()[1]);
+}
+
+fn usernames(page: &Value) -> Vec<&str> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["username"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_scripted_day_gives_the_expected_agents_as_of_states_and_timelines() {
+    let app = TestApp::spawn().await;
+    post_day(&app).await;
+    check_current(&app).await;
+
+    // Filters and pages.
+    assert_eq!(
+        usernames(&agents(&app, "?signed_in=true").await),
+        ["alice", "carol"]
+    );
+    assert_eq!(usernames(&agents(&app, "?signed_in=false").await), ["bob"]);
+    assert_eq!(
+        usernames(&agents(&app, "?availability_code=0").await),
+        ["bob", "carol"]
+    );
+    let first = agents(&app, "?limit=2").await;
+    assert_eq!(usernames(&first), ["alice", "bob"]);
+    assert_eq!(first["next_after"], "bob");
+    assert_eq!(
+        usernames(&agents(&app, "?limit=2&after=bob").await),
+        ["carol"]
+    );
+    let bad = problem(
+        app.get("/v1/tenants/default/agents?signed_in=maybe", ADMIN_KEY)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(bad["errors"][0]["field"], "signed_in");
+
+    // As of a sequence, rebuilt from the log.
+    let as_of = |user: &str, n: i64| {
+        let app = &app;
+        let path = format!("/v1/tenants/default/agents/{user}?as_of={n}");
+        async move { app.get(&path, ADMIN_KEY).await }
+    };
+    let alice = json_ok(as_of("alice", 8).await).await;
+    assert_eq!(
+        alice["work_item"],
+        json!({"id": "W-1", "type": "Voice", "state": "accepted", "since": "20261123080210"})
+    );
+    assert_eq!(
+        (
+            alice["activity_code"].clone(),
+            alice["last_sequence"].clone()
+        ),
+        (json!(16), json!(8))
+    );
+    let alice = json_ok(as_of("alice", 7).await).await;
+    assert_eq!(alice["work_item"]["state"], "receiving");
+    let bob = json_ok(as_of("bob", 9).await).await;
+    assert_eq!(
+        bob["work_item"],
+        json!({"id": "W-2", "type": "Chat", "state": "receiving", "since": "20261123080300"})
+    );
+    let bob = json_ok(as_of("bob", 10).await).await;
+    assert_eq!(bob["work_item"], Value::Null);
+    // The late event changed nothing: carol as of 16 is carol as of 13.
+    assert_eq!(
+        json_ok(as_of("carol", 16).await).await,
+        json_ok(as_of("carol", 13).await).await
+    );
+    assert_eq!(json_ok(as_of("bob", 100).await).await, expected_agents()[1]);
+    // Not known yet at sequence 1; never known at all.
+    problem(as_of("carol", 1).await, StatusCode::NOT_FOUND).await;
+    problem(
+        app.get("/v1/tenants/default/agents/nobody", ADMIN_KEY)
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let bad = problem(as_of("bob", -1).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(bad["errors"][0]["field"], "as_of");
+
+    // Bob's timeline: his whole day, then a window.
+    let timeline = |query: &str| {
+        let app = &app;
+        let path = format!("/v1/tenants/default/agents/bob/timeline{query}");
+        async move { app.get(&path, ADMIN_KEY).await }
+    };
+    let t = json_ok(timeline("?since=20261123000000").await).await;
+    let interval =
+        |from: &str, to: Value, signed_in: bool, activity: Value, name: Value, wi: Value| {
+            let availability = match activity.as_i64() {
+                Some(16) => json!(1),
+                Some(_) => json!(0),
+                None => Value::Null,
+            };
+            json!({"from": from, "to": to, "signed_in": signed_in, "activity_code": activity,
+               "availability_code": availability, "activity_name": name, "work_item": wi})
+        };
+    let chat =
+        json!({"id": "W-2", "type": "Chat", "state": "receiving", "since": "20261123080300"});
+    assert_eq!(
+        t["data"],
+        json!([
+            interval(
+                "20261123080000",
+                json!("20261123080030"),
+                true,
+                Value::Null,
+                Value::Null,
+                Value::Null
+            ),
+            interval(
+                "20261123080030",
+                json!("20261123080300"),
+                true,
+                json!(16),
+                json!("Available"),
+                Value::Null
+            ),
+            interval(
+                "20261123080300",
+                json!("20261123080310"),
+                true,
+                json!(16),
+                json!("Available"),
+                chat.clone()
+            ),
+            interval(
+                "20261123080310",
+                json!("20261123081000"),
+                true,
+                json!(16),
+                json!("Available"),
+                Value::Null
+            ),
+            interval(
+                "20261123081000",
+                json!("20261123090000"),
+                true,
+                json!(34),
+                json!("On Break"),
+                Value::Null
+            ),
+            interval(
+                "20261123090000",
+                Value::Null,
+                false,
+                json!(34),
+                json!("On Break"),
+                Value::Null
+            ),
+        ])
+    );
+    let t = json_ok(timeline("?since=20261123080305&until=20261123083000").await).await;
+    assert_eq!(
+        t["data"],
+        json!([
+            interval(
+                "20261123080305",
+                json!("20261123080310"),
+                true,
+                json!(16),
+                json!("Available"),
+                chat
+            ),
+            interval(
+                "20261123080310",
+                json!("20261123081000"),
+                true,
+                json!(16),
+                json!("Available"),
+                Value::Null
+            ),
+            interval(
+                "20261123081000",
+                json!("20261123083000"),
+                true,
+                json!(34),
+                json!("On Break"),
+                Value::Null
+            ),
+        ])
+    );
+    let bad = problem(timeline("").await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(bad["errors"][0]["field"], "since");
+    let bad = problem(
+        timeline("?since=20261123080000&until=20261123070000").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(bad["errors"][0]["field"], "until");
+
+    // A key of another tenant sees none of it.
+    app.create_tenant("other").await;
+    let key = app.create_key("other", &["read"]).await;
+    problem(
+        app.get("/v1/tenants/default/agents", &key).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let theirs = json_ok(app.get("/v1/tenants/other/agents", &key).await).await;
+    assert_eq!(theirs["data"], json!([]));
+
+    // The same after a restart.
+    let data = app.stop().await;
+    let app = TestApp::spawn_in(data).await;
+    check_current(&app).await;
+}
+
+/// Every node of a cluster reads the same projection, whichever node took the events.
+#[tokio::test]
+async fn a_second_postgresql_node_sees_the_same_agents() {
+    let app = TestApp::spawn_in(TestData::postgres().await).await;
+    let second = app.second_node().await;
+    let events = day();
+    app.publish_ok("default", &Value::Array(events[..10].to_vec()))
+        .await;
+    second
+        .publish_ok("default", &Value::Array(events[10..].to_vec()))
+        .await;
+    check_current(&app).await;
+    check_current(&second).await;
+    second.stop().await;
+}
+
+/// A database from before the projection: the log is folded in when the store opens.
+#[tokio::test]
+async fn an_older_database_gets_its_agents_from_its_log() {
+    let data = TestData::new().await;
+    // The schema before the agents migration (SQLite 6, PostgreSQL 5), with the day's events.
+    let mut old = OldDb::open(&data, 6, 5).await;
+    let now = switchboard::store::now_millis();
+    for (i, e) in day().iter().enumerate() {
+        let body = e.to_string().replace('\'', "''");
+        let sql = format!(
+            "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \
+             received_at, body) VALUES ('default', {seq}, '{id}', {created}, 1, {code}, \
+             '{user}', {now}, '{body}')",
+            seq = i + 1,
+            id = e["Id"].as_str().unwrap(),
+            created = e["CreationDateUtc"].as_str().unwrap(),
+            code = e["Code"],
+            user = e["AdditionalFields"]["Username"].as_str().unwrap(),
+        );
+        old.exec(&sql).await;
+    }
+    old.exec("UPDATE tenants SET last_sequence = 16").await;
+    old.close().await;
+
+    let app = TestApp::spawn_in(data).await;
+    check_current(&app).await;
+    // And it goes on from there.
+    app.publish_ok("default", &status("carol", "20261123100000", 16, 1, ""))
+        .await;
+    let carol = json_ok(app.get("/v1/tenants/default/agents/carol", ADMIN_KEY).await).await;
+    assert_eq!(
+        (
+            carol["activity_code"].clone(),
+            carol["last_sequence"].clone()
+        ),
+        (json!(16), json!(17))
+    );
+}
