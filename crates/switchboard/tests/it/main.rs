@@ -13,5 +13,6 @@ mod pg_faults;
 mod restart;
 mod retention;
 mod stepped;
+mod streams;
 mod support;
 mod system_events;
