@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, Caller, Page, Params};
 use crate::agent::{Agent, Interval};
 use crate::auth::Scope;
-use crate::event::Timestamp;
+use crate::event::{FieldError, Timestamp};
 use crate::store::AgentQuery;
 
 pub fn router() -> Router<AppState> {
@@ -80,13 +80,14 @@ async fn show(
         Some(n) => {
             let history = state.store.agent_history(&tenant, &username).await?;
             history.as_of(n).map_err(|()| {
-                ApiError::invalid(
+                ApiError::BeyondRetention(FieldError::new(
+                    None,
                     "as_of",
                     format!(
-                        "the log no longer holds this agent's events from before sequence {n} \
+                        "the log no longer holds this agent's events up to sequence {n} \
                          (retention purged them); ask for a later sequence"
                     ),
-                )
+                ))
             })?
         }
     };
@@ -123,11 +124,12 @@ async fn timeline(
         return Err(not_found(&username));
     }
     let data = history.timeline(since, until).map_err(|()| {
-        ApiError::invalid(
+        ApiError::BeyondRetention(FieldError::new(
+            None,
             "since",
             "the log no longer holds this agent's events from that far back (retention purged \
              them); ask for a later start",
-        )
+        ))
     })?;
     Ok(Json(Timeline { data }))
 }

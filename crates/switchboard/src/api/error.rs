@@ -31,6 +31,10 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// What was asked for is older than the log still holds (retention purged it): 400 naming
+    /// the parameter.
+    #[error("{}: {}", .0.field, .0.message)]
+    BeyondRetention(FieldError),
     #[error(
         "the tenant's ingest limit is reached; nothing was stored; retry after {retry_after_secs} s"
     )]
@@ -88,6 +92,11 @@ impl ApiError {
                 "validation",
                 "Validation failed",
             ),
+            BeyondRetention(_) => (
+                StatusCode::BAD_REQUEST,
+                "beyond-retention",
+                "Beyond retention",
+            ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -137,6 +146,7 @@ impl IntoResponse for ApiError {
         };
         let errors = match &self {
             ApiError::Invalid(e) | ApiError::Conflict { errors: e, .. } => e.as_slice(),
+            ApiError::BeyondRetention(e) => std::slice::from_ref(e),
             _ => &[],
         };
         let problem = Problem {

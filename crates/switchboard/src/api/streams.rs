@@ -53,9 +53,11 @@ where
 {
     let (tx, rx) = mpsc::channel(BUFFER);
     let run = pump(tx);
+    // Counted before the answer leaves, so that a consumer who sees its stream open sees it
+    // counted.
+    let gauge = metrics::gauge!(telemetry::STREAMS_OPEN);
+    gauge.increment(1.0);
     tokio::spawn(async move {
-        let gauge = metrics::gauge!(telemetry::STREAMS_OPEN);
-        gauge.increment(1.0);
         if let Err(e) = run.await {
             tracing::warn!(error = %e, "a stream ended: its reads failed; the consumer resumes");
         }

@@ -92,3 +92,53 @@ async fn old_finished_events_go_pending_ones_stay_and_their_ids_are_new_again() 
     assert!(log(&t).await.is_empty());
     assert!(down.received().iter().all(|r| r.event_id() == b1));
 }
+
+/// The agents projection outlives retention; `as_of` and timelines rebuild from the state
+/// retention folded (the agent's base) plus the events still in the log, and refuse what
+/// reaches back past it.
+#[tokio::test]
+async fn agents_outlive_retention_and_rebuilds_start_from_what_it_folded() {
+    let mut t = Stepper::new().await;
+    let at = |mut e: serde_json::Value, code: i64, time: &str| {
+        e["CreationDateUtc"] = json!(time);
+        e["AdditionalFields"]["ActivityCode"] = json!(code);
+        e
+    };
+    t.publish(&json!([
+        at(agent_event(&guid(), 1, "alice"), 0, "20261123080000"),
+        at(agent_event(&guid(), 3, "alice"), 16, "20261123080100"),
+    ]))
+    .await;
+    t.advance(Duration::from_secs(3));
+    t.publish(&at(agent_event(&guid(), 3, "alice"), 34, "20261123080200"))
+        .await;
+    let purged = t.store.purge(t.clock.now_ms() - 2_000).await.unwrap();
+    assert_eq!(purged.events, 2);
+
+    let now = t
+        .store
+        .get_agent("default", "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((now.activity_code, now.last_sequence), (Some(34), 3));
+    let history = t.store.agent_history("default", "alice").await.unwrap();
+    assert!(history.as_of(1).is_err(), "sequence 1 was folded away");
+    let at_2 = history.as_of(2).unwrap().unwrap();
+    assert_eq!((at_2.activity_code, at_2.last_sequence), (Some(16), 2));
+    assert_eq!(history.as_of(3).unwrap().unwrap(), now);
+    let ts = |s: &str| switchboard::event::Timestamp::parse(s).unwrap();
+    assert!(history.timeline(ts("20261123080000"), None).is_err());
+    let timeline = history.timeline(ts("20261123080100"), None).unwrap();
+    let shown: Vec<_> = timeline
+        .iter()
+        .map(|i| (i.from.to_string(), i.activity_code))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("20261123080100".to_string(), Some(16)),
+            ("20261123080200".to_string(), Some(34))
+        ]
+    );
+}

@@ -11,6 +11,7 @@ use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem};
 use crate::support::db::TestData;
 use crate::support::process::Server;
+use crate::support::receiver::eventually;
 use crate::support::sse::SseReader;
 
 const SOON: Duration = Duration::from_secs(10);
@@ -291,6 +292,16 @@ async fn consumers_that_stop_reading_cost_bounded_memory_and_miss_nothing() {
     for _ in 0..10 {
         readers.push(SseReader::open_at(&client, &url, ADMIN_KEY, None).await);
     }
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("switchboard_streams_open 10\n"),
+        "{metrics}"
+    );
     post_all(statuses(20_000, 200, 40_000)).await;
     let stalled = rss_kib(pid);
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -312,4 +323,18 @@ async fn consumers_that_stop_reading_cost_bounded_memory_and_miss_nothing() {
     for reader in &mut readers {
         assert_eq!(read_events(reader, 20_000).await, want);
     }
+    drop(readers);
+    let closed = eventually("the streams' end is counted", || async {
+        let m = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap();
+        m.text()
+            .await
+            .unwrap()
+            .contains("switchboard_streams_open 0\n")
+            .then_some(())
+    });
+    closed.await;
 }
