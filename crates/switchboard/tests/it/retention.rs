@@ -98,7 +98,7 @@ async fn old_finished_events_go_pending_ones_stay_and_their_ids_are_new_again() 
 /// reaches back past it.
 #[tokio::test]
 async fn agents_outlive_retention_and_rebuilds_start_from_what_it_folded() {
-    let mut t = Stepper::new().await;
+    let t = Stepper::new().await;
     let at = |mut e: serde_json::Value, code: i64, time: &str| {
         e["CreationDateUtc"] = json!(time);
         e["AdditionalFields"]["ActivityCode"] = json!(code);
