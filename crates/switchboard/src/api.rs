@@ -8,7 +8,7 @@ mod events;
 mod health;
 mod keys;
 mod limits;
-mod streams;
+pub mod streams;
 mod subscriptions;
 mod tenants;
 
@@ -48,6 +48,8 @@ pub struct AppState {
     pub limits: Arc<limits::TenantLimits>,
     /// Turns true when the server stops: streams end, so that their connections close.
     pub streams_stop: tokio::sync::watch::Receiver<bool>,
+    /// The events streams' shared readers, one per tenant with streams open.
+    pub tails: Arc<streams::Tails>,
 }
 
 /// The whole HTTP application.

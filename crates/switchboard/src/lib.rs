@@ -110,6 +110,7 @@ pub async fn run_with(
         lease_ms: lease.as_millis() as i64,
         limits: Arc::default(),
         streams_stop: streams_stopped,
+        tails: Arc::default(),
     };
 
     let (stop_dispatcher, stopped) = watch::channel(false);

@@ -77,6 +77,12 @@ struct BenchArgs {
     /// of them runs alongside the measured load (in-process server only)
     #[arg(long, value_name = "N", default_value_t = 0)]
     expired: usize,
+    /// Consumers of the events stream, each receiving every event (reports ingest→stream)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    streams: usize,
+    /// Distinct agents the events come from (`GET …/agents` is timed with them at the end)
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    agents: usize,
 }
 
 #[derive(Args)]
@@ -168,6 +174,8 @@ async fn main() -> anyhow::Result<()> {
                     database_url: a.database_url,
                     progress: !a.json,
                     expired: a.expired,
+                    streams: a.streams,
+                    agents: a.agents,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

@@ -145,6 +145,22 @@ impl Store {
     }
 
     fn from_opened(o: Opened) -> Self {
+        // The writer folds Agent events it deferred under load when asked, now and then.
+        let writer = o.writer.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(agents::FOLD_TICK).await;
+                let Some(writer) = writer.upgrade() else {
+                    return;
+                };
+                // A full queue will reach the writer anyway.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    writer.try_send(Command::FoldAgents)
+                {
+                    return;
+                }
+            }
+        });
         Store(Arc::new(Inner {
             db: o.db,
             dialect: o.dialect,

@@ -19,11 +19,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::events::{LogItem, filters};
 use super::{ApiError, AppState, Caller, Params};
 use crate::agent::Agent;
 use crate::auth::Scope;
-use crate::store::{AgentQuery, EventQuery, Store, StoreError};
+use crate::event::Event;
+use crate::store::{AgentQuery, EventQuery, Store, StoreError, StoredEvent};
 use crate::telemetry;
 
 /// Messages a consumer may have waiting besides what its connection holds.
@@ -122,6 +126,150 @@ fn message(kind: &str, id: i64, data: &impl Serialize) -> Result<SseEvent, Store
         .map_err(|e| StoreError::Db(format!("encoding a stream message: {e}")))
 }
 
+/// An event as streams send it: its `data:` encoded once, and what filters look at.
+struct Encoded {
+    sequence: i64,
+    category: u8,
+    code: u32,
+    username: Option<String>,
+    data: String,
+}
+
+impl Encoded {
+    fn new(e: StoredEvent) -> Result<Self, StoreError> {
+        let event = Event::from_canonical_json(&e.body)
+            .map_err(|e| StoreError::Db(format!("a stored event does not decode: {e}")))?;
+        let sequence = e.sequence;
+        let item = LogItem::new(e).map_err(|e| StoreError::Db(e.to_string()))?;
+        Ok(Encoded {
+            sequence,
+            category: event.category,
+            code: event.code,
+            username: event.username().map(str::to_string),
+            data: serde_json::to_string(&item)
+                .map_err(|e| StoreError::Db(format!("encoding a stream message: {e}")))?,
+        })
+    }
+
+    fn matches(&self, q: &EventQuery) -> bool {
+        q.category.is_none_or(|c| c == self.category)
+            && q.code.is_none_or(|c| c == self.code)
+            && q.username
+                .as_ref()
+                .is_none_or(|u| Some(u) == self.username.as_ref())
+    }
+
+    fn message(&self) -> SseEvent {
+        SseEvent::default()
+            .event("event")
+            .id(self.sequence.to_string())
+            .data(&self.data)
+    }
+}
+
+/// Every event of a tenant after sequence `after` through `through`, as one tail read them.
+struct Batch {
+    after: i64,
+    through: i64,
+    events: Vec<Encoded>,
+}
+
+/// The tails of the tenants that have streams open: one task per tenant reads each new event
+/// once and hands it to all of the tenant's consumers. A consumer that falls behind the tail
+/// (its connection slow, or resuming from further back) reads the log itself until it has
+/// caught up; the tail only keeps its latest batch, so nothing is held for the slow.
+#[derive(Default)]
+pub struct Tails(Mutex<HashMap<String, watch::Receiver<Arc<Batch>>>>);
+
+/// Events a tail reads at a time.
+const TAIL_PAGE: u32 = 1000;
+
+impl Tails {
+    /// The tail of `tenant`, started if it has none.
+    async fn of(
+        self: &Arc<Self>,
+        store: &Store,
+        tenant: &str,
+        stop: watch::Receiver<bool>,
+    ) -> Result<watch::Receiver<Arc<Batch>>, StoreError> {
+        if let Some(rx) = self.0.lock().expect("tails lock").get(tenant) {
+            return Ok(rx.clone());
+        }
+        let mut commits = store.commits();
+        let last = store.last_sequence(tenant).await?;
+        let empty = Batch {
+            after: last,
+            through: last,
+            events: Vec::new(),
+        };
+        let mut tails = self.0.lock().expect("tails lock");
+        if let Some(rx) = tails.get(tenant) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(Arc::new(empty));
+        tails.insert(tenant.to_string(), rx.clone());
+        let (tails, store, tenant) = (self.clone(), store.clone(), tenant.to_string());
+        tokio::spawn(async move {
+            let mut stop = stop;
+            let mut cursor = last;
+            loop {
+                commits.borrow_and_update();
+                if let Err(e) = tails.read_on(&store, &tenant, &mut cursor, &tx).await {
+                    tracing::warn!(tenant, error = %e, "a stream tail could not read; its consumers read the log themselves");
+                }
+                let idle = tokio::select! {
+                    r = commits.changed() => r.is_err(),
+                    _ = stop.changed() => true,
+                };
+                // Ends with the server, or once no consumer is left (the map holds one).
+                let mut map = tails.0.lock().expect("tails lock");
+                if idle || tx.receiver_count() <= 1 {
+                    map.remove(&tenant);
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Reads every committed event after `cursor` into batches.
+    async fn read_on(
+        &self,
+        store: &Store,
+        tenant: &str,
+        cursor: &mut i64,
+        tx: &watch::Sender<Arc<Batch>>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let last = store.last_sequence(tenant).await?;
+            if last <= *cursor {
+                return Ok(());
+            }
+            let q = EventQuery {
+                after: *cursor,
+                through: Some(last),
+                limit: TAIL_PAGE,
+                ..EventQuery::default()
+            };
+            let page = store.list_events(tenant, &q).await?;
+            let through = match page.last() {
+                Some(e) if page.len() == TAIL_PAGE as usize => e.sequence,
+                _ => last,
+            };
+            let events = page
+                .into_iter()
+                .map(Encoded::new)
+                .collect::<Result<_, _>>()?;
+            tx.send_replace(Arc::new(Batch {
+                after: *cursor,
+                through,
+                events,
+            }));
+            *cursor = through;
+        }
+    }
+}
+
 /// `GET /v1/tenants/{t}/events/stream`: one `event` message per matching event.
 pub async fn events(
     State(state): State<AppState>,
@@ -140,41 +288,59 @@ pub async fn events(
     filters(&mut p, &mut filter)?;
     p.finish()?;
     let store = state.store.clone();
-    let mut commits = store.commits();
+    let mut tail = state
+        .tails
+        .of(&store, &tenant, state.streams_stop.clone())
+        .await?;
     // Without a resume point the stream starts with what is committed from now on.
     let after = match resume {
         Some(n) => n,
-        None => store.last_sequence(&tenant).await?,
+        None => tail.borrow().through,
     };
     let stop = state.streams_stop.clone();
     Ok(start(move |tx| async move {
         let mut stop = stop;
         let mut cursor = after;
         loop {
-            commits.borrow_and_update();
-            // Every event up to the tenant's last sequence is committed: a page short of it
-            // has seen all of them, so the cursor moves past the ones that did not match.
-            let last = store.last_sequence(&tenant).await?;
-            let q = EventQuery {
-                after: cursor,
-                through: Some(last),
-                ..filter.clone()
-            };
-            let page = store.list_events(&tenant, &q).await?;
-            let full = page.len() == PAGE as usize;
-            for event in page {
-                let sequence = event.sequence;
-                let item = LogItem::new(event).map_err(|e| StoreError::Db(e.to_string()))?;
-                if tx.send(message("event", sequence, &item)?).await.is_err() {
-                    return Ok(());
+            let batch = tail.borrow_and_update().clone();
+            if cursor < batch.after {
+                // Behind the tail: from the log, up to where the tail's batch starts. Every
+                // event up to it is committed, so a page short of it has seen all of them and
+                // the cursor moves past those that did not match.
+                let q = EventQuery {
+                    after: cursor,
+                    through: Some(batch.after),
+                    ..filter.clone()
+                };
+                let page = store.list_events(&tenant, &q).await?;
+                let full = page.len() == PAGE as usize;
+                for event in page {
+                    let event = Encoded::new(event)?;
+                    if tx.send(event.message()).await.is_err() {
+                        return Ok(());
+                    }
+                    cursor = event.sequence;
                 }
-                cursor = sequence;
-            }
-            if full {
+                if !full {
+                    cursor = batch.after;
+                }
                 continue;
             }
-            cursor = cursor.max(last);
-            if let Woken::End = wait(&mut commits, &mut stop, &tx).await {
+            if cursor < batch.through {
+                for event in batch.events.iter().filter(|e| e.sequence > cursor) {
+                    if event.matches(&filter) && tx.send(event.message()).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                cursor = batch.through;
+                continue;
+            }
+            let woken = tokio::select! {
+                r = tail.changed() => r.is_ok(),
+                _ = stop.changed() => false,
+                _ = tx.closed() => false,
+            };
+            if !woken || *stop.borrow() {
                 return Ok(());
             }
         }

@@ -163,7 +163,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     return anyhow::Ok(());
                 }
                 let events: Vec<Value> = (first..(first + batch).min(total))
-                    .map(|n| super::bench::bench_event(ids.id(n), n))
+                    .map(|n| super::bench::bench_event(ids.id(n), n, 500))
                     .collect();
                 let r = client
                     .post(format!("{base}/v1/tenants/default/events"))

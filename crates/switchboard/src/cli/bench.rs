@@ -42,6 +42,10 @@ pub struct Options {
     /// In-process server only: first store this many events, then run with a one-second
     /// retention, so that the purge of all of them runs alongside the measured load.
     pub expired: usize,
+    /// Consumers of the events stream, opened before the load: each must receive every event.
+    pub streams: usize,
+    /// Distinct agents the events come from (their `Username`s).
+    pub agents: usize,
 }
 
 impl Default for Options {
@@ -58,6 +62,8 @@ impl Default for Options {
             database_url: String::new(),
             progress: false,
             expired: 0,
+            streams: 0,
+            agents: 500,
         }
     }
 }
@@ -108,7 +114,7 @@ async fn prefill(client: &reqwest::Client, base: &str, key: &str, n: usize) -> a
     for group in batches.chunks(4) {
         let posts = group.iter().map(|&b| {
             let events: Vec<Value> = (b * 1000..((b + 1) * 1000).min(n))
-                .map(|i| bench_event(ids.id(i), i))
+                .map(|i| bench_event(ids.id(i), i, 500))
                 .collect();
             client.post(&url).bearer_auth(key).json(&events).send()
         });
@@ -198,6 +204,70 @@ pub struct Report {
     /// With `expired`: expired events stored before the run, and how many retention had
     /// purged by its end.
     pub expired: Option<(usize, u64)>,
+    /// Events-stream consumers, and from the (scheduled) send to each consumer's receipt, per
+    /// event and consumer.
+    pub streams: usize,
+    pub ingest_to_stream_ms: Option<Percentiles>,
+    /// `GET …/agents` after the run: the agents there were, and the latency of a default page
+    /// (100) and of a page of 1,000.
+    pub agents: usize,
+    pub agents_page_ms: Percentiles,
+    pub agents_page_1000_ms: Percentiles,
+}
+
+/// One consumer of the events stream: counts the events it receives and how long after their
+/// (scheduled) send each arrived.
+async fn consume_stream(
+    mut response: reqwest::Response,
+    state: Arc<Receiver>,
+    want: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut latency = histogram();
+    let (mut got, mut buffer) = (0, String::new());
+    while got < want {
+        let Some(chunk) = response.chunk().await? else {
+            bail!("a stream ended after {got} of {want} events");
+        };
+        buffer.push_str(std::str::from_utf8(&chunk)?);
+        let now = Instant::now();
+        // Only what is needed of each message: the event's `Id`, found without parsing.
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let Some(at) = message.find("\"Id\":\"") else {
+                continue;
+            };
+            got += 1;
+            let id = message
+                .get(at + 6..at + 42)
+                .and_then(|s| Uuid::parse_str(s).ok());
+            let sent = id.and_then(|id| state.sent.lock().expect("lock").get(&id).copied());
+            if let Some(sent) = sent {
+                let us = now.saturating_duration_since(sent).as_micros().max(1) as u64;
+                let _ = latency.record(us);
+            }
+        }
+    }
+    Ok(latency)
+}
+
+/// Latency of `GET path` over `n` requests.
+async fn time_gets(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<Percentiles> {
+    let mut h = histogram();
+    for _ in 0..n {
+        let started = Instant::now();
+        let r = client.get(url).bearer_auth(key).send().await?;
+        if !r.status().is_success() {
+            bail!("GET {url}: {}", r.status());
+        }
+        r.bytes().await?;
+        let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+    }
+    Ok(Percentiles::of(&h))
 }
 
 /// The receiver's shared state.
@@ -314,6 +384,25 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
 
+    let admin_key = key.clone();
+    // Stream consumers, each on a connection of its own, from the next event on.
+    let mut consumers = Vec::new();
+    for _ in 0..opts.streams {
+        let response = reqwest::Client::new()
+            .get(format!("{base}/v1/tenants/default/events/stream"))
+            .bearer_auth(&admin_key)
+            .send()
+            .await?;
+        if response.status() != StatusCode::OK {
+            bail!("opening an events stream: {}", response.status());
+        }
+        consumers.push(tokio::spawn(consume_stream(
+            response,
+            state.clone(),
+            opts.events,
+        )));
+    }
+
     // Events are posted as a producer would: with a tenant key that may only publish.
     let key = publish_key(&client, &base, &key).await?;
 
@@ -329,7 +418,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
                 let events: Vec<Value> = (first..first + count)
                     .zip(&ids)
-                    .map(|(n, id)| bench_event(*id, n))
+                    .map(|(n, id)| bench_event(*id, n, opts.agents))
                     .collect();
                 let body = if opts.batch == 1 {
                     serde_json::to_vec(&events[0])
@@ -441,6 +530,22 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         p.abort();
         eprintln!();
     }
+    let ingest_to_stream_ms = if consumers.is_empty() {
+        None
+    } else {
+        let mut all = histogram();
+        for c in consumers {
+            let h = tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .context("the stream consumers did not get every event within 60 s")???;
+            all.add(&h)?;
+        }
+        Some(Percentiles::of(&all))
+    };
+    let agents_url = format!("{base}/v1/tenants/default/agents");
+    let agents_page_ms = time_gets(&client, &agents_url, &admin_key, 50).await?;
+    let agents_page_1000_ms =
+        time_gets(&client, &format!("{agents_url}?limit=1000"), &admin_key, 50).await?;
     let server_peak_rss_mib = opts
         .url
         .is_none()
@@ -477,6 +582,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         receiver_raw_requests_per_sec: raw,
         server_peak_rss_mib,
         expired,
+        streams: opts.streams,
+        ingest_to_stream_ms,
+        agents: opts.agents.min(opts.events),
+        agents_page_ms,
+        agents_page_1000_ms,
     })
 }
 
@@ -529,14 +639,16 @@ impl BenchIds {
     }
 }
 
-/// An Agent StatusChanged event with Id `id`; agents rotate with `n` so per-agent work spreads.
-pub(crate) fn bench_event(id: Uuid, n: usize) -> Value {
+/// An Agent StatusChanged event with Id `id`; `agents` agents take turns with `n`, so per-agent
+/// work spreads.
+pub(crate) fn bench_event(id: Uuid, n: usize, agents: usize) -> Value {
+    let agent = n % agents.max(1);
     json!({
         "Id": id,
         "Category": 1, "Code": 3,
         "AdditionalFields": {
-            "SessionId": format!("S-{}", n % 500), "SessionType": "CCA",
-            "Username": format!("agent{}", n % 500), "PhoneNo": "+15551230001",
+            "SessionId": format!("S-{agent}"), "SessionType": "CCA",
+            "Username": format!("agent{agent}"), "PhoneNo": "+15551230001",
             "ActivityCode": 16, "AvailabilityCode": 1, "ActivityName": ""
         }
     })
@@ -612,6 +724,12 @@ impl Report {
         let expired = self.expired.map_or(String::new(), |(n, purged)| {
             format!("\nretention         {purged} of {n} expired events purged during the run")
         });
+        let streams = self
+            .ingest_to_stream_ms
+            .as_ref()
+            .map_or(String::new(), |s| {
+                format!("\ningest→stream     {} ({} consumers)", p(s), self.streams)
+            });
         format!(
             "switchboard bench: {} events, batch {}, concurrency {}, {} subscription(s), {rate}\n\
              accepted          {} in {:.2} s = {:.0} events/s\n\
@@ -619,7 +737,9 @@ impl Report {
              receiver raw      {:.0} requests/s over loopback (the ceiling)\n\
              ingest latency    {}\n\
              ingest→receiver   {to_receiver}\n\
-             server peak RSS   {rss}{expired}",
+             agents page       {} (limit 100, {} agents)\n\
+             agents page 1000  {}\n\
+             server peak RSS   {rss}{expired}{streams}",
             self.events,
             self.batch,
             self.concurrency,
@@ -629,6 +749,9 @@ impl Report {
             self.accepted_per_sec,
             self.receiver_raw_requests_per_sec,
             p(&self.ingest_latency_ms),
+            p(&self.agents_page_ms),
+            self.agents,
+            p(&self.agents_page_1000_ms),
         )
     }
 }

@@ -2,11 +2,19 @@
 //! [`crate::agent::apply`] and written by the writer in the same transaction as the events, so
 //! that it is exactly as durable as the log and every node reads the same.
 //!
-//! - Each turn folds its new events into `agents` (when the tenant's projection is up to date:
-//!   `tenants.agents_through = last_sequence`) and moves `agents_through` along with the log.
-//! - A log the projection does not cover yet (a database from before it) is folded in by
-//!   [`Store::catch_up_agents`] when the store opens, a batch per writer turn; the turn leaves
-//!   such a tenant's projection to it.
+//! - A turn folds its new events into `agents` and moves `tenants.agents_through` (the last
+//!   sequence the projection holds) along with the log — while the writer is not busy. Under
+//!   load (more than [`BUSY_EVENTS`] events in [`BUSY_WINDOW_MS`]) it defers: the tenant's
+//!   Agent events wait in the writer's memory ([`Deferred`]) and are folded together, in a
+//!   later turn, once [`FOLD_EVERY`] have gathered or [`MAX_LAG_MS`] have passed (a
+//!   `FoldAgents` command comes every [`FOLD_TICK`]). An agent that changes twenty times in
+//!   that window is then written once, not twenty times: written every turn, the projection
+//!   cost a third of ingest's throughput. Readers see exactly the state as of `agents_through`
+//!   (`as_of_sequence`), at most that far behind the log.
+//! - A log the projection does not cover (a database from before it, deferred events lost in a
+//!   crash or a failed turn, or folded by another node in between) is read back from the log:
+//!   at open by [`Store::catch_up_agents`], a batch per writer turn, and by a fold whose
+//!   memory does not cover the tenant's log since `agents_through`.
 //! - Retention folds the Agent events it purges into `agent_bases`, from which `as_of` and
 //!   timelines rebuild what the log no longer holds.
 
@@ -25,6 +33,205 @@ use crate::event::{Event, Timestamp};
 
 /// Events folded per catch-up batch.
 const CATCH_UP_BATCH: i64 = 2_000;
+/// The writer is busy when more events than this came in the last [`BUSY_WINDOW_MS`].
+pub(super) const BUSY_EVENTS: usize = 500;
+pub(super) const BUSY_WINDOW_MS: i64 = 100;
+/// A busy writer folds a tenant's deferred events once this many have gathered…
+pub(super) const FOLD_EVERY: i64 = 8_192;
+/// …or once the oldest has waited this long.
+pub(super) const MAX_LAG_MS: i64 = 50;
+/// How often the writer is asked to fold what it deferred.
+pub(crate) const FOLD_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Where a tenant's log and projection are: its last sequence, and the last one folded.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Position {
+    pub last: i64,
+    pub through: i64,
+}
+
+/// A tenant's committed Agent events that are not folded yet.
+struct Backlog {
+    /// The `agents_through` the events follow on from: `None` when they are not known to be
+    /// all of the tenant's since then (the fold then reads the log).
+    from: Option<i64>,
+    /// The last sequence they reach.
+    to: i64,
+    /// When the first was deferred (writer's clock, ms).
+    since: i64,
+    events: Vec<(i64, Event)>,
+}
+
+/// The writer's deferred Agent events, by tenant, and its recent load.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    tenants: BTreeMap<String, Backlog>,
+    /// (time, events) of recent ingest turns.
+    recent: std::collections::VecDeque<(i64, usize)>,
+}
+
+impl Deferred {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    /// Counts `events` ingested at `now`.
+    pub fn note(&mut self, now: i64, events: usize) {
+        self.recent.push_back((now, events));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| *t <= now - BUSY_WINDOW_MS)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.recent.iter().map(|(_, n)| n).sum::<usize>() > BUSY_EVENTS
+    }
+
+    /// After a failed turn: what memory holds may not be committed; folds read the log.
+    pub fn forget(&mut self) {
+        for b in self.tenants.values_mut() {
+            b.from = None;
+            b.events.clear();
+        }
+    }
+
+    /// Adds a turn's events of `tenant` (sequences after `at.last` through `to`).
+    fn add(&mut self, tenant: &str, at: Position, to: i64, events: &[(i64, &Event)], now: i64) {
+        let agent_events = events
+            .iter()
+            .filter(|(_, e)| e.category == AGENT && e.username().is_some())
+            .map(|(s, e)| (*s, (*e).clone()));
+        match self.tenants.get_mut(tenant) {
+            Some(b) if b.to == at.last => {
+                b.events.extend(agent_events);
+                b.to = to;
+            }
+            Some(b) => {
+                // Another node wrote in between: the log has what memory misses.
+                b.from = None;
+                b.events.clear();
+                b.to = to;
+            }
+            None => {
+                let from = (at.through == at.last).then_some(at.through);
+                let events = agent_events.collect();
+                let b = Backlog {
+                    from,
+                    to,
+                    since: now,
+                    events,
+                };
+                self.tenants.insert(tenant.to_string(), b);
+            }
+        }
+    }
+
+    fn due(&self, tenant: &str, through: i64, now: i64) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|b| b.to - through >= FOLD_EVERY || now - b.since >= MAX_LAG_MS)
+    }
+}
+
+/// The projection's part of a turn that committed `events` of `tenant` (sequences after
+/// `at.last`, the last being `to`): folds them now, or defers them (see the module's doc).
+pub(super) async fn project<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    at: Position,
+    to: i64,
+    events: &[(i64, &Event)],
+    deferred: &mut Deferred,
+    now: i64,
+) -> Result<(), StoreError> {
+    let busy = deferred.busy();
+    if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
+        fold_in(conn, Table::Live, tenant, events).await?;
+        conn.execute(sql::SET_SEQUENCES, &args![to, tenant]).await?;
+        return Ok(());
+    }
+    conn.execute(sql::SET_LAST_SEQUENCE, &args![to, tenant])
+        .await?;
+    deferred.add(tenant, at, to, events, now);
+    if !busy || deferred.due(tenant, at.through, now) {
+        let at = Position {
+            last: to,
+            through: at.through,
+        };
+        fold_backlog(conn, tenant, at, deferred).await?;
+    }
+    Ok(())
+}
+
+/// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another
+/// node's turn may hold it: that tenant waits for the next fold).
+pub(super) async fn fold_deferred<C: Conn>(
+    conn: &mut C,
+    deferred: &mut Deferred,
+    _now: i64,
+) -> Result<(), StoreError> {
+    let tenants: Vec<String> = deferred.tenants.keys().cloned().collect();
+    for tenant in tenants {
+        let rows = conn
+            .query(conn.dialect().try_lock_tenant, &args![tenant.as_str()])
+            .await?;
+        match rows.first() {
+            Some(row) => {
+                let at = Position {
+                    last: row.int(0)?,
+                    through: row.int(1)?,
+                };
+                fold_backlog(conn, &tenant, at, deferred).await?;
+            }
+            // Locked elsewhere, or deleted.
+            None => {
+                if conn.dialect().try_lock_tenant == conn.dialect().lock_tenant {
+                    deferred.tenants.remove(&tenant);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Folds `tenant`'s events after `at.through` through `at.last` — from memory when it holds
+/// all of them, else from the log — and moves `agents_through` to `at.last`.
+async fn fold_backlog<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    at: Position,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
+    let backlog = deferred.tenants.remove(tenant);
+    if at.through >= at.last {
+        return Ok(());
+    }
+    let events = match backlog {
+        Some(b) if b.from == Some(at.through) && b.to == at.last => b.events,
+        _ => {
+            let rows = conn
+                .query(
+                    "SELECT sequence, body FROM events WHERE tenant_id = $1 AND category = 1 \
+                     AND sequence > $2 AND sequence <= $3 ORDER BY sequence",
+                    &args![tenant, at.through, at.last],
+                )
+                .await?;
+            parse_events(rows)?
+        }
+    };
+    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+    fold_in(conn, Table::Live, tenant, &refs).await?;
+    conn.execute(
+        "UPDATE tenants SET agents_through = $1 WHERE id = $2",
+        &args![at.last, tenant],
+    )
+    .await?;
+    Ok(())
+}
 
 /// Where a fold is kept.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -345,12 +552,15 @@ impl Store {
             .map(|mut r| Ok::<_, StoreError>((r.int(0)?, decode(&r.text(1)?)?)))
             .transpose()?;
         let after = base.as_ref().map_or(0, |(s, _)| *s);
+        // The agent's sequences from the index (`events_agent`), then their bodies.
         let rows = self
             .0
             .db
             .query(
-                "SELECT sequence, body FROM events WHERE tenant_id = $1 AND category = 1 \
-                 AND username = $2 AND sequence > $3 ORDER BY sequence",
+                "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN ( \
+                   SELECT sequence FROM events WHERE tenant_id = $1 AND category = 1 \
+                   AND sequence > $3 AND username = $2) \
+                 ORDER BY sequence",
                 &args![tenant, username, after],
             )
             .await?;

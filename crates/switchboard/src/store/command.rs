@@ -30,6 +30,8 @@ pub(super) enum Command {
     Purge(PurgeJob, Reply<PurgeStep>),
     /// One batch folding a tenant's log into the agents projection; true if more remain.
     CatchUpAgents(String, Reply<bool>),
+    /// Fold the Agent events the writer has deferred (sent now and then; see `agents.rs`).
+    FoldAgents,
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -69,6 +71,10 @@ pub(super) struct Group {
     pings: Vec<Reply<()>>,
     pub purges: Vec<(PurgeJob, Reply<PurgeStep>)>,
     pub catch_ups: Vec<(String, Reply<bool>)>,
+    /// A `FoldAgents` was among the commands.
+    pub folds: bool,
+    /// A `Shutdown` was among the commands: this is the last turn.
+    pub stopping: bool,
     events: usize,
 }
 
@@ -98,6 +104,7 @@ impl Group {
                 next = rx.try_recv().ok();
             }
         }
+        group.stopping = stopping;
         (group, stopping)
     }
 
@@ -117,6 +124,7 @@ impl Group {
             Command::Ping(reply) => self.pings.push(reply),
             Command::Purge(job, reply) => self.purges.push((job, reply)),
             Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
+            Command::FoldAgents => self.folds = true,
             Command::Shutdown => return true,
         }
         false
@@ -130,6 +138,20 @@ impl Group {
             && self.pings.is_empty()
             && self.purges.is_empty()
             && self.catch_ups.is_empty()
+            && !self.folds
+            && !self.stopping
+    }
+
+    /// Nothing but the periodic fold.
+    pub fn only_folds(&self) -> bool {
+        self.ingests.is_empty()
+            && self.outcome_replies.is_empty()
+            && self.claims.is_empty()
+            && self.system.is_empty()
+            && self.pings.is_empty()
+            && self.purges.is_empty()
+            && self.catch_ups.is_empty()
+            && !self.stopping
     }
 
     /// A group without ingest holds nothing a client was promised — claims and outcomes; losing

@@ -140,6 +140,8 @@ pub(crate) struct Dialect {
     pub begin_write: &'static str,
     /// Reads, and on PostgreSQL locks, a tenant's last sequence (`$1`).
     pub lock_tenant: &'static str,
+    /// As `lock_tenant`, but on PostgreSQL no row when another transaction holds it.
+    pub try_lock_tenant: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
     pub lock_health: &'static str,
     /// The claim (see `sql::CLAIM`) with the dialect's row locking.

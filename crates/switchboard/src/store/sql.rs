@@ -37,6 +37,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     // IMMEDIATE takes the write lock up front: waiting on it beats failing a read-then-write.
     begin_write: "BEGIN IMMEDIATE",
     lock_tenant: LOCK_TENANT,
+    try_lock_tenant: LOCK_TENANT,
     lock_health: LOCK_HEALTH,
     claim: claim_sql!(""),
     notify: None,
@@ -59,6 +60,10 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     lock_tenant: concat!(
         "SELECT last_sequence, agents_through FROM tenants WHERE id = $1",
         " FOR UPDATE"
+    ),
+    try_lock_tenant: concat!(
+        "SELECT last_sequence, agents_through FROM tenants WHERE id = $1",
+        " FOR UPDATE SKIP LOCKED"
     ),
     lock_health: concat!(
         "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1",

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::agents::Deferred;
 use super::command::{ClaimJob, Committed, Group};
 use super::db::{Arg, Dialect, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
@@ -60,19 +61,27 @@ pub(super) trait Conn {
 }
 
 /// Commits `group` at `now` (unix ms) in one transaction, all or nothing.
+/// `deferred` is the writer's: the Agent events it has committed but not yet folded into the
+/// agents projection (see `agents.rs`).
 pub(super) async fn run<C: Conn>(
     conn: &mut C,
     group: &Group,
     policy: &Policy,
     now: i64,
+    deferred: &mut Deferred,
 ) -> Result<Committed, StoreError> {
+    if group.only_folds() && deferred.is_empty() {
+        // The periodic fold, with nothing to fold: no transaction.
+        return Ok(Committed::default());
+    }
     conn.begin(group.durable()).await?;
-    let written = match write(conn, group, policy, now).await {
+    let written = match write(conn, group, policy, now, deferred).await {
         Ok(done) => conn.commit().await.map(|()| done),
         Err(e) => Err(e),
     };
     if written.is_err() {
         conn.rollback().await;
+        deferred.forget();
     }
     written
 }
@@ -82,9 +91,13 @@ async fn write<C: Conn>(
     group: &Group,
     policy: &Policy,
     now: i64,
+    deferred: &mut Deferred,
 ) -> Result<Committed, StoreError> {
     let mut done = Committed::default();
-    let added = ingest(conn, &group.jobs(), now, &mut done).await?;
+    let added = ingest(conn, &group.jobs(), now, &mut done, deferred).await?;
+    if group.folds || group.stopping {
+        agents::fold_deferred(conn, deferred, now).await?;
+    }
     record(conn, &group.sorted_outcomes(), policy, now).await?;
     for (event, _) in &group.system {
         done.system.push(system(conn, event, now).await?);
@@ -119,6 +132,7 @@ async fn ingest<C: Conn>(
     jobs: &[&IngestJob],
     now: i64,
     done: &mut Committed,
+    deferred: &mut Deferred,
 ) -> Result<bool, StoreError> {
     if jobs.is_empty() {
         return Ok(false);
@@ -126,8 +140,8 @@ async fn ingest<C: Conn>(
     // Every tenant of the group is locked in one order, so that nodes writing at once wait on
     // each other but never deadlock; the lock serialises sequences per tenant.
     let mut last = BTreeMap::new();
-    // Tenants whose agents projection holds their whole log: this turn keeps it so.
-    let mut projected = BTreeSet::new();
+    // Where each tenant's agents projection is (see `agents.rs`).
+    let mut projected = BTreeMap::new();
     let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
     for tenant in tenants {
         let rows = conn
@@ -135,11 +149,11 @@ async fn ingest<C: Conn>(
             .await?;
         if let Some(row) = rows.first() {
             last.insert(tenant, row.int(0)?);
-            if row.int(1)? >= row.int(0)? {
-                projected.insert(tenant);
-            }
+            projected.insert(tenant, row.int(1)?);
         }
     }
+    let events: usize = jobs.iter().map(|j| j.events.len()).sum();
+    deferred.note(now, events);
     let mut stored: Stored = HashMap::new();
     for (tenant, ids) in decide::given_ids(jobs) {
         for (sequence, body) in conn.stored(tenant, &ids).await? {
@@ -147,7 +161,7 @@ async fn ingest<C: Conn>(
             stored.insert((tenant, event.id), (sequence, event));
         }
     }
-    let decided = decide::decide_ingests(jobs, last, &stored, Timestamp::now());
+    let decided = decide::decide_ingests(jobs, last.clone(), &stored, Timestamp::now());
     for chunk in fixed_chunks(&decided.added) {
         insert_events(conn, chunk, now).await?;
     }
@@ -160,20 +174,17 @@ async fn ingest<C: Conn>(
             insert_deliveries(conn, chunk, now, None).await?;
         }
         deliveries += rows.len();
-        if projected.contains(tenant) {
-            let events: Vec<(i64, &Event)> = decided
-                .added
-                .iter()
-                .filter(|r| r.tenant == tenant)
-                .map(|r| (r.sequence, &r.event))
-                .collect();
-            agents::fold_in(conn, agents::Table::Live, tenant, &events).await?;
-            conn.execute(sql::SET_SEQUENCES, &args![seq, tenant])
-                .await?;
-        } else {
-            conn.execute(sql::SET_LAST_SEQUENCE, &args![seq, tenant])
-                .await?;
-        }
+        let events: Vec<(i64, &Event)> = decided
+            .added
+            .iter()
+            .filter(|r| r.tenant == tenant)
+            .map(|r| (r.sequence, &r.event))
+            .collect();
+        let at = agents::Position {
+            last: last.get(tenant).copied().unwrap_or(0),
+            through: projected.get(tenant).copied().unwrap_or(0),
+        };
+        agents::project(conn, tenant, at, seq, &events, deferred, now).await?;
     }
     done.new_ids = decided
         .added

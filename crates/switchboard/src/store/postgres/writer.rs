@@ -15,6 +15,7 @@ use sqlx::{Connection, Executor};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
@@ -40,11 +41,13 @@ pub(super) fn spawn(
             retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             not_before: None,
         };
+        let mut deferred = Deferred::default();
         while let Some(first) = rx.recv().await {
             let (group, stopping) = Group::collect(first, &mut rx);
             if !group.is_empty() {
+                let now = clock.now_ms();
                 let result = match writer.connected().await {
-                    Ok(()) => turn::run(&mut writer, &group, &policy, clock.now_ms()).await,
+                    Ok(()) => turn::run(&mut writer, &group, &policy, now, &mut deferred).await,
                     Err(e) => Err(e),
                 };
                 if let Err(StoreError::Unavailable(_)) = &result {

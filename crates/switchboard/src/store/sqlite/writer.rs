@@ -17,6 +17,7 @@ use rusqlite::{Connection, Statement, ToSql};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, Value};
 use super::super::decide::{self, fixed_chunks};
@@ -157,11 +158,13 @@ fn run(
     mut merge: Merge,
     turn: &Turn,
 ) {
+    let mut deferred = Deferred::default();
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
             let now = turn.clock.now_ms();
-            let result = now_or_never(turn::run(&mut writer, &group, &turn.policy, now));
+            let turned = turn::run(&mut writer, &group, &turn.policy, now, &mut deferred);
+            let result = now_or_never(turned);
             // Once durable, and before any request is answered, the new `Id`s join memory.
             if let Ok(done) = &result {
                 for (tenant, ids) in &done.new_ids {

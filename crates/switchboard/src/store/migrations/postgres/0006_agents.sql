@@ -27,5 +27,8 @@ CREATE TABLE agent_bases (
 -- (in batches, by the writer); from then on each turn keeps it equal to last_sequence.
 ALTER TABLE tenants ADD COLUMN agents_through BIGINT NOT NULL DEFAULT 0;
 
--- One agent's events, for rebuilds.
-CREATE INDEX events_agent ON events (tenant_id, username, sequence) WHERE category = 1;
+-- The Agent events in sequence order with their agent, for rebuilds (`as_of`, timelines): a
+-- rebuild reads this range from the agent's base on, not the events' bodies. Keyed by sequence
+-- so that each new entry goes at the end: keyed by username, every turn wrote a page per agent
+-- and ingest lost a third of its throughput.
+CREATE INDEX events_agent ON events (tenant_id, sequence, username) WHERE category = 1;
