@@ -84,25 +84,34 @@ fn int(event: &Event, name: &str) -> Option<i64> {
 }
 
 /// The state after `event` (stored under `sequence`) given the state before it, or `None` when
-/// the event changes nothing: not an Agent event, no `Username`, or older than the state
+/// the event changes nothing (see [`step`]).
+pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Agent> {
+    let mut state = before.cloned();
+    step(&mut state, event, sequence).then_some(state).flatten()
+}
+
+/// Moves `state` on by `event` (stored under `sequence`), in place; false when the event
+/// changes nothing: not an Agent event, no `Username`, or older than the state
 /// (`CreationDateUtc` before its `last_event_at`: never a roll-back; equal times go by
 /// sequence, which only grows).
 ///
 /// Any Agent event but SignedOut shows the agent signed in: an agent first seen mid-shift (the
 /// service started after it signed in) is on the wallboard at once, `signed_in_at` then being
 /// the first event seen.
-pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Agent> {
+pub fn step(state: &mut Option<Agent>, event: &Event, sequence: i64) -> bool {
     if event.category != AGENT {
-        return None;
+        return false;
     }
-    let username = event.username()?;
-    if let Some(b) = before
+    let Some(username) = event.username() else {
+        return false;
+    };
+    if let Some(b) = state
         && (event.creation < b.last_event_at || sequence <= b.last_sequence)
     {
-        return None;
+        return false;
     }
     let at = event.creation;
-    let mut a = before.cloned().unwrap_or_else(|| Agent {
+    let a = state.get_or_insert_with(|| Agent {
         username: username.to_string(),
         signed_in: false,
         session_id: None,
@@ -121,29 +130,27 @@ pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Age
     });
     a.last_sequence = sequence;
     a.last_event_at = at;
-    let signs_in = event.code == code::SIGNED_IN;
-    if signs_in || (!a.signed_in && event.code != code::SIGNED_OUT) {
+    if event.code == code::SIGNED_IN || (!a.signed_in && event.code != code::SIGNED_OUT) {
         // A new session: what the last one left is gone.
-        a = Agent {
-            signed_in: true,
-            signed_in_at: Some(at),
-            signed_out_at: None,
-            exit_code: None,
-            activity_code: None,
-            availability_code: None,
-            activity_name: None,
-            since: None,
-            work_item: None,
-            ..a
-        };
+        a.signed_in = true;
+        a.signed_in_at = Some(at);
+        a.signed_out_at = None;
+        a.exit_code = None;
+        a.activity_code = None;
+        a.availability_code = None;
+        a.activity_name = None;
+        a.since = None;
+        a.work_item = None;
     }
     for (field, name) in [
         (&mut a.session_id, "SessionId"),
         (&mut a.session_type, "SessionType"),
         (&mut a.phone_no, "PhoneNo"),
     ] {
-        if let Some(v) = text(event, name) {
-            *field = Some(v);
+        if let Some(v) = event.fields.get(name).and_then(Value::as_str)
+            && field.as_deref() != Some(v)
+        {
+            *field = Some(v.to_string());
         }
     }
     let work_item = |state: &str| WorkItem {
@@ -174,7 +181,7 @@ pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Age
         code::DECLINED_WORK_ITEM | code::RELEASED_WORK_ITEM => a.work_item = None,
         _ => {}
     }
-    Some(a)
+    true
 }
 
 /// The state after folding `events` (in sequence order) onto `base`.
@@ -182,9 +189,11 @@ pub fn fold<'a>(
     base: Option<Agent>,
     events: impl IntoIterator<Item = (i64, &'a Event)>,
 ) -> Option<Agent> {
-    events.into_iter().fold(base, |state, (sequence, event)| {
-        apply(state.as_ref(), event, sequence).or(state)
-    })
+    let mut state = base;
+    for (sequence, event) in events {
+        step(&mut state, event, sequence);
+    }
+    state
 }
 
 /// One interval of an agent's timeline: a state held from `from` to `to` (null: still held).

@@ -18,7 +18,7 @@
 //! - Retention folds the Agent events it purges into `agent_bases`, from which `as_of` and
 //!   timelines rebuild what the log no longer holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::sync::oneshot;
 
@@ -50,7 +50,7 @@ pub(super) struct Position {
     pub through: i64,
 }
 
-/// A tenant's committed Agent events that are not folded yet.
+/// A tenant's agents as its deferred events left them, not yet written.
 struct Backlog {
     /// The `agents_through` the events follow on from: `None` when they are not known to be
     /// all of the tenant's since then (the fold then reads the log).
@@ -59,10 +59,22 @@ struct Backlog {
     to: i64,
     /// When the first was deferred (writer's clock, ms).
     since: i64,
-    events: Vec<(i64, Event)>,
+    /// The states of the agents they concern, read once and moved on in memory.
+    states: HashMap<String, Agent>,
+    /// Which of those changed.
+    changed: BTreeSet<String>,
 }
 
-/// The writer's deferred Agent events, by tenant, and its recent load.
+impl Backlog {
+    fn lost(&mut self, to: i64) {
+        self.from = None;
+        self.to = to;
+        self.states.clear();
+        self.changed.clear();
+    }
+}
+
+/// The writer's deferred agent states, by tenant, and its recent load.
 #[derive(Default)]
 pub(crate) struct Deferred {
     tenants: BTreeMap<String, Backlog>,
@@ -94,39 +106,8 @@ impl Deferred {
     /// After a failed turn: what memory holds may not be committed; folds read the log.
     pub fn forget(&mut self) {
         for b in self.tenants.values_mut() {
-            b.from = None;
-            b.events.clear();
-        }
-    }
-
-    /// Adds a turn's events of `tenant` (sequences after `at.last` through `to`).
-    fn add(&mut self, tenant: &str, at: Position, to: i64, events: &[(i64, &Event)], now: i64) {
-        let agent_events = events
-            .iter()
-            .filter(|(_, e)| e.category == AGENT && e.username().is_some())
-            .map(|(s, e)| (*s, (*e).clone()));
-        match self.tenants.get_mut(tenant) {
-            Some(b) if b.to == at.last => {
-                b.events.extend(agent_events);
-                b.to = to;
-            }
-            Some(b) => {
-                // Another node wrote in between: the log has what memory misses.
-                b.from = None;
-                b.events.clear();
-                b.to = to;
-            }
-            None => {
-                let from = (at.through == at.last).then_some(at.through);
-                let events = agent_events.collect();
-                let b = Backlog {
-                    from,
-                    to,
-                    since: now,
-                    events,
-                };
-                self.tenants.insert(tenant.to_string(), b);
-            }
+            let to = b.to;
+            b.lost(to);
         }
     }
 
@@ -156,7 +137,44 @@ pub(super) async fn project<C: Conn>(
     }
     conn.execute(sql::SET_LAST_SEQUENCE, &args![to, tenant])
         .await?;
-    deferred.add(tenant, at, to, events, now);
+    let backlog = deferred
+        .tenants
+        .entry(tenant.to_string())
+        .or_insert_with(|| Backlog {
+            from: (at.through == at.last).then_some(at.through),
+            to: at.last,
+            since: now,
+            states: HashMap::new(),
+            changed: BTreeSet::new(),
+        });
+    if backlog.from.is_some() && backlog.to == at.last {
+        let by_agent = by_agent(events);
+        let missing: Vec<&str> = by_agent
+            .keys()
+            .copied()
+            .filter(|n| !backlog.states.contains_key(*n))
+            .collect();
+        backlog
+            .states
+            .extend(load(conn, Table::Live, tenant, &missing).await?);
+        for (name, evs) in by_agent {
+            let mut state = backlog.states.remove(name);
+            let before = state.as_ref().map(|a| a.last_sequence);
+            for (sequence, event) in evs {
+                agent::step(&mut state, event, sequence);
+            }
+            if let Some(a) = state {
+                if Some(a.last_sequence) != before {
+                    backlog.changed.insert(name.to_string());
+                }
+                backlog.states.insert(name.to_string(), a);
+            }
+        }
+        backlog.to = to;
+    } else {
+        // Another node wrote in between, or memory was lost: the log has what memory misses.
+        backlog.lost(to);
+    }
     if !busy || deferred.due(tenant, at.through, now) {
         let at = Position {
             last: to,
@@ -172,7 +190,6 @@ pub(super) async fn project<C: Conn>(
 pub(super) async fn fold_deferred<C: Conn>(
     conn: &mut C,
     deferred: &mut Deferred,
-    _now: i64,
 ) -> Result<(), StoreError> {
     let tenants: Vec<String> = deferred.tenants.keys().cloned().collect();
     for tenant in tenants {
@@ -187,19 +204,18 @@ pub(super) async fn fold_deferred<C: Conn>(
                 };
                 fold_backlog(conn, &tenant, at, deferred).await?;
             }
-            // Locked elsewhere, or deleted.
-            None => {
-                if conn.dialect().try_lock_tenant == conn.dialect().lock_tenant {
-                    deferred.tenants.remove(&tenant);
-                }
+            // Locked by another node: next time. (SQLite never says so: deleted.)
+            None if conn.dialect().try_lock_tenant == conn.dialect().lock_tenant => {
+                deferred.tenants.remove(&tenant);
             }
+            None => {}
         }
     }
     Ok(())
 }
 
-/// Folds `tenant`'s events after `at.through` through `at.last` — from memory when it holds
-/// all of them, else from the log — and moves `agents_through` to `at.last`.
+/// Writes `tenant`'s agents as of `at.last` — from memory when it followed every event after
+/// `at.through`, else folded from the log — and moves `agents_through` there.
 async fn fold_backlog<C: Conn>(
     conn: &mut C,
     tenant: &str,
@@ -210,8 +226,16 @@ async fn fold_backlog<C: Conn>(
     if at.through >= at.last {
         return Ok(());
     }
-    let events = match backlog {
-        Some(b) if b.from == Some(at.through) && b.to == at.last => b.events,
+    match backlog {
+        Some(mut b) if b.from == Some(at.through) && b.to == at.last => {
+            let changed: Vec<(Agent, i64)> = b
+                .changed
+                .iter()
+                .filter_map(|n| b.states.remove(n))
+                .map(|a| (a, 0))
+                .collect();
+            write(conn, Table::Live, tenant, &changed).await?;
+        }
         _ => {
             let rows = conn
                 .query(
@@ -220,11 +244,11 @@ async fn fold_backlog<C: Conn>(
                     &args![tenant, at.through, at.last],
                 )
                 .await?;
-            parse_events(rows)?
+            let events = parse_events(rows)?;
+            let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+            fold_in(conn, Table::Live, tenant, &refs).await?;
         }
-    };
-    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Live, tenant, &refs).await?;
+    }
     conn.execute(
         "UPDATE tenants SET agents_through = $1 WHERE id = $2",
         &args![at.last, tenant],
@@ -250,30 +274,32 @@ fn encode(agent: &Agent) -> String {
     serde_json::to_string(agent).unwrap_or_default()
 }
 
-/// Folds `events` (in sequence order; others than Agent events are skipped) into `table`.
-pub(super) async fn fold_in<C: Conn>(
-    conn: &mut C,
-    table: Table,
-    tenant: &str,
-    events: &[(i64, &Event)],
-) -> Result<(), StoreError> {
-    let mut by_agent: BTreeMap<&str, Vec<(i64, &Event)>> = BTreeMap::new();
+/// `events` (in sequence order) by the agent they concern; others than Agent events are
+/// skipped.
+fn by_agent<'a>(events: &[(i64, &'a Event)]) -> BTreeMap<&'a str, Vec<(i64, &'a Event)>> {
+    let mut out: BTreeMap<&str, Vec<(i64, &Event)>> = BTreeMap::new();
     for &(sequence, event) in events {
         if event.category == AGENT
             && let Some(name) = event.username()
         {
-            by_agent.entry(name).or_default().push((sequence, event));
+            out.entry(name).or_default().push((sequence, event));
         }
     }
-    if by_agent.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = by_agent.keys().copied().collect();
+    out
+}
+
+/// The stored states of `names` in `table`.
+async fn load<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    names: &[&str],
+) -> Result<HashMap<String, Agent>, StoreError> {
     let select = match table {
         Table::Live => "SELECT state FROM agents WHERE tenant_id = $1 AND username IN (",
         Table::Base => "SELECT state FROM agent_bases WHERE tenant_id = $1 AND username IN (",
     };
-    let mut states: HashMap<String, Agent> = HashMap::with_capacity(names.len());
+    let mut states = HashMap::with_capacity(names.len());
     for chunk in names.chunks(IN_LIST) {
         let text = format!("{select}{}", sql::list(chunk.len(), 2));
         let mut values = vec![Arg::from(tenant)];
@@ -283,25 +309,26 @@ pub(super) async fn fold_in<C: Conn>(
             states.insert(a.username.clone(), a);
         }
     }
-    // (agent, its JSON, the last sequence folded)
-    let mut rows: Vec<(Agent, String, i64)> = Vec::with_capacity(by_agent.len());
-    for (name, evs) in by_agent {
-        let before = states.remove(name);
-        let through = evs.last().map_or(0, |(s, _)| *s);
-        let after = agent::fold(before.clone(), evs);
-        if let Some(a) = after
-            && (table == Table::Base || Some(&a) != before.as_ref())
-        {
-            let json = encode(&a);
-            rows.push((a, json, through));
-        }
-    }
+    Ok(states)
+}
+
+/// Writes `agents` (each with, for a base, the last sequence folded into it) to `table`.
+async fn write<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    agents: &[(Agent, i64)],
+) -> Result<(), StoreError> {
+    let rows: Vec<(&Agent, String, i64)> = agents
+        .iter()
+        .map(|(a, through)| (a, encode(a), *through))
+        .collect();
     for chunk in fixed_chunks(&rows) {
-        let (statement, columns) = match table {
-            Table::Live => (&sql::UPSERT_AGENTS, sql::UPSERT_AGENTS.columns),
-            Table::Base => (&sql::UPSERT_AGENT_BASES, sql::UPSERT_AGENT_BASES.columns),
+        let statement = match table {
+            Table::Live => &sql::UPSERT_AGENTS,
+            Table::Base => &sql::UPSERT_AGENT_BASES,
         };
-        let mut values = Vec::with_capacity(chunk.len() * columns);
+        let mut values = Vec::with_capacity(chunk.len() * statement.columns);
         for (a, json, through) in chunk {
             match table {
                 Table::Live => values.extend(args![
@@ -320,6 +347,37 @@ pub(super) async fn fold_in<C: Conn>(
         conn.execute(&statement.text(chunk.len()), &values).await?;
     }
     Ok(())
+}
+
+/// Folds `events` (in sequence order; others than Agent events are skipped) into `table`.
+pub(super) async fn fold_in<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    events: &[(i64, &Event)],
+) -> Result<(), StoreError> {
+    let by_agent = by_agent(events);
+    if by_agent.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = by_agent.keys().copied().collect();
+    let mut states = load(conn, table, tenant, &names).await?;
+    let mut out = Vec::with_capacity(by_agent.len());
+    for (name, evs) in by_agent {
+        let mut state = states.remove(name);
+        let before = state.as_ref().map(|a| a.last_sequence);
+        let through = evs.last().map_or(0, |(s, _)| *s);
+        for (sequence, event) in evs {
+            agent::step(&mut state, event, sequence);
+        }
+        // A base records how far it has folded even when nothing changed.
+        if let Some(a) = state
+            && (table == Table::Base || Some(a.last_sequence) != before)
+        {
+            out.push((a, through));
+        }
+    }
+    write(conn, table, tenant, &out).await
 }
 
 /// `(sequence, event)` of stored rows `(sequence, body)`.

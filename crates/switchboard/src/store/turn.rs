@@ -96,7 +96,7 @@ async fn write<C: Conn>(
     let mut done = Committed::default();
     let added = ingest(conn, &group.jobs(), now, &mut done, deferred).await?;
     if group.folds || group.stopping {
-        agents::fold_deferred(conn, deferred, now).await?;
+        agents::fold_deferred(conn, deferred).await?;
     }
     record(conn, &group.sorted_outcomes(), policy, now).await?;
     for (event, _) in &group.system {

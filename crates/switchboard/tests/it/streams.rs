@@ -149,9 +149,20 @@ async fn current(app: &TestApp) -> (View, i64) {
     )
 }
 
-/// Applies `agent` messages to `view` until it equals the server's agents; returns the last id.
-async fn follow_until_current(reader: &mut SseReader, view: &mut View, app: &TestApp) -> i64 {
-    let (want, as_of) = current(app).await;
+/// Applies `agent` messages to `view` until it equals the server's agents as of sequence
+/// `through` (the log's last); returns the last id. Under load the projection may trail the
+/// log by a few milliseconds: its `as_of_sequence` says when it has caught up.
+async fn follow_until_current(
+    reader: &mut SseReader,
+    view: &mut View,
+    app: &TestApp,
+    through: i64,
+) -> i64 {
+    let (want, as_of) = eventually("the projection catches up with the log", || async {
+        let (agents, as_of) = current(app).await;
+        (as_of >= through).then_some((agents, as_of))
+    })
+    .await;
     let mut last = 0;
     while *view != want {
         let m = reader.next_within(SOON).await.expect("the stream goes on");
@@ -185,14 +196,14 @@ async fn an_agents_stream_starts_with_the_snapshot_then_follows_every_change() {
     post_in_background(&app, statuses(300, 15, 60))
         .await
         .unwrap();
-    let last = follow_until_current(&mut reader, &mut view, &app).await;
+    let last = follow_until_current(&mut reader, &mut view, &app, 360).await;
 
     // Disconnected; more changes; resumed from the last id: the view is current again.
     drop(reader);
     app.publish_ok("default", &Value::Array(statuses(100, 15, 360)))
         .await;
     let mut reader = SseReader::open(&app, path, ADMIN_KEY, Some(last)).await;
-    follow_until_current(&mut reader, &mut view, &app).await;
+    follow_until_current(&mut reader, &mut view, &app, 460).await;
     // A live change arrives as one message.
     app.publish_ok("default", &Value::Array(statuses(1, 15, 460)))
         .await;
