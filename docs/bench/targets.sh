@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `switchboard bench` once for each performance target of DESIGN §8, in order, and prints
-# each report. Build first: cargo build --release. Takes about three minutes on 2 cores.
+# each report. Build first: cargo build --release. Takes about four minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${SWITCHBOARD_BIN:-target/release/switchboard}
@@ -19,3 +19,4 @@ run --events 10000 --rate 1000                      # p99 ingest→receiver ≤ 
 run --events 3000 --subscriptions 100               # fan-out to 100 subscriptions ≥ 20,000/s
 run --pending 1000000                               # RSS ≤ 150 MiB; restart to first delivery ≤ 5 s
 run --events 10000 --rate 1000 --expired 1000000    # p99 ≤ 25 ms while a million expired events are purged
+run --events 10000 --rate 1000 --streams 100 --agents 10000   # stream p99 ≤ 50 ms (100 consumers); GET …/agents ≤ 50 ms with 10,000 agents
