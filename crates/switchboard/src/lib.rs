@@ -82,6 +82,7 @@ pub async fn run_with(
             ..Default::default()
         },
         clock: clock::Clock::system(),
+        sqlite_max_pages: None,
     };
     let store = Store::open_with(&config.database_url, &config.sqlite_path(), options)
         .await

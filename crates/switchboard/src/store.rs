@@ -69,6 +69,9 @@ pub struct Options {
     /// The writer's time: when events are received, deliveries due, attempts judged. The
     /// dispatcher's clock (tests move one by hand).
     pub clock: Clock,
+    /// SQLite: the most pages the database file may hold (`PRAGMA max_page_count`), for tests
+    /// of a full disk; `None`: as many as the disk takes.
+    pub sqlite_max_pages: Option<u64>,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             health: Policy::default(),
             connect_timeout: std::time::Duration::from_secs(60),
             clock: Clock::system(),
+            sqlite_max_pages: None,
         }
     }
 }
@@ -264,7 +268,7 @@ impl Store {
     }
 
     /// Whether the database answers reads and the writer can commit, each within 2 s. The
-    /// writer is asked (with an empty transaction, queued behind its work) only while its last
+    /// writer is asked (with a probe write, queued behind its work) only while its last
     /// turn failed for want of the database; otherwise that turn's success answers for it.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let timeout = std::time::Duration::from_secs(2);

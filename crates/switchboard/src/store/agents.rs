@@ -432,13 +432,14 @@ pub(super) async fn catch_up_batch<C: Conn>(
     Ok(reached < last)
 }
 
-/// Folds the Agent events among `sequences` of `tenant` (about to be purged) into their agents'
-/// bases.
-pub(super) async fn fold_purged<C: Conn>(
+/// The Agent events among `sequences` of `tenant` (about to be purged), read before they go:
+/// [`fold_purged`] folds them into their agents' bases after the delete, so that a purge on a
+/// full disk writes the bases into the room it has just made.
+pub(super) async fn purged_agent_events<C: Conn>(
     conn: &mut C,
     tenant: &str,
     sequences: &[i64],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(i64, Event)>, StoreError> {
     let mut sql = Select::new("SELECT sequence, body FROM events WHERE category = 1");
     sql.push(" AND tenant_id = ", tenant)
         .text(" AND sequence IN (");
@@ -446,7 +447,15 @@ pub(super) async fn fold_purged<C: Conn>(
         sql.push(if i == 0 { "" } else { ", " }, Arg::from(*s));
     }
     sql.text(") ORDER BY sequence");
-    let events = parse_events(conn.query(&sql.sql, &sql.args).await?)?;
+    parse_events(conn.query(&sql.sql, &sql.args).await?)
+}
+
+/// Folds purged Agent events (from [`purged_agent_events`]) into their agents' bases.
+pub(super) async fn fold_purged<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    events: &[(i64, Event)],
+) -> Result<(), StoreError> {
     let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
     fold_in(conn, Table::Base, tenant, &refs).await
 }

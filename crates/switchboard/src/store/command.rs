@@ -24,7 +24,8 @@ pub(super) enum Command {
     Record(Vec<Outcome>, Reply<()>),
     /// Store a System event and its deliveries.
     System(SystemEvent, Reply<Vec<Claimed>>),
-    /// Answer once a (empty) transaction committed: the writer can write.
+    /// Answer once a transaction with a probe write (`Dialect::probe`) committed: the writer
+    /// can write.
     Ping(Reply<()>),
     /// One batch of retention's purge.
     Purge(PurgeJob, Reply<PurgeStep>),
@@ -140,6 +141,11 @@ impl Group {
             && self.catch_ups.is_empty()
             && !self.folds
             && !self.stopping
+    }
+
+    /// Readiness asked whether the database takes writes.
+    pub fn pinged(&self) -> bool {
+        !self.pings.is_empty()
     }
 
     /// Nothing but the periodic fold.

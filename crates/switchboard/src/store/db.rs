@@ -140,6 +140,8 @@ pub(crate) struct Dialect {
     pub begin_write: &'static str,
     /// Reads, and on PostgreSQL locks, a tenant's last sequence (`$1`).
     pub lock_tenant: &'static str,
+    /// Readiness's probe after a failed write (`$1`: now): a real write, which needs room.
+    pub probe: &'static [&'static str],
     /// As `lock_tenant`, but on PostgreSQL no row when another transaction holds it.
     pub try_lock_tenant: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
@@ -192,6 +194,8 @@ pub(crate) fn sqlx_error(e: sqlx::Error) -> StoreError {
             // PostgreSQL: admin shutdown, crash shutdown, cannot connect now; connection
             // exceptions; read-only transaction (a standby after failover).
             Some("57P01" | "57P02" | "57P03" | "25006") => StoreError::Unavailable(e.to_string()),
+            // Insufficient resources: a full disk, out of memory, too many connections.
+            Some(code) if code.starts_with("53") => StoreError::Unavailable(e.to_string()),
             Some(code) if code.starts_with("08") => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Db(e.to_string()),
         },

@@ -53,6 +53,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("migrations/postgres/0006_agents.sql"),
     ),
+    (
+        7,
+        "write_probe",
+        include_str!("migrations/postgres/0007_write_probe.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

@@ -128,7 +128,7 @@ async fn events_batch<C: Conn>(
     if gone.is_empty() {
         return Ok(step);
     }
-    super::agents::fold_purged(conn, tenant, &gone).await?;
+    let agent_events = super::agents::purged_agent_events(conn, tenant, &gone).await?;
     // `head`, then `$1` (the tenant) and `AND sequence IN (…)` over the events that go.
     let list = |head: &str, tail: &str| {
         let mut sql = Select::new(head);
@@ -157,6 +157,7 @@ async fn events_batch<C: Conn>(
     }
     let events = list("DELETE FROM events WHERE tenant_id = ", "");
     step.purged.events = conn.execute(&events.sql, &events.args).await?;
+    super::agents::fold_purged(conn, tenant, &agent_events).await?;
     Ok(step)
 }
 

@@ -39,6 +39,10 @@ pub(crate) const SQLITE: Dialect = Dialect {
     lock_tenant: LOCK_TENANT,
     try_lock_tenant: LOCK_TENANT,
     lock_health: LOCK_HEALTH,
+    probe: &[
+        "INSERT INTO write_probe (at, filler) VALUES ($1, zeroblob(65536))",
+        "DELETE FROM write_probe WHERE at < $1",
+    ],
     claim: claim_sql!(""),
     notify: None,
     // One process owns an SQLite database: nobody else to tell.
@@ -70,6 +74,10 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         " FOR UPDATE"
     ),
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
+    probe: &[
+        "INSERT INTO write_probe (at, filler) VALUES ($1, '\\x00')",
+        "DELETE FROM write_probe WHERE at < $1",
+    ],
     notify: Some("SELECT pg_notify('switchboard', 'wake')"),
     announce: Some("SELECT pg_notify('switchboard', $1)"),
     tenant_tables: &[

@@ -57,6 +57,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("migrations/sqlite/0007_agents.sql"),
     ),
+    (
+        8,
+        "write_probe",
+        include_str!("migrations/sqlite/0008_write_probe.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

@@ -94,6 +94,11 @@ async fn write<C: Conn>(
     deferred: &mut Deferred,
 ) -> Result<Committed, StoreError> {
     let mut done = Committed::default();
+    if group.pinged() {
+        for probe in conn.dialect().probe {
+            conn.execute(probe, &args![now]).await?;
+        }
+    }
     let added = ingest(conn, &group.jobs(), now, &mut done, deferred).await?;
     if group.folds || group.stopping {
         agents::fold_deferred(conn, deferred).await?;

@@ -10,6 +10,7 @@ mod ingest;
 mod log;
 mod metrics;
 mod pg_faults;
+mod readiness;
 mod restart;
 mod retention;
 mod stepped;

@@ -37,7 +37,7 @@ pub(super) fn spawn(
     options: Options,
     writable: Arc<AtomicBool>,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
-    let (policy, clock) = (options.health, options.clock);
+    let (policy, clock) = (options.health, options.clock.clone());
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
     // transaction survives power loss, not only a process crash.
@@ -48,6 +48,10 @@ pub(super) fn spawn(
          PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(db)?;
+    if let Some(pages) = options.sqlite_max_pages {
+        conn.pragma_update(None, "max_page_count", pages)
+            .map_err(db)?;
+    }
     // Every shape the turn uses (ten sizes of each multi-row statement and IN list, and the
     // rest) stays prepared.
     conn.set_prepared_statement_cache_capacity(128);

@@ -1,0 +1,72 @@
+//! Readiness when the database cannot take writes (a full disk): not ready while it lasts,
+//! ready again when there is room. The full disk is SQLite's `max_page_count`: the file may not
+//! grow past it, and writes that need room fail as on a full disk.
+
+use switchboard::store::{IngestError, Options, Store, StoreError, now_millis};
+
+use crate::support::app::{agent_event, guid};
+
+fn batch(n: usize) -> Vec<switchboard::event::NewEvent> {
+    let body = serde_json::Value::Array(
+        (0..n)
+            .map(|i| agent_event(&guid(), 3, &format!("agent{i}")))
+            .collect(),
+    );
+    let catalog = switchboard::event::Catalog::builtin();
+    switchboard::event::parse_batch(body.to_string().as_bytes(), &catalog).unwrap()
+}
+
+async fn page_count(path: &std::path::Path) -> u64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as("PRAGMA page_count")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    n as u64
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_grow_is_not_ready_until_it_has_room_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.db");
+    Store::open("", &path).await.unwrap().close().await;
+    let pages = page_count(&path).await;
+    let options = Options {
+        sqlite_max_pages: Some(pages + 200),
+        ..Options::default()
+    };
+    let store = Store::open_with("", &path, options).await.unwrap();
+    store.ping().await.expect("ready while there is room");
+
+    // Fill it.
+    let mut accepted = 0;
+    let refusal = loop {
+        match store.ingest("default", batch(200)).await {
+            Ok(a) => accepted += a.len(),
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000_000, "the database never filled up");
+    };
+    assert!(
+        matches!(refusal, IngestError::Store(StoreError::Unavailable(_))),
+        "a full database is unavailable (503), not an error: {refusal:?}"
+    );
+    assert!(accepted > 0);
+    // Not ready, and still not on the next look: the probe writes, an empty transaction would
+    // commit.
+    assert!(store.ping().await.is_err(), "not ready while full");
+    assert!(store.ping().await.is_err(), "still not ready");
+
+    // Room again: retention frees the pages of old events.
+    let purged = store.purge(now_millis() + 1_000).await.unwrap();
+    assert_eq!(purged.events as usize, accepted);
+    store.ping().await.expect("ready again");
+    store
+        .ingest("default", batch(10))
+        .await
+        .expect("takes events again");
+    store.close().await;
+}
