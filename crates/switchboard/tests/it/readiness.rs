@@ -70,3 +70,29 @@ async fn a_database_that_cannot_grow_is_not_ready_until_it_has_room_again() {
         .expect("takes events again");
     store.close().await;
 }
+
+/// Under a steady load with retention, the database stops growing: each purge frees the pages
+/// the next events reuse.
+#[tokio::test]
+async fn under_steady_load_with_retention_the_database_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.db");
+    let store = Store::open("", &path).await.unwrap();
+    let mut sizes = Vec::new();
+    for _ in 0..12 {
+        // Everything received before this round is past retention by the round's end.
+        let round = now_millis();
+        for _ in 0..10 {
+            store.ingest("default", batch(200)).await.unwrap();
+        }
+        store.purge(round).await.unwrap();
+        sizes.push(page_count(&path).await);
+    }
+    eprintln!("pages after each round: {sizes:?}");
+    let settled = sizes[3];
+    assert!(
+        sizes[4..].iter().all(|&s| s <= settled + settled / 10),
+        "the database kept growing: {sizes:?}"
+    );
+    store.close().await;
+}
