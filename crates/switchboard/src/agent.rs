@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::catalog::AGENT;
-use crate::event::{Event, Timestamp};
+use crate::event::{Catalog, Event, Timestamp};
 
 /// Agent event codes.
 pub mod code {
@@ -18,26 +18,6 @@ pub mod code {
     pub const ACCEPTED_WORK_ITEM: u32 = 5;
     pub const DECLINED_WORK_ITEM: u32 = 6;
     pub const RELEASED_WORK_ITEM: u32 = 8;
-}
-
-/// The known activity codes and their names (EVENTS.md); others show as "activity N".
-const ACTIVITIES: [(i64, &str); 5] = [
-    (0, "Not Ready"),
-    (16, "Available"),
-    (17, "Accept Internal Calls"),
-    (34, "On Break"),
-    (36, "Busy – Other"),
-];
-
-/// The name the catalog gives `activity_code`, else "activity N".
-pub fn activity_name(activity_code: i64) -> String {
-    ACTIVITIES
-        .iter()
-        .find(|(c, _)| *c == activity_code)
-        .map_or_else(
-            || format!("activity {activity_code}"),
-            |(_, n)| n.to_string(),
-        )
 }
 
 /// One agent's state: the agent object of the API.
@@ -58,6 +38,17 @@ pub struct Agent {
     pub exit_code: Option<i64>,
     pub last_sequence: i64,
     pub last_event_at: Timestamp,
+}
+
+impl Agent {
+    /// As shown: an activity without an `ActivityName` gets the catalog's name for its code
+    /// (or "activity N").
+    pub fn named(mut self, catalog: &Catalog) -> Self {
+        if let (None, Some(code)) = (&self.activity_name, self.activity_code) {
+            self.activity_name = Some(catalog.activity_name(code));
+        }
+        self
+    }
 }
 
 /// The work item an agent is receiving or handling.
@@ -167,13 +158,11 @@ pub fn step(state: &mut Option<Agent>, event: &Event, sequence: i64) -> bool {
             a.work_item = None;
         }
         code::STATUS_CHANGED => {
-            let activity = int(event, "ActivityCode");
-            a.activity_code = activity;
+            a.activity_code = int(event, "ActivityCode");
             a.availability_code = int(event, "AvailabilityCode");
-            a.activity_name = match text(event, "ActivityName") {
-                Some(n) if !n.is_empty() => Some(n),
-                _ => activity.map(activity_name),
-            };
+            // Named by the catalog when shown (see `Agent::named`): the operator's names may
+            // change, the stored state need not.
+            a.activity_name = text(event, "ActivityName").filter(|n| !n.is_empty());
             a.since = Some(at);
         }
         code::RECEIVING_WORK_ITEM => a.work_item = Some(work_item("receiving")),
@@ -209,6 +198,14 @@ pub struct Interval {
 }
 
 impl Interval {
+    /// As shown (see [`Agent::named`]).
+    pub fn named(mut self, catalog: &Catalog) -> Self {
+        if let (None, Some(code)) = (&self.activity_name, self.activity_code) {
+            self.activity_name = Some(catalog.activity_name(code));
+        }
+        self
+    }
+
     fn of(a: &Agent, from: Timestamp) -> Self {
         Interval {
             from,

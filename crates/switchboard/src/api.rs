@@ -2,6 +2,7 @@
 //! pieces they share — state, the caller's identity, body and query parsing, list pages.
 
 mod agents;
+mod catalog;
 mod deliveries;
 mod error;
 mod events;
@@ -62,6 +63,7 @@ pub fn app(state: AppState) -> Router {
         .merge(subscriptions::router())
         .merge(deliveries::router())
         .merge(agents::router())
+        .merge(catalog::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Bodies are read and limited by `json_body`, which answers 413 as problem+json.

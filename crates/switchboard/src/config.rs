@@ -32,6 +32,8 @@ pub struct Config {
     pub auto_disable_after_secs: u64,
     /// Events, deliveries and attempts older than this are purged (pending ones stay).
     pub retention_secs: u64,
+    /// The operator's catalog file (TOML, DESIGN §12); empty: the built-in catalog only.
+    pub catalog_file: String,
     /// Empty: read or generate `<data_dir>/admin.key`.
     pub admin_key: String,
     pub max_body_bytes: usize,

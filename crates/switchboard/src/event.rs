@@ -251,7 +251,11 @@ pub fn validate(
                 .iter()
                 .chain(code_spec.into_iter().flat_map(|c| &c.fields));
             for f in required {
-                if let Err(msg) = check_field(fields.get(f.name), f.kind) {
+                let value = fields.get(&f.name);
+                if value.is_none() && !f.required {
+                    continue;
+                }
+                if let Err(msg) = check_field(value, f.kind) {
                     err(&format!("AdditionalFields.{}", f.name), msg.into());
                 }
             }
@@ -309,6 +313,10 @@ fn check_field(v: Option<&Value>, kind: catalog::FieldKind) -> Result<(), &'stat
         (String, _) => Err("must be a string"),
         (Integer, Some(Value::Number(n))) if n.is_i64() || n.is_u64() => Ok(()),
         (Integer, _) => Err("must be an integer"),
+        (Number, Some(Value::Number(_))) => Ok(()),
+        (Number, _) => Err("must be a number"),
+        (Boolean, Some(Value::Bool(_))) => Ok(()),
+        (Boolean, _) => Err("must be true or false"),
     }
 }
 

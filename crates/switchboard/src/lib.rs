@@ -74,6 +74,10 @@ pub async fn run_with(
     // Installed before anything is counted.
     telemetry::metrics();
     let admin_key = admin_key(&config)?;
+    let catalog = match config.catalog_file.as_str() {
+        "" => Catalog::builtin(),
+        path => Catalog::load(Path::new(path)).map_err(anyhow::Error::msg)?,
+    };
     let db = config.database_description();
     let options = store::Options {
         connect_timeout: Duration::from_secs(config.database_connect_timeout_secs),
@@ -104,7 +108,7 @@ pub async fn run_with(
     let lease = timeout * 2 + Duration::from_secs(5);
     let state = api::AppState {
         store: store.clone(),
-        catalog: Arc::new(Catalog::builtin()),
+        catalog: Arc::new(catalog),
         admin_key_hash: auth::hash_key(&admin_key).into(),
         max_body_bytes: config.max_body_bytes,
         sender: sender.clone(),

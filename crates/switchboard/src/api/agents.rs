@@ -52,6 +52,10 @@ async fn list(
     };
     p.finish()?;
     let (agents, as_of_sequence) = state.store.list_agents(&tenant, &q).await?;
+    let agents = agents
+        .into_iter()
+        .map(|a| a.named(&state.catalog))
+        .collect();
     Ok(Json(AgentPage {
         page: Page::new(agents, limit, |a| a.username.clone()),
         as_of_sequence,
@@ -91,7 +95,9 @@ async fn show(
             })?
         }
     };
-    agent.map(Json).ok_or_else(|| not_found(&username))
+    agent
+        .map(|a| Json(a.named(&state.catalog)))
+        .ok_or_else(|| not_found(&username))
 }
 
 #[derive(Serialize)]
@@ -131,5 +137,6 @@ async fn timeline(
              them); ask for a later start",
         ))
     })?;
+    let data = data.into_iter().map(|i| i.named(&state.catalog)).collect();
     Ok(Json(Timeline { data }))
 }

@@ -26,7 +26,7 @@ use super::events::{LogItem, filters};
 use super::{ApiError, AppState, Caller, Params};
 use crate::agent::Agent;
 use crate::auth::Scope;
-use crate::event::Event;
+use crate::event::{Catalog, Event};
 use crate::store::{AgentQuery, EventQuery, Store, StoreError, StoredEvent};
 use crate::telemetry;
 
@@ -354,12 +354,13 @@ struct Snapshot {
 }
 
 /// Every agent of `tenant` and the sequence that state is as of.
-async fn snapshot(store: &Store, tenant: &str) -> Result<Snapshot, StoreError> {
+async fn snapshot(store: &Store, tenant: &str, catalog: &Catalog) -> Result<Snapshot, StoreError> {
     let q = AgentQuery {
         limit: u32::MAX,
         ..AgentQuery::default()
     };
     let (agents, as_of_sequence) = store.list_agents(tenant, &q).await?;
+    let agents = agents.into_iter().map(|a| a.named(catalog)).collect();
     Ok(Snapshot {
         as_of_sequence,
         agents,
@@ -381,6 +382,7 @@ pub async fn agents(
     let store = state.store.clone();
     let mut commits = store.commits();
     let stop = state.streams_stop.clone();
+    let catalog = state.catalog.clone();
     Ok(start(move |tx| async move {
         let mut stop = stop;
         // The projection outlives retention, so any point it has reached can be resumed from;
@@ -389,7 +391,7 @@ pub async fn agents(
         let mut cursor = match resume {
             Some(n) if n <= through => n,
             _ => {
-                let snap = snapshot(&store, &tenant).await?;
+                let snap = snapshot(&store, &tenant, &catalog).await?;
                 let id = snap.as_of_sequence;
                 if tx.send(message("snapshot", id, &snap)?).await.is_err() {
                     return Ok(());
@@ -403,6 +405,7 @@ pub async fn agents(
             let full = changes.len() == PAGE as usize;
             for agent in changes {
                 cursor = agent.last_sequence;
+                let agent = agent.named(&catalog);
                 if tx.send(message("agent", cursor, &agent)?).await.is_err() {
                     return Ok(());
                 }

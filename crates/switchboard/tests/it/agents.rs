@@ -443,7 +443,13 @@ async fn folded_log(app: &TestApp) -> Value {
         let state = agents.entry(name).or_default();
         switchboard::agent::step(state, &event, item["sequence"].as_i64().unwrap());
     }
-    serde_json::to_value(agents.into_values().flatten().collect::<Vec<_>>()).unwrap()
+    let catalog = switchboard::event::Catalog::builtin();
+    let shown: Vec<_> = agents
+        .into_values()
+        .flatten()
+        .map(|a| a.named(&catalog))
+        .collect();
+    serde_json::to_value(shown).unwrap()
 }
 
 /// Posts `events` 250 at a time, four requests at once, over `nodes` in turn.

@@ -3,6 +3,7 @@
 mod agents;
 mod auth;
 mod bench;
+mod catalog;
 mod cluster;
 mod crash;
 mod delivery;
