@@ -21,7 +21,7 @@ pub mod code {
 }
 
 /// One agent's state: the agent object of the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     pub username: String,
     pub signed_in: bool,
@@ -52,7 +52,7 @@ impl Agent {
 }
 
 /// The work item an agent is receiving or handling.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkItem {
     pub id: Option<String>,
     #[serde(rename = "type")]
@@ -186,7 +186,7 @@ pub fn fold<'a>(
 }
 
 /// One interval of an agent's timeline: a state held from `from` to `to` (null: still held).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Interval {
     pub from: Timestamp,
     pub to: Option<Timestamp>,

@@ -4,6 +4,7 @@
 mod agents;
 mod catalog;
 mod deliveries;
+pub mod doc;
 mod error;
 mod events;
 mod health;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -53,9 +55,9 @@ pub struct AppState {
     pub tails: Arc<streams::Tails>,
 }
 
-/// The whole HTTP application.
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// Every route with its OpenAPI description: the router and `/openapi.json` come from here.
+pub(crate) fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<doc::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())
         .merge(tenants::router())
         .merge(keys::router())
@@ -64,6 +66,12 @@ pub fn app(state: AppState) -> Router {
         .merge(deliveries::router())
         .merge(agents::router())
         .merge(catalog::router())
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Bodies are read and limited by `json_body`, which answers 413 as problem+json.
@@ -74,8 +82,8 @@ pub fn app(state: AppState) -> Router {
 
 /// What a `worker` node serves: liveness and readiness only.
 pub fn health_only(state: AppState) -> Router {
-    Router::new()
-        .merge(health::router())
+    let (router, _) = health::router().split_for_parts();
+    router
         .fallback(|| async {
             ApiError::NotFound("this node runs --role worker: no API here".into())
         })
@@ -267,9 +275,10 @@ impl Params {
 }
 
 /// A page of a list: `{data, next_after}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
+    /// The `after` of the next page; null: no more.
     pub next_after: Option<String>,
 }
 

@@ -31,6 +31,8 @@ enum Command {
     Listen(ListenArgs),
     /// End-to-end benchmark: a server (or --url), a receiver on loopback, events, figures.
     Bench(BenchArgs),
+    /// Print the OpenAPI 3.1 document the server serves at /openapi.json.
+    Openapi,
 }
 
 #[derive(Args)]
@@ -137,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Config(args) => {
             print!("{}", args.load()?.to_masked_toml());
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", switchboard::api::doc::document());
             Ok(())
         }
         Command::Migrate(args) => {

@@ -407,7 +407,7 @@ pub enum IngestError {
 }
 
 /// The outcome for one posted event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub id: Uuid,
     pub sequence: i64,
@@ -511,7 +511,7 @@ pub struct SubscriptionRecord {
     pub updated_at: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,

@@ -24,7 +24,7 @@ const RESERVED_HEADERS: [&str; 7] = [
 ];
 const RESERVED_PREFIXES: [&str; 2] = ["webhook-", "switchboard-"];
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     #[default]
@@ -34,7 +34,7 @@ pub enum Ordering {
 
 /// Which events a subscription receives. Absent parts match everything (but System events,
 /// which only a filter naming category 0 receives).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +43,7 @@ pub struct Filter {
     pub usernames: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
     pub category: u8,
@@ -76,7 +76,7 @@ pub fn matches(filter: Option<&Filter>, event: &Event) -> bool {
 }
 
 /// The subscription body, as created, patched and returned (DESIGN §4).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     pub url: String,

@@ -1,40 +1,54 @@
 //! `/v1/tenants/{t}/agents` (DESIGN §9): the live state of every agent, one agent (now or as of
 //! a sequence), and an agent's timeline. The agents stream is in `streams.rs`.
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Json;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::doc::Errors;
 use super::{ApiError, AppState, Caller, Page, Params};
 use crate::agent::{Agent, Interval};
 use crate::auth::Scope;
 use crate::event::{FieldError, Timestamp};
 use crate::store::AgentQuery;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/agents", get(list))
-        .route(
-            "/v1/tenants/{tenant}/agents/stream",
-            get(super::streams::agents),
-        )
-        .route("/v1/tenants/{tenant}/agents/{username}", get(show))
-        .route(
-            "/v1/tenants/{tenant}/agents/{username}/timeline",
-            get(timeline),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(super::streams::agents))
+        .routes(routes!(show))
+        .routes(routes!(timeline))
 }
 
-#[derive(Serialize)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AgentFilter {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The username to start after (`next_after` of the previous page).
+    after: Option<String>,
+    signed_in: Option<bool>,
+    availability_code: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
 struct AgentPage {
     #[serde(flatten)]
     page: Page<Agent>,
     as_of_sequence: i64,
 }
 
+/// Every agent's current state, by username.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents", tag = "agents",
+    params(("tenant" = String, Path, description = "The tenant's id"), AgentFilter),
+    responses((status = 200, body = AgentPage), Errors),
+    security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,6 +80,14 @@ fn not_found(username: &str) -> ApiError {
     ApiError::NotFound(format!("agent {username:?} not found"))
 }
 
+/// One agent: now, or as it was right after a sequence (`as_of`, rebuilt from the log).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/{username}", tag = "agents",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("username" = String, Path, description = "The agent's `Username`"),
+           ("as_of" = Option<i64>, Query, minimum = 0,
+            description = "A sequence: the state right after it")),
+    responses((status = 200, body = Agent), Errors),
+    security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,11 +122,21 @@ async fn show(
         .ok_or_else(|| not_found(&username))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Timeline {
     data: Vec<Interval>,
 }
 
+/// An agent's state intervals in a window (on `CreationDateUtc`).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/{username}/timeline", tag = "agents",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("username" = String, Path, description = "The agent's `Username`"),
+           ("since" = String, Query, pattern = "^[0-9]{14}$",
+            description = "From (`yyyyMMddHHmmss`, UTC)"),
+           ("until" = Option<String>, Query, pattern = "^[0-9]{14}$",
+            description = "Up to (`yyyyMMddHHmmss`, UTC); absent: now")),
+    responses((status = 200, body = Timeline), Errors),
+    security(("bearer" = [])))]
 async fn timeline(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,23 +1,25 @@
 //! `/v1/tenants/{t}/deliveries/{id}`: one delivery with its attempts, and retrying it now.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Json;
-use axum::routing::{get, post};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::doc::Errors;
 use super::{ApiError, AppState, Caller, rfc3339};
 use crate::auth::Scope;
 use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/deliveries/{id}", get(show))
-        .route("/v1/tenants/{tenant}/deliveries/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(retry))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeliveryView {
     pub id: i64,
     event_id: String,
@@ -50,7 +52,7 @@ impl From<DeliveryRecord> for DeliveryView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AttemptView {
     number: i64,
     started_at: String,
@@ -73,7 +75,7 @@ impl From<AttemptRecord> for AttemptView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DeliveryDetail {
     #[serde(flatten)]
     delivery: DeliveryView,
@@ -85,6 +87,11 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("delivery {id} not found")))
 }
 
+/// A delivery with every attempt.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The delivery's id")),
+    responses((status = 200, body = DeliveryDetail), Errors),
+    security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -104,6 +111,10 @@ async fn show(
 
 /// Makes the delivery due now. A finished (succeeded or failed) delivery gets one attempt; a
 /// pending one keeps its schedule and is simply tried now.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The delivery's id")),
+    responses((status = 202, body = DeliveryView, description = "Due now"), Errors),
+    security(("bearer" = [])))]
 async fn retry(
     State(state): State<AppState>,
     caller: Caller,

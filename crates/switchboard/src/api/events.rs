@@ -1,37 +1,86 @@
 //! `/v1/tenants/{t}/events`: ingest (publish) and the event log (read).
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::doc::{BodyErrors, Errors, Problem, WireEvent};
 use super::{ApiError, AppState, Caller, Page, Params, read_json_body, rfc3339};
 use crate::auth::Scope;
 use crate::event::{self, ParseError, Timestamp};
 use crate::store::{Accepted, EventQuery, StoredEvent};
 use crate::telemetry;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/events", get(list).post(publish))
-        .route(
-            "/v1/tenants/{tenant}/events/stream",
-            get(super::streams::events),
-        )
-        .route("/v1/tenants/{tenant}/events/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, publish))
+        .routes(routes!(super::streams::events))
+        .routes(routes!(show))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PublishResponse {
+    /// One per posted event, in order.
     events: Vec<Accepted>,
 }
 
+/// One event, or an array of up to 1,000.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum PublishBody {
+    One(WireEvent),
+    Many(Vec<WireEvent>),
+}
+
+/// The log's filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct LogQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The sequence to start after (`next_after` of the previous page).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// Only this category.
+    #[param(minimum = 0, maximum = 255)]
+    category: Option<u8>,
+    /// Only this code.
+    #[param(minimum = 0)]
+    code: Option<u32>,
+    /// Only this agent's events (`AdditionalFields.Username`).
+    username: Option<String>,
+    /// `CreationDateUtc` from (`yyyyMMddHHmmss`, inclusive).
+    #[param(pattern = "^[0-9]{14}$")]
+    since: Option<String>,
+    /// `CreationDateUtc` up to (`yyyyMMddHHmmss`, inclusive).
+    #[param(pattern = "^[0-9]{14}$")]
+    until: Option<String>,
+}
+
+/// Publish events: `202` once they and their deliveries are durably committed.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    request_body(content = PublishBody, description = "One event, or an array of up to 1,000 \
+        (docs/events.md)"),
+    responses(
+        (status = 202, body = PublishResponse,
+         description = "Stored (or found already stored: `duplicate`)"),
+        (status = 409, body = Problem, content_type = "application/problem+json",
+         description = "An `Id` already stored with other content"),
+        (status = 429, body = Problem, content_type = "application/problem+json",
+         description = "The tenant's ingest limit is reached; see `Retry-After`"),
+        Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,10 +135,13 @@ async fn publish(
 }
 
 /// An event-log item; the event is the stored canonical JSON, passed through unparsed.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct LogItem {
     pub(super) sequence: i64,
+    /// When Switchboard accepted it (RFC 3339).
+    #[schema(format = DateTime)]
     received_at: String,
+    #[schema(value_type = WireEvent)]
     event: Box<RawValue>,
 }
 
@@ -104,6 +156,11 @@ impl LogItem {
     }
 }
 
+/// The event log, in sequence order, filtered and paginated.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = "The tenant's id"), LogQuery),
+    responses((status = 200, body = Page<LogItem>), Errors),
+    security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,13 +206,19 @@ pub(super) fn filters(p: &mut Params, q: &mut EventQuery) -> Result<(), ApiError
     Ok(())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventDetail {
     #[serde(flatten)]
     item: LogItem,
     deliveries: Vec<super::deliveries::DeliveryView>,
 }
 
+/// One event, with its deliveries.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("id" = String, Path, description = "The event's `Id`")),
+    responses((status = 200, body = EventDetail), Errors),
+    security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,

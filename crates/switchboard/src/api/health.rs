@@ -2,22 +2,42 @@
 
 use std::fmt::Write;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::doc::Problem;
 use super::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
 }
 
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, content_type = "application/json", body = Object,
+               description = "The OpenAPI 3.1 document")))]
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::doc::document(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, content_type = "text/plain", body = String,
+         description = "Prometheus text exposition"),
+        (status = 503, content_type = "application/problem+json", body = Problem,
+         description = "The database does not answer")))]
 /// Prometheus text: what this process counted (ingest, attempts, latencies), then gauges the
 /// database answers (pending deliveries, subscriptions by state).
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -51,11 +71,18 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// The process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Object, description = "`{\"status\": \"ok\"}`")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The database answers.
+/// The database answers and takes writes.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, body = Object, description = "Ready"),
+        (status = 503, content_type = "application/problem+json", body = Problem,
+         description = "Not ready: the database does not answer or take writes")))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");

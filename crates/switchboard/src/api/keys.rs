@@ -1,33 +1,36 @@
 //! `/v1/tenants/{t}/keys`: a tenant's API keys (`manage` scope). A key is shown once, at
 //! creation; only its hash is stored.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
-use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::doc::{BodyErrors, Errors};
+use super::tenants::IdPage;
 use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
 use crate::auth::{self, Scope};
 use crate::store::KeyRecord;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/keys", get(list).post(create))
-        .route("/v1/tenants/{tenant}/keys/{id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
     scopes: Vec<Scope>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct KeyView {
     id: String,
     name: String,
@@ -50,6 +53,12 @@ impl KeyView {
     }
 }
 
+/// Creates a key; the answer is the only time `key` is shown.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/keys", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    request_body = CreateKey,
+    responses((status = 201, body = KeyView), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,6 +88,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(KeyView::new(record, Some(key)))))
 }
 
+/// The tenant's keys (never the keys themselves).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id"), IdPage),
+    responses((status = 200, body = Page<KeyView>), Errors),
+    security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -92,6 +106,11 @@ async fn list(
     Ok(Json(Page::new(views, limit, |k| k.id.clone())))
 }
 
+/// Deletes a key: it stops working at once, on every node.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{id}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The key's id")),
+    responses((status = 204, description = "Deleted"), Errors),
+    security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,

@@ -270,7 +270,49 @@ impl Tails {
     }
 }
 
+/// Where a stream resumes: the last `id:` received, as `EventSource` sends it when it
+/// reconnects.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct Resume {
+    #[param(rename = "Last-Event-ID", minimum = 0)]
+    last_event_id: Option<i64>,
+}
+
+/// As `Last-Event-ID`, for clients that cannot set headers.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct After {
+    #[param(minimum = 0)]
+    after: Option<i64>,
+}
+
+/// Filters of the events stream.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct StreamFilter {
+    #[param(minimum = 0, maximum = 255)]
+    category: Option<u8>,
+    #[param(minimum = 0)]
+    code: Option<u32>,
+    username: Option<String>,
+}
+
 /// `GET /v1/tenants/{t}/events/stream`: one `event` message per matching event.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events/stream", tag = "events",
+    summary = "The event log as Server-Sent Events",
+    description = "One message per event: `id: <sequence>`, `event: event`, `data: <log \
+        item>`. Without a resume point it starts with what is committed from then on; with \
+        one, every matching event after it comes first. A `: keep-alive` comment at least \
+        every 15 s.",
+    params(("tenant" = String, Path, description = "The tenant's id"), Resume, After,
+           StreamFilter),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+               description = "The stream"), super::doc::Errors),
+    security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -368,6 +410,15 @@ async fn snapshot(store: &Store, tenant: &str, catalog: &Catalog) -> Result<Snap
 }
 
 /// `GET /v1/tenants/{t}/agents/stream`: a `snapshot`, then an `agent` message per change.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/stream", tag = "agents",
+    summary = "The agents as Server-Sent Events",
+    description = "First `event: snapshot`, `id: <as_of_sequence>`, `data: {as_of_sequence, \
+        agents}`; then `event: agent`, `id: <last_sequence>`, `data: <agent>` at each change. \
+        Resumed with `Last-Event-ID`: the agents changed since, as they are now.",
+    params(("tenant" = String, Path, description = "The tenant's id"), Resume, After),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+               description = "The stream"), super::doc::Errors),
+    security(("bearer" = [])))]
 pub async fn agents(
     State(state): State<AppState>,
     caller: Caller,

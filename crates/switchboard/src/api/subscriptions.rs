@@ -1,16 +1,19 @@
 //! `/v1/tenants/{t}/subscriptions`: endpoints, their filters and secrets; test, replay, rotate.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::deliveries::DeliveryView;
+use super::doc::{BodyErrors, Errors};
+use super::tenants::IdPage;
 use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
 use crate::auth::{self, Scope};
 use crate::delivery::signing::Secret;
@@ -20,29 +23,72 @@ use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent, 
 use crate::subscription::health::Notice;
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
-pub fn router() -> Router<AppState> {
-    let base = "/v1/tenants/{tenant}/subscriptions";
-    Router::new()
-        .route(base, get(list).post(create))
-        .route(
-            &format!("{base}/{{id}}"),
-            get(show).patch(update).delete(remove),
-        )
-        .route(&format!("{base}/{{id}}/secret/rotate"), post(rotate))
-        .route(&format!("{base}/{{id}}/test"), post(test))
-        .route(&format!("{base}/{{id}}/replay"), post(replay))
-        .route(&format!("{base}/{{id}}/deliveries"), get(deliveries))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(rotate))
+        .routes(routes!(test))
+        .routes(routes!(replay))
+        .routes(routes!(deliveries))
 }
 
 /// A subscription as answered: its body plus identity and state. `secret` only for `manage`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SubscriptionView {
     id: String,
     #[serde(flatten)]
     spec: SubscriptionSpec,
     disabled_reason: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+}
+
+/// The answer to a rotation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct NewSecret {
+    /// Signs from now on; the old one too, until the grace period ends.
+    #[schema(example = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")]
+    secret: String,
+}
+
+/// The outcome of a Test event's attempt.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TestOutcome {
+    event_id: String,
+    delivery_id: i64,
+    /// The receiver answered 2xx.
+    delivered: bool,
+    status_code: Option<u16>,
+    duration_ms: i64,
+    error: Option<String>,
+    response_body: Option<String>,
+}
+
+/// The answer to a replay.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Requeued {
+    /// Deliveries made due again or created.
+    requeued: u64,
+}
+
+/// A subscription's deliveries.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DeliveryFilter {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The delivery id to start after.
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    status: Option<DeliveryStatus>,
 }
 
 impl SubscriptionView {
@@ -83,6 +129,12 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRe
         .ok_or_else(|| ApiError::NotFound(format!("subscription {id} not found")))
 }
 
+/// Creates a subscription; the answer holds its `id` and `secret`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    request_body = SubscriptionSpec,
+    responses((status = 201, body = SubscriptionView), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -109,6 +161,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(SubscriptionView::new(rec, true))))
 }
 
+/// The tenant's subscriptions.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), IdPage),
+    responses((status = 200, body = Page<SubscriptionView>), Errors),
+    security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,6 +185,11 @@ async fn list(
     Ok(Json(Page::new(views, limit, |s| s.id.clone())))
 }
 
+/// One subscription (`secret` only to `manage` keys).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    responses((status = 200, body = SubscriptionView), Errors),
+    security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -143,6 +205,13 @@ async fn show(
 const DISABLED_BY_USER: &str = "disabled by the user";
 
 /// JSON merge patch (RFC 7396) over the stored body, validated as a whole.
+/// Changes a subscription: the fields given replace its own (a JSON merge patch of its body;
+/// `{"enabled": true}` enables it again).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    request_body(content = Object, description = "Fields of the subscription body to change"),
+    responses((status = 200, body = SubscriptionView), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -184,6 +253,11 @@ async fn update(
     Ok(Json(SubscriptionView::new(rec, true)))
 }
 
+/// Deletes a subscription with its deliveries.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    responses((status = 204, description = "Deleted"), Errors),
+    security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -197,13 +271,21 @@ async fn remove(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
+    /// Seconds the old secret keeps signing (default 86400, at most 2592000).
+    #[schema(maximum = 2592000)]
     grace_secs: Option<u64>,
 }
 
 /// A new secret signs from now on; the old one keeps signing alongside until the grace ends.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions/{id}/secret/rotate",
+    tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    request_body(content = Option<RotateRequest>, description = "Optional"),
+    responses((status = 200, body = NewSecret), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
@@ -237,6 +319,11 @@ async fn rotate(
 /// Sends a System Test event now and answers with the attempt's outcome. The event is stored
 /// and its delivery logged like any other: leased to this request for its first attempt, then
 /// retried by the dispatcher if that failed.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions/{id}/test",
+    tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    responses((status = 200, body = TestOutcome), Errors),
+    security(("bearer" = [])))]
 async fn test(
     State(state): State<AppState>,
     caller: Caller,
@@ -279,15 +366,28 @@ async fn test(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayRequest {
+    /// From (`yyyyMMddHHmmss`, on `CreationDateUtc`).
+    #[schema(pattern = "^[0-9]{14}$")]
     since: String,
+    /// Up to (`yyyyMMddHHmmss`); absent: now.
+    #[schema(pattern = "^[0-9]{14}$")]
     until: Option<String>,
+    /// Only the deliveries that failed.
     #[serde(default)]
     only_failed: bool,
 }
 
+/// Sends again every event of a window that the subscription's filter matches now, older ones
+/// included.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions/{id}/replay",
+    tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
+    request_body = ReplayRequest,
+    responses((status = 202, body = Requeued), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn replay(
     State(state): State<AppState>,
     caller: Caller,
@@ -314,6 +414,12 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, Json(json!({"requeued": requeued}))))
 }
 
+/// The subscription's deliveries, oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}/deliveries",
+    tag = "subscriptions",
+    params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id"), DeliveryFilter),
+    responses((status = 200, body = Page<DeliveryView>), Errors),
+    security(("bearer" = [])))]
 async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,27 +1,38 @@
 //! `/v1/tenants`: the operator's tenant administration (admin key only).
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::doc::{BodyErrors, Errors, Problem};
 use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
 use crate::store::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants", get(list).post(create))
-        .route(
-            "/v1/tenants/{tenant}",
-            get(show).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
 }
 
-#[derive(Deserialize)]
+/// Cursor pagination by id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct IdPage {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The id to start after (`next_after` of the previous page).
+    after: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     id: String,
@@ -29,7 +40,7 @@ struct CreateTenant {
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TenantView {
     id: String,
     name: String,
@@ -48,11 +59,26 @@ impl From<Tenant> for TenantView {
     }
 }
 
+/// `PATCH /v1/tenants/{t}`: absent fields are left as they are.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TenantPatch {
+    name: Option<String>,
+    /// Events per second this tenant may post, enforced by each node; null removes it.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    ingest_rate_limit_per_sec: Option<Option<i64>>,
+}
+
 /// Most events per second a tenant's limit may be set to.
 const MAX_RATE_LIMIT: i64 = 1_000_000;
 
 /// `PATCH /v1/tenants/{t}`: `{name?, ingest_rate_limit_per_sec?}`, absent fields unchanged,
 /// a `null` limit removes it.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    request_body(content = TenantPatch, description = "Fields to change"),
+    responses((status = 200, body = TenantView), Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -103,6 +129,14 @@ fn valid_tenant_id(id: &str) -> bool {
     (1..=63).contains(&b.len()) && ok(&b[0]) && b[1..].iter().all(|c| ok(c) || *c == b'-')
 }
 
+/// Creates a tenant (admin key).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants",
+    request_body = CreateTenant,
+    responses((status = 201, body = TenantView),
+        (status = 409, body = Problem, content_type = "application/problem+json",
+         description = "A tenant with this id exists"),
+        Errors, BodyErrors),
+    security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,6 +159,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
+/// Every tenant (admin key).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    params(IdPage),
+    responses((status = 200, body = Page<TenantView>), Errors),
+    security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,6 +176,11 @@ async fn list(
     Ok(Json(Page::new(views, limit, |t| t.id.clone())))
 }
 
+/// One tenant (admin key).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    responses((status = 200, body = TenantView), Errors),
+    security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,6 +192,11 @@ async fn show(
     Ok(Json(found.into()))
 }
 
+/// Deletes a tenant and everything it holds (admin key).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant's id")),
+    responses((status = 204, description = "Deleted"), Errors),
+    security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,

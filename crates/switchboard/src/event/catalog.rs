@@ -427,14 +427,14 @@ struct FileCode {
 }
 
 /// `GET /v1/catalog`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CatalogView {
     pub categories: Vec<CategoryView>,
     /// Named activity codes (the agents view's `activity_name`).
     pub activities: Vec<ActivityView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CategoryView {
     pub category: u8,
     pub name: String,
@@ -442,23 +442,26 @@ pub struct CategoryView {
     pub codes: Vec<CodeView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CodeView {
     pub code: u32,
     pub name: String,
     /// Every parameter, the category's common ones included.
     pub fields: BTreeMap<String, FieldView>,
     /// JSON Schema (2020-12) of the whole event.
+    #[schema(value_type = Object)]
     pub schema: Value,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldView {
+    /// `string`, `integer`, `number` or `boolean`.
+    #[schema(value_type = String)]
     pub r#type: &'static str,
     pub required: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ActivityView {
     pub code: i64,
     pub name: String,

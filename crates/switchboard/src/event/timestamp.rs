@@ -60,6 +60,20 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// In the OpenAPI document: the 14-digit string.
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{14}$"))
+            .description(Some("yyyyMMddHHmmss, UTC"))
+            .examples([serde_json::json!("20261123184603")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
+
 /// On the wire: the 14-digit string.
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -10,6 +10,7 @@ mod delivery;
 mod ingest;
 mod log;
 mod metrics;
+mod openapi;
 mod pg_faults;
 mod readiness;
 mod restart;
