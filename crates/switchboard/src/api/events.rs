@@ -33,7 +33,8 @@ struct PublishResponse {
 }
 
 /// One event, or an array of up to 1,000.
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
 enum PublishBody {
     One(WireEvent),

@@ -310,8 +310,9 @@ struct StreamFilter {
         every 15 s.",
     params(("tenant" = String, Path, description = "The tenant's id"), Resume, After,
            StreamFilter),
-    responses((status = 200, content_type = "text/event-stream", body = String,
-               description = "The stream"), super::doc::Errors),
+    responses((status = 200, content_type = "text/event-stream", body = EventMessage,
+               description = "The stream; each message's data is a log item"),
+               super::doc::Errors),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
@@ -389,6 +390,36 @@ pub async fn events(
     }))
 }
 
+/// A message of the events stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EventMessage {
+    #[schema(pattern = "^event$")]
+    event: String,
+    /// The event's sequence.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// A log item (`{sequence, received_at, event}`), JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// A message of the agents stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AgentMessage {
+    /// `snapshot` (first), then `agent`.
+    #[schema(pattern = "^(snapshot|agent)$")]
+    event: String,
+    /// The snapshot's `as_of_sequence`, or the agent's `last_sequence`.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// A snapshot (`{as_of_sequence, agents}`) or an agent, JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// Every agent, and the sequence they are as of.
 #[derive(Serialize)]
 struct Snapshot {
     as_of_sequence: i64,
@@ -416,8 +447,9 @@ async fn snapshot(store: &Store, tenant: &str, catalog: &Catalog) -> Result<Snap
         agents}`; then `event: agent`, `id: <last_sequence>`, `data: <agent>` at each change. \
         Resumed with `Last-Event-ID`: the agents changed since, as they are now.",
     params(("tenant" = String, Path, description = "The tenant's id"), Resume, After),
-    responses((status = 200, content_type = "text/event-stream", body = String,
-               description = "The stream"), super::doc::Errors),
+    responses((status = 200, content_type = "text/event-stream", body = AgentMessage,
+               description = "The stream; each message's data is a snapshot or an agent"),
+               super::doc::Errors),
     security(("bearer" = [])))]
 pub async fn agents(
     State(state): State<AppState>,

@@ -34,11 +34,35 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A subscription as answered: its body plus identity and state. `secret` only for `manage`.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize)]
 struct SubscriptionView {
     id: String,
     #[serde(flatten)]
     spec: SubscriptionSpec,
+    disabled_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// A subscription as answered (the view's schema: the body's own forbids the fields added
+/// here, so it is written out rather than flattened).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct SubscriptionDoc {
+    id: String,
+    url: String,
+    description: String,
+    filter: Option<crate::subscription::Filter>,
+    /// Only to `manage` keys and the admin.
+    #[schema(required = false)]
+    secret: Option<String>,
+    enabled: bool,
+    ordering: crate::subscription::Ordering,
+    rate_limit_per_sec: Option<u32>,
+    max_in_flight: u32,
+    headers: std::collections::BTreeMap<String, String>,
+    retry_schedule_secs: Option<Vec<u64>>,
+    heartbeat_secs: Option<u64>,
     disabled_reason: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
@@ -133,7 +157,7 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRe
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id")),
     request_body = SubscriptionSpec,
-    responses((status = 201, body = SubscriptionView), Errors, BodyErrors),
+    responses((status = 201, body = SubscriptionDoc), Errors, BodyErrors),
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -164,7 +188,7 @@ async fn create(
 /// The tenant's subscriptions.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), IdPage),
-    responses((status = 200, body = Page<SubscriptionView>), Errors),
+    responses((status = 200, body = Page<SubscriptionDoc>), Errors),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -188,7 +212,7 @@ async fn list(
 /// One subscription (`secret` only to `manage` keys).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
-    responses((status = 200, body = SubscriptionView), Errors),
+    responses((status = 200, body = SubscriptionDoc), Errors),
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
@@ -210,7 +234,7 @@ const DISABLED_BY_USER: &str = "disabled by the user";
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body(content = Object, description = "Fields of the subscription body to change"),
-    responses((status = 200, body = SubscriptionView), Errors, BodyErrors),
+    responses((status = 200, body = SubscriptionDoc), Errors, BodyErrors),
     security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
