@@ -3,3 +3,4 @@
 pub mod backlog;
 pub mod bench;
 pub mod listen;
+pub mod simulate;

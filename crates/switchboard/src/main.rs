@@ -33,6 +33,39 @@ enum Command {
     Bench(BenchArgs),
     /// Print the OpenAPI 3.1 document the server serves at /openapi.json.
     Openapi,
+    /// Post the events of simulated agents living their shifts, at a target rate.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// The server to post to
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An API key that may publish to the tenant [default: ./switchboard-data/admin.key]
+    #[arg(long, env = "SWITCHBOARD_KEY")]
+    key: Option<String>,
+    /// The tenant to post to
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Agents on the floor
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+    /// Events per second
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate: u32,
+    /// Seconds of shift; then every agent finishes its work item and signs out
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Makes the run reproducible (with --start): the same events, Ids included [default: random]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The first event's CreationDateUtc (yyyyMMddHHmmss, UTC) [default: now]
+    #[arg(long)]
+    start: Option<String>,
+    /// Write the events as NDJSON on stdout instead of posting them
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -141,6 +174,47 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", args.load()?.to_masked_toml());
             Ok(())
         }
+        Command::Simulate(a) => {
+            let start = a
+                .start
+                .as_deref()
+                .map(switchboard::event::Timestamp::parse)
+                .transpose()
+                .map_err(|m| usage(&format!("--start {m}")))?;
+            let key = match (a.key, a.dry_run) {
+                (Some(k), _) => k,
+                (None, true) => String::new(),
+                (None, false) => std::fs::read_to_string("switchboard-data/admin.key")
+                    .map(|k| k.trim().to_string())
+                    .map_err(|_| {
+                        usage("--key (or SWITCHBOARD_KEY) is required: no ./switchboard-data/admin.key here")
+                    })?,
+            };
+            let seed = a.seed.unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b)
+                    .map(|()| u64::from_le_bytes(b))
+                    .unwrap_or(1)
+            });
+            let opts = switchboard::cli::simulate::Options {
+                server: a.server,
+                key,
+                tenant: a.tenant,
+                agents: a.agents,
+                rate: a.rate,
+                duration_secs: a.duration,
+                seed,
+                start,
+                dry_run: a.dry_run,
+                progress: !a.dry_run,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let report = switchboard::cli::simulate::run(opts, &mut stdout).await?;
+            if report.refused > 0 {
+                anyhow::bail!("{} events were refused", report.refused);
+            }
+            Ok(())
+        }
         Command::Openapi => {
             print!("{}", switchboard::api::doc::document());
             Ok(())
@@ -236,4 +310,12 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// A usage error found after parsing: printed as clap prints its own, exit code 2.
+fn usage(msg: &str) -> anyhow::Error {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::InvalidValue, msg)
+        .exit()
 }

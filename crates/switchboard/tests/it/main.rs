@@ -15,6 +15,7 @@ mod pg_faults;
 mod readiness;
 mod restart;
 mod retention;
+mod simulate;
 mod stepped;
 mod streams;
 mod support;
