@@ -128,6 +128,10 @@ struct ListenArgs {
     /// The subscription's signing secret (whsec_…); bad signatures are then answered 401
     #[arg(long, env = "SWITCHBOARD_LISTEN_SECRET", value_name = "SECRET")]
     secret: Option<String>,
+    /// Also forward each (verified) delivery, body and headers, to this local app, and answer
+    /// with its answer
+    #[arg(long, value_name = "URL")]
+    forward: Option<reqwest::Url>,
 }
 
 /// Every flag also has an environment variable SWITCHBOARD_<NAME> and a key in the config file.
@@ -268,7 +272,8 @@ async fn main() -> anyhow::Result<()> {
                 .map(Secret::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--secret {e}"))?;
-            switchboard::cli::listen::run(args.listen, secret, shutdown_signal()).await
+            switchboard::cli::listen::run(args.listen, secret, args.forward, shutdown_signal())
+                .await
         }
         Command::Serve(args) => {
             let config = args.load()?;

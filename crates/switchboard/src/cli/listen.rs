@@ -1,5 +1,7 @@
 //! `switchboard listen`: a local webhook receiver that verifies signatures and prints each
-//! delivery — for trying Switchboard out and for debugging an integration.
+//! delivery — for trying Switchboard out and for debugging an integration. With `--forward
+//! URL` it also hands each verified delivery (body and headers as received) to a local app and
+//! answers with the app's answer, like `stripe listen --forward-to`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,37 +10,79 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::net::TcpListener;
 
 use crate::delivery::signing::{self, Secret};
 
-/// Serves on `addr` until `shutdown`; with `secret`, answers 401 to a bad signature.
+/// What the receiver does with a delivery.
+struct Listener {
+    secret: Option<Secret>,
+    /// The local app deliveries are forwarded to.
+    forward: Option<reqwest::Url>,
+    client: reqwest::Client,
+}
+
+/// Serves on `addr` until `shutdown`; with `secret`, answers 401 to a bad signature; with
+/// `forward`, answers with what that app answers.
 pub async fn run(
     addr: SocketAddr,
     secret: Option<Secret>,
+    forward: Option<reqwest::Url>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await?;
+    serve(listener, secret, forward, shutdown).await
+}
+
+/// [`run`] on a bound listener.
+pub async fn serve(
+    listener: TcpListener,
+    secret: Option<Secret>,
+    forward: Option<reqwest::Url>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let to = forward
+        .as_ref()
+        .map_or(String::new(), |u| format!(", forwarding to {u}"));
     println!(
-        "listening for webhooks on http://{}/",
+        "listening for webhooks on http://{}/{to}",
         listener.local_addr()?
     );
+    let state = Listener {
+        secret,
+        forward,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
+    };
     let app = Router::new()
         .route("/", post(receive))
         .route("/{*path}", post(receive))
-        .with_state(Arc::new(secret));
+        .with_state(Arc::new(state));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }
 
+/// The headers a forwarded delivery keeps.
+const FORWARDED: [&str; 7] = [
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "switchboard-sequence",
+    "switchboard-attempt",
+    "switchboard-subscription",
+];
+
 async fn receive(
-    State(secret): State<Arc<Option<Secret>>>,
+    State(listener): State<Arc<Listener>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> Response {
     let h = |name: &str| {
         headers
             .get(name)
@@ -46,7 +90,10 @@ async fn receive(
             .unwrap_or("")
     };
     let id = h("webhook-id");
-    let verdict = match (secret.as_ref(), h("webhook-timestamp").parse::<i64>()) {
+    let verdict = match (
+        listener.secret.as_ref(),
+        h("webhook-timestamp").parse::<i64>(),
+    ) {
         (None, _) => "unverified",
         (Some(_), Err(_)) => "BAD (no timestamp)",
         (Some(s), Ok(ts)) if signing::verify(s, h("webhook-signature"), id, ts, &body) => {
@@ -61,8 +108,32 @@ async fn receive(
         String::from_utf8_lossy(&body)
     );
     if verdict.starts_with("BAD") {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::NO_CONTENT
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(url) = &listener.forward else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    let mut request = listener.client.post(url.clone()).body(body);
+    for name in FORWARDED {
+        if let Some(v) = headers.get(name) {
+            request = request.header(name, v);
+        }
+    }
+    match request.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let retry_after = r.headers().get("retry-after").cloned();
+            let answer = r.bytes().await.unwrap_or_default();
+            println!("  → {url} answered {status}");
+            let mut response = (status, answer).into_response();
+            if let Some(v) = retry_after {
+                response.headers_mut().insert("retry-after", v);
+            }
+            response
+        }
+        Err(e) => {
+            println!("  → {url} did not answer: {e}");
+            (StatusCode::BAD_GATEWAY, format!("forwarding to {url}: {e}")).into_response()
+        }
     }
 }

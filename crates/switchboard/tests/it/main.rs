@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod ingest;
+mod listen;
 mod log;
 mod metrics;
 mod openapi;
