@@ -2,5 +2,7 @@
 
 pub mod backlog;
 pub mod bench;
+pub mod client;
+pub mod commands;
 pub mod listen;
 pub mod simulate;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use switchboard::cli::commands;
 use switchboard::config::{Config, Overrides};
 use switchboard::delivery::signing::Secret;
 
@@ -35,6 +36,48 @@ enum Command {
     Openapi,
     /// Post the events of simulated agents living their shifts, at a target rate.
     Simulate(SimulateArgs),
+    /// Post, list, get and follow events
+    Events {
+        #[command(subcommand)]
+        command: commands::Events,
+        #[command(flatten)]
+        global: commands::Global,
+    },
+    /// Manage subscriptions
+    Subscriptions {
+        #[command(subcommand)]
+        command: commands::Subscriptions,
+        #[command(flatten)]
+        global: commands::Global,
+    },
+    /// List, get and retry deliveries
+    Deliveries {
+        #[command(subcommand)]
+        command: commands::Deliveries,
+        #[command(flatten)]
+        global: commands::Global,
+    },
+    /// The live state of agents
+    Agents {
+        #[command(subcommand)]
+        command: commands::Agents,
+        #[command(flatten)]
+        global: commands::Global,
+    },
+    /// Manage tenants (admin key)
+    Tenants {
+        #[command(subcommand)]
+        command: commands::Tenants,
+        #[command(flatten)]
+        global: commands::Global,
+    },
+    /// Manage a tenant's API keys
+    Keys {
+        #[command(subcommand)]
+        command: commands::Keys,
+        #[command(flatten)]
+        global: commands::Global,
+    },
 }
 
 #[derive(Args)]
@@ -185,14 +228,9 @@ async fn main() -> anyhow::Result<()> {
                 .map(switchboard::event::Timestamp::parse)
                 .transpose()
                 .map_err(|m| usage(&format!("--start {m}")))?;
-            let key = match (a.key, a.dry_run) {
-                (Some(k), _) => k,
-                (None, true) => String::new(),
-                (None, false) => std::fs::read_to_string("switchboard-data/admin.key")
-                    .map(|k| k.trim().to_string())
-                    .map_err(|_| {
-                        usage("--key (or SWITCHBOARD_KEY) is required: no ./switchboard-data/admin.key here")
-                    })?,
+            let key = match a.dry_run {
+                true => a.key.unwrap_or_default(),
+                false => key_or_local(a.key)?,
             };
             let seed = a.seed.unwrap_or_else(|| {
                 let mut b = [0u8; 8];
@@ -219,6 +257,22 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Events { command, global } => {
+            client(commands::Client::Events(command), global).await
+        }
+        Command::Subscriptions { command, global } => {
+            client(commands::Client::Subscriptions(command), global).await
+        }
+        Command::Deliveries { command, global } => {
+            client(commands::Client::Deliveries(command), global).await
+        }
+        Command::Agents { command, global } => {
+            client(commands::Client::Agents(command), global).await
+        }
+        Command::Tenants { command, global } => {
+            client(commands::Client::Tenants(command), global).await
+        }
+        Command::Keys { command, global } => client(commands::Client::Keys(command), global).await,
         Command::Openapi => {
             print!("{}", switchboard::api::doc::document());
             Ok(())
@@ -315,6 +369,30 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The key given, else the local server's admin key.
+fn key_or_local(key: Option<String>) -> anyhow::Result<String> {
+    match key {
+        Some(k) => Ok(k),
+        None => std::fs::read_to_string("switchboard-data/admin.key")
+            .map(|k| k.trim().to_string())
+            .map_err(|_| {
+                usage(
+                    "--key (or SWITCHBOARD_KEY) is required: no ./switchboard-data/admin.key here",
+                )
+            }),
+    }
+}
+
+/// Runs a client command and exits with its code (0, or 1 when the API refused).
+async fn client(command: commands::Client, global: commands::Global) -> anyhow::Result<()> {
+    let key = key_or_local(global.key.clone())?;
+    let code = commands::execute(command, global, key).await?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 /// A usage error found after parsing: printed as clap prints its own, exit code 2.

@@ -134,11 +134,9 @@ impl SubscriptionView {
 /// Deserializes a body value as a subscription, naming the field of any problem.
 fn parse_spec(value: Value) -> Result<SubscriptionSpec, ApiError> {
     let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => "body".to_string(),
-            p => p,
-        };
+        let path = e.path().to_string();
         let msg = e.into_inner().to_string();
+        let field = super::error_field(&path, &msg);
         ApiError::Invalid(vec![FieldError::new(None, field, msg)])
     })?;
     spec.validate().map_err(ApiError::Invalid)?;

@@ -275,7 +275,7 @@ async fn keys_are_shown_once_listed_and_revoked() {
         (json!({"name": "x", "scopes": ["admin"]}), "scopes[0]"),
         (json!({"name": "x", "scopes": []}), "scopes"),
         (json!({"name": "", "scopes": ["read"]}), "name"),
-        (json!({"scopes": ["read"]}), "body"),
+        (json!({"scopes": ["read"]}), "name"),
     ] {
         let r = app
             .call(

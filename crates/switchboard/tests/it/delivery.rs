@@ -498,7 +498,7 @@ async fn subscription_crud_and_validation() {
     for (body, field) in [
         (json!({"url": "ftp://example.com"}), "url"),
         (json!({"url": "not a url"}), "url"),
-        (json!({}), "body"),
+        (json!({}), "url"),
         (
             json!({"url": "https://example.com", "secret": "plain"}),
             "secret",

@@ -4,6 +4,7 @@ mod agents;
 mod auth;
 mod bench;
 mod catalog;
+mod client;
 mod cluster;
 mod crash;
 mod delivery;
