@@ -127,32 +127,22 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let (mut server, base) = spawn_server(dir.path(), &key).await?;
     let pid = server.id().context("the server's pid")?;
     wait_ready(&client, &base).await?;
-    let r = client
-        .post(format!("{base}/v1/tenants/default/subscriptions"))
-        .bearer_auth(&key)
-        .json(&json!({"url": format!("http://127.0.0.1:{receiver_port}/")}))
-        .send()
-        .await?;
-    if r.status() != StatusCode::CREATED {
-        bail!(
-            "creating the subscription: {} {}",
-            r.status(),
-            r.text().await?
-        );
-    }
+    let body = json!({"url": format!("http://127.0.0.1:{receiver_port}/")});
+    super::client::Api::new(&base, &key)
+        .create_subscription("default", &body)
+        .await
+        .context("creating the subscription")?;
 
     // Ingest in the largest batches, a few at a time, with a publish key.
-    let publish = super::bench::publish_key(&client, &base, &key).await?;
+    let publish = super::bench::publish_key(&base, &key).await?;
     let start = Instant::now();
     let batch = crate::event::MAX_BATCH;
     let next = Arc::new(AtomicUsize::new(0));
     let ids = super::bench::BenchIds::new();
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (client, base, key, next, total) = (
-            client.clone(),
-            base.clone(),
-            publish.clone(),
+        let (api, next, total) = (
+            super::client::Api::new(&base, &publish),
             next.clone(),
             opts.pending,
         );
@@ -165,15 +155,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 let events: Vec<Value> = (first..(first + batch).min(total))
                     .map(|n| super::bench::bench_event(ids.id(n), n, 500))
                     .collect();
-                let r = client
-                    .post(format!("{base}/v1/tenants/default/events"))
-                    .bearer_auth(&key)
-                    .json(&events)
-                    .send()
-                    .await?;
-                if r.status() != StatusCode::ACCEPTED {
-                    bail!("ingest answered {}: {}", r.status(), r.text().await?);
-                }
+                api.publish("default", &Value::Array(events))
+                    .await
+                    .context("ingest")?;
             }
         }));
     }

@@ -107,21 +107,21 @@ async fn stop_in_process((tx, server): InProcess) -> anyhow::Result<()> {
 }
 
 /// Stores `n` events (no subscription), 1,000 a request, four requests at a time.
-async fn prefill(client: &reqwest::Client, base: &str, key: &str, n: usize) -> anyhow::Result<()> {
+async fn prefill(base: &str, key: &str, n: usize) -> anyhow::Result<()> {
     let ids = BenchIds::new();
-    let url = format!("{base}/v1/tenants/default/events");
+    let api = super::client::Api::new(base, key);
     let batches: Vec<usize> = (0..n.div_ceil(1000)).collect();
     for group in batches.chunks(4) {
         let posts = group.iter().map(|&b| {
             let events: Vec<Value> = (b * 1000..((b + 1) * 1000).min(n))
                 .map(|i| bench_event(ids.id(i), i, 500))
                 .collect();
-            client.post(&url).bearer_auth(key).json(&events).send()
+            let api = api.clone();
+            async move { api.publish("default", &Value::Array(events)).await }
         });
         for r in futures_join(posts).await {
-            let r = r?;
-            if r.status() != StatusCode::ACCEPTED {
-                bail!("storing expired events: {}", r.status());
+            if let Err(e) = r {
+                bail!("storing expired events: {e}");
             }
         }
     }
@@ -344,7 +344,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let key = config.admin_key.clone();
             if opts.expired > 0 {
                 let (base, stop) = in_process(config.clone())?;
-                prefill(&client, &base, &key, opts.expired).await?;
+                prefill(&base, &key, opts.expired).await?;
                 stop_in_process(stop).await?;
                 // The prefill's writes reach the disk first, so that the run measures the
                 // purge, not the write-back of a gigabyte stored just before; everything
@@ -361,27 +361,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if !ready.status().is_success() {
         bail!("the server at {base} is not ready: {}", ready.status());
     }
-    let mut subs = Vec::new();
+    let api = super::client::Api::new(&base, &key);
     for _ in 0..opts.subscriptions {
-        let r = client
-            .post(format!("{base}/v1/tenants/default/subscriptions"))
-            .bearer_auth(&key)
-            .json(&json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64}))
-            .send()
-            .await?;
-        if r.status() != StatusCode::CREATED {
-            bail!(
-                "creating a subscription: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        subs.push(
-            r.json::<Value>().await?["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        let body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
+        api.create_subscription("default", &body)
+            .await
+            .context("creating a subscription")?;
     }
 
     let admin_key = key.clone();
@@ -404,7 +389,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
 
     // Events are posted as a producer would: with a tenant key that may only publish.
-    let key = publish_key(&client, &base, &key).await?;
+    let key = publish_key(&base, &key).await?;
 
     // Every request body is made before the clock starts, so that the bench's own work
     // competes as little as possible with the server it measures (as with wrk's fixed bodies).
@@ -591,24 +576,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 /// Creates a `default`-tenant key with the `publish` scope, using the admin key.
-pub(crate) async fn publish_key(
-    client: &reqwest::Client,
-    base: &str,
-    admin_key: &str,
-) -> anyhow::Result<String> {
-    let r = client
-        .post(format!("{base}/v1/tenants/default/keys"))
-        .bearer_auth(admin_key)
-        .json(&json!({"name": "bench", "scopes": ["publish"]}))
-        .send()
-        .await?;
-    if r.status() != StatusCode::CREATED {
-        bail!("creating a publish key: {} {}", r.status(), r.text().await?);
-    }
-    r.json::<Value>().await?["key"]
-        .as_str()
-        .map(str::to_owned)
-        .context("the created key")
+pub(crate) async fn publish_key(base: &str, admin_key: &str) -> anyhow::Result<String> {
+    let api = super::client::Api::new(base, admin_key);
+    api.create_key("default", "bench", &["publish"])
+        .await
+        .context("creating a publish key")
 }
 
 /// Random-looking version-4 GUIDs, as scattered as a producer's, without a system call for

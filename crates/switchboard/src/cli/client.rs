@@ -96,6 +96,34 @@ impl Api {
         }
     }
 
+    /// Posts events (one, or an array) to `tenant`: the `202` answer.
+    pub async fn publish(&self, tenant: &str, events: &Value) -> Result<Value, Failure> {
+        let path = format!("/v1/tenants/{}/events", seg(tenant));
+        self.call(Method::POST, &path, Some(events)).await
+    }
+
+    /// Creates a subscription of `tenant` from `body`: the subscription, with its `id`.
+    pub async fn create_subscription(&self, tenant: &str, body: &Value) -> Result<Value, Failure> {
+        let path = format!("/v1/tenants/{}/subscriptions", seg(tenant));
+        self.call(Method::POST, &path, Some(body)).await
+    }
+
+    /// Creates a key of `tenant`: the key itself (shown this once).
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> Result<String, Failure> {
+        let path = format!("/v1/tenants/{}/keys", seg(tenant));
+        let body = json!({"name": name, "scopes": scopes});
+        let answer = self.call(Method::POST, &path, Some(&body)).await?;
+        answer["key"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::Transport("the created key has no `key`".into()))
+    }
+
     /// The raw response of a GET, for streams.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
         let response = self
