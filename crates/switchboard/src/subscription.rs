@@ -6,7 +6,7 @@ pub mod health;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::delivery::retry::DEFAULT_SCHEDULE_SECS;
 use crate::delivery::signing::Secret;
@@ -41,7 +41,16 @@ pub struct Filter {
     pub events: Option<Vec<EventFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usernames: Option<Vec<String>>,
+    /// `AdditionalFields` values: for every key, the event's value must equal one of those
+    /// listed (strings, integers, booleans; by type and value: `"16"` is not `16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<BTreeMap<String, Vec<Value>>>,
 }
+
+/// Most keys, and most values in all, a field filter may hold.
+pub const MAX_FIELD_KEYS: usize = 16;
+pub const MAX_FIELD_VALUES: usize = 100;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +61,15 @@ pub struct EventFilter {
 }
 
 impl Filter {
-    pub fn matches(&self, category: u8, code: u32, username: Option<&str>) -> bool {
+    /// Whether an event of `category` and `code`, of agent `username`, with `fields` as its
+    /// `AdditionalFields`, matches.
+    pub fn matches(
+        &self,
+        category: u8,
+        code: u32,
+        username: Option<&str>,
+        fields: &Map<String, Value>,
+    ) -> bool {
         let event_ok = match &self.events {
             None => category != catalog::SYSTEM,
             Some(list) => list.iter().any(|f| {
@@ -63,7 +80,12 @@ impl Filter {
             None => true,
             Some(names) => username.is_some_and(|u| names.iter().any(|n| n == u)),
         };
-        event_ok && user_ok
+        let fields_ok = self
+            .fields
+            .iter()
+            .flatten()
+            .all(|(name, allowed)| fields.get(name).is_some_and(|v| allowed.contains(v)));
+        event_ok && user_ok && fields_ok
     }
 }
 
@@ -71,7 +93,7 @@ impl Filter {
 pub fn matches(filter: Option<&Filter>, event: &Event) -> bool {
     match filter {
         None => event.category != catalog::SYSTEM,
-        Some(f) => f.matches(event.category, event.code, event.username()),
+        Some(f) => f.matches(event.category, event.code, event.username(), &event.fields),
     }
 }
 
@@ -152,6 +174,31 @@ impl SubscriptionSpec {
                     "filter.usernames",
                     "must not be empty; leave it out to match every agent",
                 );
+            }
+            if let Some(fields) = &filter.fields {
+                if fields.len() > MAX_FIELD_KEYS {
+                    err("filter.fields", "may name at most 16 fields");
+                }
+                if fields.values().map(Vec::len).sum::<usize>() > MAX_FIELD_VALUES {
+                    err("filter.fields", "may list at most 100 values in all");
+                }
+                for (name, values) in fields {
+                    if values.is_empty() {
+                        err(
+                            &format!("filter.fields.{name}"),
+                            "must list at least one value",
+                        );
+                    }
+                    for (i, v) in values.iter().enumerate() {
+                        let ok = v.is_string() || v.is_boolean() || v.is_i64() || v.is_u64();
+                        if !ok {
+                            err(
+                                &format!("filter.fields.{name}[{i}]"),
+                                "must be a string, an integer or a boolean",
+                            );
+                        }
+                    }
+                }
             }
         }
         if self.rate_limit_per_sec == Some(0) {
@@ -306,20 +353,67 @@ mod tests {
     fn filter_matching() {
         let f = |v: Value| -> Filter { serde_json::from_value(v).unwrap() };
         let none = Filter::default();
-        assert!(none.matches(1, 3, Some("jdoe")));
-        assert!(none.matches(2, 9, None));
-        assert!(!none.matches(0, 1, None), "System events only when named");
+        assert!(none.matches(1, 3, Some("jdoe"), &Map::new()));
+        assert!(none.matches(2, 9, None, &Map::new()));
+        assert!(
+            !none.matches(0, 1, None, &Map::new()),
+            "System events only when named"
+        );
         let agents = f(json!({"events": [{"category": 1, "codes": [1, 2]}, {"category": 3}]}));
-        assert!(agents.matches(1, 1, None));
-        assert!(!agents.matches(1, 3, None));
-        assert!(agents.matches(3, 77, None));
-        assert!(!agents.matches(2, 1, None));
+        assert!(agents.matches(1, 1, None, &Map::new()));
+        assert!(!agents.matches(1, 3, None, &Map::new()));
+        assert!(agents.matches(3, 77, None, &Map::new()));
+        assert!(!agents.matches(2, 1, None, &Map::new()));
         let system = f(json!({"events": [{"category": 0}]}));
-        assert!(system.matches(0, 4, None));
+        assert!(system.matches(0, 4, None, &Map::new()));
         let users = f(json!({"usernames": ["jdoe"]}));
-        assert!(users.matches(1, 3, Some("jdoe")));
-        assert!(!users.matches(1, 3, Some("other")));
-        assert!(!users.matches(2, 3, None));
+        assert!(users.matches(1, 3, Some("jdoe"), &Map::new()));
+        assert!(!users.matches(1, 3, Some("other"), &Map::new()));
+        assert!(!users.matches(2, 3, None, &Map::new()));
+    }
+
+    #[test]
+    fn field_filters_match_by_type_and_value() {
+        let f: Filter = serde_json::from_value(json!({
+            "fields": {"SessionType": ["CCA"], "ActivityCode": [16, 36]}
+        }))
+        .unwrap();
+        let fields = |v: Value| v.as_object().unwrap().clone();
+        let cca_16 = fields(json!({"SessionType": "CCA", "ActivityCode": 16}));
+        assert!(f.matches(1, 3, None, &cca_16));
+        assert!(
+            f.matches(2, 9, None, &cca_16),
+            "no `events`: every non-System event"
+        );
+        assert!(!f.matches(0, 1, None, &cca_16));
+        let tel = fields(json!({"SessionType": "TelAgent", "ActivityCode": 16}));
+        assert!(!f.matches(1, 3, None, &tel));
+        let text = fields(json!({"SessionType": "CCA", "ActivityCode": "16"}));
+        assert!(!f.matches(1, 3, None, &text), "\"16\" is not 16");
+        let missing = fields(json!({"SessionType": "CCA"}));
+        assert!(!f.matches(1, 3, None, &missing));
+    }
+
+    #[test]
+    fn field_filters_are_bounded_and_typed() {
+        let ok = json!({"url": "https://example.com/h"});
+        let with_fields = |fields: Value| {
+            let mut b = ok.clone();
+            b["filter"] = json!({"fields": fields});
+            b
+        };
+        let keys: serde_json::Map<String, Value> =
+            (0..17).map(|i| (format!("F{i}"), json!([1]))).collect();
+        check(with_fields(Value::Object(keys)), &["filter.fields"]);
+        check(
+            with_fields(json!({"A": (0..101).collect::<Vec<_>>()})),
+            &["filter.fields"],
+        );
+        check(
+            with_fields(json!({"A": [1.5, null, "x", true, 7]})),
+            &["filter.fields.A[0]", "filter.fields.A[1]"],
+        );
+        check(with_fields(json!({"A": []})), &["filter.fields.A"]);
     }
 
     #[test]

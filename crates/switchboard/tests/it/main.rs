@@ -8,6 +8,7 @@ mod client;
 mod cluster;
 mod crash;
 mod delivery;
+mod filters;
 mod ingest;
 mod listen;
 mod log;
