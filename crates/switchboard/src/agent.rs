@@ -44,10 +44,15 @@ impl Agent {
     /// As shown: an activity without an `ActivityName` gets the catalog's name for its code
     /// (or "activity N").
     pub fn named(mut self, catalog: &Catalog) -> Self {
-        if let (None, Some(code)) = (&self.activity_name, self.activity_code) {
-            self.activity_name = Some(catalog.activity_name(code));
-        }
+        name_activity(&mut self.activity_name, self.activity_code, catalog);
         self
+    }
+}
+
+/// An activity without an `ActivityName` takes the catalog's name for its code.
+fn name_activity(name: &mut Option<String>, code: Option<i64>, catalog: &Catalog) {
+    if let (None, Some(code)) = (&name, code) {
+        *name = Some(catalog.activity_name(code));
     }
 }
 
@@ -200,9 +205,7 @@ pub struct Interval {
 impl Interval {
     /// As shown (see [`Agent::named`]).
     pub fn named(mut self, catalog: &Catalog) -> Self {
-        if let (None, Some(code)) = (&self.activity_name, self.activity_code) {
-            self.activity_name = Some(catalog.activity_name(code));
-        }
+        name_activity(&mut self.activity_name, self.activity_code, catalog);
         self
     }
 

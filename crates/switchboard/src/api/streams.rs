@@ -79,8 +79,8 @@ enum Woken {
 }
 
 /// Waits for a commit after the last look at `commits`, the consumer's leaving, or shutdown.
-async fn wait(
-    commits: &mut watch::Receiver<u64>,
+async fn wait<T>(
+    commits: &mut watch::Receiver<T>,
     stop: &mut watch::Receiver<bool>,
     tx: &mpsc::Sender<SseEvent>,
 ) -> Woken {
@@ -378,12 +378,7 @@ pub async fn events(
                 cursor = batch.through;
                 continue;
             }
-            let woken = tokio::select! {
-                r = tail.changed() => r.is_ok(),
-                _ = stop.changed() => false,
-                _ = tx.closed() => false,
-            };
-            if !woken || *stop.borrow() {
+            if let Woken::End = wait(&mut tail, &mut stop, &tx).await {
                 return Ok(());
             }
         }

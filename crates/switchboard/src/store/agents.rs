@@ -235,26 +235,46 @@ async fn fold_backlog<C: Conn>(
                 .map(|a| (a, 0))
                 .collect();
             write(conn, Table::Live, tenant, &changed).await?;
+            set_through(conn, tenant, at.last).await
         }
-        _ => {
-            let rows = conn
-                .query(
-                    "SELECT sequence, body FROM events WHERE tenant_id = $1 AND category = 1 \
-                     AND sequence > $2 AND sequence <= $3 ORDER BY sequence",
-                    &args![tenant, at.through, at.last],
-                )
-                .await?;
-            let events = parse_events(rows)?;
-            let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-            fold_in(conn, Table::Live, tenant, &refs).await?;
-        }
+        _ => fold_from_log(conn, tenant, at, i64::MAX).await.map(drop),
     }
+}
+
+async fn set_through<C: Conn>(conn: &mut C, tenant: &str, through: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE tenants SET agents_through = $1 WHERE id = $2",
-        &args![at.last, tenant],
+        &args![through, tenant],
     )
-    .await?;
-    Ok(())
+    .await
+    .map(drop)
+}
+
+/// Folds up to `limit` of `tenant`'s Agent events after `at.through` through `at.last`, read from
+/// the log, and moves `agents_through` as far as it got; returns that sequence.
+async fn fold_from_log<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    at: Position,
+    limit: i64,
+) -> Result<i64, StoreError> {
+    let rows = conn
+        .query(
+            "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence > $2 \
+             AND sequence <= $3 AND category = 1 ORDER BY sequence LIMIT $4",
+            &args![tenant, at.through, at.last, limit],
+        )
+        .await?;
+    let full = rows.len() as i64 == limit;
+    let events = parse_events(rows)?;
+    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+    fold_in(conn, Table::Live, tenant, &refs).await?;
+    let reached = match (full, events.last()) {
+        (true, Some((s, _))) => *s,
+        _ => at.last,
+    };
+    set_through(conn, tenant, reached).await?;
+    Ok(reached)
 }
 
 /// Where a fold is kept.
@@ -405,31 +425,15 @@ pub(super) async fn catch_up_batch<C: Conn>(
     let Some(row) = rows.first() else {
         return Ok(false);
     };
-    let (last, through) = (row.int(0)?, row.int(1)?);
-    if through >= last {
+    let at = Position {
+        last: row.int(0)?,
+        through: row.int(1)?,
+    };
+    if at.through >= at.last {
         return Ok(false);
     }
-    let rows = conn
-        .query(
-            "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence > $2 \
-             AND sequence <= $3 AND category = 1 ORDER BY sequence LIMIT $4",
-            &args![tenant, through, last, CATCH_UP_BATCH],
-        )
-        .await?;
-    let full = rows.len() as i64 == CATCH_UP_BATCH;
-    let events = parse_events(rows)?;
-    let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Live, tenant, &refs).await?;
-    let reached = match (full, events.last()) {
-        (true, Some((s, _))) => *s,
-        _ => last,
-    };
-    conn.execute(
-        "UPDATE tenants SET agents_through = $1 WHERE id = $2",
-        &args![reached, tenant],
-    )
-    .await?;
-    Ok(reached < last)
+    let reached = fold_from_log(conn, tenant, at, CATCH_UP_BATCH).await?;
+    Ok(reached < at.last)
 }
 
 /// The Agent events among `sequences` of `tenant` (about to be purged), read before they go:

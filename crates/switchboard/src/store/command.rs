@@ -132,15 +132,7 @@ impl Group {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ingests.is_empty()
-            && self.outcome_replies.is_empty()
-            && self.claims.is_empty()
-            && self.system.is_empty()
-            && self.pings.is_empty()
-            && self.purges.is_empty()
-            && self.catch_ups.is_empty()
-            && !self.folds
-            && !self.stopping
+        self.only_folds() && !self.folds
     }
 
     /// Readiness asked whether the database takes writes.
