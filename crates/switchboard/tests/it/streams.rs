@@ -263,12 +263,15 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Consumers that stop reading while 20,000 events arrive cost the server bounded memory, and
-/// get every one of those events when they read again. Ingest itself grows the server's memory
-/// a little (caches, ids waiting to be merged), so the same load is measured once without
-/// streams, and ten stalled consumers must not add more than 2 MiB each to that (measured: about
-/// 0.9 MiB each, mostly the read pool's page caches as its connections open); a server that
-/// buffered for them would hold 10 × 20,000 events (over 100 MiB).
+/// Consumers that stop reading cost the server bounded memory, and get every event when they
+/// read again. Bounded means: once ten consumers are stalled, 20,000 more events grow the
+/// server's memory about as much as the same load grows it without streams (ingest itself grows
+/// it a little: caches, ids waiting to be merged), give or take 30 MiB of allocator noise
+/// (measured: up to 10 MiB); a server that buffered for them would add 10 × 20,000 messages of
+/// about 360 bytes (over 68 MiB) per round. The
+/// first round after the consumers stall is not what is measured: it opens read connections and
+/// fills their page caches once (a fixed cost, up to about 20 MiB depending on timing, which made
+/// a one-round measure flaky).
 #[tokio::test]
 async fn consumers_that_stop_reading_cost_bounded_memory_and_miss_nothing() {
     let data = TestData::new().await;
@@ -315,24 +318,27 @@ async fn consumers_that_stop_reading_cost_bounded_memory_and_miss_nothing() {
     );
     post_all(statuses(20_000, 200, 40_000)).await;
     let stalled = rss_kib(pid);
+    post_all(statuses(20_000, 200, 60_000)).await;
+    let still_stalled = rss_kib(pid);
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let (ingest, with_streams) = (
+    let (ingest, first, second) = (
         mib(control.saturating_sub(warm)),
         mib(stalled.saturating_sub(control)),
+        mib(still_stalled.saturating_sub(stalled)),
     );
     eprintln!(
-        "server RSS: +{ingest:.1} MiB for 20,000 events, +{with_streams:.1} MiB for 20,000 more \
-         with 10 stalled consumers"
+        "server RSS: +{ingest:.1} MiB for 20,000 events; with 10 stalled consumers +{first:.1} \
+         MiB for 20,000 more, then +{second:.1} MiB for 20,000 more"
     );
     assert!(
-        with_streams < ingest + 20.0,
-        "10 stalled consumers added {:.1} MiB",
-        with_streams - ingest
+        second < ingest + 30.0,
+        "10 stalled consumers grew the server by {second:.1} MiB over 20,000 events, against \
+         {ingest:.1} MiB without streams"
     );
 
-    let want: Vec<i64> = (40_001..=60_000).collect();
+    let want: Vec<i64> = (40_001..=80_000).collect();
     for reader in &mut readers {
-        assert_eq!(read_events(reader, 20_000).await, want);
+        assert_eq!(read_events(reader, 40_000).await, want);
     }
     drop(readers);
     let closed = eventually("the streams' end is counted", || async {
