@@ -182,26 +182,12 @@ pub async fn json_body<T: DeserializeOwned>(
         let field = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() {
-            let field = error_field(&field, &inner.to_string());
-            ApiError::Invalid(vec![FieldError::new(None, field, strip_position(&inner))])
+            let msg = strip_position(&inner);
+            ApiError::Invalid(vec![FieldError::at_path(&field, msg)])
         } else {
             ApiError::Malformed(format!("malformed JSON: {inner}"))
         }
     })
-}
-
-/// The field a deserialization error names: its path in the body (`body` for the whole), and a
-/// missing field by its own name rather than its parent's.
-pub(crate) fn error_field(path: &str, message: &str) -> String {
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|m| m.split('`').next());
-    match (path, missing) {
-        (".", Some(name)) => name.to_string(),
-        (_, Some(name)) => format!("{path}.{name}"),
-        (".", None) => "body".to_string(),
-        _ => path.to_string(),
-    }
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme's case does not matter

@@ -17,7 +17,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use tokio::sync::{mpsc, watch};
 
@@ -82,15 +81,9 @@ impl Sender {
         Sender { clock, ..self }
     }
 
-    /// POSTs `body` to the target's endpoint, signed with its live secrets.
-    pub async fn send(
-        &self,
-        target: &Target,
-        msg_id: &str,
-        sequence: i64,
-        attempt: u32,
-        body: Bytes,
-    ) -> AttemptResult {
+    /// POSTs a claimed delivery's body to the target's endpoint, signed with its live secrets.
+    pub async fn send(&self, target: &Target, c: &Claimed) -> AttemptResult {
+        let (msg_id, body) = (c.event_id.as_str(), c.body.clone());
         let started = Instant::now();
         let started_at = self.clock.now_ms();
         let mut result = AttemptResult {
@@ -128,13 +121,19 @@ impl Sender {
             ("webhook-id", msg_id.to_string()),
             ("webhook-timestamp", timestamp.to_string()),
             ("webhook-signature", signature),
-            ("switchboard-sequence", sequence.to_string()),
-            ("switchboard-attempt", attempt.to_string()),
+            ("switchboard-sequence", c.sequence.to_string()),
+            ("switchboard-attempt", c.attempt.to_string()),
         ];
         for (name, value) in fixed {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), v);
             }
+        }
+        if c.superseded > 0 {
+            headers.insert(
+                HeaderName::from_static("switchboard-superseded"),
+                HeaderValue::from(c.superseded),
+            );
         }
 
         match self
@@ -264,6 +263,7 @@ fn record_metrics(c: &Claimed, o: &Outcome) {
         NextState::Succeeded => "succeeded",
         NextState::RetryAt(_) => "retrying",
         NextState::Failed => "failed",
+        NextState::Expired => "expired",
     };
     metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
     metrics::histogram!(ATTEMPT_DURATION).record(o.duration_ms as f64 / 1000.0);
@@ -280,6 +280,31 @@ pub fn heartbeat(subscription: &str, last: i64, now_ms: i64) -> Event {
     fields.insert("SubscriptionId".into(), subscription.into());
     fields.insert("LastSequence".into(), last.into());
     Event::system(catalog::system::HEARTBEAT, fields, now_ms)
+}
+
+/// The outcome of a delivery that would start at `now`, more than its subscription's
+/// `max_age_secs` after its event was received: no attempt, it ends `expired`. `None` when it
+/// may go.
+pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcome> {
+    let max_age = sub.spec.max_age_secs?;
+    let age = now - c.received_at;
+    (age > max_age as i64 * 1000).then(|| Outcome {
+        delivery_id: c.delivery_id,
+        subscription_id: c.subscription_id.clone(),
+        // Not an attempt: the counts stay as they were.
+        attempt: c.attempt - 1,
+        round_attempt: c.round_attempt - 1,
+        started_at: now,
+        duration_ms: 0,
+        status_code: None,
+        error: Some(format!(
+            "expired: not attempted {:.1} s after the event was received (max_age_secs {max_age})",
+            age as f64 / 1000.0
+        )),
+        response_body: None,
+        next: NextState::Expired,
+        disable: None,
+    })
 }
 
 /// What an attempt means for its delivery and subscription.
@@ -370,12 +395,16 @@ impl SubState {
 
     /// How many more deliveries to claim: enough to fill the free slots and, without a rate
     /// limit, as many again to wait ready. A rate-limited subscription claims only what it may
-    /// start now, so nothing waits on tokens while its lease runs.
+    /// start now, so nothing waits on tokens while its lease runs; so does a coalescing one, so
+    /// that a status waiting for a slot is not leased and a later one can still supersede it.
     fn wanted(&mut self, now: i64) -> u32 {
-        let max = self.target.sub.spec.max_in_flight;
-        let target = match self.target.sub.spec.rate_limit_per_sec {
-            None if self.active => (2 * max).saturating_sub(self.in_flight),
-            _ => self.startable(now),
+        let spec = &self.target.sub.spec;
+        let buffered = spec.rate_limit_per_sec.is_none()
+            && spec.coalesce == crate::subscription::Coalesce::None;
+        let target = if buffered && self.active {
+            (2 * spec.max_in_flight).saturating_sub(self.in_flight)
+        } else {
+            self.startable(now)
         };
         target
             .saturating_sub(self.ready.len() as u32)
@@ -631,16 +660,24 @@ impl Dispatcher {
     }
 
     /// Starts every ready delivery that a free slot and the rate limit allow; returns how many.
+    /// One too old for its subscription's `max_age_secs` is not attempted: it ends `expired`.
     fn start_ready(&mut self, now: i64) -> usize {
         let mut started = 0;
+        let finished = &mut self.finished;
         for state in self.subs.values_mut() {
             if state.ready.is_empty() {
                 continue;
             }
-            for _ in 0..state.startable(now) {
+            let mut slots = state.startable(now);
+            while slots > 0 {
                 let Some(c) = state.ready.pop_front() else {
                     break;
                 };
+                if let Some(outcome) = expired(&state.target.sub, &c, now) {
+                    finished.push(outcome);
+                    continue;
+                }
+                slots -= 1;
                 state.in_flight += 1;
                 state.last_attempt = now;
                 state.tokens -= 1.0;
@@ -651,9 +688,7 @@ impl Dispatcher {
                     self.done_tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let result = sender
-                        .send(&sub, &c.event_id, c.sequence, c.attempt, c.body.clone())
-                        .await;
+                    let result = sender.send(&sub, &c).await;
                     if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
                         tracing::warn!(subscription_id = %sub.sub.id, event_id = %c.event_id, status, "receiver refused a delivery");
                     } else if let Some(err) = &result.error {

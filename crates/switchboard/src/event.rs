@@ -66,6 +66,28 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// A deserialization error at `path` (serde_path_to_error's form, `.` for the whole
+    /// body): a missing field is named by its own name rather than its parent's.
+    pub fn at_path(path: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        // A field with an empty name ends the path with nothing: its parent is named (found
+        // by fuzzing: `{"": 1}` named the field "").
+        let path = match path.trim_end_matches('.') {
+            "" => ".",
+            p => p,
+        };
+        let field = match (path, missing) {
+            (".", Some(name)) => name.to_string(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (".", None) => "body".to_string(),
+            _ => path.to_string(),
+        };
+        Self::new(None, field, message)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +166,13 @@ pub fn validate(
                 .find(|k| k.eq_ignore_ascii_case(key))
                 .map(|k| format!(" (did you mean {k}?)"))
                 .unwrap_or_default();
+            // A field with an empty name is named by the event (found by fuzzing).
+            let field = if key.is_empty() { "event" } else { key };
             err(
-                key,
+                field,
                 format!(
-                    "unknown field{hint}; expected Id, CreationDateUtc, Category, Code, AdditionalFields"
+                    "unknown field `{key}`{hint}; expected Id, CreationDateUtc, Category, Code, \
+                     AdditionalFields"
                 ),
             );
         }

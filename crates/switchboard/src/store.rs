@@ -517,6 +517,12 @@ pub enum DeliveryStatus {
     Pending,
     Succeeded,
     Failed,
+    /// Not attempted: it would have started more than the subscription's `max_age_secs` after
+    /// the event was received. Finished, not failed; replay requeues it.
+    Expired,
+    /// Not sent: a later StatusChanged of the same agent replaced it (`coalesce`). Finished,
+    /// not failed; replay requeues it.
+    Superseded,
 }
 
 impl DeliveryStatus {
@@ -525,13 +531,21 @@ impl DeliveryStatus {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Succeeded => "succeeded",
             DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Expired => "expired",
+            DeliveryStatus::Superseded => "superseded",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Succeeded, Self::Failed]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            Self::Pending,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Expired,
+            Self::Superseded,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -575,8 +589,12 @@ pub struct Claimed {
     pub round_attempt: u32,
     /// The stored canonical event, sent as is.
     pub body: Bytes,
-    /// When the event was accepted (the delivery created), unix ms.
+    /// When the delivery was created (the event accepted, or replayed), unix ms.
     pub created_at: i64,
+    /// When the event was received, unix ms: what `max_age_secs` counts from.
+    pub received_at: i64,
+    /// How many pending deliveries of the same agent's status this one replaced (`coalesce`).
+    pub superseded: i64,
 }
 
 /// What becomes of a delivery after an attempt.
@@ -586,6 +604,8 @@ pub enum NextState {
     /// Pending again, due at this unix ms.
     RetryAt(i64),
     Failed,
+    /// Not attempted: too old for the subscription's `max_age_secs`.
+    Expired,
 }
 
 /// A finished attempt, to be written back with its delivery's new state in one transaction.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::delivery::retry::DEFAULT_SCHEDULE_SECS;
-use crate::delivery::signing::Secret;
+use crate::delivery::signing::{Scheme, Secret};
 use crate::event::{Event, FieldError, catalog};
 
 /// Headers Switchboard sets itself, which a subscription's own headers may not override.
@@ -30,6 +30,18 @@ pub enum Ordering {
     #[default]
     None,
     PerAgent,
+}
+
+/// Whether a pending StatusChanged delivery gives way to a later one of the same agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Coalesce {
+    /// Every event is delivered.
+    #[default]
+    None,
+    /// Only the latest status of an agent: a pending StatusChanged delivery ends `superseded`
+    /// when a later one of the same agent arrives. Other events are always delivered.
+    LatestStatus,
 }
 
 /// Which events a subscription receives. Absent parts match everything (but System events,
@@ -123,6 +135,16 @@ pub struct SubscriptionSpec {
     pub retry_schedule_secs: Option<Vec<u64>>,
     #[serde(default)]
     pub heartbeat_secs: Option<u64>,
+    /// An attempt that would start more than this after the event was received is not made:
+    /// the delivery ends `expired`. Null: no limit.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+    #[serde(default)]
+    pub coalesce: Coalesce,
+    /// `v1` (HMAC-SHA256, `whsec_` secret) or `v1a` (Ed25519, `whsk_` key pair, verified with
+    /// `public_key`).
+    #[serde(default)]
+    pub signature_scheme: Scheme,
 }
 
 fn yes() -> bool {
@@ -137,6 +159,17 @@ fn default_max_in_flight() -> u32 {
 const MAX_RETRY_DELAY_SECS: u64 = 7 * 24 * 3600;
 
 impl SubscriptionSpec {
+    /// Reads a subscription body (as created, or as a patch leaves it) and validates it; every
+    /// problem names its field.
+    pub fn from_value(value: Value) -> Result<Self, Vec<FieldError>> {
+        let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            vec![FieldError::at_path(&path, e.into_inner().to_string())]
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
     /// Checks what serde cannot; every problem is named.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
@@ -158,10 +191,18 @@ impl SubscriptionSpec {
         if self.description.len() > 1000 {
             err("description", "must be at most 1000 characters");
         }
-        if let Some(secret) = &self.secret
-            && let Err(msg) = Secret::parse(secret)
-        {
-            err("secret", msg);
+        if let Some(secret) = &self.secret {
+            match Secret::parse(secret) {
+                Err(msg) => err("secret", msg),
+                Ok(s) if s.scheme() != self.signature_scheme => err(
+                    "secret",
+                    match self.signature_scheme {
+                        Scheme::V1 => "must be a whsec_ secret for signature_scheme v1",
+                        Scheme::V1a => "must be a whsk_ key pair for signature_scheme v1a",
+                    },
+                ),
+                Ok(_) => {}
+            }
         }
         if let Some(filter) = &self.filter {
             for (i, f) in filter.events.iter().flatten().enumerate() {
@@ -237,6 +278,9 @@ impl SubscriptionSpec {
         if self.heartbeat_secs == Some(0) {
             err("heartbeat_secs", "must be at least 1, or null for none");
         }
+        if self.max_age_secs == Some(0) {
+            err("max_age_secs", "must be at least 1, or null for no limit");
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -288,6 +332,44 @@ mod tests {
             Err(e) => e.into_iter().map(|e| e.field).collect(),
         };
         assert_eq!(got, fields, "{v}");
+    }
+
+    /// Deserialization problems name their field, also one with an empty name (found by
+    /// fuzzing: `{"url": …, "": 1}` named the field "").
+    #[test]
+    fn body_problems_name_their_field() {
+        let fields = |v: Value| -> Vec<String> {
+            match SubscriptionSpec::from_value(v) {
+                Ok(_) => vec![],
+                Err(e) => e.into_iter().map(|e| e.field).collect(),
+            }
+        };
+        let url = "https://crm.example.com/hooks";
+        assert_eq!(fields(json!({"url": url, "": 1})), ["body"]);
+        assert_eq!(fields(json!({"url": url, "filter": {"": 1}})), ["filter"]);
+        assert_eq!(fields(json!({"url": url, "ordering": "x"})), ["ordering"]);
+        assert_eq!(fields(json!({})), ["url"]);
+        assert_eq!(
+            fields(json!({"url": url, "filter": {"events": [{}]}})),
+            ["filter.events[0].category"]
+        );
+        assert_eq!(
+            fields(json!({"url": url, "signature_scheme": "v1a",
+                          "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"})),
+            ["secret"]
+        );
+        assert_eq!(
+            fields(json!({"url": url, "max_age_secs": 0})),
+            ["max_age_secs"]
+        );
+        assert_eq!(
+            fields(json!({"url": url, "coalesce": "latest"})),
+            ["coalesce"]
+        );
+        assert_eq!(
+            fields(json!({"url": url, "coalesce": "latest_status"})),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub const EVENTS_INGESTED: &str = "switchboard_events_ingested_total";
 /// Attempts finished, by `outcome`: `succeeded`, `retrying` or `failed` (the delivery's state
 /// after the attempt).
 pub const DELIVERY_ATTEMPTS: &str = "switchboard_delivery_attempts_total";
+/// Deliveries that ended without an attempt, by `status`: `expired` (too old for the
+/// subscription's `max_age_secs`) or `superseded` (a later status of the agent replaced it).
+pub const DELIVERIES_ENDED: &str = "switchboard_deliveries_ended_total";
 /// How long each attempt took, request to answer (or error), in seconds.
 pub const ATTEMPT_DURATION: &str = "switchboard_attempt_duration_seconds";
 /// From an event's acceptance to the receiver's 2xx for it, per delivery, in seconds.

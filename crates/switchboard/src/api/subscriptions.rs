@@ -18,7 +18,7 @@ use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
 use crate::auth::{self, Scope};
 use crate::delivery::signing::Secret;
 use crate::delivery::{Target, decide};
-use crate::event::{Event, FieldError, Timestamp, catalog};
+use crate::event::{Event, Timestamp, catalog};
 use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent, now_millis};
 use crate::subscription::health::Notice;
 use crate::subscription::{SubscriptionSpec, merge_patch};
@@ -39,6 +39,9 @@ struct SubscriptionView {
     id: String,
     #[serde(flatten)]
     spec: SubscriptionSpec,
+    /// For `v1a`: the key receivers verify with (anyone who may read the subscription).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     disabled_reason: Option<String>,
     created_at: String,
     updated_at: String,
@@ -63,6 +66,15 @@ struct SubscriptionDoc {
     headers: std::collections::BTreeMap<String, String>,
     retry_schedule_secs: Option<Vec<u64>>,
     heartbeat_secs: Option<u64>,
+    max_age_secs: Option<u64>,
+    coalesce: crate::subscription::Coalesce,
+    signature_scheme: crate::delivery::signing::Scheme,
+    /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
+    #[schema(
+        required = false,
+        example = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+    )]
+    public_key: Option<String>,
     disabled_reason: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
@@ -77,6 +89,9 @@ struct NewSecret {
     /// Signs from now on; the old one too, until the grace period ends.
     #[schema(example = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")]
     secret: String,
+    /// For `v1a`: the new secret's public key.
+    #[schema(required = false)]
+    public_key: Option<String>,
 }
 
 /// The outcome of a Test event's attempt.
@@ -118,29 +133,23 @@ struct DeliveryFilter {
 impl SubscriptionView {
     fn new(rec: SubscriptionRecord, show_secret: bool) -> Self {
         let mut spec = rec.spec;
+        let public_key = spec
+            .secret
+            .as_deref()
+            .and_then(|s| Secret::parse(s).ok())
+            .and_then(|s| s.public_key());
         if !show_secret {
             spec.secret = None;
         }
         SubscriptionView {
             id: rec.id,
             spec,
+            public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
             updated_at: rfc3339(rec.updated_at),
         }
     }
-}
-
-/// Deserializes a body value as a subscription, naming the field of any problem.
-fn parse_spec(value: Value) -> Result<SubscriptionSpec, ApiError> {
-    let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        let field = super::error_field(&path, &msg);
-        ApiError::Invalid(vec![FieldError::new(None, field, msg)])
-    })?;
-    spec.validate().map_err(ApiError::Invalid)?;
-    Ok(spec)
 }
 
 async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
@@ -166,8 +175,9 @@ async fn create(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     caller.allow(&state, &tenant, Scope::Manage).await?;
     let value: Value = json_body(&state, &headers, body).await?;
-    let mut spec = parse_spec(value)?;
-    spec.secret.get_or_insert_with(Secret::generate);
+    let mut spec = SubscriptionSpec::from_value(value).map_err(ApiError::Invalid)?;
+    spec.secret
+        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
     let now = now_millis();
     let rec = SubscriptionRecord {
         id: format!("sub_{}", auth::random_token(12)),
@@ -246,9 +256,18 @@ async fn update(
     let mut rec = find(&state, &tenant, &id).await?;
     let mut current =
         serde_json::to_value(&rec.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let new_scheme = !patch.contains_key("secret")
+        && patch
+            .get("signature_scheme")
+            .is_some_and(|s| *s != current["signature_scheme"]);
+    if new_scheme {
+        // A new scheme takes a new secret of its kind, at once (as a secret given in a patch).
+        current["secret"] = Value::Null;
+    }
     merge_patch(&mut current, Value::Object(patch));
-    let mut spec = parse_spec(current)?;
-    spec.secret.get_or_insert_with(Secret::generate);
+    let mut spec = SubscriptionSpec::from_value(current).map_err(ApiError::Invalid)?;
+    spec.secret
+        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
     let disabled = rec.spec.enabled && !spec.enabled;
     match (rec.spec.enabled, spec.enabled) {
         (true, false) => rec.disabled_reason = Some(DISABLED_BY_USER.into()),
@@ -330,12 +349,17 @@ async fn rotate(
     }
     let mut rec = find(&state, &tenant, &id).await?;
     let now = now_millis();
-    let secret = Secret::generate();
+    let secret = Secret::generate_for(rec.spec.signature_scheme);
+    let public_key = Secret::parse(&secret).ok().and_then(|s| s.public_key());
     rec.old_secret = rec.spec.secret.replace(secret.clone());
     rec.old_secret_expires_at = Some(now + grace as i64 * 1000);
     rec.updated_at = now;
     state.store.update_subscription(&rec).await?;
-    Ok(Json(json!({"secret": secret})))
+    let mut answer = json!({"secret": secret});
+    if let Some(key) = public_key {
+        answer["public_key"] = key.into();
+    }
+    Ok(Json(answer))
 }
 
 /// Sends a System Test event now and answers with the attempt's outcome. The event is stored
@@ -370,10 +394,7 @@ async fn test(
             "the test delivery was not created".into(),
         ));
     };
-    let r = state
-        .sender
-        .send(&target, &c.event_id, c.sequence, c.attempt, c.body.clone())
-        .await;
+    let r = state.sender.send(&target, &c).await;
     let delivered = r.status.is_some_and(|s| (200..300).contains(&s));
     let answer = json!({
         "event_id": c.event_id,

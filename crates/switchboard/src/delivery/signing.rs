@@ -1,18 +1,41 @@
-//! Standard Webhooks signatures: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`,
-//! where the key is the base64-decoded part of a `whsec_` secret.
+//! Standard Webhooks signatures, in two schemes (DESIGN §5, §14):
+//!
+//! - `v1`: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`, where the key is the
+//!   base64-decoded part of a `whsec_` secret;
+//! - `v1a`: `v1a,<base64 Ed25519 signature of "{id}.{timestamp}.{body}">`, where the secret is
+//!   `whsk_<base64 of the 64-byte key pair: 32-byte seed, then the 32-byte public key>` and
+//!   receivers verify with the public key alone, `whpk_<base64 of its 32 bytes>`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 const PREFIX: &str = "whsec_";
+const KEY_PAIR_PREFIX: &str = "whsk_";
+const PUBLIC_KEY_PREFIX: &str = "whpk_";
 /// Secret key lengths accepted, in bytes.
 const KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
+/// How a subscription's deliveries are signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// HMAC-SHA256 with a shared `whsec_` secret.
+    #[default]
+    V1,
+    /// Ed25519 with a `whsk_` key pair; receivers hold only the `whpk_` public key.
+    V1a,
+}
+
 /// A decoded signing secret.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub enum Secret {
+    Hmac(Vec<u8>),
+    Ed25519(Box<SigningKey>),
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -21,36 +44,131 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// Parses `whsec_<base64>`; the message explains a refusal.
+    /// Parses `whsec_<base64>` or `whsk_<base64>`; the message explains a refusal.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if let Some(b64) = s.strip_prefix(KEY_PAIR_PREFIX) {
+            let pair = STANDARD
+                .decode(b64)
+                .map_err(|_| "the part after whsk_ must be standard base64")?;
+            let pair: [u8; 64] = pair.try_into().map_err(
+                |_| "a whsk_ key must decode to 64 bytes: the seed, then the public key",
+            )?;
+            let key = SigningKey::from_keypair_bytes(&pair)
+                .map_err(|_| "the public key of a whsk_ key pair must be its seed's")?;
+            return Ok(Secret::Ed25519(Box::new(key)));
+        }
         let b64 = s
             .strip_prefix(PREFIX)
-            .ok_or("must start with whsec_ followed by base64")?;
+            .ok_or("must start with whsec_ (or whsk_ for v1a) followed by base64")?;
         let key = STANDARD
             .decode(b64)
             .map_err(|_| "the part after whsec_ must be standard base64")?;
         if !KEY_BYTES.contains(&key.len()) {
             return Err("must decode to 24 to 64 bytes");
         }
-        Ok(Secret(key))
+        Ok(Secret::Hmac(key))
     }
 
-    /// A fresh random secret in its text form.
+    /// A fresh random secret of `scheme`, in its text form.
+    pub fn generate_for(scheme: Scheme) -> String {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("the operating system's random source works");
+        match scheme {
+            Scheme::V1 => format!("{PREFIX}{}", STANDARD.encode(seed)),
+            Scheme::V1a => {
+                let key = SigningKey::from_bytes(&seed);
+                format!(
+                    "{KEY_PAIR_PREFIX}{}",
+                    STANDARD.encode(key.to_keypair_bytes())
+                )
+            }
+        }
+    }
+
+    /// A fresh random `v1` secret in its text form.
     pub fn generate() -> String {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).expect("the operating system's random source works");
-        format!("{PREFIX}{}", STANDARD.encode(key))
+        Self::generate_for(Scheme::V1)
     }
 
-    /// The `v1,` signature of one message.
+    /// The scheme this secret signs with.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            Secret::Hmac(_) => Scheme::V1,
+            Secret::Ed25519(_) => Scheme::V1a,
+        }
+    }
+
+    /// `whpk_<base64>`, the public key a receiver verifies `v1a` signatures with.
+    pub fn public_key(&self) -> Option<String> {
+        match self {
+            Secret::Hmac(_) => None,
+            Secret::Ed25519(key) => Some(format!(
+                "{PUBLIC_KEY_PREFIX}{}",
+                STANDARD.encode(key.verifying_key().as_bytes())
+            )),
+        }
+    }
+
+    /// The signature of one message, with its scheme's prefix (`v1,` or `v1a,`).
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        match self {
+            Secret::Hmac(key) => {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+                mac.update(msg_id.as_bytes());
+                mac.update(b".");
+                mac.update(timestamp.to_string().as_bytes());
+                mac.update(b".");
+                mac.update(body);
+                format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+            }
+            Secret::Ed25519(key) => {
+                let signature = key.sign(&signed_content(msg_id, timestamp, body));
+                format!("v1a,{}", STANDARD.encode(signature.to_bytes()))
+            }
+        }
+    }
+}
+
+/// `{id}.{timestamp}.{body}`: what is signed.
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let ts = timestamp.to_string();
+    let mut msg = Vec::with_capacity(msg_id.len() + ts.len() + body.len() + 2);
+    msg.extend_from_slice(msg_id.as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(ts.as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// A `whpk_` public key, as receivers hold it.
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let b64 = s
+            .strip_prefix(PUBLIC_KEY_PREFIX)
+            .ok_or("must start with whpk_ followed by base64")?;
+        let bytes: [u8; 32] = STANDARD
+            .decode(b64)
+            .map_err(|_| "the part after whpk_ must be standard base64")?
+            .try_into()
+            .map_err(|_| "must decode to 32 bytes")?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(PublicKey)
+            .map_err(|_| "is not an Ed25519 public key")
+    }
+
+    /// Whether one of the `v1a,` signatures of a `webhook-signature` header is this key's.
+    pub fn verify(&self, header: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> bool {
+        let msg = signed_content(msg_id, timestamp, body);
+        header.split(' ').any(|sig| {
+            sig.strip_prefix("v1a,")
+                .and_then(|b64| STANDARD.decode(b64).ok())
+                .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
+                .is_some_and(|sig| self.0.verify(&msg, &sig).is_ok())
+        })
     }
 }
 
@@ -68,10 +186,18 @@ pub fn signature_header<'a>(
     sigs.join(" ")
 }
 
-/// Checks a `webhook-signature` header against one secret (for `listen` and tests).
+/// Checks a `webhook-signature` header against one secret (for `listen` and tests): a `v1a`
+/// key pair verifies as its receiver would, with the public key.
 pub fn verify(secret: &Secret, header: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> bool {
-    let expected = secret.sign(msg_id, timestamp, body);
-    header.split(' ').any(|sig| sig == expected)
+    match secret {
+        Secret::Hmac(_) => {
+            let expected = secret.sign(msg_id, timestamp, body);
+            header.split(' ').any(|sig| sig == expected)
+        }
+        Secret::Ed25519(key) => {
+            PublicKey(key.verifying_key()).verify(header, msg_id, timestamp, body)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,5 +244,85 @@ mod tests {
         assert!(verify(&b, &header, "id", 5, b"{}"));
         assert!(!verify(&a, &header, "id", 6, b"{}"));
         assert!(!verify(&a, &header, "id", 5, b"{ }"));
+    }
+
+    /// RFC 8032's first test vector (the empty message's signature), through a `whsk_` pair.
+    #[test]
+    fn ed25519_rfc8032_test_vector() {
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let seed = hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        let public = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+        let pair = [seed, public.clone()].concat();
+        let secret = Secret::parse(&format!("whsk_{}", STANDARD.encode(&pair))).unwrap();
+        assert_eq!(secret.scheme(), Scheme::V1a);
+        assert_eq!(
+            secret.public_key().unwrap(),
+            format!("whpk_{}", STANDARD.encode(&public))
+        );
+        let Secret::Ed25519(key) = &secret else {
+            unreachable!()
+        };
+        let sig = key.sign(b"");
+        assert_eq!(
+            sig.to_bytes().to_vec(),
+            hex(concat!(
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155",
+                "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+            ))
+        );
+    }
+
+    #[test]
+    fn v1a_signatures_verify_with_the_public_key_only() {
+        let secret = Secret::parse(&Secret::generate_for(Scheme::V1a)).unwrap();
+        let public = PublicKey::parse(&secret.public_key().unwrap()).unwrap();
+        let header = signature_header([&secret], "msg_1", 1_700_000_000, b"{\"a\":1}");
+        assert!(header.starts_with("v1a,"));
+        assert!(public.verify(&header, "msg_1", 1_700_000_000, b"{\"a\":1}"));
+        assert!(verify(
+            &secret,
+            &header,
+            "msg_1",
+            1_700_000_000,
+            b"{\"a\":1}"
+        ));
+        assert!(!public.verify(&header, "msg_1", 1_700_000_001, b"{\"a\":1}"));
+        assert!(!public.verify(&header, "msg_2", 1_700_000_000, b"{\"a\":1}"));
+        assert!(!public.verify(&header, "msg_1", 1_700_000_000, b"{\"a\":2}"));
+        // Another key's signature, or an HMAC one, does not verify.
+        let other = Secret::parse(&Secret::generate_for(Scheme::V1a)).unwrap();
+        let hmac = Secret::parse(&Secret::generate()).unwrap();
+        let both = signature_header([&other, &hmac], "msg_1", 1_700_000_000, b"{\"a\":1}");
+        assert!(!public.verify(&both, "msg_1", 1_700_000_000, b"{\"a\":1}"));
+    }
+
+    #[test]
+    fn key_pairs_and_public_keys() {
+        let pair = STANDARD
+            .decode(
+                Secret::generate_for(Scheme::V1a)
+                    .strip_prefix("whsk_")
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(pair.len(), 64);
+        let mut wrong = pair.clone();
+        wrong[40] ^= 1;
+        for (input, ok) in [
+            (format!("whsk_{}", STANDARD.encode(&pair)), true),
+            (format!("whsk_{}", STANDARD.encode(&wrong)), false),
+            (format!("whsk_{}", STANDARD.encode(&pair[..32])), false),
+            ("whsk_!!".to_string(), false),
+        ] {
+            assert_eq!(Secret::parse(&input).is_ok(), ok, "{input}");
+        }
+        assert!(PublicKey::parse(&format!("whpk_{}", STANDARD.encode(&pair[32..]))).is_ok());
+        assert!(PublicKey::parse(&format!("whpk_{}", STANDARD.encode(&pair[..31]))).is_err());
+        assert!(PublicKey::parse("whsec_AAAA").is_err());
     }
 }

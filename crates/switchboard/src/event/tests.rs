@@ -268,12 +268,16 @@ fn unknown_fields() {
         "Catgory",
         json!(1),
     );
-    let msg = "unknown field; expected Id, CreationDateUtc, Category, Code, AdditionalFields";
+    let msg = "unknown field `Catgory`; expected Id, CreationDateUtc, Category, Code, \
+               AdditionalFields";
     check(typo, &[("Catgory", msg), ("Category", "is required")]);
     let case = with(agent(1, json!({})), "code", json!(1));
-    let msg = "unknown field (did you mean Code?); expected Id, CreationDateUtc, Category, Code, \
-               AdditionalFields";
+    let msg = "unknown field `code` (did you mean Code?); expected Id, CreationDateUtc, \
+               Category, Code, AdditionalFields";
     check(case, &[("code", msg)]);
+    // A field with an empty name (found by fuzzing: it was named "").
+    let msg = "unknown field ``; expected Id, CreationDateUtc, Category, Code, AdditionalFields";
+    check(with(agent(1, json!({})), "", json!(1)), &[("event", msg)]);
     check(
         with(agent(1, json!({})), "AdditionalFields", json!([])),
         &[("AdditionalFields", "must be a JSON object")],

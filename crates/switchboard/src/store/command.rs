@@ -90,6 +90,9 @@ pub(super) struct Committed {
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
     pub deliveries_added: bool,
+    /// Deliveries that ended `superseded` or `expired` (counted once committed).
+    pub superseded: u64,
+    pub expired: u64,
 }
 
 impl Group {
@@ -188,6 +191,11 @@ impl Group {
             Ok(done) => {
                 if done.deliveries_added {
                     wake.notify_one();
+                }
+                let finished = [(done.superseded, "superseded"), (done.expired, "expired")];
+                for (n, status) in finished.into_iter().filter(|(n, _)| *n > 0) {
+                    metrics::counter!(crate::telemetry::DELIVERIES_ENDED, "status" => status)
+                        .increment(n);
                 }
                 for ((_, reply), result) in self.ingests.into_iter().zip(done.ingests) {
                     let _ = reply.send(result);

@@ -10,7 +10,7 @@ use super::command::JobResult;
 use super::{Accepted, Claimed, DeliveryStatus, IngestError, IngestJob, NextState, Outcome};
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::Attempt;
-use crate::subscription::{self, Filter, Ordering, SubscriptionSpec};
+use crate::subscription::{self, Coalesce, Filter, Ordering, SubscriptionSpec};
 
 /// Rows per multi-row statement: powers of two, largest first, so any count takes at most one
 /// statement of each size and the few statement shapes stay in the prepared-statement cache.
@@ -154,13 +154,23 @@ pub(super) fn monitors(filter: Option<&Filter>) -> bool {
         })
 }
 
-/// An enabled subscription as the outbox needs it: id, filter, ordering.
-pub(super) type OutboxSub = (String, Option<Filter>, Ordering);
+/// An enabled subscription as the outbox needs it.
+pub(super) struct OutboxSub {
+    pub id: String,
+    pub filter: Option<Filter>,
+    pub ordering: Ordering,
+    pub coalesce: Coalesce,
+}
 
 /// Reads the stored spec of an enabled subscription for the outbox.
 pub(super) fn outbox_sub(id: String, spec: &str) -> Result<OutboxSub, serde_json::Error> {
     let spec: SubscriptionSpec = serde_json::from_str(spec)?;
-    Ok((id, spec.filter, spec.ordering))
+    Ok(OutboxSub {
+        id,
+        filter: spec.filter,
+        ordering: spec.ordering,
+        coalesce: spec.coalesce,
+    })
 }
 
 /// A delivery to insert: one per new event and matching enabled subscription.
@@ -169,30 +179,75 @@ pub(super) struct NewDelivery<'a> {
     pub subscription_id: &'a str,
     pub event_id: String,
     pub sequence: i64,
+    /// The `per_agent` ordering key.
     pub agent: Option<&'a str>,
+    /// `Pending`, or `Superseded` for a status a later one of the same group replaced.
+    pub status: DeliveryStatus,
+    /// The agent of a StatusChanged delivery of a `latest_status` subscription.
+    pub coalesce_key: Option<&'a str>,
+    /// How many deliveries this one replaced.
+    pub superseded: i64,
 }
 
-/// The outbox rows for `tenant`'s new events among `added`.
+/// The outbox rows for `tenant`'s new events among `added`. For a `latest_status`
+/// subscription, only the last StatusChanged of each agent in `added` stays pending; the
+/// earlier ones are written `superseded` and counted on it. (The turn then supersedes the
+/// pending ones stored before: see [`coalescing`].)
 pub(super) fn outbox<'a>(
     added: &'a [NewEventRow<'a>],
     tenant: &'a str,
     subs: &'a [OutboxSub],
 ) -> Vec<NewDelivery<'a>> {
     let mut out = Vec::new();
+    // The latest status delivery of each (subscription, agent) so far: its index in `out`.
+    let mut latest: HashMap<(&str, &str), usize> = HashMap::new();
     for row in added.iter().filter(|r| r.tenant == tenant) {
-        for (sub_id, filter, ordering) in subs {
-            if let Some(agent) = delivery_agent(&row.event, filter.as_ref(), *ordering) {
-                out.push(NewDelivery {
-                    tenant,
-                    subscription_id: sub_id,
-                    event_id: row.id.to_string(),
-                    sequence: row.sequence,
-                    agent,
-                });
+        for sub in subs {
+            let Some(agent) = delivery_agent(&row.event, sub.filter.as_ref(), sub.ordering) else {
+                continue;
+            };
+            let coalesce_key = coalesce_key(&row.event, sub.coalesce);
+            let mut superseded = 0;
+            if let Some(key) = coalesce_key
+                && let Some(i) = latest.insert((sub.id.as_str(), key), out.len())
+            {
+                let earlier: &mut NewDelivery = &mut out[i];
+                earlier.status = DeliveryStatus::Superseded;
+                superseded = earlier.superseded + 1;
             }
+            out.push(NewDelivery {
+                tenant,
+                subscription_id: &sub.id,
+                event_id: row.id.to_string(),
+                sequence: row.sequence,
+                agent,
+                status: DeliveryStatus::Pending,
+                coalesce_key,
+                superseded,
+            });
         }
     }
     out
+}
+
+/// The deliveries among `rows` that may replace pending ones stored before: the pending
+/// StatusChanged of each (subscription, agent).
+pub(super) fn coalescing<'r, 'a>(
+    rows: &'r mut [NewDelivery<'a>],
+) -> impl Iterator<Item = &'r mut NewDelivery<'a>> {
+    rows.iter_mut()
+        .filter(|d| d.coalesce_key.is_some() && d.status == DeliveryStatus::Pending)
+}
+
+/// The coalescing key of `event` for a subscription that coalesces as `coalesce`: the agent of
+/// a StatusChanged, for `latest_status`.
+pub(super) fn coalesce_key(event: &Event, coalesce: Coalesce) -> Option<&str> {
+    let status = event.category == crate::event::catalog::AGENT
+        && event.code == crate::agent::code::STATUS_CHANGED;
+    match coalesce {
+        Coalesce::LatestStatus if status => event.agent_key(),
+        _ => None,
+    }
 }
 
 /// Whether a subscription with `filter` gets a delivery of `event` — at ingest or on replay —
@@ -214,6 +269,7 @@ pub(super) fn delivery_state(o: &Outcome) -> (DeliveryStatus, Option<i64>) {
         NextState::Succeeded => (DeliveryStatus::Succeeded, None),
         NextState::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
         NextState::Failed => (DeliveryStatus::Failed, None),
+        NextState::Expired => (DeliveryStatus::Expired, None),
     }
 }
 
@@ -221,6 +277,8 @@ pub(super) fn delivery_state(o: &Outcome) -> (DeliveryStatus, Option<i64>) {
 pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
     outcomes
         .iter()
+        // An expired delivery was not attempted: it says nothing of the endpoint's health.
+        .filter(|o| o.next != NextState::Expired)
         .map(|o| Attempt {
             at: o.started_at,
             succeeded: o.next == NextState::Succeeded,
@@ -230,12 +288,15 @@ pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
         .collect()
 }
 
+/// A claimed event's body and when it was received (unix ms).
+pub(super) type Body = (bytes::Bytes, i64);
+
 /// Bodies of claimed events by tenant and sequence, read once per claim however many
 /// subscriptions (fan-out) claimed the same event; the bytes are shared, not copied.
-pub(super) type Bodies = HashMap<String, HashMap<i64, bytes::Bytes>>;
+pub(super) type Bodies = HashMap<String, HashMap<i64, Body>>;
 
 /// The sequences among `rows` whose bodies `known` lacks.
-pub(super) fn missing_bodies(rows: &[ClaimRow], known: &HashMap<i64, bytes::Bytes>) -> Vec<i64> {
+pub(super) fn missing_bodies(rows: &[ClaimRow], known: &HashMap<i64, Body>) -> Vec<i64> {
     rows.iter()
         .map(|r| r.sequence)
         .filter(|s| !known.contains_key(s))
@@ -246,10 +307,11 @@ pub(super) fn missing_bodies(rows: &[ClaimRow], known: &HashMap<i64, bytes::Byte
 pub(super) fn claimed(
     sub_id: &str,
     rows: Vec<ClaimRow>,
-    bodies: &HashMap<i64, bytes::Bytes>,
+    bodies: &HashMap<i64, Body>,
 ) -> Option<Vec<Claimed>> {
     rows.into_iter()
         .map(|r| {
+            let (body, received_at) = bodies.get(&r.sequence)?.clone();
             Some(Claimed {
                 delivery_id: r.delivery_id,
                 subscription_id: sub_id.to_string(),
@@ -259,8 +321,10 @@ pub(super) fn claimed(
                 sequence: r.sequence.max(0),
                 attempt: r.attempts as u32 + 1,
                 round_attempt: r.round_attempts as u32 + 1,
-                body: bodies.get(&r.sequence)?.clone(),
+                body,
                 created_at: r.created_at,
+                received_at,
+                superseded: r.superseded,
             })
         })
         .collect()
@@ -275,6 +339,7 @@ pub(super) struct ClaimRow {
     pub attempts: i64,
     pub round_attempts: i64,
     pub created_at: i64,
+    pub superseded: i64,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::db::{Arg, Row, Select, args};
 use super::decide;
-use super::sql::DELIVERY_COLUMNS;
+use super::sql::{self, DELIVERY_COLUMNS};
 use super::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, Stats, Store, StoreError, SubscriptionRecord,
     now_millis,
@@ -187,16 +187,41 @@ impl Store {
                         continue;
                     };
                     let id = event.id.to_string();
+                    // Coalescing: a replayed status replaces the agent's pending ones before it.
+                    let key = decide::coalesce_key(&event, sub.spec.coalesce);
+                    let mut superseded = 0;
+                    if key.is_some() {
+                        let rows = tx
+                            .query(sql::SUPERSEDE, &args![now, sub_id, key, sequence])
+                            .await?;
+                        for row in &rows {
+                            superseded += 1 + row.int(0)?;
+                        }
+                    }
                     total += tx
                         .execute(
                             "INSERT INTO deliveries (tenant_id, subscription_id, event_id, \
-                             sequence, agent, status, next_attempt_at, created_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
+                             sequence, agent, status, next_attempt_at, created_at, updated_at, \
+                             coalesce_key, superseded) \
+                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10) \
                              ON CONFLICT (subscription_id, sequence) DO UPDATE SET \
                              status = 'pending', round_attempts = 0, \
                              next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
-                             agent = excluded.agent, updated_at = excluded.updated_at",
-                            &args![tenant, sub_id, id.as_str(), sequence, agent, now, now, now],
+                             agent = excluded.agent, updated_at = excluded.updated_at, \
+                             coalesce_key = excluded.coalesce_key, \
+                             superseded = excluded.superseded",
+                            &args![
+                                tenant,
+                                sub_id,
+                                id.as_str(),
+                                sequence,
+                                agent,
+                                now,
+                                now,
+                                now,
+                                key,
+                                superseded
+                            ],
                         )
                         .await?;
                 }

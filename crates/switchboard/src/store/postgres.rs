@@ -58,6 +58,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "write_probe",
         include_str!("migrations/postgres/0007_write_probe.sql"),
     ),
+    (
+        8,
+        "delivery_semantics",
+        include_str!("migrations/postgres/0008_delivery_semantics.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

@@ -24,7 +24,8 @@ macro_rules! claim_sql {
                      AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
                ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
             $lock,
-            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at"
+            ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, \
+             created_at, superseded"
         )
     };
 }
@@ -141,11 +142,17 @@ pub const ENABLED_SUBSCRIPTIONS: &str =
     "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
 pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
     "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
-     next_attempt_at, created_at, updated_at, lease_until) VALUES ",
+     next_attempt_at, created_at, updated_at, lease_until, coalesce_key, superseded) VALUES ",
     "",
-    10,
+    12,
     1,
 );
+/// Coalescing (`latest_status`): the pending StatusChanged deliveries of agent `$3` for
+/// subscription `$2` before sequence `$4`, not in flight at `$1`, end `superseded`; each
+/// returns how many it had replaced itself.
+pub const SUPERSEDE: &str = "UPDATE deliveries SET status = 'superseded', next_attempt_at = NULL, \
+    updated_at = $1 WHERE subscription_id = $2 AND coalesce_key = $3 AND status = 'pending' \
+    AND sequence < $4 AND (lease_until IS NULL OR lease_until < $1) RETURNING superseded";
 pub const SET_LAST_SEQUENCE: &str =
     "UPDATE tenants SET last_sequence = $1 WHERE id = $2 AND last_sequence < $1";
 /// Also moves the agents projection along, when it was up to date (see `agents.rs`).
@@ -193,7 +200,7 @@ pub const DISABLE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_re
 /// A System event's body; its deliveries point to it with `sequence = -id`.
 pub const INSERT_SYSTEM_EVENT: &str = "INSERT INTO system_events (tenant_id, event_id, \
     created_at, body) VALUES ($1, $2, $3, $4) RETURNING id";
-pub const SYSTEM_BODY: &str = "SELECT body FROM system_events WHERE id = $1";
+pub const SYSTEM_BODY: &str = "SELECT body, created_at FROM system_events WHERE id = $1";
 /// A delivery whose retries are spent before its first attempt (Heartbeats: the next follows).
 pub const NO_RETRY: &str = "UPDATE deliveries SET round_attempts = 1000000 WHERE id = $1";
 

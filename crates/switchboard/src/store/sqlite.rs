@@ -62,6 +62,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "write_probe",
         include_str!("migrations/sqlite/0008_write_probe.sql"),
     ),
+    (
+        9,
+        "delivery_semantics",
+        include_str!("migrations/sqlite/0009_delivery_semantics.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

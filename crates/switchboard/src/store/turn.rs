@@ -25,7 +25,8 @@ use super::command::{ClaimJob, Committed, Group};
 use super::db::{Arg, Dialect, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
 use super::{
-    Claimed, DeliveryStatus, IngestJob, Outcome, Recipients, StoreError, SystemEvent, agents, sql,
+    Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
+    agents, sql,
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
@@ -46,12 +47,12 @@ pub(super) trait Conn {
         tenant: &str,
         ids: &[Uuid],
     ) -> Result<Vec<(i64, String)>, StoreError>;
-    /// `(sequence, body)` of `tenant`'s events stored under `sequences`.
+    /// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
     async fn bodies(
         &mut self,
         tenant: &str,
         sequences: &[i64],
-    ) -> Result<Vec<(i64, String)>, StoreError>;
+    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
     /// The new state of each outcome's delivery (see `decide::delivery_state`).
     async fn update_deliveries(
         &mut self,
@@ -103,7 +104,12 @@ async fn write<C: Conn>(
     if group.folds || group.stopping {
         agents::fold_deferred(conn, deferred).await?;
     }
-    record(conn, &group.sorted_outcomes(), policy, now).await?;
+    let outcomes = group.sorted_outcomes();
+    done.expired = outcomes
+        .iter()
+        .filter(|o| o.next == NextState::Expired)
+        .count() as u64;
+    record(conn, &outcomes, policy, now).await?;
     for (event, _) in &group.system {
         done.system.push(system(conn, event, now).await?);
     }
@@ -174,7 +180,13 @@ async fn ingest<C: Conn>(
     let mut deliveries = 0;
     for (&tenant, &seq) in &decided.advanced {
         let subs = enabled_subscriptions(conn, tenant).await?;
-        let rows = decide::outbox(&decided.added, tenant, &subs);
+        let mut rows = decide::outbox(&decided.added, tenant, &subs);
+        for d in decide::coalescing(&mut rows) {
+            done.superseded += d.superseded as u64;
+            let (ended, replaced) = supersede(conn, d, now).await?;
+            done.superseded += ended;
+            d.superseded += replaced;
+        }
         for chunk in fixed_chunks(&rows) {
             insert_deliveries(conn, chunk, now, None).await?;
         }
@@ -248,6 +260,32 @@ async fn enabled_subscriptions<C: Conn>(
 
 /// New pending deliveries, due at `now`; leased until `lease_until` when their first attempt
 /// is made by whoever created them.
+/// Ends `latest`'s predecessors: the pending StatusChanged deliveries of its agent and
+/// subscription stored before it and not in flight end `superseded`. Returns how many ended,
+/// and how many it replaces (counting those they had replaced).
+pub(super) async fn supersede<C: Conn>(
+    conn: &mut C,
+    latest: &NewDelivery<'_>,
+    now: i64,
+) -> Result<(u64, i64), StoreError> {
+    let rows = conn
+        .query(
+            sql::SUPERSEDE,
+            &args![
+                now,
+                latest.subscription_id,
+                latest.coalesce_key,
+                latest.sequence
+            ],
+        )
+        .await?;
+    let mut replaced = 0;
+    for row in &rows {
+        replaced += 1 + row.int(0)?;
+    }
+    Ok((rows.len() as u64, replaced))
+}
+
 async fn insert_deliveries<C: Conn>(
     conn: &mut C,
     rows: &[NewDelivery<'_>],
@@ -274,11 +312,13 @@ fn delivery_values<'a>(
             d.event_id.as_str(),
             d.sequence,
             d.agent,
-            DeliveryStatus::Pending.as_str(),
-            now,
+            d.status.as_str(),
+            (d.status == DeliveryStatus::Pending).then_some(now),
             now,
             now,
             lease_until,
+            d.coalesce_key,
+            d.superseded,
         ]);
     }
     values
@@ -294,7 +334,11 @@ async fn record<C: Conn>(
 ) -> Result<(), StoreError> {
     for chunk in fixed_chunks(outcomes) {
         let mut values = Vec::with_capacity(chunk.len() * sql::INSERT_ATTEMPTS.columns);
-        for o in chunk {
+        // An expired delivery ends without an attempt.
+        let attempted = chunk.iter().filter(|o| o.next != NextState::Expired);
+        let mut n = 0;
+        for o in attempted {
+            n += 1;
             values.extend(args![
                 o.delivery_id,
                 i64::from(o.attempt),
@@ -305,8 +349,9 @@ async fn record<C: Conn>(
                 &o.response_body,
             ]);
         }
-        conn.execute(&sql::INSERT_ATTEMPTS.text(chunk.len()), &values)
-            .await?;
+        if n > 0 {
+            conn.execute(&sql::INSERT_ATTEMPTS.text(n), &values).await?;
+        }
         conn.update_deliveries(now, chunk).await?;
     }
     for outcomes in outcomes.chunk_by(|a, b| a.subscription_id == b.subscription_id) {
@@ -355,8 +400,8 @@ async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<Strin
     let subs = enabled_subscriptions(conn, &ev.tenant).await?;
     Ok(subs
         .into_iter()
-        .filter(|(id, filter, _)| id != except && decide::monitors(filter.as_ref()))
-        .map(|(id, _, _)| id)
+        .filter(|s| s.id != *except && decide::monitors(s.filter.as_ref()))
+        .map(|s| s.id)
         .collect())
 }
 
@@ -392,6 +437,9 @@ async fn system<C: Conn>(
             event_id: id.clone(),
             sequence,
             agent: None,
+            status: DeliveryStatus::Pending,
+            coalesce_key: None,
+            superseded: 0,
         };
         let insert = format!("{} RETURNING id", sql::INSERT_DELIVERIES.text(1));
         let values = delivery_values(std::slice::from_ref(&row), now, ev.lease_until);
@@ -409,6 +457,8 @@ async fn system<C: Conn>(
             round_attempt: 1,
             body: body.clone(),
             created_at: now,
+            received_at: now,
+            superseded: 0,
         });
     }
     Ok(claimed)
@@ -423,6 +473,7 @@ fn claim_row(mut r: Row) -> Result<ClaimRow, StoreError> {
         attempts: r.int(4)?,
         round_attempts: r.int(5)?,
         created_at: r.int(6)?,
+        superseded: r.int(7)?,
     })
 }
 
@@ -447,14 +498,14 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
             .into_iter()
             .partition(|s| *s < 0);
         if !events.is_empty() {
-            for (sequence, body) in conn.bodies(&tenant, &events).await? {
-                known.insert(sequence, body.into());
+            for (sequence, body, received_at) in conn.bodies(&tenant, &events).await? {
+                known.insert(sequence, (body.into(), received_at));
             }
         }
         for sequence in system {
             let mut rows = conn.query(sql::SYSTEM_BODY, &args![-sequence]).await?;
             if let Some(row) = rows.first_mut() {
-                known.insert(sequence, row.text(0)?.into());
+                known.insert(sequence, (row.text(0)?.into(), row.int(1)?));
             }
         }
         let claimed = decide::claimed(sub_id, rows, known)

@@ -18,6 +18,7 @@ mod pg_faults;
 mod readiness;
 mod restart;
 mod retention;
+mod semantics;
 mod simulate;
 mod stepped;
 mod streams;

@@ -128,7 +128,8 @@ impl Writer {
 /// ANALYZE made an `IN` list of hundreds scan the tenant's whole log).
 const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
     JOIN events e ON e.tenant_id = $1 AND e.id = k.id";
-const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body FROM unnest($2::int8[]) AS k(seq) \
+const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at \
+    FROM unnest($2::int8[]) AS k(seq) \
     JOIN events e ON e.tenant_id = $1 AND e.sequence = k.seq";
 
 /// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`]. Arrays
@@ -237,9 +238,22 @@ impl turn::Conn for Writer {
         &mut self,
         tenant: &str,
         sequences: &[i64],
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        self.sequences_and_bodies(CLAIMED_BODIES, tenant, sequences)
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        if sequences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(CLAIMED_BODIES)
+            .bind(tenant)
+            .bind(sequences)
+            .fetch_all(self.conn()?)
             .await
+            .map_err(sqlx_error)?;
+        rows.iter()
+            .map(|row| {
+                let mut r = pg_row(row)?;
+                Ok((r.int(0)?, r.text(1)?, r.int(2)?))
+            })
+            .collect()
     }
 
     async fn update_deliveries(

@@ -339,7 +339,11 @@ impl turn::Conn for Writer<'_> {
             .iter()
             .filter_map(|id| self.ids.hint(tenant, id))
             .collect();
-        let mut found = bodies(&self.conn, tenant, &hinted).map_err(db)?;
+        let mut found: Vec<(i64, String)> = bodies(&self.conn, tenant, &hinted)
+            .map_err(db)?
+            .into_iter()
+            .map(|(sequence, body, _)| (sequence, body))
+            .collect();
         let known: std::collections::HashSet<Uuid> = found
             .iter()
             .filter_map(|(_, body)| event_id(body))
@@ -351,7 +355,8 @@ impl turn::Conn for Writer<'_> {
             .collect();
         let sequences =
             select_in(&self.conn, EVENT_IDS, tenant, &rest, |r| r.get::<_, i64>(0)).map_err(db)?;
-        found.extend(bodies(&self.conn, tenant, &sequences).map_err(db)?);
+        let more = bodies(&self.conn, tenant, &sequences).map_err(db)?;
+        found.extend(more.into_iter().map(|(sequence, body, _)| (sequence, body)));
         Ok(found)
     }
 
@@ -359,7 +364,7 @@ impl turn::Conn for Writer<'_> {
         &mut self,
         tenant: &str,
         sequences: &[i64],
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
         bodies(&self.conn, tenant, sequences).map_err(db)
     }
 
@@ -418,7 +423,8 @@ impl<'a, 'c> Binder<'a, 'c> {
 }
 
 const EVENT_IDS: &str = "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
-const BODIES: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN (";
+const BODIES: &str =
+    "SELECT sequence, body, received_at FROM events WHERE tenant_id = $1 AND sequence IN (";
 
 /// `head` — a statement ending in `IN (` — with `tenant` bound to `$1` and `chunk` (at most
 /// [`decide::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
@@ -463,14 +469,14 @@ fn select_in<T: ToSql, R>(
     Ok(out)
 }
 
-/// `(sequence, body)` of `tenant`'s events stored under `sequences`.
+/// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
 fn bodies(
     tx: &Connection,
     tenant: &str,
     sequences: &[i64],
-) -> rusqlite::Result<Vec<(i64, String)>> {
+) -> rusqlite::Result<Vec<(i64, String, i64)>> {
     select_in(tx, BODIES, tenant, sequences, |r| {
-        Ok((r.get(0)?, r.get(1)?))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })
 }
 
