@@ -257,3 +257,116 @@ fn timeline_intervals_in_a_window() {
     assert_eq!(t.len(), 3);
     assert_eq!(t[2].to, Some(until));
 }
+
+/// Properties of [`step`] over arbitrary event sequences: days of one agent's events with codes
+/// 1 to 8 (and a few of other categories), times that go back and forth, fields present or not.
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An event of one agent: (category, code, seconds into the day, activity, work item).
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            prop_oneof![9 => Just(AGENT), 1 => Just(2u8)],
+            1u32..=8,
+            0i64..600,
+            prop::option::of(0i64..40),
+            prop::option::of(0u8..4),
+            any::<bool>(),
+        )
+            .prop_map(|(category, code, secs, activity, item, named)| {
+                let mut extra = json!({});
+                if let Some(a) = activity {
+                    extra["ActivityCode"] = json!(a);
+                    extra["AvailabilityCode"] = json!(a % 3);
+                    extra["ActivityName"] = json!(if named { "Training" } else { "" });
+                }
+                if let Some(i) = item {
+                    extra["WorkItemId"] = json!(format!("w{i}"));
+                }
+                let at = format!(
+                    "20261123{:02}{:02}{:02}",
+                    10 + secs / 3600,
+                    secs / 60 % 60,
+                    secs % 60
+                );
+                let mut e = ev(code, &at, extra);
+                e.category = category;
+                e
+            })
+    }
+
+    fn invariants(a: &Agent) {
+        assert_eq!(a.username, "jdoe");
+        if !a.signed_in {
+            assert!(a.work_item.is_none(), "{a:?}");
+        }
+        if a.signed_in {
+            assert!(
+                a.signed_in_at.is_some() && a.signed_out_at.is_none(),
+                "{a:?}"
+            );
+        }
+        if let Some(name) = &a.activity_name {
+            assert!(!name.is_empty(), "an empty ActivityName is no name");
+        }
+    }
+
+    proptest! {
+        /// Never a roll-back: `last_event_at` and `last_sequence` only grow; an event older
+        /// than the state, or of another category, changes nothing; `step` says true exactly
+        /// when the state changed its position.
+        #[test]
+        fn the_state_only_moves_forward(events in prop::collection::vec(event(), 0..60)) {
+            let mut state: Option<Agent> = None;
+            for (i, e) in events.iter().enumerate() {
+                let sequence = i as i64 + 1;
+                let before = state.clone();
+                let moved = step(&mut state, e, sequence);
+                let older = before.as_ref().is_some_and(|b| e.creation < b.last_event_at);
+                prop_assert_eq!(moved, e.category == AGENT && !older);
+                if !moved {
+                    prop_assert_eq!(&state, &before);
+                    continue;
+                }
+                let a = state.as_ref().unwrap();
+                prop_assert_eq!((a.last_sequence, a.last_event_at), (sequence, e.creation));
+                if let Some(b) = &before {
+                    prop_assert!(a.last_event_at >= b.last_event_at);
+                }
+                invariants(a);
+                prop_assert_eq!(a.signed_in, e.code != code::SIGNED_OUT);
+            }
+        }
+
+        /// Folding in two parts (a retained base, then the rest of the log) gives the state of
+        /// folding everything at once: what `as_of`, the timeline and retention rely on.
+        #[test]
+        fn folding_resumes_from_any_point(
+            events in prop::collection::vec(event(), 0..60),
+            cut in 0usize..60,
+        ) {
+            let numbered: Vec<(i64, &Event)> =
+                events.iter().enumerate().map(|(i, e)| (i as i64 + 1, e)).collect();
+            let cut = cut.min(numbered.len());
+            let whole = fold(None, numbered.iter().copied());
+            let base = fold(None, numbered[..cut].iter().copied());
+            prop_assert_eq!(fold(base, numbered[cut..].iter().copied()), whole);
+        }
+
+        /// Replaying an event already folded (a sequence not after the state's) changes
+        /// nothing: a consumer resuming from the log may see it again.
+        #[test]
+        fn an_event_folded_twice_counts_once(events in prop::collection::vec(event(), 1..40)) {
+            let numbered: Vec<(i64, &Event)> =
+                events.iter().enumerate().map(|(i, e)| (i as i64 + 1, e)).collect();
+            let mut state = fold(None, numbered.iter().copied());
+            let before = state.clone();
+            for (sequence, e) in &numbered {
+                prop_assert!(!step(&mut state, e, *sequence));
+            }
+            prop_assert_eq!(state, before);
+        }
+    }
+}

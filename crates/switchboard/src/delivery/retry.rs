@@ -44,7 +44,15 @@ pub fn next_step(
     if let (true, Some(after)) = (honour, retry_after) {
         return Next::Retry(after.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX));
     }
-    let factor = 1.0 + JITTER * jitter().clamp(-1.0, 1.0);
+    // A sample outside [-1, 1] is clamped; NaN (which `clamp` keeps) counts as none (found
+    // by the property tests below: it made the delay NaN and `Duration` panic).
+    let sample = jitter();
+    let sample = if sample.is_nan() {
+        0.0
+    } else {
+        sample.clamp(-1.0, 1.0)
+    };
+    let factor = 1.0 + JITTER * sample;
     Next::Retry(Duration::from_secs_f64(base as f64 * factor))
 }
 
@@ -100,6 +108,7 @@ mod tests {
         check(d, 2, Some(500), None, 1.0, secs(36.0));
         check(d, 2, Some(500), None, -1.0, secs(24.0));
         check(d, 2, Some(500), None, 7.0, secs(36.0));
+        check(d, 2, Some(500), None, f64::NAN, secs(30.0));
         for _ in 0..1000 {
             let j = crate::clock::jitter();
             assert!((-1.0..=1.0).contains(&j));
@@ -125,5 +134,77 @@ mod tests {
         check(d, 11, Some(429), Some(60), 0.0, Next::Failed);
         assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    /// Properties over any schedule a subscription may have (up to 50 delays of at most a
+    /// week), any answer and any jitter sample, NaN and infinities included.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn schedule() -> impl Strategy<Value = Vec<u64>> {
+            prop::collection::vec(0u64..=604_800, 0..=50)
+        }
+
+        fn answer() -> impl Strategy<Value = Option<u16>> {
+            prop::option::of(prop_oneof![100u16..600, Just(429), Just(503), Just(200)])
+        }
+
+        proptest! {
+            /// A delivery that always fails is attempted exactly `len + 1` times (the first at
+            /// once, then one per delay) and then fails; a 2xx ends it at any attempt.
+            #[test]
+            fn a_failing_delivery_gets_one_attempt_per_delay_plus_the_first(
+                schedule in schedule(),
+                status in prop::option::of(300u16..600),
+                jitter in prop::num::f64::ANY,
+            ) {
+                let mut attempts = 1;
+                while let Next::Retry(_) = next_step(&schedule, attempts, status, None, || jitter) {
+                    attempts += 1;
+                    prop_assert!(attempts as usize <= schedule.len() + 1);
+                }
+                prop_assert_eq!(attempts as usize, schedule.len() + 1);
+                prop_assert_eq!(
+                    next_step(&schedule, attempts, Some(204), None, || jitter),
+                    Next::Delivered
+                );
+            }
+
+            /// Every delay is the schedule's within ±20 %, or the receiver's `Retry-After`
+            /// (only on 429 and 503) within its bounds; it never panics.
+            #[test]
+            fn delays_stay_within_their_bounds(
+                schedule in schedule(),
+                attempt in 0u32..60,
+                status in answer(),
+                retry_after in prop::option::of(0u64..10_000_000),
+                jitter in prop::num::f64::ANY,
+            ) {
+                let after = retry_after.map(Duration::from_secs);
+                let next = next_step(&schedule, attempt, status, after, || jitter);
+                let index = attempt.saturating_sub(1) as usize;
+                match next {
+                    Next::Delivered => {
+                        prop_assert!(status.is_some_and(|s| (200..300).contains(&s)))
+                    }
+                    Next::Failed => prop_assert!(index >= schedule.len()),
+                    Next::Retry(delay) => {
+                        let base = schedule[index] as f64;
+                        match (status, after) {
+                            (Some(429 | 503), Some(_)) => prop_assert!(
+                                (RETRY_AFTER_MIN..=RETRY_AFTER_MAX).contains(&delay)
+                            ),
+                            _ => {
+                                let secs = delay.as_secs_f64();
+                                prop_assert!(secs >= base * 0.8 - 1e-6, "{secs} < {base}");
+                                prop_assert!(secs <= base * 1.2 + 1e-6, "{secs} > {base}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

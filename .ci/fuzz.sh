@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The fuzz targets of DESIGN §14 (fuzz/, see docs/fuzzing.md), FUZZ_SECS (default 60) seconds
+# each, from the committed seeds into a fresh corpus. cargo fuzz needs the nightly toolchain;
+# both are installed when missing. A crash fails CI and leaves its input in fuzz/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs=${FUZZ_SECS:-60}
+rustup run nightly rustc --version >/dev/null 2>&1 ||
+    rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+cargo +nightly fuzz build -s none
+for target in event_batch subscription_body; do
+    corpus=$(mktemp -d)
+    echo "-- $target, ${secs} s"
+    log="$corpus.log"
+    if ! cargo +nightly fuzz run -s none "$target" "$corpus" "seeds/$target" -- \
+        -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
+        grep -v '^#' "$log" | tail -80
+        exit 1
+    fi
+    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log"
+    rm -rf "$corpus" "$log"
+done
