@@ -3,6 +3,7 @@
 
 mod agents;
 mod catalog;
+mod console;
 mod deliveries;
 pub mod doc;
 mod error;
@@ -10,6 +11,7 @@ mod events;
 mod health;
 mod keys;
 mod limits;
+mod me;
 pub mod streams;
 mod subscriptions;
 mod tenants;
@@ -66,6 +68,8 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .merge(deliveries::router())
         .merge(agents::router())
         .merge(catalog::router())
+        .merge(me::router())
+        .merge(console::router())
 }
 
 /// The whole HTTP application.

@@ -346,3 +346,52 @@ async fn object_bodies_given_as_arrays_are_refused() {
     let r = app.get("/v1/tenants/acme", ADMIN_KEY).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing created");
 }
+
+/// `GET /v1/me` says what the calling key is and may do (the console offers only that).
+#[tokio::test]
+async fn me_describes_the_calling_key() {
+    let app = TestApp::spawn().await;
+    let me = json_ok(app.get("/v1/me", ADMIN_KEY).await).await;
+    assert_eq!(
+        me,
+        json!({"admin": true, "tenant_id": null,
+                           "scopes": ["publish", "read", "manage"]})
+    );
+    let key = app.create_key("default", &["read", "publish"]).await;
+    let me = json_ok(app.get("/v1/me", &key).await).await;
+    assert_eq!(
+        me,
+        json!({"admin": false, "tenant_id": "default",
+                           "scopes": ["publish", "read"]})
+    );
+    assert_eq!(app.get("/v1/me", "sb_nope").await.status(), 401);
+}
+
+/// The console is served with a Content-Security-Policy that allows nothing but this origin
+/// and no inline code; its page and assets come from the binary.
+#[tokio::test]
+async fn the_console_is_served_under_a_strict_policy() {
+    let app = TestApp::spawn().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+    ] {
+        let r = reqwest::get(app.url(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = |name: &str| r.headers()[name].to_str().unwrap().to_string();
+        assert!(h("content-type").starts_with(kind), "{path}");
+        let csp = h("content-security-policy");
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(h("x-content-type-options"), "nosniff");
+        assert_eq!(h("x-frame-options"), "DENY");
+    }
+    let page = reqwest::get(app.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"<script type="module" src="/console/app.js"></script>"#));
+}
