@@ -189,6 +189,13 @@ pub(super) struct NewDelivery<'a> {
     pub superseded: i64,
 }
 
+impl NewDelivery<'_> {
+    /// Whether it is written with the coalescing columns.
+    pub fn coalesces(&self) -> bool {
+        self.coalesce_key.is_some() || self.superseded > 0
+    }
+}
+
 /// The outbox rows for `tenant`'s new events among `added`. For a `latest_status`
 /// subscription, only the last StatusChanged of each agent in `added` stays pending; the
 /// earlier ones are written `superseded` and counted on it. (The turn then supersedes the

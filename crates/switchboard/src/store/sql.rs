@@ -142,6 +142,15 @@ pub const ENABLED_SUBSCRIPTIONS: &str =
     "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
 pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
     "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
+     next_attempt_at, created_at, updated_at, lease_until) VALUES ",
+    "",
+    10,
+    1,
+);
+/// The same with the coalescing columns, for the deliveries of `latest_status` subscriptions
+/// (most deliveries do without: two fewer values to bind per row on the hot path).
+pub static INSERT_COALESCED_DELIVERIES: MultiRow = MultiRow::new(
+    "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
      next_attempt_at, created_at, updated_at, lease_until, coalesce_key, superseded) VALUES ",
     "",
     12,

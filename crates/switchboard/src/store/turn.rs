@@ -187,10 +187,15 @@ async fn ingest<C: Conn>(
             done.superseded += ended;
             d.superseded += replaced;
         }
-        for chunk in fixed_chunks(&rows) {
+        let (coalesced, plain): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(NewDelivery::coalesces);
+        for chunk in fixed_chunks(&plain) {
             insert_deliveries(conn, chunk, now, None).await?;
         }
-        deliveries += rows.len();
+        for chunk in fixed_chunks(&coalesced) {
+            insert_deliveries(conn, chunk, now, None).await?;
+        }
+        deliveries += plain.len() + coalesced.len();
         let events: Vec<(i64, &Event)> = decided
             .added
             .iter()
@@ -293,18 +298,23 @@ async fn insert_deliveries<C: Conn>(
     lease_until: Option<i64>,
 ) -> Result<(), StoreError> {
     let values = delivery_values(rows, now, lease_until);
-    conn.execute(&sql::INSERT_DELIVERIES.text(rows.len()), &values)
-        .await?;
+    let statement = match rows.first().is_some_and(NewDelivery::coalesces) {
+        true => &sql::INSERT_COALESCED_DELIVERIES,
+        false => &sql::INSERT_DELIVERIES,
+    };
+    conn.execute(&statement.text(rows.len()), &values).await?;
     Ok(())
 }
 
-/// The arguments of [`sql::INSERT_DELIVERIES`] for `rows`.
+/// The arguments of [`sql::INSERT_DELIVERIES`] for `rows`, or of
+/// [`sql::INSERT_COALESCED_DELIVERIES`] when they coalesce (all of them, or none).
 fn delivery_values<'a>(
     rows: &'a [NewDelivery<'a>],
     now: i64,
     lease_until: Option<i64>,
 ) -> Vec<Arg<'a>> {
-    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_DELIVERIES.columns);
+    let coalesced = rows.first().is_some_and(NewDelivery::coalesces);
+    let mut values = Vec::with_capacity(rows.len() * sql::INSERT_COALESCED_DELIVERIES.columns);
     for d in rows {
         values.extend(args![
             d.tenant,
@@ -317,9 +327,10 @@ fn delivery_values<'a>(
             now,
             now,
             lease_until,
-            d.coalesce_key,
-            d.superseded,
         ]);
+        if coalesced {
+            values.extend(args![d.coalesce_key, d.superseded]);
+        }
     }
     values
 }
