@@ -319,11 +319,17 @@ async fn a_node_survives_database_restarts_fast_and_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_survives_its_connections_being_terminated() {
     let cluster = Cluster::new(true);
+    let mut round = 0;
     under_load(&cluster, 2, async |c: &Cluster| {
+        round += 1;
         let killed = c.terminate_all().await;
+        // The first time the writer's, the pool's and the listener's; the next time at least
+        // the writer's (accepting again needs only it: the others come back when used, and on
+        // a busy machine may not be back yet).
+        let least = if round == 1 { 2 } else { 1 };
         assert!(
-            killed >= 2,
-            "the writer and the pool's connections: {killed}"
+            killed >= least,
+            "round {round}: the writer and the pool's connections: {killed}"
         );
         "every connection terminated".to_string()
     })
