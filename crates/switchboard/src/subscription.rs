@@ -134,10 +134,12 @@ pub struct SubscriptionSpec {
     #[serde(default)]
     pub retry_schedule_secs: Option<Vec<u64>>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     pub heartbeat_secs: Option<u64>,
     /// An attempt that would start more than this after the event was received is not made:
     /// the delivery ends `expired`. Null: no limit.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub max_age_secs: Option<u64>,
     #[serde(default)]
     pub coalesce: Coalesce,
@@ -154,6 +156,11 @@ fn yes() -> bool {
 fn default_max_in_flight() -> u32 {
     16
 }
+
+/// Longest Heartbeat period: a week.
+const MAX_HEARTBEAT_SECS: u64 = 7 * 24 * 3600;
+/// Longest freshness budget: a year.
+const MAX_AGE_SECS: u64 = 365 * 24 * 3600;
 
 /// Longest retry delay accepted in a custom schedule: one week.
 const MAX_RETRY_DELAY_SECS: u64 = 7 * 24 * 3600;
@@ -275,11 +282,19 @@ impl SubscriptionSpec {
                 );
             }
         }
-        if self.heartbeat_secs == Some(0) {
-            err("heartbeat_secs", "must be at least 1, or null for none");
+        // Bounded so that milliseconds fit in an i64 with room to spare (a huge value once
+        // turned negative there: every idle step sent a Heartbeat).
+        if !(1..=MAX_HEARTBEAT_SECS).contains(&self.heartbeat_secs.unwrap_or(1)) {
+            err(
+                "heartbeat_secs",
+                "must be 1 to 604800 (a week), or null for none",
+            );
         }
-        if self.max_age_secs == Some(0) {
-            err("max_age_secs", "must be at least 1, or null for no limit");
+        if !(1..=MAX_AGE_SECS).contains(&self.max_age_secs.unwrap_or(1)) {
+            err(
+                "max_age_secs",
+                "must be 1 to 31536000 (a year), or null for no limit",
+            );
         }
         if errors.is_empty() {
             Ok(())
@@ -362,6 +377,12 @@ mod tests {
             fields(json!({"url": url, "max_age_secs": 0})),
             ["max_age_secs"]
         );
+        for huge in [31_536_001u64, u64::MAX] {
+            let body = json!({"url": url, "max_age_secs": huge, "heartbeat_secs": huge});
+            assert_eq!(fields(body), ["heartbeat_secs", "max_age_secs"]);
+        }
+        let longest = json!({"url": url, "max_age_secs": 31_536_000, "heartbeat_secs": 604_800});
+        assert!(fields(longest).is_empty());
         assert_eq!(
             fields(json!({"url": url, "coalesce": "latest"})),
             ["coalesce"]

@@ -65,7 +65,9 @@ struct SubscriptionDoc {
     max_in_flight: u32,
     headers: std::collections::BTreeMap<String, String>,
     retry_schedule_secs: Option<Vec<u64>>,
+    #[schema(minimum = 1, maximum = 604800)]
     heartbeat_secs: Option<u64>,
+    #[schema(minimum = 1, maximum = 31536000)]
     max_age_secs: Option<u64>,
     coalesce: crate::subscription::Coalesce,
     signature_scheme: crate::delivery::signing::Scheme,

@@ -263,8 +263,6 @@ async fn enabled_subscriptions<C: Conn>(
         .collect()
 }
 
-/// New pending deliveries, due at `now`; leased until `lease_until` when their first attempt
-/// is made by whoever created them.
 /// Ends `latest`'s predecessors: the pending StatusChanged deliveries of its agent and
 /// subscription stored before it and not in flight end `superseded`. Returns how many ended,
 /// and how many it replaces (counting those they had replaced).
@@ -291,6 +289,8 @@ pub(super) async fn supersede<C: Conn>(
     Ok((rows.len() as u64, replaced))
 }
 
+/// New pending deliveries, due at `now`; leased until `lease_until` when their first attempt
+/// is made by whoever created them.
 async fn insert_deliveries<C: Conn>(
     conn: &mut C,
     rows: &[NewDelivery<'_>],
