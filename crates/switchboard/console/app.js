@@ -230,8 +230,11 @@ const pages = {
   subscriptions: { title: "Subscriptions", render: subscriptionsPage, needs: "read" },
   deliveries: { title: "Deliveries", render: deliveriesPage, needs: "read" },
   agents: { title: "Agents", render: agentsPage, needs: "read" },
-  keys: { title: me && me.admin ? "Tenants and keys" : "Keys", render: keysPage, needs: "manage" },
+  keys: { title: "Keys", render: keysPage, needs: "manage" },
 };
+
+/** A page's name: the admin's Keys page is also the tenants'. */
+const title = (name) => (name === "keys" && me.admin ? "Tenants and keys" : pages[name].title);
 
 function drawBar(current) {
   nav.hidden = false;
@@ -242,7 +245,7 @@ function drawBar(current) {
         h(
           "a",
           { href: `#/${name}`, "aria-current": name === current ? "page" : null },
-          name === "keys" && me.admin ? "Tenants and keys" : p.title,
+          title(name),
         ),
       ),
   );
@@ -283,7 +286,7 @@ async function route() {
     );
     return;
   }
-  document.title = `${pages[page].title} · Switchboard`;
+  document.title = `${title(page)} · Switchboard`;
   main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   try {
     await loadCatalog();
