@@ -9,39 +9,22 @@ Usage: .ci/catalog_schemas.py <directory holding the switchboard binary>
 import copy
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 
 import jsonschema
+
+from serving import serving
 
 KEY = "sb_admin_catalog"
 PORT = 18090
 binary = os.path.join(sys.argv[1], "switchboard")
 
-with tempfile.TemporaryDirectory() as data:
-    server = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{PORT}", "--data-dir", data],
-        env=dict(os.environ, SWITCHBOARD_ADMIN_KEY=KEY),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+with serving(binary, PORT, KEY) as api:
+    request = urllib.request.Request(
+        f"{api}/v1/catalog", headers={"Authorization": f"Bearer {KEY}"}
     )
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz")
-                break
-            except OSError:
-                time.sleep(0.1)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{PORT}/v1/catalog", headers={"Authorization": f"Bearer {KEY}"}
-        )
-        catalog = json.load(urllib.request.urlopen(request))
-    finally:
-        server.terminate()
-        server.wait()
+    catalog = json.load(urllib.request.urlopen(request))
 
 agent = next(c for c in catalog["categories"] if c["category"] == 1)
 base = {"SessionId": "S-1", "SessionType": "CCA", "Username": "jdoe", "PhoneNo": "+15550001"}

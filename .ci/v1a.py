@@ -13,9 +13,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import urllib.request
 import uuid
 
@@ -29,6 +27,8 @@ except ImportError:
     )
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from serving import serving
 
 KEY = "sb_admin_v1a"
 PORT, RECEIVER_PORT = 18092, 18093
@@ -94,20 +94,8 @@ def post_event():
 
 receiver = http.server.ThreadingHTTPServer(("127.0.0.1", RECEIVER_PORT), Receiver)
 threading.Thread(target=receiver.serve_forever, daemon=True).start()
-with tempfile.TemporaryDirectory() as data:
-    server = subprocess.Popen(
-        [binary, "serve", "--dev", "--listen", f"127.0.0.1:{PORT}", "--data-dir", data],
-        env=dict(os.environ, SWITCHBOARD_ADMIN_KEY=KEY),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{API}/readyz")
-                break
-            except OSError:
-                time.sleep(0.1)
+try:
+    with serving(binary, PORT, KEY, dev=True):
         sub = call("POST", "/v1/tenants/default/subscriptions",
                    {"url": f"http://127.0.0.1:{RECEIVER_PORT}/hooks", "signature_scheme": "v1a"})
         old_key = sub["public_key"]
@@ -126,8 +114,6 @@ with tempfile.TemporaryDirectory() as data:
         assert verifies(new_key, headers, body), "and the new one too"
         first_headers, first_body = received[0]
         assert not verifies(new_key, first_headers, first_body), "the new key is another key"
-    finally:
-        server.terminate()
-        server.wait()
-        receiver.shutdown()
+finally:
+    receiver.shutdown()
 print("v1a: 2 deliveries verified with cryptography's Ed25519, across a rotation")

@@ -279,30 +279,18 @@ async fn exhausted_deliveries_fail_and_retry_and_replay_deliver_them_again() {
     .await;
 
     // Replay the window: delivered once more, same webhook-id.
-    let path = format!("/v1/tenants/default/subscriptions/{sub_id}/replay");
-    let r = app
-        .call(
-            Method::POST,
-            &path,
-            ADMIN_KEY,
-            Some(&json!({"since": "20261123000000"})),
-        )
-        .await;
+    let since = json!({"since": "20261123000000"});
+    let r = app.act(&sub, "replay", Some(&since)).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.json::<Value>().await.unwrap()["requeued"], 1);
     let got = rx.wait_for(5).await;
     assert_eq!(got[4].header("webhook-id"), event["Id"].as_str().unwrap());
     // only_failed finds nothing failed now.
     let body = json!({"since": "20261123000000", "only_failed": true});
-    let r = app.call(Method::POST, &path, ADMIN_KEY, Some(&body)).await;
+    let r = app.act(&sub, "replay", Some(&body)).await;
     assert_eq!(r.json::<Value>().await.unwrap()["requeued"], 0);
     let r = app
-        .call(
-            Method::POST,
-            &path,
-            ADMIN_KEY,
-            Some(&json!({"since": "2026"})),
-        )
+        .act(&sub, "replay", Some(&json!({"since": "2026"})))
         .await;
     problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
@@ -320,12 +308,8 @@ async fn replay_reaches_events_older_than_the_subscription() {
     let sub = app
         .subscribe(json!({"url": rx.url("/"), "filter": {"events": [{"category": 1}]}}))
         .await;
-    let path = format!(
-        "/v1/tenants/default/subscriptions/{}/replay",
-        sub["id"].as_str().unwrap()
-    );
     let body = json!({"since": "20261123000000", "until": "20261123235959"});
-    let r = app.call(Method::POST, &path, ADMIN_KEY, Some(&body)).await;
+    let r = app.act(&sub, "replay", Some(&body)).await;
     let answer: Value = r.json().await.unwrap();
     assert_eq!(
         answer["requeued"], 3,
@@ -366,11 +350,7 @@ async fn without_dev_a_loopback_receiver_never_gets_a_request() {
         );
         assert_eq!(failed["last_status_code"], Value::Null);
     }
-    let test = format!(
-        "/v1/tenants/default/subscriptions/{}/test",
-        by_ip["id"].as_str().unwrap()
-    );
-    let outcome = json_ok(app.call(Method::POST, &test, ADMIN_KEY, None).await).await;
+    let outcome = json_ok(app.act(&by_ip, "test", None).await).await;
     assert_eq!(outcome["delivered"], false);
     assert!(outcome["error"].as_str().unwrap().contains("loopback"));
     assert!(rx.received().is_empty(), "no request reached the receiver");
@@ -382,18 +362,8 @@ async fn during_rotation_each_attempt_carries_two_verifiable_signatures() {
     let rx = TestReceiver::start().await;
     let sub = app.subscribe(json!({"url": rx.url("/")})).await;
     let old = sub["secret"].as_str().unwrap().to_string();
-    let path = format!(
-        "/v1/tenants/default/subscriptions/{}/secret/rotate",
-        sub["id"].as_str().unwrap()
-    );
-    let r = app
-        .call(
-            Method::POST,
-            &path,
-            ADMIN_KEY,
-            Some(&json!({"grace_secs": 3600})),
-        )
-        .await;
+    let grace = json!({"grace_secs": 3600});
+    let r = app.act(&sub, "secret/rotate", Some(&grace)).await;
     let new = json_ok(r).await["secret"].as_str().unwrap().to_string();
     assert_ne!(old, new);
     app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
@@ -405,12 +375,7 @@ async fn during_rotation_each_attempt_carries_two_verifiable_signatures() {
 
     // With no grace, only the new secret signs.
     let r = app
-        .call(
-            Method::POST,
-            &path,
-            ADMIN_KEY,
-            Some(&json!({"grace_secs": 0})),
-        )
+        .act(&sub, "secret/rotate", Some(&json!({"grace_secs": 0})))
         .await;
     let newest = json_ok(r).await["secret"].as_str().unwrap().to_string();
     app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
@@ -425,11 +390,7 @@ async fn the_test_endpoint_sends_a_system_test_event() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
     let sub = app.subscribe(json!({"url": rx.url("/")})).await;
-    let path = format!(
-        "/v1/tenants/default/subscriptions/{}/test",
-        sub["id"].as_str().unwrap()
-    );
-    let outcome = json_ok(app.call(Method::POST, &path, ADMIN_KEY, None).await).await;
+    let outcome = json_ok(app.act(&sub, "test", None).await).await;
     assert_eq!(
         (outcome["delivered"].clone(), outcome["status_code"].clone()),
         (json!(true), json!(200))
@@ -470,8 +431,7 @@ async fn a_failed_test_event_is_retried_like_any_delivery() {
         .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": [0]}))
         .await;
     let sub_id = sub["id"].as_str().unwrap();
-    let path = format!("/v1/tenants/default/subscriptions/{sub_id}/test");
-    let outcome = json_ok(app.call(Method::POST, &path, ADMIN_KEY, None).await).await;
+    let outcome = json_ok(app.act(&sub, "test", None).await).await;
     assert_eq!(outcome["delivered"], false);
     assert_eq!(outcome["status_code"], 503);
     // The dispatcher makes the retry, with the same body and webhook-id, signed.

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok};
@@ -70,18 +69,8 @@ async fn three_subscriptions_receive_exactly_their_events_at_ingest_and_on_repla
 
     // Replay: the same events again, no others.
     for (sub, rx, want) in [(&a, &ra, &want_a), (&b, &rb, &want_b), (&c, &rc, &want_c)] {
-        let path = format!(
-            "/v1/tenants/default/subscriptions/{}/replay",
-            sub["id"].as_str().unwrap()
-        );
-        let r = app
-            .call(
-                Method::POST,
-                &path,
-                ADMIN_KEY,
-                Some(&json!({"since": "20200101000000"})),
-            )
-            .await;
+        let since = json!({"since": "20200101000000"});
+        let r = app.act(sub, "replay", Some(&since)).await;
         assert_eq!(r.status(), 202);
         let requeued: Value = r.json().await.unwrap();
         assert_eq!(requeued["requeued"], want.len());

@@ -312,15 +312,8 @@ async fn v1a_signatures_verify_with_the_public_key_and_both_keys_during_a_rotati
     assert!(verifies(&got[0], &public));
 
     // Rotation: the new key pair signs, the old one too until the grace ends.
-    let r = app
-        .call(
-            Method::POST,
-            &format!("{path}/secret/rotate"),
-            ADMIN_KEY,
-            Some(&json!({"grace_secs": 3600})),
-        )
-        .await;
-    let rotated = json_ok(r).await;
+    let grace = json!({"grace_secs": 3600});
+    let rotated = json_ok(app.act(&sub, "secret/rotate", Some(&grace)).await).await;
     let new_public = rotated["public_key"].as_str().unwrap().to_string();
     assert!(rotated["secret"].as_str().unwrap().starts_with("whsk_"));
     assert_ne!(new_public, public);

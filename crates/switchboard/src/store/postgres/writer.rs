@@ -155,12 +155,15 @@ struct UpdateColumns<'a> {
 }
 
 impl Writer {
-    async fn sequences_and_bodies<T>(
+    /// The rows of `sql`, run with `tenant` as `$1` and `values` as the array `$2`, each read
+    /// by `read`.
+    async fn keyed_rows<T, R>(
         &mut self,
         sql: &str,
         tenant: &str,
         values: &[T],
-    ) -> Result<Vec<(i64, String)>, StoreError>
+        read: impl Fn(&mut Row) -> Result<R, StoreError>,
+    ) -> Result<Vec<R>, StoreError>
     where
         for<'q> &'q [T]: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
         T: Sync,
@@ -174,12 +177,7 @@ impl Writer {
             .fetch_all(self.conn()?)
             .await
             .map_err(sqlx_error)?;
-        rows.iter()
-            .map(|row| {
-                let mut r = pg_row(row)?;
-                Ok((r.int(0)?, r.text(1)?))
-            })
-            .collect()
+        rows.iter().map(|row| read(&mut pg_row(row)?)).collect()
     }
 }
 
@@ -231,7 +229,8 @@ impl turn::Conn for Writer {
         ids: &[Uuid],
     ) -> Result<Vec<(i64, String)>, StoreError> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        self.sequences_and_bodies(FIND_STORED, tenant, &ids).await
+        self.keyed_rows(FIND_STORED, tenant, &ids, |r| Ok((r.int(0)?, r.text(1)?)))
+            .await
     }
 
     async fn bodies(
@@ -239,21 +238,10 @@ impl turn::Conn for Writer {
         tenant: &str,
         sequences: &[i64],
     ) -> Result<Vec<(i64, String, i64)>, StoreError> {
-        if sequences.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(CLAIMED_BODIES)
-            .bind(tenant)
-            .bind(sequences)
-            .fetch_all(self.conn()?)
-            .await
-            .map_err(sqlx_error)?;
-        rows.iter()
-            .map(|row| {
-                let mut r = pg_row(row)?;
-                Ok((r.int(0)?, r.text(1)?, r.int(2)?))
-            })
-            .collect()
+        self.keyed_rows(CLAIMED_BODIES, tenant, sequences, |r| {
+            Ok((r.int(0)?, r.text(1)?, r.int(2)?))
+        })
+        .await
     }
 
     async fn update_deliveries(

@@ -121,6 +121,14 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// POSTs to an action of subscription `sub` of tenant `default` (`replay`,
+    /// `secret/rotate`, `test`) with the admin key.
+    pub async fn act(&self, sub: &Value, action: &str, body: Option<&Value>) -> Response {
+        let id = sub["id"].as_str().expect("a subscription's id");
+        let path = format!("/v1/tenants/default/subscriptions/{id}/{action}");
+        self.call(Method::POST, &path, ADMIN_KEY, body).await
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> Response {
         self.call(Method::GET, path, key, None).await
     }
