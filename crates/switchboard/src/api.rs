@@ -21,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, RawPathParams};
 use axum::http::{HeaderMap, header, request::Parts};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -123,19 +123,70 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
-    /// Checks that the caller may act on `tenant` with `scope`, and that the tenant exists.
-    pub async fn allow(
+    /// Checks that the caller may act on `tenant` with `scope`, and that the tenant exists
+    /// (what [`Access`] does for the tenant in the path).
+    pub async fn check_tenant(
         &self,
         state: &AppState,
         tenant: &str,
         scope: Scope,
     ) -> Result<(), ApiError> {
-        self.0.allow(tenant, scope)?;
+        self.0.may(tenant, scope)?;
         // A tenant key's tenant exists (its keys go with it); the admin may name any.
         if self.0 == Principal::Admin && state.store.get_tenant(tenant).await?.is_none() {
             return Err(ApiError::NotFound("tenant not found".into()));
         }
         Ok(())
+    }
+}
+
+/// The scope a route needs on the tenant in its path, as a type: `Access<need::Read>`.
+pub mod need {
+    use crate::auth::Scope;
+
+    pub trait Scoped: Send + Sync {
+        const SCOPE: Scope;
+    }
+    pub struct Publish;
+    pub struct Read;
+    pub struct Manage;
+    impl Scoped for Publish {
+        const SCOPE: Scope = Scope::Publish;
+    }
+    impl Scoped for Read {
+        const SCOPE: Scope = Scope::Read;
+    }
+    impl Scoped for Manage {
+        const SCOPE: Scope = Scope::Manage;
+    }
+}
+
+/// The tenant of a `/v1/tenants/{tenant}/…` route, checked: the caller is authenticated, may
+/// act on it with `S`'s scope (another tenant's is 404, a missing scope 403), and it exists.
+pub struct Access<S> {
+    pub tenant: String,
+    pub caller: Principal,
+    scope: std::marker::PhantomData<S>,
+}
+
+impl<S: need::Scoped> FromRequestParts<AppState> for Access<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::Internal(format!("path parameters: {e}")))?;
+        let tenant = params
+            .iter()
+            .find_map(|(name, value)| (name == "tenant").then(|| value.to_string()))
+            .ok_or_else(|| ApiError::Internal("the route names no tenant".into()))?;
+        caller.check_tenant(state, &tenant, S::SCOPE).await?;
+        Ok(Access {
+            tenant,
+            caller: caller.0,
+            scope: std::marker::PhantomData,
+        })
     }
 }
 
@@ -214,25 +265,42 @@ fn strip_position(e: &serde_json::Error) -> String {
 /// Query parameters, taken one by one so that an unknown one can be refused.
 pub struct Params(Vec<(String, String)>);
 
-impl Params {
-    pub fn from_query(
-        q: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    ) -> Result<Self, ApiError> {
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let q: Result<Query<Vec<(String, String)>>, QueryRejection> =
+            Query::from_request_parts(parts, state).await;
         q.map(|Query(pairs)| Params(pairs))
             .map_err(|e| ApiError::Malformed(format!("malformed query string: {e}")))
     }
+}
 
-    /// The whole query of a list keyed by string ids: `limit` and `after`, nothing else.
-    pub fn id_page(
-        q: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    ) -> Result<(u32, String), ApiError> {
-        let mut p = Params::from_query(q)?;
+/// The whole query of a list keyed by string ids: `limit` and `after`, nothing else.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IdPage {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, required = false)]
+    pub limit: u32,
+    /// The id to start after (`next_after` of the previous page).
+    #[param(required = false)]
+    pub after: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPage {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let mut p = Params::from_request_parts(parts, state).await?;
         let limit = p.limit()?;
         let after = p.take("after").unwrap_or_default();
         p.finish()?;
-        Ok((limit, after))
+        Ok(IdPage { limit, after })
     }
+}
 
+impl Params {
     pub fn take(&mut self, name: &str) -> Option<String> {
         let i = self.0.iter().position(|(k, _)| k == name)?;
         Some(self.0.remove(i).1)

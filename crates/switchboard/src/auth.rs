@@ -72,7 +72,7 @@ pub enum Denied {
 
 impl Principal {
     /// May this principal act on `tenant` with `scope`?
-    pub fn allow(&self, tenant: &str, scope: Scope) -> Result<(), Denied> {
+    pub fn may(&self, tenant: &str, scope: Scope) -> Result<(), Denied> {
         match self {
             Principal::Admin => Ok(()),
             Principal::Tenant { tenant_id, .. } if tenant_id != tenant => Err(Denied::OtherTenant),
@@ -123,7 +123,7 @@ mod tests {
 
     fn check(principal: &Principal, tenant: &str, scope: Scope, expect: Result<(), Denied>) {
         assert_eq!(
-            principal.allow(tenant, scope),
+            principal.may(tenant, scope),
             expect,
             "{principal:?} {tenant} {scope}"
         );

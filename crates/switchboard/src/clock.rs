@@ -1,5 +1,5 @@
-//! Time as the dispatcher sees it: the system clock in production, a clock the test moves by
-//! hand in tests of time-dependent behaviour (retry delays, `Retry-After`, rate limits, leases),
+//! Time as the writer, the dispatcher and attempts see it: the system clock in production, a
+//! clock the test moves by hand in tests of time-dependent behaviour (retry delays, `Retry-After`, rate limits, leases),
 //! so they step through hours without waiting for them.
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ impl Clock {
     /// Now, in unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         match &self.0 {
-            None => crate::store::now_millis(),
+            None => now_millis(),
             Some(ms) => ms.load(Ordering::SeqCst),
         }
     }
@@ -39,6 +39,11 @@ impl Clock {
             }
         }
     }
+}
+
+/// The system clock's now, in unix milliseconds.
+pub fn now_millis() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// A uniform sample from [-1, 1], from the operating system's random source.

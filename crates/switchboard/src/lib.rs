@@ -6,18 +6,27 @@
 //!
 //! - [`event`]: the wire event, its validation and canonical form (pure logic, no I/O).
 //! - [`agent`]: the live state of an agent derived from its events, and its timeline (pure).
-//! - [`store`]: durable state; the only module with SQL. Ingest, claims, outcomes and System
-//!   events go through one group-committing writer whose turn (`store/turn.rs`) is written once
-//!   for SQLite and PostgreSQL.
-//! - [`subscription`]: the subscription body, its validation, event matching and health policy
-//!   (pure logic).
-//! - [`delivery`]: the dispatcher, the guarded HTTP client, signing and the retry policy.
-//! - [`api`]: the HTTP API, one file per resource, errors as problem+json.
-//! - [`auth`]: API keys and scopes.
-//! - [`cli`]: the tools besides `serve`: `listen` (a verifying local receiver), `bench` and its
-//!   `--pending` backlog mode.
-//! - [`clock`]: time as the dispatcher sees it (a clock tests move by hand).
-//! - [`config`], [`telemetry`]: start-up concerns.
+//! - [`subscription`]: the subscription body, its validation, event matching, JSON merge patch
+//!   and the health policy (pure logic).
+//! - [`store`]: durable state; the only module with SQL. Ingest, the dispatcher's claims and
+//!   outcomes, System events, replays, retention's purges and the agents projection go through
+//!   one group-committing writer per node, whose turn (`store/turn.rs`) is written once for
+//!   SQLite and PostgreSQL; deliveries are created only there. Reads and rare administrative
+//!   writes use a separate pool.
+//! - [`delivery`]: in three rooms — the dispatcher (which due deliveries to attempt, and when),
+//!   the attempt (the `Destination` trait, and the one `attempt()` that the dispatcher and the
+//!   API's Test action share, with the outcome policy) and the sender (the one guarded HTTP
+//!   client and the HTTP destination); beside them the address guard, the retry schedule and
+//!   the signatures.
+//! - [`api`]: the HTTP API, one file per resource; the `Access` extractor (authentication, the
+//!   scope on the path's tenant, the tenant's existence) and strict query parameters; errors
+//!   as problem+json; the OpenAPI document, generated from the handlers; the console.
+//! - [`auth`]: API keys, scopes and principals (`Principal::may`: 404 or 403).
+//! - [`clock`]: time: `now_millis`, and the `Clock` the writer, the dispatcher and attempts
+//!   read (one tests move by hand); jitter and backoff.
+//! - [`cli`]: the tools besides `serve`: the API's client commands, `listen` (a verifying local
+//!   receiver), `bench` and its `--pending` backlog mode, `simulate` (agents' shifts).
+//! - [`config`], [`telemetry`]: start-up concerns: the layered configuration; logs and metrics.
 //!
 //! [`run`] serves the API on a bound listener until a shutdown future resolves; `main.rs` only
 //! parses flags and hands over.
@@ -158,7 +167,7 @@ pub async fn run_with(
 async fn purge(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
     let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     while !*stop.borrow() {
-        let cutoff = store::now_millis() - retention.as_millis() as i64;
+        let cutoff = clock::now_millis() - retention.as_millis() as i64;
         match store.purge(cutoff).await {
             Ok(p) if p.events + p.system_events > 0 => {
                 tracing::info!(

@@ -6,19 +6,24 @@
 //! - `store.rs` (this file): [`Store`], its types, and the writer's channel operations
 //!   (ingest, claim, record, System events, close), written once for both backends.
 //! - `command.rs`: the writer's protocol — commands, the group one turn takes, the answers.
-//! - `turn.rs`: the writer turn, written once over a narrow interface each backend implements.
+//! - `turn.rs`: the writer turn, written once over `conn.rs`'s `Conn`, which each
+//!   backend's writer implements; `agents.rs` and `retention.rs` add their batches to it.
 //! - `decide.rs`: what a turn writes, as pure functions (sequences, duplicates, outbox rows).
-//! - `sql.rs`: every statement text, written once; `Dialect`s for where the two differ.
+//! - `sql.rs`: the statements the turn shares between the dialects, and the `Dialect`s for
+//!   where the two differ; the read-side files keep their own queries, each written once for
+//!   both dialects.
 //! - `db.rs`: the interface statements go through (arguments, rows, the read pool).
 //! - `events.rs`, `tenants.rs`, `subscriptions.rs`, `deliveries.rs`: reads and administrative
 //!   writes, by resource, as `impl Store` blocks.
 //! - `sqlite.rs` + `sqlite/`, `postgres.rs` + `postgres/`: opening each backend, its writer.
 //!
-//! Ingest, claims and outcomes go through one writer per node that group-commits whatever has
-//! queued; reads and the rare administrative writes use a separate pool.
+//! Ingest, claims, outcomes, System events, replays, purges and the agents projection go
+//! through one writer per node that group-commits whatever has queued; reads and the rare
+//! administrative writes use a separate pool. Deliveries are created only in the writer's turn.
 
 mod agents;
 mod command;
+mod conn;
 mod db;
 mod decide;
 mod deliveries;
@@ -482,10 +487,6 @@ pub enum CreateError {
 pub(crate) struct IngestJob {
     pub tenant: String,
     pub events: Vec<NewEvent>,
-}
-
-pub fn now_millis() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn scopes_to_text(scopes: &[Scope]) -> String {

@@ -1,8 +1,7 @@
 //! `/v1/tenants/{t}/agents` (DESIGN §9): the live state of every agent, one agent (now or as of
 //! a sequence), and an agent's timeline. The agents stream is in `streams.rs`.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Json;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
@@ -10,9 +9,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::Errors;
-use super::{ApiError, AppState, Caller, Page, Params};
+use super::{Access, ApiError, AppState, Page, Params, need};
 use crate::agent::{Agent, Interval};
-use crate::auth::Scope;
 use crate::event::{FieldError, Timestamp};
 use crate::store::AgentQuery;
 
@@ -51,12 +49,9 @@ struct AgentPage {
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    mut p: Params,
 ) -> Result<Json<AgentPage>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let limit = p.limit()?;
     let q = AgentQuery {
         signed_in: p.parse("signed_in", "true or false")?,
@@ -90,12 +85,10 @@ fn not_found(username: &str) -> ApiError {
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, username)): Path<(String, String)>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    Path((_, username)): Path<(String, String)>,
+    mut p: Params,
 ) -> Result<Json<Agent>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let as_of: Option<i64> = p.parse("as_of", "a sequence number (a non-negative integer)")?;
     p.finish()?;
     let agent = match as_of {
@@ -139,12 +132,10 @@ struct Timeline {
     security(("bearer" = [])))]
 async fn timeline(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, username)): Path<(String, String)>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    Path((_, username)): Path<(String, String)>,
+    mut p: Params,
 ) -> Result<Json<Timeline>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let mut timestamp = |name: &str| -> Result<Option<Timestamp>, ApiError> {
         p.take(name)
             .map(|v| Timestamp::parse(&v).map_err(|m| ApiError::invalid(name, m)))

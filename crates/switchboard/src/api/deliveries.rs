@@ -9,8 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::Errors;
-use super::{ApiError, AppState, Caller, rfc3339};
-use crate::auth::Scope;
+use super::{Access, ApiError, AppState, need, rfc3339};
 use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -94,10 +93,9 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Read>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
     let (delivery, attempts) = state
         .store
         .get_delivery(&tenant, parse_id(&id)?)
@@ -117,10 +115,9 @@ async fn show(
     security(("bearer" = [])))]
 async fn retry(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     let not_found = || ApiError::NotFound(format!("delivery {id} not found"));
     let delivery_id = parse_id(&id)?;
     let (delivery, _) = state

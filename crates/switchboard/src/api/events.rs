@@ -1,8 +1,7 @@
 //! `/v1/tenants/{t}/events`: ingest (publish) and the event log (read).
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Serialize;
@@ -13,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::doc::{BodyErrors, Errors, Problem, WireEvent};
-use super::{ApiError, AppState, Caller, Page, Params, read_json_body, rfc3339};
+use super::{Access, ApiError, AppState, Caller, Page, Params, need, read_json_body, rfc3339};
 use crate::auth::Scope;
 use crate::event::{self, ParseError, Timestamp};
 use crate::store::{Accepted, EventQuery, StoredEvent};
@@ -91,7 +90,7 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     // The hot path: the writer finds out whether the tenant exists as it commits, so a valid
     // request costs no read before it. Refusals still name a missing tenant first (404).
-    caller.0.allow(&tenant, Scope::Publish)?;
+    caller.0.may(&tenant, Scope::Publish)?;
     let parsed = read_json_body(&headers, body, state.max_body_bytes)
         .await
         .and_then(|bytes| {
@@ -104,7 +103,7 @@ async fn publish(
     let (bytes, events) = match parsed {
         Ok(ok) => ok,
         Err(e) => {
-            caller.allow(&state, &tenant, Scope::Publish).await?;
+            caller.check_tenant(&state, &tenant, Scope::Publish).await?;
             return Err(e);
         }
     };
@@ -164,12 +163,9 @@ impl LogItem {
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    mut p: Params,
 ) -> Result<Json<Page<LogItem>>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let limit = p.limit()?;
     let timestamp = |p: &mut Params, name: &str| -> Result<Option<Timestamp>, ApiError> {
         p.take(name)
@@ -222,10 +218,9 @@ struct EventDetail {
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Read>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<EventDetail>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
     let not_found = || ApiError::NotFound(format!("event {id} not found"));
     let uuid = Uuid::try_parse(&id).map_err(|_| not_found())?;
     let event = state

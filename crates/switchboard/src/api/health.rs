@@ -5,7 +5,7 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Json, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -70,23 +70,31 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// What `/healthz` and `/readyz` answer when all is well (plain JSON, not problem+json).
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    /// `ok` from `/healthz`, `ready` from `/readyz`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
 /// The process is up and serving HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, body = Object, description = "`{\"status\": \"ok\"}`")))]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+    responses((status = 200, body = Status, description = "`{\"status\": \"ok\"}`")))]
+async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
 }
 
 /// The database answers and takes writes.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, body = Object, description = "Ready"),
+        (status = 200, body = Status, description = "Ready: `{\"status\": \"ready\"}`"),
         (status = 503, content_type = "application/problem+json", body = Problem,
          description = "Not ready: the database does not answer or take writes")))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::Unavailable("the database is not reachable".into())
     })?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Status { status: "ready" }))
 }

@@ -2,8 +2,7 @@
 //! creation; only its hash is stored.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use serde::{Deserialize, Serialize};
@@ -12,8 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::{BodyErrors, Errors};
-use super::tenants::IdPage;
-use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use super::{Access, ApiError, AppState, IdPage, Page, json_body, need, rfc3339};
 use crate::auth::{self, Scope};
 use crate::store::KeyRecord;
 
@@ -61,12 +59,10 @@ impl KeyView {
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Access { tenant, .. }: Access<need::Manage>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     let mut req: CreateKey = json_body(&state, &headers, body).await?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
@@ -95,12 +91,9 @@ async fn create(
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Manage>,
+    IdPage { limit, after }: IdPage,
 ) -> Result<Json<Page<KeyView>>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
-    let (limit, after) = Params::id_page(query)?;
     let keys = state.store.list_keys(&tenant, &after, limit + 1).await?;
     let views = keys.into_iter().map(|k| KeyView::new(k, None)).collect();
     Ok(Json(Page::new(views, limit, |k| k.id.clone())))
@@ -113,10 +106,9 @@ async fn list(
     security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     if state.store.delete_key(&tenant, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

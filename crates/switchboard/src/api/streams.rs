@@ -12,8 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Serialize;
@@ -23,9 +22,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::events::{LogItem, filters};
-use super::{ApiError, AppState, Caller, Params};
+use super::{Access, ApiError, AppState, Params, need};
 use crate::agent::Agent;
-use crate::auth::Scope;
 use crate::event::{Catalog, Event};
 use crate::store::{AgentQuery, EventQuery, Store, StoreError, StoredEvent};
 use crate::telemetry;
@@ -316,13 +314,10 @@ struct StreamFilter {
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Access { tenant, .. }: Access<need::Read>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    mut p: Params,
 ) -> Result<Stream, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let resume = resume_point(&headers, &mut p)?;
     let mut filter = EventQuery {
         limit: PAGE,
@@ -448,13 +443,10 @@ async fn snapshot(store: &Store, tenant: &str, catalog: &Catalog) -> Result<Snap
     security(("bearer" = [])))]
 pub async fn agents(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Access { tenant, .. }: Access<need::Read>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    mut p: Params,
 ) -> Result<Stream, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let resume = resume_point(&headers, &mut p)?;
     p.finish()?;
     let store = state.store.clone();

@@ -1,25 +1,24 @@
 //! `/v1/tenants/{t}/subscriptions`: endpoints, their filters and secrets; test, replay, rotate.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::deliveries::DeliveryView;
 use super::doc::{BodyErrors, Errors};
-use super::tenants::IdPage;
-use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use super::{Access, ApiError, AppState, IdPage, Page, Params, json_body, need, rfc3339};
 use crate::auth::{self, Scope};
+use crate::clock::now_millis;
+use crate::delivery::attempt;
 use crate::delivery::signing::Secret;
-use crate::delivery::{Target, decide};
 use crate::event::{Event, Timestamp, catalog};
-use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent, now_millis};
+use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent};
 use crate::subscription::health::Notice;
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
@@ -85,20 +84,19 @@ struct SubscriptionDoc {
 }
 
 /// The answer to a rotation.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct NewSecret {
     /// Signs from now on; the old one too, until the grace period ends.
     #[schema(example = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")]
     secret: String,
     /// For `v1a`: the new secret's public key.
     #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     public_key: Option<String>,
 }
 
 /// The outcome of a Test event's attempt.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct TestOutcome {
     event_id: String,
     delivery_id: i64,
@@ -111,8 +109,7 @@ struct TestOutcome {
 }
 
 /// The answer to a replay.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct Requeued {
     /// Deliveries made due again or created.
     requeued: u64,
@@ -170,12 +167,10 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRe
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Access { tenant, .. }: Access<need::Manage>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     let value: Value = json_body(&state, &headers, body).await?;
     let mut spec = SubscriptionSpec::from_value(value).map_err(ApiError::Invalid)?;
     spec.secret
@@ -202,12 +197,9 @@ async fn create(
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    IdPage { limit, after }: IdPage,
 ) -> Result<Json<Page<SubscriptionView>>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let (limit, after) = Params::id_page(query)?;
     let subs = state
         .store
         .list_subscriptions(&tenant, &after, limit + 1)
@@ -226,12 +218,11 @@ async fn list(
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, caller, .. }: Access<need::Read>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
     let rec = find(&state, &tenant, &id).await?;
-    let manage = caller.0.allow(&tenant, Scope::Manage).is_ok();
+    let manage = caller.may(&tenant, Scope::Manage).is_ok();
     Ok(Json(SubscriptionView::new(rec, manage)))
 }
 
@@ -248,12 +239,11 @@ const DISABLED_BY_USER: &str = "disabled by the user";
     security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     let patch: Map<String, Value> = json_body(&state, &headers, body).await?;
     let mut rec = find(&state, &tenant, &id).await?;
     let mut current =
@@ -303,10 +293,9 @@ async fn update(
     security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
     if state.store.delete_subscription(&tenant, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -331,12 +320,11 @@ struct RotateRequest {
     security(("bearer" = [])))]
 async fn rotate(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
+) -> Result<Json<NewSecret>, ApiError> {
     let req: RotateRequest = if headers.contains_key("content-type") {
         json_body(&state, &headers, body).await?
     } else {
@@ -357,11 +345,7 @@ async fn rotate(
     rec.old_secret_expires_at = Some(now + grace as i64 * 1000);
     rec.updated_at = now;
     state.store.update_subscription(&rec).await?;
-    let mut answer = json!({"secret": secret});
-    if let Some(key) = public_key {
-        answer["public_key"] = key.into();
-    }
-    Ok(Json(answer))
+    Ok(Json(NewSecret { secret, public_key }))
 }
 
 /// Sends a System Test event now and answers with the attempt's outcome. The event is stored
@@ -374,15 +358,14 @@ async fn rotate(
     security(("bearer" = [])))]
 async fn test(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<TestOutcome>, ApiError> {
     let rec = find(&state, &tenant, &id).await?;
     let mut fields = Map::new();
     fields.insert("SubscriptionId".into(), Value::String(rec.id.clone()));
     let event = Event::system(catalog::system::TEST, fields, now_millis());
-    let target = Target::new(rec);
+    let target = state.sender.target(rec);
     let system = SystemEvent {
         tenant: tenant.clone(),
         event,
@@ -396,18 +379,18 @@ async fn test(
             "the test delivery was not created".into(),
         ));
     };
-    let r = state.sender.send(&target, &c).await;
-    let delivered = r.status.is_some_and(|s| (200..300).contains(&s));
-    let answer = json!({
-        "event_id": c.event_id,
-        "delivery_id": c.delivery_id,
-        "delivered": delivered,
-        "status_code": r.status,
-        "duration_ms": r.duration_ms,
-        "error": r.error,
-        "response_body": r.response_body,
-    });
-    state.store.record(vec![decide(&target.sub, &c, r)]).await?;
+    let o = attempt(&target, &c, state.sender.clock()).await;
+    let delivered = o.status_code.is_some_and(|s| (200..300).contains(&s));
+    let answer = TestOutcome {
+        event_id: c.event_id,
+        delivery_id: c.delivery_id,
+        delivered,
+        status_code: o.status_code,
+        duration_ms: o.duration_ms,
+        error: o.error.clone(),
+        response_body: o.response_body.clone(),
+    };
+    state.store.record(vec![o]).await?;
     Ok(Json(answer))
 }
 
@@ -435,12 +418,11 @@ struct ReplayRequest {
     security(("bearer" = [])))]
 async fn replay(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Access { tenant, .. }: Access<need::Manage>,
+    Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.allow(&state, &tenant, Scope::Manage).await?;
+) -> Result<(StatusCode, Json<Requeued>), ApiError> {
     let req: ReplayRequest = json_body(&state, &headers, body).await?;
     let since = Timestamp::parse(&req.since).map_err(|m| ApiError::invalid("since", m))?;
     let until = req
@@ -456,7 +438,7 @@ async fn replay(
         .store
         .replay(&rec, since, until, req.only_failed)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": requeued}))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
 }
 
 /// The subscription's deliveries, oldest first.
@@ -467,12 +449,10 @@ async fn replay(
     security(("bearer" = [])))]
 async fn deliveries(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Access { tenant, .. }: Access<need::Read>,
+    Path((_, id)): Path<(String, String)>,
+    mut p: Params,
 ) -> Result<Json<Page<DeliveryView>>, ApiError> {
-    caller.allow(&state, &tenant, Scope::Read).await?;
-    let mut p = Params::from_query(query)?;
     let limit = p.limit()?;
     let after: i64 = p.parse("after", "a delivery id")?.unwrap_or(0);
     let status = p

@@ -1,8 +1,7 @@
 //! `/v1/tenants`: the operator's tenant administration (admin key only).
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use serde::{Deserialize, Serialize};
@@ -11,25 +10,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::{BodyErrors, Errors, Problem};
-use super::{ApiError, AppState, Caller, Page, Params, json_body, rfc3339};
+use super::{ApiError, AppState, Caller, IdPage, Page, json_body, rfc3339};
 use crate::store::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(show, update, remove))
-}
-
-/// Cursor pagination by id.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub(super) struct IdPage {
-    /// Page size, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-    /// The id to start after (`next_after` of the previous page).
-    after: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -167,10 +154,9 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    IdPage { limit, after }: IdPage,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
     caller.0.require_admin()?;
-    let (limit, after) = Params::id_page(query)?;
     let tenants = state.store.list_tenants(&after, limit + 1).await?;
     let views = tenants.into_iter().map(TenantView::from).collect();
     Ok(Json(Page::new(views, limit, |t| t.id.clone())))

@@ -306,33 +306,130 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.events == 0 || opts.batch == 0 || opts.concurrency == 0 {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
+    let (state, receiver_addr) = start_receiver(opts.events).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency * 2)
+        .build()?;
+    let probe = (opts.events * opts.subscriptions).clamp(1_000, 20_000);
+    let raw = raw_rate(&client, receiver_addr, opts.concurrency, probe).await?;
+
+    let server = start_server(&opts, &client).await?;
+    let (base, admin_key) = (server.base.as_str(), server.admin_key.as_str());
+    let api = super::client::Api::new(base, admin_key);
+    for _ in 0..opts.subscriptions {
+        let body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
+        api.create_subscription("default", &body)
+            .await
+            .context("creating a subscription")?;
+    }
+    let consumers = open_streams(&opts, base, admin_key, &state).await?;
+    // Events are posted as a producer would: with a tenant key that may only publish.
+    let key = publish_key(base, admin_key).await?;
+    let requests = Arc::new(request_bodies(&opts)?);
+
+    let load = drive(&opts, &client, base, &key, requests, &state);
+    let (accepted, ingest, accept_secs, end_to_end_secs) = load.await?;
+
+    let ingest_to_stream_ms = if consumers.is_empty() {
+        None
+    } else {
+        let mut all = histogram();
+        for c in consumers {
+            let h = tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .context("the stream consumers did not get every event within 60 s")???;
+            all.add(&h)?;
+        }
+        Some(Percentiles::of(&all))
+    };
+    let agents_url = format!("{base}/v1/tenants/default/agents");
+    let agents_page_ms = time_gets(&client, &agents_url, admin_key, 50).await?;
+    let agents_page_1000_ms =
+        time_gets(&client, &format!("{agents_url}?limit=1000"), admin_key, 50).await?;
+    let server_peak_rss_mib = opts
+        .url
+        .is_none()
+        .then(|| rss_mib("self").map(|(_, peak)| peak))
+        .flatten();
+    let expired = match (opts.expired, &server.stop) {
+        (0, _) | (_, None) => None,
+        (n, Some(_)) => Some((n, purged_so_far(&client, base).await?)),
+    };
+    // Close the client's keep-alive connections first: the server's graceful shutdown waits
+    // for its connections.
+    drop(client);
+    if let Some(stop) = server.stop {
+        stop_in_process(stop).await?;
+    }
+    let deliveries = state.seen.lock().expect("lock").len();
+    let ingest_to_receiver_ms = Percentiles::of(&state.latency.lock().expect("lock"));
+    Ok(Report {
+        events: opts.events,
+        batch: opts.batch,
+        concurrency: opts.concurrency,
+        subscriptions: opts.subscriptions,
+        rate: opts.rate,
+        accepted,
+        deliveries,
+        accept_secs,
+        accepted_per_sec: accepted as f64 / accept_secs,
+        end_to_end_secs,
+        deliveries_per_sec: deliveries as f64 / end_to_end_secs,
+        ingest_latency_ms: Percentiles::of(&ingest),
+        ingest_to_receiver_ms,
+        receiver_raw_requests_per_sec: raw,
+        server_peak_rss_mib,
+        expired,
+        streams: opts.streams,
+        ingest_to_stream_ms,
+        agents: opts.agents.min(opts.events),
+        agents_page_ms,
+        agents_page_1000_ms,
+    })
+}
+
+/// The bench's receiver on a loopback port of its own.
+async fn start_receiver(events: usize) -> anyhow::Result<(Arc<Receiver>, SocketAddr)> {
     let state = Arc::new(Receiver {
-        sent: Mutex::new(HashMap::with_capacity(opts.events)),
+        sent: Mutex::new(HashMap::with_capacity(events)),
         latency: Mutex::new(histogram()),
         seen: Mutex::default(),
         arrived: Notify::new(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let receiver_addr = listener.local_addr()?;
+    let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/", post(receive))
         .with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency * 2)
-        .build()?;
+    Ok((state, addr))
+}
 
-    let probe = (opts.events * opts.subscriptions).clamp(1_000, 20_000);
-    let raw = raw_rate(&client, receiver_addr, opts.concurrency, probe).await?;
+/// The server measured: given by `--url`, or started in this process on a fresh data dir.
+struct Server {
+    base: String,
+    admin_key: String,
+    /// Stops the in-process server.
+    stop: Option<InProcess>,
+    /// The in-process server's data, removed when dropped.
+    _dir: Option<tempfile::TempDir>,
+}
 
-    // The server: given, or in this process on a fresh data dir.
-    let (base, key, stop, _dir) = match &opts.url {
+/// Starts (or reaches) the server and waits until it is ready. With `--expired`, the
+/// in-process server is first filled, then started again with a one-second retention.
+async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Result<Server> {
+    let server = match &opts.url {
         Some(url) => {
             let key = opts
                 .key
                 .clone()
                 .context("--url needs --key, the admin key")?;
-            (url.trim_end_matches('/').to_string(), key, None, None)
+            Server {
+                base: url.trim_end_matches('/').to_string(),
+                admin_key: key,
+                stop: None,
+                _dir: None,
+            }
         }
         None => {
             let dir = tempfile::tempdir()?;
@@ -354,28 +451,37 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 config.retention_secs = 1;
             }
             let (base, stop) = in_process(config)?;
-            (base, key, Some(stop), Some(dir))
+            Server {
+                base,
+                admin_key: key,
+                stop: Some(stop),
+                _dir: Some(dir),
+            }
         }
     };
-    let ready = client.get(format!("{base}/readyz")).send().await?;
+    let ready = client.get(format!("{}/readyz", server.base)).send().await?;
     if !ready.status().is_success() {
-        bail!("the server at {base} is not ready: {}", ready.status());
+        bail!(
+            "the server at {} is not ready: {}",
+            server.base,
+            ready.status()
+        );
     }
-    let api = super::client::Api::new(&base, &key);
-    for _ in 0..opts.subscriptions {
-        let body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
-        api.create_subscription("default", &body)
-            .await
-            .context("creating a subscription")?;
-    }
+    Ok(server)
+}
 
-    let admin_key = key.clone();
-    // Stream consumers, each on a connection of its own, from the next event on.
+/// Stream consumers, each on a connection of its own, from the next event on.
+async fn open_streams(
+    opts: &Options,
+    base: &str,
+    admin_key: &str,
+    state: &Arc<Receiver>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>> {
     let mut consumers = Vec::new();
     for _ in 0..opts.streams {
         let response = reqwest::Client::new()
             .get(format!("{base}/v1/tenants/default/events/stream"))
-            .bearer_auth(&admin_key)
+            .bearer_auth(admin_key)
             .send()
             .await?;
         if response.status() != StatusCode::OK {
@@ -387,36 +493,48 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             opts.events,
         )));
     }
+    Ok(consumers)
+}
 
-    // Events are posted as a producer would: with a tenant key that may only publish.
-    let key = publish_key(&base, &key).await?;
-
-    // Every request body is made before the clock starts, so that the bench's own work
-    // competes as little as possible with the server it measures (as with wrk's fixed bodies).
+/// Every request body, made before the clock starts, so that the bench's own work competes as
+/// little as possible with the server it measures (as with wrk's fixed bodies).
+fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>)>> {
     let batches = opts.events.div_ceil(opts.batch);
     let id_source = BenchIds::new();
-    let requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>> = Arc::new(
-        (0..batches)
-            .map(|b| {
-                let first = b * opts.batch;
-                let count = opts.batch.min(opts.events - first);
-                let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
-                let events: Vec<Value> = (first..first + count)
-                    .zip(&ids)
-                    .map(|(n, id)| bench_event(*id, n, opts.agents))
-                    .collect();
-                let body = if opts.batch == 1 {
-                    serde_json::to_vec(&events[0])
-                } else {
-                    serde_json::to_vec(&events)
-                };
-                body.map(|b| (bytes::Bytes::from(b), ids))
-            })
-            .collect::<Result<_, _>>()?,
-    );
-    let url = format!("{base}/v1/tenants/default/events");
+    let bodies = (0..batches)
+        .map(|b| {
+            let first = b * opts.batch;
+            let count = opts.batch.min(opts.events - first);
+            let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
+            let events: Vec<Value> = (first..first + count)
+                .zip(&ids)
+                .map(|(n, id)| bench_event(*id, n, opts.agents))
+                .collect();
+            let body = if opts.batch == 1 {
+                serde_json::to_vec(&events[0])
+            } else {
+                serde_json::to_vec(&events)
+            };
+            body.map(|b| (bytes::Bytes::from(b), ids))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(bodies)
+}
 
-    // Drive: `concurrency` workers take batches from a shared counter.
+/// The measured load: `concurrency` workers take batches from a shared counter and post them
+/// (on schedule with `--rate`), until every event is accepted and every delivery arrived.
+/// Returns how many were accepted, the ingest latencies, and the seconds to accept them all
+/// and to deliver them all.
+async fn drive(
+    opts: &Options,
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>>,
+    state: &Arc<Receiver>,
+) -> anyhow::Result<(usize, Histogram<u64>, f64, f64)> {
+    let url = format!("{base}/v1/tenants/default/events");
+    let batches = requests.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let ingest = Arc::new(Mutex::new(histogram()));
@@ -427,7 +545,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             client.clone(),
             url.clone(),
             requests.clone(),
-            key.clone(),
+            key.to_string(),
             state.clone(),
             next.clone(),
             accepted.clone(),
@@ -476,7 +594,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     let want = opts.events * opts.subscriptions;
     let progress = opts.progress.then(|| {
-        let (accepted, state) = (accepted.clone(), state.clone());
+        let (accepted, state, events) = (accepted.clone(), state.clone(), opts.events);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -485,7 +603,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     "\r{:>6.1}s  accepted {}/{}  delivered {delivered}/{want}   ",
                     start.elapsed().as_secs_f64(),
                     accepted.load(std::sync::atomic::Ordering::SeqCst),
-                    opts.events
+                    events
                 );
             }
         })
@@ -515,64 +633,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         p.abort();
         eprintln!();
     }
-    let ingest_to_stream_ms = if consumers.is_empty() {
-        None
-    } else {
-        let mut all = histogram();
-        for c in consumers {
-            let h = tokio::time::timeout(Duration::from_secs(60), c)
-                .await
-                .context("the stream consumers did not get every event within 60 s")???;
-            all.add(&h)?;
-        }
-        Some(Percentiles::of(&all))
-    };
-    let agents_url = format!("{base}/v1/tenants/default/agents");
-    let agents_page_ms = time_gets(&client, &agents_url, &admin_key, 50).await?;
-    let agents_page_1000_ms =
-        time_gets(&client, &format!("{agents_url}?limit=1000"), &admin_key, 50).await?;
-    let server_peak_rss_mib = opts
-        .url
-        .is_none()
-        .then(|| rss_mib("self").map(|(_, peak)| peak))
-        .flatten();
-    let expired = match (opts.expired, &stop) {
-        (0, _) | (_, None) => None,
-        (n, Some(_)) => Some((n, purged_so_far(&client, &base).await?)),
-    };
-    // Close the client's keep-alive connections first: the server's graceful shutdown waits
-    // for its connections.
-    drop(client);
-    if let Some(stop) = stop {
-        stop_in_process(stop).await?;
-    }
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    let deliveries = state.seen.lock().expect("lock").len();
-    let ingest_latency_ms = Percentiles::of(&ingest.lock().expect("lock"));
-    let ingest_to_receiver_ms = Percentiles::of(&state.latency.lock().expect("lock"));
-    Ok(Report {
-        events: opts.events,
-        batch: opts.batch,
-        concurrency: opts.concurrency,
-        subscriptions: opts.subscriptions,
-        rate: opts.rate,
-        accepted,
-        deliveries,
-        accept_secs,
-        accepted_per_sec: accepted as f64 / accept_secs,
-        end_to_end_secs,
-        deliveries_per_sec: deliveries as f64 / end_to_end_secs,
-        ingest_latency_ms,
-        ingest_to_receiver_ms,
-        receiver_raw_requests_per_sec: raw,
-        server_peak_rss_mib,
-        expired,
-        streams: opts.streams,
-        ingest_to_stream_ms,
-        agents: opts.agents.min(opts.events),
-        agents_page_ms,
-        agents_page_1000_ms,
-    })
+    let ingest = ingest.lock().expect("lock").clone();
+    Ok((accepted, ingest, accept_secs, end_to_end_secs))
 }
 
 /// Creates a `default`-tenant key with the `publish` scope, using the admin key.

@@ -9,7 +9,7 @@
 //!   later turn, once [`FOLD_EVERY`] have gathered or [`MAX_LAG_MS`] have passed (a
 //!   `FoldAgents` command comes every [`FOLD_TICK`]). An agent that changes twenty times in
 //!   that window is then written once, not twenty times: written every turn, the projection
-//!   cost a third of ingest's throughput. Readers see exactly the state as of `agents_through`
+//!   cost much of ingest's throughput (docs/BENCHMARKS.md). Readers see exactly the state as of `agents_through`
 //!   (`as_of_sequence`), at most that far behind the log.
 //! - A log the projection does not cover (a database from before it, deferred events lost in a
 //!   crash or a failed turn, or folded by another node in between) is read back from the log:
@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::sync::oneshot;
 
 use super::command::Command;
+use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, Select, args};
 use super::decide::{IN_LIST, fixed_chunks};
-use super::turn::{Conn, corrupt};
 use super::{Store, StoreError, sql};
 use crate::agent::{self, Agent};
 use crate::event::catalog::AGENT;

@@ -29,6 +29,8 @@ pub(super) enum Command {
     Ping(Reply<()>),
     /// One batch of retention's purge.
     Purge(PurgeJob, Reply<PurgeStep>),
+    /// One page of a replay.
+    Replay(ReplayJob, Reply<ReplayStep>),
     /// One batch folding a tenant's log into the agents projection; true if more remain.
     CatchUpAgents(String, Reply<bool>),
     /// Fold the Agent events the writer has deferred (sent now and then; see `agents.rs`).
@@ -53,6 +55,26 @@ pub(super) struct PurgeJob {
     pub cutoff: i64,
 }
 
+/// One page of a replay to `sub`: the events of `tenant` after sequence `after`, created
+/// (`CreationDateUtc`, yyyyMMddHHmmss) from `since` to `until`, that the subscription's filter
+/// matches now — or, `only_failed`, its failed deliveries of that window, all at once.
+pub(super) struct ReplayJob {
+    pub tenant: String,
+    pub sub: super::decide::OutboxSub,
+    pub since: i64,
+    pub until: i64,
+    pub after: i64,
+    pub only_failed: bool,
+}
+
+/// What a replay page did: deliveries requeued or created, and where the next page starts
+/// (`None`: that was the last).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ReplayStep {
+    pub requeued: u64,
+    pub next: Option<i64>,
+}
+
 /// What a purge batch did: whether more may follow, where the next starts, what went.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct PurgeStep {
@@ -71,6 +93,7 @@ pub(super) struct Group {
     pub system: Vec<(SystemEvent, Reply<Vec<Claimed>>)>,
     pings: Vec<Reply<()>>,
     pub purges: Vec<(PurgeJob, Reply<PurgeStep>)>,
+    pub replays: Vec<(ReplayJob, Reply<ReplayStep>)>,
     pub catch_ups: Vec<(String, Reply<bool>)>,
     /// A `FoldAgents` was among the commands.
     pub folds: bool,
@@ -86,6 +109,7 @@ pub(super) struct Committed {
     pub claims: Vec<Vec<Claimed>>,
     pub system: Vec<Vec<Claimed>>,
     pub purges: Vec<PurgeStep>,
+    pub replays: Vec<ReplayStep>,
     pub catch_ups: Vec<bool>,
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
@@ -127,6 +151,7 @@ impl Group {
             Command::System(event, reply) => self.system.push((event, reply)),
             Command::Ping(reply) => self.pings.push(reply),
             Command::Purge(job, reply) => self.purges.push((job, reply)),
+            Command::Replay(job, reply) => self.replays.push((job, reply)),
             Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
             Command::FoldAgents => self.folds = true,
             Command::Shutdown => return true,
@@ -135,7 +160,7 @@ impl Group {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.only_folds() && !self.folds
+        !self.has_work() && !self.folds
     }
 
     /// Readiness asked whether the database takes writes.
@@ -143,16 +168,17 @@ impl Group {
         !self.pings.is_empty()
     }
 
-    /// Nothing but the periodic fold.
-    pub fn only_folds(&self) -> bool {
-        self.ingests.is_empty()
+    /// Whether the group holds a command other than the periodic fold (which may be absent).
+    pub fn has_work(&self) -> bool {
+        !(self.ingests.is_empty()
             && self.outcome_replies.is_empty()
             && self.claims.is_empty()
             && self.system.is_empty()
             && self.pings.is_empty()
             && self.purges.is_empty()
+            && self.replays.is_empty()
             && self.catch_ups.is_empty()
-            && !self.stopping
+            && !self.stopping)
     }
 
     /// A group without ingest holds nothing a client was promised — claims and outcomes; losing
@@ -160,7 +186,8 @@ impl Group {
     /// the disk. The next durable commit flushes it anyway. (System events are not promised
     /// either: the condition that raised one raises it again.)
     pub fn durable(&self) -> bool {
-        !self.ingests.is_empty()
+        // A replay was answered too: what it requeued must survive a crash.
+        !self.ingests.is_empty() || !self.replays.is_empty()
     }
 
     pub fn jobs(&self) -> Vec<&IngestJob> {
@@ -209,6 +236,9 @@ impl Group {
                 for ((_, reply), step) in self.purges.into_iter().zip(done.purges) {
                     let _ = reply.send(Ok(step));
                 }
+                for ((_, reply), step) in self.replays.into_iter().zip(done.replays) {
+                    let _ = reply.send(Ok(step));
+                }
                 for ((_, reply), more) in self.catch_ups.into_iter().zip(done.catch_ups) {
                     let _ = reply.send(Ok(more));
                 }
@@ -235,6 +265,9 @@ impl Group {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in self.purges {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in self.replays {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in self.catch_ups {

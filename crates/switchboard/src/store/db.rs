@@ -146,7 +146,7 @@ pub(crate) struct Dialect {
     pub try_lock_tenant: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
     pub lock_health: &'static str,
-    /// The claim (see `sql::CLAIM`) with the dialect's row locking.
+    /// The claim of due deliveries, with the dialect's row locking.
     pub claim: &'static str,
     /// Run in a transaction that made deliveries due, to wake other nodes.
     pub notify: Option<&'static str>,
@@ -383,13 +383,6 @@ impl Tx {
         match self {
             Tx::Sqlite(t) => sqlite_execute(&mut **t, sql, args).await,
             Tx::Postgres(t) => pg_execute(&mut **t, sql, args).await,
-        }
-    }
-
-    pub async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
-        match self {
-            Tx::Sqlite(t) => sqlite_query(&mut **t, sql, args).await,
-            Tx::Postgres(t) => pg_query(&mut **t, sql, args).await,
         }
     }
 

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 use super::command::JobResult;
-use super::{Accepted, Claimed, DeliveryStatus, IngestError, IngestJob, NextState, Outcome};
+use super::{
+    Accepted, Claimed, DeliveryStatus, IngestError, IngestJob, NextState, Outcome,
+    SubscriptionRecord,
+};
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::Attempt;
 use crate::subscription::{self, Coalesce, Filter, Ordering, SubscriptionSpec};
@@ -155,11 +158,23 @@ pub(super) fn monitors(filter: Option<&Filter>) -> bool {
 }
 
 /// An enabled subscription as the outbox needs it.
+#[derive(Clone)]
 pub(super) struct OutboxSub {
     pub id: String,
     pub filter: Option<Filter>,
     pub ordering: Ordering,
     pub coalesce: Coalesce,
+}
+
+impl OutboxSub {
+    pub fn of(sub: &SubscriptionRecord) -> Self {
+        OutboxSub {
+            id: sub.id.clone(),
+            filter: sub.spec.filter.clone(),
+            ordering: sub.spec.ordering,
+            coalesce: sub.spec.coalesce,
+        }
+    }
 }
 
 /// Reads the stored spec of an enabled subscription for the outbox.

@@ -1,16 +1,19 @@
-//! Deliveries and their attempts, outside the writer: listing, retrying, replaying, the
-//! dispatcher's leases given back and its next due time, and the figures for `/metrics`.
+//! Deliveries and their attempts: listing, retrying one, the dispatcher's leases given back and
+//! its next due time, and the figures for `/metrics`, on the read pool; replays, a page per
+//! writer turn (`turn.rs` creates their deliveries, as it does ingest's).
 
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::command::{Command, ReplayJob};
 use super::db::{Arg, Row, Select, args};
-use super::decide;
-use super::sql::{self, DELIVERY_COLUMNS};
+use super::decide::OutboxSub;
+use super::sql::DELIVERY_COLUMNS;
 use super::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, Stats, Store, StoreError, SubscriptionRecord,
-    now_millis,
 };
-use crate::event::{Event, Timestamp};
+use crate::clock::now_millis;
+use crate::event::Timestamp;
 
 fn delivery_record(mut r: Row) -> Result<DeliveryRecord, StoreError> {
     Ok(DeliveryRecord {
@@ -144,92 +147,30 @@ impl Store {
         until: Option<Timestamp>,
         only_failed: bool,
     ) -> Result<u64, StoreError> {
-        let now = now_millis();
-        let until = until.map_or(i64::MAX, Timestamp::as_i64);
-        let (tenant, sub_id) = (sub.tenant_id.as_str(), sub.id.as_str());
+        let mut job = ReplayJob {
+            tenant: sub.tenant_id.clone(),
+            sub: OutboxSub::of(sub),
+            since: since.as_i64(),
+            until: until.map_or(i64::MAX, Timestamp::as_i64),
+            after: 0,
+            only_failed,
+        };
+        // A page per writer turn, so that ingest is never held up for long.
         let mut total = 0;
-        if only_failed {
-            let mut tx = self.0.db.begin(self.0.dialect).await?;
-            total = tx
-                .execute(
-                    "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
-                     next_attempt_at = $1, lease_until = NULL, updated_at = $2 \
-                     WHERE subscription_id = $3 AND status = 'failed' \
-                     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $4 \
-                       AND created >= $5 AND created <= $6)",
-                    &args![now, now, sub_id, tenant, since.as_i64(), until],
-                )
-                .await?;
-            tx.commit().await?;
-        } else {
-            // A page per transaction, so that ingest is never held up for long.
-            let mut after = 0i64;
-            loop {
-                let mut tx = self.0.db.begin(self.0.dialect).await?;
-                let rows = tx
-                    .query(
-                        "SELECT sequence, body FROM events WHERE tenant_id = $1 \
-                         AND created >= $2 AND created <= $3 AND sequence > $4 \
-                         ORDER BY sequence LIMIT 1000",
-                        &args![tenant, since.as_i64(), until, after],
-                    )
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.int(0)?;
-                for mut row in rows {
-                    let sequence = row.int(0)?;
-                    let event = Event::from_canonical_json(&row.text(1)?).map_err(|e| {
-                        StoreError::Db(format!("a stored event does not decode: {e}"))
-                    })?;
-                    let Some(agent) =
-                        decide::delivery_agent(&event, sub.spec.filter.as_ref(), sub.spec.ordering)
-                    else {
-                        continue;
-                    };
-                    let id = event.id.to_string();
-                    // Coalescing: a replayed status replaces the agent's pending ones before it.
-                    let key = decide::coalesce_key(&event, sub.spec.coalesce);
-                    let mut superseded = 0;
-                    if key.is_some() {
-                        let rows = tx
-                            .query(sql::SUPERSEDE, &args![now, sub_id, key, sequence])
-                            .await?;
-                        for row in &rows {
-                            superseded += 1 + row.int(0)?;
-                        }
-                    }
-                    total += tx
-                        .execute(
-                            "INSERT INTO deliveries (tenant_id, subscription_id, event_id, \
-                             sequence, agent, status, next_attempt_at, created_at, updated_at, \
-                             coalesce_key, superseded) \
-                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10) \
-                             ON CONFLICT (subscription_id, sequence) DO UPDATE SET \
-                             status = 'pending', round_attempts = 0, \
-                             next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
-                             agent = excluded.agent, updated_at = excluded.updated_at, \
-                             coalesce_key = excluded.coalesce_key, \
-                             superseded = excluded.superseded",
-                            &args![
-                                tenant,
-                                sub_id,
-                                id.as_str(),
-                                sequence,
-                                agent,
-                                now,
-                                now,
-                                now,
-                                key,
-                                superseded
-                            ],
-                        )
-                        .await?;
-                }
-                tx.commit().await?;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            let page = ReplayJob {
+                sub: job.sub.clone(),
+                tenant: job.tenant.clone(),
+                ..job
+            };
+            let step = self.turn(Command::Replay(page, reply), answer).await?;
+            total += step.requeued;
+            match step.next {
+                Some(after) => job.after = after,
+                None => return Ok(total),
             }
         }
-        self.0.wake.notify_one();
-        Ok(total)
     }
 
     /// Gives back the leases of claimed deliveries that were not attempted (rare: a

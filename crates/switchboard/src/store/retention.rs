@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::command::{Command, PurgeJob, PurgeStep};
+use super::conn::Conn;
 use super::db::{Arg, Select, args};
-use super::turn::Conn;
 use super::{Store, StoreError};
 
 /// Events examined per batch.

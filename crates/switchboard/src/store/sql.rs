@@ -156,6 +156,31 @@ pub static INSERT_COALESCED_DELIVERIES: MultiRow = MultiRow::new(
     12,
     1,
 );
+/// A replay's deliveries (with the coalescing columns): created, or set back to pending for a
+/// fresh round when the subscription had one for the event.
+pub static REPLAY_DELIVERIES: MultiRow = MultiRow::new(
+    "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
+     next_attempt_at, created_at, updated_at, lease_until, coalesce_key, superseded) VALUES ",
+    " ON CONFLICT (subscription_id, sequence) DO UPDATE SET status = excluded.status, \
+     round_attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
+     agent = excluded.agent, updated_at = excluded.updated_at, \
+     coalesce_key = excluded.coalesce_key, superseded = excluded.superseded",
+    12,
+    1,
+);
+/// Events per page of a replay: each page is one writer turn.
+pub const REPLAY_PAGE_EVENTS: i64 = 1000;
+/// A page of a replay's window: `(sequence, body)` of tenant `$1`'s events created from `$2`
+/// to `$3`, after sequence `$4`, at most `$5`.
+pub const REPLAY_PAGE: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 \
+    AND created >= $2 AND created <= $3 AND sequence > $4 ORDER BY sequence LIMIT $5";
+/// A replay of only the failed deliveries of subscription `$3` for tenant `$4`'s events
+/// created from `$5` to `$6`: pending again, due at `$1`, for a fresh round.
+pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
+    next_attempt_at = $1, lease_until = NULL, updated_at = $2 \
+    WHERE subscription_id = $3 AND status = 'failed' \
+    AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $4 \
+      AND created >= $5 AND created <= $6)";
 /// Coalescing (`latest_status`): the pending StatusChanged deliveries of agent `$3` for
 /// subscription `$2` before sequence `$4`, not in flight at `$1`, end `superseded`; each
 /// returns how many it had replaced itself.

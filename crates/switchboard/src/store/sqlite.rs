@@ -125,6 +125,7 @@ pub(super) async fn open(
 }
 
 mod ids;
+mod statements;
 #[cfg(test)]
 mod tests;
 mod writer;

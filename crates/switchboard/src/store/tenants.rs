@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::db::{Row, args};
 use super::{
-    Change, CreateError, KeyRecord, Store, StoreError, Tenant, now_millis, scopes_from_text,
-    scopes_to_text,
+    Change, CreateError, KeyRecord, Store, StoreError, Tenant, scopes_from_text, scopes_to_text,
 };
 use crate::auth::Scope;
+use crate::clock::now_millis;
 
 /// How long a key found by authentication is trusted without reading it again. Deleting a key
 /// (or its tenant) forgets it at once on this node and, on PostgreSQL, on the others as the

@@ -1,28 +1,44 @@
 //! The writer turn, written once for both backends. One turn commits a [`Group`] — every
-//! command queued when the writer came round — in one transaction:
+//! command queued when the writer came round — in one transaction. [`run`] opens none for a
+//! group holding only the periodic fold with nothing deferred; otherwise `write` does, in order:
 //!
-//! 1. lock the group's tenants (in one order) and read their last sequences;
-//! 2. find the events already stored under the `Id`s the producers gave;
-//! 3. decide (`decide.rs`): duplicates, conflicts, the new events' sequences;
-//! 4. insert the new events and their outbox rows (one delivery per matching subscription);
-//! 5. write back finished attempts, their deliveries' new state, and each subscription's health
-//!    as its policy decides;
-//! 6. store System events and their deliveries;
+//! 1. when readiness asked (`Ping`), the dialect's probe write;
+//! 2. ingest: lock the group's tenants (in one order) and read their last sequences; find the
+//!    events already stored under the `Id`s the producers gave; decide (`decide.rs`):
+//!    duplicates, conflicts, the new events' sequences; insert the new events and, per tenant,
+//!    their outbox rows (one delivery per matching subscription; a coalesced status supersedes
+//!    the pending ones before it), its agents projection (folded now, or deferred while the
+//!    writer is busy: `agents.rs`) and its new last sequence;
+//! 3. when a `FoldAgents` came, or the writer is stopping, fold the deferred Agent events;
+//! 4. write back finished attempts, their deliveries' new state, and each subscription's health
+//!    as its policy decides, with the notices it raises (System events);
+//! 5. store System events and their deliveries;
+//! 6. replays: a page of each (see [`ReplayJob`]), its deliveries created or set back to
+//!    pending, coalesced as at ingest;
 //! 7. claim due deliveries, with their bodies;
-//! 8. on PostgreSQL, notify the other nodes when deliveries became due.
+//! 8. retention's purge batches (`retention.rs`);
+//! 9. agent catch-up batches (`agents.rs`);
+//! 10. on PostgreSQL, notify the other nodes when deliveries may have become due or events
+//!     were added.
 //!
-//! A backend provides [`Conn`]: statements with bound arguments, the transaction, and the few
-//! operations whose SQL differs between the dialects. SQLite's writer thread and PostgreSQL's
-//! writer task both run [`run`].
+//! If a step fails, the whole turn rolls back and the deferred agents' states are forgotten
+//! (the next fold reads the log).
+//!
+//! Deliveries are created here and nowhere else: ingest's outbox rows (step 2) and a replay's
+//! (step 6) through the same `decide::outbox`, `supersede` and `delivery_values`, so the two
+//! cannot disagree; System events' deliveries (steps 4 and 5) through `system`.
+//!
+//! A backend provides a [`Conn`] (`conn.rs`). SQLite's writer thread and PostgreSQL's writer
+//! task both run [`run`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
-use uuid::Uuid;
 
 use super::agents::Deferred;
-use super::command::{ClaimJob, Committed, Group};
-use super::db::{Arg, Dialect, Row, args};
+use super::command::{ClaimJob, Committed, Group, ReplayJob, ReplayStep};
+use super::conn::{Conn, corrupt};
+use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
@@ -30,36 +46,6 @@ use super::{
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
-
-/// One writer connection, inside or outside its transaction.
-pub(super) trait Conn {
-    fn dialect(&self) -> &'static Dialect;
-    /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
-    async fn begin(&mut self, durable: bool) -> Result<(), StoreError>;
-    async fn commit(&mut self) -> Result<(), StoreError>;
-    /// Undoes the turn; errors are only logged (the connection may be gone).
-    async fn rollback(&mut self);
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
-    async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError>;
-    /// `(sequence, body)` of `tenant`'s stored events among `ids`.
-    async fn stored(
-        &mut self,
-        tenant: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(i64, String)>, StoreError>;
-    /// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
-    async fn bodies(
-        &mut self,
-        tenant: &str,
-        sequences: &[i64],
-    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
-    /// The new state of each outcome's delivery (see `decide::delivery_state`).
-    async fn update_deliveries(
-        &mut self,
-        now: i64,
-        outcomes: &[&Outcome],
-    ) -> Result<(), StoreError>;
-}
 
 /// Commits `group` at `now` (unix ms) in one transaction, all or nothing.
 /// `deferred` is the writer's: the Agent events it has committed but not yet folded into the
@@ -71,7 +57,7 @@ pub(super) async fn run<C: Conn>(
     now: i64,
     deferred: &mut Deferred,
 ) -> Result<Committed, StoreError> {
-    if group.only_folds() && deferred.is_empty() {
+    if !group.has_work() && deferred.is_empty() {
         // The periodic fold, with nothing to fold: no transaction.
         return Ok(Committed::default());
     }
@@ -113,6 +99,12 @@ async fn write<C: Conn>(
     for (event, _) in &group.system {
         done.system.push(system(conn, event, now).await?);
     }
+    let mut replayed = false;
+    for (job, _) in &group.replays {
+        let step = replay(conn, job, now).await?;
+        replayed |= step.requeued > 0;
+        done.replays.push(step);
+    }
     for (job, _) in &group.claims {
         done.claims.push(claim(conn, job).await?);
     }
@@ -124,7 +116,8 @@ async fn write<C: Conn>(
         done.catch_ups
             .push(agents::catch_up_batch(conn, tenant).await?);
     }
-    done.deliveries_added = added || !group.outcomes.is_empty() || !group.system.is_empty();
+    done.deliveries_added =
+        added || replayed || !group.outcomes.is_empty() || !group.system.is_empty();
     let events_added = !done.new_ids.is_empty() || !group.catch_ups.is_empty();
     if let (true, Some(notify)) = (done.deliveries_added || events_added, conn.dialect().notify) {
         // Other nodes' dispatchers and streams wake when this commits.
@@ -133,11 +126,7 @@ async fn write<C: Conn>(
     Ok(done)
 }
 
-pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(format!("a stored row does not decode: {e}"))
-}
-
-/// Steps 1-4 for the group's ingest requests; true if deliveries were added.
+/// Step 2, the group's ingest requests; true if deliveries were added.
 async fn ingest<C: Conn>(
     conn: &mut C,
     jobs: &[&IngestJob],
@@ -289,6 +278,62 @@ pub(super) async fn supersede<C: Conn>(
     Ok((rows.len() as u64, replaced))
 }
 
+/// A page of a replay (see [`ReplayJob`]): the page's matching events get a delivery each —
+/// created, or set back to pending for a fresh round — coalesced as at ingest: within the
+/// page, and against the subscription's pending statuses stored before.
+async fn replay<C: Conn>(
+    conn: &mut C,
+    job: &ReplayJob,
+    now: i64,
+) -> Result<ReplayStep, StoreError> {
+    let (tenant, sub) = (job.tenant.as_str(), &job.sub);
+    if job.only_failed {
+        let window = args![now, now, sub.id.as_str(), tenant, job.since, job.until];
+        let requeued = conn.execute(sql::REPLAY_FAILED, &window).await?;
+        return Ok(ReplayStep {
+            requeued,
+            next: None,
+        });
+    }
+    let page = args![
+        tenant,
+        job.since,
+        job.until,
+        job.after,
+        sql::REPLAY_PAGE_EVENTS
+    ];
+    let rows = conn.query(sql::REPLAY_PAGE, &page).await?;
+    let next = match rows.last() {
+        Some(last) if rows.len() as i64 == sql::REPLAY_PAGE_EVENTS => Some(last.int(0)?),
+        _ => None,
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        let sequence = row.int(0)?;
+        let event = Event::from_canonical_json(&row.text(1)?).map_err(corrupt)?;
+        events.push(NewEventRow {
+            tenant,
+            sequence,
+            id: event.id,
+            event,
+        });
+    }
+    let mut rows = decide::outbox(&events, tenant, std::slice::from_ref(sub));
+    for d in decide::coalescing(&mut rows) {
+        let (_, replaced) = supersede(conn, d, now).await?;
+        d.superseded += replaced;
+    }
+    for chunk in fixed_chunks(&rows) {
+        let values = delivery_values(chunk, now, None, true);
+        conn.execute(&sql::REPLAY_DELIVERIES.text(chunk.len()), &values)
+            .await?;
+    }
+    Ok(ReplayStep {
+        requeued: rows.len() as u64,
+        next,
+    })
+}
+
 /// New pending deliveries, due at `now`; leased until `lease_until` when their first attempt
 /// is made by whoever created them.
 async fn insert_deliveries<C: Conn>(
@@ -297,8 +342,9 @@ async fn insert_deliveries<C: Conn>(
     now: i64,
     lease_until: Option<i64>,
 ) -> Result<(), StoreError> {
-    let values = delivery_values(rows, now, lease_until);
-    let statement = match rows.first().is_some_and(NewDelivery::coalesces) {
+    let coalesced = rows.first().is_some_and(NewDelivery::coalesces);
+    let values = delivery_values(rows, now, lease_until, coalesced);
+    let statement = match coalesced {
         true => &sql::INSERT_COALESCED_DELIVERIES,
         false => &sql::INSERT_DELIVERIES,
     };
@@ -306,14 +352,14 @@ async fn insert_deliveries<C: Conn>(
     Ok(())
 }
 
-/// The arguments of [`sql::INSERT_DELIVERIES`] for `rows`, or of
-/// [`sql::INSERT_COALESCED_DELIVERIES`] when they coalesce (all of them, or none).
+/// The arguments of [`sql::INSERT_DELIVERIES`] for `rows`, or, `coalesced`, of
+/// [`sql::INSERT_COALESCED_DELIVERIES`] (and [`sql::REPLAY_DELIVERIES`]).
 fn delivery_values<'a>(
     rows: &'a [NewDelivery<'a>],
     now: i64,
     lease_until: Option<i64>,
+    coalesced: bool,
 ) -> Vec<Arg<'a>> {
-    let coalesced = rows.first().is_some_and(NewDelivery::coalesces);
     let mut values = Vec::with_capacity(rows.len() * sql::INSERT_COALESCED_DELIVERIES.columns);
     for d in rows {
         values.extend(args![
@@ -335,7 +381,7 @@ fn delivery_values<'a>(
     values
 }
 
-/// Step 5: attempts and their deliveries' new state, a chunk of rows per statement; then each
+/// Step 4: attempts and their deliveries' new state, a chunk of rows per statement; then each
 /// subscription's health. `outcomes` is sorted by subscription, so rows are locked in one order.
 async fn record<C: Conn>(
     conn: &mut C,
@@ -416,7 +462,7 @@ async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<Strin
         .collect())
 }
 
-/// Step 6 (and notices of step 5): a System event's body and one delivery per subscription it
+/// Step 5 (and notices of step 4): a System event's body and one delivery per subscription it
 /// goes to; nothing when it goes to none. Returns those deliveries as claimed: leased ones are
 /// attempted by whoever asked.
 async fn system<C: Conn>(
@@ -453,7 +499,7 @@ async fn system<C: Conn>(
             superseded: 0,
         };
         let insert = format!("{} RETURNING id", sql::INSERT_DELIVERIES.text(1));
-        let values = delivery_values(std::slice::from_ref(&row), now, ev.lease_until);
+        let values = delivery_values(std::slice::from_ref(&row), now, ev.lease_until, false);
         let rows = conn.query(&insert, &values).await?;
         let delivery_id = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
         if !ev.retried {

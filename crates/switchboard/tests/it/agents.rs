@@ -360,7 +360,7 @@ async fn an_older_database_gets_its_agents_from_its_log() {
     let data = TestData::new().await;
     // The schema before the agents migration (SQLite 6, PostgreSQL 5), with the day's events.
     let mut old = OldDb::open(&data, 6, 5).await;
-    let now = switchboard::store::now_millis();
+    let now = switchboard::clock::now_millis();
     for (i, e) in day().iter().enumerate() {
         let body = e.to_string().replace('\'', "''");
         let sql = format!(

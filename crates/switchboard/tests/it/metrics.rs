@@ -7,7 +7,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::app::{agent_event, guid};
+use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::db::TestData;
+use crate::support::process::Server;
 use crate::support::receiver::eventually;
 use crate::support::{TestApp, TestReceiver};
 
@@ -89,4 +91,62 @@ async fn metrics_count_ingest_attempts_latency_and_show_pending_and_subscription
         sample(&text, "switchboard_subscriptions{state=\"disabled\"}"),
         Some(1.0)
     );
+}
+
+/// The API's Test action attempts through the same path as the dispatcher: its attempt is
+/// counted in `/metrics` and a refusal is logged, like any other. In a server process of its
+/// own, where nothing else attempts anything, so the counts are exact.
+#[tokio::test]
+async fn the_test_action_is_counted_and_logged_like_any_attempt() {
+    let data = TestData::new().await;
+    let (server, logs) = Server::start_logged(&data);
+    let refusing = TestReceiver::with(|_, _| (503, Duration::ZERO)).await;
+    let client = reqwest::Client::new();
+    let subs = "/v1/tenants/default/subscriptions";
+    // One attempt, then a retry an hour away: only the Test action attempts anything.
+    let body = json!({"url": refusing.url("/"), "retry_schedule_secs": [3600]});
+    let sub: serde_json::Value = server
+        .post(&client, subs, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = sub["id"].as_str().unwrap();
+    let r = server
+        .post(&client, &format!("{subs}/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let outcome: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&outcome["delivered"], &outcome["status_code"]),
+        (&json!(false), &json!(503))
+    );
+
+    let text = client
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "switchboard_delivery_attempts_total{outcome=\"retrying\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "switchboard_attempt_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    eventually("the refusal to be logged", || async {
+        let lines = logs.matching(&["receiver refused a delivery", id, "503"]);
+        (lines.len() == 1).then_some(())
+    })
+    .await;
 }

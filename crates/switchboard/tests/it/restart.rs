@@ -214,7 +214,7 @@ async fn a_database_of_the_previous_release_opens_with_its_data() {
     };
     let spec = serde_json::json!({"url": rx.url("/old"), "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"});
     // Received now: older would be purged by retention as the node starts.
-    let now = switchboard::store::now_millis();
+    let now = switchboard::clock::now_millis();
     for sql in [
         format!(
             "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \

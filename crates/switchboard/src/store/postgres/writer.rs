@@ -19,7 +19,7 @@ use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
-use super::super::{Options, Outcome, StoreError, sql, turn};
+use super::super::{Options, Outcome, StoreError, conn, sql, turn};
 use crate::clock::Backoff;
 
 /// Starts the writer task; the returned receiver resolves when it has committed its last turn
@@ -181,7 +181,7 @@ impl Writer {
     }
 }
 
-impl turn::Conn for Writer {
+impl conn::Conn for Writer {
     fn dialect(&self) -> &'static Dialect {
         &sql::POSTGRES
     }

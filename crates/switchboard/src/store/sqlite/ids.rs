@@ -26,7 +26,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use uuid::Uuid;
 
 use super::super::decide;
-use super::writer;
+use super::statements;
 
 type Tails = HashMap<String, HashMap<Uuid, i64>>;
 
@@ -204,7 +204,7 @@ impl Merge {
         }
         // What a crash may lose here is rebuilt from the events at start: no need to wait for
         // the disk.
-        if writer::with_sync(conn, false, |conn| self.copy_range(conn, ids))? {
+        if statements::with_sync(conn, false, |conn| self.copy_range(conn, ids))? {
             self.batch.clear();
             ids.drop_batch();
         }
@@ -256,7 +256,7 @@ impl Merge {
 /// Copies the `Id`s of `tenant`'s events stored under `sequences` into `event_ids`.
 fn copy(tx: &Connection, tenant: &str, sequences: &[i64]) -> rusqlite::Result<()> {
     for chunk in sequences.chunks(decide::IN_LIST) {
-        writer::in_list(
+        statements::in_list(
             tx,
             "INSERT OR IGNORE INTO event_ids (tenant_id, id, sequence) \
              SELECT tenant_id, unhex(replace(id, '-', '')), sequence FROM events \

@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::task::{Context, Poll, Waker};
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, Statement, ToSql};
+use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
-use super::super::db::{Arg, Dialect, Row, Value};
+use super::super::db::{Arg, Dialect, Row};
 use super::super::decide::{self, fixed_chunks};
-use super::super::{Options, Outcome, StoreError, sql, turn};
+use super::super::{Options, Outcome, StoreError, conn, sql, turn};
 use super::ids::{self, Merge, MergeSizes, RecentIds};
+use super::statements::{Binder, EVENT_IDS, bodies, bound, db, row, select_in};
 use crate::clock::Clock;
 use crate::subscription::health::Policy;
 
@@ -78,12 +78,12 @@ pub(super) fn spawn(
                 ids: &ids,
                 relaxed: false,
             };
-            let turn = Turn {
+            let settings = Settings {
                 policy,
                 clock,
                 writable,
             };
-            run(writer, rx, &wake, &wal_long, Merge::new(merge), &turn);
+            run(writer, rx, &wake, &wal_long, Merge::new(merge), &settings);
             // Dropping the sender stops the checkpoints.
             drop(stop_checkpoints);
             let _ = done.send(());
@@ -122,32 +122,21 @@ fn checkpoints(conn: Connection, stop: &std::sync::mpsc::Receiver<()>, wal_long:
     let _ = conn.close();
 }
 
-fn db(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode::*;
-    match e.sqlite_error_code() {
-        // The disk, not the statement: full, failing, read-only, locked past the timeout.
-        Some(
-            SystemIoFailure | DiskFull | ReadOnly | CannotOpen | DatabaseBusy | DatabaseLocked,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Db(e.to_string()),
-    }
-}
-
-/// Runs a future that never waits — the turn over rusqlite, whose every step completes at once —
-/// on this thread.
-fn now_or_never<F: Future>(f: F) -> F::Output {
+/// Runs the turn over rusqlite to its end on this thread. Its every step completes when first
+/// polled (rusqlite blocks; nothing in the turn waits on a timer or a channel), so one poll
+/// finishes it; a turn that did wait would be a bug, and it stops the writer loudly rather
+/// than spinning.
+fn complete<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::yield_now();
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => unreachable!("a writer turn over rusqlite waited on something"),
     }
 }
 
-/// What every turn is run with.
-struct Turn {
+/// The writer's settings: what every turn is run with.
+struct Settings {
     policy: Policy,
     clock: Clock,
     writable: Arc<AtomicBool>,
@@ -160,15 +149,15 @@ fn run(
     wake: &Notify,
     wal_long: &AtomicBool,
     mut merge: Merge,
-    turn: &Turn,
+    settings: &Settings,
 ) {
     let mut deferred = Deferred::default();
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
-            let now = turn.clock.now_ms();
-            let turned = turn::run(&mut writer, &group, &turn.policy, now, &mut deferred);
-            let result = now_or_never(turned);
+            let now = settings.clock.now_ms();
+            let turned = turn::run(&mut writer, &group, &settings.policy, now, &mut deferred);
+            let result = complete(turned);
             // Once durable, and before any request is answered, the new `Id`s join memory.
             if let Ok(done) = &result {
                 for (tenant, ids) in &done.new_ids {
@@ -177,7 +166,7 @@ fn run(
                         .add(ids.iter().map(|&(id, seq)| (tenant.as_str(), id, seq)));
                 }
             }
-            group.answer(result, wake, &turn.writable);
+            group.answer(result, wake, &settings.writable);
         }
         if stopping {
             break;
@@ -209,60 +198,6 @@ fn run(
     }
 }
 
-/// Runs `f`, whose commits wait for the disk only if `durable` (else `synchronous = NORMAL`:
-/// for what a crash may lose without harm; the next durable commit flushes it anyway).
-pub(super) fn with_sync<R>(
-    conn: &mut Connection,
-    durable: bool,
-    f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
-) -> rusqlite::Result<R> {
-    if durable {
-        return f(conn);
-    }
-    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let result = f(conn);
-    conn.execute_batch("PRAGMA synchronous = FULL")?;
-    result
-}
-
-impl ToSql for Arg<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match *self {
-            Arg::Int(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Integer(v)),
-            Arg::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
-            Arg::Int(None) | Arg::Text(None) => ToSqlOutput::Borrowed(ValueRef::Null),
-            Arg::Blob(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
-            Arg::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(v))),
-        })
-    }
-}
-
-fn bound<'c>(
-    conn: &'c Connection,
-    sql: &str,
-    args: &[Arg<'_>],
-) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    for (i, a) in args.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, a)?;
-    }
-    Ok(stmt)
-}
-
-fn row(r: &rusqlite::Row<'_>, columns: usize) -> rusqlite::Result<Row> {
-    let mut out = Vec::with_capacity(columns);
-    for i in 0..columns {
-        out.push(match r.get_ref(i)? {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(v) => Value::Int(v),
-            ValueRef::Real(v) => Value::Int(v as i64),
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        });
-    }
-    Ok(Row(out))
-}
-
 /// The writer's connection, as the turn sees it.
 struct Writer<'a> {
     conn: Connection,
@@ -282,7 +217,7 @@ impl Writer<'_> {
     }
 }
 
-impl turn::Conn for Writer<'_> {
+impl conn::Conn for Writer<'_> {
     fn dialect(&self) -> &'static Dialect {
         &sql::SQLITE
     }
@@ -402,113 +337,4 @@ impl turn::Conn for Writer<'_> {
 fn event_id(body: &str) -> Option<Uuid> {
     let rest = body.strip_prefix("{\"Id\":\"")?;
     Uuid::parse_str(rest.get(..36)?).ok()
-}
-
-/// Binds values to a statement's parameters in order.
-struct Binder<'a, 'c> {
-    stmt: &'a mut Statement<'c>,
-    n: usize,
-}
-
-impl<'a, 'c> Binder<'a, 'c> {
-    fn new(stmt: &'a mut Statement<'c>) -> Self {
-        Binder { stmt, n: 0 }
-    }
-
-    fn bind<T: ToSql>(&mut self, value: T) -> rusqlite::Result<&mut Self> {
-        self.n += 1;
-        self.stmt.raw_bind_parameter(self.n, value)?;
-        Ok(self)
-    }
-}
-
-const EVENT_IDS: &str = "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
-const BODIES: &str =
-    "SELECT sequence, body, received_at FROM events WHERE tenant_id = $1 AND sequence IN (";
-
-/// `head` — a statement ending in `IN (` — with `tenant` bound to `$1` and `chunk` (at most
-/// [`decide::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
-pub(super) fn in_list<'c, T: ToSql>(
-    tx: &'c Connection,
-    head: &str,
-    tenant: &str,
-    chunk: &[T],
-) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
-    let padded = decide::padded_len(chunk.len());
-    let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
-    let mut b = Binder::new(&mut stmt);
-    b.bind(tenant)?;
-    for v in chunk {
-        b.bind(v)?;
-    }
-    if let Some(last) = chunk.last() {
-        for _ in chunk.len()..padded {
-            b.bind(last)?;
-        }
-    }
-    Ok(stmt)
-}
-
-/// What `head` — a statement ending in `IN (` — selects for `tenant` and each of `values`, one
-/// padded list per [`decide::IN_LIST`] values.
-fn select_in<T: ToSql, R>(
-    tx: &Connection,
-    head: &str,
-    tenant: &str,
-    values: &[T],
-    mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
-) -> rusqlite::Result<Vec<R>> {
-    let mut out = Vec::with_capacity(values.len());
-    for chunk in values.chunks(decide::IN_LIST) {
-        let mut stmt = in_list(tx, head, tenant, chunk)?;
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            out.push(read(row)?);
-        }
-    }
-    Ok(out)
-}
-
-/// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
-fn bodies(
-    tx: &Connection,
-    tenant: &str,
-    sequences: &[i64],
-) -> rusqlite::Result<Vec<(i64, String, i64)>> {
-    select_in(tx, BODIES, tenant, sequences, |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A full disk (here: SQLite's page limit, which fails the same way) is the database being
-    /// unavailable — a 503 the client may retry — not an error of the request; and the
-    /// connection writes again once there is room.
-    #[test]
-    fn a_full_disk_is_unavailable_and_the_connection_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("full.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (v TEXT); PRAGMA max_page_count = 3;")
-            .unwrap();
-        let fill = || conn.execute("INSERT INTO t VALUES (?1)", ["x".repeat(2000)]);
-        let err = (0..100)
-            .find_map(|_| fill().err())
-            .expect("the database fills up");
-        assert!(
-            matches!(db(err), StoreError::Unavailable(_)),
-            "disk full is unavailable"
-        );
-        conn.execute_batch("PRAGMA max_page_count = 1000").unwrap();
-        fill().expect("writes again once there is room");
-        let bad = conn
-            .execute("INSERT INTO nowhere VALUES (1)", [])
-            .unwrap_err();
-        assert!(
-            matches!(db(bad), StoreError::Db(_)),
-            "a bad statement is not"
-        );
-    }
 }

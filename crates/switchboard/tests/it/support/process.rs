@@ -21,6 +21,25 @@ impl Server {
 
     /// As [`Server::start`], with more arguments for `serve`.
     pub fn start_with(data: &TestData, args: &[&str]) -> Self {
+        Self::spawn(data, args, Stdio::inherit())
+    }
+
+    /// As [`Server::start`], with what the server logs (stderr) collected for the test to read.
+    pub fn start_logged(data: &TestData) -> (Self, Logs) {
+        let mut server = Self::spawn(data, &[], Stdio::piped());
+        let stderr = server.child.stderr.take().expect("stderr");
+        let logs = Logs::default();
+        let lines = logs.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                lines.lock().expect("lock").push(line);
+            }
+        });
+        (server, logs)
+    }
+
+    fn spawn(data: &TestData, args: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.dir.path())
@@ -33,7 +52,7 @@ impl Server {
             // come free when their leases expire.
             .env("SWITCHBOARD_DELIVERY_TIMEOUT_SECS", "2")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start switchboard");
         let stdout = child.stdout.take().expect("stdout");
@@ -47,6 +66,22 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Server { child, base }
+    }
+}
+
+/// The lines a [`Server::start_logged`] server has written to stderr so far.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Logs {
+    /// The lines containing every one of `words`.
+    pub fn matching(&self, words: &[&str]) -> Vec<String> {
+        let lines = self.0.lock().expect("lock");
+        lines
+            .iter()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .cloned()
+            .collect()
     }
 }
 

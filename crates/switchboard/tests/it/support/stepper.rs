@@ -5,13 +5,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::clock::Clock;
+use switchboard::clock::{Clock, now_millis};
 use switchboard::delivery::guard::Guard;
 use switchboard::delivery::{Dispatcher, Sender};
 use switchboard::event::{Catalog, parse_batch};
-use switchboard::store::{
-    Accepted, DeliveryRecord, Options, Store, SubscriptionRecord, now_millis,
-};
+use switchboard::store::{Accepted, DeliveryRecord, Options, Store, SubscriptionRecord};
 use switchboard::subscription::SubscriptionSpec;
 
 use crate::support::db::TestData;

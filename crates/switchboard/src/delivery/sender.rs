@@ -1,0 +1,199 @@
+//! The one outbound HTTP client, and the HTTP destination that goes through it.
+//!
+//! An HTTP attempt is three steps, as svix-server splits a dispatch: [`Http::prepare`] builds
+//! the request (refusing a guarded address before anything is sent), the guarded client calls,
+//! and [`read_answer`] reads at most [`RESPONSE_BODY_LIMIT`] bytes of the answer into an
+//! [`Answer`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+
+use super::attempt::{Answer, Destination, Message, Sending, Target};
+use super::guard::{Guard, GuardedResolver};
+use super::retry;
+use crate::clock::Clock;
+use crate::store::SubscriptionRecord;
+
+/// How much of a receiver's answer is kept in the attempt log.
+pub const RESPONSE_BODY_LIMIT: usize = 4096;
+
+pub const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// The one outbound HTTP client: pooled keep-alive connections, rustls, a timeout, no
+/// redirects, and the address guard on every resolved address. It makes each subscription's
+/// [`Target`].
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    guard: Arc<Guard>,
+    /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
+    clock: Clock,
+}
+
+impl Sender {
+    pub fn new(guard: Guard, timeout: Duration) -> anyhow::Result<Self> {
+        let guard = Arc::new(guard);
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+            .build()?;
+        Ok(Sender {
+            client,
+            guard,
+            clock: Clock::system(),
+        })
+    }
+
+    /// The same client, with attempts stamped by `clock` (tests move it by hand).
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Sender { clock, ..self }
+    }
+
+    /// What attempts are stamped with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// `sub` made ready to send to.
+    pub fn target(&self, sub: SubscriptionRecord) -> Target {
+        let http = Http::new(self, &sub);
+        Target::new(sub, Box::new(http))
+    }
+}
+
+/// An HTTP receiver: its URL parsed and its fixed headers built, once per change of its
+/// subscription.
+pub struct Http {
+    client: reqwest::Client,
+    guard: Arc<Guard>,
+    url: Result<reqwest::Url, String>,
+    headers: HeaderMap,
+}
+
+impl Http {
+    fn new(sender: &Sender, sub: &SubscriptionRecord) -> Self {
+        let url = reqwest::Url::parse(&sub.spec.url).map_err(|e| format!("invalid url: {e}"));
+        let mut headers = HeaderMap::new();
+        for (name, value) in &sub.spec.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&sub.id) {
+            headers.insert(HeaderName::from_static("switchboard-subscription"), v);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        Http {
+            client: sender.client.clone(),
+            guard: sender.guard.clone(),
+            url,
+            headers,
+        }
+    }
+
+    /// The request for `message`, or why none may be sent. Hostnames are checked by the
+    /// resolver when the client connects; IP literals are not resolved, so they are checked here.
+    fn prepare(&self, message: &Message) -> Result<reqwest::RequestBuilder, String> {
+        let url = self.url.clone()?;
+        let literal = url.host_str().and_then(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.parse::<std::net::IpAddr>().ok()
+        });
+        if let Some(ip) = literal {
+            self.guard.check(ip)?;
+        }
+        let mut headers = self.headers.clone();
+        for (name, value) in &message.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+        Ok(self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(message.body.clone()))
+    }
+}
+
+impl Destination for Http {
+    fn send<'a>(&'a self, message: &'a Message) -> Sending<'a> {
+        Box::pin(async move {
+            let request = match self.prepare(message) {
+                Ok(r) => r,
+                Err(why) => return Answer::failed(why),
+            };
+            match request.send().await {
+                Err(e) => Answer::failed(error_chain(&e)),
+                Ok(response) => read_answer(response).await,
+            }
+        })
+    }
+}
+
+/// A receiver's answer: its status, `Retry-After`, and the start of its body.
+async fn read_answer(mut response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let mut answer = Answer {
+        status: Some(status.as_u16()),
+        retry_after: response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::parse_retry_after),
+        ..Answer::default()
+    };
+    let mut kept = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = RESPONSE_BODY_LIMIT - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if kept.len() >= RESPONSE_BODY_LIMIT {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                answer.error = Some(format!("reading the response: {}", error_chain(&e)));
+                break;
+            }
+        }
+    }
+    if !kept.is_empty() {
+        answer.response_body = Some(String::from_utf8_lossy(&kept).into_owned());
+    }
+    if !status.is_success() && answer.error.is_none() {
+        answer.error = Some(if status.is_redirection() {
+            format!("HTTP {status}: redirects are not followed")
+        } else {
+            format!("HTTP {status}")
+        });
+    }
+    answer
+}
+
+/// An error and its causes, "outer: inner: root".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    msg
+}

@@ -1,0 +1,44 @@
+//! What a writer's connection offers the turn (`turn.rs`) and the work it runs inside a turn
+//! (`agents.rs`, `retention.rs`): statements with bound arguments, the transaction, and the
+//! few operations whose SQL differs between the dialects. SQLite's writer (a thread) and
+//! PostgreSQL's (a task) each implement it.
+
+use uuid::Uuid;
+
+use super::db::{Arg, Dialect, Row};
+use super::{Outcome, StoreError};
+
+/// One writer connection, inside or outside its transaction.
+pub(super) trait Conn {
+    fn dialect(&self) -> &'static Dialect;
+    /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
+    async fn begin(&mut self, durable: bool) -> Result<(), StoreError>;
+    async fn commit(&mut self) -> Result<(), StoreError>;
+    /// Undoes the turn; errors are only logged (the connection may be gone).
+    async fn rollback(&mut self);
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
+    async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError>;
+    /// `(sequence, body)` of `tenant`'s stored events among `ids`.
+    async fn stored(
+        &mut self,
+        tenant: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
+    async fn bodies(
+        &mut self,
+        tenant: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    /// The new state of each outcome's delivery (see `decide::delivery_state`).
+    async fn update_deliveries(
+        &mut self,
+        now: i64,
+        outcomes: &[&Outcome],
+    ) -> Result<(), StoreError>;
+}
+
+/// A stored row that does not decode.
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(format!("a stored row does not decode: {e}"))
+}
