@@ -16,7 +16,7 @@ import jsonschema
 
 from serving import serving
 
-KEY = "sb_admin_catalog"
+KEY = "sb_admin_catalog_0123456789abcdef"
 PORT = 18090
 binary = os.path.join(sys.argv[1], "switchboard")
 

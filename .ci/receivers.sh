@@ -11,7 +11,7 @@ python3 -c 'import standardwebhooks' 2>/dev/null ||
 
 data=$(mktemp -d)
 port=18091
-key=sb_admin_receivers
+key=sb_admin_receivers_0123456789abcdef
 secret=whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD
 api=http://127.0.0.1:$port
 SWITCHBOARD_ADMIN_KEY=$key "$bin" serve --dev --listen 127.0.0.1:$port --data-dir "$data" \

@@ -12,7 +12,7 @@ python3 -c 'import json, openapi_spec_validator as v; v.validate(json.load(open(
 
 data=$(mktemp -d)
 port=18089
-export SB_KEY=sb_admin_schemathesis
+export SB_KEY=sb_admin_schemathesis_0123456789abcdef
 SWITCHBOARD_ADMIN_KEY=$SB_KEY "$bin" serve --dev --listen 127.0.0.1:$port --data-dir "$data" \
     >"$data/server.log" 2>&1 &
 server=$!

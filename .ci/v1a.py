@@ -30,7 +30,7 @@ except ImportError:
 
 from serving import serving
 
-KEY = "sb_admin_v1a"
+KEY = "sb_admin_v1a_0123456789abcdef0123456"
 PORT, RECEIVER_PORT = 18092, 18093
 API = f"http://127.0.0.1:{PORT}"
 binary = os.path.join(sys.argv[1], "switchboard")

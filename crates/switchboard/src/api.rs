@@ -55,6 +55,22 @@ pub struct AppState {
     pub streams_stop: tokio::sync::watch::Receiver<bool>,
     /// The events streams' shared readers, one per tenant with streams open.
     pub tails: Arc<streams::Tails>,
+    /// The limits and keys of the configuration the handlers apply.
+    pub settings: Arc<Settings>,
+    /// The streams open, by key, by tenant and in all (DESIGN §23).
+    pub streams_open: Arc<streams::Slots>,
+}
+
+/// What the handlers take from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_subscriptions_per_tenant: u32,
+    /// The hash of `metrics_key`: `/metrics` needs it (or the admin key) when set.
+    pub metrics_key_hash: Option<String>,
+    pub stream_buffer_bytes: usize,
+    pub stream_idle: std::time::Duration,
+    /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
+    pub max_history_events: usize,
 }
 
 /// Every route with its OpenAPI description: the router and `/openapi.json` come from here.
@@ -95,8 +111,9 @@ pub fn health_only(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The authenticated caller.
-pub struct Caller(pub Principal);
+/// The authenticated caller, and the hash of the key it came with (what streams are counted
+/// and revoked by).
+pub struct Caller(pub Principal, pub String);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -110,13 +127,16 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         let hash = auth::hash_key(key);
         if *hash == *state.admin_key_hash {
-            return Ok(Caller(Principal::Admin));
+            return Ok(Caller(Principal::Admin, hash));
         }
         match state.store.find_key(&hash).await? {
-            Some(k) => Ok(Caller(Principal::Tenant {
-                tenant_id: k.tenant_id,
-                scopes: k.scopes,
-            })),
+            Some(k) => Ok(Caller(
+                Principal::Tenant {
+                    tenant_id: k.tenant_id,
+                    scopes: k.scopes,
+                },
+                hash,
+            )),
             None => Err(ApiError::Unauthorized),
         }
     }
@@ -166,6 +186,8 @@ pub mod need {
 pub struct Access<S> {
     pub tenant: String,
     pub caller: Principal,
+    /// The hash of the caller's key.
+    pub key_hash: String,
     scope: std::marker::PhantomData<S>,
 }
 
@@ -185,6 +207,7 @@ impl<S: need::Scoped> FromRequestParts<AppState> for Access<S> {
         Ok(Access {
             tenant,
             caller: caller.0,
+            key_hash: caller.1,
             scope: std::marker::PhantomData,
         })
     }

@@ -39,6 +39,26 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Empty: `/metrics` is public; else it needs this key (or the admin key) as a bearer.
+    pub metrics_key: String,
+    /// Streams (every SSE route) one API key may hold open at once.
+    pub max_streams_per_key: u32,
+    /// Streams one tenant's keys may hold open at once, together.
+    pub max_streams_per_tenant: u32,
+    /// Streams the server holds open at once; 0: half of the connections (never more).
+    pub max_streams: u32,
+    /// Unread data one stream may hold, in bytes (a single larger event is still sent alone).
+    pub stream_buffer_bytes: u64,
+    /// A stream whose consumer reads nothing this long while data waits is closed.
+    pub stream_idle_secs: u64,
+    /// How long a connection may take to send its request headers.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once; 0: half the file-descriptor limit. More wait to be accepted.
+    pub max_connections: u32,
+    /// Subscriptions one tenant may have.
+    pub max_subscriptions_per_tenant: u32,
+    /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
+    pub max_history_events: u64,
 }
 
 /// What a node does (DESIGN §6).
@@ -182,6 +202,27 @@ impl Config {
                 self.database_connect_timeout_secs
             );
         }
+        let positive = [
+            ("max_streams_per_key", u64::from(self.max_streams_per_key)),
+            (
+                "max_streams_per_tenant",
+                u64::from(self.max_streams_per_tenant),
+            ),
+            ("stream_buffer_bytes", self.stream_buffer_bytes),
+            ("stream_idle_secs", self.stream_idle_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            (
+                "max_subscriptions_per_tenant",
+                u64::from(self.max_subscriptions_per_tenant),
+            ),
+            ("max_history_events", self.max_history_events),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            bail!("{key} must be at least 1");
+        }
+        if !self.metrics_key.is_empty() && self.metrics_key.len() < 16 {
+            bail!("metrics_key must be at least 16 characters (or empty: /metrics public)");
+        }
         let url = &self.database_url;
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
@@ -220,6 +261,9 @@ impl Config {
         if !shown.admin_key.is_empty() {
             shown.admin_key = "********".into();
         }
+        if !shown.metrics_key.is_empty() {
+            shown.metrics_key = "********".into();
+        }
         shown.database_url = mask_password(&shown.database_url);
         toml::to_string(&shown).unwrap_or_default()
     }
@@ -236,15 +280,37 @@ impl Config {
     }
 }
 
-/// `scheme://user:password@host/…` with the password masked.
+/// `scheme://user:password@host/…?password=…` with the passwords masked: in the user info,
+/// and in a `password` (or `sslpassword`) query parameter.
 fn mask_password(url: &str) -> String {
-    let (Some((scheme, _)), Some(at)) = (url.split_once("://"), url.rfind('@')) else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    match url[scheme.len() + 3..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:********{}", &url[at..]),
-        None => url.to_string(),
+    let mut masked = match (base.split_once("://"), base.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => match base[scheme.len() + 3..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:********{}", &base[at..]),
+            None => base.to_string(),
+        },
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password")
+                        || k.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{k}=********")
+                }
+                _ => p.to_string(),
+            })
+            .collect();
+        masked.push('?');
+        masked.push_str(&params.join("&"));
     }
+    masked
 }
 
 /// Lays `overlay` over `base`, refusing keys the defaults do not know.
@@ -382,5 +448,13 @@ mod tests {
             "postgres://u:********@h:5432/db"
         );
         assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            mask_password("postgres://u@h/db?sslmode=require&password=hunter2&x=1"),
+            "postgres://u@h/db?sslmode=require&password=********&x=1"
+        );
+        assert_eq!(
+            mask_password("postgres://u:p@h/db?Password=q"),
+            "postgres://u:********@h/db?Password=********"
+        );
     }
 }

@@ -83,6 +83,8 @@ pub async fn run_with(
     // Installed before anything is counted.
     telemetry::metrics();
     let admin_key = admin_key(&config)?;
+    let limits = Limits::of(&config);
+    tracing::debug!(?limits, "limits derived from the file-descriptor limit");
     let catalog = match config.catalog_file.as_str() {
         "" => Catalog::builtin(),
         path => Catalog::load(Path::new(path)).map_err(anyhow::Error::msg)?,
@@ -125,6 +127,19 @@ pub async fn run_with(
         limits: Arc::default(),
         streams_stop: streams_stopped,
         tails: Arc::default(),
+        settings: Arc::new(api::Settings {
+            max_subscriptions_per_tenant: config.max_subscriptions_per_tenant,
+            metrics_key_hash: (!config.metrics_key.is_empty())
+                .then(|| auth::hash_key(&config.metrics_key)),
+            stream_buffer_bytes: usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
+            stream_idle: Duration::from_secs(config.stream_idle_secs),
+            max_history_events: usize::try_from(config.max_history_events).unwrap_or(usize::MAX),
+        }),
+        streams_open: Arc::new(api::streams::Slots::new(
+            config.max_streams_per_key,
+            config.max_streams_per_tenant,
+            limits.max_streams,
+        )),
     };
 
     let (stop_dispatcher, stopped) = watch::channel(false);
@@ -147,9 +162,7 @@ pub async fn run_with(
     let role = config.role;
     tracing::info!(addr = %listener.local_addr()?, db = %db, dev = config.dev, ?role, "serving");
     serving(listener.local_addr()?);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve(listener, app, limits, shutdown).await;
     // Order matters: no new requests, then no new attempts (those in flight finish and are
     // recorded), then the writer commits what is queued.
     let _ = stop_dispatcher.send(true);
@@ -187,14 +200,35 @@ async fn purge(store: Store, retention: Duration, mut stop: watch::Receiver<bool
     }
 }
 
+/// Shortest admin key accepted: it opens everything.
+pub const MIN_ADMIN_KEY_LEN: usize = 32;
+
 /// The admin key: configured, else the one saved in the data dir, else a new one — saved with
-/// mode 0600 and printed once.
+/// mode 0600 and printed once. A key shorter than [`MIN_ADMIN_KEY_LEN`] stops the start.
 fn admin_key(config: &Config) -> anyhow::Result<String> {
+    let short = |key: &str, from: &str| {
+        anyhow::anyhow!(
+            "the admin key ({from}) has {} characters, fewer than {MIN_ADMIN_KEY_LEN}: set \
+             SWITCHBOARD_ADMIN_KEY to a longer one, e.g. sb_admin_$(openssl rand -hex 32), or \
+             delete {} and unset it to have one generated",
+            key.chars().count(),
+            config.admin_key_path().display()
+        )
+    };
     if !config.admin_key.is_empty() {
+        if config.admin_key.chars().count() < MIN_ADMIN_KEY_LEN {
+            return Err(short(
+                &config.admin_key,
+                "admin_key or SWITCHBOARD_ADMIN_KEY",
+            ));
+        }
         return Ok(config.admin_key.clone());
     }
     let path = config.admin_key_path();
     match std::fs::read_to_string(&path) {
+        Ok(key) if key.trim().chars().count() < MIN_ADMIN_KEY_LEN && !key.trim().is_empty() => {
+            return Err(short(key.trim(), &path.display().to_string()));
+        }
         Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_string()),
         Ok(_) => anyhow::bail!("admin key file {} is empty", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -219,4 +253,107 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+/// What the file-descriptor limit allows connections and streams (DESIGN §23): connections at
+/// most half of it, so that they cannot take the descriptors the database and the rest need;
+/// streams (each holding a connection) by default a quarter, at most half of the connections,
+/// so that with every stream open other requests still find a connection.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    max_streams: u32,
+    header_read_timeout: Duration,
+}
+
+impl Limits {
+    fn of(config: &Config) -> Self {
+        let half = (open_files_limit() / 2).max(2);
+        let connections = match u64::from(config.max_connections) {
+            0 => half,
+            n => n.min(half),
+        };
+        let streams = match u64::from(config.max_streams) {
+            0 => connections / 2,
+            n => n.min(connections / 2),
+        };
+        Limits {
+            max_connections: connections as usize,
+            max_streams: streams.clamp(1, u64::from(u32::MAX)) as u32,
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        }
+    }
+}
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`), from `/proc/self/limits`; 1024
+/// (the usual default) where that cannot be read.
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            let soft = line["Max open files".len()..].split_whitespace().next()?;
+            soft.parse().ok()
+        })
+        .unwrap_or(1024)
+}
+
+/// Serves `app` on `listener` until `shutdown`, with hyper's own connection handling: a request
+/// whose headers take longer than the header read timeout is closed, and at most
+/// `max_connections` are served at once — the next ones wait in the listen queue, those served
+/// are not harmed. At shutdown: no new connections, requests in flight finish, idle
+/// connections close.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: wait for some to be given back.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

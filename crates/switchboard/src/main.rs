@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard::cli::commands;
 use switchboard::config::{Config, Overrides};
-use switchboard::delivery::signing::Secret;
 
 /// mimalloc: the server allocates many small, short-lived buffers across threads (requests,
 /// JSON, deliveries); the bench spent about a sixth of its time in the system allocator.
@@ -168,7 +167,8 @@ struct ListenArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     listen: std::net::SocketAddr,
-    /// The subscription's signing secret (whsec_…); bad signatures are then answered 401
+    /// The subscription's signing secret (whsec_…), or for v1a its public key (whpk_…); bad
+    /// signatures, and timestamps more than 5 minutes off, are then answered 401
     #[arg(long, env = "SWITCHBOARD_LISTEN_SECRET", value_name = "SECRET")]
     secret: Option<String>,
     /// Also forward each (verified) delivery, body and headers, to this local app, and answer
@@ -323,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             let secret = args
                 .secret
                 .as_deref()
-                .map(Secret::parse)
+                .map(switchboard::delivery::signing::Verifier::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--secret {e}"))?;
             switchboard::cli::listen::run(args.listen, secret, args.forward, shutdown_signal())

@@ -103,7 +103,10 @@ struct Inner {
     /// Signalled after a commit that made deliveries due, to wake the dispatcher.
     wake: Arc<Notify>,
     /// Bumped after events were committed (on PostgreSQL, by any node): streams read on.
-    commits: watch::Sender<u64>,
+    /// Stored subscriptions found undecodable and reported, with the `updated_at` they had.
+    undecodable: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
+    /// Per tenant with a stream waiting: changes after its events were committed.
+    commits: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// Bumped on every subscription change made through this store (and, on PostgreSQL, on
     /// every node's).
     subs_version: AtomicU64,
@@ -175,7 +178,8 @@ impl Store {
             dialect: o.dialect,
             writer: o.writer,
             wake: o.wake,
-            commits: watch::Sender::new(0),
+            commits: std::sync::Mutex::default(),
+            undecodable: std::sync::Mutex::default(),
             subs_version: AtomicU64::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),
@@ -216,20 +220,31 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         let accepted = answer.await.map_err(|_| StoreError::Closed)??;
         if accepted.iter().any(|a| !a.duplicate) {
-            self.committed();
+            self.committed(Some(tenant));
         }
         Ok(accepted)
     }
 
-    /// Wakes the streams: events were committed.
-    fn committed(&self) {
-        self.0.commits.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes the streams of `tenant` (`None`: of every tenant): its events were committed. Only
+    /// that tenant's streams wake, so one tenant's ingest costs another's idle streams nothing.
+    fn committed(&self, tenant: Option<&str>) {
+        let mut commits = self.0.commits.lock().unwrap_or_else(|e| e.into_inner());
+        commits.retain(|_, tx| tx.receiver_count() > 0);
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        match tenant {
+            Some(tenant) => commits.get(tenant).into_iter().for_each(bump),
+            None => commits.values().for_each(bump),
+        }
     }
 
-    /// Changes after events were committed (on PostgreSQL, by any node); a stream waits on it
-    /// before reading on.
-    pub fn commits(&self) -> watch::Receiver<u64> {
-        self.0.commits.subscribe()
+    /// Changes after `tenant`'s events were committed (on PostgreSQL, by any node); a stream
+    /// waits on it before reading on.
+    pub fn commits(&self, tenant: &str) -> watch::Receiver<u64> {
+        let mut commits = self.0.commits.lock().unwrap_or_else(|e| e.into_inner());
+        commits
+            .entry(tenant.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
     }
 
     /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed subscription until
@@ -479,6 +494,9 @@ pub enum CreateError {
     Exists,
     #[error("tenant not found")]
     TenantNotFound,
+    /// The tenant holds `max` of them already, the most the configuration key `limit` allows.
+    #[error("{limit} reached ({max})")]
+    LimitReached { limit: &'static str, max: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -60,6 +60,9 @@ pub struct Filter {
     pub fields: Option<BTreeMap<String, Vec<Value>>>,
 }
 
+/// Most usernames a filter lists (DESIGN §23): every event is matched against them.
+pub const MAX_USERNAMES: usize = 1000;
+
 /// Most keys, and most values in all, a field filter may hold.
 pub const MAX_FIELD_KEYS: usize = 16;
 pub const MAX_FIELD_VALUES: usize = 100;
@@ -221,6 +224,12 @@ impl SubscriptionSpec {
                 err(
                     "filter.usernames",
                     "must not be empty; leave it out to match every agent",
+                );
+            }
+            if filter.usernames.as_ref().map_or(0, Vec::len) > MAX_USERNAMES {
+                err(
+                    "filter.usernames",
+                    &format!("may list at most {MAX_USERNAMES} usernames"),
                 );
             }
             if let Some(fields) = &filter.fields {
@@ -445,6 +454,13 @@ mod tests {
             with("filter", json!({"usernames": []})),
             &["filter.usernames"],
         );
+        let many: Vec<String> = (0..=MAX_USERNAMES).map(|i| format!("agent{i}")).collect();
+        check(
+            with("filter", json!({"usernames": many})),
+            &["filter.usernames"],
+        );
+        let most = &many[..MAX_USERNAMES];
+        check(with("filter", json!({"usernames": most})), &[]);
         check(with("heartbeat_secs", json!(0)), &["heartbeat_secs"]);
         let s = spec(ok);
         assert!(s.enabled);

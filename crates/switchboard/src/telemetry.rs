@@ -46,6 +46,9 @@ pub const SYSTEM_EVENTS: &str = "switchboard_system_events_total";
 /// Server-Sent Event streams open now.
 pub const STREAMS_OPEN: &str = "switchboard_streams_open";
 
+/// Stored rows that could not be decoded, by `kind` (DESIGN §15): each harms only itself.
+pub const UNDECODABLE_ROWS: &str = "switchboard_undecodable_rows_total";
+
 /// Times a writer connection to the database was opened again after it was lost.
 pub const DB_RECONNECTS: &str = "switchboard_db_reconnects_total";
 
@@ -94,6 +97,10 @@ fn describe() {
     describe_counter!(EVENTS_INGESTED, "Events accepted (duplicates not counted).");
     describe_counter!(PURGED_EVENTS, "Events removed by retention.");
     describe_counter!(SYSTEM_EVENTS, "System events created, by code.");
+    describe_counter!(
+        UNDECODABLE_ROWS,
+        "Stored rows that could not be decoded (skipped, logged once), by kind."
+    );
     describe_counter!(
         DB_RECONNECTS,
         "Times the writer's database connection was opened again after it was lost."

@@ -97,7 +97,12 @@ async fn show(
             return Err(ApiError::invalid("as_of", "must be a non-negative integer"));
         }
         Some(n) => {
-            let history = state.store.agent_history(&tenant, &username).await?;
+            let max = state.settings.max_history_events;
+            let history = state
+                .store
+                .agent_history(&tenant, &username, Some(n), max)
+                .await?
+                .ok_or_else(|| too_long("as_of", max))?;
             history.as_of(n).map_err(|()| {
                 ApiError::BeyondRetention(FieldError::new(
                     None,
@@ -115,10 +120,27 @@ async fn show(
         .ok_or_else(|| not_found(&username))
 }
 
+/// The answer when a rebuild would fold more than `max_history_events` events of one agent.
+fn too_long(field: &str, max: usize) -> ApiError {
+    ApiError::invalid(
+        field,
+        format!(
+            "this agent has more than {max} events in the log up to there, the most a rebuild \
+             folds (max_history_events); ask for a later point"
+        ),
+    )
+}
+
+/// A page of an agent's timeline.
 #[derive(Serialize, ToSchema)]
 struct Timeline {
     data: Vec<Interval>,
+    /// The `after` of the next page; null: no more.
+    next_after: Option<String>,
 }
+
+/// Most intervals a timeline page holds.
+const MAX_TIMELINE_LIMIT: usize = 10_000;
 
 /// An agent's state intervals in a window (on `CreationDateUtc`).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/{username}/timeline", tag = "agents",
@@ -127,7 +149,11 @@ struct Timeline {
            ("since" = String, Query, pattern = "^[0-9]{14}$",
             description = "From (`yyyyMMddHHmmss`, UTC)"),
            ("until" = Option<String>, Query, pattern = "^[0-9]{14}$",
-            description = "Up to (`yyyyMMddHHmmss`, UTC); absent: now")),
+            description = "Up to (`yyyyMMddHHmmss`, UTC); absent: now"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000,
+            description = "Most intervals in a page (default 1000)"),
+           ("after" = Option<String>, Query,
+            description = "The `next_after` of the previous page")),
     responses((status = 200, body = Timeline), Errors),
     security(("bearer" = [])))]
 async fn timeline(
@@ -144,11 +170,29 @@ async fn timeline(
     let since = timestamp("since")?
         .ok_or_else(|| ApiError::invalid("since", "is required (yyyyMMddHHmmss, UTC)"))?;
     let until = timestamp("until")?;
+    let limit = match p.parse::<usize>("limit", "an integer from 1 to 10000")? {
+        None => 1000,
+        Some(n @ 1..=MAX_TIMELINE_LIMIT) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be from 1 to 10000, got {n}"),
+            ));
+        }
+    };
+    let after: usize = p
+        .parse("after", "the next_after of a previous page")?
+        .unwrap_or(0);
     p.finish()?;
     if until.is_some_and(|u| u < since) {
         return Err(ApiError::invalid("until", "must not be before since"));
     }
-    let history = state.store.agent_history(&tenant, &username).await?;
+    let max = state.settings.max_history_events;
+    let history = state
+        .store
+        .agent_history(&tenant, &username, None, max)
+        .await?
+        .ok_or_else(|| too_long("since", max))?;
     if history.base.is_none() && history.events.is_empty() {
         return Err(not_found(&username));
     }
@@ -160,6 +204,14 @@ async fn timeline(
              them); ask for a later start",
         ))
     })?;
-    let data = data.into_iter().map(|i| i.named(&state.catalog)).collect();
-    Ok(Json(Timeline { data }))
+    let total = data.len();
+    let data: Vec<Interval> = data
+        .into_iter()
+        .skip(after)
+        .take(limit)
+        .map(|i| i.named(&state.catalog))
+        .collect();
+    let served = after.saturating_add(data.len());
+    let next_after = (served < total).then(|| served.to_string());
+    Ok(Json(Timeline { data, next_after }))
 }

@@ -39,6 +39,9 @@ pub enum ApiError {
         "the tenant's ingest limit is reached; nothing was stored; retry after {retry_after_secs} s"
     )]
     TooManyRequests { retry_after_secs: u64 },
+    /// A limit of DESIGN §23 (a configuration key) is reached: 429, naming it in `limit`.
+    #[error("{detail}")]
+    LimitReached { limit: &'static str, detail: String },
     #[error("{0}")]
     Unavailable(String),
     /// The database cannot be written now; the client should try again after a few seconds.
@@ -58,6 +61,9 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
+    /// The configuration key of the limit reached (429 `limit-reached`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -107,6 +113,11 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
             ),
+            LimitReached { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit-reached",
+                "Limit reached",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -155,6 +166,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            limit: match &self {
+                ApiError::LimitReached { limit, .. } => Some(limit),
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
@@ -225,6 +240,10 @@ impl From<CreateError> for ApiError {
                 errors: vec![FieldError::new(None, "id", "already exists")],
             },
             CreateError::TenantNotFound => ApiError::NotFound("tenant not found".into()),
+            CreateError::LimitReached { limit, max } => ApiError::LimitReached {
+                limit,
+                detail: format!("the tenant has {max} already, the most {limit} allows"),
+            },
             CreateError::Store(e) => e.into(),
         }
     }

@@ -91,32 +91,37 @@ async fn publish(
     // The hot path: the writer finds out whether the tenant exists as it commits, so a valid
     // request costs no read before it. Refusals still name a missing tenant first (404).
     caller.0.may(&tenant, Scope::Publish)?;
-    let parsed = read_json_body(&headers, body, state.max_body_bytes)
-        .await
-        .and_then(|bytes| {
-            let events = event::parse_batch(&bytes, &state.catalog).map_err(|e| match e {
-                ParseError::Malformed(e) => ApiError::Malformed(format!("malformed JSON: {e}")),
-                ParseError::Invalid(errors) => ApiError::Invalid(errors),
-            })?;
-            Ok((bytes, events))
-        });
-    let (bytes, events) = match parsed {
-        Ok(ok) => ok,
-        Err(e) => {
-            caller.check_tenant(&state, &tenant, Scope::Publish).await?;
-            return Err(e);
-        }
+    let refused = |e: ApiError| async {
+        caller.check_tenant(&state, &tenant, Scope::Publish).await?;
+        Err::<Response, ApiError>(e)
     };
+    let bytes = match read_json_body(&headers, body, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return refused(e).await,
+    };
+    // The tenant's limit is taken for the batch's length, found without validating its events:
+    // over the limit, nothing more is done for it.
     let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    if let Err(secs) = state
-        .limits
-        .take(&state.store, &tenant, events.len())
-        .await?
+    let length = match is_array {
+        true => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&bytes)
+            .map(|items| items.len())
+            .ok(),
+        false => Some(1),
+    };
+    if let Some(n) = length
+        && let Err(secs) = state.limits.take(&state.store, &tenant, n).await?
     {
         return Err(ApiError::TooManyRequests {
             retry_after_secs: secs,
         });
     }
+    let events = match event::parse_batch(&bytes, &state.catalog) {
+        Ok(events) => events,
+        Err(ParseError::Malformed(e)) => {
+            return refused(ApiError::Malformed(format!("malformed JSON: {e}"))).await;
+        }
+        Err(ParseError::Invalid(errors)) => return refused(ApiError::Invalid(errors)).await,
+    };
     let accepted = state.store.ingest(&tenant, events).await.map_err(|e| {
         let mut err = ApiError::from(e);
         // A single posted object has no index to name.

@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics, unauthenticated (served by every role).
+//! Liveness, readiness and metrics, unauthenticated (served by every role) — but `/metrics`
+//! needs a bearer key when `metrics_key` is set.
 
 use std::fmt::Write;
 
@@ -36,11 +37,27 @@ async fn openapi() -> Response {
     responses(
         (status = 200, content_type = "text/plain", body = String,
          description = "Prometheus text exposition"),
+        (status = 401, content_type = "application/problem+json", body = Problem,
+         description = "`metrics_key` is set and the request does not carry it (or the admin key)"),
         (status = 503, content_type = "application/problem+json", body = Problem,
          description = "The database does not answer")))]
 /// Prometheus text: what this process counted (ingest, attempts, latencies), then gauges the
 /// database answers (pending deliveries, subscriptions by state).
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(metrics_key) = &state.settings.metrics_key_hash {
+        let hash = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::bearer_token)
+            .map(crate::auth::hash_key);
+        let allowed = hash.is_some_and(|h| h == *metrics_key || *h == *state.admin_key_hash);
+        if !allowed {
+            return Err(ApiError::Unauthorized);
+        }
+    }
     let mut text = crate::telemetry::metrics()
         .map(|handle| {
             handle.run_upkeep();

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,44 +28,290 @@ use crate::event::{Catalog, Event};
 use crate::store::{AgentQuery, EventQuery, Store, StoreError, StoredEvent};
 use crate::telemetry;
 
-/// Messages a consumer may have waiting besides what its connection holds.
+/// Messages a consumer may have waiting besides what its connection holds (and at most
+/// `stream_buffer_bytes` of them).
 const BUFFER: usize = 32;
-/// Rows read from the database at a time.
+/// Rows read from the database at a time, at most (fewer when events are large: see [`Pages`]).
 const PAGE: u32 = 200;
 /// A comment line at least this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an open stream checks that its key still exists.
+const REVOKED_CHECK: Duration = Duration::from_millis(500);
+
+/// The streams open, counted by key, by tenant and in all, against their limits (DESIGN §23).
+pub struct Slots {
+    per_key: u32,
+    per_tenant: u32,
+    total: u32,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    keys: HashMap<String, u32>,
+    tenants: HashMap<String, u32>,
+    all: u32,
+}
+
+impl Slots {
+    pub fn new(per_key: u32, per_tenant: u32, total: u32) -> Self {
+        Slots {
+            per_key,
+            per_tenant,
+            total,
+            open: Mutex::default(),
+        }
+    }
+
+    /// A slot for one more stream of `key` (its hash) on `tenant`, or the limit it would pass.
+    fn take(self: &Arc<Self>, key: &str, tenant: &str) -> Result<Slot, ApiError> {
+        let mut open = self.open.lock().expect("slots lock");
+        let by_key = open.keys.get(key).copied().unwrap_or(0);
+        let by_tenant = open.tenants.get(tenant).copied().unwrap_or(0);
+        let full = |limit: &'static str, max: u32, whose: &str| ApiError::LimitReached {
+            limit,
+            detail: format!("{whose} {max} streams open already, the most {limit} allows"),
+        };
+        if by_key >= self.per_key {
+            return Err(full("max_streams_per_key", self.per_key, "this key holds"));
+        }
+        if by_tenant >= self.per_tenant {
+            return Err(full(
+                "max_streams_per_tenant",
+                self.per_tenant,
+                "the tenant's keys hold",
+            ));
+        }
+        if open.all >= self.total {
+            return Err(full("max_streams", self.total, "the server holds"));
+        }
+        *open.keys.entry(key.to_string()).or_default() += 1;
+        *open.tenants.entry(tenant.to_string()).or_default() += 1;
+        open.all += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            key: key.to_string(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+/// One open stream's place in [`Slots`], given back when the stream ends.
+struct Slot {
+    slots: Arc<Slots>,
+    key: String,
+    tenant: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("slots lock");
+        let release = |map: &mut HashMap<String, u32>, k: &str| {
+            if let Some(n) = map.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        };
+        release(&mut open.keys, &self.key);
+        release(&mut open.tenants, &self.tenant);
+        open.all -= 1;
+    }
+}
+
+/// A message and the share of the stream's byte budget it holds until the consumer takes it.
+type Queued = (SseEvent, Option<OwnedSemaphorePermit>);
 
 /// The messages of one stream, as the response body reads them.
-pub struct Feed(mpsc::Receiver<SseEvent>);
+pub struct Feed(mpsc::Receiver<Queued>);
 
 impl futures_core::Stream for Feed {
     type Item = Result<SseEvent, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|m| m.map(Ok))
+        // Taken: its bytes leave the budget (the connection's own buffers are bounded by the
+        // socket's).
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|(event, _budget)| Ok(event)))
+    }
+}
+
+/// Why a stream stopped sending.
+#[derive(Debug)]
+enum Gone {
+    /// The consumer went away.
+    Left,
+    /// The consumer read nothing for `stream_idle_secs` while data waited.
+    Idle,
+}
+
+/// The sending side of a stream: at most [`BUFFER`] messages and `stream_buffer_bytes` wait
+/// for the consumer; a consumer that takes none for `stream_idle_secs` is given up on.
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+    max: usize,
+    idle: Duration,
+}
+
+impl Out {
+    /// Queues `event` of `size` bytes (its data); a single event larger than the budget takes
+    /// all of it, and goes alone.
+    async fn send(&self, event: SseEvent, size: usize) -> Result<(), Gone> {
+        let permits = size.clamp(1, self.max) as u32;
+        let queued = async {
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| Gone::Left)?;
+            self.tx
+                .send((event, Some(permit)))
+                .await
+                .map_err(|_| Gone::Left)
+        };
+        match tokio::time::timeout(self.idle, queued).await {
+            Ok(sent) => sent,
+            Err(_) => Err(Gone::Idle),
+        }
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await
     }
 }
 
 type Stream = Sse<axum::response::sse::KeepAliveStream<Feed>>;
 
-/// Starts `pump` on its own task and answers with what it sends.
-fn start<F>(pump: impl FnOnce(mpsc::Sender<SseEvent>) -> F) -> Stream
+/// What a stream is opened with: its slot (given back when it ends) and the key whose deletion
+/// ends it.
+struct Opened {
+    /// Held while the stream is open; dropping it gives the slot back.
+    _slot: Slot,
+    store: Store,
+    key_hash: String,
+    admin: bool,
+}
+
+impl Opened {
+    /// A slot for a stream of `access`'s key on its tenant, or the limit reached.
+    fn new<S>(state: &AppState, access: &Access<S>) -> Result<Self, ApiError> {
+        let slot = state.streams_open.take(&access.key_hash, &access.tenant)?;
+        Ok(Opened {
+            _slot: slot,
+            store: state.store.clone(),
+            key_hash: access.key_hash.clone(),
+            admin: access.caller == crate::auth::Principal::Admin,
+        })
+    }
+
+    /// Resolves once the stream's key (or its tenant, keys and all) no longer exists.
+    async fn revoked(&self) {
+        if self.admin {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(REVOKED_CHECK).await;
+            if let Ok(None) = self.store.find_key(&self.key_hash).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Starts `pump` on its own task and answers with what it sends. The stream ends when the pump
+/// does, or with an `error` message when its key is deleted.
+fn start<F>(state: &AppState, opened: Opened, pump: impl FnOnce(Out) -> F) -> Stream
 where
-    F: Future<Output = Result<(), StoreError>> + Send + 'static,
+    F: Future<Output = Result<(), StreamError>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(BUFFER);
-    let run = pump(tx);
+    let max = state.settings.stream_buffer_bytes.max(1);
+    let out = Out {
+        tx,
+        budget: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        max: max.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize),
+        idle: state.settings.stream_idle,
+    };
+    let last_word = out.tx.clone();
+    let run = pump(out);
     // Counted before the answer leaves, so that a consumer who sees its stream open sees it
     // counted.
     let gauge = metrics::gauge!(telemetry::STREAMS_OPEN);
     gauge.increment(1.0);
     tokio::spawn(async move {
-        if let Err(e) = run.await {
-            tracing::warn!(error = %e, "a stream ended: its reads failed; the consumer resumes");
+        tokio::select! {
+            ended = run => match ended {
+                Ok(()) | Err(StreamError::Gone(Gone::Left)) => {}
+                Err(StreamError::Gone(Gone::Idle)) => {
+                    tracing::info!("a stream's consumer read nothing for stream_idle_secs; closed");
+                }
+                Err(StreamError::Store(e)) => {
+                    tracing::warn!(error = %e, "a stream ended: its reads failed; the consumer resumes");
+                }
+            },
+            () = opened.revoked() => {
+                let error = SseEvent::default()
+                    .event("error")
+                    .data(r#"{"reason":"key revoked"}"#);
+                let _ = tokio::time::timeout(REVOKED_CHECK, last_word.send((error, None))).await;
+            }
         }
+        drop(opened);
         gauge.decrement(1.0);
     });
     Sse::new(Feed(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// Why a pump stopped.
+enum StreamError {
+    Gone(Gone),
+    Store(StoreError),
+}
+
+impl From<Gone> for StreamError {
+    fn from(g: Gone) -> Self {
+        StreamError::Gone(g)
+    }
+}
+
+impl From<StoreError> for StreamError {
+    fn from(e: StoreError) -> Self {
+        StreamError::Store(e)
+    }
+}
+
+/// How many rows to read at a time, so that a page holds about the stream's byte budget: at
+/// most `most`, fewer as the events read so far run large (at least one). The first page is
+/// small, since nothing is known of the events' size yet.
+struct Pages {
+    limit: u32,
+    most: u32,
+    budget: usize,
+}
+
+/// Rows of a stream's first page.
+const FIRST_PAGE: u32 = 4;
+
+impl Pages {
+    fn new(most: u32, budget: usize) -> Self {
+        Pages {
+            limit: most.min(FIRST_PAGE),
+            most,
+            budget,
+        }
+    }
+
+    /// Learns from a page of `rows` rows and `bytes` bytes.
+    fn read(&mut self, rows: usize, bytes: usize) {
+        if let Some(average) = bytes.checked_div(rows) {
+            self.limit = (self.budget / average.max(1)).clamp(1, self.most as usize) as u32;
+        }
+    }
 }
 
 /// Why a pump stops waiting.
@@ -80,7 +326,7 @@ enum Woken {
 async fn wait<T>(
     commits: &mut watch::Receiver<T>,
     stop: &mut watch::Receiver<bool>,
-    tx: &mpsc::Sender<SseEvent>,
+    out: &Out,
 ) -> Woken {
     if *stop.borrow() {
         return Woken::End;
@@ -91,7 +337,7 @@ async fn wait<T>(
             Err(_) => Woken::End,
         },
         _ = stop.changed() => Woken::End,
-        _ = tx.closed() => Woken::End,
+        _ = out.closed() => Woken::End,
     }
 }
 
@@ -116,12 +362,18 @@ fn resume_point(headers: &HeaderMap, p: &mut Params) -> Result<Option<i64>, ApiE
     Ok(at)
 }
 
-fn message(kind: &str, id: i64, data: &impl Serialize) -> Result<SseEvent, StoreError> {
-    SseEvent::default()
-        .event(kind)
-        .id(id.to_string())
-        .json_data(data)
-        .map_err(|e| StoreError::Db(format!("encoding a stream message: {e}")))
+/// A message with `data` as JSON, and its size.
+fn message(kind: &str, id: i64, data: &impl Serialize) -> Result<(SseEvent, usize), StoreError> {
+    let json = serde_json::to_string(data)
+        .map_err(|e| StoreError::Db(format!("encoding a stream message: {e}")))?;
+    let size = json.len();
+    Ok((
+        SseEvent::default()
+            .event(kind)
+            .id(id.to_string())
+            .data(json),
+        size,
+    ))
 }
 
 /// An event as streams send it: its `data:` encoded once, and what filters look at.
@@ -179,7 +431,8 @@ struct Batch {
 #[derive(Default)]
 pub struct Tails(Mutex<HashMap<String, watch::Receiver<Arc<Batch>>>>);
 
-/// Events a tail reads at a time.
+/// Events a tail reads at a time, at most: fewer when they are large, so that a batch holds
+/// about `stream_buffer_bytes`.
 const TAIL_PAGE: u32 = 1000;
 
 impl Tails {
@@ -189,11 +442,12 @@ impl Tails {
         store: &Store,
         tenant: &str,
         stop: watch::Receiver<bool>,
+        budget: usize,
     ) -> Result<watch::Receiver<Arc<Batch>>, StoreError> {
         if let Some(rx) = self.0.lock().expect("tails lock").get(tenant) {
             return Ok(rx.clone());
         }
-        let mut commits = store.commits();
+        let mut commits = store.commits(tenant);
         let last = store.last_sequence(tenant).await?;
         let empty = Batch {
             after: last,
@@ -210,9 +464,13 @@ impl Tails {
         tokio::spawn(async move {
             let mut stop = stop;
             let mut cursor = last;
+            let mut pages = Pages::new(TAIL_PAGE, budget);
             loop {
                 commits.borrow_and_update();
-                if let Err(e) = tails.read_on(&store, &tenant, &mut cursor, &tx).await {
+                if let Err(e) = tails
+                    .read_on(&store, &tenant, &mut cursor, &tx, &mut pages)
+                    .await
+                {
                     tracing::warn!(tenant, error = %e, "a stream tail could not read; its consumers read the log themselves");
                 }
                 let idle = tokio::select! {
@@ -237,6 +495,7 @@ impl Tails {
         tenant: &str,
         cursor: &mut i64,
         tx: &watch::Sender<Arc<Batch>>,
+        pages: &mut Pages,
     ) -> Result<(), StoreError> {
         loop {
             let last = store.last_sequence(tenant).await?;
@@ -246,14 +505,15 @@ impl Tails {
             let q = EventQuery {
                 after: *cursor,
                 through: Some(last),
-                limit: TAIL_PAGE,
+                limit: pages.limit,
                 ..EventQuery::default()
             };
             let page = store.list_events(tenant, &q).await?;
             let through = match page.last() {
-                Some(e) if page.len() == TAIL_PAGE as usize => e.sequence,
+                Some(e) if page.len() == pages.limit as usize => e.sequence,
                 _ => last,
             };
+            pages.read(page.len(), page.iter().map(|e| e.body.len()).sum());
             let events = page
                 .into_iter()
                 .map(Encoded::new)
@@ -314,7 +574,7 @@ struct StreamFilter {
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Read>,
+    access: Access<need::Read>,
     headers: HeaderMap,
     mut p: Params,
 ) -> Result<Stream, ApiError> {
@@ -325,10 +585,13 @@ pub async fn events(
     };
     filters(&mut p, &mut filter)?;
     p.finish()?;
+    let opened = Opened::new(&state, &access)?;
+    let tenant = access.tenant;
     let store = state.store.clone();
+    let budget = state.settings.stream_buffer_bytes;
     let mut tail = state
         .tails
-        .of(&store, &tenant, state.streams_stop.clone())
+        .of(&store, &tenant, state.streams_stop.clone(), budget)
         .await?;
     // Without a resume point the stream starts with what is committed from now on.
     let after = match resume {
@@ -336,9 +599,10 @@ pub async fn events(
         None => tail.borrow().through,
     };
     let stop = state.streams_stop.clone();
-    Ok(start(move |tx| async move {
+    Ok(start(&state, opened, move |out| async move {
         let mut stop = stop;
         let mut cursor = after;
+        let mut pages = Pages::new(PAGE, budget);
         loop {
             let batch = tail.borrow_and_update().clone();
             if cursor < batch.after {
@@ -348,15 +612,15 @@ pub async fn events(
                 let q = EventQuery {
                     after: cursor,
                     through: Some(batch.after),
+                    limit: pages.limit,
                     ..filter.clone()
                 };
                 let page = store.list_events(&tenant, &q).await?;
-                let full = page.len() == PAGE as usize;
+                let full = page.len() == q.limit as usize;
+                pages.read(page.len(), page.iter().map(|e| e.body.len()).sum());
                 for event in page {
                     let event = Encoded::new(event)?;
-                    if tx.send(event.message()).await.is_err() {
-                        return Ok(());
-                    }
+                    out.send(event.message(), event.data.len()).await?;
                     cursor = event.sequence;
                 }
                 if !full {
@@ -366,14 +630,14 @@ pub async fn events(
             }
             if cursor < batch.through {
                 for event in batch.events.iter().filter(|e| e.sequence > cursor) {
-                    if event.matches(&filter) && tx.send(event.message()).await.is_err() {
-                        return Ok(());
+                    if event.matches(&filter) {
+                        out.send(event.message(), event.data.len()).await?;
                     }
                 }
                 cursor = batch.through;
                 continue;
             }
-            if let Woken::End = wait(&mut tail, &mut stop, &tx).await {
+            if let Woken::End = wait(&mut tail, &mut stop, &out).await {
                 return Ok(());
             }
         }
@@ -443,17 +707,19 @@ async fn snapshot(store: &Store, tenant: &str, catalog: &Catalog) -> Result<Snap
     security(("bearer" = [])))]
 pub async fn agents(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Read>,
+    access: Access<need::Read>,
     headers: HeaderMap,
     mut p: Params,
 ) -> Result<Stream, ApiError> {
     let resume = resume_point(&headers, &mut p)?;
     p.finish()?;
+    let opened = Opened::new(&state, &access)?;
+    let tenant = access.tenant;
     let store = state.store.clone();
-    let mut commits = store.commits();
+    let mut commits = store.commits(&tenant);
     let stop = state.streams_stop.clone();
     let catalog = state.catalog.clone();
-    Ok(start(move |tx| async move {
+    Ok(start(&state, opened, move |out| async move {
         let mut stop = stop;
         // The projection outlives retention, so any point it has reached can be resumed from;
         // one it has not (another database's ids) gets a fresh snapshot.
@@ -463,9 +729,8 @@ pub async fn agents(
             _ => {
                 let snap = snapshot(&store, &tenant, &catalog).await?;
                 let id = snap.as_of_sequence;
-                if tx.send(message("snapshot", id, &snap)?).await.is_err() {
-                    return Ok(());
-                }
+                let (message, size) = message("snapshot", id, &snap)?;
+                out.send(message, size).await?;
                 id
             }
         };
@@ -476,14 +741,13 @@ pub async fn agents(
             for agent in changes {
                 cursor = agent.last_sequence;
                 let agent = agent.named(&catalog);
-                if tx.send(message("agent", cursor, &agent)?).await.is_err() {
-                    return Ok(());
-                }
+                let (message, size) = message("agent", cursor, &agent)?;
+                out.send(message, size).await?;
             }
             if full {
                 continue;
             }
-            if let Woken::End = wait(&mut commits, &mut stop, &tx).await {
+            if let Woken::End = wait(&mut commits, &mut stop, &out).await {
                 return Ok(());
             }
         }

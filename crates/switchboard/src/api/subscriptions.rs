@@ -139,6 +139,10 @@ impl SubscriptionView {
             .and_then(|s| s.public_key());
         if !show_secret {
             spec.secret = None;
+            // Where users put receivers' credentials: names shown, values to manage keys only.
+            for value in spec.headers.values_mut() {
+                *value = MASKED.into();
+            }
         }
         SubscriptionView {
             id: rec.id,
@@ -150,6 +154,9 @@ impl SubscriptionView {
         }
     }
 }
+
+/// A secret value as answers show it to keys that may not see it.
+const MASKED: &str = "***";
 
 async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
     state
@@ -186,7 +193,10 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    state.store.create_subscription(&rec).await?;
+    state
+        .store
+        .create_subscription(&rec, state.settings.max_subscriptions_per_tenant)
+        .await?;
     Ok((StatusCode::CREATED, Json(SubscriptionView::new(rec, true))))
 }
 
@@ -257,6 +267,16 @@ async fn update(
         current["secret"] = Value::Null;
     }
     merge_patch(&mut current, Value::Object(patch));
+    // A header sent back as shown to others ("***") keeps its stored value.
+    if let Some(Value::Object(headers)) = current.get_mut("headers") {
+        for (name, value) in headers.iter_mut() {
+            if value.as_str() == Some(MASKED)
+                && let Some(stored) = rec.spec.headers.get(name)
+            {
+                *value = Value::String(stored.clone());
+            }
+        }
+    }
     let mut spec = SubscriptionSpec::from_value(current).map_err(ApiError::Invalid)?;
     spec.secret
         .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));

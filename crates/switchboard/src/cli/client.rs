@@ -30,17 +30,17 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Api(status, problem) => {
-                let title = problem["title"].as_str().unwrap_or("error");
+                let title = escaped(problem["title"].as_str().unwrap_or("error"));
                 write!(f, "{} {title}", status.as_u16())?;
                 if let Some(detail) = problem["detail"].as_str() {
-                    write!(f, ": {detail}")?;
+                    write!(f, ": {}", escaped(detail))?;
                 }
                 for e in problem["errors"].as_array().into_iter().flatten() {
                     let at = e["index"]
                         .as_u64()
                         .map_or(String::new(), |i| format!("[{i}] "));
-                    let field = e["field"].as_str().unwrap_or("");
-                    let message = e["message"].as_str().unwrap_or("");
+                    let field = escaped(e["field"].as_str().unwrap_or(""));
+                    let message = escaped(e["message"].as_str().unwrap_or(""));
                     write!(f, "\n  {at}{field}: {message}")?;
                 }
                 Ok(())
@@ -212,13 +212,30 @@ pub fn read_json(source: &str) -> anyhow::Result<Value> {
     })?))
 }
 
-/// The text of a value in a table cell.
+/// The text of a value in a table cell, with control characters escaped.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => escaped(s),
+        other => escaped(&other.to_string()),
     }
+}
+
+/// `text` safe to print to a terminal: control characters (ESC and the rest, which could
+/// retitle, clear or rewrite the terminal) and the bidirectional overrides (which reorder what
+/// is shown) written as `\u{…}`. Tenant data is anyone's input.
+pub fn escaped(text: &str) -> String {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| match unsafe_char(c) {
+            true => format!("\\u{{{:x}}}", c as u32),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The human form of an answer.
@@ -274,7 +291,7 @@ pub fn render(answer: &Value, show: Show) -> String {
             let mut out = vec![line(columns.iter().map(|c| c.to_uppercase()).collect())];
             out.extend(rows.into_iter().map(line));
             if let Some(next) = answer["next_after"].as_str() {
-                out.push(format!("(more: --after {next})"));
+                out.push(format!("(more: --after {})", escaped(next)));
             }
             out.join("\n")
         }
@@ -363,6 +380,23 @@ pub fn subscription_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(escaped("jdoe"), "jdoe");
+        assert_eq!(escaped("a\u{1b}]0;owned\u{7}b"), "a\\u{1b}]0;owned\\u{7}b");
+        assert_eq!(escaped("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(escaped("line\nnext"), "line\\u{a}next");
+        assert_eq!(escaped("José 日本"), "José 日本");
+        let table = render(
+            &json!({"data": [{"username": "\u{1b}[2J\u{1b}]0;hacked\u{7}"}], "next_after": null}),
+            Show::Table(&["username"]),
+        );
+        assert!(
+            !table.contains('\u{1b}') && table.contains("\\u{1b}[2J"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn tables_show_the_columns_of_each_item_and_the_next_cursor() {

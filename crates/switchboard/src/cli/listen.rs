@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::net::TcpListener;
 
-use crate::delivery::signing::{self, Secret};
+use crate::delivery::signing::{TIMESTAMP_TOLERANCE_SECS, Verifier};
 
 /// What the receiver does with a delivery.
 struct Listener {
-    secret: Option<Secret>,
+    secret: Option<Verifier>,
     /// The local app deliveries are forwarded to.
     forward: Option<reqwest::Url>,
     client: reqwest::Client,
@@ -28,7 +28,7 @@ struct Listener {
 /// `forward`, answers with what that app answers.
 pub async fn run(
     addr: SocketAddr,
-    secret: Option<Secret>,
+    secret: Option<Verifier>,
     forward: Option<reqwest::Url>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -39,7 +39,7 @@ pub async fn run(
 /// [`run`] on a bound listener.
 pub async fn serve(
     listener: TcpListener,
-    secret: Option<Secret>,
+    secret: Option<Verifier>,
     forward: Option<reqwest::Url>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -90,15 +90,16 @@ async fn receive(
             .unwrap_or("")
     };
     let id = h("webhook-id");
+    let now = crate::clock::now_millis() / 1000;
     let verdict = match (
         listener.secret.as_ref(),
         h("webhook-timestamp").parse::<i64>(),
     ) {
         (None, _) => "unverified",
         (Some(_), Err(_)) => "BAD (no timestamp)",
-        (Some(s), Ok(ts)) if signing::verify(s, h("webhook-signature"), id, ts, &body) => {
-            "verified"
-        }
+        (Some(_), Ok(ts)) if ts < now - TIMESTAMP_TOLERANCE_SECS => "BAD (timestamp too old)",
+        (Some(_), Ok(ts)) if ts > now + TIMESTAMP_TOLERANCE_SECS => "BAD (timestamp in the future)",
+        (Some(v), Ok(ts)) if v.verify(h("webhook-signature"), id, ts, &body) => "verified",
         (Some(_), Ok(_)) => "BAD SIGNATURE",
     };
     println!(

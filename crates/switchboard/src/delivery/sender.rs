@@ -22,8 +22,8 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 pub const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION"));
 
 /// The one outbound HTTP client: pooled keep-alive connections, rustls, a timeout, no
-/// redirects, and the address guard on every resolved address. It makes each subscription's
-/// [`Target`].
+/// redirects, no proxy from the environment, and the address guard on every resolved address.
+/// It makes each subscription's [`Target`].
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
@@ -40,6 +40,9 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY in the environment would send receivers' hostnames to a proxy
+            // unchecked, past the guard: ignored (an egress proxy is configured explicitly).
+            .no_proxy()
             .pool_idle_timeout(Duration::from_secs(90))
             .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
             .build()?;
@@ -133,12 +136,29 @@ impl Destination for Http {
                 Ok(r) => r,
                 Err(why) => return Answer::failed(why),
             };
-            match request.send().await {
+            let mut answer = match request.send().await {
                 Err(e) => Answer::failed(error_chain(&e)),
                 Ok(response) => read_answer(response).await,
+            };
+            // Errors name the URL; its query often carries a token. They go to the attempt
+            // log, notices and logs without it.
+            if let (Some(error), Ok(url)) = (&mut answer.error, &self.url) {
+                *error = without_query(error, url);
             }
+            answer
         })
     }
+}
+
+/// `text` with every mention of `url` shown without its query (nor fragment).
+fn without_query(text: &str, url: &reqwest::Url) -> String {
+    if url.query().is_none() && url.fragment().is_none() {
+        return text.to_string();
+    }
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    text.replace(url.as_str(), shown.as_str())
 }
 
 /// A receiver's answer: its status, `Retry-After`, and the start of its body.

@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, Verifier as _, VerifyingKey};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -186,19 +186,54 @@ pub fn signature_header<'a>(
     sigs.join(" ")
 }
 
-/// Checks a `webhook-signature` header against one secret (for `listen` and tests): a `v1a`
-/// key pair verifies as its receiver would, with the public key.
+/// Checks a `webhook-signature` header against one secret (for `listen` and tests), as the
+/// Standard Webhooks libraries do: HMAC signatures compared in constant time; a `v1a` key pair
+/// verifies as its receiver would, with the public key.
 pub fn verify(secret: &Secret, header: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> bool {
     match secret {
-        Secret::Hmac(_) => {
-            let expected = secret.sign(msg_id, timestamp, body);
-            header.split(' ').any(|sig| sig == expected)
+        Secret::Hmac(key) => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(&signed_content(msg_id, timestamp, body));
+            header.split(' ').any(|sig| {
+                sig.strip_prefix("v1,")
+                    .and_then(|b64| STANDARD.decode(b64).ok())
+                    // `verify_slice` compares in constant time.
+                    .is_some_and(|bytes| mac.clone().verify_slice(&bytes).is_ok())
+            })
         }
         Secret::Ed25519(key) => {
             PublicKey(key.verifying_key()).verify(header, msg_id, timestamp, body)
         }
     }
 }
+
+/// What a receiver verifies with: a signing secret (`whsec_`, or a `whsk_` key pair), or for
+/// `v1a` only the public key (`whpk_`).
+pub enum Verifier {
+    Secret(Secret),
+    PublicKey(PublicKey),
+}
+
+impl Verifier {
+    /// Parses `whsec_…`, `whsk_…` or `whpk_…`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.starts_with(PUBLIC_KEY_PREFIX) {
+            return PublicKey::parse(s).map(Verifier::PublicKey);
+        }
+        Secret::parse(s).map(Verifier::Secret)
+    }
+
+    pub fn verify(&self, header: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> bool {
+        match self {
+            Verifier::Secret(secret) => verify(secret, header, msg_id, timestamp, body),
+            Verifier::PublicKey(key) => key.verify(header, msg_id, timestamp, body),
+        }
+    }
+}
+
+/// How far a `webhook-timestamp` may be from now, in seconds, as the Standard Webhooks
+/// libraries allow (older: a replay; newer: a wrong clock).
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
 
 #[cfg(test)]
 mod tests {

@@ -609,8 +609,16 @@ impl Store {
         rows.into_iter().map(|mut r| decode(&r.text(0)?)).collect()
     }
 
-    /// What rebuilding `username`'s past states takes: its base and its events in the log.
-    pub async fn agent_history(&self, tenant: &str, username: &str) -> Result<History, StoreError> {
+    /// What rebuilding `username`'s past states takes: its base and its events in the log (up
+    /// to sequence `through`, when given) — or `Ok(None)` when they are more than `max` events
+    /// (`max_history_events`: a rebuild holds them all in memory).
+    pub async fn agent_history(
+        &self,
+        tenant: &str,
+        username: &str,
+        through: Option<i64>,
+        max: usize,
+    ) -> Result<Option<History>, StoreError> {
         let base = self
             .0
             .db
@@ -624,21 +632,32 @@ impl Store {
             .transpose()?;
         let after = base.as_ref().map_or(0, |(s, _)| *s);
         // The agent's sequences from the index (`events_agent`), then their bodies.
+        let through = through.unwrap_or(i64::MAX);
         let rows = self
             .0
             .db
             .query(
                 "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN ( \
                    SELECT sequence FROM events WHERE tenant_id = $1 AND category = 1 \
-                   AND sequence > $3 AND username = $2) \
+                   AND sequence > $3 AND sequence <= $4 AND username = $2 \
+                   ORDER BY sequence LIMIT $5) \
                  ORDER BY sequence",
-                &args![tenant, username, after],
+                &args![
+                    tenant,
+                    username,
+                    after,
+                    through,
+                    i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1)
+                ],
             )
             .await?;
-        Ok(History {
+        if rows.len() > max {
+            return Ok(None);
+        }
+        Ok(Some(History {
             base,
             events: parse_events(rows)?,
-        })
+        }))
     }
 
     /// Folds into the agents projection every event it does not hold yet (a log written before
@@ -661,7 +680,7 @@ impl Store {
                     .turn(Command::CatchUpAgents(tenant.clone(), reply), answer)
                     .await?;
                 batches += 1;
-                self.committed();
+                self.committed(Some(&tenant));
                 if !more {
                     break;
                 }

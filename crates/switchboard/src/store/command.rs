@@ -60,7 +60,7 @@ pub(super) struct PurgeJob {
 /// matches now — or, `only_failed`, its failed deliveries of that window, all at once.
 pub(super) struct ReplayJob {
     pub tenant: String,
-    pub sub: super::decide::OutboxSub,
+    pub sub: std::sync::Arc<super::decide::OutboxSub>,
     pub since: i64,
     pub until: i64,
     pub after: i64,

@@ -3,14 +3,26 @@
 //! few operations whose SQL differs between the dialects. SQLite's writer (a thread) and
 //! PostgreSQL's (a task) each implement it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::db::{Arg, Dialect, Row};
+use super::decide::OutboxSub;
 use super::{Outcome, StoreError};
+
+/// What a writer remembers of the enabled subscriptions between turns, by tenant and id: each
+/// decoded (or `None`: it does not decode), with the stamp it was decoded at (`updated_at`, and
+/// the stored form's length).
+pub(super) type Subscriptions =
+    HashMap<String, HashMap<String, ((i64, i64), Option<Arc<OutboxSub>>)>>;
 
 /// One writer connection, inside or outside its transaction.
 pub(super) trait Conn {
     fn dialect(&self) -> &'static Dialect;
+    /// The subscriptions this writer has decoded (see `turn::enabled_subscriptions`).
+    fn subscriptions(&mut self) -> &mut Subscriptions;
     /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError>;
     async fn commit(&mut self) -> Result<(), StoreError>;

@@ -218,7 +218,7 @@ impl NewDelivery<'_> {
 pub(super) fn outbox<'a>(
     added: &'a [NewEventRow<'a>],
     tenant: &'a str,
-    subs: &'a [OutboxSub],
+    subs: &'a [std::sync::Arc<OutboxSub>],
 ) -> Vec<NewDelivery<'a>> {
     let mut out = Vec::new();
     // The latest status delivery of each (subscription, agent) so far: its index in `out`.

@@ -149,7 +149,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut job = ReplayJob {
             tenant: sub.tenant_id.clone(),
-            sub: OutboxSub::of(sub),
+            sub: std::sync::Arc::new(OutboxSub::of(sub)),
             since: since.as_i64(),
             until: until.map_or(i64::MAX, Timestamp::as_i64),
             after: 0,

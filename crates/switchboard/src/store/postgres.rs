@@ -133,19 +133,25 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
 async fn listen(mut listener: PgListener, store: Store) {
     loop {
         match listener.recv().await {
-            Ok(n) => match Change::parse(n.payload()) {
-                Some(change) => store.changed(change),
-                None => {
-                    store.0.wake.notify_one();
-                    store.committed();
-                }
+            Ok(n) => match (Change::parse(n.payload()), n.payload()) {
+                (Some(change), _) => store.changed(change),
+                // Deliveries became due.
+                (None, sql::DUE) => store.0.wake.notify_one(),
+                (None, payload) => match payload.strip_prefix(sql::EVENTS_OF) {
+                    Some(tenant) => store.committed(Some(tenant)),
+                    // "wake", from a node of an earlier release: anything may have changed.
+                    None => {
+                        store.0.wake.notify_one();
+                        store.committed(None);
+                    }
+                },
             },
             Err(e) => {
                 tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 store.changed(Change::Keys);
                 store.changed(Change::Subscriptions);
-                store.committed();
+                store.committed(None);
             }
         }
         if std::sync::Arc::strong_count(&store.0) == 1 {

@@ -34,6 +34,12 @@ const LOCK_TENANT: &str = "SELECT last_sequence, agents_through FROM tenants WHE
 const LOCK_HEALTH: &str =
     "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1";
 
+/// The notification payload that says deliveries became due (dispatchers wake).
+pub const DUE: &str = "due";
+/// The prefix of the payload that says a tenant's events were committed (its streams wake):
+/// `events:<tenant>`.
+pub const EVENTS_OF: &str = "events:";
+
 pub(crate) const SQLITE: Dialect = Dialect {
     // IMMEDIATE takes the write lock up front: waiting on it beats failing a read-then-write.
     begin_write: "BEGIN IMMEDIATE",
@@ -79,7 +85,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "INSERT INTO write_probe (at, filler) VALUES ($1, '\\x00')",
         "DELETE FROM write_probe WHERE at < $1",
     ],
-    notify: Some("SELECT pg_notify('switchboard', 'wake')"),
+    notify: Some("SELECT pg_notify('switchboard', 'due')"),
     announce: Some("SELECT pg_notify('switchboard', $1)"),
     tenant_tables: &[
         "api_keys",
@@ -138,8 +144,13 @@ pub static INSERT_EVENTS: MultiRow = MultiRow::new(
     9,
     1,
 );
-pub const ENABLED_SUBSCRIPTIONS: &str =
-    "SELECT id, spec FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
+/// A tenant's enabled subscriptions with what says whether they changed: `updated_at` and the
+/// stored form's length.
+pub const ENABLED_SUBSCRIPTION_STAMPS: &str = "SELECT id, updated_at, length(spec) \
+    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
+/// Their stored forms, for those among a list (`IN (` … `)`, from `$2`) that changed.
+pub const SUBSCRIPTION_SPECS: &str = "SELECT id, spec, updated_at, length(spec) \
+    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND id IN (";
 pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
     "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
      next_attempt_at, created_at, updated_at, lease_until) VALUES ",

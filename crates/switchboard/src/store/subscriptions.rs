@@ -26,7 +26,12 @@ fn subscription_record(mut r: Row) -> Result<SubscriptionRecord, StoreError> {
 }
 
 impl Store {
-    pub async fn create_subscription(&self, rec: &SubscriptionRecord) -> Result<(), CreateError> {
+    /// Stores a new subscription, unless its tenant has `max` already.
+    pub async fn create_subscription(
+        &self,
+        rec: &SubscriptionRecord,
+        max: u32,
+    ) -> Result<(), CreateError> {
         let spec = spec_json(&rec.spec);
         let done = self
             .0
@@ -34,7 +39,8 @@ impl Store {
             .execute(
                 "INSERT INTO subscriptions (id, tenant_id, spec, enabled, disabled_reason, \
                  created_at, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7 \
-                 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8)",
+                 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8) \
+                 AND (SELECT COUNT(*) FROM subscriptions WHERE tenant_id = $9) < $10",
                 &args![
                     &rec.id,
                     &rec.tenant_id,
@@ -44,11 +50,19 @@ impl Store {
                     rec.created_at,
                     rec.updated_at,
                     &rec.tenant_id,
+                    &rec.tenant_id,
+                    i64::from(max),
                 ],
             )
             .await?;
         if done == 0 {
-            return Err(CreateError::TenantNotFound);
+            return Err(match self.get_tenant(&rec.tenant_id).await? {
+                None => CreateError::TenantNotFound,
+                Some(_) => CreateError::LimitReached {
+                    limit: "max_subscriptions_per_tenant",
+                    max,
+                },
+            });
         }
         self.announce(Change::Subscriptions).await;
         Ok(())
@@ -89,14 +103,30 @@ impl Store {
         rows.into_iter().map(subscription_record).collect()
     }
 
-    /// Every enabled subscription of every tenant, for the dispatcher.
+    /// Every enabled subscription of every tenant, for the dispatcher. One that does not decode
+    /// is left out (logged once, counted): it harms only itself.
     pub async fn enabled_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let rows = self
             .0
             .db
             .query(&format!("{SUBSCRIPTION_COLUMNS} WHERE enabled = TRUE"), &[])
             .await?;
-        rows.into_iter().map(subscription_record).collect()
+        let mut subs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (id, tenant, updated_at) = (row.text_copy(0), row.text_copy(1), row.int(8)?);
+            match subscription_record(row) {
+                Ok(sub) => subs.push(sub),
+                Err(e) => {
+                    let mut reported = self.0.undecodable.lock().unwrap_or_else(|e| e.into_inner());
+                    if reported.insert((id.clone(), updated_at)) {
+                        tracing::error!(tenant, subscription_id = %id, error = %e, "a stored subscription does not decode: nothing is delivered to it until it is repaired (PATCH with a whole body) or deleted");
+                        metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "subscription")
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        Ok(subs)
     }
 
     /// Replaces a subscription's body, state and secrets. Enabling it starts its health over.

@@ -32,6 +32,7 @@
 //! task both run [`run`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -118,10 +119,19 @@ async fn write<C: Conn>(
     }
     done.deliveries_added =
         added || replayed || !group.outcomes.is_empty() || !group.system.is_empty();
-    let events_added = !done.new_ids.is_empty() || !group.catch_ups.is_empty();
-    if let (true, Some(notify)) = (done.deliveries_added || events_added, conn.dialect().notify) {
-        // Other nodes' dispatchers and streams wake when this commits.
+    if let (true, Some(notify)) = (done.deliveries_added, conn.dialect().notify) {
+        // Other nodes' dispatchers wake when this commits.
         conn.execute(notify, &[]).await?;
+    }
+    if let Some(announce) = conn.dialect().announce {
+        // And the streams of the tenants whose events (or agents) changed, theirs only.
+        let tenants: BTreeSet<&str> = (done.new_ids.iter().map(|(t, _)| t.as_str()))
+            .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
+            .collect();
+        for tenant in tenants {
+            let payload = format!("{}{tenant}", sql::EVENTS_OF);
+            conn.execute(announce, &args![payload.as_str()]).await?;
+        }
     }
     Ok(done)
 }
@@ -237,19 +247,53 @@ async fn insert_events<C: Conn>(
     Ok(())
 }
 
+/// `tenant`'s enabled subscriptions, as the outbox reads them. Each is decoded once per change
+/// (the writer's connection remembers them, by `updated_at` and the stored form's length), not
+/// in every turn: a tenant's large filters cost the turns it shares with others nothing. One
+/// that does not decode harms only itself: logged once, counted, and given no deliveries.
 async fn enabled_subscriptions<C: Conn>(
     conn: &mut C,
     tenant: &str,
-) -> Result<Vec<OutboxSub>, StoreError> {
+) -> Result<Vec<Arc<OutboxSub>>, StoreError> {
     let rows = conn
-        .query(sql::ENABLED_SUBSCRIPTIONS, &args![tenant])
+        .query(sql::ENABLED_SUBSCRIPTION_STAMPS, &args![tenant])
         .await?;
-    rows.into_iter()
-        .map(|mut row| {
+    let mut current = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        current.push((row.text(0)?, (row.int(1)?, row.int(2)?)));
+    }
+    let known = conn.subscriptions().remove(tenant).unwrap_or_default();
+    let (mut fresh, mut changed) = (HashMap::with_capacity(current.len()), Vec::new());
+    for (id, stamp) in current {
+        match known.get(&id) {
+            Some(entry) if entry.0 == stamp => {
+                fresh.insert(id, entry.clone());
+            }
+            _ => changed.push(id),
+        }
+    }
+    for chunk in changed.chunks(decide::IN_LIST) {
+        let text = format!("{}{}", sql::SUBSCRIPTION_SPECS, sql::list(chunk.len(), 2));
+        let mut values = args![tenant].to_vec();
+        values.extend(chunk.iter().map(|id| Arg::from(id.as_str())));
+        for mut row in conn.query(&text, &values).await? {
             let id = row.text(0)?;
-            decide::outbox_sub(id, &row.text(1)?).map_err(corrupt)
-        })
-        .collect()
+            let stamp = (row.int(2)?, row.int(3)?);
+            let decoded = match decide::outbox_sub(id.clone(), &row.text(1)?) {
+                Ok(sub) => Some(Arc::new(sub)),
+                Err(e) => {
+                    tracing::error!(tenant, subscription_id = %id, error = %e, "a stored subscription does not decode: it gets no deliveries until it is repaired (PATCH with a whole body) or deleted");
+                    metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "subscription")
+                        .increment(1);
+                    None
+                }
+            };
+            fresh.insert(id, (stamp, decoded));
+        }
+    }
+    let subs = fresh.values().filter_map(|(_, s)| s.clone()).collect();
+    conn.subscriptions().insert(tenant.to_string(), fresh);
+    Ok(subs)
 }
 
 /// Ends `latest`'s predecessors: the pending StatusChanged deliveries of its agent and
@@ -458,7 +502,7 @@ async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<Strin
     Ok(subs
         .into_iter()
         .filter(|s| s.id != *except && decide::monitors(s.filter.as_ref()))
-        .map(|s| s.id)
+        .map(|s| s.id.clone())
         .collect())
 }
 

@@ -2,7 +2,7 @@
 //! the delivery's answer; a bad signature is refused and not forwarded.
 
 use serde_json::json;
-use switchboard::delivery::signing::Secret;
+use switchboard::delivery::signing::{Scheme, Secret, Verifier};
 
 use crate::support::TestApp;
 use crate::support::TestReceiver;
@@ -20,7 +20,7 @@ async fn listen_forwards_verified_deliveries_and_answers_with_the_app() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let forward = local.url("/app/hooks").parse().unwrap();
-    let secret = Secret::parse(SECRET).unwrap();
+    let secret = Verifier::parse(SECRET).unwrap();
     tokio::spawn(switchboard::cli::listen::serve(
         listener,
         Some(secret),
@@ -79,4 +79,61 @@ async fn listen_forwards_verified_deliveries_and_answers_with_the_app() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(local.received().len(), 2);
+}
+
+/// `listen` verifies as the Standard Webhooks libraries do: a timestamp more than 5 minutes
+/// off is refused however well signed, and a `v1a` signature verifies with the public key
+/// (`whpk_`) alone.
+#[tokio::test]
+async fn listen_refuses_stale_timestamps_and_takes_a_public_key() {
+    let client = reqwest::Client::new();
+    let start = |verifier: Verifier| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(switchboard::cli::listen::serve(
+            listener,
+            Some(verifier),
+            None,
+            std::future::pending(),
+        ));
+        format!("http://{addr}/hooks")
+    };
+    let post = |url: String, secret: &Secret, ts: i64, body: &'static str| {
+        let id = guid();
+        let signature = secret.sign(&id, ts, body.as_bytes());
+        client
+            .post(url)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+    let now = switchboard::clock::now_millis() / 1000;
+
+    let hmac = Secret::parse(SECRET).unwrap();
+    let url = start(Verifier::parse(SECRET).unwrap()).await;
+    for (ts, want) in [
+        (now, 204),
+        (now - 600, 401),
+        (now + 600, 401),
+        (now - 240, 204),
+    ] {
+        let r = post(url.clone(), &hmac, ts, "{}").await.unwrap();
+        assert_eq!(r.status(), want, "timestamp {} s from now", ts - now);
+    }
+
+    let pair = Secret::parse(&Secret::generate_for(Scheme::V1a)).unwrap();
+    let public = pair.public_key().unwrap();
+    let url = start(Verifier::parse(&public).unwrap()).await;
+    assert_eq!(
+        post(url.clone(), &pair, now, "{}").await.unwrap().status(),
+        204
+    );
+    let other = Secret::parse(&Secret::generate_for(Scheme::V1a)).unwrap();
+    assert_eq!(
+        post(url.clone(), &other, now, "{}").await.unwrap().status(),
+        401
+    );
+    assert_eq!(post(url, &hmac, now, "{}").await.unwrap().status(), 401);
 }

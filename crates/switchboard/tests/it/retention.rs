@@ -122,7 +122,12 @@ async fn agents_outlive_retention_and_rebuilds_start_from_what_it_folded() {
         .unwrap()
         .unwrap();
     assert_eq!((now.activity_code, now.last_sequence), (Some(34), 3));
-    let history = t.store.agent_history("default", "alice").await.unwrap();
+    let history = t
+        .store
+        .agent_history("default", "alice", None, usize::MAX)
+        .await
+        .unwrap()
+        .expect("within the bound");
     assert!(history.as_of(1).is_err(), "sequence 1 was folded away");
     let at_2 = history.as_of(2).unwrap().unwrap();
     assert_eq!((at_2.activity_code, at_2.last_sequence), (Some(16), 2));

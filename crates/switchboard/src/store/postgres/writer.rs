@@ -40,6 +40,7 @@ pub(super) fn spawn(
             conn: Some(conn),
             retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             not_before: None,
+            subscriptions: conn::Subscriptions::default(),
         };
         let mut deferred = Deferred::default();
         while let Some(first) = rx.recv().await {
@@ -76,6 +77,9 @@ struct Writer {
     retry: Backoff,
     /// No try before then.
     not_before: Option<Instant>,
+    /// The enabled subscriptions as decoded, kept across turns (and reconnections: they are
+    /// checked against the database in every turn).
+    subscriptions: conn::Subscriptions,
 }
 
 fn gone() -> StoreError {
@@ -184,6 +188,10 @@ impl Writer {
 impl conn::Conn for Writer {
     fn dialect(&self) -> &'static Dialect {
         &sql::POSTGRES
+    }
+
+    fn subscriptions(&mut self) -> &mut conn::Subscriptions {
+        &mut self.subscriptions
     }
 
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {

@@ -77,6 +77,7 @@ pub(super) fn spawn(
                 conn,
                 ids: &ids,
                 relaxed: false,
+                subscriptions: conn::Subscriptions::default(),
             };
             let settings = Settings {
                 policy,
@@ -205,6 +206,8 @@ struct Writer<'a> {
     ids: &'a RecentIds,
     /// The open transaction's commit need not wait for the disk.
     relaxed: bool,
+    /// The enabled subscriptions as decoded, kept across turns.
+    subscriptions: conn::Subscriptions,
 }
 
 impl Writer<'_> {
@@ -220,6 +223,10 @@ impl Writer<'_> {
 impl conn::Conn for Writer<'_> {
     fn dialect(&self) -> &'static Dialect {
         &sql::SQLITE
+    }
+
+    fn subscriptions(&mut self) -> &mut conn::Subscriptions {
+        &mut self.subscriptions
     }
 
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use crate::support::db::TestData;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const ADMIN_KEY: &str = "sb_admin_test_key";
+pub const ADMIN_KEY: &str = "sb_admin_test_key_0123456789abcdef";
 
 pub struct TestApp {
     pub addr: SocketAddr,

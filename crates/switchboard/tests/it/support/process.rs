@@ -24,6 +24,12 @@ impl Server {
         Self::spawn(data, args, Stdio::inherit())
     }
 
+    /// As [`Server::start`], with more environment variables and, if given, the soft limit of
+    /// open files (`ulimit -n`) the process starts with.
+    pub fn start_env(data: &TestData, env: &[(&str, &str)], open_files: Option<u32>) -> Self {
+        Self::launch(serve_command(data, &[], env, open_files), Stdio::inherit())
+    }
+
     /// As [`Server::start`], with what the server logs (stderr) collected for the test to read.
     pub fn start_logged(data: &TestData) -> (Self, Logs) {
         let mut server = Self::spawn(data, &[], Stdio::piped());
@@ -40,17 +46,11 @@ impl Server {
     }
 
     fn spawn(data: &TestData, args: &[&str], stderr: Stdio) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.dir.path())
-            .arg("--database-url")
-            .arg(data.database_url())
-            .args(args)
-            .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
-            .env("SWITCHBOARD_LOG_LEVEL", "warn")
-            // A short timeout makes the lease short: on PostgreSQL a killed node's claims
-            // come free when their leases expire.
-            .env("SWITCHBOARD_DELIVERY_TIMEOUT_SECS", "2")
+        Self::launch(serve_command(data, args, &[], None), stderr)
+    }
+
+    fn launch(mut command: Command, stderr: Stdio) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -67,6 +67,40 @@ impl Server {
             .to_string();
         Server { child, base }
     }
+}
+
+/// `switchboard serve --dev` on port 0 over `data`, with the test admin key; under
+/// `ulimit -n open_files` when given (through the shell, which sets it for what it execs).
+pub fn serve_command(
+    data: &TestData,
+    args: &[&str],
+    env: &[(&str, &str)],
+    open_files: Option<u32>,
+) -> Command {
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let mut command = match open_files {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+            sh
+        }
+    };
+    command
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.dir.path())
+        .arg("--database-url")
+        .arg(data.database_url())
+        .args(args)
+        .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+        .env("SWITCHBOARD_LOG_LEVEL", "warn")
+        // A short timeout makes the lease short: on PostgreSQL a killed node's claims
+        // come free when their leases expire.
+        .env("SWITCHBOARD_DELIVERY_TIMEOUT_SECS", "2");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
 }
 
 /// The lines a [`Server::start_logged`] server has written to stderr so far.

@@ -90,7 +90,10 @@ impl Stepper {
             created_at: now,
             updated_at: now,
         };
-        self.store.create_subscription(&rec).await.expect("created");
+        self.store
+            .create_subscription(&rec, u32::MAX)
+            .await
+            .expect("created");
         rec
     }
 
