@@ -20,7 +20,7 @@ const BIN = resolve(process.env.SWITCHBOARD_BIN || "target/debug/switchboard");
 const PORT = 18094;
 const RECEIVER_PORT = 18095;
 const BASE = `http://127.0.0.1:${PORT}`;
-const ADMIN = "sb_admin_browser_tests";
+const ADMIN = "sb_admin_browser_tests_0123456789abcdef";
 // Within 2 s of an event (the issue's bound for the events page and the wallboard).
 const SOON = 2000;
 
@@ -29,6 +29,7 @@ let data;
 let browser;
 let page;
 let receiverFails = false;
+let receiverBody = "receiver down for the test";
 const received = [];
 const outside = []; // requests the page made to anything but this server
 const problems = []; // console errors (a CSP violation is one) and page errors
@@ -39,7 +40,7 @@ const receiver = http.createServer((req, res) => {
   req.on("end", () => {
     received.push({ headers: req.headers, body });
     res.writeHead(receiverFails ? 500 : 204, { "content-type": "text/plain" });
-    res.end(receiverFails ? "receiver down for the test" : "");
+    res.end(receiverFails ? receiverBody : "");
   });
 });
 
@@ -291,6 +292,74 @@ test("keyboard and labels: every control is named, the pages are reached by keyb
   assert.equal(await page.evaluate(() => document.activeElement.textContent), "Events");
   await page.keyboard.press("Enter");
   await page.getByRole("heading", { name: "Events" }).waitFor();
+  await signOut();
+});
+
+test("hostile data in every field the console shows is shown as text and runs nothing", async () => {
+  // Anyone who can post an event or name a thing can put these in front of an operator.
+  const img = `<img src=x onerror="window.__pwned=1">`;
+  const script = `<script>window.__pwned=1</script>`;
+  const js = "javascript:window.__pwned=1";
+  const rtl = "\u202Eexe.gnp";
+  const bad = `${img}${script}${js}${rtl}`;
+  await call("POST", "/v1/tenants", { id: "hostile", name: bad });
+  await call("POST", "/v1/tenants/default/keys", { name: bad, scopes: ["read"] });
+  const sub = await call("POST", "/v1/tenants/default/subscriptions", {
+    url: `http://127.0.0.1:${RECEIVER_PORT}/${encodeURIComponent(img)}?q=${encodeURIComponent(js)}`,
+    description: bad,
+    headers: { "X-Note": js },
+    retry_schedule_secs: [],
+  });
+  // The receiver answers with it too: the attempt log shows its body.
+  receiverFails = true;
+  receiverBody = bad;
+  const event = agentEvent(1, bad, { Skill: bad, WorkItemId: js });
+  await call("POST", "/v1/tenants/default/events", [
+    event,
+    agentEvent(3, bad, { ActivityCode: 16, AvailabilityCode: 1, ActivityName: bad }),
+    agentEvent(4, bad, { WorkItemId: img, WorkItemType: js }),
+  ]);
+  await until("the hostile deliveries failed", async () => {
+    const page = await call("GET", `/v1/tenants/default/subscriptions/${sub.id}/deliveries?status=failed`);
+    return page.data.length >= 3;
+  });
+  receiverFails = false;
+  receiverBody = "receiver down for the test";
+
+  await signIn(ADMIN);
+  const pages = [
+    "#/overview",
+    "#/events",
+    `#/events/${event.Id}`,
+    "#/subscriptions",
+    `#/subscriptions/${sub.id}`,
+    `#/deliveries?sub=${sub.id}&status=failed`,
+    "#/agents",
+    "#/keys",
+  ];
+  for (const hash of pages) {
+    await page.goto(BASE + "/" + hash);
+    await page.locator("main h1").waitFor();
+    // Whatever loads lazily (the wallboard's stream, an event's attempts) has its moment.
+    const attempts = page.getByRole("button", { name: "Attempts" });
+    if (await attempts.count()) await attempts.first().click();
+    await page.waitForTimeout(300);
+    const found = await page.evaluate(() => ({
+      pwned: window.__pwned === 1,
+      imgs: document.querySelectorAll("main img").length,
+      scripts: document.querySelectorAll("main script").length,
+      jsLinks: [...document.querySelectorAll("a[href]")].filter((a) => /^\s*javascript:/i.test(a.getAttribute("href"))).length,
+      text: document.querySelector("main").textContent,
+    }));
+    assert.equal(found.pwned, false, hash);
+    assert.equal(found.imgs, 0, `${hash}: an <img> was made from data`);
+    assert.equal(found.scripts, 0, `${hash}: a <script> was made from data`);
+    assert.equal(found.jsLinks, 0, `${hash}: a javascript: link`);
+    // The pages that show the data itself show it as text.
+    if ([`#/events/${event.Id}`, "#/subscriptions", `#/subscriptions/${sub.id}`, "#/agents"].includes(hash)) {
+      assert.ok(found.text.includes("<img src=x") || found.text.includes(js), `${hash} shows the data as text`);
+    }
+  }
   await signOut();
 });
 
