@@ -275,7 +275,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn consumers_that_stop_reading_cost_bounded_memory_and_miss_nothing() {
     let data = TestData::new().await;
-    let server = Server::start(&data);
+    // The consumers stall for as long as 40,000 events take to post, over a minute on a slow
+    // machine: past the default stream_idle_secs, which would close them.
+    let server = Server::start_env(&data, &[("SWITCHBOARD_STREAM_IDLE_SECS", "600")], None);
     let client = reqwest::Client::new();
     let post_all = |events: Vec<Value>| {
         let (client, url) = (
