@@ -103,6 +103,9 @@ struct Inner {
     /// Signalled after a commit that made deliveries due, to wake the dispatcher.
     wake: Arc<Notify>,
     /// Bumped after events were committed (on PostgreSQL, by any node): streams read on.
+    /// Changes whenever keys are deleted (a key, or a tenant with its keys; on PostgreSQL on any
+    /// node): open streams check then whether theirs still exists.
+    keys_changed: watch::Sender<u64>,
     /// Stored subscriptions found undecodable and reported, with the `updated_at` they had.
     undecodable: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
     /// Per tenant with a stream waiting: changes after its events were committed.
@@ -180,6 +183,7 @@ impl Store {
             wake: o.wake,
             commits: std::sync::Mutex::default(),
             undecodable: std::sync::Mutex::default(),
+            keys_changed: watch::Sender::new(0),
             subs_version: AtomicU64::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),
@@ -235,6 +239,11 @@ impl Store {
             Some(tenant) => commits.get(tenant).into_iter().for_each(bump),
             None => commits.values().for_each(bump),
         }
+    }
+
+    /// Changes whenever keys were deleted (see [`Store::find_key`]).
+    pub fn key_changes(&self) -> watch::Receiver<u64> {
+        self.0.keys_changed.subscribe()
     }
 
     /// Changes after `tenant`'s events were committed (on PostgreSQL, by any node); a stream
@@ -336,7 +345,10 @@ impl Store {
                 self.0.subs_version.fetch_add(1, AtomicOrdering::SeqCst);
                 self.0.wake.notify_one();
             }
-            Change::Keys => self.0.keys.invalidate(),
+            Change::Keys => {
+                self.0.keys.invalidate();
+                self.0.keys_changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
     }
 }

@@ -35,8 +35,11 @@ const BUFFER: usize = 32;
 const PAGE: u32 = 200;
 /// A comment line at least this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How often an open stream checks that its key still exists.
+/// How long an open stream's last word (`event: error`) may wait for room.
 const REVOKED_CHECK: Duration = Duration::from_millis(500);
+/// An open stream checks that its key still exists whenever keys are deleted, and at least this
+/// often (a notification from another node may be lost with a connection).
+const REVOKED_POLL: Duration = Duration::from_secs(30);
 
 /// The streams open, counted by key, by tenant and in all, against their limits (DESIGN §23).
 pub struct Slots {
@@ -209,13 +212,22 @@ impl Opened {
         })
     }
 
-    /// Resolves once the stream's key (or its tenant, keys and all) no longer exists.
+    /// Resolves once the stream's key (or its tenant, keys and all) no longer exists: looked
+    /// up when keys are deleted, not polled, so that idle streams cost nothing.
     async fn revoked(&self) {
         if self.admin {
             return std::future::pending().await;
         }
+        let mut deleted = self.store.key_changes();
         loop {
-            tokio::time::sleep(REVOKED_CHECK).await;
+            tokio::select! {
+                changed = deleted.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+                () = tokio::time::sleep(REVOKED_POLL) => {}
+            }
             if let Ok(None) = self.store.find_key(&self.key_hash).await {
                 return;
             }

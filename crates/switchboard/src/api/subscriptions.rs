@@ -32,31 +32,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deliveries))
 }
 
-/// A subscription as answered: its body plus identity and state. `secret` only for `manage`.
-#[derive(Serialize)]
+/// A subscription as answered: its body plus identity and state, deciding once what the
+/// caller may see (`secret` and header values only for `manage`). Written out rather than
+/// flattened from the body, whose own schema forbids the fields added here.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SubscriptionDoc)]
 struct SubscriptionView {
-    id: String,
-    #[serde(flatten)]
-    spec: SubscriptionSpec,
-    /// For `v1a`: the key receivers verify with (anyone who may read the subscription).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    public_key: Option<String>,
-    disabled_reason: Option<String>,
-    created_at: String,
-    updated_at: String,
-}
-
-/// A subscription as answered (the view's schema: the body's own forbids the fields added
-/// here, so it is written out rather than flattened).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct SubscriptionDoc {
     id: String,
     url: String,
     description: String,
     filter: Option<crate::subscription::Filter>,
     /// Only to `manage` keys and the admin.
     #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
     enabled: bool,
     ordering: crate::subscription::Ordering,
@@ -75,6 +63,7 @@ struct SubscriptionDoc {
         required = false,
         example = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
     )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     public_key: Option<String>,
     disabled_reason: Option<String>,
     #[schema(format = DateTime)]
@@ -131,22 +120,35 @@ struct DeliveryFilter {
 
 impl SubscriptionView {
     fn new(rec: SubscriptionRecord, show_secret: bool) -> Self {
-        let mut spec = rec.spec;
+        let spec = rec.spec;
         let public_key = spec
             .secret
             .as_deref()
             .and_then(|s| Secret::parse(s).ok())
             .and_then(|s| s.public_key());
+        let mut headers = spec.headers;
         if !show_secret {
-            spec.secret = None;
             // Where users put receivers' credentials: names shown, values to manage keys only.
-            for value in spec.headers.values_mut() {
+            for value in headers.values_mut() {
                 *value = MASKED.into();
             }
         }
         SubscriptionView {
             id: rec.id,
-            spec,
+            url: spec.url,
+            description: spec.description,
+            filter: spec.filter,
+            secret: spec.secret.filter(|_| show_secret),
+            enabled: spec.enabled,
+            ordering: spec.ordering,
+            rate_limit_per_sec: spec.rate_limit_per_sec,
+            max_in_flight: spec.max_in_flight,
+            headers,
+            retry_schedule_secs: spec.retry_schedule_secs,
+            heartbeat_secs: spec.heartbeat_secs,
+            max_age_secs: spec.max_age_secs,
+            coalesce: spec.coalesce,
+            signature_scheme: spec.signature_scheme,
             public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
@@ -170,7 +172,7 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRe
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id")),
     request_body = SubscriptionSpec,
-    responses((status = 201, body = SubscriptionDoc), Errors, BodyErrors),
+    responses((status = 201, body = SubscriptionView), Errors, BodyErrors),
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -203,7 +205,7 @@ async fn create(
 /// The tenant's subscriptions.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), IdPage),
-    responses((status = 200, body = Page<SubscriptionDoc>), Errors),
+    responses((status = 200, body = Page<SubscriptionView>), Errors),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -224,7 +226,7 @@ async fn list(
 /// One subscription (`secret` only to `manage` keys).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
-    responses((status = 200, body = SubscriptionDoc), Errors),
+    responses((status = 200, body = SubscriptionView), Errors),
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
@@ -245,7 +247,7 @@ const DISABLED_BY_USER: &str = "disabled by the user";
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body(content = Object, description = "Fields of the subscription body to change"),
-    responses((status = 200, body = SubscriptionDoc), Errors, BodyErrors),
+    responses((status = 200, body = SubscriptionView), Errors, BodyErrors),
     security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,

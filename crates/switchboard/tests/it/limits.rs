@@ -105,7 +105,7 @@ async fn a_deleted_keys_streams_end_within_a_second() {
         );
     }
     let took = deleted.elapsed();
-    // Checked every 500 ms: within a second, with room for a loaded machine.
+    // Checked when keys are deleted: within a second, with room for a loaded machine.
     assert!(
         took < Duration::from_secs(3),
         "ended {took:?} after the delete"
