@@ -59,6 +59,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The streams open, by key, by tenant and in all (DESIGN §23).
     pub streams_open: Arc<streams::Slots>,
+    /// True once the node was told to stop: `/readyz` answers 503 `draining` meanwhile.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the handlers take from the configuration.

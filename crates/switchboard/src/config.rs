@@ -59,6 +59,9 @@ pub struct Config {
     pub max_subscriptions_per_tenant: u32,
     /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
     pub max_history_events: u64,
+    /// Told to stop, the node answers `/readyz` 503 this long while still serving (0 with
+    /// `--dev`).
+    pub drain_secs: u64,
 }
 
 /// What a node does (DESIGN §6).
@@ -195,6 +198,9 @@ impl Config {
         }
         if self.auto_disable_after_secs == 0 {
             bail!("auto_disable_after_secs must be at least 1");
+        }
+        if self.drain_secs > 3600 {
+            bail!("drain_secs must be at most 3600, got {}", self.drain_secs);
         }
         if self.database_connect_timeout_secs > 86_400 {
             bail!(

@@ -110,8 +110,24 @@ pub async fn run_with(
     let sender = Sender::new(guard, timeout).context("building the HTTP client")?;
     // Streams never end by themselves: the server's graceful stop ends them first.
     let (stop_streams, streams_stopped) = watch::channel(false);
+    // Draining (DESIGN §15): told to stop, the node first answers /readyz 503 while it still
+    // serves, so that a load balancer takes it out of rotation before it stops accepting.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = match config.dev {
+        true => Duration::ZERO,
+        false => Duration::from_secs(config.drain_secs),
+    };
+    let drained = draining.clone();
     let shutdown = async move {
         shutdown.await;
+        if !drain.is_zero() {
+            drained.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(
+                ?drain,
+                "draining: /readyz answers 503 while requests are still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
         let _ = stop_streams.send(true);
     };
     // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
@@ -135,6 +151,7 @@ pub async fn run_with(
             stream_idle: Duration::from_secs(config.stream_idle_secs),
             max_history_events: usize::try_from(config.max_history_events).unwrap_or(usize::MAX),
         }),
+        draining,
         streams_open: Arc::new(api::streams::Slots::new(
             config.max_streams_per_key,
             config.max_streams_per_tenant,

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -90,7 +90,7 @@ async fn metrics(
 /// What `/healthz` and `/readyz` answer when all is well (plain JSON, not problem+json).
 #[derive(Serialize, utoipa::ToSchema)]
 struct Status {
-    /// `ok` from `/healthz`, `ready` from `/readyz`.
+    /// `ok` from `/healthz`; `ready` (200) or `draining` (503) from `/readyz`.
     #[schema(example = "ok")]
     status: &'static str,
 }
@@ -106,12 +106,19 @@ async fn healthz() -> Json<Status> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, body = Status, description = "Ready: `{\"status\": \"ready\"}`"),
-        (status = 503, content_type = "application/problem+json", body = Problem,
-         description = "Not ready: the database does not answer or take writes")))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+        (status = 503, description = "Not ready: the database does not answer or take writes \
+         (problem+json), or the node is draining before it stops (`{\"status\": \"draining\"}`)",
+         content(
+            (Problem = "application/problem+json"),
+            (Status = "application/json")))))]
+async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        let draining = Json(Status { status: "draining" });
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, draining).into_response());
+    }
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::Unavailable("the database is not reachable".into())
     })?;
-    Ok(Json(Status { status: "ready" }))
+    Ok(Json(Status { status: "ready" }).into_response())
 }

@@ -49,7 +49,8 @@ impl Server {
         Self::launch(serve_command(data, args, &[], None), stderr)
     }
 
-    fn launch(mut command: Command, stderr: Stdio) -> Self {
+    /// Runs `command` (a `serve`) and waits for its listening line.
+    pub fn launch(mut command: Command, stderr: Stdio) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(stderr)
