@@ -99,18 +99,15 @@ async fn publish(
         Ok(bytes) => bytes,
         Err(e) => return refused(e).await,
     };
-    // The tenant's limit is taken for the batch's length, found without validating its events:
-    // over the limit, nothing more is done for it.
+    // The tenant's limit is taken for the batch's length, found without validating its events
+    // (and only counted when the tenant has a limit): over the limit, nothing more is done for
+    // it. A body that does not parse takes nothing; its 400 follows.
     let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let length = match is_array {
-        true => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&bytes)
-            .map(|items| items.len())
-            .ok(),
-        false => Some(1),
+    let length = || match is_array {
+        true => serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&bytes).map_or(0, |i| i.len()),
+        false => 1,
     };
-    if let Some(n) = length
-        && let Err(secs) = state.limits.take(&state.store, &tenant, n).await?
-    {
+    if let Err(secs) = state.limits.take(&state.store, &tenant, length).await? {
         return Err(ApiError::TooManyRequests {
             retry_after_secs: secs,
         });

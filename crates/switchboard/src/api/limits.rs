@@ -26,6 +26,15 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// [`Bucket::take`] of `n()` tokens, counted only when there is a limit (none: nothing
+    /// to take).
+    fn take_counted(&mut self, n: impl FnOnce() -> usize, now: Instant) -> Result<(), u64> {
+        match (self.rate, self.rate.map(|_| n())) {
+            (Some(_), Some(n)) if n > 0 => self.take(n as f64, now),
+            _ => Ok(()),
+        }
+    }
+
     /// Takes `n` tokens at `now`, or says how many seconds until they are there. A full bucket
     /// lets a batch larger than the rate through, into debt that later requests wait out.
     fn take(&mut self, n: f64, now: Instant) -> Result<(), u64> {
@@ -43,19 +52,20 @@ impl Bucket {
 }
 
 impl TenantLimits {
-    /// Takes `n` events' worth of `tenant`'s limit; `Ok(Err(secs))` when over it, with the
-    /// seconds to wait.
+    /// Takes `n()` events' worth of `tenant`'s limit; `Ok(Err(secs))` when over it, with the
+    /// seconds to wait. `n` is called only when the tenant has a limit (counting a batch costs a
+    /// parse, which unlimited tenants are spared).
     pub async fn take(
         &self,
         store: &Store,
         tenant: &str,
-        n: usize,
+        n: impl FnOnce() -> usize,
     ) -> Result<Result<(), u64>, StoreError> {
         let now = Instant::now();
         if let Some(b) = self.lock().get_mut(tenant)
             && now.duration_since(b.read_at) < REFRESH
         {
-            return Ok(b.take(n as f64, now));
+            return Ok(b.take_counted(n, now));
         }
         // A missing tenant has no limit: the ingest answers 404 for it. A database that cannot
         // be read keeps the rate last known: the ingest itself says whether it can be written.
@@ -64,7 +74,7 @@ impl TenantLimits {
                 .and_then(|t| t.ingest_rate_limit_per_sec)
                 .map(|r| r as f64),
             Err(e) => match self.lock().get_mut(tenant) {
-                Some(b) => return Ok(b.take(n as f64, now)),
+                Some(b) => return Ok(b.take_counted(n, now)),
                 None if matches!(e, StoreError::Unavailable(_)) => return Ok(Ok(())),
                 None => return Err(e),
             },
@@ -85,7 +95,7 @@ impl TenantLimits {
         }
         bucket.rate = rate;
         bucket.read_at = now;
-        Ok(bucket.take(n as f64, now))
+        Ok(bucket.take_counted(n, now))
     }
 
     /// Reads `tenant`'s rate again on its next request.
