@@ -616,7 +616,9 @@ async function subscriptionsPage(rest) {
       h("td", {}, h("a", { href: `#/subscriptions/${s.id}` }, s.id)),
       h("td", { class: "mono" }, s.url),
       h("td", {}, s.description || ""),
-      h("td", {}, pill(s.enabled ? "enabled" : "disabled"), s.disabled_reason ? h("div", { class: "muted" }, s.disabled_reason) : null),
+      s.undecodable
+        ? h("td", {}, pill("undecodable"), h("div", { class: "muted" }, "stored by another release: repair with a whole body, or delete"))
+        : h("td", {}, pill(s.enabled ? "enabled" : "disabled"), s.disabled_reason ? h("div", { class: "muted" }, s.disabled_reason) : null),
       h("td", {}, s.ordering),
       h("td", {}, s.coalesce),
       h("td", {}, h("a", { href: `#/deliveries?sub=${s.id}` }, "Deliveries")),

@@ -53,6 +53,7 @@ pub use agents::{AgentQuery, History};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
 pub use retention::Purged;
+pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;
 
 /// The compiled-in migrations of a backend as `(version, name, SQL)`, for tools and tests.
@@ -538,6 +539,20 @@ pub struct SubscriptionRecord {
     pub old_secret: Option<String>,
     /// Unix ms.
     pub old_secret_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A stored subscription whose `spec` does not decode even tolerantly: it receives nothing,
+/// is listed with only its identity, and is repaired by a `PATCH` with a whole body.
+#[derive(Clone, Debug)]
+pub struct UndecodableSubscription {
+    pub id: String,
+    pub tenant_id: String,
+    /// Its secret, when the stored text still holds one.
+    pub secret: Option<String>,
+    /// Why it does not decode.
+    pub error: String,
     pub created_at: i64,
     pub updated_at: i64,
 }

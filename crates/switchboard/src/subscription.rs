@@ -2,6 +2,7 @@
 //! the store persists them and the dispatcher uses them.
 
 pub mod health;
+pub mod stored;
 
 use std::collections::BTreeMap;
 

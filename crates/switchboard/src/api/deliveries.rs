@@ -129,7 +129,8 @@ async fn retry(
         .store
         .get_subscription(&tenant, &delivery.subscription_id)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(not_found)?
+        .map_err(|bad| ApiError::undecodable(&bad.id))?;
     // Its round is set so that the next attempt is the last one of the schedule.
     let last_round = sub.spec.schedule().len() as i64;
     if !state

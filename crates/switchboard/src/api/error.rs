@@ -71,6 +71,17 @@ impl ApiError {
         ApiError::Invalid(vec![FieldError::new(None, field, message)])
     }
 
+    /// 409: the subscription's stored form does not decode (DESIGN §15); only a `PATCH` with a
+    /// whole body or a `DELETE` may be done to it.
+    pub fn undecodable(id: &str) -> Self {
+        ApiError::Conflict {
+            detail: format!(
+                "subscription {id} does not decode (written by another release?); repair it with a PATCH holding a whole subscription body, or DELETE it"
+            ),
+            errors: Vec::new(),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {

@@ -18,7 +18,10 @@ use crate::clock::now_millis;
 use crate::delivery::attempt;
 use crate::delivery::signing::Secret;
 use crate::event::{Event, Timestamp, catalog};
-use crate::store::{DeliveryStatus, Recipients, SubscriptionRecord, SystemEvent};
+use crate::store::{
+    DeliveryStatus, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
+    UndecodableSubscription,
+};
 use crate::subscription::health::Notice;
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
@@ -70,6 +73,51 @@ struct SubscriptionView {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+}
+
+/// A subscription as listed or got: whole, or, when its stored form does not decode (written
+/// by another release; DESIGN §15), only its identity.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SubscriptionOrUndecodable)]
+#[serde(untagged)]
+enum Listed {
+    Whole(Box<SubscriptionView>),
+    Undecodable(UndecodableView),
+}
+
+/// A subscription whose stored form does not decode: it receives nothing until a `PATCH` with
+/// a whole body repairs it, or a `DELETE` removes it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UndecodableSubscription)]
+struct UndecodableView {
+    id: String,
+    /// Always `true`.
+    undecodable: bool,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+impl Listed {
+    fn new(sub: StoredSubscription, show_secret: bool) -> Self {
+        match sub {
+            Ok(rec) => Listed::Whole(Box::new(SubscriptionView::new(rec, show_secret))),
+            Err(bad) => Listed::Undecodable(UndecodableView {
+                id: bad.id,
+                undecodable: true,
+                created_at: rfc3339(bad.created_at),
+                updated_at: rfc3339(bad.updated_at),
+            }),
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Listed::Whole(v) => &v.id,
+            Listed::Undecodable(v) => &v.id,
+        }
+    }
 }
 
 /// The answer to a rotation.
@@ -160,12 +208,24 @@ impl SubscriptionView {
 /// A secret value as answers show it to keys that may not see it.
 const MASKED: &str = "***";
 
-async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
+/// The subscription, decodable or not.
+async fn find_stored(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<StoredSubscription, ApiError> {
     state
         .store
         .get_subscription(tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("subscription {id} not found")))
+}
+
+/// The subscription; one that does not decode is a `409`.
+async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
+    find_stored(state, tenant, id)
+        .await?
+        .map_err(|bad| ApiError::undecodable(&bad.id))
 }
 
 /// Creates a subscription; the answer holds its `id` and `secret`.
@@ -205,45 +265,42 @@ async fn create(
 /// The tenant's subscriptions.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), IdPage),
-    responses((status = 200, body = Page<SubscriptionView>), Errors),
+    responses((status = 200, body = Page<Listed>), Errors),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
     Access { tenant, .. }: Access<need::Read>,
     IdPage { limit, after }: IdPage,
-) -> Result<Json<Page<SubscriptionView>>, ApiError> {
+) -> Result<Json<Page<Listed>>, ApiError> {
     let subs = state
         .store
         .list_subscriptions(&tenant, &after, limit + 1)
         .await?;
-    let views = subs
-        .into_iter()
-        .map(|s| SubscriptionView::new(s, false))
-        .collect();
-    Ok(Json(Page::new(views, limit, |s| s.id.clone())))
+    let views = subs.into_iter().map(|s| Listed::new(s, false)).collect();
+    Ok(Json(Page::new(views, limit, |s| s.id().to_owned())))
 }
 
 /// One subscription (`secret` only to `manage` keys).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
-    responses((status = 200, body = SubscriptionView), Errors),
+    responses((status = 200, body = Listed), Errors),
     security(("bearer" = [])))]
 async fn show(
     State(state): State<AppState>,
     Access { tenant, caller, .. }: Access<need::Read>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<Json<SubscriptionView>, ApiError> {
-    let rec = find(&state, &tenant, &id).await?;
+) -> Result<Json<Listed>, ApiError> {
+    let sub = find_stored(&state, &tenant, &id).await?;
     let manage = caller.may(&tenant, Scope::Manage).is_ok();
-    Ok(Json(SubscriptionView::new(rec, manage)))
+    Ok(Json(Listed::new(sub, manage)))
 }
 
 /// `disabled_reason` of a subscription a user disabled.
 const DISABLED_BY_USER: &str = "disabled by the user";
 
-/// JSON merge patch (RFC 7396) over the stored body, validated as a whole.
-/// Changes a subscription: the fields given replace its own (a JSON merge patch of its body;
-/// `{"enabled": true}` enables it again).
+/// Changes a subscription: the fields given replace its own (a JSON merge patch of its body,
+/// RFC 7396, validated as a whole; `{"enabled": true}` enables it again). A subscription whose
+/// stored form does not decode takes the patch as its whole new body.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/subscriptions/{id}", tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body(content = Object, description = "Fields of the subscription body to change"),
@@ -257,7 +314,10 @@ async fn update(
     body: Body,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let patch: Map<String, Value> = json_body(&state, &headers, body).await?;
-    let mut rec = find(&state, &tenant, &id).await?;
+    let mut rec = match find_stored(&state, &tenant, &id).await? {
+        Ok(rec) => rec,
+        Err(bad) => return repair(&state, bad, patch).await,
+    };
     let mut current =
         serde_json::to_value(&rec.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
     let new_scheme = !patch.contains_key("secret")
@@ -305,6 +365,37 @@ async fn update(
         };
         state.store.system_event(event).await?;
     }
+    Ok(Json(SubscriptionView::new(rec, true)))
+}
+
+/// Replaces the stored form of a subscription that does not decode by a whole new body; its
+/// secret is kept when the body leaves it out and the stored text still holds it.
+async fn repair(
+    state: &AppState,
+    bad: UndecodableSubscription,
+    body: Map<String, Value>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let mut spec = SubscriptionSpec::from_value(Value::Object(body)).map_err(ApiError::Invalid)?;
+    let kept = bad
+        .secret
+        .filter(|s| Secret::parse(s).is_ok_and(|s| s.scheme() == spec.signature_scheme));
+    if spec.secret.is_none() {
+        spec.secret = kept;
+    }
+    spec.secret
+        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
+    let rec = SubscriptionRecord {
+        id: bad.id,
+        tenant_id: bad.tenant_id,
+        disabled_reason: (!spec.enabled).then(|| DISABLED_BY_USER.to_string()),
+        spec,
+        old_secret: None,
+        old_secret_expires_at: None,
+        created_at: bad.created_at,
+        updated_at: now_millis(),
+    };
+    state.store.update_subscription(&rec).await?;
+    tracing::info!(tenant = %rec.tenant_id, subscription_id = %rec.id, "an undecodable subscription was repaired by a whole body");
     Ok(Json(SubscriptionView::new(rec, true)))
 }
 
@@ -485,7 +576,8 @@ async fn deliveries(
         })
         .transpose()?;
     p.finish()?;
-    find(&state, &tenant, &id).await?;
+    // Deliveries of a subscription that does not decode are still listed.
+    let _ = find_stored(&state, &tenant, &id).await?;
     let rows = state
         .store
         .list_deliveries(&tenant, &id, status, after, limit + 1)

@@ -116,14 +116,6 @@ impl Row {
         Ok(self.int(i)? != 0)
     }
 
-    /// A copy of a text column, left in the row (empty if it is not text).
-    pub fn text_copy(&self, i: usize) -> String {
-        match self.0.get(i) {
-            Some(Value::Text(s)) => s.clone(),
-            _ => String::new(),
-        }
-    }
-
     /// Moves a text column out of the row.
     pub fn text(&mut self, i: usize) -> Result<String, StoreError> {
         self.opt_text(i)?

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::Attempt;
-use crate::subscription::{self, Coalesce, Filter, Ordering, SubscriptionSpec};
+use crate::subscription::{self, Coalesce, Filter, Ordering};
 
 /// Rows per multi-row statement: powers of two, largest first, so any count takes at most one
 /// statement of each size and the few statement shapes stay in the prepared-statement cache.
@@ -179,7 +179,7 @@ impl OutboxSub {
 
 /// Reads the stored spec of an enabled subscription for the outbox.
 pub(super) fn outbox_sub(id: String, spec: &str) -> Result<OutboxSub, serde_json::Error> {
-    let spec: SubscriptionSpec = serde_json::from_str(spec)?;
+    let spec = subscription::stored::decode(spec)?;
     Ok(OutboxSub {
         id,
         filter: spec.filter,

@@ -1,28 +1,41 @@
 //! Subscriptions: their bodies, state and secrets.
 
+use super::UndecodableSubscription;
 use super::db::{Row, args};
 use super::sql::SUBSCRIPTION_COLUMNS;
 use super::{Change, CreateError, Store, StoreError, SubscriptionRecord};
-use crate::subscription::SubscriptionSpec;
+use crate::subscription::stored;
 
-fn spec_json(spec: &SubscriptionSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_default()
-}
+/// A stored subscription, or what is known of one whose stored form does not decode.
+pub type StoredSubscription = Result<SubscriptionRecord, UndecodableSubscription>;
 
-fn subscription_record(mut r: Row) -> Result<SubscriptionRecord, StoreError> {
-    let mut spec: SubscriptionSpec = serde_json::from_str(&r.text(2)?)
-        .map_err(|e| StoreError::Db(format!("a stored subscription does not decode: {e}")))?;
+fn subscription_record(mut r: Row) -> Result<StoredSubscription, StoreError> {
+    let (id, tenant_id, text) = (r.text(0)?, r.text(1)?, r.text(2)?);
+    let (created_at, updated_at) = (r.int(7)?, r.int(8)?);
+    let mut spec = match stored::decode(&text) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return Ok(Err(UndecodableSubscription {
+                id,
+                tenant_id,
+                secret: stored::salvage_secret(&text),
+                error: e.to_string(),
+                created_at,
+                updated_at,
+            }));
+        }
+    };
     spec.enabled = r.bool(3)?;
-    Ok(SubscriptionRecord {
-        id: r.text(0)?,
-        tenant_id: r.text(1)?,
+    Ok(Ok(SubscriptionRecord {
+        id,
+        tenant_id,
         spec,
         disabled_reason: r.opt_text(4)?,
         old_secret: r.opt_text(5)?,
         old_secret_expires_at: r.opt_int(6)?,
-        created_at: r.int(7)?,
-        updated_at: r.int(8)?,
-    })
+        created_at,
+        updated_at,
+    }))
 }
 
 impl Store {
@@ -32,7 +45,7 @@ impl Store {
         rec: &SubscriptionRecord,
         max: u32,
     ) -> Result<(), CreateError> {
-        let spec = spec_json(&rec.spec);
+        let spec = stored::encode(&rec.spec);
         let done = self
             .0
             .db
@@ -72,7 +85,7 @@ impl Store {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+    ) -> Result<Option<StoredSubscription>, StoreError> {
         let row = self
             .0
             .db
@@ -89,7 +102,7 @@ impl Store {
         tenant: &str,
         after: &str,
         limit: u32,
-    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+    ) -> Result<Vec<StoredSubscription>, StoreError> {
         let rows = self
             .0
             .db
@@ -113,25 +126,27 @@ impl Store {
             .await?;
         let mut subs = Vec::with_capacity(rows.len());
         for row in rows {
-            let (id, tenant, updated_at) = (row.text_copy(0), row.text_copy(1), row.int(8)?);
-            match subscription_record(row) {
+            match subscription_record(row)? {
                 Ok(sub) => subs.push(sub),
-                Err(e) => {
-                    let mut reported = self.0.undecodable.lock().unwrap_or_else(|e| e.into_inner());
-                    if reported.insert((id.clone(), updated_at)) {
-                        tracing::error!(tenant, subscription_id = %id, error = %e, "a stored subscription does not decode: nothing is delivered to it until it is repaired (PATCH with a whole body) or deleted");
-                        metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "subscription")
-                            .increment(1);
-                    }
-                }
+                Err(bad) => self.undecodable(&bad),
             }
         }
         Ok(subs)
     }
 
+    /// Logs (once per stored version) and counts a subscription that does not decode.
+    fn undecodable(&self, bad: &UndecodableSubscription) {
+        let mut reported = self.0.undecodable.lock().unwrap_or_else(|e| e.into_inner());
+        if reported.insert((bad.id.clone(), bad.updated_at)) {
+            tracing::error!(tenant = %bad.tenant_id, subscription_id = %bad.id, error = %bad.error, "a stored subscription does not decode: nothing is delivered to it until it is repaired (PATCH with a whole body) or deleted");
+            metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "subscription")
+                .increment(1);
+        }
+    }
+
     /// Replaces a subscription's body, state and secrets. Enabling it starts its health over.
     pub async fn update_subscription(&self, rec: &SubscriptionRecord) -> Result<bool, StoreError> {
-        let spec = spec_json(&rec.spec);
+        let spec = stored::encode(&rec.spec);
         let done = self
             .0
             .db

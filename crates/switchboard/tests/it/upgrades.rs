@@ -7,34 +7,123 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem};
 use crate::support::db::{OldDb, TestData};
 use crate::support::process::Server;
 use crate::support::{TestApp, TestReceiver};
 
+/// A stored subscription with fields this release does not know (what a newer release wrote)
+/// is read without them and served; one whose stored form is garbage harms only itself: it is
+/// listed with only its identity, receives nothing, counts in the metric, and a `PATCH` with a
+/// whole body repairs it (DESIGN §15).
 #[tokio::test]
-async fn a_subscription_that_does_not_decode_harms_only_itself() {
+async fn stored_subscriptions_are_read_tolerantly_and_a_garbage_one_harms_only_itself() {
     let app = TestApp::spawn().await;
     let good = TestReceiver::start().await;
+    let newer = TestReceiver::start().await;
     let lost = TestReceiver::start().await;
     app.subscribe(json!({"url": good.url("/")})).await;
+    let from_newer = app
+        .subscribe(json!({"url": newer.url("/"), "filter": {"events": [{"category": 1}]}}))
+        .await;
     let broken = app.subscribe(json!({"url": lost.url("/")})).await;
-    let id = broken["id"].as_str().unwrap();
+    let secret = broken["secret"].as_str().unwrap().to_owned();
+    let (newer_id, id) = (
+        from_newer["id"].as_str().unwrap(),
+        broken["id"].as_str().unwrap(),
+    );
     let mut db = OldDb::open(&app.data, 9, 8).await;
+    let mut spec: Value = {
+        let r = app
+            .get(
+                &format!("/v1/tenants/default/subscriptions/{newer_id}"),
+                ADMIN_KEY,
+            )
+            .await;
+        json_ok(r).await
+    };
+    for gone in [
+        "id",
+        "created_at",
+        "updated_at",
+        "disabled_reason",
+        "public_key",
+    ] {
+        spec.as_object_mut().unwrap().remove(gone);
+    }
+    spec["destination"] = json!({"kind": "nats", "subject": "agents"});
+    spec["filter"]["groups"] = json!(["sales"]);
+    spec["filter"]["events"][0]["wildcard"] = json!(true);
+    let spec = spec.to_string().replace('\'', "''");
     db.exec(&format!(
-        "UPDATE subscriptions SET spec = 'not a subscription', updated_at = updated_at + 1 \
-         WHERE id = '{id}'"
+        "UPDATE subscriptions SET spec = '{spec}', updated_at = updated_at + 1 WHERE id = '{newer_id}'"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE subscriptions SET spec = '{{\"url\": 7, \"secret\": \"{secret}\"}}' \
+         , updated_at = updated_at + 1 WHERE id = '{id}'"
     ))
     .await;
     db.close().await;
 
-    // Ingest goes on, and so does delivery to the other subscription.
+    // Ingest goes on, and so does delivery to the others, the newer one's included.
     for _ in 0..3 {
         app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
             .await;
     }
     good.wait_for(3).await;
+    newer.wait_for(3).await;
     assert!(lost.received().is_empty());
+
+    // The API lists all three; the broken one with only its identity.
+    let list = json_ok(
+        app.get("/v1/tenants/default/subscriptions", ADMIN_KEY)
+            .await,
+    )
+    .await;
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    let listed = data.iter().find(|s| s["id"] == id).unwrap();
+    assert_eq!(listed["undecodable"], true);
+    let mut keys: Vec<_> = listed.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["created_at", "id", "undecodable", "updated_at"]);
+    let path = format!("/v1/tenants/default/subscriptions/{id}");
+    let got = json_ok(app.get(&path, ADMIN_KEY).await).await;
+    assert_eq!(&got, listed);
+    let newer_got = data.iter().find(|s| s["id"] == newer_id).unwrap();
+    assert!(newer_got.get("undecodable").is_none());
+    assert_eq!(newer_got["filter"], json!({"events": [{"category": 1}]}));
+    // What needs its body is refused, naming the way out.
+    let test = app.act(&broken, "test", None).await;
+    let p = problem(test, StatusCode::CONFLICT).await;
+    assert!(p["detail"].as_str().unwrap().contains("PATCH"), "{p}");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_undecodable_rows_total{kind=\"subscription\"}"),
+        "{metrics}"
+    );
+
+    // A whole body repairs it; the stored secret is kept, and it receives again.
+    let r = app
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            ADMIN_KEY,
+            Some(&json!({"url": lost.url("/")})),
+        )
+        .await;
+    let repaired = json_ok(r).await;
+    assert_eq!(repaired["secret"], secret);
+    assert!(repaired.get("undecodable").is_none());
+    app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
+        .await;
+    lost.wait_for(1).await;
 }
 
 /// Told to stop, a node drains first (DESIGN §15): `/readyz` answers 503 `draining` while

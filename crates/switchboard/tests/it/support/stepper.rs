@@ -122,6 +122,7 @@ impl Stepper {
             .await
             .unwrap()
             .expect("the subscription")
+            .expect("a subscription that decodes")
     }
 
     pub async fn deliveries(&self, sub: &SubscriptionRecord) -> Vec<DeliveryRecord> {

@@ -1,0 +1,151 @@
+//! A subscription's stored form: what the `spec` column holds, read tolerantly (DESIGN §15).
+//!
+//! The request body ([`SubscriptionSpec`]) is strict: an unknown field is a `422`. What the
+//! store kept is read by these mirror types instead, which ignore fields they do not know and
+//! default those that are absent, so a row a newer release wrote never stops this one (an
+//! unknown filter key of a newer release is ignored: after a rollback a subscription may
+//! receive more, never less). What cannot be read even so harms only its own row.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Coalesce, EventFilter, Filter, Ordering, SubscriptionSpec};
+use crate::delivery::signing::Scheme;
+
+#[derive(Deserialize)]
+struct StoredSpec {
+    url: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    filter: Option<StoredFilter>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default = "super::yes")]
+    enabled: bool,
+    #[serde(default)]
+    ordering: Ordering,
+    #[serde(default)]
+    rate_limit_per_sec: Option<u32>,
+    #[serde(default = "super::default_max_in_flight")]
+    max_in_flight: u32,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    retry_schedule_secs: Option<Vec<u64>>,
+    #[serde(default)]
+    heartbeat_secs: Option<u64>,
+    #[serde(default)]
+    max_age_secs: Option<u64>,
+    #[serde(default)]
+    coalesce: Coalesce,
+    #[serde(default)]
+    signature_scheme: Scheme,
+}
+
+#[derive(Deserialize)]
+struct StoredFilter {
+    #[serde(default)]
+    events: Option<Vec<StoredEventFilter>>,
+    #[serde(default)]
+    usernames: Option<Vec<String>>,
+    #[serde(default)]
+    fields: Option<BTreeMap<String, Vec<Value>>>,
+}
+
+#[derive(Deserialize)]
+struct StoredEventFilter {
+    category: u8,
+    #[serde(default)]
+    codes: Option<Vec<u32>>,
+}
+
+/// Reads a stored `spec` column; fields it does not know are ignored, absent ones defaulted.
+pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
+    let s: StoredSpec = serde_json::from_str(text)?;
+    Ok(SubscriptionSpec {
+        url: s.url,
+        description: s.description,
+        filter: s.filter.map(|f| Filter {
+            events: f.events.map(|list| {
+                list.into_iter()
+                    .map(|e| EventFilter {
+                        category: e.category,
+                        codes: e.codes,
+                    })
+                    .collect()
+            }),
+            usernames: f.usernames,
+            fields: f.fields,
+        }),
+        secret: s.secret,
+        enabled: s.enabled,
+        ordering: s.ordering,
+        rate_limit_per_sec: s.rate_limit_per_sec,
+        max_in_flight: s.max_in_flight,
+        headers: s.headers,
+        retry_schedule_secs: s.retry_schedule_secs,
+        heartbeat_secs: s.heartbeat_secs,
+        max_age_secs: s.max_age_secs,
+        coalesce: s.coalesce,
+        signature_scheme: s.signature_scheme,
+    })
+}
+
+/// What can still be read from a stored `spec` that does not decode: its secret, so a repair
+/// by `PATCH` keeps the receivers' verification working when the body leaves it out.
+pub fn salvage_secret(text: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    value.get("secret")?.as_str().map(str::to_owned)
+}
+
+/// Writes a spec into its stored form (the same field names the stored form reads).
+pub fn encode(spec: &SubscriptionSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> Value {
+        json!({"url": "https://example.com/hooks", "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+               "filter": {"events": [{"category": 1, "codes": [3]}], "usernames": ["jdoe"]}})
+    }
+
+    #[test]
+    fn what_a_newer_release_adds_is_ignored_anywhere_in_the_stored_form() {
+        let mut v = spec();
+        v["destination"] = json!({"kind": "nats", "subject": "x"});
+        v["filter"]["groups"] = json!(["sales"]);
+        v["filter"]["events"][0]["wildcard"] = json!(true);
+        let read = decode(&v.to_string()).unwrap();
+        // The wire form refuses what the stored form lets by.
+        assert!(SubscriptionSpec::from_value(v).is_err());
+        assert_eq!(read, SubscriptionSpec::from_value(spec()).unwrap());
+    }
+
+    #[test]
+    fn absent_fields_take_their_defaults_and_what_is_written_reads_back() {
+        let read = decode(r#"{"url": "https://example.com/"}"#).unwrap();
+        assert!(read.enabled);
+        assert_eq!(read.max_in_flight, 16);
+        assert_eq!(read.ordering, Ordering::None);
+        let full = SubscriptionSpec::from_value(spec()).unwrap();
+        assert_eq!(decode(&encode(&full)).unwrap(), full);
+    }
+
+    #[test]
+    fn garbage_does_not_decode_but_its_secret_may_be_salvaged() {
+        assert!(decode("not json").is_err());
+        assert!(decode(r#"{"url": 7, "secret": "whsec_x"}"#).is_err());
+        assert_eq!(
+            salvage_secret(r#"{"url": 7, "secret": "whsec_x"}"#).as_deref(),
+            Some("whsec_x")
+        );
+        assert_eq!(salvage_secret("not json"), None);
+    }
+}
