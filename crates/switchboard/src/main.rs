@@ -1,6 +1,7 @@
 //! The `switchboard` binary: flags → config → telemetry → run.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -215,8 +216,37 @@ impl ConfigArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// An error as operators read it (DESIGN §15): one line on stderr whatever `RUST_BACKTRACE`
+/// says; the whole chain (and, with `RUST_BACKTRACE=1` too, where it arose) only with
+/// `SWITCHBOARD_BACKTRACE=1`. Exit status 3 for a schema newer than this binary allows, else 1.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if std::env::var_os("SWITCHBOARD_BACKTRACE").is_some_and(|v| v == "1") {
+        eprintln!("error: {e:?}");
+    } else {
+        let line = format!("{e:#}");
+        eprintln!(
+            "error: {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let schema = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<switchboard::store::StoreError>(),
+            Some(switchboard::store::StoreError::SchemaTooNew { .. })
+        )
+    });
+    ExitCode::from(if schema { 3 } else { 1 })
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Config(args) => {
             print!("{}", args.load()?.to_masked_toml());
             Ok(())

@@ -410,6 +410,16 @@ pub enum StoreError {
     Db(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// The database has migrations this binary does not know, and one of them does not let
+    /// an older release run on it (DESIGN §15): `serve`, `migrate`, `backup`, `copy` exit 3.
+    #[error(
+        "the database's schema is version {database}, newer than this binary's {binary}, and migration(s) {refused:?} do not let an older release run on it; run a release that knows schema version {database}, or restore a backup made before the upgrade"
+    )]
+    SchemaTooNew {
+        database: i64,
+        binary: i64,
+        refused: Vec<i64>,
+    },
     #[error("the store is shut down")]
     Closed,
 }

@@ -180,6 +180,45 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
+/// DESIGN §15, versions side by side: of the `applied` migrations, those this binary does not
+/// know (it is older than the database). It may run when `allowed` (the versions whose
+/// `schema_compat` row has `previous_may_run`) holds every one of them; else the error names
+/// both schema versions.
+pub(crate) fn judge_schema(
+    applied: &[i64],
+    allowed: &[i64],
+    known: &[(i64, &str, &str)],
+) -> Result<Vec<i64>, StoreError> {
+    let binary = known.iter().map(|m| m.0).max().unwrap_or(0);
+    let unknown: Vec<i64> = applied
+        .iter()
+        .copied()
+        .filter(|v| !known.iter().any(|m| m.0 == *v))
+        .collect();
+    let refused: Vec<i64> = unknown
+        .iter()
+        .copied()
+        .filter(|v| !allowed.contains(v))
+        .collect();
+    if refused.is_empty() {
+        if !unknown.is_empty() {
+            tracing::warn!(
+                ?unknown,
+                schema = applied.iter().max().copied().unwrap_or(0),
+                binary,
+                "the database has migrations of a newer release, each of which lets this one run on it; starting"
+            );
+        }
+        Ok(unknown)
+    } else {
+        Err(StoreError::SchemaTooNew {
+            database: applied.iter().max().copied().unwrap_or(0),
+            binary,
+            refused,
+        })
+    }
+}
+
 /// An sqlx error as the store reports it: a lost or refused connection means the database is
 /// unavailable (the caller may try again), anything else is an error of the statement.
 pub(crate) fn sqlx_error(e: sqlx::Error) -> StoreError {
@@ -421,5 +460,84 @@ impl<'a> Select<'a> {
     pub fn text(&mut self, text: &str) -> &mut Self {
         self.sql.push_str(text);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: &[(i64, &str, &str)] = &[(1, "a", ""), (2, "b", ""), (3, "c", "")];
+
+    #[test]
+    fn a_binary_runs_on_newer_migrations_only_when_each_allows_it() {
+        assert_eq!(judge_schema(&[], &[], KNOWN).unwrap(), Vec::<i64>::new());
+        assert_eq!(
+            judge_schema(&[1, 2, 3], &[], KNOWN).unwrap(),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            judge_schema(&[1, 2, 3, 4, 5], &[3, 4, 5], KNOWN).unwrap(),
+            [4, 5]
+        );
+        match judge_schema(&[1, 2, 3, 4, 5], &[4], KNOWN) {
+            Err(e @ StoreError::SchemaTooNew { .. }) => {
+                let StoreError::SchemaTooNew {
+                    database,
+                    binary,
+                    ref refused,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((database, binary, refused.as_slice()), (5, 3, &[5][..]));
+                let line = e.to_string();
+                assert!(
+                    line.contains("version 5") && line.contains("binary's 3"),
+                    "{line}"
+                );
+                assert!(!line.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Expand/contract (ARCHITECTURE.md): from `schema_compat` on, every migration records its
+    /// verdict, and one that drops or renames anything may not claim the previous release
+    /// still runs on it (that release's statements would fail on what it removed).
+    #[test]
+    fn every_migration_records_whether_the_previous_release_may_run_and_tells_the_truth() {
+        for postgres in [false, true] {
+            let all = crate::store::migrations(postgres);
+            let first = all
+                .iter()
+                .find(|m| m.1 == "schema_compat")
+                .expect("the schema_compat migration")
+                .0;
+            for &(version, name, sql) in all.iter().filter(|m| m.0 >= first) {
+                let code: String = sql
+                    .lines()
+                    .map(|l| l.split("--").next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_ascii_uppercase();
+                let code = code.split_whitespace().collect::<Vec<_>>().join(" ");
+                let allows = code.contains(&format!(
+                    "INSERT INTO SCHEMA_COMPAT (VERSION, PREVIOUS_MAY_RUN) VALUES ({version}, TRUE)"
+                ));
+                let forbids = code.contains(&format!(
+                    "INSERT INTO SCHEMA_COMPAT (VERSION, PREVIOUS_MAY_RUN) VALUES ({version}, FALSE)"
+                ));
+                assert!(
+                    allows != forbids,
+                    "migration {version} ({name}, postgres: {postgres}) must record exactly one schema_compat row for itself"
+                );
+                let contracts = ["DROP ", "RENAME "].iter().any(|w| code.contains(w));
+                assert!(
+                    !(contracts && allows),
+                    "migration {version} ({name}, postgres: {postgres}) drops or renames, so the previous release may not run on it: record FALSE, or keep what it removes until the release after"
+                );
+            }
+        }
     }
 }

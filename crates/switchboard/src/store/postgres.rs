@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{Notify, mpsc};
 
 use super::command::QUEUE_DEPTH;
-use super::db::{Db, Embedded};
+use super::db::{self, Db, Embedded};
 use super::{Change, Opened, Options, Store, StoreError, sql};
 use crate::clock::Backoff;
 
@@ -63,6 +63,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery_semantics",
         include_str!("migrations/postgres/0008_delivery_semantics.sql"),
     ),
+    (
+        9,
+        "schema_compat",
+        include_str!("migrations/postgres/0009_schema_compat.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together
@@ -96,10 +101,11 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
         .acquire_timeout(Duration::from_secs(3))
         .connect_with(connect.clone())
         .await?;
-    Migrator::new(Embedded(MIGRATIONS))
-        .await?
-        .run(&read)
-        .await?;
+    let (applied, allowed) = schema_state(&read).await?;
+    let unknown = db::judge_schema(&applied, &allowed, MIGRATIONS)?;
+    let mut migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
+    migrator.set_ignore_missing(!unknown.is_empty());
+    migrator.run(&read).await?;
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Notify::new());
@@ -125,6 +131,32 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     });
     tokio::spawn(listen(listener, store.clone()));
     Ok(store)
+}
+
+/// The applied migrations' versions, and those whose `schema_compat` row lets the previous
+/// release run (both empty on a new database).
+async fn schema_state(pool: &PgPool) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+    const HAS: &str = "SELECT to_regclass($1) IS NOT NULL";
+    let mut state = (Vec::new(), Vec::new());
+    if sqlx::query_scalar(HAS)
+        .bind("_sqlx_migrations")
+        .fetch_one(pool)
+        .await?
+    {
+        state.0 = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    }
+    if sqlx::query_scalar(HAS)
+        .bind("schema_compat")
+        .fetch_one(pool)
+        .await?
+    {
+        state.1 = sqlx::query_scalar("SELECT version FROM schema_compat WHERE previous_may_run")
+            .fetch_all(pool)
+            .await?;
+    }
+    Ok(state)
 }
 
 /// Applies the other nodes' notifications. The listener reconnects by itself; while it was

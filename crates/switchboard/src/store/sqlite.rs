@@ -20,7 +20,7 @@ use sqlx::{Connection, Executor};
 use tokio::sync::{Notify, mpsc};
 
 use super::command::QUEUE_DEPTH;
-use super::db::{Db, Embedded};
+use super::db::{self, Db, Embedded};
 use super::{Opened, Options, StoreError, sql};
 pub(super) use ids::{MergeSizes, RecentIds};
 
@@ -67,6 +67,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery_semantics",
         include_str!("migrations/sqlite/0009_delivery_semantics.sql"),
     ),
+    (
+        10,
+        "schema_compat",
+        include_str!("migrations/sqlite/0010_schema_compat.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which
@@ -86,10 +91,11 @@ pub(super) async fn open(
         .pragma("cache_size", "-32000");
 
     let mut conn = SqliteConnection::connect_with(&connect).await?;
-    Migrator::new(Embedded(MIGRATIONS))
-        .await?
-        .run_direct(&mut conn)
-        .await?;
+    let (applied, allowed) = schema_state(&mut conn).await?;
+    let unknown = db::judge_schema(&applied, &allowed, MIGRATIONS)?;
+    let mut migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
+    migrator.set_ignore_missing(!unknown.is_empty());
+    migrator.run_direct(&mut conn).await?;
     // One process owns an SQLite database, so leases left by a crash are void at once.
     conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
         .await?;
@@ -122,6 +128,33 @@ pub(super) async fn open(
         writable,
         ids: Some(ids),
     })
+}
+
+/// The applied migrations' versions, and those whose `schema_compat` row lets the previous
+/// release run (both empty on a new database).
+async fn schema_state(conn: &mut SqliteConnection) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+    const HAS: &str = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?";
+    let mut state = (Vec::new(), Vec::new());
+    let has = |n: i64| n > 0;
+    if has(sqlx::query_scalar(HAS)
+        .bind("_sqlx_migrations")
+        .fetch_one(&mut *conn)
+        .await?)
+    {
+        state.0 = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    if has(sqlx::query_scalar(HAS)
+        .bind("schema_compat")
+        .fetch_one(&mut *conn)
+        .await?)
+    {
+        state.1 = sqlx::query_scalar("SELECT version FROM schema_compat WHERE previous_may_run")
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    Ok(state)
 }
 
 mod ids;

@@ -32,7 +32,7 @@ async fn stored_subscriptions_are_read_tolerantly_and_a_garbage_one_harms_only_i
         from_newer["id"].as_str().unwrap(),
         broken["id"].as_str().unwrap(),
     );
-    let mut db = OldDb::open(&app.data, 9, 8).await;
+    let mut db = OldDb::latest(&app.data).await;
     let mut spec: Value = {
         let r = app
             .get(
@@ -200,4 +200,73 @@ async fn a_node_told_to_stop_drains_then_exits_cleanly() {
     let again = Server::start(&data);
     let ids = again.event_ids(&reqwest::Client::new()).await;
     assert!(ids.contains(&id));
+}
+
+/// A database with a migration this binary does not know (DESIGN §15): it starts, with a
+/// warning naming it, when the migration lets the previous release run; otherwise `serve` and
+/// `migrate` exit with status 3 and one line naming both schema versions.
+#[tokio::test]
+async fn a_newer_schema_lets_this_binary_run_only_when_it_says_so() {
+    let data = TestData::new().await;
+    let mut first = Server::start(&data);
+    first.kill();
+    let mut db = OldDb::latest(&data).await;
+    let postgres = db.is_postgres();
+    let ours = switchboard::store::migrations(postgres).last().unwrap().0;
+    let newer = ours + 1;
+    let checksum = if postgres { "'\\x00'" } else { "x'00'" };
+    db.exec(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ({newer}, 'of a newer release', TRUE, {checksum}, 0)"
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO schema_compat (version, previous_may_run) VALUES ({newer}, TRUE)"
+    ))
+    .await;
+
+    // Allowed: it starts, says so, and serves.
+    let (mut server, logs) = Server::start_logged(&data);
+    let r = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/tenants/default/events",
+            &agent_event(&guid(), 1, "jdoe"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        logs.matching(&["newer release", &newer.to_string()]).len(),
+        1
+    );
+    server.kill();
+
+    // Not allowed: exit 3, one line naming both versions, for serve and for migrate.
+    db.exec(&format!(
+        "UPDATE schema_compat SET previous_may_run = FALSE WHERE version = {newer}"
+    ))
+    .await;
+    db.close().await;
+    for command in ["serve", "migrate"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args([command, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.dir.path())
+            .arg("--database-url")
+            .arg(data.database_url())
+            .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+            .env("SWITCHBOARD_LOG_LEVEL", "error")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{command}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{command}: {stderr}");
+        assert!(
+            lines[0].starts_with("error: ")
+                && lines[0].contains(&format!("version {newer}"))
+                && lines[0].contains(&format!("binary's {ours}")),
+            "{command}: {stderr}"
+        );
+    }
 }

@@ -191,6 +191,19 @@ impl OldDb {
         }
     }
 
+    /// The database of `data` as this release leaves it (every compiled-in migration).
+    pub async fn latest(data: &TestData) -> Self {
+        let (sqlite, postgres) = (
+            switchboard::store::migrations(false).len(),
+            switchboard::store::migrations(true).len(),
+        );
+        Self::open(data, sqlite, postgres).await
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, OldDb::Postgres(_))
+    }
+
     pub async fn exec(&mut self, sql: &str) {
         match self {
             OldDb::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(drop),
