@@ -248,9 +248,14 @@ impl Config {
         }
     }
 
+    /// Whether the database is PostgreSQL (else the embedded SQLite file).
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+
     /// The database in use, for logs: the SQLite path or the URL without its password.
     pub fn database_description(&self) -> String {
-        if self.database_url.starts_with("postgres") {
+        if self.is_postgres() {
             mask_password(&self.database_url)
         } else {
             self.sqlite_path().display().to_string()

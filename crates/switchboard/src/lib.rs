@@ -80,6 +80,13 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Held while serving the embedded database, so that `restore` and `copy` refuse to work
+    // under it (and a second server on the same files is refused); the kernel drops it with
+    // the process.
+    let _held = match config.is_postgres() {
+        false => Some(store::embedded::hold(&config.data_dir)?),
+        true => None,
+    };
     // Installed before anything is counted.
     telemetry::metrics();
     let admin_key = admin_key(&config)?;

@@ -28,6 +28,10 @@ enum Command {
     Config(ConfigArgs),
     /// Apply the database migrations and exit (`serve` also applies them at start).
     Migrate(ConfigArgs),
+    /// Copy the embedded database to FILE while the server runs (checked, then renamed).
+    Backup(BackupArgs),
+    /// Put a backup in place of the embedded database (the server stopped).
+    Restore(RestoreArgs),
     /// Run a local webhook receiver that verifies signatures and prints deliveries.
     Listen(ListenArgs),
     /// End-to-end benchmark: a server (or --url), a receiver on loopback, events, figures.
@@ -162,6 +166,30 @@ struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 500)]
     agents: usize,
 }
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The file to write
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+    /// Replace FILE if it exists
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup to restore
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Where the operating guide says how to back up and restore PostgreSQL.
+const PG_BACKUPS: &str = "the database is PostgreSQL: back it up with pg_dump or point-in-time recovery (docs/operating.md, \"Backups and restore\")";
 
 #[derive(Args)]
 struct ListenArgs {
@@ -316,6 +344,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .await?;
             store.close().await;
             println!("migrated {}", config.database_description());
+            Ok(())
+        }
+        Command::Backup(a) => {
+            let config = a.config.load()?;
+            if config.is_postgres() {
+                anyhow::bail!("backup: {PG_BACKUPS}");
+            }
+            let db = config.sqlite_path();
+            eprintln!("backing up {} to {}", db.display(), a.to.display());
+            let to = a.to.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                switchboard::store::embedded::backup(&db, &to, a.force, |written, of| {
+                    eprintln!("  {} of about {} MiB written", written >> 20, of >> 20);
+                })
+            })
+            .await??;
+            eprintln!(
+                "backed up: {} events, schema version {}, {} bytes, integrity_check ok",
+                done.events, done.schema, done.bytes
+            );
+            println!("{}", done.path.display());
+            Ok(())
+        }
+        Command::Restore(a) => {
+            let config = a.config.load()?;
+            if config.is_postgres() {
+                anyhow::bail!("restore: {PG_BACKUPS}");
+            }
+            let now = switchboard::event::Timestamp::now();
+            let (done, aside) = switchboard::store::embedded::restore(
+                &config.data_dir,
+                &config.sqlite_path(),
+                &a.from,
+                &now.to_string(),
+            )?;
+            if let Some(aside) = aside {
+                eprintln!("the database it replaces is kept as {}", aside.display());
+            }
+            eprintln!(
+                "restored {} ({} events, schema version {}); the admin key is unchanged; start the server",
+                done.path.display(),
+                done.events,
+                done.schema
+            );
             Ok(())
         }
         Command::Bench(a) => match a.pending {

@@ -27,6 +27,7 @@ mod conn;
 mod db;
 mod decide;
 mod deliveries;
+pub mod embedded;
 mod events;
 mod postgres;
 mod retention;

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod backup;
 mod bench;
 mod catalog;
 mod client;
