@@ -293,7 +293,7 @@ impl Config {
 
 /// `scheme://user:password@host/…?password=…` with the passwords masked: in the user info,
 /// and in a `password` (or `sslpassword`) query parameter.
-fn mask_password(url: &str) -> String {
+pub fn mask_password(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),

@@ -32,6 +32,8 @@ enum Command {
     Backup(BackupArgs),
     /// Put a backup in place of the embedded database (the server stopped).
     Restore(RestoreArgs),
+    /// Copy the embedded deployment into an empty PostgreSQL database (the server stopped).
+    Copy(CopyArgs),
     /// Run a local webhook receiver that verifies signatures and prints deliveries.
     Listen(ListenArgs),
     /// End-to-end benchmark: a server (or --url), a receiver on loopback, events, figures.
@@ -188,6 +190,18 @@ struct RestoreArgs {
     config: ConfigArgs,
 }
 
+#[derive(Args)]
+struct CopyArgs {
+    /// The PostgreSQL database to copy into (postgres://…); it must be empty
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Empty the target's Switchboard tables first (to copy again after a failed copy)
+    #[arg(long)]
+    force_empty: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
 /// Where the operating guide says how to back up and restore PostgreSQL.
 const PG_BACKUPS: &str = "the database is PostgreSQL: back it up with pg_dump or point-in-time recovery (docs/operating.md, \"Backups and restore\")";
 
@@ -258,7 +272,17 @@ fn report(e: &anyhow::Error) -> ExitCode {
     if std::env::var_os("SWITCHBOARD_BACKTRACE").is_some_and(|v| v == "1") {
         eprintln!("error: {e:?}");
     } else {
-        let line = format!("{e:#}");
+        // The causes, outermost first, each left out when the one before already says it
+        // (drivers often repeat their source's message in their own).
+        let mut line = String::new();
+        for cause in e.chain().map(|c| c.to_string()) {
+            if !line.contains(&cause) {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&cause);
+            }
+        }
         eprintln!(
             "error: {}",
             line.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -387,6 +411,37 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 done.path.display(),
                 done.events,
                 done.schema
+            );
+            Ok(())
+        }
+        Command::Copy(a) => {
+            let config = a.config.load()?;
+            if config.is_postgres() {
+                anyhow::bail!(
+                    "copy reads the embedded database, and this configuration's database is PostgreSQL already"
+                );
+            }
+            if !(a.to.starts_with("postgres://") || a.to.starts_with("postgresql://")) {
+                anyhow::bail!("--to must be a postgres:// URL");
+            }
+            eprintln!(
+                "copying {} to {}",
+                config.sqlite_path().display(),
+                switchboard::config::mask_password(&a.to)
+            );
+            let report = switchboard::store::copy::run(
+                &config.data_dir,
+                &config.sqlite_path(),
+                &a.to,
+                a.force_empty,
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            let events = report.rows("events");
+            eprintln!(
+                "copied in {:.1} s ({:.0} events/s); now serve with database_url = the target",
+                report.seconds,
+                events as f64 / report.seconds.max(0.001)
             );
             Ok(())
         }

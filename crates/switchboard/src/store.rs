@@ -24,6 +24,7 @@
 mod agents;
 mod command;
 mod conn;
+pub mod copy;
 mod db;
 mod decide;
 mod deliveries;

@@ -70,7 +70,7 @@ pub struct Summary {
 
 /// Opens `path` as a Switchboard database without changing it and checks that this binary may
 /// run on its schema, and with `whole` every page of it (`integrity_check`).
-fn check(path: &Path, whole: bool) -> anyhow::Result<Summary> {
+pub(super) fn check(path: &Path, whole: bool) -> anyhow::Result<Summary> {
     let not_ours =
         |why: &str| anyhow::anyhow!("{} is not a Switchboard database ({why})", path.display());
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use tokio::sync::{Notify, mpsc};
 
 use super::command::QUEUE_DEPTH;
@@ -101,7 +101,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
         .acquire_timeout(Duration::from_secs(3))
         .connect_with(connect.clone())
         .await?;
-    let (applied, allowed) = schema_state(&read).await?;
+    let (applied, allowed) = schema_state(&mut *read.acquire().await?).await?;
     let unknown = db::judge_schema(&applied, &allowed, MIGRATIONS)?;
     let mut migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
     migrator.set_ignore_missing(!unknown.is_empty());
@@ -135,25 +135,27 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
 
 /// The applied migrations' versions, and those whose `schema_compat` row lets the previous
 /// release run (both empty on a new database).
-async fn schema_state(pool: &PgPool) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+pub(super) async fn schema_state(
+    conn: &mut PgConnection,
+) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
     const HAS: &str = "SELECT to_regclass($1) IS NOT NULL";
     let mut state = (Vec::new(), Vec::new());
     if sqlx::query_scalar(HAS)
         .bind("_sqlx_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?
     {
         state.0 = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     }
     if sqlx::query_scalar(HAS)
         .bind("schema_compat")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?
     {
         state.1 = sqlx::query_scalar("SELECT version FROM schema_compat WHERE previous_may_run")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     }
     Ok(state)

@@ -7,6 +7,7 @@ mod bench;
 mod catalog;
 mod client;
 mod cluster;
+mod copy;
 mod crash;
 mod delivery;
 mod filters;

@@ -34,6 +34,14 @@ impl TestData {
         TestData { dir, db }
     }
 
+    /// Data on the embedded SQLite whatever the suite runs on (the source of a `copy`).
+    pub fn sqlite() -> Self {
+        TestData {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db: None,
+        }
+    }
+
     /// Data on PostgreSQL whatever the suite runs on, for tests of what only PostgreSQL does
     /// (many nodes): the server of `SWITCHBOARD_TEST_DATABASE_URL`, else this machine's.
     pub async fn postgres() -> Self {
