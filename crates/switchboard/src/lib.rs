@@ -205,7 +205,13 @@ async fn purge(store: Store, retention: Duration, mut stop: watch::Receiver<bool
     let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
     while !*stop.borrow() {
         let cutoff = clock::now_millis() - retention.as_millis() as i64;
-        match store.purge(cutoff).await {
+        // A stop waits for no purge (DESIGN §15): the pass is dropped between its batches (the
+        // batch already queued still runs, in the writer's turn, and commits or not as a whole).
+        let passed = tokio::select! {
+            passed = store.purge(cutoff) => passed,
+            _ = stop.changed() => return,
+        };
+        match passed {
             Ok(p) if p.events + p.system_events > 0 => {
                 tracing::info!(
                     events = p.events,

@@ -168,18 +168,27 @@ pub fn backup(
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         let into = temp.to_str().context("the backup's path must be UTF-8")?;
+        // The copy is not synced as it is written (the final sync_all is ours); instead the
+        // loop below flushes it every 100 ms, so the disk never takes the whole file at once
+        // while the server's commits wait for their own fsyncs behind it.
+        conn.pragma_update(None, "synchronous", "OFF")?;
         std::thread::scope(|scope| {
             let copying = scope.spawn(move || conn.execute("VACUUM INTO ?1", [into]));
             let mut told = Instant::now();
+            let mut file = None;
             while !copying.is_finished() {
+                std::thread::sleep(Duration::from_millis(100));
+                if file.is_none() {
+                    file = File::open(&temp).ok();
+                }
+                if let Some(f) = &file {
+                    let _ = f.sync_data();
+                }
                 if told.elapsed() >= Duration::from_millis(500) {
-                    progress(
-                        std::fs::metadata(&temp).map_or(0, |m| m.len()),
-                        source.bytes,
-                    );
+                    let written = std::fs::metadata(&temp).map_or(0, |m| m.len());
+                    progress(written, source.bytes);
                     told = Instant::now();
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
             copying.join().expect("the copying thread does not panic")
         })?;
