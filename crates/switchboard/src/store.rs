@@ -54,7 +54,7 @@ use crate::subscription::health::Policy;
 pub use agents::{AgentQuery, History};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
-pub use retention::Purged;
+pub use retention::{PURGE_BATCH, Purged};
 pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;
 
