@@ -410,6 +410,11 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error: {0}")]
     Db(String),
+    /// The transaction lost to another (a deadlock, a serialization failure, a lock not
+    /// granted in time — for example behind a migration's `ALTER TABLE` during a rolling
+    /// upgrade) and was rolled back whole: running it again succeeds.
+    #[error("database contention: {0}")]
+    Contended(String),
     #[error("migration failed: {0}")]
     Migrate(String),
     /// The database has migrations this binary does not know, and one of them does not let

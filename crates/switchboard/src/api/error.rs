@@ -215,7 +215,9 @@ impl From<Denied> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(msg) => ApiError::DatabaseUnavailable(msg),
+            StoreError::Unavailable(msg) | StoreError::Contended(msg) => {
+                ApiError::DatabaseUnavailable(msg)
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -233,6 +233,8 @@ pub(crate) fn sqlx_error(e: sqlx::Error) -> StoreError {
             // PostgreSQL: admin shutdown, crash shutdown, cannot connect now; connection
             // exceptions; read-only transaction (a standby after failover).
             Some("57P01" | "57P02" | "57P03" | "25006") => StoreError::Unavailable(e.to_string()),
+            // Deadlock, serialization failure, lock not available: rolled back, try again.
+            Some("40P01" | "40001" | "55P03") => StoreError::Contended(e.to_string()),
             // Insufficient resources: a full disk, out of memory, too many connections.
             Some(code) if code.starts_with("53") => StoreError::Unavailable(e.to_string()),
             Some(code) if code.starts_with("08") => StoreError::Unavailable(e.to_string()),

@@ -62,17 +62,32 @@ pub(super) async fn run<C: Conn>(
         // The periodic fold, with nothing to fold: no transaction.
         return Ok(Committed::default());
     }
-    conn.begin(group.durable()).await?;
-    let written = match write(conn, group, policy, now, deferred).await {
-        Ok(done) => conn.commit().await.map(|()| done),
-        Err(e) => Err(e),
-    };
-    if written.is_err() {
-        conn.rollback().await;
-        deferred.forget();
+    let mut tries = 1;
+    loop {
+        conn.begin(group.durable()).await?;
+        let written = match write(conn, group, policy, now, deferred).await {
+            Ok(done) => conn.commit().await.map(|()| done),
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            conn.rollback().await;
+            deferred.forget();
+        }
+        match written {
+            // Lost to another transaction (on PostgreSQL: another node, or a migration's lock
+            // during a rolling upgrade) and rolled back whole: the same turn runs again, so
+            // no caller hears of it.
+            Err(StoreError::Contended(e)) if tries < CONTENDED_TRIES => {
+                tracing::info!(error = %e, tries, "the writer's turn met contention; running it again");
+                tries += 1;
+            }
+            other => return other,
+        }
     }
-    written
 }
+
+/// How many times a turn that met contention ([`StoreError::Contended`]) is run in all.
+const CONTENDED_TRIES: u32 = 5;
 
 async fn write<C: Conn>(
     conn: &mut C,

@@ -236,10 +236,11 @@ async fn a_newer_schema_lets_this_binary_run_only_when_it_says_so() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(
-        logs.matching(&["newer release", &newer.to_string()]).len(),
-        1
-    );
+    let version = newer.to_string();
+    eventually("the warning naming the newer migration", || async {
+        (logs.matching(&["newer release", &version]).len() == 1).then_some(())
+    })
+    .await;
     server.kill();
 
     // Not allowed: exit 3, one line naming both versions, for serve and for migrate.
@@ -329,4 +330,149 @@ async fn events_left(db: &sqlx::PgPool) -> i64 {
         .fetch_one(db)
         .await
         .unwrap()
+}
+
+/// A rolling upgrade on PostgreSQL, simulated (DESIGN §15): a node of this release keeps
+/// serving while "the next release" migrates the shared database under it — new columns, a new
+/// index and table, its own `schema_compat` verdict (the previous release may run) and its
+/// stored form of a subscription (fields this release does not know) — and a second node
+/// starts on the migrated database (allowed, with a warning). Under load on both: every
+/// request `202`, nothing lost, every event delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_loses_nothing_and_refuses_nothing() {
+    let data = TestData::postgres().await;
+    let receiver = TestReceiver::start().await;
+    let old = Server::start(&data);
+    let client = reqwest::Client::new();
+    let r = old
+        .post(
+            &client,
+            "/v1/tenants/default/subscriptions",
+            &json!({"url": receiver.url("/"), "ordering": "per_agent"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Load, batch after batch, on whichever nodes are up.
+    let bases = std::sync::Arc::new(std::sync::Mutex::new(vec![old.base.clone()]));
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (bases, sent, stop) = (bases.clone(), sent.clone(), stop.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let base = {
+                    let b = bases.lock().unwrap();
+                    b[n % b.len()].clone()
+                };
+                let ids: Vec<String> = (0..20).map(|_| guid()).collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| agent_event(id, 3, &format!("agent{}", (n + i) % 7)))
+                    .collect();
+                let r = crate::support::process::post_to(
+                    &client,
+                    &base,
+                    "/v1/tenants/default/events",
+                    &Value::Array(batch),
+                )
+                .await;
+                let status = r.status();
+                if status != StatusCode::ACCEPTED {
+                    let body = r.text().await.unwrap_or_default();
+                    panic!("{base} answered {status}: {body}");
+                }
+                sent.lock().unwrap().extend(ids);
+                n += 1;
+            }
+        }
+    });
+    let at_least = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            eventually("events sent", || async {
+                (sent.lock().unwrap().len() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    at_least(400).await;
+
+    // The next release migrates: expand only, and says the previous release may run.
+    let db = sqlx::PgPool::connect(&data.database_url()).await.unwrap();
+    let next = switchboard::store::migrations(true).last().unwrap().0 + 1;
+    let statements = [
+        "ALTER TABLE events ADD COLUMN region TEXT".to_string(),
+        "ALTER TABLE deliveries ADD COLUMN trace_id TEXT DEFAULT NULL".into(),
+        "ALTER TABLE subscriptions ADD COLUMN destination_kind TEXT NOT NULL DEFAULT 'http'".into(),
+        "CREATE INDEX events_by_region ON events (tenant_id, region)".into(),
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, spec TEXT NOT NULL)"
+            .into(),
+        format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ({next}, 'the next release', TRUE, '\\x00', 0)"
+        ),
+        format!("INSERT INTO schema_compat (version, previous_may_run) VALUES ({next}, TRUE)"),
+        // Its stored form of the subscription carries what it added.
+        "UPDATE subscriptions SET spec = (spec::jsonb || \
+         '{\"destination\": {\"kind\": \"http\"}, \"auth\": null}'::jsonb)::text, \
+         updated_at = updated_at + 1"
+            .into(),
+    ];
+    // As sqlx runs a migration: in one transaction. Should it lose a deadlock to a node's
+    // writer, it is run again (a real node would fail to start, and be started again).
+    let mut tries = 0;
+    loop {
+        let mut tx = db.begin().await.unwrap();
+        let mut failed = None;
+        for sql in &statements {
+            if let Err(e) = sqlx::query(sql).execute(&mut *tx).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            None => {
+                tx.commit().await.unwrap();
+                break;
+            }
+            Some(e) => {
+                eprintln!("the migration lost to a node's writer ({e}); running it again");
+                tries += 1;
+                assert!(tries < 5, "the migration failed {tries} times: {e}");
+                drop(tx);
+            }
+        }
+    }
+    let so_far = sent.lock().unwrap().len();
+    at_least(so_far + 400).await;
+
+    // A second node starts on the migrated database, and takes half the load.
+    let beside = TestData::beside(data.database_url());
+    // Its start blocks this worker while it reads the node's first line; the receiver and the
+    // load run on the other.
+    let (new, logs) = Server::start_logged(&beside);
+    eventually("the warning that the schema is newer", || async {
+        (logs.matching(&["newer release"]).len() == 1).then_some(())
+    })
+    .await;
+    bases.lock().unwrap().push(new.base.clone());
+    let so_far = sent.lock().unwrap().len();
+    at_least(so_far + 800).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    // Nothing lost: every event in the log once, and delivered.
+    let ids: std::collections::HashSet<String> = sent.lock().unwrap().iter().cloned().collect();
+    assert_eq!(old.event_ids(&client).await, ids);
+    receiver
+        .wait_until(
+            |got| ids.is_subset(&got.iter().map(|r| r.event_id()).collect()),
+            "every event delivered",
+        )
+        .await;
+    drop(new);
 }
