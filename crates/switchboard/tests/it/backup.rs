@@ -186,14 +186,7 @@ async fn a_restore_from_what_is_not_a_switchboard_database_changes_nothing() {
         return; // PostgreSQL: the test above checks the refusal.
     }
     let mut server = Server::start(&data);
-    let r = server
-        .post(
-            &reqwest::Client::new(),
-            "/v1/tenants/default/events",
-            &agent_event(&guid(), 1, "jdoe"),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    server.publish_one().await;
     server.kill();
     let listing = || {
         let mut names: Vec<_> = std::fs::read_dir(data.dir.path())

@@ -164,9 +164,13 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
         }
     };
     let monitor = TestReceiver::start().await;
-    let a = subscribe(json!({"url": ok.url("/"), "ordering": "per_agent"})).await;
+    // A receives three agents' events (a tenth of the log), B one agent's.
+    let a = subscribe(json!({"url": ok.url("/"),
+                             "filter": {"usernames": ["agent00", "agent01", "agent02"]}}))
+    .await;
     let b = subscribe(
-        json!({"url": failing.url("/"), "retry_schedule_secs": [1, 1, 1, 1, 1, 1, 1, 1]}),
+        json!({"url": failing.url("/"), "filter": {"usernames": ["agent00"]},
+                             "retry_schedule_secs": vec![20; 50]}),
     )
     .await;
     let m =
@@ -176,17 +180,23 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
 
-    // 3,000 events of 30 agents, in batches.
+    // 100,000 events of 30 agents, in batches of 1,000.
     let users: Vec<String> = (0..30).map(|i| format!("agent{i:02}")).collect();
-    let mut ids = HashSet::new();
+    let (mut to_a, mut ids) = (0, HashSet::new());
     let client = reqwest::Client::new();
-    for batch in 0..30 {
-        let events: Vec<Value> = (0..100)
+    for batch in 0..100 {
+        let events: Vec<Value> = (0..1000)
             .map(|i| {
                 let id = guid();
-                ids.insert(id.clone());
+                let user = &users[(batch * 1000 + i) % 30];
+                if users[..3].contains(user) {
+                    to_a += 1;
+                }
+                if *user == users[0] {
+                    ids.insert(id.clone());
+                }
                 let code = if (batch + i) % 7 == 0 { 1 } else { 3 };
-                agent_event(&id, code, &users[(batch * 100 + i) % 30])
+                agent_event(&id, code, user)
             })
             .collect();
         let r = post_to(
@@ -198,8 +208,11 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
         .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
-    ok.wait_for(3000).await;
-    failing.wait_for(3000).await;
+    ok.wait_until(|got| got.len() >= to_a, "A's deliveries")
+        .await;
+    failing
+        .wait_until(|got| got.len() >= ids.len(), "B's first attempts")
+        .await;
     // B is stopped while its deliveries are pending (a System event tells the monitor).
     call(
         &base,
@@ -220,7 +233,7 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
         ),
     )
     .await;
-    assert_eq!(pending.len(), 3000);
+    assert_eq!(pending.len(), ids.len());
     drop(server);
 
     // Refused while a server holds the data directory.
@@ -258,7 +271,7 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
     .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer["events"][0]["sequence"], 3001);
+    assert_eq!(answer["events"][0]["sequence"], 100_001);
     ok.wait_until(
         |got| got.iter().any(|r| r.event_id() == id),
         "the new event delivered",
@@ -321,14 +334,7 @@ async fn a_copy_refuses_what_it_cannot_do_and_changes_nothing() {
     // A target that is not empty: named, and left as it was.
     let second = TestData::beside(target.database_url());
     let node = Server::start(&second);
-    let r = node
-        .post(
-            &reqwest::Client::new(),
-            "/v1/tenants/default/events",
-            &agent_event(&guid(), 1, "jdoe"),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    node.publish_one().await;
     drop(node);
     let out = copy(&source, &["--to", &target.database_url()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -150,15 +150,8 @@ async fn a_node_told_to_stop_drains_then_exits_cleanly() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
-    let pid = server.child.id().to_string();
     let told = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     let draining = loop {
         let r = client
             .get(format!("{}/readyz", server.base))
@@ -228,14 +221,7 @@ async fn a_newer_schema_lets_this_binary_run_only_when_it_says_so() {
 
     // Allowed: it starts, says so, and serves.
     let (mut server, logs) = Server::start_logged(&data);
-    let r = server
-        .post(
-            &reqwest::Client::new(),
-            "/v1/tenants/default/events",
-            &agent_event(&guid(), 1, "jdoe"),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    server.publish_one().await;
     let version = newer.to_string();
     eventually("the warning naming the newer migration", || async {
         (logs.matching(&["newer release", &version]).len() == 1).then_some(())
@@ -304,14 +290,7 @@ async fn a_stop_waits_for_no_purge() {
         (left < 20_000).then_some(left)
     })
     .await;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     let status = tokio::task::spawn_blocking(move || server.child.wait())
         .await
         .unwrap()

@@ -154,6 +154,26 @@ impl Server {
         post_to(client, &self.base, path, body).await
     }
 
+    /// Posts one Agent event to tenant `default` as the admin; asserts it was accepted.
+    pub async fn publish_one(&self) {
+        let event = crate::support::app::agent_event(&crate::support::app::guid(), 1, "jdoe");
+        let r = self
+            .post(
+                &reqwest::Client::new(),
+                "/v1/tenants/default/events",
+                &event,
+            )
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the node would.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.expect("kill").success());
+    }
+
     /// Every event `Id` in tenant `default`'s log, read page by page.
     pub async fn event_ids(&self, client: &reqwest::Client) -> std::collections::HashSet<String> {
         let mut ids = std::collections::HashSet::new();
