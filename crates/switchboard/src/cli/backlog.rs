@@ -119,10 +119,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let key = crate::auth::generate_key("sb_admin_");
     let client = reqwest::Client::new();
-    // The receiver's port: free now, so attempts are refused until it listens there.
-    let receiver_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // The receiver's port: free now, so attempts are refused until it listens there. Taken
+    // below Linux's ephemeral range (32768 and up): a port the kernel hands out could be given
+    // to another program's connection or listener while this one is down.
+    let receiver_port = free_port_below_ephemeral()?;
 
     let (mut server, base) = spawn_server(dir.path(), &key).await?;
     let pid = server.id().context("the server's pid")?;
@@ -233,4 +233,19 @@ impl Report {
             self.delivered_after_restart as f64 / self.after_secs.max(1) as f64,
         )
     }
+}
+
+/// A loopback port from 20000 to 32767 that nothing listens on now, tried from a point that
+/// differs from run to run.
+fn free_port_below_ephemeral() -> anyhow::Result<u16> {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        % SPAN;
+    (0..SPAN)
+        .map(|i| (FIRST + (start + i) % SPAN) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .context("no free loopback port from 20000 to 32767")
 }
