@@ -91,7 +91,7 @@ pub async fn run(
     let _held = embedded::hold(dir)?;
     embedded::check(source, false)?;
     let sqlite = Sqlite::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let tables = names(
+    let tables: Vec<String> = embedded::column(
         &sqlite,
         "SELECT name FROM sqlite_master WHERE type = 'table'",
     )?;
@@ -140,8 +140,12 @@ pub async fn run(
     for &(table, key) in TABLES {
         let t0 = Instant::now();
         let columns = shared_columns(&sqlite, &mut tx, table).await?;
-        let types = target_types(&mut tx, table, &columns).await?;
-        let list = columns.join(", ");
+        let types: Vec<bool> = columns.iter().map(|(_, t)| t == "boolean").collect();
+        let list = columns
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut copy_in = tx
             .copy_in_raw(&format!("COPY {table} ({list}) FROM STDIN"))
             .await?;
@@ -151,7 +155,7 @@ pub async fn run(
             let order = key.join(", ");
             let dropped: Vec<bool> = columns
                 .iter()
-                .map(|c| DROPPED.contains(&(table, c.as_str())))
+                .map(|(c, _)| DROPPED.contains(&(table, c.as_str())))
                 .collect();
             let select = format!("SELECT {list} FROM {table} ORDER BY {order}");
             move || read_rows(&source, &select, &types, &dropped, chunks_tx)
@@ -173,7 +177,8 @@ pub async fn run(
         let secs = t0.elapsed().as_secs_f64();
         progress(format!("{table}: {rows} rows in {secs:.1} s"));
         report.tables.push((table, rows, secs));
-        sent.push((table, key, list, rows, digest));
+        let order: Vec<String> = key.iter().map(|k| order_by(k, &columns)).collect();
+        sent.push((table, order.join(", "), list, rows, digest));
     }
     for table in GENERATED_IDS {
         tx.execute(
@@ -188,14 +193,10 @@ pub async fn run(
     tx.commit().await?;
 
     // Read back and compared.
-    for (table, key, list, rows, digest) in sent {
-        let order: Vec<String> = key.iter().map(|k| order_by(table, k)).collect();
+    for (table, order, list, rows, digest) in sent {
         let (back_rows, back) = read_back(
             &mut pg,
-            &format!(
-                "COPY (SELECT {list} FROM {table} ORDER BY {}) TO STDOUT",
-                order.join(", ")
-            ),
+            &format!("COPY (SELECT {list} FROM {table} ORDER BY {order}) TO STDOUT"),
         )
         .await?;
         if (back_rows, back) != (rows, digest) {
@@ -211,58 +212,35 @@ pub async fn run(
 }
 
 /// A key column as PostgreSQL must sort it to match SQLite: text by bytes.
-fn order_by(table: &str, column: &str) -> String {
-    let text = matches!((table, column), (_, "id" | "tenant_id" | "username"))
-        && !(GENERATED_IDS.contains(&table) && column == "id");
-    match text {
+fn order_by(column: &str, columns: &[(String, String)]) -> String {
+    match columns.iter().any(|(c, t)| c == column && t == "text") {
         true => format!("{column} COLLATE \"C\""),
         false => column.to_string(),
     }
 }
 
-/// The first column of `sql`'s rows, as text.
-fn names(conn: &Sqlite, sql: &str) -> anyhow::Result<Vec<String>> {
-    Ok(conn
-        .prepare(sql)?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<Vec<String>, _>>()?)
-}
-
 /// The columns of `table` both sides have, in the source's order (a column only the source
-/// has, such as SQLite's `ids_through`, stays behind).
+/// has, such as SQLite's `ids_through`, stays behind), each with its PostgreSQL type.
 async fn shared_columns(
     sqlite: &Sqlite,
     pg: &mut PgConnection,
     table: &str,
-) -> anyhow::Result<Vec<String>> {
-    let source = names(
+) -> anyhow::Result<Vec<(String, String)>> {
+    let source: Vec<String> = embedded::column(
         sqlite,
         &format!("SELECT name FROM pragma_table_info('{table}')"),
     )?;
-    let target: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns \
+    let target: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1",
     )
     .bind(table)
     .fetch_all(&mut *pg)
     .await?;
-    Ok(source.into_iter().filter(|c| target.contains(c)).collect())
-}
-
-/// Whether each column is boolean on the target (COPY writes `t`/`f` for it).
-async fn target_types(
-    pg: &mut PgConnection,
-    table: &str,
-    columns: &[String],
-) -> anyhow::Result<Vec<bool>> {
-    let booleans: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1 AND data_type = 'boolean'",
-    )
-    .bind(table)
-    .fetch_all(&mut *pg)
-    .await?;
-    Ok(columns.iter().map(|c| booleans.contains(c)).collect())
+    Ok(source
+        .into_iter()
+        .filter_map(|c| target.iter().find(|(t, _)| *t == c).cloned())
+        .collect())
 }
 
 /// Reads `select` from the SQLite file and sends its rows, in COPY's text form, in chunks of
@@ -397,7 +375,9 @@ mod tests {
         for (_, _, sql) in super::super::sqlite::MIGRATIONS {
             conn.execute_batch(sql).unwrap();
         }
-        for table in names(&conn, "SELECT name FROM sqlite_master WHERE type = 'table'").unwrap() {
+        let tables: Vec<String> =
+            embedded::column(&conn, "SELECT name FROM sqlite_master WHERE type = 'table'").unwrap();
+        for table in tables {
             assert!(
                 NOT_COPIED.contains(&table.as_str()) || TABLES.iter().any(|(t, _)| *t == table),
                 "the table {table} is neither copied by `switchboard copy` nor listed as left behind"

@@ -79,12 +79,7 @@ pub(super) fn check(path: &Path, whole: bool) -> anyhow::Result<Summary> {
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| not_ours(&e.to_string()))?;
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .and_then(|mut s| {
-            s.query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()
-        })
+    let tables: Vec<String> = column(&conn, "SELECT name FROM sqlite_master WHERE type = 'table'")
         .map_err(|e| not_ours(&e.to_string()))?;
     for needed in ["_sqlx_migrations", "tenants", "events", "deliveries"] {
         if !tables.iter().any(|t| t == needed) {
@@ -93,13 +88,7 @@ pub(super) fn check(path: &Path, whole: bool) -> anyhow::Result<Summary> {
     }
     let verdict: Vec<String> = match whole {
         false => vec!["ok".into()],
-        true => conn
-            .prepare("PRAGMA integrity_check")
-            .and_then(|mut s| {
-                s.query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()
-            })
-            .map_err(|e| not_ours(&e.to_string()))?,
+        true => column(&conn, "PRAGMA integrity_check").map_err(|e| not_ours(&e.to_string()))?,
     };
     if verdict != ["ok"] {
         bail!(
@@ -127,11 +116,15 @@ pub(super) fn check(path: &Path, whole: bool) -> anyhow::Result<Summary> {
     })
 }
 
-fn column(conn: &Connection, sql: &str) -> anyhow::Result<Vec<i64>> {
+/// The first column of `sql`'s rows.
+pub(super) fn column<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+) -> anyhow::Result<Vec<T>> {
     Ok(conn
         .prepare(sql)?
         .query_map([], |r| r.get(0))?
-        .collect::<Result<Vec<i64>, _>>()?)
+        .collect::<Result<Vec<T>, _>>()?)
 }
 
 /// Copies the database at `db` (which a server may be writing) to `to`: into a temporary file
