@@ -149,10 +149,10 @@ pub(super) async fn project<C: Conn>(
         });
     if backlog.from.is_some() && backlog.to == at.last {
         let by_agent = by_agent(events);
-        let missing: Vec<&str> = by_agent
-            .keys()
-            .copied()
-            .filter(|n| !backlog.states.contains_key(*n))
+        let missing: Vec<(&str, i64)> = by_agent
+            .iter()
+            .filter(|(n, _)| !backlog.states.contains_key(**n))
+            .map(|(n, evs)| (*n, evs[0].0))
             .collect();
         backlog
             .states
@@ -286,8 +286,100 @@ pub(super) enum Table {
     Base,
 }
 
-fn decode(text: &str) -> Result<Agent, StoreError> {
-    serde_json::from_str(text).map_err(corrupt)
+fn decode(text: &str) -> Result<Agent, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Logs and counts a stored agent that does not decode (DESIGN §15): it harms only itself.
+fn undecodable(tenant: &str, username: &str, what: &str, e: &serde_json::Error) {
+    tracing::error!(tenant, username, error = %e, "a stored agent {what} does not decode: it is re-folded from the log");
+    metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "agent").increment(1);
+}
+
+/// Agent events read per page when an agent is re-folded from the log.
+const REFOLD_PAGE: i64 = 2_000;
+/// An agent's base (its state after the purged events).
+const BASE_OF: &str =
+    "SELECT through_sequence, state FROM agent_bases WHERE tenant_id = $1 AND username = $2";
+/// A page of an agent's events in the log between two sequences (exclusive).
+const EVENTS_OF: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 \
+     AND category = 1 AND username = $2 AND sequence > $3 AND sequence < $4 \
+     ORDER BY sequence LIMIT $5";
+
+/// An agent being re-folded from its base and its events in the log, a page at a time (so that
+/// an agent with a long history takes bounded memory).
+struct Refold {
+    tenant: String,
+    username: String,
+    state: Option<Agent>,
+    /// The last sequence folded.
+    after: i64,
+    /// Fold the events before this one.
+    before: i64,
+}
+
+impl Refold {
+    fn new(tenant: &str, username: &str, before: i64) -> Self {
+        Refold {
+            tenant: tenant.to_string(),
+            username: username.to_string(),
+            state: None,
+            after: 0,
+            before,
+        }
+    }
+
+    /// Starts from the base row, if any (an undecodable base is counted and left out).
+    fn base(&mut self, row: Option<Row>) -> Result<(), StoreError> {
+        if let Some(mut row) = row {
+            self.after = row.int(0)?;
+            match decode(&row.text(1)?) {
+                Ok(a) => self.state = Some(a),
+                Err(e) => undecodable(&self.tenant, &self.username, "base", &e),
+            }
+        }
+        Ok(())
+    }
+
+    fn args(&self) -> Vec<Arg<'_>> {
+        args![
+            self.tenant.as_str(),
+            self.username.as_str(),
+            self.after,
+            self.before,
+            REFOLD_PAGE
+        ]
+        .to_vec()
+    }
+
+    /// Folds a page of events; true if more may follow.
+    fn page(&mut self, rows: Vec<Row>) -> Result<bool, StoreError> {
+        let more = rows.len() as i64 == REFOLD_PAGE;
+        for (sequence, event) in parse_events(rows)? {
+            agent::step(&mut self.state, &event, sequence);
+            self.after = sequence;
+        }
+        Ok(more)
+    }
+}
+
+/// `username`'s state right before sequence `before`, re-folded from its base and the log in the
+/// writer's transaction (its stored row does not decode).
+async fn refold<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    username: &str,
+    before: i64,
+) -> Result<Option<Agent>, StoreError> {
+    let mut r = Refold::new(tenant, username, before);
+    let base = conn.query(BASE_OF, &args![tenant, username]).await?;
+    r.base(base.into_iter().next())?;
+    loop {
+        let rows = conn.query(EVENTS_OF, &r.args()).await?;
+        if !r.page(rows)? {
+            return Ok(r.state);
+        }
+    }
 }
 
 fn encode(agent: &Agent) -> String {
@@ -308,25 +400,54 @@ fn by_agent<'a>(events: &[(i64, &'a Event)]) -> BTreeMap<&'a str, Vec<(i64, &'a 
     out
 }
 
-/// The stored states of `names` in `table`.
+/// The stored states of `names` in `table`, each with the sequence of the first event about to
+/// be folded into it. A live state that does not decode is re-folded from the log up to that
+/// event; a base that does not decode is left out (the events folded into it are purged).
 async fn load<C: Conn>(
     conn: &mut C,
     table: Table,
     tenant: &str,
-    names: &[&str],
+    names: &[(&str, i64)],
 ) -> Result<HashMap<String, Agent>, StoreError> {
     let select = match table {
-        Table::Live => "SELECT state FROM agents WHERE tenant_id = $1 AND username IN (",
-        Table::Base => "SELECT state FROM agent_bases WHERE tenant_id = $1 AND username IN (",
+        Table::Live => "SELECT username, state FROM agents WHERE tenant_id = $1 AND username IN (",
+        Table::Base => {
+            "SELECT username, state FROM agent_bases WHERE tenant_id = $1 AND username IN ("
+        }
     };
     let mut states = HashMap::with_capacity(names.len());
+    let mut bad = Vec::new();
     for chunk in names.chunks(IN_LIST) {
         let text = format!("{select}{}", sql::list(chunk.len(), 2));
         let mut values = vec![Arg::from(tenant)];
-        values.extend(chunk.iter().map(|n| Arg::from(*n)));
+        values.extend(chunk.iter().map(|(n, _)| Arg::from(*n)));
         for mut row in conn.query(&text, &values).await? {
-            let a = decode(&row.text(0)?)?;
-            states.insert(a.username.clone(), a);
+            let name = row.text(0)?;
+            match decode(&row.text(1)?) {
+                Ok(a) => {
+                    states.insert(name, a);
+                }
+                Err(e) => {
+                    let what = if table == Table::Live {
+                        "state"
+                    } else {
+                        "base"
+                    };
+                    undecodable(tenant, &name, what, &e);
+                    bad.push(name);
+                }
+            }
+        }
+    }
+    if table == Table::Live {
+        for name in bad {
+            let before = names
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(i64::MAX, |(_, s)| *s);
+            if let Some(a) = refold(conn, tenant, &name, before).await? {
+                states.insert(name, a);
+            }
         }
     }
     Ok(states)
@@ -380,7 +501,7 @@ pub(super) async fn fold_in<C: Conn>(
     if by_agent.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = by_agent.keys().copied().collect();
+    let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, evs)| (*n, evs[0].0)).collect();
     let mut states = load(conn, table, tenant, &names).await?;
     let mut out = Vec::with_capacity(by_agent.len());
     for (name, evs) in by_agent {
@@ -521,17 +642,60 @@ impl History {
     }
 }
 
-fn agents_of(rows: Vec<Row>) -> Result<(Vec<Agent>, Option<i64>), StoreError> {
-    let mut as_of = None;
-    let mut agents = Vec::with_capacity(rows.len());
-    for mut row in rows {
-        agents.push(decode(&row.text(0)?)?);
-        as_of = Some(row.int(1)?);
-    }
-    Ok((agents, as_of))
-}
-
 impl Store {
+    /// An agent read from a row `(username, last_sequence, state)`: one whose state does not
+    /// decode is logged and counted (once per stored version) and re-folded from the log up to
+    /// sequence `through` (inclusive).
+    async fn read_agent(
+        &self,
+        tenant: &str,
+        row: &mut Row,
+        through: i64,
+    ) -> Result<Option<Agent>, StoreError> {
+        let e = match decode(&row.text(2)?) {
+            Ok(a) => return Ok(Some(a)),
+            Err(e) => e,
+        };
+        let username = row.text(0)?;
+        let version = (format!("agent {tenant} {username}"), row.int(1)?);
+        if self
+            .0
+            .undecodable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(version)
+        {
+            undecodable(tenant, &username, "state", &e);
+        }
+        let mut r = Refold::new(tenant, &username, through.saturating_add(1));
+        r.base(
+            self.0
+                .db
+                .query_one(BASE_OF, &args![tenant, username.as_str()])
+                .await?,
+        )?;
+        loop {
+            let rows = self.0.db.query(EVENTS_OF, &r.args()).await?;
+            if !r.page(rows)? {
+                return Ok(r.state);
+            }
+        }
+    }
+
+    /// The agents of rows `(username, last_sequence, state, …)`.
+    async fn agents_of(
+        &self,
+        tenant: &str,
+        rows: Vec<Row>,
+        through: i64,
+    ) -> Result<Vec<Agent>, StoreError> {
+        let mut agents = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            agents.extend(self.read_agent(tenant, &mut row, through).await?);
+        }
+        Ok(agents)
+    }
+
     /// A page of `tenant`'s agents by username, and the sequence the projection is as of (read
     /// in the same statement, so the two agree).
     pub async fn list_agents(
@@ -540,7 +704,8 @@ impl Store {
         q: &AgentQuery,
     ) -> Result<(Vec<Agent>, i64), StoreError> {
         let mut sql = Select::new(
-            "SELECT state, (SELECT agents_through FROM tenants WHERE id = $1) FROM agents",
+            "SELECT username, last_sequence, state, \
+             (SELECT agents_through FROM tenants WHERE id = $1) FROM agents",
         );
         sql.push(" WHERE tenant_id = ", tenant);
         if let Some(after) = &q.after {
@@ -553,12 +718,12 @@ impl Store {
             sql.push(" AND availability_code = ", c);
         }
         sql.push(" ORDER BY username LIMIT ", i64::from(q.limit));
-        let (agents, as_of) = agents_of(self.0.db.query(&sql.sql, &sql.args).await?)?;
-        let as_of = match as_of {
-            Some(s) => s,
+        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
+        let as_of = match rows.first() {
+            Some(row) => row.int(3)?,
             None => self.agents_through(tenant).await?,
         };
-        Ok((agents, as_of))
+        Ok((self.agents_of(tenant, rows, as_of).await?, as_of))
     }
 
     /// The sequence `tenant`'s projection is as of.
@@ -583,11 +748,15 @@ impl Store {
             .0
             .db
             .query_one(
-                "SELECT state FROM agents WHERE tenant_id = $1 AND username = $2",
+                "SELECT username, last_sequence, state FROM agents \
+                 WHERE tenant_id = $1 AND username = $2",
                 &args![tenant, username],
             )
             .await?;
-        row.map(|mut r| decode(&r.text(0)?)).transpose()
+        match row {
+            Some(mut row) => self.read_agent(tenant, &mut row, i64::MAX - 1).await,
+            None => Ok(None),
+        }
     }
 
     /// Agents changed after sequence `after`, in the order of their changes, up to `limit`.
@@ -601,12 +770,12 @@ impl Store {
             .0
             .db
             .query(
-                "SELECT state FROM agents WHERE tenant_id = $1 AND last_sequence > $2 \
-                 ORDER BY last_sequence LIMIT $3",
+                "SELECT username, last_sequence, state FROM agents \
+                 WHERE tenant_id = $1 AND last_sequence > $2 ORDER BY last_sequence LIMIT $3",
                 &args![tenant, after, i64::from(limit)],
             )
             .await?;
-        rows.into_iter().map(|mut r| decode(&r.text(0)?)).collect()
+        self.agents_of(tenant, rows, i64::MAX - 1).await
     }
 
     /// What rebuilding `username`'s past states takes: its base and its events in the log (up
@@ -619,18 +788,17 @@ impl Store {
         through: Option<i64>,
         max: usize,
     ) -> Result<Option<History>, StoreError> {
-        let base = self
-            .0
-            .db
-            .query_one(
-                "SELECT through_sequence, state FROM agent_bases \
-                 WHERE tenant_id = $1 AND username = $2",
-                &args![tenant, username],
-            )
-            .await?
-            .map(|mut r| Ok::<_, StoreError>((r.int(0)?, decode(&r.text(1)?)?)))
-            .transpose()?;
-        let after = base.as_ref().map_or(0, |(s, _)| *s);
+        // A base that does not decode is counted and left out: what was folded into it is
+        // purged, so the rebuild starts after it from nothing.
+        let mut r = Refold::new(tenant, username, 0);
+        r.base(
+            self.0
+                .db
+                .query_one(BASE_OF, &args![tenant, username])
+                .await?,
+        )?;
+        let after = r.after;
+        let base = r.state.map(|a| (after, a));
         // The agent's sequences from the index (`events_agent`), then their bodies.
         let through = through.unwrap_or(i64::MAX);
         let rows = self

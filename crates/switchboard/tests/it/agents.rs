@@ -514,3 +514,69 @@ async fn two_postgresql_nodes_under_load_agree_with_the_log() {
     assert_eq!(caught_up(&second, 8_000).await, want);
     second.stop().await;
 }
+
+/// A stored agent this release cannot read harms only itself (DESIGN §15): one with fields a
+/// newer release wrote (or without one it left out) is read tolerantly; one whose stored form is
+/// garbage is re-folded from the log for readers and by the writer, which stores it again —
+/// ingest answers `202` all along, and the metric counts it.
+#[tokio::test]
+async fn a_stored_agent_that_does_not_decode_is_refolded_from_the_log() {
+    let app = TestApp::spawn().await;
+    post_day(&app).await;
+    check_current(&app).await;
+    let expected = expected_agents();
+
+    let mut db = OldDb::latest(&app.data).await;
+    let mut newer = expected[2].clone();
+    newer["mood"] = json!("focused");
+    newer.as_object_mut().unwrap().remove("exit_code");
+    newer.as_object_mut().unwrap().remove("signed_out_at");
+    let newer = newer.to_string().replace('\'', "''");
+    db.exec(&format!(
+        "UPDATE agents SET state = '{newer}' WHERE username = 'carol'"
+    ))
+    .await;
+    db.exec("UPDATE agents SET state = '{\"username\": 7' WHERE username = 'alice'")
+        .await;
+
+    // Readers: the same agents as before, the broken one re-folded.
+    check_current(&app).await;
+    let changes = json_ok(
+        app.get("/v1/tenants/default/agents?signed_in=true", ADMIN_KEY)
+            .await,
+    )
+    .await;
+    assert_eq!(changes["data"], json!([expected[0], expected[2]]));
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_undecodable_rows_total{kind=\"agent\"}"),
+        "{metrics}"
+    );
+
+    // The writer: ingest goes on, folds bob's next event onto his re-folded state, and stores
+    // it again in a form that decodes.
+    app.publish_ok("default", &status("alice", "20261123100000", 16, 1, ""))
+        .await;
+    let alice = json_ok(app.get("/v1/tenants/default/agents/alice", ADMIN_KEY).await).await;
+    // What only his history holds is still there (a fold from nothing would not have it).
+    for (field, value) in [
+        ("signed_in_at", json!("20261123080000")),
+        ("session_id", json!("S-alice")),
+        ("activity_code", json!(16)),
+        ("last_sequence", json!(17)),
+    ] {
+        assert_eq!(alice[field], value, "{field} in {alice}");
+    }
+    let stored = db
+        .text("SELECT state FROM agents WHERE username = 'alice'")
+        .await;
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["last_sequence"], 17);
+    assert_eq!(stored["signed_in_at"], "20261123080000");
+    db.close().await;
+}

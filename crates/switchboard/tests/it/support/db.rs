@@ -220,6 +220,15 @@ impl OldDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// The first column of the first row `sql` answers, as text.
+    pub async fn text(&mut self, sql: &str) -> String {
+        match self {
+            OldDb::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+            OldDb::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn close(self) {
         let _ = match self {
             OldDb::Sqlite(c) => c.close().await,
