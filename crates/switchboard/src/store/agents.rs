@@ -642,7 +642,38 @@ impl History {
     }
 }
 
+/// The statement that reads an agent's events after `after` through `through` (at most
+/// `limit`), served by `events_username`: only that agent's entries are read.
+fn history_sql<'a>(
+    tenant: &'a str,
+    username: &'a str,
+    after: i64,
+    through: i64,
+    limit: i64,
+) -> Select<'a> {
+    let mut sql = Select::new("SELECT sequence, body FROM events");
+    sql.push(" WHERE tenant_id = ", tenant)
+        .push(" AND username = ", username)
+        .text(" AND category = 1")
+        .push(" AND sequence > ", after)
+        .push(" AND sequence <= ", through)
+        .push(" ORDER BY sequence LIMIT ", limit);
+    sql
+}
+
 impl Store {
+    /// The database's plan for [`Store::agent_history`] (`EXPLAIN`), as
+    /// [`Store::list_events_plan`].
+    #[doc(hidden)]
+    pub async fn agent_history_plan(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<String, StoreError> {
+        self.plan(&history_sql(tenant, username, 0, i64::MAX, 1000))
+            .await
+    }
+
     /// An agent read from a row `(username, last_sequence, state)`: one whose state does not
     /// decode is logged and counted (once per stored version) and re-folded from the log up to
     /// sequence `through` (inclusive).
@@ -799,26 +830,10 @@ impl Store {
         )?;
         let after = r.after;
         let base = r.state.map(|a| (after, a));
-        // The agent's sequences from the index (`events_agent`), then their bodies.
         let through = through.unwrap_or(i64::MAX);
-        let rows = self
-            .0
-            .db
-            .query(
-                "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence IN ( \
-                   SELECT sequence FROM events WHERE tenant_id = $1 AND category = 1 \
-                   AND sequence > $3 AND sequence <= $4 AND username = $2 \
-                   ORDER BY sequence LIMIT $5) \
-                 ORDER BY sequence",
-                &args![
-                    tenant,
-                    username,
-                    after,
-                    through,
-                    i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1)
-                ],
-            )
-            .await?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
+        let sql = history_sql(tenant, username, after, through, limit);
+        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
         if rows.len() > max {
             return Ok(None);
         }

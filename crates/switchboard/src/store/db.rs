@@ -167,17 +167,24 @@ impl MigrationSource<'static> for Embedded {
                 .0
                 .iter()
                 .map(|&(version, name, sql)| {
+                    // A migration that must run outside a transaction (PostgreSQL's CREATE
+                    // INDEX CONCURRENTLY) says so on its first line, as sqlx's files do.
                     Migration::new(
                         version,
                         Cow::Borrowed(name),
                         MigrationType::Simple,
                         Cow::Borrowed(sql),
-                        false,
+                        no_transaction(sql),
                     )
                 })
                 .collect())
         })
     }
+}
+
+/// Whether migration `sql` runs outside a transaction: its first line is `-- no-transaction`.
+pub(crate) fn no_transaction(sql: &str) -> bool {
+    sql.lines().next().map(str::trim) == Some("-- no-transaction")
 }
 
 /// DESIGN §15, versions side by side: of the `applied` migrations, those this binary does not
@@ -504,11 +511,23 @@ mod tests {
         }
     }
 
-    /// Expand/contract (ARCHITECTURE.md): from `schema_compat` on, every migration records its
-    /// verdict, and one that drops or renames anything may not claim the previous release
-    /// still runs on it (that release's statements would fail on what it removed).
+    /// Expand/contract (ARCHITECTURE.md): from `schema_compat` on, every migration's verdict is
+    /// recorded exactly once, by itself or by a migration before it (one that runs outside a
+    /// transaction holds a single statement, so an earlier one records it), and a migration that
+    /// drops or renames a table or column may not claim the previous release still runs on it
+    /// (that release's statements would fail on what it removed). Dropping an index is allowed:
+    /// no statement names one.
     #[test]
     fn every_migration_records_whether_the_previous_release_may_run_and_tells_the_truth() {
+        let uppercase = |sql: &str| {
+            let code: String = sql
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_uppercase();
+            code.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
         for postgres in [false, true] {
             let all = crate::store::migrations(postgres);
             let first = all
@@ -517,27 +536,38 @@ mod tests {
                 .expect("the schema_compat migration")
                 .0;
             for &(version, name, sql) in all.iter().filter(|m| m.0 >= first) {
-                let code: String = sql
-                    .lines()
-                    .map(|l| l.split("--").next().unwrap_or(""))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .to_ascii_uppercase();
-                let code = code.split_whitespace().collect::<Vec<_>>().join(" ");
-                let allows = code.contains(&format!(
-                    "INSERT INTO SCHEMA_COMPAT (VERSION, PREVIOUS_MAY_RUN) VALUES ({version}, TRUE)"
-                ));
-                let forbids = code.contains(&format!(
-                    "INSERT INTO SCHEMA_COMPAT (VERSION, PREVIOUS_MAY_RUN) VALUES ({version}, FALSE)"
-                ));
-                assert!(
-                    allows != forbids,
-                    "migration {version} ({name}, postgres: {postgres}) must record exactly one schema_compat row for itself"
+                let at = format!("migration {version} ({name}, postgres: {postgres})");
+                let row = |verdict: &str| {
+                    format!(
+                        "INSERT INTO SCHEMA_COMPAT (VERSION, PREVIOUS_MAY_RUN) VALUES ({version}, {verdict})"
+                    )
+                };
+                let recorders: Vec<_> = all
+                    .iter()
+                    .filter(|m| m.0 <= version)
+                    .map(|m| uppercase(m.2))
+                    .filter(|c| c.contains(&row("TRUE")) || c.contains(&row("FALSE")))
+                    .collect();
+                assert_eq!(
+                    recorders.len(),
+                    1,
+                    "{at} must have exactly one schema_compat row, written by itself or an earlier migration"
                 );
-                let contracts = ["DROP ", "RENAME "].iter().any(|w| code.contains(w));
+                let allows = recorders[0].contains(&row("TRUE"));
+                let code = uppercase(sql);
+                if no_transaction(sql) {
+                    assert_eq!(
+                        code.trim_end_matches(';').matches(';').count(),
+                        0,
+                        "{at} runs outside a transaction: one statement only"
+                    );
+                }
+                let contracts = ["DROP TABLE", "DROP COLUMN", "RENAME "]
+                    .iter()
+                    .any(|w| code.contains(w));
                 assert!(
                     !(contracts && allows),
-                    "migration {version} ({name}, postgres: {postgres}) drops or renames, so the previous release may not run on it: record FALSE, or keep what it removes until the release after"
+                    "{at} drops or renames, so the previous release may not run on it: record FALSE, or keep what it removes until the release after"
                 );
             }
         }

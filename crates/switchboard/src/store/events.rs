@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::db::{Row, Select, args};
+use super::db::{Db, Row, Select, args};
 use super::{EventQuery, Store, StoreError, StoredEvent};
 
 fn stored_event(mut r: Row) -> Result<StoredEvent, StoreError> {
@@ -13,36 +13,73 @@ fn stored_event(mut r: Row) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// The statement of [`Store::list_events`]. `username` is served by `events_username`, `code`
+/// by `events_code` (both ordered by sequence after their key, as the page is).
+fn list_events_sql<'a>(tenant: &'a str, q: &'a EventQuery) -> Select<'a> {
+    let mut sql = Select::new("SELECT sequence, received_at, body FROM events");
+    sql.push(" WHERE tenant_id = ", tenant)
+        .push(" AND sequence > ", q.after);
+    if let Some(c) = q.category {
+        sql.push(" AND category = ", i64::from(c));
+    }
+    if let Some(c) = q.code {
+        sql.push(" AND code = ", i64::from(c));
+    }
+    if let Some(u) = &q.username {
+        sql.push(" AND username = ", u.as_str());
+    }
+    if let Some(t) = q.since {
+        sql.push(" AND created >= ", t.as_i64());
+    }
+    if let Some(t) = q.until {
+        sql.push(" AND created <= ", t.as_i64());
+    }
+    if let Some(s) = q.through {
+        sql.push(" AND sequence <= ", s);
+    }
+    sql.push(" ORDER BY sequence LIMIT ", i64::from(q.limit));
+    sql
+}
+
 impl Store {
     pub async fn list_events(
         &self,
         tenant: &str,
         q: &EventQuery,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut sql = Select::new("SELECT sequence, received_at, body FROM events");
-        sql.push(" WHERE tenant_id = ", tenant)
-            .push(" AND sequence > ", q.after);
-        if let Some(c) = q.category {
-            sql.push(" AND category = ", i64::from(c));
-        }
-        if let Some(c) = q.code {
-            sql.push(" AND code = ", i64::from(c));
-        }
-        if let Some(u) = &q.username {
-            sql.push(" AND username = ", u.as_str());
-        }
-        if let Some(t) = q.since {
-            sql.push(" AND created >= ", t.as_i64());
-        }
-        if let Some(t) = q.until {
-            sql.push(" AND created <= ", t.as_i64());
-        }
-        if let Some(s) = q.through {
-            sql.push(" AND sequence <= ", s);
-        }
-        sql.push(" ORDER BY sequence LIMIT ", i64::from(q.limit));
+        let sql = list_events_sql(tenant, q);
         let rows = self.0.db.query(&sql.sql, &sql.args).await?;
         rows.into_iter().map(stored_event).collect()
+    }
+
+    /// The database's plan for [`Store::list_events`] (`EXPLAIN`), one line per step: for the
+    /// tests that check a query is served by an index, and for diagnosis.
+    #[doc(hidden)]
+    pub async fn list_events_plan(
+        &self,
+        tenant: &str,
+        q: &EventQuery,
+    ) -> Result<String, StoreError> {
+        let sql = list_events_sql(tenant, q);
+        self.plan(&sql).await
+    }
+
+    /// `EXPLAIN` of a statement, one line per step.
+    pub(super) async fn plan(&self, sql: &Select<'_>) -> Result<String, StoreError> {
+        let (explain, column) = match self.0.db {
+            Db::Sqlite(_) => ("EXPLAIN QUERY PLAN ", 3),
+            Db::Postgres(_) => ("EXPLAIN ", 0),
+        };
+        let rows = self
+            .0
+            .db
+            .query(&format!("{explain}{}", sql.sql), &sql.args)
+            .await?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            lines.push(row.text(column)?);
+        }
+        Ok(lines.join("\n"))
     }
 
     /// `tenant`'s last sequence: every event up to it is committed and readable.

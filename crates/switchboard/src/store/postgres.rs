@@ -68,6 +68,21 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schema_compat",
         include_str!("migrations/postgres/0009_schema_compat.sql"),
     ),
+    (
+        10,
+        "log_indexes",
+        include_str!("migrations/postgres/0010_log_indexes.sql"),
+    ),
+    (
+        11,
+        "events_username",
+        include_str!("migrations/postgres/0011_events_username.sql"),
+    ),
+    (
+        12,
+        "events_code",
+        include_str!("migrations/postgres/0012_events_code.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together
@@ -105,7 +120,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let unknown = db::judge_schema(&applied, &allowed, MIGRATIONS)?;
     let mut migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
     migrator.set_ignore_missing(!unknown.is_empty());
-    migrator.run(&read).await?;
+    migrate(&read, &migrator).await?;
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Notify::new());
@@ -131,6 +146,49 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     });
     tokio::spawn(listen(listener, store.clone()));
     Ok(store)
+}
+
+/// Indexes built by a migration outside a transaction (`CREATE INDEX CONCURRENTLY`): one whose
+/// build was stopped midway is left invalid, and `IF NOT EXISTS` would keep it.
+const CONCURRENT_INDEXES: [&str; 2] = ["events_username", "events_code"];
+/// The advisory lock nodes take around [`migrate`] (sqlx's migrator takes its own inside).
+const MIGRATE_LOCK: i64 = 0x5377_6974_6368_6d67;
+
+/// Runs `migrator`, first dropping what an interrupted concurrent index build left: under a
+/// lock of our own, so that no node drops an index another node is still building.
+async fn migrate(read: &sqlx::PgPool, migrator: &Migrator) -> Result<(), StoreError> {
+    let mut conn = read.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let done = clean_and_migrate(read, migrator, &mut conn).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    done
+}
+
+async fn clean_and_migrate(
+    read: &sqlx::PgPool,
+    migrator: &Migrator,
+    conn: &mut PgConnection,
+) -> Result<(), StoreError> {
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE NOT i.indisvalid AND c.relname = ANY($1)",
+    )
+    .bind(CONCURRENT_INDEXES.map(String::from).to_vec())
+    .fetch_all(&mut *conn)
+    .await?;
+    for name in invalid {
+        tracing::warn!(index = %name, "dropping an index whose build was interrupted; it is built again");
+        let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {name}");
+        sqlx::query(&drop).execute(&mut *conn).await?;
+    }
+    migrator.run(read).await?;
+    Ok(())
 }
 
 /// The applied migrations' versions, and those whose `schema_compat` row lets the previous

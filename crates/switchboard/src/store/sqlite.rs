@@ -72,6 +72,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schema_compat",
         include_str!("migrations/sqlite/0010_schema_compat.sql"),
     ),
+    (
+        11,
+        "log_indexes",
+        include_str!("migrations/sqlite/0011_log_indexes.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which
