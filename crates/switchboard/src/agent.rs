@@ -253,19 +253,54 @@ pub fn timeline<'a>(
     since: Timestamp,
     until: Option<Timestamp>,
 ) -> Vec<Interval> {
-    let mut out: Vec<Interval> = Vec::new();
-    let mut state = start;
-    if let Some(a) = &state {
-        out.push(Interval::of(a, since));
-    }
+    let mut line = Timeline::new(start, since, until);
     for (sequence, event) in events {
-        if until.is_some_and(|u| event.creation > u) {
-            break;
+        line.push(sequence, event);
+    }
+    line.finish()
+}
+
+/// [`timeline`] built an event at a time, so that the events need not all be in memory.
+pub struct Timeline {
+    out: Vec<Interval>,
+    state: Option<Agent>,
+    since: Timestamp,
+    until: Option<Timestamp>,
+    /// An event after `until` came: the rest change nothing.
+    ended: bool,
+}
+
+impl Timeline {
+    pub fn new(start: Option<Agent>, since: Timestamp, until: Option<Timestamp>) -> Self {
+        let mut out = Vec::new();
+        if let Some(a) = &start {
+            out.push(Interval::of(a, since));
         }
-        let Some(next) = apply(state.as_ref(), event, sequence) else {
-            continue;
+        Timeline {
+            out,
+            state: start,
+            since,
+            until,
+            ended: false,
+        }
+    }
+
+    /// True once the events pushed reach past `until`: the rest need not be read.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The agent's next event (in sequence order).
+    pub fn push(&mut self, sequence: i64, event: &Event) {
+        if self.ended || self.until.is_some_and(|u| event.creation > u) {
+            self.ended = true;
+            return;
+        }
+        let Some(next) = apply(self.state.as_ref(), event, sequence) else {
+            return;
         };
-        let at = event.creation.max(since);
+        let out = &mut self.out;
+        let at = event.creation.max(self.since);
         let interval = Interval::of(&next, at);
         match out.last_mut() {
             Some(last) if last.same_state(&interval) => {}
@@ -283,12 +318,15 @@ pub fn timeline<'a>(
                 last.to = None;
             }
         }
-        state = Some(next);
+        self.state = Some(next);
     }
-    if let (Some(last), Some(u)) = (out.last_mut(), until) {
-        last.to = Some(u);
+
+    pub fn finish(mut self) -> Vec<Interval> {
+        if let (Some(last), Some(u)) = (self.out.last_mut(), self.until) {
+            last.to = Some(u);
+        }
+        self.out
     }
-    out
 }
 
 #[cfg(test)]

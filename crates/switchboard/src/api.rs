@@ -10,7 +10,7 @@ mod error;
 mod events;
 mod health;
 mod keys;
-mod limits;
+pub mod limits;
 mod me;
 pub mod streams;
 mod subscriptions;
@@ -51,6 +51,8 @@ pub struct AppState {
     pub lease_ms: i64,
     /// Per-tenant ingest limits, enforced by this node.
     pub limits: Arc<limits::TenantLimits>,
+    /// Per-tenant turns at expensive reads, on this node (`max_reads_per_tenant`).
+    pub reads: Arc<limits::Reads>,
     /// Turns true when the server stops: streams end, so that their connections close.
     pub streams_stop: tokio::sync::watch::Receiver<bool>,
     /// The events streams' shared readers, one per tenant with streams open.

@@ -59,6 +59,9 @@ pub struct Config {
     pub max_subscriptions_per_tenant: u32,
     /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
     pub max_history_events: u64,
+    /// Expensive reads (log pages, agent rebuilds) one tenant runs at once on this node; more
+    /// wait their turn. 0: no limit.
+    pub max_reads_per_tenant: u32,
     /// Told to stop, the node answers `/readyz` 503 this long while still serving (0 with
     /// `--dev`).
     pub drain_secs: u64,

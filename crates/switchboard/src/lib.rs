@@ -148,6 +148,10 @@ pub async fn run_with(
         sender: sender.clone(),
         lease_ms: lease.as_millis() as i64,
         limits: Arc::default(),
+        reads: Arc::new(api::limits::Reads::new(
+            config.max_reads_per_tenant,
+            api::limits::READ_WAIT,
+        )),
         streams_stop: streams_stopped,
         tails: Arc::default(),
         settings: Arc::new(api::Settings {

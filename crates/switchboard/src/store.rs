@@ -51,7 +51,7 @@ use crate::clock::Clock;
 use crate::event::{Event, NewEvent, Timestamp};
 use crate::subscription::SubscriptionSpec;
 use crate::subscription::health::Policy;
-pub use agents::{AgentQuery, History};
+pub use agents::{AgentQuery, History, Refused};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
 pub use retention::{PURGE_BATCH, Purged};

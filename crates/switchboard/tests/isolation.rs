@@ -171,3 +171,99 @@ async fn idle_agents_streams_of_one_tenant_cost_anothers_ingest_nothing() {
         "{STREAMS} idle streams of B made A's ingest cost {ratio:.2}× ({alone} → {beside} ticks)"
     );
 }
+
+/// A process's memory in KiB: `field` of /proc/<pid>/status (`VmRSS`, `VmHWM`: its peak).
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The `n`-th second from 2026-11-20 00:00:00 as `CreationDateUtc` (up to 10 days).
+fn second(n: usize) -> String {
+    let (day, rest) = (n / 86_400, n % 86_400);
+    format!(
+        "202611{:02}{:02}{:02}{:02}",
+        20 + day,
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// One agent with 200,000 events (DESIGN §23): its timeline is answered a page at a time, and
+/// four at once — two run, two wait their tenant's turn — add no more than a bounded amount to
+/// the server's peak memory (the events are read 2,000 at a time; only the intervals are kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_of_200000_events_is_paged_within_bounded_memory() {
+    const EVENTS: usize = 200_000;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let data = TestData::new().await;
+    let server = Server::start(&data);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/tenants/default/events", server.base);
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|&n| {
+                let mut e = agent_event(&guid(), 3, "busy");
+                e["CreationDateUtc"] = json!(second(n));
+                let (activity, availability) = if n % 2 == 0 { (16, 1) } else { (34, 0) };
+                e["AdditionalFields"]["ActivityCode"] = json!(activity);
+                e["AdditionalFields"]["AvailabilityCode"] = json!(availability);
+                e
+            })
+            .collect();
+        let r = client
+            .post(&url)
+            .bearer_auth(ADMIN_KEY)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let pid = server.child.id();
+    let peak_before = memory_kib(pid, "VmHWM");
+
+    let timeline = format!(
+        "{}/v1/tenants/default/agents/busy/timeline?since=20261120000000&limit=1000",
+        server.base
+    );
+    let requests = (0..4).map(|_| client.get(&timeline).bearer_auth(ADMIN_KEY).send());
+    let answers = futures_join(requests.map(|f| async move {
+        let r = f.await.unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().await.unwrap())
+    }))
+    .await;
+    for (status, page) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{page}");
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1000);
+        assert_eq!(data[0]["from"], "20261120000000");
+        assert_eq!(data[1]["from"], "20261120000001");
+        assert_eq!(page["next_after"], "1000");
+    }
+    // The last page: the agent's state since its last event, still held.
+    let last = client
+        .get(format!("{timeline}&after={}", EVENTS - 1))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let last: Value = last.json().await.unwrap();
+    assert_eq!(last["data"][0]["from"], second(EVENTS - 1));
+    assert_eq!(last["data"][0]["to"], Value::Null);
+    assert_eq!(last["next_after"], Value::Null);
+
+    let grew_mib = memory_kib(pid, "VmHWM").saturating_sub(peak_before) / 1024;
+    eprintln!("four timelines of {EVENTS} events: the server's peak memory grew {grew_mib} MiB");
+    assert!(
+        grew_mib < 256,
+        "the server's peak memory grew {grew_mib} MiB for four timelines"
+    );
+}

@@ -12,7 +12,7 @@ use super::doc::Errors;
 use super::{Access, ApiError, AppState, Page, Params, need};
 use crate::agent::{Agent, Interval};
 use crate::event::{FieldError, Timestamp};
-use crate::store::AgentQuery;
+use crate::store::{AgentQuery, Refused};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -98,21 +98,25 @@ async fn show(
         }
         Some(n) => {
             let max = state.settings.max_history_events;
+            let _turn = state.reads.enter(&tenant).await?;
             let history = state
                 .store
                 .agent_history(&tenant, &username, Some(n), max)
-                .await?
-                .ok_or_else(|| too_long("as_of", max))?;
-            history.as_of(n).map_err(|()| {
-                ApiError::BeyondRetention(FieldError::new(
-                    None,
-                    "as_of",
-                    format!(
-                        "the log no longer holds this agent's events up to sequence {n} \
-                         (retention purged them); ask for a later sequence"
-                    ),
-                ))
-            })?
+                .await?;
+            match history.as_of(n).await? {
+                Ok(agent) => agent,
+                Err(Refused::TooLong) => return Err(too_long("as_of", max)),
+                Err(Refused::Purged) => {
+                    return Err(ApiError::BeyondRetention(FieldError::new(
+                        None,
+                        "as_of",
+                        format!(
+                            "the log no longer holds this agent's events up to sequence {n} \
+                             (retention purged them); ask for a later sequence"
+                        ),
+                    )));
+                }
+            }
         }
     };
     agent
@@ -188,22 +192,24 @@ async fn timeline(
         return Err(ApiError::invalid("until", "must not be before since"));
     }
     let max = state.settings.max_history_events;
+    let _turn = state.reads.enter(&tenant).await?;
     let history = state
         .store
         .agent_history(&tenant, &username, None, max)
-        .await?
-        .ok_or_else(|| too_long("since", max))?;
-    if history.base.is_none() && history.events.is_empty() {
-        return Err(not_found(&username));
-    }
-    let data = history.timeline(since, until).map_err(|()| {
-        ApiError::BeyondRetention(FieldError::new(
-            None,
-            "since",
-            "the log no longer holds this agent's events from that far back (retention purged \
-             them); ask for a later start",
-        ))
-    })?;
+        .await?;
+    let data = match history.timeline(since, until).await? {
+        Ok(Some(data)) => data,
+        Ok(None) => return Err(not_found(&username)),
+        Err(Refused::TooLong) => return Err(too_long("since", max)),
+        Err(Refused::Purged) => {
+            return Err(ApiError::BeyondRetention(FieldError::new(
+                None,
+                "since",
+                "the log no longer holds this agent's events from that far back (retention \
+                 purged them); ask for a later start",
+            )));
+        }
+    };
     let total = data.len();
     let data: Vec<Interval> = data
         .into_iter()

@@ -188,6 +188,7 @@ async fn list(
     if q.after < 0 {
         return Err(ApiError::invalid("after", "must be a non-negative integer"));
     }
+    let _turn = state.reads.enter(&tenant).await?;
     let items = state.store.list_events(&tenant, &q).await?;
     let items = items
         .into_iter()

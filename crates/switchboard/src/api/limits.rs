@@ -1,13 +1,76 @@
-//! Per-tenant ingest limits (DESIGN §11): a token bucket per tenant on this node, holding a
-//! second's worth of its `ingest_rate_limit_per_sec`; the rate is read from the tenant's row at
-//! most once a second (and at once after a `PATCH` on this node). On PostgreSQL each node
-//! enforces the limit on what it receives.
+//! Per-tenant limits on this node.
+//!
+//! - Ingest (DESIGN §11): a token bucket per tenant, holding a second's worth of its
+//!   `ingest_rate_limit_per_sec`; the rate is read from the tenant's row at most once a second
+//!   (and at once after a `PATCH` on this node). On PostgreSQL each node enforces the limit on
+//!   what it receives.
+//! - Expensive reads (DESIGN §23): turns per tenant ([`Reads`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::ApiError;
 use crate::store::{Store, StoreError};
+
+/// How long a read waits for its tenant's turn before it is refused.
+pub const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Fairness between tenants on the read pool: each tenant runs at most `per_tenant` expensive
+/// reads at once (log pages, agent rebuilds); more wait, in order, for up to `wait`, then get
+/// `429` naming `max_reads_per_tenant`. The writer has a connection of its own, so reads never
+/// hold up ingest; this keeps one tenant's reads from holding every read connection.
+pub struct Reads {
+    per_tenant: usize,
+    wait: Duration,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A tenant's turn at an expensive read; the next waiting read goes when it is dropped.
+pub struct ReadTurn(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Reads {
+    /// `per_tenant` 0: no limit.
+    pub fn new(per_tenant: u32, wait: Duration) -> Self {
+        Reads {
+            per_tenant: per_tenant as usize,
+            wait,
+            tenants: Mutex::default(),
+        }
+    }
+
+    /// Waits for `tenant`'s turn, or says it waited too long.
+    pub async fn enter(&self, tenant: &str) -> Result<ReadTurn, ApiError> {
+        if self.per_tenant == 0 {
+            return Ok(ReadTurn(None));
+        }
+        let turns = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            if tenants.len() >= MAX_TENANTS {
+                // Forget the tenants with no read running or waiting.
+                tenants.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            tenants
+                .entry(tenant.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                .clone()
+        };
+        match tokio::time::timeout(self.wait, turns.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(ReadTurn(Some(permit))),
+            _ => Err(ApiError::LimitReached {
+                limit: "max_reads_per_tenant",
+                detail: format!(
+                    "the tenant runs {} log or history reads at once already, the most \
+                     max_reads_per_tenant allows, and none ended within {} s; try again",
+                    self.per_tenant,
+                    self.wait.as_secs()
+                ),
+            }),
+        }
+    }
+}
 
 /// How long a tenant's rate is trusted before it is read again.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -112,6 +175,57 @@ impl TenantLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant over its turns waits, in order, and is refused after the wait; another tenant
+    /// goes at once meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_over_its_reads_waits_its_turn_while_another_goes_at_once() {
+        let reads = Arc::new(Reads::new(2, Duration::from_secs(10)));
+        let t0 = tokio::time::Instant::now();
+        let a1 = reads.enter("a").await.unwrap();
+        let _a2 = reads.enter("a").await.unwrap();
+        let _b = reads.enter("b").await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO, "within the limit: at once");
+
+        let refused = reads
+            .enter("a")
+            .await
+            .err()
+            .expect("a third read of a waits, then is refused");
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        assert!(matches!(
+            refused,
+            ApiError::LimitReached {
+                limit: "max_reads_per_tenant",
+                ..
+            }
+        ));
+
+        // A waiting read goes as soon as one ends.
+        let waiting = tokio::spawn({
+            let reads = reads.clone();
+            async move { reads.enter("a").await.map(|_| tokio::time::Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ended = tokio::time::Instant::now();
+        drop(a1);
+        let entered = waiting.await.unwrap().expect("its turn");
+        assert_eq!(entered, ended);
+
+        // No limit: nothing waits.
+        let free = Reads::new(0, Duration::from_secs(10));
+        let held: Vec<_> = futures_join(&free, 50).await;
+        assert_eq!(held.len(), 50);
+        assert_eq!(tokio::time::Instant::now(), ended);
+    }
+
+    async fn futures_join(reads: &Reads, n: usize) -> Vec<ReadTurn> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(reads.enter("a").await.unwrap());
+        }
+        out
+    }
 
     #[test]
     fn a_second_of_burst_then_the_rate_and_a_large_batch_into_debt() {

@@ -595,50 +595,122 @@ pub struct AgentQuery {
     pub limit: u32,
 }
 
-/// What a rebuild starts from: the base retention left (the state after its last purged event)
-/// and the agent's events still in the log after it, in sequence order.
-#[derive(Debug, Default)]
-pub struct History {
-    pub base: Option<(i64, Agent)>,
-    pub events: Vec<(i64, Event)>,
+/// Why a rebuild is not answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Retention purged events of this agent from the range asked for.
+    Purged,
+    /// The agent has more than `max_history_events` events in the log up to there.
+    TooLong,
 }
 
-impl History {
-    /// The state right after `sequence`, or `Err(())` when the log no longer reaches back that
-    /// far (retention purged events of this agent after it).
-    #[allow(clippy::result_unit_err)]
-    pub fn as_of(&self, sequence: i64) -> Result<Option<Agent>, ()> {
-        let base = match &self.base {
-            Some((through, _)) if *through > sequence => return Err(()),
-            Some((_, a)) => Some(a.clone()),
-            None => None,
-        };
-        let upto = self.events.iter().take_while(|(s, _)| *s <= sequence);
-        Ok(agent::fold(base, upto.map(|(s, e)| (*s, e))))
+/// An agent's past, read for a rebuild: the base retention left (the state after its last
+/// purged event), then its events still in the log after it, in sequence order, read
+/// [`REFOLD_PAGE`] at a time — so that a rebuild holds a page of events, never all of them.
+pub struct History<'s> {
+    store: &'s Store,
+    tenant: String,
+    username: String,
+    base: Option<(i64, Agent)>,
+    /// The last sequence read.
+    after: i64,
+    through: i64,
+    /// Most events read.
+    max: usize,
+    read: usize,
+    ended: bool,
+}
+
+impl History<'_> {
+    /// The next page of events; `Ok(None)` at the end.
+    async fn page(&mut self) -> Result<Option<Result<Vec<(i64, Event)>, Refused>>, StoreError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let sql = history_sql(
+            &self.tenant,
+            &self.username,
+            self.after,
+            self.through,
+            REFOLD_PAGE,
+        );
+        let rows = self.store.0.db.query(&sql.sql, &sql.args).await?;
+        self.ended = (rows.len() as i64) < REFOLD_PAGE;
+        let events = parse_events(rows)?;
+        self.read += events.len();
+        if self.read > self.max {
+            return Ok(Some(Err(Refused::TooLong)));
+        }
+        match events.last() {
+            Some((s, _)) => self.after = *s,
+            None => return Ok(None),
+        }
+        Ok(Some(Ok(events)))
     }
 
-    /// The timeline between `since` and `until`, or `Err(())` when retention has purged events
-    /// of this agent from after `since`.
-    #[allow(clippy::result_unit_err)]
-    pub fn timeline(
-        &self,
-        since: Timestamp,
-        until: Option<Timestamp>,
-    ) -> Result<Vec<agent::Interval>, ()> {
-        let base = match &self.base {
-            Some((_, a)) if a.last_event_at > since => return Err(()),
-            Some((_, a)) => Some(a.clone()),
+    /// The state right after `sequence` (`through`, when the history was opened with one).
+    pub async fn as_of(
+        mut self,
+        sequence: i64,
+    ) -> Result<Result<Option<Agent>, Refused>, StoreError> {
+        let mut state = match self.base.take() {
+            Some((through, _)) if through > sequence => return Ok(Err(Refused::Purged)),
+            Some((_, a)) => Some(a),
             None => None,
         };
-        let split = self
-            .events
-            .iter()
-            .position(|(_, e)| e.creation > since)
-            .unwrap_or(self.events.len());
-        let (before, after) = self.events.split_at(split);
-        let start = agent::fold(base, before.iter().map(|(s, e)| (*s, e)));
-        let rest = after.iter().map(|(s, e)| (*s, e));
-        Ok(agent::timeline(start, rest, since, until))
+        while let Some(page) = self.page().await? {
+            let page = match page {
+                Ok(p) => p,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            for (s, e) in page.iter().take_while(|(s, _)| *s <= sequence) {
+                agent::step(&mut state, e, *s);
+            }
+        }
+        Ok(Ok(state))
+    }
+
+    /// The timeline between `since` and `until`; `Ok(Ok(None))` when the agent is unknown.
+    pub async fn timeline(
+        mut self,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<Result<Option<Vec<agent::Interval>>, Refused>, StoreError> {
+        let mut state = match self.base.take() {
+            Some((_, a)) if a.last_event_at > since => return Ok(Err(Refused::Purged)),
+            Some((_, a)) => Some(a),
+            None => None,
+        };
+        let mut known = state.is_some();
+        // The events up to the first one after `since` fold into the state the timeline
+        // starts from; from there on, they make it.
+        let mut line: Option<agent::Timeline> = None;
+        while let Some(page) = self.page().await? {
+            let page = match page {
+                Ok(p) => p,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            known = true;
+            for (s, e) in &page {
+                if line.is_none() && e.creation > since {
+                    line = Some(agent::Timeline::new(state.take(), since, until));
+                }
+                match &mut line {
+                    Some(l) => l.push(*s, e),
+                    None => {
+                        agent::step(&mut state, e, *s);
+                    }
+                }
+            }
+            if line.as_ref().is_some_and(agent::Timeline::ended) {
+                break;
+            }
+        }
+        if !known {
+            return Ok(Ok(None));
+        }
+        let line = line.unwrap_or_else(|| agent::Timeline::new(state, since, until));
+        Ok(Ok(Some(line.finish())))
     }
 }
 
@@ -809,16 +881,16 @@ impl Store {
         self.agents_of(tenant, rows, i64::MAX - 1).await
     }
 
-    /// What rebuilding `username`'s past states takes: its base and its events in the log (up
-    /// to sequence `through`, when given) — or `Ok(None)` when they are more than `max` events
-    /// (`max_history_events`: a rebuild holds them all in memory).
+    /// `username`'s past for a rebuild: its base, then its events in the log (up to sequence
+    /// `through`, when given), read a page at a time; a rebuild that would read more than `max`
+    /// of them (`max_history_events`) is refused.
     pub async fn agent_history(
         &self,
         tenant: &str,
         username: &str,
         through: Option<i64>,
         max: usize,
-    ) -> Result<Option<History>, StoreError> {
+    ) -> Result<History<'_>, StoreError> {
         // A base that does not decode is counted and left out: what was folded into it is
         // purged, so the rebuild starts after it from nothing.
         let mut r = Refold::new(tenant, username, 0);
@@ -829,18 +901,17 @@ impl Store {
                 .await?,
         )?;
         let after = r.after;
-        let base = r.state.map(|a| (after, a));
-        let through = through.unwrap_or(i64::MAX);
-        let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
-        let sql = history_sql(tenant, username, after, through, limit);
-        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
-        if rows.len() > max {
-            return Ok(None);
-        }
-        Ok(Some(History {
-            base,
-            events: parse_events(rows)?,
-        }))
+        Ok(History {
+            store: self,
+            tenant: tenant.to_string(),
+            username: username.to_string(),
+            base: r.state.map(|a| (after, a)),
+            after,
+            through: through.unwrap_or(i64::MAX),
+            max,
+            read: 0,
+            ended: false,
+        })
     }
 
     /// Folds into the agents projection every event it does not hold yet (a log written before

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::{DeliveryStatus, EventQuery};
+use switchboard::store::{DeliveryStatus, EventQuery, Refused};
 
 use crate::support::TestReceiver;
 use crate::support::app::{agent_event, guid};
@@ -122,19 +122,38 @@ async fn agents_outlive_retention_and_rebuilds_start_from_what_it_folded() {
         .unwrap()
         .unwrap();
     assert_eq!((now.activity_code, now.last_sequence), (Some(34), 3));
-    let history = t
-        .store
-        .agent_history("default", "alice", None, usize::MAX)
+    let history = || t.store.agent_history("default", "alice", None, usize::MAX);
+    assert_eq!(
+        history().await.unwrap().as_of(1).await.unwrap(),
+        Err(Refused::Purged),
+        "sequence 1 was folded away"
+    );
+    let at_2 = history()
         .await
         .unwrap()
-        .expect("within the bound");
-    assert!(history.as_of(1).is_err(), "sequence 1 was folded away");
-    let at_2 = history.as_of(2).unwrap().unwrap();
+        .as_of(2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!((at_2.activity_code, at_2.last_sequence), (Some(16), 2));
-    assert_eq!(history.as_of(3).unwrap().unwrap(), now);
+    let at_3 = history().await.unwrap().as_of(3).await.unwrap().unwrap();
+    assert_eq!(at_3, Some(now));
     let ts = |s: &str| switchboard::event::Timestamp::parse(s).unwrap();
-    assert!(history.timeline(ts("20261123080000"), None).is_err());
-    let timeline = history.timeline(ts("20261123080100"), None).unwrap();
+    let too_early = history().await.unwrap();
+    let too_early = too_early
+        .timeline(ts("20261123080000"), None)
+        .await
+        .unwrap();
+    assert_eq!(too_early, Err(Refused::Purged));
+    let timeline = history()
+        .await
+        .unwrap()
+        .timeline(ts("20261123080100"), None)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a known agent");
     let shown: Vec<_> = timeline
         .iter()
         .map(|i| (i.from.to_string(), i.activity_code))
