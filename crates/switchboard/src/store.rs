@@ -37,6 +37,7 @@ mod sqlite;
 mod subscriptions;
 mod tenants;
 mod turn;
+mod usernames;
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -163,22 +164,29 @@ impl Store {
     }
 
     fn from_opened(o: Opened) -> Self {
-        // The writer folds Agent events it deferred under load when asked, now and then.
-        let writer = o.writer.downgrade();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(agents::FOLD_TICK).await;
-                let Some(writer) = writer.upgrade() else {
-                    return;
-                };
-                // A full queue will reach the writer anyway.
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    writer.try_send(Command::FoldAgents)
-                {
-                    return;
+        // The writer folds Agent events it deferred under load when asked, now and then, and
+        // brings the log by username up to date.
+        for (every, command) in [
+            (
+                agents::FOLD_TICK,
+                (|| Command::FoldAgents) as fn() -> Command,
+            ),
+            (usernames::INDEX_TICK, || Command::IndexUsernames),
+        ] {
+            let writer = o.writer.downgrade();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(writer) = writer.upgrade() else {
+                        return;
+                    };
+                    // A full queue will reach the writer anyway.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(command()) {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
         Store(Arc::new(Inner {
             db: o.db,
             dialect: o.dialect,

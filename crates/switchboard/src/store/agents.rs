@@ -26,6 +26,7 @@ use super::command::Command;
 use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, Select, args};
 use super::decide::{IN_LIST, fixed_chunks};
+use super::usernames::{self, Part};
 use super::{Store, StoreError, sql};
 use crate::agent::{self, Agent};
 use crate::event::catalog::AGENT;
@@ -296,70 +297,91 @@ fn undecodable(tenant: &str, username: &str, what: &str, e: &serde_json::Error) 
     metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "agent").increment(1);
 }
 
-/// Agent events read per page when an agent is re-folded from the log.
+/// Agent events read per page when an agent is re-folded or rebuilt from the log.
 const REFOLD_PAGE: i64 = 2_000;
 /// An agent's base (its state after the purged events).
 const BASE_OF: &str =
     "SELECT through_sequence, state FROM agent_bases WHERE tenant_id = $1 AND username = $2";
-/// A page of an agent's events in the log between two sequences (exclusive).
-const EVENTS_OF: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 \
-     AND category = 1 AND username = $2 AND sequence > $3 AND sequence < $4 \
-     ORDER BY sequence LIMIT $5";
 
-/// An agent being re-folded from its base and its events in the log, a page at a time (so that
-/// an agent with a long history takes bounded memory).
-struct Refold {
+/// A walk through one agent's events in the log, a page at a time, in sequence order: from
+/// `events_by_username` up to the tenant's `usernames_through`, then the log's tail after it
+/// (`usernames.rs`) — so that an agent with a long history takes bounded memory, and an agent
+/// with none costs nothing.
+struct Pages {
     tenant: String,
     username: String,
-    state: Option<Agent>,
-    /// The last sequence folded.
+    /// The last sequence read.
     after: i64,
-    /// Fold the events before this one.
-    before: i64,
+    /// Read up to this sequence.
+    through: i64,
+    /// The tenant's `usernames_through`.
+    indexed: i64,
+    part: Part,
+    ended: bool,
 }
 
-impl Refold {
-    fn new(tenant: &str, username: &str, before: i64) -> Self {
-        Refold {
+impl Pages {
+    fn new(tenant: &str, username: &str, after: i64, through: i64, indexed: i64) -> Self {
+        Pages {
             tenant: tenant.to_string(),
             username: username.to_string(),
-            state: None,
-            after: 0,
-            before,
+            after,
+            through,
+            indexed,
+            part: Part::Indexed,
+            ended: false,
         }
     }
 
-    /// Starts from the base row, if any (an undecodable base is counted and left out).
-    fn base(&mut self, row: Option<Row>) -> Result<(), StoreError> {
-        if let Some(mut row) = row {
-            self.after = row.int(0)?;
-            match decode(&row.text(1)?) {
-                Ok(a) => self.state = Some(a),
-                Err(e) => undecodable(&self.tenant, &self.username, "base", &e),
+    fn statement(&self) -> Select<'_> {
+        usernames::page(
+            self.part,
+            "e.sequence, e.body",
+            &self.tenant,
+            &self.username,
+            self.after,
+            self.through,
+            self.indexed,
+            REFOLD_PAGE,
+            |sql| {
+                sql.text(" AND e.category = 1");
+            },
+        )
+    }
+
+    /// The events of the rows [`Pages::statement`] answered (none, at the end of a part).
+    fn take(&mut self, rows: Vec<Row>) -> Result<Vec<(i64, Event)>, StoreError> {
+        if (rows.len() as i64) < REFOLD_PAGE {
+            match self.part {
+                Part::Indexed => self.part = Part::Tail,
+                Part::Tail => self.ended = true,
             }
         }
-        Ok(())
-    }
-
-    fn args(&self) -> Vec<Arg<'_>> {
-        args![
-            self.tenant.as_str(),
-            self.username.as_str(),
-            self.after,
-            self.before,
-            REFOLD_PAGE
-        ]
-        .to_vec()
-    }
-
-    /// Folds a page of events; true if more may follow.
-    fn page(&mut self, rows: Vec<Row>) -> Result<bool, StoreError> {
-        let more = rows.len() as i64 == REFOLD_PAGE;
-        for (sequence, event) in parse_events(rows)? {
-            agent::step(&mut self.state, &event, sequence);
-            self.after = sequence;
+        let events = parse_events(rows)?;
+        if let Some((s, _)) = events.last() {
+            self.after = *s;
         }
-        Ok(more)
+        Ok(events)
+    }
+}
+
+/// An agent's base row, if any, as `(through_sequence, state)`; a state that does not decode is
+/// counted and left out (what was folded into it is purged: a rebuild starts from nothing).
+fn base_of(
+    tenant: &str,
+    username: &str,
+    row: Option<Row>,
+) -> Result<(i64, Option<Agent>), StoreError> {
+    let Some(mut row) = row else {
+        return Ok((0, None));
+    };
+    let through = row.int(0)?;
+    match decode(&row.text(1)?) {
+        Ok(a) => Ok((through, Some(a))),
+        Err(e) => {
+            undecodable(tenant, username, "base", &e);
+            Ok((through, None))
+        }
     }
 }
 
@@ -371,15 +393,25 @@ async fn refold<C: Conn>(
     username: &str,
     before: i64,
 ) -> Result<Option<Agent>, StoreError> {
-    let mut r = Refold::new(tenant, username, before);
     let base = conn.query(BASE_OF, &args![tenant, username]).await?;
-    r.base(base.into_iter().next())?;
-    loop {
-        let rows = conn.query(EVENTS_OF, &r.args()).await?;
-        if !r.page(rows)? {
-            return Ok(r.state);
+    let (after, mut state) = base_of(tenant, username, base.into_iter().next())?;
+    let indexed = match conn
+        .query(usernames::THROUGH, &args![tenant])
+        .await?
+        .first()
+    {
+        Some(row) => row.int(0)?,
+        None => 0,
+    };
+    let mut pages = Pages::new(tenant, username, after, before - 1, indexed);
+    while !pages.ended {
+        let sql = pages.statement();
+        let rows = conn.query(&sql.sql, &sql.args).await?;
+        for (sequence, event) in pages.take(rows)? {
+            agent::step(&mut state, &event, sequence);
         }
     }
+    Ok(state)
 }
 
 fn encode(agent: &Agent) -> String {
@@ -609,43 +641,29 @@ pub enum Refused {
 /// [`REFOLD_PAGE`] at a time — so that a rebuild holds a page of events, never all of them.
 pub struct History<'s> {
     store: &'s Store,
-    tenant: String,
-    username: String,
     base: Option<(i64, Agent)>,
-    /// The last sequence read.
-    after: i64,
-    through: i64,
+    pages: Pages,
     /// Most events read.
     max: usize,
     read: usize,
-    ended: bool,
 }
 
 impl History<'_> {
     /// The next page of events; `Ok(None)` at the end.
     async fn page(&mut self) -> Result<Option<Result<Vec<(i64, Event)>, Refused>>, StoreError> {
-        if self.ended {
-            return Ok(None);
+        while !self.pages.ended {
+            let sql = self.pages.statement();
+            let rows = self.store.0.db.query(&sql.sql, &sql.args).await?;
+            let events = self.pages.take(rows)?;
+            self.read += events.len();
+            if self.read > self.max {
+                return Ok(Some(Err(Refused::TooLong)));
+            }
+            if !events.is_empty() {
+                return Ok(Some(Ok(events)));
+            }
         }
-        let sql = history_sql(
-            &self.tenant,
-            &self.username,
-            self.after,
-            self.through,
-            REFOLD_PAGE,
-        );
-        let rows = self.store.0.db.query(&sql.sql, &sql.args).await?;
-        self.ended = (rows.len() as i64) < REFOLD_PAGE;
-        let events = parse_events(rows)?;
-        self.read += events.len();
-        if self.read > self.max {
-            return Ok(Some(Err(Refused::TooLong)));
-        }
-        match events.last() {
-            Some((s, _)) => self.after = *s,
-            None => return Ok(None),
-        }
-        Ok(Some(Ok(events)))
+        Ok(None)
     }
 
     /// The state right after `sequence` (`through`, when the history was opened with one).
@@ -714,25 +732,6 @@ impl History<'_> {
     }
 }
 
-/// The statement that reads an agent's events after `after` through `through` (at most
-/// `limit`), served by `events_username`: only that agent's entries are read.
-fn history_sql<'a>(
-    tenant: &'a str,
-    username: &'a str,
-    after: i64,
-    through: i64,
-    limit: i64,
-) -> Select<'a> {
-    let mut sql = Select::new("SELECT sequence, body FROM events");
-    sql.push(" WHERE tenant_id = ", tenant)
-        .push(" AND username = ", username)
-        .text(" AND category = 1")
-        .push(" AND sequence > ", after)
-        .push(" AND sequence <= ", through)
-        .push(" ORDER BY sequence LIMIT ", limit);
-    sql
-}
-
 impl Store {
     /// The database's plan for [`Store::agent_history`] (`EXPLAIN`), as
     /// [`Store::list_events_plan`].
@@ -742,8 +741,8 @@ impl Store {
         tenant: &str,
         username: &str,
     ) -> Result<String, StoreError> {
-        self.plan(&history_sql(tenant, username, 0, i64::MAX, 1000))
-            .await
+        let pages = Pages::new(tenant, username, 0, i64::MAX, i64::MAX);
+        self.plan(&pages.statement()).await
     }
 
     /// An agent read from a row `(username, last_sequence, state)`: one whose state does not
@@ -770,19 +769,10 @@ impl Store {
         {
             undecodable(tenant, &username, "state", &e);
         }
-        let mut r = Refold::new(tenant, &username, through.saturating_add(1));
-        r.base(
-            self.0
-                .db
-                .query_one(BASE_OF, &args![tenant, username.as_str()])
-                .await?,
-        )?;
-        loop {
-            let rows = self.0.db.query(EVENTS_OF, &r.args()).await?;
-            if !r.page(rows)? {
-                return Ok(r.state);
-            }
-        }
+        let history = self
+            .agent_history(tenant, &username, Some(through), usize::MAX)
+            .await?;
+        Ok(history.as_of(through).await?.unwrap_or(None))
     }
 
     /// The agents of rows `(username, last_sequence, state, …)`.
@@ -891,26 +881,25 @@ impl Store {
         through: Option<i64>,
         max: usize,
     ) -> Result<History<'_>, StoreError> {
-        // A base that does not decode is counted and left out: what was folded into it is
-        // purged, so the rebuild starts after it from nothing.
-        let mut r = Refold::new(tenant, username, 0);
-        r.base(
-            self.0
-                .db
-                .query_one(BASE_OF, &args![tenant, username])
-                .await?,
-        )?;
-        let after = r.after;
+        let row = self
+            .0
+            .db
+            .query_one(BASE_OF, &args![tenant, username])
+            .await?;
+        let (after, base) = base_of(tenant, username, row)?;
+        let indexed = self.usernames_through(tenant).await?;
         Ok(History {
             store: self,
-            tenant: tenant.to_string(),
-            username: username.to_string(),
-            base: r.state.map(|a| (after, a)),
-            after,
-            through: through.unwrap_or(i64::MAX),
+            base: base.map(|a| (after, a)),
+            pages: Pages::new(
+                tenant,
+                username,
+                after,
+                through.unwrap_or(i64::MAX),
+                indexed,
+            ),
             max,
             read: 0,
-            ended: false,
         })
     }
 

@@ -35,6 +35,8 @@ pub(super) enum Command {
     CatchUpAgents(String, Reply<bool>),
     /// Fold the Agent events the writer has deferred (sent now and then; see `agents.rs`).
     FoldAgents,
+    /// Bring `events_by_username` up to date (sent now and then; see `usernames.rs`).
+    IndexUsernames,
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -97,6 +99,8 @@ pub(super) struct Group {
     pub catch_ups: Vec<(String, Reply<bool>)>,
     /// A `FoldAgents` was among the commands.
     pub folds: bool,
+    /// An `IndexUsernames` was among the commands.
+    pub indexes: bool,
     /// A `Shutdown` was among the commands: this is the last turn.
     pub stopping: bool,
     events: usize,
@@ -154,6 +158,7 @@ impl Group {
             Command::Replay(job, reply) => self.replays.push((job, reply)),
             Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
             Command::FoldAgents => self.folds = true,
+            Command::IndexUsernames => self.indexes = true,
             Command::Shutdown => return true,
         }
         false
@@ -178,6 +183,7 @@ impl Group {
             && self.purges.is_empty()
             && self.replays.is_empty()
             && self.catch_ups.is_empty()
+            && !self.indexes
             && !self.stopping)
     }
 

@@ -35,6 +35,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("system_events", &["id"]),
     ("agents", &["tenant_id", "username"]),
     ("agent_bases", &["tenant_id", "username"]),
+    ("events_by_username", &["tenant_id", "username", "sequence"]),
 ];
 
 /// SQLite tables not copied: sqlx's and the schema's bookkeeping (the target has its own), the

@@ -154,6 +154,9 @@ pub(crate) struct Dialect {
     pub announce: Option<&'static str>,
     /// The tables whose rows a tenant's deletion takes (by `tenant_id`), besides `attempts`.
     pub tenant_tables: &'static [&'static str],
+    /// Ends a `SELECT` that locks the rows it reads, skipping those another transaction holds
+    /// (empty on SQLite, where the writer is alone).
+    pub skip_locked: &'static str,
 }
 
 /// The compiled-in migrations of a backend, as sqlx runs them.

@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use super::db::{Db, Row, Select, args};
+use super::usernames::{self, Part};
 use super::{EventQuery, Store, StoreError, StoredEvent};
 
 fn stored_event(mut r: Row) -> Result<StoredEvent, StoreError> {
@@ -13,33 +14,37 @@ fn stored_event(mut r: Row) -> Result<StoredEvent, StoreError> {
     })
 }
 
-/// The statement of [`Store::list_events`]. `username` is served by `events_username`, `code`
-/// by `events_code` (both ordered by sequence after their key, as the page is).
-fn list_events_sql<'a>(tenant: &'a str, q: &'a EventQuery) -> Select<'a> {
-    let mut sql = Select::new("SELECT sequence, received_at, body FROM events");
-    sql.push(" WHERE tenant_id = ", tenant)
-        .push(" AND sequence > ", q.after);
+/// The filters of a log query other than `username` (and `after`), on `e.` columns.
+fn filters<'a>(q: &'a EventQuery, sql: &mut Select<'a>) {
     if let Some(c) = q.category {
-        sql.push(" AND category = ", i64::from(c));
+        sql.push(" AND e.category = ", i64::from(c));
     }
     if let Some(c) = q.code {
-        sql.push(" AND code = ", i64::from(c));
-    }
-    if let Some(u) = &q.username {
-        sql.push(" AND username = ", u.as_str());
+        sql.push(" AND e.code = ", i64::from(c));
     }
     if let Some(t) = q.since {
-        sql.push(" AND created >= ", t.as_i64());
+        sql.push(" AND e.created >= ", t.as_i64());
     }
     if let Some(t) = q.until {
-        sql.push(" AND created <= ", t.as_i64());
+        sql.push(" AND e.created <= ", t.as_i64());
     }
+}
+
+/// The statement of [`Store::list_events`] without `username` (`code` is served by
+/// `events_code`); with one, see `usernames::page`.
+fn list_events_sql<'a>(tenant: &'a str, q: &'a EventQuery) -> Select<'a> {
+    let mut sql = Select::new("SELECT e.sequence, e.received_at, e.body FROM events e");
+    sql.push(" WHERE e.tenant_id = ", tenant)
+        .push(" AND e.sequence > ", q.after);
+    filters(q, &mut sql);
     if let Some(s) = q.through {
-        sql.push(" AND sequence <= ", s);
+        sql.push(" AND e.sequence <= ", s);
     }
-    sql.push(" ORDER BY sequence LIMIT ", i64::from(q.limit));
+    sql.push(" ORDER BY e.sequence LIMIT ", i64::from(q.limit));
     sql
 }
+
+const COLUMNS: &str = "e.sequence, e.received_at, e.body";
 
 impl Store {
     pub async fn list_events(
@@ -47,9 +52,47 @@ impl Store {
         tenant: &str,
         q: &EventQuery,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = list_events_sql(tenant, q);
-        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
-        rows.into_iter().map(stored_event).collect()
+        let Some(username) = &q.username else {
+            let sql = list_events_sql(tenant, q);
+            let rows = self.0.db.query(&sql.sql, &sql.args).await?;
+            return rows.into_iter().map(stored_event).collect();
+        };
+        let indexed = self.usernames_through(tenant).await?;
+        let through = q.through.unwrap_or(i64::MAX);
+        let limit = i64::from(q.limit);
+        let mut out = Vec::new();
+        for part in [Part::Indexed, Part::Tail] {
+            let left = limit - out.len() as i64;
+            if left <= 0 || (part == Part::Indexed && indexed <= q.after) {
+                continue;
+            }
+            let sql = usernames::page(
+                part,
+                COLUMNS,
+                tenant,
+                username,
+                q.after,
+                through,
+                indexed,
+                left,
+                |sql| filters(q, sql),
+            );
+            let rows = self.0.db.query(&sql.sql, &sql.args).await?;
+            for row in rows {
+                out.push(stored_event(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How far `tenant`'s events are in `events_by_username` (see `usernames.rs`).
+    pub(super) async fn usernames_through(&self, tenant: &str) -> Result<i64, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(usernames::THROUGH, &args![tenant])
+            .await?;
+        row.map_or(Ok(0), |r| r.int(0))
     }
 
     /// The database's plan for [`Store::list_events`] (`EXPLAIN`), one line per step: for the
@@ -60,7 +103,20 @@ impl Store {
         tenant: &str,
         q: &EventQuery,
     ) -> Result<String, StoreError> {
-        let sql = list_events_sql(tenant, q);
+        let sql = match &q.username {
+            None => list_events_sql(tenant, q),
+            Some(username) => usernames::page(
+                Part::Indexed,
+                COLUMNS,
+                tenant,
+                username,
+                q.after,
+                q.through.unwrap_or(i64::MAX),
+                i64::MAX,
+                i64::from(q.limit),
+                |sql| filters(q, sql),
+            ),
+        };
         self.plan(&sql).await
     }
 

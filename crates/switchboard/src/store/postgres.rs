@@ -5,7 +5,7 @@
 //! are assigned, so sequences stay strictly increasing and a duplicate `Id` posted to two nodes
 //! at once is seen by the second; claims lock rows with `FOR UPDATE SKIP LOCKED`, so nodes never
 //! claim the same delivery; a commit that made deliveries due sends `NOTIFY`, and every node's
-//! listener wakes its dispatcher; migrations run under sqlx's advisory lock.
+//! listener wakes its dispatcher; migrations run under an advisory lock of our own (`migrate`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -75,13 +75,8 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         11,
-        "events_username",
-        include_str!("migrations/postgres/0011_events_username.sql"),
-    ),
-    (
-        12,
         "events_code",
-        include_str!("migrations/postgres/0012_events_code.sql"),
+        include_str!("migrations/postgres/0011_events_code.sql"),
     ),
 ];
 
@@ -120,6 +115,9 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let unknown = db::judge_schema(&applied, &allowed, MIGRATIONS)?;
     let mut migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
     migrator.set_ignore_missing(!unknown.is_empty());
+    // Nodes take turns under `MIGRATE_LOCK` instead of sqlx's lock, which waits inside a
+    // statement (see `migrate`).
+    migrator.set_locking(false);
     migrate(&read, &migrator).await?;
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -150,7 +148,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
 
 /// Indexes built by a migration outside a transaction (`CREATE INDEX CONCURRENTLY`): one whose
 /// build was stopped midway is left invalid, and `IF NOT EXISTS` would keep it.
-const CONCURRENT_INDEXES: [&str; 2] = ["events_username", "events_code"];
+const CONCURRENT_INDEXES: [&str; 1] = ["events_code"];
 /// The advisory lock nodes take around [`migrate`] (sqlx's migrator takes its own inside).
 const MIGRATE_LOCK: i64 = 0x5377_6974_6368_6d67;
 
@@ -158,10 +156,19 @@ const MIGRATE_LOCK: i64 = 0x5377_6974_6368_6d67;
 /// lock of our own, so that no node drops an index another node is still building.
 async fn migrate(read: &sqlx::PgPool, migrator: &Migrator) -> Result<(), StoreError> {
     let mut conn = read.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATE_LOCK)
-        .execute(&mut *conn)
-        .await?;
+    // Taken by polling, not by waiting in a statement: `CREATE INDEX CONCURRENTLY` waits for
+    // every transaction in progress to end, a statement blocked on the lock included — which
+    // would wait for the index in turn.
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let done = clean_and_migrate(read, migrator, &mut conn).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATE_LOCK)

@@ -155,6 +155,13 @@ async fn events_batch<C: Conn>(
         );
         conn.execute(&ids.sql, &ids.args).await?;
     }
+    // By key (tenant, username, sequence): the usernames from the events about to go.
+    let by_username = list(
+        "DELETE FROM events_by_username WHERE tenant_id = $1 AND (username, sequence) IN \
+         (SELECT username, sequence FROM events WHERE username IS NOT NULL AND tenant_id = ",
+        ")",
+    );
+    conn.execute(&by_username.sql, &by_username.args).await?;
     let events = list("DELETE FROM events WHERE tenant_id = ", "");
     step.purged.events = conn.execute(&events.sql, &events.args).await?;
     super::agents::fold_purged(conn, tenant, &agent_events).await?;

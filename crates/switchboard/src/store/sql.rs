@@ -63,7 +63,9 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "system_events",
         "agents",
         "agent_bases",
+        "events_by_username",
     ],
+    skip_locked: "",
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
@@ -95,7 +97,9 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "system_events",
         "agents",
         "agent_bases",
+        "events_by_username",
     ],
+    skip_locked: " FOR UPDATE SKIP LOCKED",
 };
 
 /// A multi-row statement: `head`, `rows` tuples of `columns` placeholders numbered from

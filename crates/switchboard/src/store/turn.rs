@@ -10,6 +10,8 @@
 //!    the pending ones before it), its agents projection (folded now, or deferred while the
 //!    writer is busy: `agents.rs`) and its new last sequence;
 //! 3. when a `FoldAgents` came, or the writer is stopping, fold the deferred Agent events;
+//!    when an `IndexUsernames` came, copy the new events into `events_by_username`
+//!    (`usernames.rs`);
 //! 4. write back finished attempts, their deliveries' new state, and each subscription's health
 //!    as its policy decides, with the notices it raises (System events);
 //! 5. store System events and their deliveries;
@@ -43,7 +45,7 @@ use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
-    agents, sql,
+    agents, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
@@ -105,6 +107,9 @@ async fn write<C: Conn>(
     let added = ingest(conn, &group.jobs(), now, &mut done, deferred).await?;
     if group.folds || group.stopping {
         agents::fold_deferred(conn, deferred).await?;
+    }
+    if group.indexes {
+        usernames::index(conn).await?;
     }
     let outcomes = group.sorted_outcomes();
     done.expired = outcomes
