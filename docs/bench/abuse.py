@@ -79,6 +79,7 @@ class Abuse:
         self.threads = []
         self.sockets = []
         self.counts = {}
+        self.cleanups = []
 
     def loop(self, name, n, fn):
         def run():
@@ -102,6 +103,8 @@ class Abuse:
                 pass
         for t in self.threads:
             t.join(timeout=70)
+        for cleanup in self.cleanups:
+            cleanup()
         return self.counts
 
 
@@ -163,12 +166,17 @@ def slowloris(abuse, _b_keys):
 def subscriptions(abuse, b_key):
     # Subscriptions with the most usernames a filter holds, and B posting to them.
     names = [f"user-{i}" for i in range(1000)]
-    made = 0
+    made = []
     for i in range(30):
-        status, _ = request("POST", "/v1/tenants/b/subscriptions", {
+        status, payload = request("POST", "/v1/tenants/b/subscriptions", {
             "url": "http://127.0.0.1:9/", "filter": {"usernames": names}}, key=b_key)
-        made += status == 201
-    abuse.counts[("subscriptions", "201")] = made
+        if status == 201:
+            made.append(json.loads(payload)["id"])
+    abuse.counts[("subscriptions", "201")] = len(made)
+    # Deleted at the end, with their deliveries: the next scenario starts clean.
+    abuse.cleanups.extend(
+        (lambda i=i: request("DELETE", f"/v1/tenants/b/subscriptions/{i}", key=b_key))
+        for i in made)
     batch = lambda: [status_event(n, f"user-{n % 1000}") for n in range(100)]
     abuse.loop("b-posts", 2, lambda: request(
         "POST", "/v1/tenants/b/events", batch(), key=b_key)[0])
