@@ -20,10 +20,10 @@ pub mod code {
     pub const RELEASED_WORK_ITEM: u32 = 8;
 }
 
-/// One agent's state: the agent object of the API. It is read back only from the store (the
-/// API never accepts one), and that read is tolerant (DESIGN §15): unknown fields are ignored,
-/// absent optional ones are `None`; a row missing what is required does not decode and the
-/// agent is re-folded from the log (`store::agents`).
+// Read back only from the store (the API never accepts one), and that read is tolerant (DESIGN
+// §15): unknown fields are ignored, absent optional ones are `None`; a row missing what is
+// required does not decode and the agent is re-folded from the log (`store::agents`).
+/// One agent's state: the agent object of the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     pub username: String,
