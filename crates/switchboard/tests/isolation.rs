@@ -204,7 +204,6 @@ async fn a_timeline_of_200000_events_is_paged_within_bounded_memory() {
     let data = TestData::new().await;
     let server = Server::start(&data);
     let client = reqwest::Client::new();
-    let url = format!("{}/v1/tenants/default/events", server.base);
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
         let batch: Vec<Value> = chunk
             .iter()
@@ -217,13 +216,9 @@ async fn a_timeline_of_200000_events_is_paged_within_bounded_memory() {
                 e
             })
             .collect();
-        let r = client
-            .post(&url)
-            .bearer_auth(ADMIN_KEY)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap();
+        let r = server
+            .post(&client, "/v1/tenants/default/events", &Value::Array(batch))
+            .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
     let pid = server.child.id();

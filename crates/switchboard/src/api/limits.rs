@@ -214,12 +214,13 @@ mod tests {
 
         // No limit: nothing waits.
         let free = Reads::new(0, Duration::from_secs(10));
-        let held: Vec<_> = futures_join(&free, 50).await;
+        let held: Vec<_> = enter_many(&free, 50).await;
         assert_eq!(held.len(), 50);
         assert_eq!(tokio::time::Instant::now(), ended);
     }
 
-    async fn futures_join(reads: &Reads, n: usize) -> Vec<ReadTurn> {
+    /// `n` turns of tenant `a`, one after the other.
+    async fn enter_many(reads: &Reads, n: usize) -> Vec<ReadTurn> {
         let mut out = Vec::new();
         for _ in 0..n {
             out.push(reads.enter("a").await.unwrap());

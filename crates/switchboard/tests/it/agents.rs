@@ -547,12 +547,7 @@ async fn a_stored_agent_that_does_not_decode_is_refolded_from_the_log() {
     )
     .await;
     assert_eq!(changes["data"], json!([expected[0], expected[2]]));
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("switchboard_undecodable_rows_total{kind=\"agent\"}"),
         "{metrics}"

@@ -99,12 +99,7 @@ async fn stored_subscriptions_are_read_tolerantly_and_a_garbage_one_harms_only_i
     let test = app.act(&broken, "test", None).await;
     let p = problem(test, StatusCode::CONFLICT).await;
     assert!(p["detail"].as_str().unwrap().contains("PATCH"), "{p}");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("switchboard_undecodable_rows_total{kind=\"subscription\"}"),
         "{metrics}"

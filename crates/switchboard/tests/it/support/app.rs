@@ -133,6 +133,12 @@ impl TestApp {
         self.call(Method::GET, path, key, None).await
     }
 
+    /// The text `/metrics` answers (public by default).
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// Posts events to `tenant` as the admin.
     pub async fn publish(&self, tenant: &str, body: &Value) -> Response {
         self.call(
