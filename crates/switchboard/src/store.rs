@@ -104,6 +104,9 @@ struct Inner {
     dialect: &'static Dialect,
     /// The writer's queue.
     writer: mpsc::Sender<Command>,
+    /// On PostgreSQL, a second writer's queue, for the dispatcher's claims and outcomes: its
+    /// turns run on a connection of their own, beside ingest's (see `postgres/writer.rs`).
+    deliveries: Option<mpsc::Sender<Command>>,
     /// Signalled after a commit that made deliveries due, to wake the dispatcher.
     wake: Arc<Notify>,
     /// Bumped after events were committed (on PostgreSQL, by any node): streams read on.
@@ -121,6 +124,8 @@ struct Inner {
     keys: KeyCache,
     /// Resolves when the writer has committed its last turn and closed its connection.
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    /// The same for the deliveries' writer.
+    deliveries_done: Mutex<Option<oneshot::Receiver<()>>>,
     /// False while the writer's last turn failed because the database could not be written.
     writable: Arc<std::sync::atomic::AtomicBool>,
     /// SQLite's: the `Id`s of recent events, not yet in `event_ids` (see `sqlite/ids.rs`).
@@ -132,6 +137,8 @@ struct Opened {
     db: Db,
     dialect: &'static Dialect,
     writer: mpsc::Sender<Command>,
+    /// PostgreSQL's deliveries' writer: its queue, and what resolves when it has stopped.
+    deliveries: Option<(mpsc::Sender<Command>, oneshot::Receiver<()>)>,
     wake: Arc<Notify>,
     writer_done: oneshot::Receiver<()>,
     writable: Arc<std::sync::atomic::AtomicBool>,
@@ -187,10 +194,13 @@ impl Store {
                 }
             });
         }
+        let (deliveries, deliveries_done) = o.deliveries.unzip();
         Store(Arc::new(Inner {
             db: o.db,
             dialect: o.dialect,
             writer: o.writer,
+            deliveries,
+            deliveries_done: Mutex::new(deliveries_done),
             wake: o.wake,
             commits: std::sync::Mutex::default(),
             undecodable: std::sync::Mutex::default(),
@@ -209,11 +219,25 @@ impl Store {
         cmd: Command,
         answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.0
-            .writer
-            .send(cmd)
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        Self::turn_on(&self.0.writer, cmd, answer).await
+    }
+
+    /// The same on the writer of claims and outcomes (PostgreSQL's second writer, or the one).
+    async fn delivery_turn<T>(
+        &self,
+        cmd: Command,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let writer = self.0.deliveries.as_ref().unwrap_or(&self.0.writer);
+        Self::turn_on(writer, cmd, answer).await
+    }
+
+    async fn turn_on<T>(
+        writer: &mpsc::Sender<Command>,
+        cmd: Command,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        writer.send(cmd).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -281,13 +305,14 @@ impl Store {
             lease_until,
             now,
         };
-        self.turn(Command::Claim(job, reply), answer).await
+        self.delivery_turn(Command::Claim(job, reply), answer).await
     }
 
     /// Writes back finished attempts with their deliveries' new state.
     pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.turn(Command::Record(outcomes, reply), answer).await
+        self.delivery_turn(Command::Record(outcomes, reply), answer)
+            .await
     }
 
     /// Stores a System event and a delivery of it to each of its subscriptions; returns those
@@ -299,6 +324,16 @@ impl Store {
 
     /// Commits what is queued and closes the database.
     pub async fn close(&self) {
+        let done = self
+            .0
+            .deliveries_done
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let (Some(done), Some(writer)) = (done, &self.0.deliveries) {
+            let _ = writer.send(Command::Shutdown).await;
+            let _ = done.await;
+        }
         let done = self.0.writer_done.lock().ok().and_then(|mut t| t.take());
         if let Some(done) = done {
             let _ = self.0.writer.send(Command::Shutdown).await;

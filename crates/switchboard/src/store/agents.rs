@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::command::Command;
 use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, Select, args};
-use super::decide::{IN_LIST, fixed_chunks};
+use super::decide::IN_LIST;
 use super::usernames::{self, Part};
 use super::{Store, StoreError, sql};
 use crate::agent::{self, Agent};
@@ -496,29 +496,27 @@ async fn write<C: Conn>(
         .iter()
         .map(|(a, through)| (a, encode(a), *through))
         .collect();
-    for chunk in fixed_chunks(&rows) {
-        let statement = match table {
-            Table::Live => &sql::UPSERT_AGENTS,
-            Table::Base => &sql::UPSERT_AGENT_BASES,
-        };
-        let mut values = Vec::with_capacity(chunk.len() * statement.columns);
-        for (a, json, through) in chunk {
-            match table {
-                Table::Live => values.extend(args![
-                    tenant,
-                    a.username.as_str(),
-                    a.last_sequence,
-                    a.signed_in,
-                    a.availability_code,
-                    json.as_str(),
-                ]),
-                Table::Base => {
-                    values.extend(args![tenant, a.username.as_str(), *through, json.as_str()])
-                }
+    let statement = match table {
+        Table::Live => &sql::UPSERT_AGENTS,
+        Table::Base => &sql::UPSERT_AGENT_BASES,
+    };
+    let mut values = Vec::with_capacity(rows.len() * statement.columns);
+    for (a, json, through) in &rows {
+        match table {
+            Table::Live => values.extend(args![
+                tenant,
+                a.username.as_str(),
+                a.last_sequence,
+                a.signed_in,
+                a.availability_code,
+                json.as_str(),
+            ]),
+            Table::Base => {
+                values.extend(args![tenant, a.username.as_str(), *through, json.as_str()])
             }
         }
-        conn.execute(&statement.text(chunk.len()), &values).await?;
     }
+    conn.insert(statement, &values).await?;
     Ok(())
 }
 

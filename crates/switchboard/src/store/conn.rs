@@ -9,7 +9,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::db::{Arg, Dialect, Row};
-use super::decide::OutboxSub;
+use super::decide::{INSERT_CHUNKS, OutboxSub};
+use super::sql::MultiRow;
 use super::{Outcome, StoreError};
 
 /// What a writer remembers of the enabled subscriptions between turns, by tenant and id: each
@@ -42,6 +43,17 @@ pub(super) trait Conn {
         tenant: &str,
         sequences: &[i64],
     ) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    /// Inserts the rows of `statement` whose values, `statement.columns` a row, are `values`.
+    /// By default (SQLite) in chunks of the sizes of `INSERT_CHUNKS`, each one of a few
+    /// prepared statements; PostgreSQL's writer sends one statement joining one array per
+    /// column, however many rows: one round trip.
+    async fn insert(
+        &mut self,
+        statement: &'static MultiRow,
+        values: &[Arg<'_>],
+    ) -> Result<u64, StoreError> {
+        insert_chunked(self, statement, values).await
+    }
     /// The new state of each outcome's delivery (see `decide::delivery_state`).
     async fn update_deliveries(
         &mut self,
@@ -53,4 +65,23 @@ pub(super) trait Conn {
 /// A stored row that does not decode.
 pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(format!("a stored row does not decode: {e}"))
+}
+
+/// [`Conn::insert`] in chunks of the sizes of [`INSERT_CHUNKS`].
+pub(super) async fn insert_chunked<C: Conn + ?Sized>(
+    conn: &mut C,
+    statement: &'static MultiRow,
+    values: &[Arg<'_>],
+) -> Result<u64, StoreError> {
+    let columns = statement.columns;
+    let (mut rest, mut inserted) = (values, 0);
+    for size in INSERT_CHUNKS {
+        while rest.len() >= size * columns {
+            let (chunk, tail) = rest.split_at(size * columns);
+            inserted += conn.execute(&statement.text(size), chunk).await?;
+            rest = tail;
+        }
+    }
+    debug_assert!(rest.is_empty(), "values are not whole rows");
+    Ok(inserted)
 }

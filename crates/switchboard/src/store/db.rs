@@ -148,9 +148,9 @@ pub(crate) struct Dialect {
     pub lock_health: &'static str,
     /// The claim of due deliveries, with the dialect's row locking.
     pub claim: &'static str,
-    /// Run in a transaction that made deliveries due, to wake other nodes.
-    pub notify: Option<&'static str>,
-    /// Tells the other nodes that a `Change` (`$1`, its name) happened.
+    /// Tells the other nodes that a `Change` (`$1`, its name) happened (PostgreSQL). The
+    /// writer's turn sends its own notifications (deliveries due, a tenant's events) in one
+    /// statement: `sql::notify_each`.
     pub announce: Option<&'static str>,
     /// The tables whose rows a tenant's deletion takes (by `tenant_id`), besides `attempts`.
     pub tenant_tables: &'static [&'static str],

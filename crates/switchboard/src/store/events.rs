@@ -120,6 +120,43 @@ impl Store {
         self.plan(&sql).await
     }
 
+    /// On PostgreSQL, the database's plans (`EXPLAIN`) for the writer's lookups of `tenant`'s
+    /// stored events by 256 `Id`s and by 256 sequences (a busy turn's), one line per step, the two separated by a
+    /// blank line; empty on SQLite. For the test that checks they probe an index whatever the
+    /// statistics say.
+    #[doc(hidden)]
+    pub async fn writer_lookup_plans(&self, tenant: &str) -> Result<String, StoreError> {
+        let Db::Postgres(pool) = &self.0.db else {
+            return Ok(String::new());
+        };
+        let ids: Vec<String> = (0..256).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let sequences: Vec<i64> = (1..=256).collect();
+        let explain = |sql: &str| format!("EXPLAIN {sql}");
+        let (by_id, by_sequence) = (
+            explain(super::postgres::FIND_STORED),
+            explain(super::postgres::CLAIMED_BODIES),
+        );
+        let by_id: Vec<(String,)> = sqlx::query_as(&by_id)
+            .bind(tenant)
+            .bind(&ids)
+            .fetch_all(pool)
+            .await
+            .map_err(super::db::sqlx_error)?;
+        let by_sequence: Vec<(String,)> = sqlx::query_as(&by_sequence)
+            .bind(tenant)
+            .bind(&sequences)
+            .fetch_all(pool)
+            .await
+            .map_err(super::db::sqlx_error)?;
+        let lines = |rows: Vec<(String,)>| {
+            rows.into_iter()
+                .map(|(l,)| l)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        Ok(format!("{}\n\n{}", lines(by_id), lines(by_sequence)))
+    }
+
     /// `EXPLAIN` of a statement, one line per step.
     pub(super) async fn plan(&self, sql: &Select<'_>) -> Result<String, StoreError> {
         let (explain, column) = match self.0.db {

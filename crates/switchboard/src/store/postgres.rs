@@ -119,13 +119,32 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     // statement (see `migrate`).
     migrator.set_locking(false);
     migrate(&read, &migrator).await?;
+    // The writers' statements are planned for the arguments of each execution, not once for
+    // all: a plan cached while a table was small (a new deployment) stays the one it chose then
+    // — a scan of the whole table for each batch of keys — until the next ANALYZE, and the
+    // writer's statements are all key lookups whose right plan does not depend on the arguments
+    // but on the table's size now.
+    let connect = connect.options([("plan_cache_mode", "force_custom_plan")]);
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Notify::new());
     let writable = Arc::new(AtomicBool::new(true));
     let done = writer::spawn(
-        connect,
+        connect.clone(),
         conn,
+        rx,
+        wake.clone(),
+        options.clone(),
+        writable.clone(),
+    );
+    // The dispatcher's claims and outcomes get a writer of their own: on one connection, a turn
+    // of ingest (which waits for the disk) and a turn of claims and outcomes would take turns;
+    // on two they overlap, as two nodes' would. Nothing of either needs the other's turn: a
+    // claim locks what it takes (`SKIP LOCKED`), every node already writes beside the others.
+    let (deliveries, rx) = mpsc::channel(QUEUE_DEPTH);
+    let deliveries_done = writer::spawn(
+        connect.clone(),
+        PgConnection::connect_with(&connect).await?,
         rx,
         wake.clone(),
         options.clone(),
@@ -137,6 +156,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
         db: Db::Postgres(read),
         dialect: &sql::POSTGRES,
         writer: tx,
+        deliveries: Some((deliveries, deliveries_done)),
         wake,
         writer_done: done,
         writable,
@@ -261,3 +281,6 @@ async fn listen(mut listener: PgListener, store: Store) {
 }
 
 mod writer;
+
+/// The writer's lookups of stored events by keys (for `Store::writer_lookup_plans`).
+pub(super) use writer::{CLAIMED_BODIES, FIND_STORED};

@@ -34,6 +34,14 @@ const LOCK_TENANT: &str = "SELECT last_sequence, agents_through FROM tenants WHE
 const LOCK_HEALTH: &str =
     "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1";
 
+/// Sends the `n` notifications `$1` … `$n` (PostgreSQL) in one statement.
+pub fn notify_each(n: usize) -> String {
+    let calls: Vec<String> = (1..=n)
+        .map(|i| format!("pg_notify('switchboard', ${i})"))
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
 /// The notification payload that says deliveries became due (dispatchers wake).
 pub const DUE: &str = "due";
 /// The prefix of the payload that says a tenant's events were committed (its streams wake):
@@ -51,7 +59,6 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "DELETE FROM write_probe WHERE at < $1",
     ],
     claim: claim_sql!(""),
-    notify: None,
     // One process owns an SQLite database: nobody else to tell.
     announce: None,
     tenant_tables: &[
@@ -87,7 +94,6 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "INSERT INTO write_probe (at, filler) VALUES ($1, '\\x00')",
         "DELETE FROM write_probe WHERE at < $1",
     ],
-    notify: Some("SELECT pg_notify('switchboard', 'due')"),
     announce: Some("SELECT pg_notify('switchboard', $1)"),
     tenant_tables: &[
         "api_keys",
@@ -127,6 +133,25 @@ impl MultiRow {
     fn build(&self, rows: usize) -> String {
         let values = values(rows, self.columns, self.first);
         format!("{}{values}{}", self.head, self.tail)
+    }
+
+    /// The same statement taking one array a column, `$1` to `$columns`, of the PostgreSQL
+    /// types `types` (`int8`, `text`, …), joined with `unnest`: one text for any number of
+    /// rows. Only for statements whose placeholders start at `$1`.
+    pub fn unnest(&self, types: &[&str]) -> String {
+        debug_assert_eq!((self.first, types.len()), (1, self.columns));
+        let head = self
+            .head
+            .strip_suffix("VALUES ")
+            .expect("a multi-row head ends in VALUES");
+        let arrays: Vec<String> = (types.iter().enumerate())
+            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .collect();
+        format!(
+            "{head}SELECT * FROM unnest({}){}",
+            arrays.join(", "),
+            self.tail
+        )
     }
 
     /// The statement for `rows` rows.

@@ -128,6 +128,7 @@ pub(super) async fn open(
         db: Db::Sqlite(read),
         dialect: &sql::SQLITE,
         writer: tx,
+        deliveries: None,
         wake,
         writer_done: done,
         writable,

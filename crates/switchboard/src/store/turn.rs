@@ -42,7 +42,7 @@ use super::agents::Deferred;
 use super::command::{ClaimJob, Committed, Group, ReplayJob, ReplayStep};
 use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, args};
-use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored, fixed_chunks};
+use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
     agents, sql, usernames,
@@ -139,18 +139,22 @@ async fn write<C: Conn>(
     }
     done.deliveries_added =
         added || replayed || !group.outcomes.is_empty() || !group.system.is_empty();
-    if let (true, Some(notify)) = (done.deliveries_added, conn.dialect().notify) {
-        // Other nodes' dispatchers wake when this commits.
-        conn.execute(notify, &[]).await?;
-    }
-    if let Some(announce) = conn.dialect().announce {
-        // And the streams of the tenants whose events (or agents) changed, theirs only.
+    if conn.dialect().announce.is_some() {
+        // On PostgreSQL, in one statement: other nodes' dispatchers wake when this commits, if
+        // deliveries may have become due; and the streams of the tenants whose events (or
+        // agents) changed, theirs only.
         let tenants: BTreeSet<&str> = (done.new_ids.iter().map(|(t, _)| t.as_str()))
             .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
             .collect();
-        for tenant in tenants {
-            let payload = format!("{}{tenant}", sql::EVENTS_OF);
-            conn.execute(announce, &args![payload.as_str()]).await?;
+        let mut payloads: Vec<String> = Vec::with_capacity(tenants.len() + 1);
+        if done.deliveries_added {
+            payloads.push(sql::DUE.to_string());
+        }
+        payloads.extend(tenants.iter().map(|t| format!("{}{t}", sql::EVENTS_OF)));
+        if !payloads.is_empty() {
+            let values: Vec<Arg> = payloads.iter().map(|p| Arg::from(p.as_str())).collect();
+            conn.execute(&sql::notify_each(payloads.len()), &values)
+                .await?;
         }
     }
     Ok(done)
@@ -192,9 +196,7 @@ async fn ingest<C: Conn>(
         }
     }
     let decided = decide::decide_ingests(jobs, last.clone(), &stored, Timestamp::now());
-    for chunk in fixed_chunks(&decided.added) {
-        insert_events(conn, chunk, now).await?;
-    }
+    insert_events(conn, &decided.added, now).await?;
     // Per tenant with new events: their outbox rows, and its new last sequence.
     let mut deliveries = 0;
     for (&tenant, &seq) in &decided.advanced {
@@ -208,12 +210,8 @@ async fn ingest<C: Conn>(
         }
         let (coalesced, plain): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(NewDelivery::coalesces);
-        for chunk in fixed_chunks(&plain) {
-            insert_deliveries(conn, chunk, now, None).await?;
-        }
-        for chunk in fixed_chunks(&coalesced) {
-            insert_deliveries(conn, chunk, now, None).await?;
-        }
+        insert_deliveries(conn, &plain, now, None).await?;
+        insert_deliveries(conn, &coalesced, now, None).await?;
         deliveries += plain.len() + coalesced.len();
         let events: Vec<(i64, &Event)> = decided
             .added
@@ -262,8 +260,7 @@ async fn insert_events<C: Conn>(
             body.as_str(),
         ]);
     }
-    conn.execute(&sql::INSERT_EVENTS.text(rows.len()), &values)
-        .await?;
+    conn.insert(&sql::INSERT_EVENTS, &values).await?;
     Ok(())
 }
 
@@ -387,11 +384,8 @@ async fn replay<C: Conn>(
         let (_, replaced) = supersede(conn, d, now).await?;
         d.superseded += replaced;
     }
-    for chunk in fixed_chunks(&rows) {
-        let values = delivery_values(chunk, now, None, true);
-        conn.execute(&sql::REPLAY_DELIVERIES.text(chunk.len()), &values)
-            .await?;
-    }
+    let values = delivery_values(&rows, now, None, true);
+    conn.insert(&sql::REPLAY_DELIVERIES, &values).await?;
     Ok(ReplayStep {
         requeued: rows.len() as u64,
         next,
@@ -412,7 +406,7 @@ async fn insert_deliveries<C: Conn>(
         true => &sql::INSERT_COALESCED_DELIVERIES,
         false => &sql::INSERT_DELIVERIES,
     };
-    conn.execute(&statement.text(rows.len()), &values).await?;
+    conn.insert(statement, &values).await?;
     Ok(())
 }
 
@@ -453,13 +447,11 @@ async fn record<C: Conn>(
     policy: &Policy,
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in fixed_chunks(outcomes) {
-        let mut values = Vec::with_capacity(chunk.len() * sql::INSERT_ATTEMPTS.columns);
+    if !outcomes.is_empty() {
+        let mut values = Vec::with_capacity(outcomes.len() * sql::INSERT_ATTEMPTS.columns);
         // An expired delivery ends without an attempt.
-        let attempted = chunk.iter().filter(|o| o.next != NextState::Expired);
-        let mut n = 0;
+        let attempted = outcomes.iter().filter(|o| o.next != NextState::Expired);
         for o in attempted {
-            n += 1;
             values.extend(args![
                 o.delivery_id,
                 i64::from(o.attempt),
@@ -470,10 +462,8 @@ async fn record<C: Conn>(
                 &o.response_body,
             ]);
         }
-        if n > 0 {
-            conn.execute(&sql::INSERT_ATTEMPTS.text(n), &values).await?;
-        }
-        conn.update_deliveries(now, chunk).await?;
+        conn.insert(&sql::INSERT_ATTEMPTS, &values).await?;
+        conn.update_deliveries(now, outcomes).await?;
     }
     for outcomes in outcomes.chunk_by(|a, b| a.subscription_id == b.subscription_id) {
         let sub = outcomes[0].subscription_id.as_str();

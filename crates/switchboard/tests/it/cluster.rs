@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-use crate::support::TestReceiver;
 use crate::support::app::{ADMIN_KEY, agent_event, guid};
 use crate::support::db::{TestData, old_postgres};
 use crate::support::process::{Server, post_to};
 use crate::support::receiver::{eventually_within, unique_ids};
+use crate::support::{TestApp, TestReceiver};
 
 /// Posts `events` in batches of 25, round-robin over `nodes`, four batches at a time.
 async fn publish_round_robin(client: &reqwest::Client, nodes: &[String], events: &[Value]) {
@@ -286,3 +286,71 @@ async fn a_key_deleted_on_one_node_stops_working_on_the_others() {
     )
     .await;
 }
+
+/// On PostgreSQL a node's claims and outcomes have a writer, and a connection, of their own: an
+/// ingest turn that waits (here on its tenant's row, which another session holds, as another
+/// node's long turn would) does not hold up the delivery of what was stored before it.
+#[tokio::test]
+async fn deliveries_are_recorded_while_an_ingest_turn_waits() {
+    let app = TestApp::spawn_in(TestData::postgres().await).await;
+    // The first attempt is held a while by the receiver: it is in flight when ingest starts
+    // to wait, and its outcome comes back while ingest still waits.
+    let rx = TestReceiver::with(|n, _| {
+        let hold = if n == 0 { 1500 } else { 0 };
+        (200, Duration::from_millis(hold))
+    })
+    .await;
+    let sub = app.subscribe(json!({"url": rx.url("/")})).await;
+    let sub = sub["id"].as_str().unwrap().to_string();
+    app.publish_ok("default", &agent_event(&guid(), 1, "a1"))
+        .await;
+    rx.wait_for(1).await;
+
+    let url = app.data.database_url();
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM tenants WHERE id = 'default' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (client, base) = (reqwest::Client::new(), app.url(""));
+    let second = agent_event(&guid(), 3, "a1");
+    let post = tokio::spawn(async move {
+        post_to(&client, &base, "/v1/tenants/default/events", &second)
+            .await
+            .status()
+    });
+    // The node's ingest waits on the row.
+    eventually_within(
+        "the ingest turn to wait on the tenant's row",
+        LIMIT,
+        || async {
+            let mut watch = PgConnection::connect(&url).await.unwrap();
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // Meanwhile the first event's outcome is written.
+    eventually_within("the first delivery recorded", LIMIT, || async {
+        (app.deliveries(&sub, Some("succeeded")).await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(!post.is_finished(), "the second POST waited all along");
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(post.await.unwrap(), StatusCode::ACCEPTED);
+    rx.wait_for(2).await;
+    app.stop().await;
+}
+
+/// Long enough for a loaded machine; the first delivery is recorded within about 1.5 s.
+const LIMIT: Duration = Duration::from_secs(20);

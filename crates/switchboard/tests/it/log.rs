@@ -238,3 +238,42 @@ async fn username_and_code_queries_and_agent_histories_are_served_by_an_index() 
     db.close().await;
     store.close().await;
 }
+
+/// The writer's lookups by key on PostgreSQL — stored events by the `Id`s a request gave, the
+/// bodies of claimed deliveries by sequence — probe an index for each key whatever the table's
+/// statistics say. Here the log grew to 20,000 events with no ANALYZE since it was empty (as in
+/// a new deployment's first minute): joined plainly, the planner hashed the tenant's whole log
+/// for each batch of keys, and each turn cost more than the last.
+#[tokio::test]
+async fn the_writers_lookups_probe_an_index_whatever_the_statistics_say() {
+    use switchboard::event::{Catalog, parse_batch};
+    use switchboard::store::Store;
+
+    let data = TestData::postgres().await;
+    let store = Store::open(
+        &data.database_url(),
+        &data.dir.path().join("switchboard.db"),
+    )
+    .await
+    .unwrap();
+    let mut db = OldDb::latest(&data).await;
+    // No statistics but those of the empty table, whenever autovacuum would come round.
+    db.exec("ALTER TABLE events SET (autovacuum_enabled = false)")
+        .await;
+    let catalog = Catalog::builtin();
+    for _ in 0..20 {
+        let events: Vec<Value> = (0..1000)
+            .map(|n| agent_event(&guid(), 3, &format!("agent-{}", n % 200)))
+            .collect();
+        let batch = parse_batch(&serde_json::to_vec(&events).unwrap(), &catalog).unwrap();
+        store.ingest("default", batch).await.unwrap();
+    }
+    let plans = store.writer_lookup_plans("default").await.unwrap();
+    for plan in plans.split("\n\n") {
+        assert!(plan.contains("Index Scan using events_"), "{plan}");
+        for scan in ["Hash Join", "Seq Scan", "Bitmap Heap Scan"] {
+            assert!(!plan.contains(scan), "{plan}");
+        }
+    }
+    store.close().await;
+}

@@ -19,6 +19,7 @@ use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
+use super::super::sql::MultiRow;
 use super::super::{Options, Outcome, StoreError, conn, sql, turn};
 use crate::clock::Backoff;
 
@@ -127,14 +128,18 @@ impl Writer {
 }
 
 /// `(sequence, body)` of `tenant`'s events whose id, or sequence, is in the array `$2`. The
-/// array is joined, not spelled out as an `IN` list: one statement shape for any length, and a
-/// plan of index lookups whatever the table's statistics say (a table that grew since its last
-/// ANALYZE made an `IN` list of hundreds scan the tenant's whole log).
-const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
-    JOIN events e ON e.tenant_id = $1 AND e.id = k.id";
-const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at \
+/// array is joined, not spelled out as an `IN` list: one statement shape for any length. Each
+/// key is looked up on its own (a `LATERAL` subquery with a `LIMIT` is never merged into a
+/// join), so the plan is one index probe per key whatever the table's statistics say: joined
+/// plainly, a table that grew since its last ANALYZE (a new deployment, in its first minute)
+/// was hashed whole for each batch of keys, and the turn slowed down with every event stored.
+pub(in crate::store) const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
+    CROSS JOIN LATERAL (SELECT sequence, body FROM events \
+      WHERE tenant_id = $1 AND id = k.id LIMIT 1) e";
+pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at \
     FROM unnest($2::int8[]) AS k(seq) \
-    JOIN events e ON e.tenant_id = $1 AND e.sequence = k.seq";
+    CROSS JOIN LATERAL (SELECT sequence, body, received_at FROM events \
+      WHERE tenant_id = $1 AND sequence = k.seq LIMIT 1) e";
 
 /// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`]. Arrays
 /// joined, not a VALUES list: see [`FIND_STORED`].
@@ -185,6 +190,61 @@ impl Writer {
     }
 }
 
+/// One column of a multi-row insert, as the array `unnest` joins.
+enum Column<'a> {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<&'a str>>),
+    Bool(Vec<bool>),
+}
+
+impl<'a> Column<'a> {
+    /// An empty column of `first`'s type; `None` for a type sent row by row (blobs).
+    fn of(first: &Arg<'_>, rows: usize) -> Option<Self> {
+        match first {
+            Arg::Int(_) => Some(Column::Int(Vec::with_capacity(rows))),
+            Arg::Text(_) => Some(Column::Text(Vec::with_capacity(rows))),
+            Arg::Bool(_) => Some(Column::Bool(Vec::with_capacity(rows))),
+            Arg::Blob(_) => None,
+        }
+    }
+
+    /// Adds `value`; false if it is not of the column's type.
+    fn push(&mut self, value: &Arg<'a>) -> bool {
+        match (self, *value) {
+            (Column::Int(c), Arg::Int(v)) => c.push(v),
+            (Column::Text(c), Arg::Text(v)) => c.push(v),
+            (Column::Bool(c), Arg::Bool(v)) => c.push(v),
+            _ => return false,
+        }
+        true
+    }
+
+    fn pg_type(&self) -> &'static str {
+        match self {
+            Column::Int(_) => "int8",
+            Column::Text(_) => "text",
+            Column::Bool(_) => "bool",
+        }
+    }
+}
+
+/// `values`, `columns` a row, as one array a column; `None` if a column is of a type sent row by
+/// row or mixes types.
+fn columns<'a>(values: &[Arg<'a>], columns: usize) -> Option<Vec<Column<'a>>> {
+    let rows = values.len() / columns;
+    let mut out = (values[..columns].iter())
+        .map(|a| Column::of(a, rows))
+        .collect::<Option<Vec<_>>>()?;
+    for row in values.chunks(columns) {
+        for (column, value) in out.iter_mut().zip(row) {
+            if !column.push(value) {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
 impl conn::Conn for Writer {
     fn dialect(&self) -> &'static Dialect {
         &sql::POSTGRES
@@ -195,16 +255,14 @@ impl conn::Conn for Writer {
     }
 
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        conn.execute(sql::POSTGRES.begin_write)
-            .await
-            .map_err(sqlx_error)?;
-        if !durable {
-            conn.execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(sqlx_error)?;
-        }
-        Ok(())
+        // One round trip either way (a simple query may hold two statements).
+        let begin = match durable {
+            true => "BEGIN",
+            false => "BEGIN; SET LOCAL synchronous_commit = off",
+        };
+        (self.conn()?.execute(begin).await)
+            .map(drop)
+            .map_err(sqlx_error)
     }
 
     async fn commit(&mut self) -> Result<(), StoreError> {
@@ -250,6 +308,31 @@ impl conn::Conn for Writer {
             Ok((r.int(0)?, r.text(1)?, r.int(2)?))
         })
         .await
+    }
+
+    async fn insert(
+        &mut self,
+        statement: &'static MultiRow,
+        values: &[Arg<'_>],
+    ) -> Result<u64, StoreError> {
+        if values.is_empty() {
+            return Ok(0);
+        }
+        let Some(arrays) = columns(values, statement.columns) else {
+            return conn::insert_chunked(self, statement, values).await;
+        };
+        let types: Vec<&str> = arrays.iter().map(Column::pg_type).collect();
+        let text = statement.unnest(&types);
+        let mut query = sqlx::query(&text);
+        for column in &arrays {
+            query = match column {
+                Column::Int(v) => query.bind(v),
+                Column::Text(v) => query.bind(v),
+                Column::Bool(v) => query.bind(v),
+            };
+        }
+        let done = query.execute(self.conn()?).await.map_err(sqlx_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn update_deliveries(
