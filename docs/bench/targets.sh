@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs `switchboard bench` once for each performance target of DESIGN §8, in order, and prints
-# each report. Build first: cargo build --release. Takes about four minutes on 2 cores.
+# each report. Build first: cargo build --release. Takes about five minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${SWITCHBOARD_BIN:-target/release/switchboard}
+# PostgreSQL for the scale-out rows: each run makes a database of its own on that server.
+pg=${SWITCHBOARD_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 run() {
     # Each run starts with the previous one's writes on disk, so that its flushing does not
     # stall this one's fsyncs.
@@ -20,3 +22,6 @@ run --events 3000 --subscriptions 100               # fan-out to 100 subscriptio
 run --pending 1000000                               # RSS ≤ 150 MiB; restart to first delivery ≤ 5 s
 run --events 10000 --rate 1000 --expired 1000000    # p99 ≤ 25 ms while a million expired events are purged
 run --events 10000 --rate 1000 --streams 100 --agents 10000   # stream p99 ≤ 50 ms (100 consumers); GET …/agents ≤ 50 ms with 10,000 agents
+run --events 20000 --database-url "$pg"            # PostgreSQL, one node: deliveries/s, CPU per delivery by process
+run --events 20000 --database-url "$pg" --nodes 2  # two nodes on one database
+run --events 10000 --rate 1000 --database-url "$pg"   # PostgreSQL, p99 ingest→receiver at 1,000/s

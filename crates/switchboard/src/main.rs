@@ -140,9 +140,14 @@ struct BenchArgs {
     /// Open loop: events per second, latency measured from the scheduled send time
     #[arg(long)]
     rate: Option<u64>,
-    /// Database for the server this command starts (empty: SQLite in a temporary directory)
+    /// PostgreSQL for the server this command starts: the run gets a database of its own on
+    /// that server, dropped at its end (empty: SQLite in a temporary directory)
     #[arg(long, default_value = "")]
     database_url: String,
+    /// Servers started in this process on that PostgreSQL database, the clients split evenly
+    /// over them
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// One JSON object on stdout instead of the summary
     #[arg(long)]
     json: bool,
@@ -471,6 +476,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     expired: a.expired,
                     streams: a.streams,
                     agents: a.agents,
+                    nodes: a.nodes,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

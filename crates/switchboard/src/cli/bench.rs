@@ -46,6 +46,9 @@ pub struct Options {
     pub streams: usize,
     /// Distinct agents the events come from (their `Username`s).
     pub agents: usize,
+    /// In-process servers sharing the PostgreSQL database (`database_url`); the clients are
+    /// split evenly over them.
+    pub nodes: usize,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             expired: 0,
             streams: 0,
             agents: 500,
+            nodes: 1,
         }
     }
 }
@@ -85,6 +89,8 @@ fn in_process(config: Config) -> anyhow::Result<(String, InProcess)> {
     let server = std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Named so that the server's CPU time can be told from the load's (see `Cpu`).
+            .thread_name("switchboard-node")
             .enable_all()
             .build()?;
         rt.block_on(async {
@@ -213,6 +219,10 @@ pub struct Report {
     pub agents: usize,
     pub agents_page_ms: Percentiles,
     pub agents_page_1000_ms: Percentiles,
+    /// In-process servers.
+    pub nodes: usize,
+    /// CPU time spent from the first request to the last delivery, by whom.
+    pub cpu: CpuSpent,
 }
 
 /// One consumer of the events stream: counts the events it receives and how long after their
@@ -306,6 +316,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.events == 0 || opts.batch == 0 || opts.concurrency == 0 {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
+    if opts.nodes == 0 || (opts.nodes > 1 && (opts.url.is_some() || opts.database_url.is_empty())) {
+        bail!("--nodes above 1 needs --database-url (PostgreSQL), and no --url");
+    }
     let (state, receiver_addr) = start_receiver(opts.events).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency * 2)
@@ -327,8 +340,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let key = publish_key(base, admin_key).await?;
     let requests = Arc::new(request_bodies(&opts)?);
 
-    let load = drive(&opts, &client, base, &key, requests, &state);
+    let cpu_before = Cpu::now(opts.url.is_none());
+    let load = drive(&opts, &client, &server.bases, &key, requests, &state);
     let (accepted, ingest, accept_secs, end_to_end_secs) = load.await?;
+    let cpu = Cpu::now(opts.url.is_none()).since(&cpu_before);
 
     let ingest_to_stream_ms = if consumers.is_empty() {
         None
@@ -351,15 +366,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .is_none()
         .then(|| rss_mib("self").map(|(_, peak)| peak))
         .flatten();
-    let expired = match (opts.expired, &server.stop) {
-        (0, _) | (_, None) => None,
-        (n, Some(_)) => Some((n, purged_so_far(&client, base).await?)),
+    let expired = match (opts.expired, server.stop.is_empty()) {
+        (0, _) | (_, true) => None,
+        (n, false) => Some((n, purged_so_far(&client, base).await?)),
     };
     // Close the client's keep-alive connections first: the server's graceful shutdown waits
     // for its connections.
     drop(client);
-    if let Some(stop) = server.stop {
+    for stop in server.stop {
         stop_in_process(stop).await?;
+    }
+    if let Some(database) = server.database {
+        database.drop_it().await;
     }
     let deliveries = state.seen.lock().expect("lock").len();
     let ingest_to_receiver_ms = Percentiles::of(&state.latency.lock().expect("lock"));
@@ -385,6 +403,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         agents: opts.agents.min(opts.events),
         agents_page_ms,
         agents_page_1000_ms,
+        nodes: opts.nodes,
+        cpu,
     })
 }
 
@@ -408,11 +428,15 @@ async fn start_receiver(events: usize) -> anyhow::Result<(Arc<Receiver>, SocketA
 /// The server measured: given by `--url`, or started in this process on a fresh data dir.
 struct Server {
     base: String,
+    /// Every node's base URL (the first is `base`).
+    bases: Vec<String>,
     admin_key: String,
-    /// Stops the in-process server.
-    stop: Option<InProcess>,
-    /// The in-process server's data, removed when dropped.
-    _dir: Option<tempfile::TempDir>,
+    /// Stops the in-process servers.
+    stop: Vec<InProcess>,
+    /// The in-process servers' data, removed when dropped.
+    _dirs: Vec<tempfile::TempDir>,
+    /// The PostgreSQL database made for this run, dropped at its end.
+    database: Option<BenchDatabase>,
 }
 
 /// Starts (or reaches) the server and waits until it is ready. With `--expired`, the
@@ -424,18 +448,25 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 .key
                 .clone()
                 .context("--url needs --key, the admin key")?;
+            let base = url.trim_end_matches('/').to_string();
             Server {
-                base: url.trim_end_matches('/').to_string(),
+                bases: vec![base.clone()],
+                base,
                 admin_key: key,
-                stop: None,
-                _dir: None,
+                stop: Vec::new(),
+                _dirs: Vec::new(),
+                database: None,
             }
         }
         None => {
             let dir = tempfile::tempdir()?;
             let mut config = Config::for_data_dir(dir.path());
             config.dev = true;
-            config.database_url = opts.database_url.clone();
+            let database = match opts.database_url.as_str() {
+                "" => None,
+                url => Some(BenchDatabase::create(url).await?),
+            };
+            config.database_url = database.as_ref().map(|d| d.url.clone()).unwrap_or_default();
             config.admin_key = crate::auth::generate_key("sb_admin_");
             config.log_level = "warn".into();
             let key = config.admin_key.clone();
@@ -450,22 +481,31 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 tokio::time::sleep(Duration::from_millis(1100)).await;
                 config.retention_secs = 1;
             }
-            let (base, stop) = in_process(config)?;
+            let (base, stop) = in_process(config.clone())?;
+            let (mut bases, mut stops, mut dirs) = (vec![base.clone()], vec![stop], vec![dir]);
+            for _ in 1..opts.nodes {
+                let dir = tempfile::tempdir()?;
+                config.data_dir = dir.path().to_path_buf();
+                let (base, stop) = in_process(config.clone())?;
+                bases.push(base);
+                stops.push(stop);
+                dirs.push(dir);
+            }
             Server {
                 base,
+                bases,
                 admin_key: key,
-                stop: Some(stop),
-                _dir: Some(dir),
+                stop: stops,
+                _dirs: dirs,
+                database,
             }
         }
     };
-    let ready = client.get(format!("{}/readyz", server.base)).send().await?;
-    if !ready.status().is_success() {
-        bail!(
-            "the server at {} is not ready: {}",
-            server.base,
-            ready.status()
-        );
+    for base in &server.bases {
+        let ready = client.get(format!("{base}/readyz")).send().await?;
+        if !ready.status().is_success() {
+            bail!("the server at {base} is not ready: {}", ready.status());
+        }
     }
     Ok(server)
 }
@@ -528,22 +568,24 @@ fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>
 async fn drive(
     opts: &Options,
     client: &reqwest::Client,
-    base: &str,
+    bases: &[String],
     key: &str,
     requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>>,
     state: &Arc<Receiver>,
 ) -> anyhow::Result<(usize, Histogram<u64>, f64, f64)> {
-    let url = format!("{base}/v1/tenants/default/events");
+    let urls: Vec<String> = (bases.iter())
+        .map(|base| format!("{base}/v1/tenants/default/events"))
+        .collect();
     let batches = requests.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let ingest = Arc::new(Mutex::new(histogram()));
     let start = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..opts.concurrency {
+    for worker in 0..opts.concurrency {
         let (client, url, requests, key, state, next, accepted, ingest, opts) = (
             client.clone(),
-            url.clone(),
+            urls[worker % urls.len()].clone(),
             requests.clone(),
             key.to_string(),
             state.clone(),
@@ -759,6 +801,24 @@ impl Report {
         let expired = self.expired.map_or(String::new(), |(n, purged)| {
             format!("\nretention         {purged} of {n} expired events purged during the run")
         });
+        let per = |secs: f64| match self.deliveries.max(self.accepted) {
+            0 => "n/a".to_string(),
+            n => format!("{:.3}", secs * 1000.0 / n as f64),
+        };
+        let nodes = match self.nodes {
+            1 => String::new(),
+            n => format!(", {n} nodes"),
+        };
+        let server_cpu = self.cpu.server_secs.map_or("n/a (--url)".to_string(), |s| {
+            format!("server{nodes} {s:.2} s ({} ms)", per(s))
+        });
+        let cpu = format!(
+            "\ncpu               {server_cpu}, PostgreSQL {:.2} s ({} ms), load+receiver {:.2} s ({} ms); per delivery (or event)",
+            self.cpu.postgres_secs,
+            per(self.cpu.postgres_secs),
+            self.cpu.load_secs,
+            per(self.cpu.load_secs),
+        );
         let streams = self
             .ingest_to_stream_ms
             .as_ref()
@@ -774,7 +834,7 @@ impl Report {
              ingest→receiver   {to_receiver}\n\
              agents page       {} (limit 100, {} agents)\n\
              agents page 1000  {}\n\
-             server peak RSS   {rss}{expired}{streams}",
+             server peak RSS   {rss}{cpu}{expired}{streams}",
             self.events,
             self.batch,
             self.concurrency,
@@ -788,5 +848,129 @@ impl Report {
             self.agents,
             p(&self.agents_page_1000_ms),
         )
+    }
+}
+
+/// A PostgreSQL database of the run's own, beside the one `--database-url` names (on the same
+/// server), so that every run starts from empty tables; dropped at the end.
+struct BenchDatabase {
+    /// The admin connection's URL (the database given).
+    admin: String,
+    name: String,
+    /// The new database's URL.
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create(url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let (server, _) = url
+            .rsplit_once('/')
+            .context("--database-url has no database")?;
+        let name = format!("switchboard_bench_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .context("connecting to --database-url")?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .context("creating the run's database")?;
+        Ok(BenchDatabase {
+            admin: url.to_string(),
+            url: format!("{server}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_it(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = sqlx::query(&drop).execute(&mut conn).await;
+        }
+    }
+}
+
+/// CPU time so far (seconds): this process, its in-process servers' threads (named
+/// `switchboard-…`), and every process named `postgres` on this machine (the database on
+/// loopback) by pid.
+struct Cpu {
+    process: f64,
+    servers: f64,
+    postgres: HashMap<u32, f64>,
+}
+
+/// CPU time spent in a run, in seconds.
+#[derive(Debug, Default, Serialize)]
+pub struct CpuSpent {
+    /// The in-process servers' threads (`None` with `--url`).
+    pub server_secs: Option<f64>,
+    /// The rest of this process: the clients and the receiver.
+    pub load_secs: f64,
+    /// PostgreSQL's processes on this machine (0 on SQLite).
+    pub postgres_secs: f64,
+}
+
+/// `utime + stime` of a `/proc/…/stat` line, in seconds (USER_HZ is 100 on Linux), with the
+/// command name.
+fn stat_cpu(path: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks / 100.0))
+}
+
+impl Cpu {
+    fn now(in_process: bool) -> Self {
+        let process = stat_cpu("/proc/self/stat").map_or(0.0, |(_, s)| s);
+        let mut servers = 0.0;
+        if in_process && let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let path = format!("{}/stat", task.path().display());
+                if let Some((name, secs)) = stat_cpu(&path)
+                    && name.starts_with("switchboard-")
+                {
+                    servers += secs;
+                }
+            }
+        }
+        let mut postgres = HashMap::new();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some((name, secs)) = stat_cpu(&format!("/proc/{pid}/stat"))
+                    && name == "postgres"
+                {
+                    postgres.insert(pid, secs);
+                }
+            }
+        }
+        Cpu {
+            process,
+            servers,
+            postgres,
+        }
+    }
+
+    /// What was spent since `before`. Threads and backends that ended meanwhile are not
+    /// counted: the servers and their connections are still up when this is read.
+    fn since(&self, before: &Cpu) -> CpuSpent {
+        let postgres_secs = (self.postgres.iter())
+            .map(|(pid, now)| now - before.postgres.get(pid).copied().unwrap_or(0.0))
+            .sum();
+        let process = self.process - before.process;
+        let servers = self.servers - before.servers;
+        CpuSpent {
+            server_secs: (self.servers > 0.0).then_some(servers),
+            load_secs: process - servers,
+            postgres_secs,
+        }
     }
 }

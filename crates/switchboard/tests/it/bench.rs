@@ -40,6 +40,14 @@ async fn bench_runs_a_tiny_workload_and_its_counts_add_up() {
         assert!(json.get(key).is_some(), "{key} in {json}");
     }
     assert!(report.text().contains("ingest→receiver"));
+    // CPU by whom: the in-process server's threads spent some, and the rest of the process is
+    // the load's.
+    assert!(
+        report.cpu.server_secs.is_some_and(|s| s > 0.0) && report.cpu.load_secs >= 0.0,
+        "{:?}",
+        report.cpu
+    );
+    assert!(report.text().contains("\ncpu "));
 
     // Open loop: paced, and the counts still add up.
     let paced = run(Options {
@@ -103,4 +111,34 @@ async fn the_backlog_run_reports_memory_and_the_restart() {
     let delivered = report["delivered_after_restart"].as_u64().unwrap();
     assert!((1..=300).contains(&delivered), "{report}");
     assert!(report["server_rss_mib"].as_f64() <= report["server_peak_rss_mib"].as_f64());
+}
+
+/// Two nodes share the run's PostgreSQL database, the clients split over them; every event is
+/// delivered once whichever node took it. Without a PostgreSQL URL, more than one node is refused.
+#[tokio::test]
+async fn bench_runs_two_nodes_on_one_postgresql_database() {
+    let data = TestData::postgres().await;
+    let report = run(Options {
+        events: 200,
+        concurrency: 4,
+        nodes: 2,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert_eq!(
+        (report.accepted, report.deliveries, report.nodes),
+        (200, 200, 2)
+    );
+    assert!(report.cpu.postgres_secs > 0.0, "{:?}", report.cpu);
+    assert!(report.text().contains("2 nodes"));
+
+    let refused = run(Options {
+        events: 10,
+        nodes: 2,
+        ..Options::default()
+    })
+    .await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("--nodes")));
 }
