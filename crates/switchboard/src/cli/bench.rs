@@ -867,7 +867,9 @@ impl BenchDatabase {
         let (server, _) = url
             .rsplit_once('/')
             .context("--database-url has no database")?;
-        let name = format!("switchboard_bench_{}", std::process::id());
+        // Runs at once (tests in one process) each get their own.
+        let unique = Uuid::new_v4().simple().to_string();
+        let name = format!("switchboard_bench_{}_{}", std::process::id(), &unique[..8]);
         let mut conn = sqlx::PgConnection::connect(url)
             .await
             .context("connecting to --database-url")?;
@@ -895,7 +897,7 @@ impl BenchDatabase {
 }
 
 /// CPU time so far (seconds): this process, its in-process servers' threads (named
-/// `switchboard-…`), and every process named `postgres` on this machine (the database on
+/// `switchboard-…`, and sqlx's `sqlx-sqlite-…`), and every process named `postgres` on this machine (the database on
 /// loopback) by pid.
 struct Cpu {
     process: f64,
@@ -932,8 +934,10 @@ impl Cpu {
         if in_process && let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
                 let path = format!("{}/stat", task.path().display());
+                // The servers' runtimes, writer and checkpoint threads, and sqlx's SQLite read
+                // pool (the load does not use sqlx).
                 if let Some((name, secs)) = stat_cpu(&path)
-                    && name.starts_with("switchboard-")
+                    && (name.starts_with("switchboard-") || name.starts_with("sqlx-sqlite"))
                 {
                     servers += secs;
                 }
