@@ -30,6 +30,7 @@ mod decide;
 mod deliveries;
 pub mod embedded;
 mod events;
+mod handoff;
 mod postgres;
 mod retention;
 mod sql;
@@ -39,12 +40,12 @@ mod tenants;
 mod turn;
 mod usernames;
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::auth::Scope;
@@ -55,6 +56,7 @@ use crate::subscription::health::Policy;
 pub use agents::{AgentQuery, History, Refused};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
+pub use handoff::Handoff;
 pub use retention::{PURGE_BATCH, Purged};
 pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;
@@ -107,8 +109,9 @@ struct Inner {
     /// On PostgreSQL, a second writer's queue, for the dispatcher's claims and outcomes: its
     /// turns run on a connection of their own, beside ingest's (see `postgres/writer.rs`).
     deliveries: Option<mpsc::Sender<Command>>,
-    /// Signalled after a commit that made deliveries due, to wake the dispatcher.
-    wake: Arc<Notify>,
+    /// Wakes the dispatcher after a commit that made deliveries due, and takes it the
+    /// deliveries ingest leased to it (`handoff.rs`).
+    wake: Arc<Handoff>,
     /// Bumped after events were committed (on PostgreSQL, by any node): streams read on.
     /// Changes whenever keys are deleted (a key, or a tenant with its keys; on PostgreSQL on any
     /// node): open streams check then whether theirs still exists.
@@ -117,9 +120,6 @@ struct Inner {
     undecodable: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
     /// Per tenant with a stream waiting: changes after its events were committed.
     commits: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
-    /// Bumped on every subscription change made through this store (and, on PostgreSQL, on
-    /// every node's).
-    subs_version: AtomicU64,
     /// API keys by hash, as authentication found them.
     keys: KeyCache,
     /// Resolves when the writer has committed its last turn and closed its connection.
@@ -139,7 +139,7 @@ struct Opened {
     writer: mpsc::Sender<Command>,
     /// PostgreSQL's deliveries' writer: its queue, and what resolves when it has stopped.
     deliveries: Option<(mpsc::Sender<Command>, oneshot::Receiver<()>)>,
-    wake: Arc<Notify>,
+    wake: Arc<Handoff>,
     writer_done: oneshot::Receiver<()>,
     writable: Arc<std::sync::atomic::AtomicBool>,
     ids: Option<Arc<sqlite::RecentIds>>,
@@ -205,7 +205,6 @@ impl Store {
             commits: std::sync::Mutex::default(),
             undecodable: std::sync::Mutex::default(),
             keys_changed: watch::Sender::new(0),
-            subs_version: AtomicU64::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),
             writable: o.writable,
@@ -362,15 +361,16 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("the writer did not commit in time".into()))?
     }
 
-    /// The dispatcher waits on this; it is signalled when deliveries may have become due.
-    pub fn wake_handle(&self) -> Arc<Notify> {
+    /// The dispatcher waits on this; it is signalled when deliveries may have become due, and
+    /// brings the deliveries ingest hands over.
+    pub fn wake_handle(&self) -> Arc<Handoff> {
         self.0.wake.clone()
     }
 
     /// Changes whenever a subscription is created, changed or deleted (on PostgreSQL, on any
     /// node).
     pub fn subscriptions_version(&self) -> u64 {
-        self.0.subs_version.load(AtomicOrdering::SeqCst)
+        self.0.wake.version()
     }
 
     /// Something nodes keep in memory changed: this node forgets it at once, and on PostgreSQL
@@ -388,8 +388,7 @@ impl Store {
     fn changed(&self, change: Change) {
         match change {
             Change::Subscriptions => {
-                self.0.subs_version.fetch_add(1, AtomicOrdering::SeqCst);
-                self.0.wake.notify_one();
+                self.0.wake.subscriptions_changed();
             }
             Change::Keys => {
                 self.0.keys.invalidate();

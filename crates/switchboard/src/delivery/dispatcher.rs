@@ -1,12 +1,22 @@
 //! The dispatcher: turns due delivery rows into attempts.
 //!
-//! The loop: write back finished attempts → claim (lease) due deliveries for every
-//! subscription, up to its `max_in_flight` slots again beyond those (a prefetch, so the next
-//! attempts can start the moment a slot frees, without waiting for a database turn) → start
-//! what the free slots and rate-limit tokens allow, each attempt a task → wait for a commit
-//! (the store's wake-up), a finished attempt, or the next due time.
+//! The loop: take the deliveries ingest handed over → write back finished attempts → claim
+//! (lease) due deliveries for every subscription, up to its `max_in_flight` slots again beyond
+//! those (a prefetch, so the next attempts can start the moment a slot frees, without waiting
+//! for a database turn) → start what the free slots and rate-limit tokens allow, each attempt a
+//! task → offer ingest the room left → wait for a commit (the store's wake-up), a finished
+//! attempt, or the next due time.
+//!
+//! A subscription without rate limit, coalescing or per-agent order ("bulk") gets most of its
+//! deliveries from ingest itself: they are created leased to this node and handed over after
+//! the commit (`store/handoff.rs`), so no claim is needed for them. It is claimed for only
+//! when something may be due that nobody holds: the store says so (deliveries not handed over,
+//! replays, System events, another node's), a retry it scheduled comes due, the last claim
+//! filled all it asked for, its wait timed out, or a second passed (leases that expired).
 //! Nothing that matters lives only in memory: a claim is a lease in the database, and an
 //! attempt's outcome changes the delivery row in the same transaction as its log entry.
+
+use std::collections::BTreeSet;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,10 +28,19 @@ use super::attempt::{Target, attempt, expired};
 use super::sender::Sender;
 use crate::clock::{Backoff, Clock};
 use crate::event::{Event, catalog};
-use crate::store::{Claimed, Outcome, Recipients, Store, StoreError, SystemEvent};
+use crate::store::{
+    Claimed, Handoff, NextState, Outcome, Recipients, Store, StoreError, SystemEvent,
+};
 
 /// Most deliveries claimed for one subscription in one step.
 const MAX_CLAIM: u32 = 256;
+
+/// Bulk subscriptions are claimed for at least this often (ms) even when nothing says so: a
+/// lease that expired (a node that stopped) is noticed by no one else.
+const CLAIM_EVERY_MS: i64 = 1_000;
+
+/// Most retry times remembered; beyond, [`CLAIM_EVERY_MS`] finds them.
+const MAX_RETRY_TIMES: usize = 10_000;
 
 /// A Heartbeat (System event 2) for `subscription`, whose latest delivered sequence is `last`.
 pub fn heartbeat(subscription: &str, last: i64, now_ms: i64) -> Event {
@@ -86,6 +105,16 @@ impl SubState {
         }
     }
 
+    /// No rate limit, coalescing or per-agent order: its deliveries may be handed over by
+    /// ingest, and it is claimed for only when something may be due (see the module's doc).
+    fn bulk(&self) -> bool {
+        let spec = &self.target.sub.spec;
+        self.active
+            && spec.rate_limit_per_sec.is_none()
+            && spec.coalesce == crate::subscription::Coalesce::None
+            && spec.ordering == crate::subscription::Ordering::None
+    }
+
     /// How many more deliveries to claim: enough to fill the free slots and, without a rate
     /// limit, as many again to wait ready. A rate-limited subscription claims only what it may
     /// start now, so nothing waits on tokens while its lease runs; so does a coalescing one, so
@@ -117,6 +146,16 @@ pub struct Dispatcher {
     done_tx: mpsc::UnboundedSender<Outcome>,
     done_rx: mpsc::UnboundedReceiver<Outcome>,
     finished: Vec<Outcome>,
+    handoff: Arc<Handoff>,
+    /// Deliveries ingest leased to this dispatcher; `None` if another dispatcher of the same
+    /// store takes them.
+    handed: Option<mpsc::UnboundedReceiver<Vec<Claimed>>>,
+    /// The last claim for bulk subscriptions took all it asked for: more may be due.
+    more_due: bool,
+    /// When bulk subscriptions were last claimed for (the dispatcher's clock, unix ms).
+    last_claim: i64,
+    /// When retries scheduled by this dispatcher's attempts come due, after the last claim.
+    retries: BTreeSet<i64>,
 }
 
 /// The longest a failing dispatcher waits before its next try.
@@ -129,8 +168,15 @@ impl Dispatcher {
     /// `lease` must outlive the HTTP timeout: a claimed delivery is not claimed again before.
     pub fn new(store: Store, sender: Sender, lease: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let handoff = store.wake_handle();
+        let handed = handoff.receiver();
         Dispatcher {
             store,
+            handoff,
+            handed,
+            more_due: true,
+            last_claim: i64::MIN,
+            retries: BTreeSet::new(),
             clock: sender.clock().clone(),
             sender,
             lease,
@@ -194,17 +240,25 @@ impl Dispatcher {
             tokio::select! {
                 _ = wake.notified() => {}
                 Some(o) = self.done_rx.recv() => self.note_finished(o),
-                _ = tokio::time::sleep(idle) => {}
+                // What is due by now is claimed.
+                _ = tokio::time::sleep(idle) => self.more_due = true,
                 _ = shutdown.changed() => {}
             }
         }
-        // Shutdown: no new claims, nothing more started; wait for what is in flight (bounded by
-        // the HTTP timeout).
-        let unstarted = self
+        // Shutdown: nothing more taken from ingest, no new claims, nothing more started; wait
+        // for what is in flight (bounded by the HTTP timeout). A delivery handed over after
+        // this stays leased until its lease ends (SQLite's are void at the next start).
+        self.handoff.offer(HashMap::new(), 0, 0);
+        let mut unstarted: Vec<Claimed> = self
             .subs
             .values_mut()
             .flat_map(|s| s.ready.drain(..))
             .collect();
+        if let Some(rx) = self.handed.as_mut() {
+            while let Ok(claimed) = rx.try_recv() {
+                unstarted.extend(claimed);
+            }
+        }
         self.release(unstarted).await;
         if let Err(e) = self.settle().await {
             tracing::warn!(error = %e, "could not record the last outcomes; they will be retried");
@@ -234,7 +288,56 @@ impl Dispatcher {
         if let Some(s) = self.subs.get_mut(&o.subscription_id) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
+        if let NextState::RetryAt(at) = o.next
+            && self.retries.len() < MAX_RETRY_TIMES
+        {
+            self.retries.insert(at);
+        }
         self.finished.push(o);
+    }
+
+    /// Takes what ingest handed over into the subscriptions' ready queues; returns what no
+    /// active subscription takes (disabled or deleted meanwhile), to be released.
+    fn take_handed(&mut self) -> Vec<Claimed> {
+        let mut orphans = Vec::new();
+        let Some(rx) = self.handed.as_mut() else {
+            return orphans;
+        };
+        while let Ok(claimed) = rx.try_recv() {
+            for c in claimed {
+                match self.subs.get_mut(&c.subscription_id) {
+                    Some(state) if state.active => state.ready.push_back(c),
+                    _ => orphans.push(c),
+                }
+            }
+        }
+        orphans
+    }
+
+    /// Whether bulk subscriptions are to be claimed for at `now` (see the module's doc).
+    fn bulk_due(&mut self, now: i64) -> bool {
+        // Always asked, so that a "due" said now is not left for later.
+        let said = self.handoff.take_due();
+        said || self.more_due
+            || now.saturating_sub(self.last_claim) >= CLAIM_EVERY_MS
+            || self.retries.first().is_some_and(|&at| at <= now)
+    }
+
+    /// Offers ingest the room the bulk subscriptions have left: what they would claim now.
+    fn offer(&mut self, now: i64) {
+        if self.handed.is_none() {
+            return;
+        }
+        let room = self
+            .subs
+            .iter_mut()
+            .filter(|(_, s)| s.bulk())
+            .map(|(id, s)| (id.clone(), s.wanted(now)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let version = self.refreshed.map_or(u64::MAX, |(_, v)| v);
+        let lease_until = now + self.lease.as_millis() as i64;
+        self.handoff.offer(room, lease_until, version);
     }
 
     /// How long to wait when nothing could start: until the next due delivery, within bounds.
@@ -258,6 +361,8 @@ impl Dispatcher {
             self.note_finished(o);
         }
         let now = self.clock.now_ms();
+        let orphans = self.take_handed();
+        self.release(orphans).await;
         let mut started = self.start_ready(now);
         let finished = std::mem::take(&mut self.finished);
         // A disabled subscription must be seen as such before claiming for it.
@@ -271,17 +376,37 @@ impl Dispatcher {
         };
 
         self.heartbeats(now).await?;
-        let wanted: Vec<(String, u32)> = self
+        let bulk_due = self.bulk_due(now);
+        // A bulk subscription with no room now, when something may be due, is claimed for at
+        // the next step that finds room.
+        let mut full = false;
+        let wanted: Vec<(String, u32, bool)> = self
             .subs
             .iter_mut()
             .filter_map(|(id, s)| {
-                let n = s.wanted(now);
-                (n > 0).then(|| (id.clone(), n))
+                let bulk = s.bulk();
+                let n = match bulk && !bulk_due {
+                    true => 0,
+                    false => s.wanted(now),
+                };
+                full |= bulk && n == 0;
+                (n > 0).then(|| (id.clone(), n, bulk))
             })
             .collect();
+        if bulk_due {
+            self.last_claim = now;
+            self.retries.retain(|&at| at > now);
+            self.more_due = full;
+        }
         if wanted.is_empty() && finished.is_empty() {
+            self.offer(now);
             return Ok(started);
         }
+        let asked: HashMap<String, u32> = (wanted.iter())
+            .filter(|(_, _, bulk)| *bulk)
+            .map(|(id, n, _)| (id.clone(), *n))
+            .collect();
+        let wanted: Vec<(String, u32)> = wanted.into_iter().map(|(id, n, _)| (id, n)).collect();
         // Sent together, the outcomes and the claim share one writer turn and one commit.
         let lease_until = now + self.lease.as_millis() as i64;
         let store = &self.store;
@@ -298,16 +423,23 @@ impl Dispatcher {
             }
         };
         let (recorded, claimed) = tokio::join!(record, claim);
+        let mut got: HashMap<String, u32> = HashMap::new();
         for c in claimed? {
+            if asked.contains_key(&c.subscription_id) {
+                *got.entry(c.subscription_id.clone()).or_default() += 1;
+            }
             if let Some(state) = self.subs.get_mut(&c.subscription_id) {
                 state.ready.push_back(c);
             }
         }
+        // A bulk subscription that got all it asked for may have more due.
+        self.more_due |= asked.iter().any(|(id, n)| got.get(id) == Some(n));
         // The claim may have taken deliveries of events committed after the refresh above, and
         // after a change of their subscription (a secret rotated, then an event posted): they
         // go out with the subscription as it is now.
         self.refresh(false).await?;
         started += self.start_ready(now);
+        self.offer(now);
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
         recorded?;

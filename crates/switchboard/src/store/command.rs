@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Accepted, Claimed, IngestError, IngestJob, Outcome, StoreError, SystemEvent};
@@ -117,7 +117,10 @@ pub(super) struct Committed {
     pub catch_ups: Vec<bool>,
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
-    pub deliveries_added: bool,
+    /// Deliveries may have become due that nobody holds: the dispatcher should claim.
+    pub due: bool,
+    /// Deliveries committed leased to this node's dispatcher (`handoff.rs`).
+    pub handed: Vec<Claimed>,
     /// Deliveries that ended `superseded` or `expired` (counted once committed).
     pub superseded: u64,
     pub expired: u64,
@@ -211,20 +214,28 @@ impl Group {
 
     /// Answers every command of the group: with its part of `result`, or with the error that
     /// failed the whole turn (nothing of it was stored). `writable` is set to whether the
-    /// database could be written.
+    /// database could be written, and `wake` told what the dispatcher is to claim or take.
     pub fn answer(
         self,
         result: Result<Committed, StoreError>,
-        wake: &Notify,
+        wake: &super::Handoff,
         writable: &AtomicBool,
     ) {
-        let unavailable = matches!(result, Err(StoreError::Unavailable(_)));
-        writable.store(!unavailable, Ordering::SeqCst);
+        // Only a turn that wrote what clients sent says the database takes writes again: a
+        // periodic fold or index with nothing to write commits even on a full disk.
+        match &result {
+            Err(StoreError::Unavailable(_)) => writable.store(false, Ordering::SeqCst),
+            Ok(_) if !(self.ingests.is_empty() && self.pings.is_empty()) => {
+                writable.store(true, Ordering::SeqCst)
+            }
+            _ => {}
+        }
         match result {
             Ok(done) => {
-                if done.deliveries_added {
-                    wake.notify_one();
+                if done.due {
+                    wake.due();
                 }
+                wake.hand(done.handed);
                 let finished = [(done.superseded, "superseded"), (done.expired, "expired")];
                 for (n, status) in finished.into_iter().filter(|(n, _)| *n > 0) {
                     metrics::counter!(crate::telemetry::DELIVERIES_ENDED, "status" => status)

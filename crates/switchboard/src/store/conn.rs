@@ -54,6 +54,15 @@ pub(super) trait Conn {
     ) -> Result<u64, StoreError> {
         insert_chunked(self, statement, values).await
     }
+    /// [`Conn::insert`] of a statement that returns rows (`RETURNING`): the rows, in no
+    /// particular order.
+    async fn insert_returning(
+        &mut self,
+        statement: &'static MultiRow,
+        values: &[Arg<'_>],
+    ) -> Result<Vec<Row>, StoreError> {
+        insert_chunked_rows(self, statement, values).await
+    }
     /// The new state of each outcome's delivery (see `decide::delivery_state`).
     async fn update_deliveries(
         &mut self,
@@ -84,4 +93,23 @@ pub(super) async fn insert_chunked<C: Conn + ?Sized>(
     }
     debug_assert!(rest.is_empty(), "values are not whole rows");
     Ok(inserted)
+}
+
+/// [`Conn::insert_returning`] in chunks of the sizes of [`INSERT_CHUNKS`].
+pub(super) async fn insert_chunked_rows<C: Conn + ?Sized>(
+    conn: &mut C,
+    statement: &'static MultiRow,
+    values: &[Arg<'_>],
+) -> Result<Vec<Row>, StoreError> {
+    let columns = statement.columns;
+    let (mut rest, mut rows) = (values, Vec::new());
+    for size in INSERT_CHUNKS {
+        while rest.len() >= size * columns {
+            let (chunk, tail) = rest.split_at(size * columns);
+            rows.extend(conn.query(&statement.text(size), chunk).await?);
+            rest = tail;
+        }
+    }
+    debug_assert!(rest.is_empty(), "values are not whole rows");
+    Ok(rows)
 }

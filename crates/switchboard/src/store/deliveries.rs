@@ -132,7 +132,7 @@ impl Store {
                 &args![now, now, one_attempt_round, tenant, id],
             )
             .await?;
-        self.0.wake.notify_one();
+        self.0.wake.due();
         Ok(done > 0)
     }
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::command::QUEUE_DEPTH;
 use super::db::{self, Db, Embedded};
-use super::{Change, Opened, Options, Store, StoreError, sql};
+use super::{Change, Handoff, Opened, Options, Store, StoreError, sql};
 use crate::clock::Backoff;
 
 /// The channel nodes notify each other on: `wake` (deliveries due), `subs` (subscriptions
@@ -127,7 +127,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     let connect = connect.options([("plan_cache_mode", "force_custom_plan")]);
     let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Handoff::default());
     let writable = Arc::new(AtomicBool::new(true));
     let done = writer::spawn(
         connect.clone(),
@@ -255,12 +255,12 @@ async fn listen(mut listener: PgListener, store: Store) {
             Ok(n) => match (Change::parse(n.payload()), n.payload()) {
                 (Some(change), _) => store.changed(change),
                 // Deliveries became due.
-                (None, sql::DUE) => store.0.wake.notify_one(),
+                (None, sql::DUE) => store.0.wake.due(),
                 (None, payload) => match payload.strip_prefix(sql::EVENTS_OF) {
                     Some(tenant) => store.committed(Some(tenant)),
                     // "wake", from a node of an earlier release: anything may have changed.
                     None => {
-                        store.0.wake.notify_one();
+                        store.0.wake.due();
                         store.committed(None);
                     }
                 },

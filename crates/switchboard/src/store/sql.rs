@@ -187,6 +187,15 @@ pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
     10,
     1,
 );
+/// The same for deliveries leased to this node's dispatcher as they are created
+/// (`handoff.rs`), returning what it needs to attempt them.
+pub static INSERT_HANDED_DELIVERIES: MultiRow = MultiRow::new(
+    "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
+     next_attempt_at, created_at, updated_at, lease_until) VALUES ",
+    " RETURNING id, subscription_id, sequence",
+    10,
+    1,
+);
 /// The same with the coalescing columns, for the deliveries of `latest_status` subscriptions
 /// (most deliveries do without: two fewer values to bind per row on the hot path).
 pub static INSERT_COALESCED_DELIVERIES: MultiRow = MultiRow::new(

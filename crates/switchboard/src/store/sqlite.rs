@@ -17,11 +17,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, Executor};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::command::QUEUE_DEPTH;
 use super::db::{self, Db, Embedded};
-use super::{Opened, Options, StoreError, sql};
+use super::{Handoff, Opened, Options, StoreError, sql};
 pub(super) use ids::{MergeSizes, RecentIds};
 
 /// The migrations, compiled in; versions only ever grow.
@@ -112,7 +112,7 @@ pub(super) async fn open(
         .connect_with(connect)
         .await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Handoff::default());
     let ids = Arc::new(RecentIds::default());
     let writable = Arc::new(AtomicBool::new(true));
     let done = writer::spawn(

@@ -45,7 +45,7 @@ use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
-    agents, sql, usernames,
+    agents, handoff::Handoff, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
 use crate::subscription::health::{Health, Policy};
@@ -59,6 +59,7 @@ pub(super) async fn run<C: Conn>(
     policy: &Policy,
     now: i64,
     deferred: &mut Deferred,
+    handoff: &Handoff,
 ) -> Result<Committed, StoreError> {
     if !group.has_work() && deferred.is_empty() {
         // The periodic fold, with nothing to fold: no transaction.
@@ -67,7 +68,7 @@ pub(super) async fn run<C: Conn>(
     let mut tries = 1;
     loop {
         conn.begin(group.durable()).await?;
-        let written = match write(conn, group, policy, now, deferred).await {
+        let written = match write(conn, group, policy, now, deferred, handoff).await {
             Ok(done) => conn.commit().await.map(|()| done),
             Err(e) => Err(e),
         };
@@ -97,6 +98,7 @@ async fn write<C: Conn>(
     policy: &Policy,
     now: i64,
     deferred: &mut Deferred,
+    handoff: &Handoff,
 ) -> Result<Committed, StoreError> {
     let mut done = Committed::default();
     if group.pinged() {
@@ -104,7 +106,7 @@ async fn write<C: Conn>(
             conn.execute(probe, &args![now]).await?;
         }
     }
-    let added = ingest(conn, &group.jobs(), now, &mut done, deferred).await?;
+    let unheld = ingest(conn, &group.jobs(), now, &mut done, deferred, handoff).await?;
     if group.folds || group.stopping {
         agents::fold_deferred(conn, deferred).await?;
     }
@@ -116,7 +118,7 @@ async fn write<C: Conn>(
         .iter()
         .filter(|o| o.next == NextState::Expired)
         .count() as u64;
-    record(conn, &outcomes, policy, now).await?;
+    let noticed = record(conn, &outcomes, policy, now).await?;
     for (event, _) in &group.system {
         done.system.push(system(conn, event, now).await?);
     }
@@ -137,8 +139,14 @@ async fn write<C: Conn>(
         done.catch_ups
             .push(agents::catch_up_batch(conn, tenant).await?);
     }
-    done.deliveries_added =
-        added || replayed || !group.outcomes.is_empty() || !group.system.is_empty();
+    // What the dispatcher is to claim: deliveries nobody holds — ingest's not handed over,
+    // replays', System events' — and retries (due later; other nodes learn of them here).
+    // An attempt's outcome makes nothing else due: a `per_agent` successor it unblocks is
+    // claimed in the same turn as the outcome is recorded.
+    let retries = outcomes
+        .iter()
+        .any(|o| matches!(o.next, NextState::RetryAt(_)));
+    done.due = unheld || replayed || noticed || retries || !group.system.is_empty();
     if conn.dialect().announce.is_some() {
         // On PostgreSQL, in one statement: other nodes' dispatchers wake when this commits, if
         // deliveries may have become due; and the streams of the tenants whose events (or
@@ -147,7 +155,7 @@ async fn write<C: Conn>(
             .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
             .collect();
         let mut payloads: Vec<String> = Vec::with_capacity(tenants.len() + 1);
-        if done.deliveries_added {
+        if done.due {
             payloads.push(sql::DUE.to_string());
         }
         payloads.extend(tenants.iter().map(|t| format!("{}{t}", sql::EVENTS_OF)));
@@ -160,13 +168,15 @@ async fn write<C: Conn>(
     Ok(done)
 }
 
-/// Step 2, the group's ingest requests; true if deliveries were added.
+/// Step 2, the group's ingest requests; true if deliveries were added that were not handed to
+/// this node's dispatcher (see `handoff.rs`).
 async fn ingest<C: Conn>(
     conn: &mut C,
     jobs: &[&IngestJob],
     now: i64,
     done: &mut Committed,
     deferred: &mut Deferred,
+    handoff: &Handoff,
 ) -> Result<bool, StoreError> {
     if jobs.is_empty() {
         return Ok(false);
@@ -196,7 +206,7 @@ async fn ingest<C: Conn>(
         }
     }
     let decided = decide::decide_ingests(jobs, last.clone(), &stored, Timestamp::now());
-    insert_events(conn, &decided.added, now).await?;
+    let bodies = insert_events(conn, &decided.added, now).await?;
     // Per tenant with new events: their outbox rows, and its new last sequence.
     let mut deliveries = 0;
     for (&tenant, &seq) in &decided.advanced {
@@ -210,9 +220,18 @@ async fn ingest<C: Conn>(
         }
         let (coalesced, plain): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(NewDelivery::coalesces);
+        let (held, plain, lease_until) = hand_over(plain, handoff);
         insert_deliveries(conn, &plain, now, None).await?;
         insert_deliveries(conn, &coalesced, now, None).await?;
         deliveries += plain.len() + coalesced.len();
+        if !held.is_empty() {
+            let bodies: HashMap<i64, Bytes> = (decided.added.iter().zip(&bodies))
+                .filter(|(r, _)| r.tenant == tenant)
+                .map(|(r, body)| (r.sequence, body.clone()))
+                .collect();
+            let handed = insert_held(conn, &held, now, lease_until, &bodies).await?;
+            done.handed.extend(handed);
+        }
         let events: Vec<(i64, &Event)> = decided
             .added
             .iter()
@@ -237,11 +256,12 @@ async fn ingest<C: Conn>(
     Ok(deliveries > 0)
 }
 
+/// Inserts the new events; returns their stored bodies, in the order of `rows`.
 async fn insert_events<C: Conn>(
     conn: &mut C,
     rows: &[NewEventRow<'_>],
     received_at: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Bytes>, StoreError> {
     let texts: Vec<(String, String)> = rows
         .iter()
         .map(|r| (r.id.to_string(), r.event.to_canonical_json()))
@@ -261,7 +281,90 @@ async fn insert_events<C: Conn>(
         ]);
     }
     conn.insert(&sql::INSERT_EVENTS, &values).await?;
-    Ok(())
+    drop(values);
+    Ok(texts
+        .into_iter()
+        .map(|(_, body)| Bytes::from(body))
+        .collect())
+}
+
+/// Splits a tenant's new plain deliveries into those this node's dispatcher takes now, as its
+/// offer allows (see `handoff.rs`), and the others; with the lease of the first.
+fn hand_over<'a>(
+    rows: Vec<NewDelivery<'a>>,
+    handoff: &Handoff,
+) -> (Vec<NewDelivery<'a>>, Vec<NewDelivery<'a>>, i64) {
+    // Only pending deliveries without an order to keep: a `per_agent` one waits for its
+    // agent's earlier ones, which the claim checks.
+    let eligible = |d: &NewDelivery| d.status == DeliveryStatus::Pending && d.agent.is_none();
+    let mut wanted: BTreeMap<&str, u32> = BTreeMap::new();
+    for d in rows.iter().filter(|d| eligible(d)) {
+        *wanted.entry(d.subscription_id).or_default() += 1;
+    }
+    let mut lease_until = 0;
+    let mut granted: HashMap<&str, u32> = HashMap::new();
+    for (sub, n) in wanted {
+        let (took, lease) = handoff.take(sub, n);
+        if took > 0 {
+            granted.insert(sub, took);
+            lease_until = lease;
+        }
+    }
+    if granted.is_empty() {
+        return (Vec::new(), rows, 0);
+    }
+    let (mut held, mut rest) = (Vec::new(), Vec::with_capacity(rows.len()));
+    for d in rows {
+        match granted.get_mut(d.subscription_id) {
+            Some(left) if *left > 0 && eligible(&d) => {
+                *left -= 1;
+                held.push(d);
+            }
+            _ => rest.push(d),
+        }
+    }
+    (held, rest, lease_until)
+}
+
+/// Inserts `rows` leased until `lease_until`, and returns them as the dispatcher attempts
+/// them, with their events' `bodies` (by sequence).
+async fn insert_held<C: Conn>(
+    conn: &mut C,
+    rows: &[NewDelivery<'_>],
+    now: i64,
+    lease_until: i64,
+    bodies: &HashMap<i64, Bytes>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let values = delivery_values(rows, now, Some(lease_until), false);
+    let inserted = conn
+        .insert_returning(&sql::INSERT_HANDED_DELIVERIES, &values)
+        .await?;
+    let mut ids = HashMap::with_capacity(inserted.len());
+    for mut row in inserted {
+        ids.insert((row.text(1)?, row.int(2)?), row.int(0)?);
+    }
+    let mut claimed = Vec::with_capacity(rows.len());
+    for d in rows {
+        let key = (d.subscription_id.to_string(), d.sequence);
+        let (Some(&delivery_id), Some(body)) = (ids.get(&key), bodies.get(&d.sequence)) else {
+            return Err(StoreError::Db(
+                "a delivery just inserted was not returned".into(),
+            ));
+        };
+        claimed.push(Claimed {
+            delivery_id,
+            subscription_id: key.0,
+            event_id: d.event_id.clone(),
+            sequence: d.sequence,
+            attempt: 1,
+            round_attempt: 1,
+            body: body.clone(),
+            created_at: now,
+            received_at: now,
+            superseded: 0,
+        });
+    }
+    Ok(claimed)
 }
 
 /// `tenant`'s enabled subscriptions, as the outbox reads them. Each is decoded once per change
@@ -441,12 +544,14 @@ fn delivery_values<'a>(
 
 /// Step 4: attempts and their deliveries' new state, a chunk of rows per statement; then each
 /// subscription's health. `outcomes` is sorted by subscription, so rows are locked in one order.
+/// True if a notice was given (System event deliveries added).
 async fn record<C: Conn>(
     conn: &mut C,
     outcomes: &[&Outcome],
     policy: &Policy,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut noticed = false;
     if !outcomes.is_empty() {
         let mut values = Vec::with_capacity(outcomes.len() * sql::INSERT_ATTEMPTS.columns);
         // An expired delivery ends without an attempt.
@@ -496,10 +601,10 @@ async fn record<C: Conn>(
                 lease_until: None,
                 retried: true,
             };
-            system(conn, &event, now).await?;
+            noticed |= !system(conn, &event, now).await?.is_empty();
         }
     }
-    Ok(())
+    Ok(noticed)
 }
 
 /// The subscriptions a System event goes to.

@@ -155,3 +155,103 @@ async fn a_lease_left_by_a_dead_dispatcher_expires_and_the_delivery_goes_out() {
     let d = &t.deliveries(&sub).await[0];
     assert_eq!(d.status, DeliveryStatus::Succeeded);
 }
+
+/// How many deliveries are leased now, as the database says.
+async fn leased(t: &Stepper) -> String {
+    let mut db = t.db().await;
+    let n = db
+        .text("SELECT CAST(COUNT(*) AS TEXT) FROM deliveries WHERE lease_until IS NOT NULL")
+        .await;
+    db.close().await;
+    n
+}
+
+/// Ingest hands a plain subscription's new deliveries straight to the dispatcher, leased in the
+/// same insert — as many as the dispatcher offered room for (twice `max_in_flight` free) — and
+/// the rest are claimed as before. The handed ones cannot have been claimed: their lease (25 s
+/// on a clock that does not move) makes every claim skip them.
+#[tokio::test]
+async fn ingest_hands_new_deliveries_to_the_dispatcher_within_the_room_it_offered() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "max_in_flight": 2}))
+        .await;
+    // Nothing offered before the dispatcher knows the subscription: all claimed.
+    t.publish(&agent_event(&guid(), 1, "first")).await;
+    assert_eq!(leased(&t).await, "0");
+    assert_eq!(t.step().await, 1);
+    // A step with nothing in flight: the room offered is twice `max_in_flight`.
+    assert_eq!(t.step().await, 0);
+
+    let events: Vec<Value> = (0..10)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    assert_eq!(
+        leased(&t).await,
+        "4",
+        "handed over as created: the room offered"
+    );
+    let mut attempts = 0;
+    for _ in 0..10 {
+        attempts += t.step().await;
+    }
+    assert_eq!(attempts, 10, "every delivery attempted once");
+    let got = rx.received();
+    assert_eq!(got.len(), 11);
+    assert_eq!(crate::support::receiver::unique_ids(&got).len(), 11);
+    let done = t.deliveries(&sub).await;
+    assert!(done.iter().all(|d| d.status == DeliveryStatus::Succeeded));
+    assert!(done.iter().all(|d| d.attempt_count == 1));
+    assert_eq!(
+        leased(&t).await,
+        "0",
+        "every lease given back with its outcome"
+    );
+}
+
+/// A delivery handed over is a lease like a claim's: if the node stops before attempting it,
+/// it goes out after the restart (SQLite voids leases at start; PostgreSQL's expire).
+#[tokio::test]
+async fn deliveries_handed_over_but_never_attempted_go_out_after_a_restart() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    assert_eq!(t.step().await, 0, "the dispatcher offers room");
+    let events: Vec<Value> = (0..3)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    assert_eq!(leased(&t).await, "3");
+    // The node dies with the handed deliveries in its dispatcher's queue.
+    t.restart().await;
+    t.advance(crate::support::stepper::LEASE + secs(1.0));
+    assert_eq!(t.step().await, 3, "claimed again after the restart");
+    assert_eq!(rx.received().len(), 3);
+    let done = t.deliveries(&sub).await;
+    assert!(done.iter().all(|d| d.status == DeliveryStatus::Succeeded));
+}
+
+/// Deliveries whose order or pace the dispatcher keeps (per-agent order, coalescing, a rate
+/// limit) are never handed over: the claim decides which may go.
+#[tokio::test]
+async fn ordered_coalesced_and_rate_limited_deliveries_are_claimed_not_handed_over() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    for extra in [
+        json!({"ordering": "per_agent"}),
+        json!({"coalesce": "latest_status"}),
+        json!({"rate_limit_per_sec": 100}),
+    ] {
+        let mut body = json!({"url": rx.url("/")});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        t.subscribe(body).await;
+    }
+    assert_eq!(t.step().await, 0);
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    assert_eq!(leased(&t).await, "0");
+    assert_eq!(t.step().await, 3);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::agents::Deferred;
@@ -20,7 +20,7 @@ use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
 use super::super::sql::MultiRow;
-use super::super::{Options, Outcome, StoreError, conn, sql, turn};
+use super::super::{Handoff, Options, Outcome, StoreError, conn, sql, turn};
 use crate::clock::Backoff;
 
 /// Starts the writer task; the returned receiver resolves when it has committed its last turn
@@ -29,7 +29,7 @@ pub(super) fn spawn(
     connect: PgConnectOptions,
     conn: PgConnection,
     mut rx: mpsc::Receiver<Command>,
-    wake: Arc<Notify>,
+    wake: Arc<Handoff>,
     options: Options,
     writable: Arc<AtomicBool>,
 ) -> oneshot::Receiver<()> {
@@ -49,7 +49,9 @@ pub(super) fn spawn(
             if !group.is_empty() {
                 let now = clock.now_ms();
                 let result = match writer.connected().await {
-                    Ok(()) => turn::run(&mut writer, &group, &policy, now, &mut deferred).await,
+                    Ok(()) => {
+                        turn::run(&mut writer, &group, &policy, now, &mut deferred, &wake).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(StoreError::Unavailable(_)) = &result {
@@ -228,6 +230,22 @@ impl<'a> Column<'a> {
     }
 }
 
+/// `text` (an `unnest` statement) with `arrays` bound.
+fn unnested<'q>(
+    text: &'q str,
+    arrays: &'q [Column<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut query = sqlx::query(text);
+    for column in arrays {
+        query = match column {
+            Column::Int(v) => query.bind(v),
+            Column::Text(v) => query.bind(v),
+            Column::Bool(v) => query.bind(v),
+        };
+    }
+    query
+}
+
 /// `values`, `columns` a row, as one array a column; `None` if a column is of a type sent row by
 /// row or mixes types.
 fn columns<'a>(values: &[Arg<'a>], columns: usize) -> Option<Vec<Column<'a>>> {
@@ -321,18 +339,31 @@ impl conn::Conn for Writer {
         let Some(arrays) = columns(values, statement.columns) else {
             return conn::insert_chunked(self, statement, values).await;
         };
-        let types: Vec<&str> = arrays.iter().map(Column::pg_type).collect();
-        let text = statement.unnest(&types);
-        let mut query = sqlx::query(&text);
-        for column in &arrays {
-            query = match column {
-                Column::Int(v) => query.bind(v),
-                Column::Text(v) => query.bind(v),
-                Column::Bool(v) => query.bind(v),
-            };
-        }
-        let done = query.execute(self.conn()?).await.map_err(sqlx_error)?;
+        let text = statement.unnest(&arrays.iter().map(Column::pg_type).collect::<Vec<_>>());
+        let done = unnested(&text, &arrays)
+            .execute(self.conn()?)
+            .await
+            .map_err(sqlx_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn insert_returning(
+        &mut self,
+        statement: &'static MultiRow,
+        values: &[Arg<'_>],
+    ) -> Result<Vec<Row>, StoreError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(arrays) = columns(values, statement.columns) else {
+            return conn::insert_chunked_rows(self, statement, values).await;
+        };
+        let text = statement.unnest(&arrays.iter().map(Column::pg_type).collect::<Vec<_>>());
+        let rows = unnested(&text, &arrays)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(sqlx_error)?;
+        rows.iter().map(pg_row).collect()
     }
 
     async fn update_deliveries(

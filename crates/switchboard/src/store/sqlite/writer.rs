@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::Connection;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
 use super::super::db::{Arg, Dialect, Row};
 use super::super::decide::{self, fixed_chunks};
-use super::super::{Options, Outcome, StoreError, conn, sql, turn};
+use super::super::{Handoff, Options, Outcome, StoreError, conn, sql, turn};
 use super::ids::{self, Merge, MergeSizes, RecentIds};
 use super::statements::{Binder, EVENT_IDS, bodies, bound, db, row, select_in};
 use crate::clock::Clock;
@@ -31,7 +31,7 @@ use crate::subscription::health::Policy;
 pub(super) fn spawn(
     path: &Path,
     rx: mpsc::Receiver<Command>,
-    wake: Arc<Notify>,
+    wake: Arc<Handoff>,
     ids: Arc<RecentIds>,
     merge: MergeSizes,
     options: Options,
@@ -147,7 +147,7 @@ struct Settings {
 fn run(
     mut writer: Writer<'_>,
     mut rx: mpsc::Receiver<Command>,
-    wake: &Notify,
+    wake: &Handoff,
     wal_long: &AtomicBool,
     mut merge: Merge,
     settings: &Settings,
@@ -157,7 +157,14 @@ fn run(
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {
             let now = settings.clock.now_ms();
-            let turned = turn::run(&mut writer, &group, &settings.policy, now, &mut deferred);
+            let turned = turn::run(
+                &mut writer,
+                &group,
+                &settings.policy,
+                now,
+                &mut deferred,
+                wake,
+            );
             let result = complete(turned);
             // Once durable, and before any request is answered, the new `Id`s join memory.
             if let Ok(done) = &result {

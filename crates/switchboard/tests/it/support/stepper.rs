@@ -12,7 +12,7 @@ use switchboard::event::{Catalog, parse_batch};
 use switchboard::store::{Accepted, DeliveryRecord, Options, Store, SubscriptionRecord};
 use switchboard::subscription::SubscriptionSpec;
 
-use crate::support::db::TestData;
+use crate::support::db::{OldDb, TestData};
 
 /// Leases as `serve` computes them for the default 10 s timeout.
 pub const LEASE: Duration = Duration::from_secs(25);
@@ -123,6 +123,11 @@ impl Stepper {
             .unwrap()
             .expect("the subscription")
             .expect("a subscription that decodes")
+    }
+
+    /// A connection of the test's own to the store's database.
+    pub async fn db(&self) -> OldDb {
+        OldDb::latest(&self.data).await
     }
 
     pub async fn deliveries(&self, sub: &SubscriptionRecord) -> Vec<DeliveryRecord> {

@@ -1,0 +1,170 @@
+//! Between the writer and this node's dispatcher: the wake-up after a commit, and the
+//! deliveries ingest hands straight to the dispatcher.
+//!
+//! A delivery ingest creates is due at once. Rather than committing it unleased, waking the
+//! dispatcher, and having the dispatcher claim it back in a turn of its own (an update of the
+//! row, and a read of the event's body), ingest commits it already leased to this node — in
+//! the same insert — and hands it over with the body it just wrote, once the commit is done.
+//! The lease is in the row exactly as a claim's would be: other nodes skip it, and after a
+//! crash it expires and the delivery is due again, as at-least-once allows.
+//!
+//! The dispatcher says how many it takes, per subscription ([`Handoff::offer`]): only for
+//! subscriptions it would claim for in bulk (no rate limit, no coalescing, no per-agent order),
+//! and no more than it would claim. Everything else stays on the claim path: a commit that adds
+//! deliveries nobody took marks them [`Handoff::due`], and the dispatcher claims.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{Notify, futures::Notified, mpsc};
+
+use super::Claimed;
+
+/// The dispatcher's side of the writer; one per store.
+pub struct Handoff {
+    notify: Notify,
+    /// Deliveries may be due that nobody holds: the dispatcher should claim.
+    due: AtomicBool,
+    /// Bumped on every subscription change made through this store (and, on PostgreSQL, on
+    /// every node's).
+    version: AtomicU64,
+    room: Mutex<Room>,
+    tx: mpsc::UnboundedSender<Vec<Claimed>>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Claimed>>>>,
+}
+
+/// What the dispatcher takes: per subscription, how many deliveries more, leased until when
+/// (unix ms, the dispatcher's clock), as of which subscriptions version.
+#[derive(Default)]
+struct Room {
+    subs: HashMap<String, u32>,
+    lease_until: i64,
+    version: u64,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Handoff {
+            notify: Notify::new(),
+            due: AtomicBool::new(true),
+            version: AtomicU64::new(0),
+            room: Mutex::default(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Handoff {
+    /// Deliveries may have become due that nobody holds: the dispatcher wakes and claims.
+    pub fn due(&self) {
+        self.due.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Whether [`Handoff::due`] was said since the last call.
+    pub fn take_due(&self) -> bool {
+        self.due.swap(false, Ordering::SeqCst)
+    }
+
+    /// The subscriptions changed: what was offered for them is void, and the dispatcher wakes
+    /// to re-read them (a subscription enabled again may have deliveries due).
+    pub fn subscriptions_changed(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.due();
+    }
+
+    /// Changes whenever a subscription is created, changed or deleted.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the dispatcher without anything to claim (a handoff, a change to re-read).
+    pub fn poke(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// The receiving end of the handoffs, for the one dispatcher that takes them; `None` once
+    /// taken.
+    pub fn receiver(&self) -> Option<mpsc::UnboundedReceiver<Vec<Claimed>>> {
+        self.rx.lock().expect("handoff lock").take()
+    }
+
+    /// The dispatcher takes up to `room[s]` more deliveries of subscription `s`, leased until
+    /// `lease_until`, while the subscriptions are at `version`. Replaces the last offer.
+    pub fn offer(&self, room: HashMap<String, u32>, lease_until: i64, version: u64) {
+        *self.room.lock().expect("handoff lock") = Room {
+            subs: room,
+            lease_until,
+            version,
+        };
+    }
+
+    /// Takes up to `n` of the room offered for `subscription`; returns how many, and the lease.
+    /// Nothing once the subscriptions changed since the offer: the dispatcher decides again on
+    /// what it knows then.
+    pub(super) fn take(&self, subscription: &str, n: u32) -> (u32, i64) {
+        let mut room = self.room.lock().expect("handoff lock");
+        if room.version != self.version() {
+            return (0, 0);
+        }
+        let lease_until = room.lease_until;
+        match room.subs.get_mut(subscription) {
+            Some(left) => {
+                let took = n.min(*left);
+                *left -= took;
+                (took, lease_until)
+            }
+            None => (0, 0),
+        }
+    }
+
+    /// Hands committed, leased deliveries to the dispatcher.
+    pub(super) fn hand(&self, claimed: Vec<Claimed>) {
+        if claimed.is_empty() {
+            return;
+        }
+        // No dispatcher to take them (it stopped): their leases expire and they are claimed.
+        let _ = self.tx.send(claimed);
+        self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_taken_once_and_only_at_the_offered_version() {
+        let h = Handoff::default();
+        assert_eq!(h.take("s", 5), (0, 0), "nothing offered yet");
+        h.offer(HashMap::from([("s".to_string(), 3)]), 1_000, h.version());
+        assert_eq!(h.take("t", 5), (0, 0), "not offered for t");
+        assert_eq!(h.take("s", 2), (2, 1_000));
+        assert_eq!(h.take("s", 2), (1, 1_000));
+        assert_eq!(h.take("s", 2), (0, 1_000));
+        h.offer(HashMap::from([("s".to_string(), 3)]), 1_000, h.version());
+        h.subscriptions_changed();
+        assert_eq!(
+            h.take("s", 1),
+            (0, 0),
+            "the subscriptions changed since the offer"
+        );
+    }
+
+    #[test]
+    fn due_is_said_once() {
+        let h = Handoff::default();
+        assert!(h.take_due(), "at start everything may be due");
+        assert!(!h.take_due());
+        h.due();
+        assert!(h.take_due());
+        assert!(!h.take_due());
+    }
+}
