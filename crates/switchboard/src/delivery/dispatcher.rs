@@ -39,6 +39,15 @@ const MAX_CLAIM: u32 = 256;
 /// lease that expired (a node that stopped) is noticed by no one else.
 const CLAIM_EVERY_MS: i64 = 1_000;
 
+/// How long (ms) the outcomes of bulk subscriptions may wait to be recorded when no claim is
+/// made that they could ride with: at a low rate, one turn records many attempts instead of
+/// each its own. Nothing is promised on an outcome (lost in a crash, the attempt is made again)
+/// and its slot is free at once; only its row shows it this much later.
+const OUTCOME_LINGER_MS: i64 = 50;
+
+/// Most outcomes waiting to be recorded before they are recorded anyway.
+const MAX_LINGERING: usize = 256;
+
 /// Most retry times remembered; beyond, [`CLAIM_EVERY_MS`] finds them.
 const MAX_RETRY_TIMES: usize = 10_000;
 
@@ -156,6 +165,8 @@ pub struct Dispatcher {
     last_claim: i64,
     /// When retries scheduled by this dispatcher's attempts come due, after the last claim.
     retries: BTreeSet<i64>,
+    /// When the oldest outcome not yet recorded finished (the dispatcher's clock).
+    finished_since: Option<i64>,
 }
 
 /// The longest a failing dispatcher waits before its next try.
@@ -177,6 +188,7 @@ impl Dispatcher {
             more_due: true,
             last_claim: i64::MIN,
             retries: BTreeSet::new(),
+            finished_since: None,
             clock: sender.clock().clone(),
             sender,
             lease,
@@ -236,12 +248,12 @@ impl Dispatcher {
             if started > 0 {
                 continue;
             }
-            let idle = self.idle_wait().await;
+            let (idle, lingering) = self.idle_wait().await;
             tokio::select! {
                 _ = wake.notified() => {}
                 Some(o) = self.done_rx.recv() => self.note_finished(o),
-                // What is due by now is claimed.
-                _ = tokio::time::sleep(idle) => self.more_due = true,
+                // What is due by now is claimed (or the outcomes waiting are recorded).
+                _ = tokio::time::sleep(idle) => self.more_due |= !lingering,
                 _ = shutdown.changed() => {}
             }
         }
@@ -275,11 +287,18 @@ impl Dispatcher {
             }
         }
         let finished = std::mem::take(&mut self.finished);
+        self.finished_since = None;
         let disabled = finished.iter().any(|o| o.disable.is_some());
         if !finished.is_empty() {
             self.store.record(finished).await?;
         }
         Ok(disabled)
+    }
+
+    /// Finished attempts whose outcomes wait to be recorded (for tests).
+    #[doc(hidden)]
+    pub fn unrecorded(&self) -> usize {
+        self.finished.len()
     }
 
     /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
@@ -293,7 +312,23 @@ impl Dispatcher {
         {
             self.retries.insert(at);
         }
+        self.finished_since
+            .get_or_insert_with(|| self.clock.now_ms());
         self.finished.push(o);
+    }
+
+    /// Whether the outcomes waiting are to be recorded now rather than ride with a later turn:
+    /// when one is of a subscription whose next claim depends on it (a successor in per-agent
+    /// order, a rate limit, coalescing), when there are many, or once the oldest has waited
+    /// [`OUTCOME_LINGER_MS`].
+    fn record_now(&self, finished: &[Outcome], now: i64) -> bool {
+        finished.len() >= MAX_LINGERING
+            || self
+                .finished_since
+                .is_none_or(|since| now - since >= OUTCOME_LINGER_MS)
+            || finished
+                .iter()
+                .any(|o| (self.subs.get(&o.subscription_id)).is_none_or(|s| !s.bulk()))
     }
 
     /// Takes what ingest handed over into the subscriptions' ready queues; returns what no
@@ -341,10 +376,35 @@ impl Dispatcher {
     }
 
     /// How long to wait when nothing could start: until the next due delivery, within bounds.
-    async fn idle_wait(&self) -> Duration {
+    /// When every subscription is bulk, what can come due is known here without asking the
+    /// database: a retry this dispatcher scheduled, or the next periodic claim; everything else
+    /// is said ([`Handoff::due`]).
+    /// Shorter when outcomes wait to be recorded: then true.
+    async fn idle_wait(&self) -> (Duration, bool) {
+        let due = self.due_wait().await;
+        match self.finished_since {
+            Some(since) if !self.finished.is_empty() => {
+                let left = (since + OUTCOME_LINGER_MS - self.clock.now_ms()).max(1) as u64;
+                let left = Duration::from_millis(left);
+                if left < due {
+                    (left, true)
+                } else {
+                    (due, false)
+                }
+            }
+            _ => (due, false),
+        }
+    }
+
+    async fn due_wait(&self) -> Duration {
         let min = Duration::from_millis(50);
         let max = Duration::from_secs(1);
         let now = self.clock.now_ms();
+        if self.subs.values().all(|s| s.bulk() || !s.active) {
+            let next = (self.retries.first().copied().unwrap_or(i64::MAX))
+                .min(self.last_claim.saturating_add(CLAIM_EVERY_MS));
+            return Duration::from_millis(next.saturating_sub(now).max(0) as u64).clamp(min, max);
+        }
         match self.store.next_due(now).await {
             Ok(Some(due)) => {
                 let ms = (due - now).max(0) as u64;
@@ -398,6 +458,17 @@ impl Dispatcher {
             self.retries.retain(|&at| at > now);
             self.more_due = full;
         }
+        // With no claim to ride with, bulk outcomes may wait for a later turn.
+        let finished = match wanted.is_empty() && !self.record_now(&finished, now) {
+            true => {
+                self.finished = finished;
+                Vec::new()
+            }
+            false => {
+                self.finished_since = None;
+                finished
+            }
+        };
         if wanted.is_empty() && finished.is_empty() {
             self.offer(now);
             return Ok(started);

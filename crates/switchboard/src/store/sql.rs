@@ -265,12 +265,18 @@ pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
     1,
 );
 /// SQLite's: `$1` is the time; the values follow. VALUES columns are column1, column2, ….
-/// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.)
+/// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.) An attempt's outcome changes
+/// its delivery's state only while the delivery is still leased: one requeued meanwhile (a
+/// replay, a retry asked for) starts a fresh round that the old attempt's outcome must not end.
+/// Its attempt is counted either way, so the next attempt's number is new.
 pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
-    "UPDATE deliveries SET status = v.column2, \
+    "UPDATE deliveries SET \
+     status = CASE WHEN lease_until IS NULL THEN status ELSE v.column2 END, \
      attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
-     round_attempts = v.column4, next_attempt_at = v.column5, lease_until = NULL, \
-     last_status_code = v.column6, last_error = v.column7, updated_at = $1 FROM (VALUES ",
+     round_attempts = CASE WHEN lease_until IS NULL THEN round_attempts ELSE v.column4 END, \
+     next_attempt_at = CASE WHEN lease_until IS NULL THEN next_attempt_at ELSE v.column5 END, \
+     last_status_code = v.column6, last_error = v.column7, lease_until = NULL, updated_at = $1 \
+     FROM (VALUES ",
     ") AS v WHERE id = v.column1",
     7,
     2,

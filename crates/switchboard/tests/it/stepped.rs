@@ -255,3 +255,34 @@ async fn ordered_coalesced_and_rate_limited_deliveries_are_claimed_not_handed_ov
     assert_eq!(leased(&t).await, "0");
     assert_eq!(t.step().await, 3);
 }
+
+/// A delivery requeued after its attempt but before the attempt's outcome was recorded (a
+/// retry asked for, a replay) starts a fresh round: the old outcome, recorded after, is logged
+/// and counted but does not end it.
+#[tokio::test]
+async fn an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+    // The outcome comes back and waits to ride with a later turn (nothing else to write).
+    for _ in 0..500 {
+        t.dispatcher.step().await.unwrap();
+        if t.dispatcher.unrecorded() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.dispatcher.unrecorded(), 1, "the outcome waits");
+    let id = t.deliveries(&sub).await[0].id;
+    assert!(t.store.retry_delivery("default", id, 1).await.unwrap());
+    // (The retry is due at the wall clock's now.)
+    t.advance(secs(1.0));
+    assert_eq!(t.step().await, 1, "the fresh round's attempt");
+    assert_eq!(rx.received().len(), 2);
+    let (d, log) = t.store.get_delivery("default", id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.attempt_count), (DeliveryStatus::Succeeded, 2));
+    assert_eq!(log.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+}

@@ -144,11 +144,16 @@ pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.
       WHERE tenant_id = $1 AND sequence = k.seq LIMIT 1) e";
 
 /// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`]. Arrays
-/// joined, not a VALUES list: see [`FIND_STORED`].
-const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET status = v.status, \
-    attempt_count = GREATEST(deliveries.attempt_count, v.attempt), round_attempts = v.round, \
-    next_attempt_at = v.next_at, lease_until = NULL, last_status_code = v.code, \
-    last_error = v.error, updated_at = $1 \
+/// joined, not a VALUES list: see [`FIND_STORED`]. Only a delivery still leased changes state
+/// (see `sql::UPDATE_DELIVERIES`).
+const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET \
+    status = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.status ELSE v.status END, \
+    attempt_count = GREATEST(deliveries.attempt_count, v.attempt), \
+    round_attempts = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.round_attempts \
+      ELSE v.round END, \
+    next_attempt_at = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.next_attempt_at \
+      ELSE v.next_at END, \
+    lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = $1 \
     FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], \
       $8::text[]) AS v(id, status, attempt, round, next_at, code, error) \
     WHERE deliveries.id = v.id";
