@@ -700,6 +700,9 @@ pub struct Claimed {
     pub received_at: i64,
     /// How many pending deliveries of the same agent's status this one replaced (`coalesce`).
     pub superseded: i64,
+    /// The lease the attempt is made under (unix ms, the dispatcher's clock); its outcome
+    /// changes the delivery only while the row still holds this lease.
+    pub lease_until: i64,
 }
 
 /// What becomes of a delivery after an attempt.
@@ -728,4 +731,6 @@ pub struct Outcome {
     pub next: NextState,
     /// Disable the subscription, with this reason (410 Gone).
     pub disable: Option<String>,
+    /// The claimed delivery's lease ([`Claimed::lease_until`]).
+    pub lease_until: i64,
 }

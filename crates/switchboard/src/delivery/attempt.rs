@@ -193,6 +193,7 @@ pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcom
         response_body: None,
         next: NextState::Expired,
         disable: None,
+        lease_until: c.lease_until,
     })
 }
 
@@ -224,5 +225,6 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         response_body: r.response_body,
         next,
         disable,
+        lease_until: c.lease_until,
     }
 }

@@ -167,6 +167,8 @@ pub struct Dispatcher {
     retries: BTreeSet<i64>,
     /// When the oldest outcome not yet recorded finished (the dispatcher's clock).
     finished_since: Option<i64>,
+    /// Ready deliveries whose lease ran too short to start them: given back at the step's end.
+    stale: Vec<Claimed>,
 }
 
 /// The longest a failing dispatcher waits before its next try.
@@ -189,6 +191,7 @@ impl Dispatcher {
             last_claim: i64::MIN,
             retries: BTreeSet::new(),
             finished_since: None,
+            stale: Vec::new(),
             clock: sender.clock().clone(),
             sender,
             lease,
@@ -224,6 +227,8 @@ impl Dispatcher {
                     n
                 }
                 Err(e) => {
+                    // Nothing is taken from ingest while steps fail.
+                    self.handoff.offer(HashMap::new(), 0, 0);
                     let delay = backoff.failed();
                     match &e {
                         StoreError::Unavailable(_)
@@ -275,6 +280,14 @@ impl Dispatcher {
         if let Err(e) = self.settle().await {
             tracing::warn!(error = %e, "could not record the last outcomes; they will be retried");
         }
+        // A turn that took room just before the offer was withdrawn hands over after it.
+        let mut late = Vec::new();
+        if let Some(rx) = self.handed.as_mut() {
+            while let Ok(claimed) = rx.try_recv() {
+                late.extend(claimed);
+            }
+        }
+        self.release(late).await;
     }
 
     /// Waits for every attempt in flight and records every finished one; true if one of them
@@ -371,8 +384,8 @@ impl Dispatcher {
             .filter(|(_, n)| *n > 0)
             .collect();
         let version = self.refreshed.map_or(u64::MAX, |(_, v)| v);
-        let lease_until = now + self.lease.as_millis() as i64;
-        self.handoff.offer(room, lease_until, version);
+        self.handoff
+            .offer(room, self.lease.as_millis() as i64, version);
     }
 
     /// How long to wait when nothing could start: until the next due delivery, within bounds.
@@ -470,6 +483,8 @@ impl Dispatcher {
             }
         };
         if wanted.is_empty() && finished.is_empty() {
+            let stale = std::mem::take(&mut self.stale);
+            self.release(stale).await;
             self.offer(now);
             return Ok(started);
         }
@@ -510,6 +525,8 @@ impl Dispatcher {
         // go out with the subscription as it is now.
         self.refresh(false).await?;
         started += self.start_ready(now);
+        let stale = std::mem::take(&mut self.stale);
+        self.release(stale).await;
         self.offer(now);
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
@@ -560,9 +577,14 @@ impl Dispatcher {
 
     /// Starts every ready delivery that a free slot and the rate limit allow; returns how many.
     /// One too old for its subscription's `max_age_secs` is not attempted: it ends `expired`.
+    /// One whose lease has less than half its length left (more than the HTTP timeout) is not
+    /// attempted either: it is given back (`stale`), so that no attempt outlives its lease and
+    /// a live node never sends a delivery another claim took.
     fn start_ready(&mut self, now: i64) -> usize {
         let mut started = 0;
         let finished = &mut self.finished;
+        let stale = &mut self.stale;
+        let min_left = self.lease.as_millis() as i64 / 2;
         for state in self.subs.values_mut() {
             if state.ready.is_empty() {
                 continue;
@@ -574,6 +596,14 @@ impl Dispatcher {
                 };
                 if let Some(outcome) = expired(&state.target.sub, &c, now) {
                     finished.push(outcome);
+                    continue;
+                }
+                if c.lease_until - now < min_left {
+                    // Given back while still held; once expired it is anyone's to claim, and
+                    // giving it back could clear another claim's lease.
+                    if c.lease_until > now {
+                        stale.push(c);
+                    }
                     continue;
                 }
                 slots -= 1;

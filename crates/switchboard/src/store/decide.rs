@@ -330,6 +330,7 @@ pub(super) fn claimed(
     sub_id: &str,
     rows: Vec<ClaimRow>,
     bodies: &HashMap<i64, Body>,
+    lease_until: i64,
 ) -> Option<Vec<Claimed>> {
     rows.into_iter()
         .map(|r| {
@@ -347,6 +348,7 @@ pub(super) fn claimed(
                 created_at: r.created_at,
                 received_at,
                 superseded: r.superseded,
+                lease_until,
             })
         })
         .collect()

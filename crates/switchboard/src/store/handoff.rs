@@ -10,7 +10,9 @@
 //!
 //! The dispatcher says how many it takes, per subscription ([`Handoff::offer`]): only for
 //! subscriptions it would claim for in bulk (no rate limit, no coalescing, no per-agent order),
-//! and no more than it would claim. Everything else stays on the claim path: a commit that adds
+//! and what it would claim then. (A turn may take an offer while a claim fills the same room:
+//! the ready queue then holds up to about twice that, and a delivery whose lease ran short
+//! there is given back rather than attempted: see the dispatcher's `start_ready`.) Everything else stays on the claim path: a commit that adds
 //! deliveries nobody took marks them [`Handoff::due`], and the dispatcher claims.
 
 use std::collections::HashMap;
@@ -34,12 +36,12 @@ pub struct Handoff {
     rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Claimed>>>>,
 }
 
-/// What the dispatcher takes: per subscription, how many deliveries more, leased until when
-/// (unix ms, the dispatcher's clock), as of which subscriptions version.
+/// What the dispatcher takes: per subscription, how many deliveries more, leased for how long
+/// (ms, from the commit's time), as of which subscriptions version.
 #[derive(Default)]
 struct Room {
     subs: HashMap<String, u32>,
-    lease_until: i64,
+    lease_ms: i64,
     version: u64,
 }
 
@@ -96,17 +98,19 @@ impl Handoff {
         self.rx.lock().expect("handoff lock").take()
     }
 
-    /// The dispatcher takes up to `room[s]` more deliveries of subscription `s`, leased until
-    /// `lease_until`, while the subscriptions are at `version`. Replaces the last offer.
-    pub fn offer(&self, room: HashMap<String, u32>, lease_until: i64, version: u64) {
+    /// The dispatcher takes up to `room[s]` more deliveries of subscription `s`, leased for
+    /// `lease_ms` from their insert, while the subscriptions are at `version`. Replaces the
+    /// last offer.
+    pub fn offer(&self, room: HashMap<String, u32>, lease_ms: i64, version: u64) {
         *self.room.lock().expect("handoff lock") = Room {
             subs: room,
-            lease_until,
+            lease_ms,
             version,
         };
     }
 
-    /// Takes up to `n` of the room offered for `subscription`; returns how many, and the lease.
+    /// Takes up to `n` of the room offered for `subscription`; returns how many, and the
+    /// lease's length (ms).
     /// Nothing once the subscriptions changed since the offer: the dispatcher decides again on
     /// what it knows then.
     pub(super) fn take(&self, subscription: &str, n: u32) -> (u32, i64) {
@@ -114,12 +118,12 @@ impl Handoff {
         if room.version != self.version() {
             return (0, 0);
         }
-        let lease_until = room.lease_until;
+        let lease_ms = room.lease_ms;
         match room.subs.get_mut(subscription) {
             Some(left) => {
                 let took = n.min(*left);
                 *left -= took;
-                (took, lease_until)
+                (took, lease_ms)
             }
             None => (0, 0),
         }

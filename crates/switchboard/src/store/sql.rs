@@ -266,19 +266,22 @@ pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
 );
 /// SQLite's: `$1` is the time; the values follow. VALUES columns are column1, column2, ….
 /// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.) An attempt's outcome changes
-/// its delivery's state only while the delivery is still leased: one requeued meanwhile (a
-/// replay, a retry asked for) starts a fresh round that the old attempt's outcome must not end.
-/// Its attempt is counted either way, so the next attempt's number is new.
+/// its delivery's state only while the delivery still holds the lease the attempt was made
+/// under (`column8`): one requeued meanwhile (a replay, a retry asked for: the lease cleared)
+/// and perhaps claimed again (another lease) is in a fresh round that the old attempt's outcome
+/// must not end. Its attempt is counted either way, so the next attempt's number is new.
 pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
     "UPDATE deliveries SET \
-     status = CASE WHEN lease_until IS NULL THEN status ELSE v.column2 END, \
+     status = CASE WHEN lease_until = v.column8 THEN v.column2 ELSE status END, \
      attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
-     round_attempts = CASE WHEN lease_until IS NULL THEN round_attempts ELSE v.column4 END, \
-     next_attempt_at = CASE WHEN lease_until IS NULL THEN next_attempt_at ELSE v.column5 END, \
-     last_status_code = v.column6, last_error = v.column7, lease_until = NULL, updated_at = $1 \
-     FROM (VALUES ",
+     round_attempts = CASE WHEN lease_until = v.column8 THEN v.column4 ELSE round_attempts END, \
+     next_attempt_at = CASE WHEN lease_until = v.column8 THEN v.column5 \
+       ELSE next_attempt_at END, \
+     last_status_code = v.column6, last_error = v.column7, \
+     lease_until = CASE WHEN lease_until = v.column8 THEN NULL ELSE lease_until END, \
+     updated_at = $1 FROM (VALUES ",
     ") AS v WHERE id = v.column1",
-    7,
+    8,
     2,
 );
 /// A subscription's health as the policy decided it.

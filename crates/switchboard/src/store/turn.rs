@@ -142,7 +142,8 @@ async fn write<C: Conn>(
     // What the dispatcher is to claim: deliveries nobody holds — ingest's not handed over,
     // replays', System events' — and retries (due later; other nodes learn of them here).
     // An attempt's outcome makes nothing else due: a `per_agent` successor it unblocks is
-    // claimed in the same turn as the outcome is recorded.
+    // claimed by the dispatcher's next step (it claims such subscriptions at every step, and
+    // sends the outcome together with that claim, which follows it in the turn).
     let retries = outcomes
         .iter()
         .any(|o| matches!(o.next, NextState::RetryAt(_)));
@@ -220,7 +221,7 @@ async fn ingest<C: Conn>(
         }
         let (coalesced, plain): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(NewDelivery::coalesces);
-        let (held, plain, lease_until) = hand_over(plain, handoff);
+        let (held, plain, lease_ms) = hand_over(plain, handoff);
         insert_deliveries(conn, &plain, now, None).await?;
         insert_deliveries(conn, &coalesced, now, None).await?;
         deliveries += plain.len() + coalesced.len();
@@ -229,7 +230,7 @@ async fn ingest<C: Conn>(
                 .filter(|(r, _)| r.tenant == tenant)
                 .map(|(r, body)| (r.sequence, body.clone()))
                 .collect();
-            let handed = insert_held(conn, &held, now, lease_until, &bodies).await?;
+            let handed = insert_held(conn, &held, now, now + lease_ms, &bodies).await?;
             done.handed.extend(handed);
         }
         let events: Vec<(i64, &Event)> = decided
@@ -289,7 +290,7 @@ async fn insert_events<C: Conn>(
 }
 
 /// Splits a tenant's new plain deliveries into those this node's dispatcher takes now, as its
-/// offer allows (see `handoff.rs`), and the others; with the lease of the first.
+/// offer allows (see `handoff.rs`), and the others; with the length of the lease (ms).
 fn hand_over<'a>(
     rows: Vec<NewDelivery<'a>>,
     handoff: &Handoff,
@@ -301,13 +302,13 @@ fn hand_over<'a>(
     for d in rows.iter().filter(|d| eligible(d)) {
         *wanted.entry(d.subscription_id).or_default() += 1;
     }
-    let mut lease_until = 0;
+    let mut lease_ms = 0;
     let mut granted: HashMap<&str, u32> = HashMap::new();
     for (sub, n) in wanted {
         let (took, lease) = handoff.take(sub, n);
         if took > 0 {
             granted.insert(sub, took);
-            lease_until = lease;
+            lease_ms = lease;
         }
     }
     if granted.is_empty() {
@@ -323,7 +324,7 @@ fn hand_over<'a>(
             _ => rest.push(d),
         }
     }
-    (held, rest, lease_until)
+    (held, rest, lease_ms)
 }
 
 /// Inserts `rows` leased until `lease_until`, and returns them as the dispatcher attempts
@@ -362,6 +363,7 @@ async fn insert_held<C: Conn>(
             created_at: now,
             received_at: now,
             superseded: 0,
+            lease_until,
         });
     }
     Ok(claimed)
@@ -675,6 +677,7 @@ async fn system<C: Conn>(
             created_at: now,
             received_at: now,
             superseded: 0,
+            lease_until: ev.lease_until.unwrap_or(0),
         });
     }
     Ok(claimed)
@@ -724,7 +727,7 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
                 known.insert(sequence, (row.text(0)?.into(), row.int(1)?));
             }
         }
-        let claimed = decide::claimed(sub_id, rows, known)
+        let claimed = decide::claimed(sub_id, rows, known, job.lease_until)
             .ok_or_else(|| StoreError::Db("a claimed delivery's event is missing".into()))?;
         out.extend(claimed);
     }

@@ -278,11 +278,83 @@ async fn an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round() {
     assert_eq!(t.dispatcher.unrecorded(), 1, "the outcome waits");
     let id = t.deliveries(&sub).await[0].id;
     assert!(t.store.retry_delivery("default", id, 1).await.unwrap());
-    // (The retry is due at the wall clock's now.)
-    t.advance(secs(1.0));
+    // (The retry is due at the wall clock's now, which ran on since the test's clock was set.)
+    t.advance(secs(60.0));
     assert_eq!(t.step().await, 1, "the fresh round's attempt");
     assert_eq!(rx.received().len(), 2);
     let (d, log) = t.store.get_delivery("default", id).await.unwrap().unwrap();
     assert_eq!((d.status, d.attempt_count), (DeliveryStatus::Succeeded, 2));
     assert_eq!(log.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+}
+
+/// A delivery waiting in the dispatcher's ready queue is not attempted once its lease has run
+/// short: by then another node may hold it.
+#[tokio::test]
+async fn a_ready_delivery_whose_lease_ran_out_is_not_attempted() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "max_in_flight": 1}))
+        .await;
+    let events: Vec<Value> = (0..2)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    assert_eq!(
+        t.step().await,
+        1,
+        "one attempted, the other claimed and ready"
+    );
+    // Its lease expires; another node claims it.
+    t.advance(crate::support::stepper::LEASE + secs(1.0));
+    let now = t.clock.now_ms();
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let taken = t
+        .store
+        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the other node holds it now");
+    assert_eq!(t.step().await, 0, "not attempted here as well");
+    assert_eq!(rx.received().len(), 1);
+}
+
+/// The same when another node claimed the requeued delivery before the old outcome was written:
+/// the outcome changes only the lease it was made under, and leaves the other node's round be.
+#[tokio::test]
+async fn an_old_outcome_leaves_another_nodes_fresh_claim_alone() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+    for _ in 0..500 {
+        t.dispatcher.step().await.unwrap();
+        if t.dispatcher.unrecorded() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.dispatcher.unrecorded(), 1, "the outcome waits");
+    let id = t.deliveries(&sub).await[0].id;
+    assert!(t.store.retry_delivery("default", id, 1).await.unwrap());
+    t.advance(secs(60.0));
+    let now = t.clock.now_ms();
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let taken = t
+        .store
+        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "another node claims the requeued delivery");
+    // This node writes its old outcome (and finds nothing to claim: the other node holds it).
+    assert_eq!(t.step().await, 0);
+    let d = &t.deliveries(&sub).await[0];
+    assert_eq!(
+        d.status,
+        DeliveryStatus::Pending,
+        "the other node's round goes on"
+    );
+    assert_eq!(d.attempt_count, 1, "the old attempt is counted");
 }

@@ -144,18 +144,21 @@ pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.
       WHERE tenant_id = $1 AND sequence = k.seq LIMIT 1) e";
 
 /// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`]. Arrays
-/// joined, not a VALUES list: see [`FIND_STORED`]. Only a delivery still leased changes state
-/// (see `sql::UPDATE_DELIVERIES`).
+/// joined, not a VALUES list: see [`FIND_STORED`]. Only a delivery still holding the attempt's
+/// lease changes state (see `sql::UPDATE_DELIVERIES`).
 const UPDATE_DELIVERIES: &str = "UPDATE deliveries SET \
-    status = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.status ELSE v.status END, \
+    status = CASE WHEN deliveries.lease_until = v.lease THEN v.status \
+      ELSE deliveries.status END, \
     attempt_count = GREATEST(deliveries.attempt_count, v.attempt), \
-    round_attempts = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.round_attempts \
-      ELSE v.round END, \
-    next_attempt_at = CASE WHEN deliveries.lease_until IS NULL THEN deliveries.next_attempt_at \
-      ELSE v.next_at END, \
-    lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = $1 \
+    round_attempts = CASE WHEN deliveries.lease_until = v.lease THEN v.round \
+      ELSE deliveries.round_attempts END, \
+    next_attempt_at = CASE WHEN deliveries.lease_until = v.lease THEN v.next_at \
+      ELSE deliveries.next_attempt_at END, \
+    lease_until = CASE WHEN deliveries.lease_until = v.lease THEN NULL \
+      ELSE deliveries.lease_until END, \
+    last_status_code = v.code, last_error = v.error, updated_at = $1 \
     FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], \
-      $8::text[]) AS v(id, status, attempt, round, next_at, code, error) \
+      $8::text[], $9::int8[]) AS v(id, status, attempt, round, next_at, code, error, lease) \
     WHERE deliveries.id = v.id";
 
 /// A delivery's new state after an attempt, as one array per column.
@@ -168,6 +171,7 @@ struct UpdateColumns<'a> {
     next_at: Vec<Option<i64>>,
     code: Vec<Option<i64>>,
     error: Vec<Option<&'a str>>,
+    lease: Vec<i64>,
 }
 
 impl Writer {
@@ -386,6 +390,7 @@ impl conn::Conn for Writer {
             v.next_at.push(next_at);
             v.code.push(o.status_code.map(i64::from));
             v.error.push(o.error.as_deref());
+            v.lease.push(o.lease_until);
         }
         sqlx::query(UPDATE_DELIVERIES)
             .bind(now)
@@ -396,6 +401,7 @@ impl conn::Conn for Writer {
             .bind(&v.next_at)
             .bind(&v.code)
             .bind(&v.error)
+            .bind(&v.lease)
             .execute(self.conn()?)
             .await
             .map_err(sqlx_error)?;

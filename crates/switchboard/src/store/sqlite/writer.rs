@@ -336,7 +336,8 @@ impl conn::Conn for Writer<'_> {
                         .bind(i64::from(o.round_attempt))?
                         .bind(next_at)?
                         .bind(o.status_code.map(i64::from))?
-                        .bind(&o.error)?;
+                        .bind(&o.error)?
+                        .bind(o.lease_until)?;
                 }
                 Ok(())
             };
