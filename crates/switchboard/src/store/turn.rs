@@ -352,19 +352,15 @@ async fn insert_held<C: Conn>(
                 "a delivery just inserted was not returned".into(),
             ));
         };
-        claimed.push(Claimed {
+        claimed.push(first_attempt(
             delivery_id,
-            subscription_id: key.0,
-            event_id: d.event_id.clone(),
-            sequence: d.sequence,
-            attempt: 1,
-            round_attempt: 1,
-            body: body.clone(),
-            created_at: now,
-            received_at: now,
-            superseded: 0,
+            key.0,
+            d.event_id.clone(),
+            d.sequence,
+            body,
+            now,
             lease_until,
-        });
+        ));
     }
     Ok(claimed)
 }
@@ -666,21 +662,43 @@ async fn system<C: Conn>(
         if !ev.retried {
             conn.execute(sql::NO_RETRY, &args![delivery_id]).await?;
         }
-        claimed.push(Claimed {
+        let lease_until = ev.lease_until.unwrap_or(0);
+        claimed.push(first_attempt(
             delivery_id,
-            subscription_id: sub.clone(),
-            event_id: id.clone(),
-            sequence: 0,
-            attempt: 1,
-            round_attempt: 1,
-            body: body.clone(),
-            created_at: now,
-            received_at: now,
-            superseded: 0,
-            lease_until: ev.lease_until.unwrap_or(0),
-        });
+            sub.clone(),
+            id.clone(),
+            0,
+            &body,
+            now,
+            lease_until,
+        ));
     }
     Ok(claimed)
+}
+
+/// A delivery created `now` in this turn, as its first attempt takes it.
+fn first_attempt(
+    delivery_id: i64,
+    subscription_id: String,
+    event_id: String,
+    sequence: i64,
+    body: &Bytes,
+    now: i64,
+    lease_until: i64,
+) -> Claimed {
+    Claimed {
+        delivery_id,
+        subscription_id,
+        event_id,
+        sequence,
+        attempt: 1,
+        round_attempt: 1,
+        body: body.clone(),
+        created_at: now,
+        received_at: now,
+        superseded: 0,
+        lease_until,
+    }
 }
 
 fn claim_row(mut r: Row) -> Result<ClaimRow, StoreError> {

@@ -256,18 +256,12 @@ async fn ordered_coalesced_and_rate_limited_deliveries_are_claimed_not_handed_ov
     assert_eq!(t.step().await, 3);
 }
 
-/// A delivery requeued after its attempt but before the attempt's outcome was recorded (a
-/// retry asked for, a replay) starts a fresh round: the old outcome, recorded after, is logged
-/// and counted but does not end it.
-#[tokio::test]
-async fn an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round() {
-    let mut t = Stepper::new().await;
-    let rx = TestReceiver::start().await;
-    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+/// Publishes one event and steps until its attempt has been made and its outcome waits to
+/// ride with a later turn (nothing else to write), not yet recorded.
+async fn attempted_with_outcome_waiting(t: &mut Stepper, rx: &TestReceiver) {
     t.publish(&agent_event(&guid(), 1, "jdoe")).await;
     assert_eq!(t.dispatcher.step().await.unwrap(), 1);
     rx.wait_for(1).await;
-    // The outcome comes back and waits to ride with a later turn (nothing else to write).
     for _ in 0..500 {
         t.dispatcher.step().await.unwrap();
         if t.dispatcher.unrecorded() == 1 {
@@ -276,6 +270,17 @@ async fn an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(t.dispatcher.unrecorded(), 1, "the outcome waits");
+}
+
+/// A delivery requeued after its attempt but before the attempt's outcome was recorded (a
+/// retry asked for, a replay) starts a fresh round: the old outcome, recorded after, is logged
+/// and counted but does not end it.
+#[tokio::test]
+async fn an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    attempted_with_outcome_waiting(&mut t, &rx).await;
     let id = t.deliveries(&sub).await[0].id;
     assert!(t.store.retry_delivery("default", id, 1).await.unwrap());
     // (The retry is due at the wall clock's now, which ran on since the test's clock was set.)
@@ -326,17 +331,7 @@ async fn an_old_outcome_leaves_another_nodes_fresh_claim_alone() {
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
     let sub = t.subscribe(json!({"url": rx.url("/")})).await;
-    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
-    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
-    for _ in 0..500 {
-        t.dispatcher.step().await.unwrap();
-        if t.dispatcher.unrecorded() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(t.dispatcher.unrecorded(), 1, "the outcome waits");
+    attempted_with_outcome_waiting(&mut t, &rx).await;
     let id = t.deliveries(&sub).await[0].id;
     assert!(t.store.retry_delivery("default", id, 1).await.unwrap());
     t.advance(secs(60.0));
