@@ -9,6 +9,7 @@ pub mod doc;
 mod error;
 mod events;
 mod health;
+mod jobs;
 mod keys;
 pub mod limits;
 mod me;
@@ -69,6 +70,7 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub max_subscriptions_per_tenant: u32,
+    pub max_jobs_per_tenant: u32,
     /// The hash of `metrics_key`: `/metrics` needs it (or the admin key) when set.
     pub metrics_key_hash: Option<String>,
     pub stream_buffer_bytes: usize,
@@ -86,6 +88,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(subscriptions::router())
         .merge(deliveries::router())
+        .merge(jobs::router())
         .merge(agents::router())
         .merge(catalog::router())
         .merge(me::router())

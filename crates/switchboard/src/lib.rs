@@ -24,6 +24,8 @@
 //! - [`auth`]: API keys, scopes and principals (`Principal::may`: 404 or 403).
 //! - [`clock`]: time: `now_millis`, and the `Clock` the writer, the dispatcher and attempts
 //!   read (one tests move by hand); jitter and backoff.
+//! - [`jobs`]: the runner of jobs (long replays, cancels): takes them, works them a page at a
+//!   time, resumes them after a restart; the pages themselves are the store's.
 //! - [`cli`]: the tools besides `serve`: the API's client commands, `listen` (a verifying local
 //!   receiver), `bench` and its `--pending` backlog mode, `simulate` (agents' shifts).
 //! - [`config`], [`telemetry`]: start-up concerns: the layered configuration; logs and metrics.
@@ -39,6 +41,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod jobs;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
@@ -156,6 +159,7 @@ pub async fn run_with(
         tails: Arc::default(),
         settings: Arc::new(api::Settings {
             max_subscriptions_per_tenant: config.max_subscriptions_per_tenant,
+            max_jobs_per_tenant: config.max_jobs_per_tenant,
             metrics_key_hash: (!config.metrics_key.is_empty())
                 .then(|| auth::hash_key(&config.metrics_key)),
             stream_buffer_bytes: usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),
@@ -175,6 +179,10 @@ pub async fn run_with(
         .role
         .delivers()
         .then(|| tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped)));
+
+    let jobs = tokio::spawn(
+        jobs::Runner::new(store.clone(), clock::Clock::system()).run(stop_dispatcher.subscribe()),
+    );
 
     let purger = tokio::spawn(purge(
         store.clone(),
@@ -198,6 +206,7 @@ pub async fn run_with(
         let _ = dispatcher.await;
     }
     let _ = purger.await;
+    let _ = jobs.await;
     store.close().await;
     tracing::info!("stopped");
     served.context("serving HTTP")

@@ -31,6 +31,7 @@ mod deliveries;
 pub mod embedded;
 mod events;
 mod handoff;
+mod jobs;
 mod postgres;
 mod retention;
 mod sql;
@@ -57,6 +58,7 @@ pub use agents::{AgentQuery, History, Refused};
 use command::{ClaimJob, Command};
 use db::{Db, Dialect};
 pub use handoff::Handoff;
+pub use jobs::{CancelJob, JobRecord, JobSpec};
 pub use retention::{PURGE_BATCH, Purged};
 pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;
@@ -130,6 +132,8 @@ struct Inner {
     writable: Arc<std::sync::atomic::AtomicBool>,
     /// SQLite's: the `Id`s of recent events, not yet in `event_ids` (see `sqlite/ids.rs`).
     ids: Option<Arc<sqlite::RecentIds>>,
+    /// Wakes this node's job runner when a job is created here.
+    jobs: tokio::sync::Notify,
 }
 
 /// What a backend's `open` hands over: its pools and its started writer.
@@ -209,6 +213,7 @@ impl Store {
             writer_done: Mutex::new(Some(o.writer_done)),
             writable: o.writable,
             ids: o.ids,
+            jobs: tokio::sync::Notify::new(),
         }))
     }
 
@@ -628,6 +633,8 @@ pub enum DeliveryStatus {
     /// Not sent: a later StatusChanged of the same agent replaced it (`coalesce`). Finished,
     /// not failed; replay requeues it.
     Superseded,
+    /// Not sent: a `cancel_pending` job ended it (DESIGN §16). Finished; replay requeues it.
+    Canceled,
 }
 
 impl DeliveryStatus {
@@ -638,6 +645,7 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Expired => "expired",
             DeliveryStatus::Superseded => "superseded",
+            DeliveryStatus::Canceled => "canceled",
         }
     }
 
@@ -648,6 +656,7 @@ impl DeliveryStatus {
             Self::Failed,
             Self::Expired,
             Self::Superseded,
+            Self::Canceled,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)

@@ -28,6 +28,7 @@ use crate::event::FieldError;
         (name = "agents", description = "The live state of every agent"),
         (name = "subscriptions", description = "Endpoints, filters and delivery options"),
         (name = "deliveries", description = "Deliveries and their attempts"),
+        (name = "jobs", description = "Long work, tracked and cancellable: replays, cancels"),
         (name = "tenants", description = "Tenants and API keys"),
         (name = "catalog", description = "The event catalog"),
         (name = "operations", description = "Health, readiness, metrics, this document"),

@@ -571,8 +571,12 @@ async fn deliveries(
     let status = p
         .take("status")
         .map(|s| {
-            DeliveryStatus::parse(&s)
-                .ok_or_else(|| ApiError::invalid("status", "must be pending, succeeded or failed"))
+            DeliveryStatus::parse(&s).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    "must be pending, succeeded, failed, expired, superseded or canceled",
+                )
+            })
         })
         .transpose()?;
     p.finish()?;

@@ -66,15 +66,29 @@ pub(super) struct ReplayJob {
     pub since: i64,
     pub until: i64,
     pub after: i64,
+    /// The last sequence in scope (a job's: the tenant's last when it was created).
+    pub bound: i64,
     pub only_failed: bool,
+    /// The job this page belongs to: its progress commits with the page.
+    pub job: Option<JobMark>,
 }
 
-/// What a replay page did: deliveries requeued or created, and where the next page starts
-/// (`None`: that was the last).
+/// A job's page in a writer turn: the job's `done` and resume point are written in the same
+/// transaction as the page, its lease renewed to `lease_until` — while it is still running.
+pub(super) struct JobMark {
+    pub id: String,
+    pub lease_until: i64,
+}
+
+/// What a replay page did: deliveries requeued or created, how many of those were not
+/// pending already (what a job counts), and where the next page starts (`None`: that was the
+/// last); for a job's page, whether the job was still running (not canceled meanwhile).
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct ReplayStep {
     pub requeued: u64,
+    pub fresh: u64,
     pub next: Option<i64>,
+    pub running: bool,
 }
 
 /// What a purge batch did: whether more may follow, where the next starts, what went.

@@ -36,6 +36,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("agents", &["tenant_id", "username"]),
     ("agent_bases", &["tenant_id", "username"]),
     ("events_by_username", &["tenant_id", "username", "sequence"]),
+    ("jobs", &["id"]),
 ];
 
 /// SQLite tables not copied: sqlx's and the schema's bookkeeping (the target has its own), the
@@ -48,7 +49,7 @@ pub const NOT_COPIED: &[&str] = &[
 ];
 
 /// Columns whose value is not carried over: leases die with the process that took them.
-const DROPPED: &[(&str, &str)] = &[("deliveries", "lease_until")];
+const DROPPED: &[(&str, &str)] = &[("deliveries", "lease_until"), ("jobs", "lease_until")];
 
 /// Tables whose `id` PostgreSQL generates: their sequences continue after the copied ids.
 const GENERATED_IDS: &[&str] = &["deliveries", "system_events"];

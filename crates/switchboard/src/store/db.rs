@@ -437,6 +437,13 @@ impl Tx {
         }
     }
 
+    pub async fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Tx::Sqlite(t) => sqlite_query(&mut **t, sql, args).await,
+            Tx::Postgres(t) => pg_query(&mut **t, sql, args).await,
+        }
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(t) => t.commit().await,

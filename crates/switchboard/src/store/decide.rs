@@ -261,6 +261,13 @@ pub(super) fn coalescing<'r, 'a>(
         .filter(|d| d.coalesce_key.is_some() && d.status == DeliveryStatus::Pending)
 }
 
+/// How many of a replay's `rows` set a delivery pending that was not pending already.
+pub(super) fn fresh(rows: &[NewDelivery<'_>], pending: &std::collections::BTreeSet<i64>) -> u64 {
+    rows.iter()
+        .filter(|d| d.status == DeliveryStatus::Pending && !pending.contains(&d.sequence))
+        .count() as u64
+}
+
 /// The coalescing key of `event` for a subscription that coalesces as `coalesce`: the agent of
 /// a StatusChanged, for `latest_status`.
 pub(super) fn coalesce_key(event: &Event, coalesce: Coalesce) -> Option<&str> {

@@ -153,7 +153,9 @@ impl Store {
             since: since.as_i64(),
             until: until.map_or(i64::MAX, Timestamp::as_i64),
             after: 0,
+            bound: i64::MAX,
             only_failed,
+            job: None,
         };
         // A page per writer turn, so that ingest is never held up for long.
         let mut total = 0;
@@ -162,6 +164,7 @@ impl Store {
             let page = ReplayJob {
                 sub: job.sub.clone(),
                 tenant: job.tenant.clone(),
+                job: None,
                 ..job
             };
             let step = self.turn(Command::Replay(page, reply), answer).await?;

@@ -78,6 +78,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events_code",
         include_str!("migrations/postgres/0011_events_code.sql"),
     ),
+    (
+        12,
+        "jobs",
+        include_str!("migrations/postgres/0012_jobs.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

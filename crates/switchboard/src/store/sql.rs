@@ -71,6 +71,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "agents",
         "agent_bases",
         "events_by_username",
+        "jobs",
     ],
     skip_locked: "",
 };
@@ -104,6 +105,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "agents",
         "agent_bases",
         "events_by_username",
+        "jobs",
     ],
     skip_locked: " FOR UPDATE SKIP LOCKED",
 };
@@ -220,16 +222,36 @@ pub static REPLAY_DELIVERIES: MultiRow = MultiRow::new(
 /// Events per page of a replay: each page is one writer turn.
 pub const REPLAY_PAGE_EVENTS: i64 = 1000;
 /// A page of a replay's window: `(sequence, body)` of tenant `$1`'s events created from `$2`
-/// to `$3`, after sequence `$4`, at most `$5`.
+/// to `$3`, after sequence `$4` and up to `$5`, at most `$6`. (Placeholders are numbered in
+/// the order they appear: SQLite binds them in that order.)
 pub const REPLAY_PAGE: &str = "SELECT sequence, body FROM events WHERE tenant_id = $1 \
-    AND created >= $2 AND created <= $3 AND sequence > $4 ORDER BY sequence LIMIT $5";
-/// A replay of only the failed deliveries of subscription `$3` for tenant `$4`'s events
-/// created from `$5` to `$6`: pending again, due at `$1`, for a fresh round.
+    AND created >= $2 AND created <= $3 AND sequence > $4 AND sequence <= $5 \
+    ORDER BY sequence LIMIT $6";
+/// The sequences from `$2` to `$3` that subscription `$1` has a pending delivery of: a
+/// replay sets them back for a fresh round but does not count them as requeued.
+pub const PENDING_SEQUENCES: &str = "SELECT sequence FROM deliveries WHERE subscription_id = $1 \
+    AND status = 'pending' AND sequence >= $2 AND sequence <= $3";
+/// A replay of only the failed deliveries of subscription `$3`, up to sequence `$4`, for
+/// tenant `$5`'s events created from `$6` to `$7`: pending again, due at `$1`, for a fresh
+/// round.
 pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
     next_attempt_at = $1, lease_until = NULL, updated_at = $2 \
-    WHERE subscription_id = $3 AND status = 'failed' \
-    AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $4 \
-      AND created >= $5 AND created <= $6)";
+    WHERE subscription_id = $3 AND status = 'failed' AND sequence <= $4 \
+    AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $5 \
+      AND created >= $6 AND created <= $7)";
+/// The same, counted: what [`REPLAY_FAILED`] would requeue.
+pub const COUNT_FAILED: &str = "SELECT COUNT(*) FROM deliveries \
+    WHERE subscription_id = $1 AND status = 'failed' AND sequence <= $2 \
+    AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $3 \
+      AND created >= $4 AND created <= $5)";
+/// Whether job `$1` is still running, its row locked for the page's transaction (where the
+/// dialect locks; a row another transaction holds is skipped: a `DELETE` canceling it, or
+/// another node taking it over).
+pub const JOB_RUNNING: &str = "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running'";
+/// A job's page committed: `$1` more done, resume after `$2`, leased until `$3` — only while
+/// it is running (a `DELETE` may have canceled it meanwhile).
+pub const JOB_PAGE_DONE: &str = "UPDATE jobs SET done = done + $1, resume_after = $2, \
+    lease_until = $3, updated_at = $4 WHERE id = $5 AND state = 'running'";
 /// Coalescing (`latest_status`): the pending StatusChanged deliveries of agent `$3` for
 /// subscription `$2` before sequence `$4`, not in flight at `$1`, end `superseded`; each
 /// returns how many it had replaced itself.

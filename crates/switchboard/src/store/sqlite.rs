@@ -77,6 +77,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "log_indexes",
         include_str!("migrations/sqlite/0011_log_indexes.sql"),
     ),
+    (12, "jobs", include_str!("migrations/sqlite/0012_jobs.sql")),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which
@@ -103,6 +104,8 @@ pub(super) async fn open(
     migrator.run_direct(&mut conn).await?;
     // One process owns an SQLite database, so leases left by a crash are void at once.
     conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+        .await?;
+    conn.execute("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
         .await?;
     conn.close().await?;
 

@@ -442,29 +442,93 @@ pub(super) async fn supersede<C: Conn>(
 
 /// A page of a replay (see [`ReplayJob`]): the page's matching events get a delivery each —
 /// created, or set back to pending for a fresh round — coalesced as at ingest: within the
-/// page, and against the subscription's pending statuses stored before.
+/// page, and against the subscription's pending statuses stored before. A job's page writes the
+/// job's progress in the same transaction.
 async fn replay<C: Conn>(
     conn: &mut C,
     job: &ReplayJob,
     now: i64,
 ) -> Result<ReplayStep, StoreError> {
     let (tenant, sub) = (job.tenant.as_str(), &job.sub);
-    if job.only_failed {
-        let window = args![now, now, sub.id.as_str(), tenant, job.since, job.until];
-        let requeued = conn.execute(sql::REPLAY_FAILED, &window).await?;
-        return Ok(ReplayStep {
-            requeued,
-            next: None,
-        });
+    if let Some(mark) = &job.job
+        && !job_running(conn, &mark.id).await?
+    {
+        return Ok(ReplayStep::default());
     }
-    let page = args![
-        tenant,
-        job.since,
-        job.until,
-        job.after,
-        sql::REPLAY_PAGE_EVENTS
-    ];
-    let rows = conn.query(sql::REPLAY_PAGE, &page).await?;
+    let (requeued, fresh, next) = if job.only_failed {
+        let window = args![
+            now,
+            now,
+            sub.id.as_str(),
+            job.bound,
+            tenant,
+            job.since,
+            job.until
+        ];
+        let requeued = conn.execute(sql::REPLAY_FAILED, &window).await?;
+        (requeued, requeued, None)
+    } else {
+        let page = args![
+            tenant,
+            job.since,
+            job.until,
+            job.after,
+            job.bound,
+            sql::REPLAY_PAGE_EVENTS
+        ];
+        let rows = conn.query(sql::REPLAY_PAGE, &page).await?;
+        let (events, next) = replay_events(tenant, rows)?;
+        let mut rows = decide::outbox(&events, tenant, std::slice::from_ref(sub));
+        let pending = match (events.first(), events.last()) {
+            (Some(first), Some(last)) => {
+                let range = args![sub.id.as_str(), first.sequence, last.sequence];
+                pending_sequences(conn.query(sql::PENDING_SEQUENCES, &range).await?)?
+            }
+            _ => Default::default(),
+        };
+        let fresh = decide::fresh(&rows, &pending);
+        for d in decide::coalescing(&mut rows) {
+            let (_, replaced) = supersede(conn, d, now).await?;
+            d.superseded += replaced;
+        }
+        let values = delivery_values(&rows, now, None, true);
+        conn.insert(&sql::REPLAY_DELIVERIES, &values).await?;
+        (rows.len() as u64, fresh, next)
+    };
+    let running = match &job.job {
+        None => true,
+        Some(mark) => {
+            let progress = args![
+                fresh as i64,
+                next.unwrap_or(i64::MAX),
+                mark.lease_until,
+                now,
+                mark.id.as_str()
+            ];
+            conn.execute(sql::JOB_PAGE_DONE, &progress).await? > 0
+        }
+    };
+    Ok(ReplayStep {
+        requeued,
+        fresh,
+        next,
+        running,
+    })
+}
+
+/// Whether job `id` is still running (not canceled): checked, its row locked, before a page
+/// of it is written, so that nothing is done for a job after its `DELETE` answered.
+async fn job_running<C: Conn>(conn: &mut C, id: &str) -> Result<bool, StoreError> {
+    let check = format!("{}{}", sql::JOB_RUNNING, conn.dialect().skip_locked);
+    Ok(!conn.query(&check, &args![id]).await?.is_empty())
+}
+
+/// A page of [`sql::REPLAY_PAGE`] decoded, and where the next page starts (`None`: that was
+/// the last).
+pub(super) fn replay_events(
+    tenant: &str,
+    rows: Vec<Row>,
+) -> Result<(Vec<NewEventRow<'_>>, Option<i64>), StoreError> {
     let next = match rows.last() {
         Some(last) if rows.len() as i64 == sql::REPLAY_PAGE_EVENTS => Some(last.int(0)?),
         _ => None,
@@ -480,17 +544,12 @@ async fn replay<C: Conn>(
             event,
         });
     }
-    let mut rows = decide::outbox(&events, tenant, std::slice::from_ref(sub));
-    for d in decide::coalescing(&mut rows) {
-        let (_, replaced) = supersede(conn, d, now).await?;
-        d.superseded += replaced;
-    }
-    let values = delivery_values(&rows, now, None, true);
-    conn.insert(&sql::REPLAY_DELIVERIES, &values).await?;
-    Ok(ReplayStep {
-        requeued: rows.len() as u64,
-        next,
-    })
+    Ok((events, next))
+}
+
+/// The sequences of [`sql::PENDING_SEQUENCES`].
+pub(super) fn pending_sequences(rows: Vec<Row>) -> Result<BTreeSet<i64>, StoreError> {
+    rows.iter().map(|r| r.int(0)).collect()
 }
 
 /// New pending deliveries, due at `now`; leased until `lease_until` when their first attempt

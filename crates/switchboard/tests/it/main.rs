@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod filters;
 mod ingest;
+mod jobs;
 mod limits;
 mod listen;
 mod log;

@@ -1,0 +1,211 @@
+//! The job runner (DESIGN §16): every node runs one; it takes queued jobs (and jobs whose
+//! node died: their lease ran out) and works them a page at a time, in turn — at most
+//! [`MAX_ACTIVE`] at once and one per tenant, so one tenant's month-long replay does not hold
+//! up another's. The SQL, and what a page is, are the store's (`store/jobs.rs`).
+//!
+//! A job is first counted (its `total`; a dry run ends there), then worked. Each page commits
+//! with the job's progress, so a restart resumes after the last page; a `DELETE` is seen at the
+//! next page (pages take milliseconds), which is how a cancel lands within a second.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::store::{JobRecord, JobSpec, Store, StoreError, SubscriptionRecord};
+
+/// Jobs one node works at once, page by page in turn.
+pub const MAX_ACTIVE: usize = 4;
+
+/// How long a node holds a job without a page: another node takes it over after that. Every
+/// page renews it.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// How often an idle runner looks for jobs created on other nodes, or left by a dead one.
+const POLL: Duration = Duration::from_secs(1);
+
+pub struct Runner {
+    store: Store,
+    clock: Clock,
+    active: VecDeque<Active>,
+}
+
+/// A job this runner holds.
+struct Active {
+    job: JobRecord,
+    spec: JobSpec,
+    sub: SubscriptionRecord,
+    /// While counting: where the next count page starts, and the count so far.
+    counting: Option<(i64, i64)>,
+}
+
+/// What a page left.
+enum Next {
+    More,
+    /// Finished, canceled or failed: the runner lets it go.
+    Over,
+}
+
+impl Runner {
+    pub fn new(store: Store, clock: Clock) -> Self {
+        Runner {
+            store,
+            clock,
+            active: VecDeque::new(),
+        }
+    }
+
+    /// Works jobs until `stop` turns true. A stop between pages leaves the job running with its
+    /// lease: this node (SQLite: at its next start) or another resumes it.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            let worked = tokio::select! {
+                worked = self.run_once() => worked,
+                _ = stop.changed() => return,
+            };
+            match worked {
+                Ok(true) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "a job's page failed; trying again"),
+            }
+            tokio::select! {
+                _ = self.store.job_created() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// One page: of a job this runner holds (in turn), after taking a new one when it holds
+    /// fewer than [`MAX_ACTIVE`]. False when there was nothing to do.
+    pub async fn run_once(&mut self) -> Result<bool, StoreError> {
+        if self.active.len() < MAX_ACTIVE {
+            let now = self.clock.now_ms();
+            let lease_until = now + LEASE.as_millis() as i64;
+            let busy: Vec<&str> = self
+                .active
+                .iter()
+                .map(|a| a.job.tenant_id.as_str())
+                .collect();
+            if let Some(job) = self.store.claim_job(now, lease_until, &busy).await? {
+                self.take(job).await?;
+            }
+        }
+        let Some(mut active) = self.active.pop_front() else {
+            return Ok(false);
+        };
+        match self.page(&mut active).await {
+            Ok(Next::More) => self.active.push_back(active),
+            Ok(Next::Over) => {}
+            Err(e) => {
+                // Kept, to be tried again: the database may be away for a moment.
+                self.active.push_back(active);
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Starts holding `job`, or fails it when it cannot run at all.
+    async fn take(&mut self, job: JobRecord) -> Result<(), StoreError> {
+        let Some(spec) = job.spec() else {
+            return self
+                .store
+                .fail_job(&job.id, "its parameters do not decode")
+                .await;
+        };
+        let sub = match self
+            .store
+            .get_subscription(&job.tenant_id, spec.subscription_id())
+            .await?
+        {
+            Some(Ok(sub)) => sub,
+            Some(Err(_)) => {
+                let why = "its subscription's stored form does not decode";
+                return self.store.fail_job(&job.id, why).await;
+            }
+            None => {
+                let why = "its subscription was deleted";
+                return self.store.fail_job(&job.id, why).await;
+            }
+        };
+        let counting = job.total.is_none().then_some((0, 0));
+        tracing::info!(job = %job.id, tenant = %job.tenant_id, kind = %job.kind, "job running");
+        self.active.push_back(Active {
+            job,
+            spec,
+            sub,
+            counting,
+        });
+        Ok(())
+    }
+
+    async fn page(&self, a: &mut Active) -> Result<Next, StoreError> {
+        let lease_until = self.clock.now_ms() + LEASE.as_millis() as i64;
+        let id = a.job.id.as_str();
+        if let Some((after, counted)) = a.counting {
+            let (n, next) = self
+                .store
+                .count_job_page(&a.job, &a.spec, &a.sub, after)
+                .await?;
+            let counted = counted + n;
+            if let Some(next) = next {
+                a.counting = Some((next, counted));
+                let running = self.store.renew_job(id, lease_until).await?;
+                return Ok(if running { Next::More } else { Next::Over });
+            }
+            if a.job.dry_run {
+                let result = json!({ would(&a.spec): counted });
+                self.store.finish_job(id, &result, Some(counted)).await?;
+                tracing::info!(job = %id, total = counted, "dry run done");
+                return Ok(Next::Over);
+            }
+            if !self.store.job_counted(id, counted, lease_until).await? {
+                return Ok(Next::Over);
+            }
+            a.job.total = Some(counted);
+            a.counting = None;
+            return Ok(Next::More);
+        }
+        if a.job.resume_after != i64::MAX {
+            let Some((n, next)) = self
+                .store
+                .work_job_page(&a.job, &a.spec, &a.sub, lease_until)
+                .await?
+            else {
+                tracing::info!(job = %id, done = a.job.done, "job canceled");
+                return Ok(Next::Over);
+            };
+            a.job.done += n;
+            a.job.resume_after = next.unwrap_or(i64::MAX);
+            if next.is_some() {
+                return Ok(Next::More);
+            }
+        }
+        let result = json!({ did(&a.spec): a.job.done });
+        self.store.finish_job(id, &result, None).await?;
+        tracing::info!(job = %id, done = a.job.done, "job done");
+        Ok(Next::Over)
+    }
+}
+
+/// The result's key of a dry run.
+fn would(spec: &JobSpec) -> &'static str {
+    match spec {
+        JobSpec::Replay { .. } => "would_requeue",
+        JobSpec::CancelPending { .. } => "would_cancel",
+    }
+}
+
+/// The result's key of a run.
+fn did(spec: &JobSpec) -> &'static str {
+    match spec {
+        JobSpec::Replay { .. } => "requeued",
+        JobSpec::CancelPending { .. } => "canceled",
+    }
+}
