@@ -84,6 +84,13 @@ enum Command {
         #[command(flatten)]
         global: commands::Global,
     },
+    /// Long work, tracked and cancellable: replays of any window, cancels of pending deliveries
+    Jobs {
+        #[command(subcommand)]
+        command: commands::Jobs,
+        #[command(flatten)]
+        global: commands::Global,
+    },
 }
 
 #[derive(Args)]
@@ -360,6 +367,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             client(commands::Client::Tenants(command), global).await
         }
         Command::Keys { command, global } => client(commands::Client::Keys(command), global).await,
+        Command::Jobs { command, global } => client(commands::Client::Jobs(command), global).await,
         Command::Openapi => {
             print!("{}", switchboard::api::doc::document());
             Ok(())

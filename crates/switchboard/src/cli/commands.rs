@@ -221,6 +221,41 @@ pub enum Keys {
     },
 }
 
+#[derive(Subcommand, Clone, Debug)]
+pub enum Jobs {
+    /// Start a job: replay (--since) or cancel_pending
+    Create {
+        /// replay or cancel_pending
+        kind: String,
+        #[arg(long)]
+        subscription: String,
+        /// replay: CreationDateUtc from (yyyyMMddHHmmss)
+        #[arg(long)]
+        since: Option<String>,
+        /// replay: CreationDateUtc up to (yyyyMMddHHmmss)
+        #[arg(long)]
+        until: Option<String>,
+        /// replay: only the failed deliveries
+        #[arg(long)]
+        only_failed: bool,
+        /// cancel_pending: only deliveries of events created before (yyyyMMddHHmmss)
+        #[arg(long)]
+        before: Option<String>,
+        /// Count what it would do, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The tenant's jobs, newest first
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One job: its state and progress
+    Get { id: String },
+    /// Cancel a queued or running job (it stops within a second)
+    Cancel { id: String },
+}
+
 /// One client command.
 #[derive(Clone, Debug)]
 pub enum Client {
@@ -230,6 +265,7 @@ pub enum Client {
     Agents(Agents),
     Tenants(Tenants),
     Keys(Keys),
+    Jobs(Jobs),
 }
 
 fn req(method: Method, path: String, body: Option<Value>, show: Show) -> Request {
@@ -268,6 +304,7 @@ const AGENT_COLUMNS: &[&str] = &[
 ];
 const TENANT_COLUMNS: &[&str] = &["id", "name", "ingest_rate_limit_per_sec", "created_at"];
 const KEY_COLUMNS: &[&str] = &["id", "name", "scopes", "created_at"];
+const JOB_COLUMNS: &[&str] = &["id", "kind", "state", "done", "total", "created_at"];
 
 impl Client {
     /// The request this command makes; `Ok(None)` for `events tail`, which streams.
@@ -458,6 +495,46 @@ impl Client {
                 Keys::Delete { id } => {
                     req(M::DELETE, format!("{t}/keys/{}", seg(id)), None, Show::Done)
                 }
+            },
+            Client::Jobs(j) => match j {
+                Jobs::Create {
+                    kind,
+                    subscription,
+                    since,
+                    until,
+                    only_failed,
+                    before,
+                    dry_run,
+                } => {
+                    let mut body = json!({"kind": kind, "subscription_id": subscription});
+                    for (name, value) in [("since", since), ("until", until), ("before", before)] {
+                        if let Some(v) = value {
+                            body[name] = json!(v);
+                        }
+                    }
+                    if *only_failed {
+                        body["only_failed"] = json!(true);
+                    }
+                    if *dry_run {
+                        body["dry_run"] = json!(true);
+                    }
+                    req(M::POST, format!("{t}/jobs"), Some(body), Show::Object)
+                }
+                Jobs::List { page } => req(
+                    M::GET,
+                    format!("{t}/jobs{}", query(&page.pairs())),
+                    None,
+                    Show::Table(JOB_COLUMNS),
+                ),
+                Jobs::Get { id } => {
+                    req(M::GET, format!("{t}/jobs/{}", seg(id)), None, Show::Object)
+                }
+                Jobs::Cancel { id } => req(
+                    M::DELETE,
+                    format!("{t}/jobs/{}", seg(id)),
+                    None,
+                    Show::Object,
+                ),
             },
         }))
     }

@@ -165,6 +165,38 @@ async fn every_client_command_answers_what_the_api_answers() {
     ]);
     assert!(replayed["requeued"].is_u64());
 
+    // Jobs.
+    let job = cli.json(&[
+        "jobs",
+        "create",
+        "replay",
+        "--subscription",
+        &sid,
+        "--since",
+        "20261123000000",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        (&job["kind"], &job["dry_run"]),
+        (&json!("replay"), &json!(true))
+    );
+    let jid = job["id"].as_str().unwrap().to_string();
+    let jobs_path = format!("/v1/tenants/default/jobs/{jid}");
+    let done = crate::support::receiver::eventually("the dry run to end", || async {
+        let seen = get(&app, &jobs_path).await;
+        (seen["state"] == "done").then_some(seen)
+    })
+    .await;
+    assert_eq!(cli.json(&["jobs", "get", &jid]), done);
+    assert_eq!(
+        run(vec!["jobs", "list"]).await,
+        get(&app, "/v1/tenants/default/jobs").await
+    );
+    let out = cli.output(&["jobs", "cancel", &jid]);
+    assert_eq!(out.status.code(), Some(1), "a finished job: 409");
+    let job = cli.json(&["jobs", "create", "cancel_pending", "--subscription", &sid]);
+    assert_eq!(job["kind"], "cancel_pending");
+
     // Deliveries.
     let deliveries = cli.json(&["deliveries", "list", "--subscription", &sid]);
     assert_eq!(deliveries, get(&app, &format!("{path}/deliveries")).await);
