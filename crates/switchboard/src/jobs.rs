@@ -39,6 +39,8 @@ struct Active {
     sub: SubscriptionRecord,
     /// While counting: where the next count page starts, and the count so far.
     counting: Option<(i64, i64)>,
+    /// Until when this runner holds it (the runner's clock, unix ms).
+    lease_until: i64,
 }
 
 /// What a page left.
@@ -135,18 +137,21 @@ impl Runner {
             }
         };
         let counting = job.total.is_none().then_some((0, 0));
+        let lease_until = self.clock.now_ms() + LEASE.as_millis() as i64;
         tracing::info!(job = %job.id, tenant = %job.tenant_id, kind = %job.kind, "job running");
         self.active.push_back(Active {
             job,
             spec,
             sub,
             counting,
+            lease_until,
         });
         Ok(())
     }
 
     async fn page(&self, a: &mut Active) -> Result<Next, StoreError> {
-        let lease_until = self.clock.now_ms() + LEASE.as_millis() as i64;
+        let now = self.clock.now_ms();
+        let lease_until = now + LEASE.as_millis() as i64;
         let id = a.job.id.as_str();
         if let Some((after, counted)) = a.counting {
             let (n, next) = self
@@ -156,7 +161,15 @@ impl Runner {
             let counted = counted + n;
             if let Some(next) = next {
                 a.counting = Some((next, counted));
-                let running = self.store.renew_job(id, lease_until).await?;
+                // Counting writes nothing: the lease is renewed once a third of it is gone
+                // (a write, and on PostgreSQL a commit to wait for), and otherwise a read says
+                // whether the job was canceled meanwhile.
+                let running = if a.lease_until - now < LEASE.as_millis() as i64 * 2 / 3 {
+                    a.lease_until = lease_until;
+                    self.store.renew_job(id, lease_until).await?
+                } else {
+                    self.store.job_running(id).await?
+                };
                 return Ok(if running { Next::More } else { Next::Over });
             }
             if a.job.dry_run {
@@ -168,6 +181,7 @@ impl Runner {
             if !self.store.job_counted(id, counted, lease_until).await? {
                 return Ok(Next::Over);
             }
+            a.lease_until = lease_until;
             a.job.total = Some(counted);
             a.counting = None;
             return Ok(Next::More);
@@ -183,6 +197,7 @@ impl Runner {
             };
             a.job.done += n;
             a.job.resume_after = next.unwrap_or(i64::MAX);
+            a.lease_until = lease_until;
             if next.is_some() {
                 return Ok(Next::More);
             }

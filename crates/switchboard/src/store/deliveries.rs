@@ -153,7 +153,8 @@ impl Store {
             since: since.as_i64(),
             until: until.map_or(i64::MAX, Timestamp::as_i64),
             after: 0,
-            bound: i64::MAX,
+            // The log as it is now: what comes in meanwhile is delivered anyway.
+            bound: self.last_sequence(&sub.tenant_id).await?,
             only_failed,
             job: None,
         };

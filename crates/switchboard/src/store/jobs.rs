@@ -361,16 +361,17 @@ impl Store {
             }
             JobSpec::Replay { since, until, .. } => {
                 let until = until.map_or(i64::MAX, Timestamp::as_i64);
+                let upto = turn::page_end(after, job.bound);
                 let page = args![
                     tenant,
                     since.as_i64(),
                     until,
                     after,
-                    job.bound,
+                    upto,
                     sql::REPLAY_PAGE_EVENTS
                 ];
                 let rows = db.query(sql::REPLAY_PAGE, &page).await?;
-                let (events, next) = turn::replay_events(tenant, rows)?;
+                let (events, next) = turn::replay_events(tenant, rows, upto, job.bound)?;
                 let outbox = Arc::new(OutboxSub::of(sub));
                 let rows = decide::outbox(&events, tenant, std::slice::from_ref(&outbox));
                 let pending = match (events.first(), events.last()) {
@@ -415,6 +416,12 @@ impl Store {
             )
             .await?;
         Ok(done > 0)
+    }
+
+    /// Whether job `id` is still running (not canceled), read without writing.
+    pub async fn job_running(&self, id: &str) -> Result<bool, StoreError> {
+        let row = self.0.db.query_one(sql::JOB_RUNNING, &args![id]).await?;
+        Ok(row.is_some())
     }
 
     /// Renews the lease of a running job; false if it is no longer running (canceled).

@@ -221,6 +221,10 @@ pub static REPLAY_DELIVERIES: MultiRow = MultiRow::new(
 );
 /// Events per page of a replay: each page is one writer turn.
 pub const REPLAY_PAGE_EVENTS: i64 = 1000;
+/// The most sequences one page of a replay looks at: a page reads `(after, after + span]`, so
+/// its cost is bounded whatever plan the database picks (on PostgreSQL with stale statistics, a
+/// range scan of everything after `after`, sorted, made every page quadratic).
+pub const REPLAY_PAGE_SPAN: i64 = 10 * REPLAY_PAGE_EVENTS;
 /// A page of a replay's window: `(sequence, body)` of tenant `$1`'s events created from `$2`
 /// to `$3`, after sequence `$4` and up to `$5`, at most `$6`. (Placeholders are numbered in
 /// the order they appear: SQLite binds them in that order.)

@@ -468,16 +468,17 @@ async fn replay<C: Conn>(
         let requeued = conn.execute(sql::REPLAY_FAILED, &window).await?;
         (requeued, requeued, None)
     } else {
+        let upto = page_end(job.after, job.bound);
         let page = args![
             tenant,
             job.since,
             job.until,
             job.after,
-            job.bound,
+            upto,
             sql::REPLAY_PAGE_EVENTS
         ];
         let rows = conn.query(sql::REPLAY_PAGE, &page).await?;
-        let (events, next) = replay_events(tenant, rows)?;
+        let (events, next) = replay_events(tenant, rows, upto, job.bound)?;
         let mut rows = decide::outbox(&events, tenant, std::slice::from_ref(sub));
         let pending = match (events.first(), events.last()) {
             (Some(first), Some(last)) => {
@@ -523,14 +524,22 @@ async fn job_running<C: Conn>(conn: &mut C, id: &str) -> Result<bool, StoreError
     Ok(!conn.query(&check, &args![id]).await?.is_empty())
 }
 
-/// A page of [`sql::REPLAY_PAGE`] decoded, and where the next page starts (`None`: that was
-/// the last).
+/// The last sequence a replay page after `after` looks at (see [`sql::REPLAY_PAGE_SPAN`]).
+pub(super) fn page_end(after: i64, bound: i64) -> i64 {
+    after.saturating_add(sql::REPLAY_PAGE_SPAN).min(bound)
+}
+
+/// A page of [`sql::REPLAY_PAGE`] read up to `upto` decoded, and where the next page starts
+/// (`None`: that was the last, up to `bound`).
 pub(super) fn replay_events(
     tenant: &str,
     rows: Vec<Row>,
+    upto: i64,
+    bound: i64,
 ) -> Result<(Vec<NewEventRow<'_>>, Option<i64>), StoreError> {
     let next = match rows.last() {
         Some(last) if rows.len() as i64 == sql::REPLAY_PAGE_EVENTS => Some(last.int(0)?),
+        _ if upto < bound => Some(upto),
         _ => None,
     };
     let mut events = Vec::with_capacity(rows.len());

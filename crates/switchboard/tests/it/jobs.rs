@@ -468,3 +468,36 @@ async fn the_jobs_api_validates_lists_limits_and_cancels() {
     let refused = problem(r, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(refused["limit"], "max_jobs_per_tenant");
 }
+
+#[tokio::test]
+async fn a_replay_of_a_window_far_along_a_long_log_pages_through_to_it() {
+    let t = Stepper::new().await;
+    let sub = t
+        .subscribe(json!({"url": "http://127.0.0.1:9/", "enabled": false}))
+        .await;
+    // More than a page's span of events outside the window, then three in it.
+    publish_all(&t, events(12_500, "20261101100000", false)).await;
+    publish_all(&t, events(3, "20261120100000", false)).await;
+    let since = Timestamp::parse("20261120000000").unwrap();
+    let requeued = t.store.replay(&sub, since, None, false).await.unwrap();
+    assert_eq!(requeued, 3);
+
+    let window = JobSpec::Replay {
+        subscription_id: sub.id.clone(),
+        since,
+        until: None,
+        only_failed: false,
+    };
+    let mut runner = Runner::new(t.store.clone(), t.clock.clone());
+    // A dry run now: the three are pending, so it counts none; canceled first, it counts them.
+    let cancel = JobSpec::CancelPending {
+        subscription_id: sub.id.clone(),
+        before: None,
+    };
+    let canceled = t.store.create_job("default", &cancel, false).await.unwrap();
+    run_out(&mut runner).await;
+    assert_eq!(job(&t, &canceled.id).await.done, 3, "disabled: only the replay made any");
+    let dry = t.store.create_job("default", &window, true).await.unwrap();
+    run_out(&mut runner).await;
+    assert_eq!(job(&t, &dry.id).await.total, Some(3));
+}
