@@ -26,6 +26,8 @@
 //!   read (one tests move by hand); jitter and backoff.
 //! - [`jobs`]: the runner of jobs (long replays, cancels): takes them, works them a page at a
 //!   time, resumes them after a restart; the pages themselves are the store's.
+//! - [`lag`]: the lag watcher: tells the tenant's monitors when a subscription with a lag
+//!   budget falls behind it and when it catches up, once per episode.
 //! - [`cli`]: the tools besides `serve`: the API's client commands, `listen` (a verifying local
 //!   receiver), `bench` and its `--pending` backlog mode, `simulate` (agents' shifts).
 //! - [`config`], [`telemetry`]: start-up concerns: the layered configuration; logs and metrics.
@@ -42,6 +44,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod jobs;
+pub mod lag;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
@@ -180,6 +183,7 @@ pub async fn run_with(
         .delivers()
         .then(|| tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped)));
 
+    let lag = tokio::spawn(lag::watch(store.clone(), stop_dispatcher.subscribe()));
     let jobs = tokio::spawn(
         jobs::Runner::new(store.clone(), clock::Clock::system()).run(stop_dispatcher.subscribe()),
     );
@@ -207,6 +211,7 @@ pub async fn run_with(
     }
     let _ = purger.await;
     let _ = jobs.await;
+    let _ = lag.await;
     store.close().await;
     tracing::info!("stopped");
     served.context("serving HTTP")

@@ -145,6 +145,12 @@ pub struct SubscriptionSpec {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 31536000)]
     pub max_age_secs: Option<u64>,
+    /// When its oldest pending delivery has waited longer than this, SubscriptionLagging (System
+    /// event 6) tells the tenant's monitors; SubscriptionCaughtUp (7) once it is back under half.
+    /// Null: no budget.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub lag_budget_secs: Option<u64>,
     #[serde(default)]
     pub coalesce: Coalesce,
     /// `v1` (HMAC-SHA256, `whsec_` secret) or `v1a` (Ed25519, `whsk_` key pair, verified with
@@ -304,6 +310,12 @@ impl SubscriptionSpec {
             err(
                 "max_age_secs",
                 "must be 1 to 31536000 (a year), or null for no limit",
+            );
+        }
+        if !(1..=MAX_AGE_SECS).contains(&self.lag_budget_secs.unwrap_or(1)) {
+            err(
+                "lag_budget_secs",
+                "must be 1 to 31536000 (a year), or null for none",
             );
         }
         if errors.is_empty() {

@@ -43,6 +43,10 @@ pub const PURGED_EVENTS: &str = "switchboard_purged_events_total";
 /// System events stored, by `code`.
 pub const SYSTEM_EVENTS: &str = "switchboard_system_events_total";
 
+/// How long the oldest pending delivery of a subscription with a lag budget has waited, by
+/// `tenant` and `subscription` (DESIGN §16).
+pub const SUBSCRIPTION_LAG: &str = "switchboard_subscription_lag_seconds";
+
 /// Server-Sent Event streams open now.
 pub const STREAMS_OPEN: &str = "switchboard_streams_open";
 
@@ -93,7 +97,12 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
 }
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        SUBSCRIPTION_LAG,
+        Unit::Seconds,
+        "How long the oldest pending delivery of a subscription with a lag budget has waited."
+    );
     describe_counter!(EVENTS_INGESTED, "Events accepted (duplicates not counted).");
     describe_counter!(PURGED_EVENTS, "Events removed by retention.");
     describe_counter!(SYSTEM_EVENTS, "System events created, by code.");

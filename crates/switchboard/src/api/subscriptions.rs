@@ -19,7 +19,7 @@ use crate::delivery::attempt;
 use crate::delivery::signing::Secret;
 use crate::event::{Event, Timestamp, catalog};
 use crate::store::{
-    DeliveryStatus, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
+    DeliveryStatus, Lag, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
     UndecodableSubscription,
 };
 use crate::subscription::health::Notice;
@@ -59,6 +59,11 @@ struct SubscriptionView {
     heartbeat_secs: Option<u64>,
     #[schema(minimum = 1, maximum = 31536000)]
     max_age_secs: Option<u64>,
+    #[schema(minimum = 1, maximum = 31536000)]
+    lag_budget_secs: Option<u64>,
+    /// How far behind it is: its deliveries not finished yet (System events aside; a disabled
+    /// subscription's waiting ones too), and how long the oldest has been pending.
+    lag: LagView,
     coalesce: crate::subscription::Coalesce,
     signature_scheme: crate::delivery::signing::Scheme,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
@@ -195,6 +200,8 @@ impl SubscriptionView {
             retry_schedule_secs: spec.retry_schedule_secs,
             heartbeat_secs: spec.heartbeat_secs,
             max_age_secs: spec.max_age_secs,
+            lag_budget_secs: spec.lag_budget_secs,
+            lag: LagView::default(),
             coalesce: spec.coalesce,
             signature_scheme: spec.signature_scheme,
             public_key,
@@ -202,6 +209,49 @@ impl SubscriptionView {
             created_at: rfc3339(rec.created_at),
             updated_at: rfc3339(rec.updated_at),
         }
+    }
+}
+
+/// How far behind a subscription is (DESIGN §16).
+#[derive(Serialize, ToSchema, Default, Clone, Copy)]
+struct LagView {
+    /// Deliveries pending (due, retrying, or in flight).
+    pending: i64,
+    /// How long the oldest of them has been pending (since created, or requeued), in ms; 0 when
+    /// none is.
+    oldest_pending_age_ms: i64,
+}
+
+impl LagView {
+    fn of(lag: Option<&Lag>, now: i64) -> Self {
+        match lag {
+            None => LagView::default(),
+            Some(l) => LagView {
+                pending: l.pending,
+                oldest_pending_age_ms: l.oldest_since.map_or(0, |since| (now - since).max(0)),
+            },
+        }
+    }
+}
+
+impl Listed {
+    /// Fills in the lag of each whole subscription among `views`.
+    async fn with_lag(views: &mut [Listed], state: &AppState) -> Result<(), ApiError> {
+        let ids: Vec<&str> = views
+            .iter()
+            .filter_map(|v| match v {
+                Listed::Whole(w) => Some(w.id.as_str()),
+                Listed::Undecodable(_) => None,
+            })
+            .collect();
+        let lags = state.store.lags(&ids).await?;
+        let now = now_millis();
+        for view in views {
+            if let Listed::Whole(w) = view {
+                w.lag = LagView::of(lags.get(&w.id), now);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -276,7 +326,9 @@ async fn list(
         .store
         .list_subscriptions(&tenant, &after, limit + 1)
         .await?;
-    let views = subs.into_iter().map(|s| Listed::new(s, false)).collect();
+    let mut views: Vec<Listed> = subs.into_iter().map(|s| Listed::new(s, false)).collect();
+    let shown = (limit as usize).min(views.len());
+    Listed::with_lag(&mut views[..shown], &state).await?;
     Ok(Json(Page::new(views, limit, |s| s.id().to_owned())))
 }
 
@@ -292,7 +344,10 @@ async fn show(
 ) -> Result<Json<Listed>, ApiError> {
     let sub = find_stored(&state, &tenant, &id).await?;
     let manage = caller.may(&tenant, Scope::Manage).is_ok();
-    Ok(Json(Listed::new(sub, manage)))
+    let mut view = [Listed::new(sub, manage)];
+    Listed::with_lag(&mut view, &state).await?;
+    let [view] = view;
+    Ok(Json(view))
 }
 
 /// `disabled_reason` of a subscription a user disabled.

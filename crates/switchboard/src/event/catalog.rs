@@ -22,6 +22,8 @@ pub mod system {
     pub const SUBSCRIPTION_FAILING: u32 = 3;
     pub const SUBSCRIPTION_DISABLED: u32 = 4;
     pub const SUBSCRIPTION_RECOVERED: u32 = 5;
+    pub const SUBSCRIPTION_LAGGING: u32 = 6;
+    pub const SUBSCRIPTION_CAUGHT_UP: u32 = 7;
 }
 pub const AGENT: u8 = 1;
 

@@ -127,6 +127,7 @@ impl Store {
             .db
             .execute(
                 "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, updated_at = $2, \
+                 pending_since = CASE WHEN status = 'pending' THEN pending_since ELSE $2 END, \
                  round_attempts = CASE WHEN status = 'pending' THEN round_attempts ELSE $3 END, \
                  status = 'pending' WHERE tenant_id = $4 AND id = $5",
                 &args![now, now, one_attempt_round, tenant, id],

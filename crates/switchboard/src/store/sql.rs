@@ -215,7 +215,9 @@ pub static REPLAY_DELIVERIES: MultiRow = MultiRow::new(
     " ON CONFLICT (subscription_id, sequence) DO UPDATE SET status = excluded.status, \
      round_attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
      agent = excluded.agent, updated_at = excluded.updated_at, \
-     coalesce_key = excluded.coalesce_key, superseded = excluded.superseded",
+     coalesce_key = excluded.coalesce_key, superseded = excluded.superseded, \
+     pending_since = CASE WHEN deliveries.status = 'pending' THEN deliveries.pending_since \
+       ELSE excluded.updated_at END",
     12,
     1,
 );
@@ -239,7 +241,7 @@ pub const PENDING_SEQUENCES: &str = "SELECT sequence FROM deliveries WHERE subsc
 /// tenant `$5`'s events created from `$6` to `$7`: pending again, due at `$1`, for a fresh
 /// round.
 pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
-    next_attempt_at = $1, lease_until = NULL, updated_at = $2 \
+    next_attempt_at = $1, lease_until = NULL, updated_at = $2, pending_since = $2 \
     WHERE subscription_id = $3 AND status = 'failed' AND sequence <= $4 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $5 \
       AND created >= $6 AND created <= $7)";

@@ -47,6 +47,16 @@ pub enum Notice {
     },
     /// The first success after a Failing was sent.
     Recovered,
+    /// Its oldest pending delivery passed its lag budget (DESIGN §16): how old, and how many
+    /// wait.
+    Lagging {
+        oldest_pending_age_secs: i64,
+        pending: i64,
+    },
+    /// Back under half its budget: how long the episode lasted.
+    CaughtUp {
+        lagged_secs: i64,
+    },
 }
 
 impl Notice {
@@ -66,6 +76,19 @@ impl Notice {
                 catalog::system::SUBSCRIPTION_DISABLED
             }
             Notice::Recovered => catalog::system::SUBSCRIPTION_RECOVERED,
+            Notice::Lagging {
+                oldest_pending_age_secs,
+                pending,
+            } => {
+                let age = Value::from(*oldest_pending_age_secs);
+                fields.insert("OldestPendingAgeSecs".into(), age);
+                fields.insert("Pending".into(), Value::from(*pending));
+                catalog::system::SUBSCRIPTION_LAGGING
+            }
+            Notice::CaughtUp { lagged_secs } => {
+                fields.insert("LaggedSecs".into(), Value::from(*lagged_secs));
+                catalog::system::SUBSCRIPTION_CAUGHT_UP
+            }
         };
         Event::system(code, fields, now_ms)
     }

@@ -40,6 +40,8 @@ struct StoredSpec {
     #[serde(default)]
     max_age_secs: Option<u64>,
     #[serde(default)]
+    lag_budget_secs: Option<u64>,
+    #[serde(default)]
     coalesce: Coalesce,
     #[serde(default)]
     signature_scheme: Scheme,
@@ -89,6 +91,7 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
         retry_schedule_secs: s.retry_schedule_secs,
         heartbeat_secs: s.heartbeat_secs,
         max_age_secs: s.max_age_secs,
+        lag_budget_secs: s.lag_budget_secs,
         coalesce: s.coalesce,
         signature_scheme: s.signature_scheme,
     })

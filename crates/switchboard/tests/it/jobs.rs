@@ -496,7 +496,11 @@ async fn a_replay_of_a_window_far_along_a_long_log_pages_through_to_it() {
     };
     let canceled = t.store.create_job("default", &cancel, false).await.unwrap();
     run_out(&mut runner).await;
-    assert_eq!(job(&t, &canceled.id).await.done, 3, "disabled: only the replay made any");
+    assert_eq!(
+        job(&t, &canceled.id).await.done,
+        3,
+        "disabled: only the replay made any"
+    );
     let dry = t.store.create_job("default", &window, true).await.unwrap();
     run_out(&mut runner).await;
     assert_eq!(job(&t, &dry.id).await.total, Some(3));

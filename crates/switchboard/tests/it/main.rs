@@ -13,6 +13,7 @@ mod delivery;
 mod filters;
 mod ingest;
 mod jobs;
+mod lag;
 mod limits;
 mod listen;
 mod log;

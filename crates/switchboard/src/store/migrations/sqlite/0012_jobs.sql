@@ -23,4 +23,11 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_tenant ON jobs (tenant_id, created_at);
 CREATE INDEX jobs_open ON jobs (created_at) WHERE state IN ('queued', 'running');
 
+-- Lag (DESIGN §16): when a delivery became pending again (a replay, a retry asked for);
+-- NULL: when it was created. And the lagging episode a subscription is in (since when its
+-- oldest pending delivery passed its lag budget; NULL: none), so that each episode is told once
+-- whichever node sees it.
+ALTER TABLE deliveries ADD COLUMN pending_since INTEGER;
+ALTER TABLE subscriptions ADD COLUMN lagging_since INTEGER;
+
 INSERT INTO schema_compat (version, previous_may_run) VALUES (12, TRUE);
