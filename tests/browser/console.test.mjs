@@ -271,6 +271,28 @@ test("a read key sees no edit controls", async () => {
   await signOut();
 });
 
+test("the subscriptions page shows each one's lag, marked past its budget", async () => {
+  const sub = await call("POST", "/v1/tenants/default/subscriptions", {
+    url: `http://127.0.0.1:${RECEIVER_PORT}/lagging`,
+    description: "behind",
+    enabled: false,
+    lag_budget_secs: 1,
+  });
+  await call("POST", "/v1/tenants/default/events", [agentEvent(1, "lag1"), agentEvent(1, "lag2")]);
+  // Disabled, it gets no new events; a replay makes them wait for it.
+  await call("POST", `/v1/tenants/default/subscriptions/${sub.id}/replay`, { since: "19700101000000" });
+  const pending = (await call("GET", `/v1/tenants/default/subscriptions/${sub.id}`)).lag.pending;
+  assert.ok(pending >= 2, `pending ${pending}`);
+  await new Promise((r) => setTimeout(r, 1500));
+  await signIn(ADMIN);
+  await page.getByRole("link", { name: "Subscriptions" }).click();
+  const row = page.getByRole("row").filter({ hasText: sub.id });
+  const lag = row.getByText(new RegExp(`^${pending} pending, oldest 00:0[1-9]$`));
+  await lag.waitFor();
+  assert.match(await lag.getAttribute("class"), /s-lagging/);
+  await signOut();
+});
+
 test("keyboard and labels: every control is named, the pages are reached by keyboard", async () => {
   await signIn(ADMIN);
   for (const hash of ["#/overview", "#/events", "#/subscriptions", "#/deliveries", "#/agents", "#/keys"]) {

@@ -138,6 +138,19 @@ function duration(secs) {
 
 const pill = (status) => h("span", { class: `pill s-${status}` }, status);
 
+// How far behind a subscription is: its pending deliveries and the oldest one's wait, marked
+// when past its lag budget.
+function lagCell(s) {
+  if (!s.lag || !s.lag.pending) return h("span", { class: "muted" }, "caught up");
+  const age = Math.floor(s.lag.oldest_pending_age_ms / 1000);
+  const over = s.lag_budget_secs != null && s.lag.oldest_pending_age_ms > s.lag_budget_secs * 1000;
+  return h(
+    "span",
+    { class: over ? "pill s-lagging" : "", title: over ? `over its budget of ${s.lag_budget_secs} s` : "" },
+    `${s.lag.pending} pending, oldest ${duration(age)}`,
+  );
+}
+
 function table(headers, rows, empty = "Nothing here.") {
   if (!rows.length) return h("p", { class: "muted" }, empty);
   return h(
@@ -621,6 +634,7 @@ async function subscriptionsPage(rest) {
         : h("td", {}, pill(s.enabled ? "enabled" : "disabled"), s.disabled_reason ? h("div", { class: "muted" }, s.disabled_reason) : null),
       h("td", {}, s.ordering),
       h("td", {}, s.coalesce),
+      h("td", {}, lagCell(s)),
       h("td", {}, h("a", { href: `#/deliveries?sub=${s.id}` }, "Deliveries")),
     ),
   );
@@ -637,7 +651,7 @@ async function subscriptionsPage(rest) {
           }),
         )
       : null,
-    table(["Id", "URL", "Description", "State", "Ordering", "Coalesce", ""], rows, "No subscriptions yet."),
+    table(["Id", "URL", "Description", "State", "Ordering", "Coalesce", "Lag", ""], rows, "No subscriptions yet."),
   );
 }
 
@@ -779,7 +793,7 @@ async function deliveriesPage(rest, q) {
   const statusSelect = h(
     "select",
     { onchange: (e) => go(subId, e.target.value) },
-    ["failed", "pending", "succeeded", "expired", "superseded"].map((s) => h("option", { value: s, selected: s === status }, s)),
+    ["failed", "pending", "succeeded", "expired", "superseded", "canceled"].map((s) => h("option", { value: s, selected: s === status }, s)),
   );
   const head = [
     h("h1", {}, "Deliveries"),
