@@ -60,7 +60,7 @@ use command::{ClaimJob, Command};
 use db::{Db, Dialect};
 pub use handoff::Handoff;
 pub use jobs::{CancelJob, JobRecord, JobSpec};
-pub use lag::{Budgeted, Lag};
+pub use lag::{Breaker, Budgeted, Lag};
 pub use retention::{PURGE_BATCH, Purged};
 pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;
@@ -744,4 +744,6 @@ pub struct Outcome {
     pub disable: Option<String>,
     /// The claimed delivery's lease ([`Claimed::lease_until`]).
     pub lease_until: i64,
+    /// Made as the probe of an open circuit breaker (DESIGN §16).
+    pub probe: bool,
 }

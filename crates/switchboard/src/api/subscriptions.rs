@@ -19,10 +19,10 @@ use crate::delivery::attempt;
 use crate::delivery::signing::Secret;
 use crate::event::{Event, Timestamp, catalog};
 use crate::store::{
-    DeliveryStatus, Lag, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
+    Breaker, DeliveryStatus, Lag, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
     UndecodableSubscription,
 };
-use crate::subscription::health::Notice;
+use crate::subscription::health::{FAILING_AFTER, Notice};
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -64,6 +64,9 @@ struct SubscriptionView {
     /// How far behind it is: its deliveries not finished yet (System events aside; a disabled
     /// subscription's waiting ones too), and how long the oldest has been pending.
     lag: LagView,
+    /// Its circuit breaker: `open` after 5 failed attempts in a row, when only one probe at a
+    /// time is attempted.
+    health: HealthView,
     coalesce: crate::subscription::Coalesce,
     signature_scheme: crate::delivery::signing::Scheme,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
@@ -202,6 +205,7 @@ impl SubscriptionView {
             max_age_secs: spec.max_age_secs,
             lag_budget_secs: spec.lag_budget_secs,
             lag: LagView::default(),
+            health: HealthView::default(),
             coalesce: spec.coalesce,
             signature_scheme: spec.signature_scheme,
             public_key,
@@ -234,24 +238,75 @@ impl LagView {
     }
 }
 
+/// A subscription's circuit breaker (DESIGN §16).
+#[derive(Serialize, ToSchema, Clone)]
+struct HealthView {
+    /// `healthy` (its last attempt succeeded, or none failed), `failing` (1 to 4 attempts in a
+    /// row failed) or `open` (5 or more: only one probe at a time is attempted, each after the
+    /// next delay of its retry schedule, until one succeeds or a Test does).
+    #[schema(example = "healthy")]
+    state: &'static str,
+    #[schema(format = DateTime)]
+    failing_since: Option<String>,
+    last_error: Option<String>,
+    /// While open: when the next probe may start.
+    #[schema(format = DateTime)]
+    next_probe_at: Option<String>,
+}
+
+impl Default for HealthView {
+    fn default() -> Self {
+        HealthView {
+            state: "healthy",
+            failing_since: None,
+            last_error: None,
+            next_probe_at: None,
+        }
+    }
+}
+
+impl HealthView {
+    fn of(breaker: Option<&Breaker>) -> Self {
+        let Some(b) = breaker else {
+            return HealthView::default();
+        };
+        HealthView {
+            state: match b.failures {
+                0 => "healthy",
+                n if n < FAILING_AFTER => "failing",
+                _ => "open",
+            },
+            failing_since: b.failing_since.map(rfc3339),
+            last_error: b.last_error.clone(),
+            next_probe_at: b.probe_at.map(rfc3339),
+        }
+    }
+}
+
+/// Fills in the lag and the health of `views`, as they are now.
+async fn fill_state(views: Vec<&mut SubscriptionView>, state: &AppState) -> Result<(), ApiError> {
+    let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
+    let lags = state.store.lags(&ids).await?;
+    let breakers = state.store.breakers(&ids).await?;
+    let now = now_millis();
+    for view in views {
+        view.lag = LagView::of(lags.get(&view.id), now);
+        view.health = HealthView::of(breakers.get(&view.id));
+    }
+    Ok(())
+}
+
 impl Listed {
-    /// Fills in the lag of each whole subscription among `views`.
+    /// Fills in the lag and the health of each whole subscription among `views`.
     async fn with_lag(views: &mut [Listed], state: &AppState) -> Result<(), ApiError> {
-        let ids: Vec<&str> = views
-            .iter()
+        let whole = views
+            .iter_mut()
             .filter_map(|v| match v {
-                Listed::Whole(w) => Some(w.id.as_str()),
+                Listed::Whole(w) => Some(&mut **w),
                 Listed::Undecodable(_) => None,
             })
             .collect();
-        let lags = state.store.lags(&ids).await?;
-        let now = now_millis();
-        for view in views {
-            if let Listed::Whole(w) = view {
-                w.lag = LagView::of(lags.get(&w.id), now);
-            }
-        }
-        Ok(())
+        fill_state(whole, state).await
     }
 }
 
@@ -420,7 +475,9 @@ async fn update(
         };
         state.store.system_event(event).await?;
     }
-    Ok(Json(SubscriptionView::new(rec, true)))
+    let mut view = SubscriptionView::new(rec, true);
+    fill_state(vec![&mut view], &state).await?;
+    Ok(Json(view))
 }
 
 /// Replaces the stored form of a subscription that does not decode by a whole new body; its
@@ -451,7 +508,9 @@ async fn repair(
     };
     state.store.update_subscription(&rec).await?;
     tracing::info!(tenant = %rec.tenant_id, subscription_id = %rec.id, "an undecodable subscription was repaired by a whole body");
-    Ok(Json(SubscriptionView::new(rec, true)))
+    let mut view = SubscriptionView::new(rec, true);
+    fill_state(vec![&mut view], state).await?;
+    Ok(Json(view))
 }
 
 /// Deletes a subscription with its deliveries.

@@ -127,7 +127,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let (mut server, base) = spawn_server(dir.path(), &key).await?;
     let pid = server.id().context("the server's pid")?;
     wait_ready(&client, &base).await?;
-    let body = json!({"url": format!("http://127.0.0.1:{receiver_port}/")});
+    // Its breaker opens while the receiver is down (DESIGN §16); probes every second, so that
+    // the restart, not the retry policy, is what the first delivery waits for.
+    let body = json!({"url": format!("http://127.0.0.1:{receiver_port}/"),
+                      "retry_schedule_secs": [1]});
     super::client::Api::new(&base, &key)
         .create_subscription("default", &body)
         .await

@@ -194,6 +194,7 @@ pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcom
         next: NextState::Expired,
         disable: None,
         lease_until: c.lease_until,
+        probe: false,
     })
 }
 
@@ -226,5 +227,6 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         next,
         disable,
         lease_until: c.lease_until,
+        probe: false,
     }
 }

@@ -75,6 +75,9 @@ struct SubState {
     /// When an attempt last started (or a Heartbeat was queued), unix ms: Heartbeats follow
     /// `heartbeat_secs` of nothing attempted.
     last_attempt: i64,
+    /// The circuit breaker (DESIGN §16): `Some` while open — when the next probe may start
+    /// (`i64::MAX` after a failed probe, until the store says when).
+    probe_at: Option<i64>,
 }
 
 impl SubState {
@@ -88,13 +91,22 @@ impl SubState {
             refilled: now,
             ready: VecDeque::new(),
             last_attempt: now,
+            probe_at: None,
         }
+    }
+
+    /// While its breaker is open, whether the one probe may start now: due, none in flight.
+    fn probe_due(&self, now: i64) -> bool {
+        self.probe_at.is_some_and(|at| at <= now) && self.in_flight == 0
     }
 
     /// How many attempts may start at `now`: free slots, within the rate-limit tokens.
     fn startable(&mut self, now: i64) -> u32 {
         if !self.active {
             return 0;
+        }
+        if self.probe_at.is_some() {
+            return u32::from(self.probe_due(now));
         }
         let free = self
             .target
@@ -119,6 +131,7 @@ impl SubState {
     fn bulk(&self) -> bool {
         let spec = &self.target.sub.spec;
         self.active
+            && self.probe_at.is_none()
             && spec.rate_limit_per_sec.is_none()
             && spec.coalesce == crate::subscription::Coalesce::None
             && spec.ordering == crate::subscription::Ordering::None
@@ -129,6 +142,10 @@ impl SubState {
     /// start now, so nothing waits on tokens while its lease runs; so does a coalescing one, so
     /// that a status waiting for a slot is not leased and a later one can still supersede it.
     fn wanted(&mut self, now: i64) -> u32 {
+        if self.probe_at.is_some() {
+            // Open: its oldest due delivery, as the one probe.
+            return u32::from(self.active && self.probe_due(now) && self.ready.is_empty());
+        }
         let spec = &self.target.sub.spec;
         let buffered = spec.rate_limit_per_sec.is_none()
             && spec.coalesce == crate::subscription::Coalesce::None;
@@ -169,6 +186,9 @@ pub struct Dispatcher {
     finished_since: Option<i64>,
     /// Ready deliveries whose lease ran too short to start them: given back at the step's end.
     stale: Vec<Claimed>,
+    /// An attempt failed (or a probe ended) since the breakers were last read: read them again
+    /// once its outcome is recorded.
+    breakers_stale: bool,
 }
 
 /// The longest a failing dispatcher waits before its next try.
@@ -192,6 +212,7 @@ impl Dispatcher {
             retries: BTreeSet::new(),
             finished_since: None,
             stale: Vec::new(),
+            breakers_stale: false,
             clock: sender.clock().clone(),
             sender,
             lease,
@@ -319,6 +340,23 @@ impl Dispatcher {
     fn note_finished(&mut self, o: Outcome) {
         if let Some(s) = self.subs.get_mut(&o.subscription_id) {
             s.in_flight = s.in_flight.saturating_sub(1);
+            match o.next {
+                NextState::Expired => {}
+                // A success closes an open breaker at once: the backlog flows from the next
+                // step; what the store says is read again once it is recorded.
+                NextState::Succeeded => {
+                    if s.probe_at.take().is_some() {
+                        self.breakers_stale = true;
+                        self.more_due = true;
+                    }
+                }
+                NextState::RetryAt(_) | NextState::Failed => {
+                    if s.probe_at.is_some() {
+                        s.probe_at = Some(i64::MAX);
+                    }
+                    self.breakers_stale = true;
+                }
+            }
         }
         if let NextState::RetryAt(at) = o.next
             && self.retries.len() < MAX_RETRY_TIMES
@@ -413,18 +451,25 @@ impl Dispatcher {
         let min = Duration::from_millis(50);
         let max = Duration::from_secs(1);
         let now = self.clock.now_ms();
-        if self.subs.values().all(|s| s.bulk() || !s.active) {
-            let next = (self.retries.first().copied().unwrap_or(i64::MAX))
-                .min(self.last_claim.saturating_add(CLAIM_EVERY_MS));
-            return Duration::from_millis(next.saturating_sub(now).max(0) as u64).clamp(min, max);
-        }
-        match self.store.next_due(now).await {
-            Ok(Some(due)) => {
-                let ms = (due - now).max(0) as u64;
-                Duration::from_millis(ms).clamp(min, max)
+        // An open breaker's subscription is due at its next probe (the store leaves it out).
+        let probe = (self.subs.values())
+            .filter(|s| s.active)
+            .filter_map(|s| s.probe_at)
+            .min()
+            .unwrap_or(i64::MAX);
+        let open_or_bulk = |s: &SubState| s.bulk() || !s.active || s.probe_at.is_some();
+        let next = if self.subs.values().all(open_or_bulk) {
+            (self.retries.first().copied().unwrap_or(i64::MAX))
+                .min(self.last_claim.saturating_add(CLAIM_EVERY_MS))
+        } else {
+            match self.store.next_due(now).await {
+                Ok(Some(due)) => due,
+                Ok(None) => i64::MAX,
+                Err(_) => return max,
             }
-            _ => max,
-        }
+        };
+        let next = next.min(probe);
+        Duration::from_millis(next.saturating_sub(now).max(0) as u64).clamp(min, max)
     }
 
     /// One round: write back finished attempts, refresh subscriptions, claim what is due, and
@@ -531,6 +576,7 @@ impl Dispatcher {
         // Attempts claimed are started even if recording failed; those outcomes are lost and
         // their deliveries go out again when the leases expire.
         recorded?;
+        self.read_breakers().await?;
         Ok(started)
     }
 
@@ -572,6 +618,7 @@ impl Dispatcher {
         if self.settle().await? {
             self.refresh(true).await?;
         }
+        self.read_breakers().await?;
         Ok(started)
     }
 
@@ -590,6 +637,7 @@ impl Dispatcher {
                 continue;
             }
             let mut slots = state.startable(now);
+            let open = state.probe_at.is_some();
             while slots > 0 {
                 let Some(c) = state.ready.pop_front() else {
                     break;
@@ -617,11 +665,32 @@ impl Dispatcher {
                     self.done_tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let _ = done.send(attempt(&target, &c, &clock).await);
+                    let mut outcome = attempt(&target, &c, &clock).await;
+                    outcome.probe = open;
+                    let _ = done.send(outcome);
                 });
+            }
+            if open {
+                // Open: nothing but the probe is attempted; the rest waits in the database,
+                // its attempts not spent.
+                stale.extend(state.ready.drain(..).filter(|c| c.lease_until > now));
             }
         }
         started
+    }
+
+    /// Reads which breakers are open (and when each may be probed) when an attempt failed or
+    /// a probe ended since the last read, once no outcome waits to be recorded.
+    async fn read_breakers(&mut self) -> Result<(), StoreError> {
+        if !self.breakers_stale || !self.finished.is_empty() {
+            return Ok(());
+        }
+        let open = self.store.open_breakers().await?;
+        for (id, state) in &mut self.subs {
+            state.probe_at = open.get(id).copied();
+        }
+        self.breakers_stale = false;
+        Ok(())
     }
 
     /// Gives back the leases of deliveries claimed but not started (subscription disabled,
@@ -664,6 +733,7 @@ impl Dispatcher {
                 Some(old) => SubState {
                     in_flight: old.in_flight,
                     ready: old.ready,
+                    probe_at: old.probe_at,
                     ..SubState::new(sub.clone(), now)
                 },
                 None => SubState::new(sub.clone(), now),
@@ -688,6 +758,8 @@ impl Dispatcher {
         self.subs = next;
         self.release(unstarted).await;
         self.refreshed = Some((Instant::now(), version));
-        Ok(())
+        // Other nodes' attempts open and close breakers too.
+        self.breakers_stale = true;
+        self.read_breakers().await
     }
 }

@@ -247,12 +247,13 @@ impl Store {
             .db
             .query_one(
                 // Per subscription, the first unleased row in due order (an index walk that
-                // stops there), not a scan of every pending row.
+                // stops there), not a scan of every pending row. A subscription whose breaker
+                // is open is due at its next probe, which the dispatcher knows.
                 "SELECT MIN((SELECT d.next_attempt_at FROM deliveries d \
                    WHERE d.subscription_id = s.id AND d.status = 'pending' \
                      AND (d.lease_until IS NULL OR d.lease_until < $1) \
                    ORDER BY d.next_attempt_at LIMIT 1)) \
-                 FROM subscriptions s WHERE s.enabled = TRUE",
+                 FROM subscriptions s WHERE s.enabled = TRUE AND s.probe_at IS NULL",
                 &args![now],
             )
             .await?;

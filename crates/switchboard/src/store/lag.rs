@@ -1,6 +1,7 @@
-//! Lag (DESIGN §16): how far behind each subscription is — its deliveries not finished yet and
-//! how long the oldest has been pending — and the lagging episodes of those with a budget,
-//! each told once (System events 6 and 7) whichever node sees it.
+//! Lag and the circuit breaker (DESIGN §16), as the store keeps them: how far behind each
+//! subscription is — its deliveries not finished yet and how long the oldest has been pending —
+//! the lagging episodes of those with a budget, each told once (System events 6 and 7)
+//! whichever node sees it; and each subscription's health as the breaker reads it.
 
 use std::collections::HashMap;
 
@@ -27,7 +28,62 @@ pub struct Budgeted {
     pub lagging_since: Option<i64>,
 }
 
+/// A subscription's health as the circuit breaker sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Breaker {
+    /// Attempts failed in a row.
+    pub failures: i64,
+    /// Since when every attempt failed, unix ms.
+    pub failing_since: Option<i64>,
+    pub last_error: Option<String>,
+    /// While open: when the next probe may start, unix ms.
+    pub probe_at: Option<i64>,
+}
+
 impl Store {
+    /// The health of each of `ids` that is not healthy.
+    pub async fn breakers(&self, ids: &[&str]) -> Result<HashMap<String, Breaker>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let mut select = Select::new(
+                "SELECT id, failures, failing_since, last_error, probe_at FROM subscriptions \
+                 WHERE failures > 0 AND id IN (",
+            );
+            for (i, id) in chunk.iter().enumerate() {
+                select.push(if i == 0 { "" } else { ", " }, *id);
+            }
+            select.text(")");
+            for mut row in self.0.db.query(&select.sql, &select.args).await? {
+                let breaker = Breaker {
+                    failures: row.int(1)?,
+                    failing_since: row.opt_int(2)?,
+                    last_error: row.opt_text(3)?,
+                    probe_at: row.opt_int(4)?,
+                };
+                found.insert(row.text(0)?, breaker);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The enabled subscriptions whose breaker is open, with when each may be probed next.
+    pub async fn open_breakers(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT id, probe_at FROM subscriptions WHERE probe_at IS NOT NULL \
+                 AND enabled = TRUE",
+                &[],
+            )
+            .await?;
+        let mut open = HashMap::with_capacity(rows.len());
+        for mut row in rows {
+            open.insert(row.text(0)?, row.int(1)?);
+        }
+        Ok(open)
+    }
+
     /// The lag of each of `ids` that has pending deliveries (the others have none).
     pub async fn lags(&self, ids: &[&str]) -> Result<HashMap<String, Lag>, StoreError> {
         let mut lags = HashMap::with_capacity(ids.len());

@@ -31,8 +31,8 @@ macro_rules! claim_sql {
 }
 
 const LOCK_TENANT: &str = "SELECT last_sequence, agents_through FROM tenants WHERE id = $1";
-const LOCK_HEALTH: &str =
-    "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1";
+const LOCK_HEALTH: &str = "SELECT failing_since, failures, failing_sent, tenant_id, probes \
+    FROM subscriptions WHERE id = $1";
 
 /// Sends the `n` notifications `$1` … `$n` (PostgreSQL) in one statement.
 pub fn notify_each(n: usize) -> String {
@@ -87,7 +87,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         " FOR UPDATE SKIP LOCKED"
     ),
     lock_health: concat!(
-        "SELECT failing_since, failures, failing_sent, tenant_id FROM subscriptions WHERE id = $1",
+        "SELECT failing_since, failures, failing_sent, tenant_id, probes FROM subscriptions \
+         WHERE id = $1",
         " FOR UPDATE"
     ),
     claim: claim_sql!(" FOR UPDATE OF d SKIP LOCKED"),
@@ -314,7 +315,7 @@ pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
 );
 /// A subscription's health as the policy decided it.
 pub const SET_HEALTH: &str = "UPDATE subscriptions SET failing_since = $1, failures = $2, \
-    failing_sent = $3 WHERE id = $4";
+    failing_sent = $3, last_error = $4, probe_at = $5, probes = $6 WHERE id = $7";
 pub const DISABLE: &str = "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, \
     updated_at = $2 WHERE id = $3 AND enabled = TRUE";
 /// A System event's body; its deliveries point to it with `sequence = -id`.

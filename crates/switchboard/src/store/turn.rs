@@ -48,7 +48,7 @@ use super::{
     agents, handoff::Handoff, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
-use crate::subscription::health::{Health, Policy};
+use crate::subscription::health::{FAILING_AFTER, Health, Policy};
 
 /// Commits `group` at `now` (unix ms) in one transaction, all or nothing.
 /// `deferred` is the writer's: the Agent events it has committed but not yet folded into the
@@ -517,6 +517,26 @@ async fn replay<C: Conn>(
     })
 }
 
+/// The circuit breaker (DESIGN §16): with `probes` probes failed since it opened, how long
+/// (ms) until the next probe of subscription `sub` may start: the n-th delay of its retry
+/// schedule for the n-th probe, the last one repeating.
+async fn probe_delay<C: Conn>(conn: &mut C, sub: &str, probes: i64) -> Result<i64, StoreError> {
+    let rows = conn
+        .query("SELECT spec FROM subscriptions WHERE id = $1", &args![sub])
+        .await?;
+    let spec = match rows.into_iter().next() {
+        Some(mut row) => crate::subscription::stored::decode(&row.text(0)?).ok(),
+        None => None,
+    };
+    let schedule = match &spec {
+        Some(spec) => spec.schedule(),
+        None => &crate::delivery::retry::DEFAULT_SCHEDULE_SECS[..],
+    };
+    let n = usize::try_from(probes).unwrap_or(0);
+    let secs = schedule.get(n).or(schedule.last()).copied().unwrap_or(0);
+    Ok(i64::try_from(secs).unwrap_or(i64::MAX / 1000) * 1000)
+}
+
 /// Whether job `id` is still running (not canceled): checked, its row locked, before a page
 /// of it is written, so that nothing is done for a job after its `DELETE` answered.
 async fn job_running<C: Conn>(conn: &mut C, id: &str) -> Result<bool, StoreError> {
@@ -649,10 +669,44 @@ async fn record<C: Conn>(
             failing_sent: row.bool(2)?,
         };
         let tenant = row.text(3)?;
+        let probes_before = row.int(4)?;
         let verdict = policy.judge(before, &decide::attempts(outcomes), now);
         if verdict.health != before {
             let h = verdict.health;
-            let health = args![h.failing_since, h.failures, h.failing_sent, sub];
+            let last_error = match h.failures {
+                0 => None,
+                _ => outcomes
+                    .iter()
+                    .rev()
+                    .filter(|o| o.next != NextState::Expired && o.next != NextState::Succeeded)
+                    .find_map(|o| o.error.as_deref())
+                    .or(Some("the attempt failed")),
+            };
+            // Open: the n-th probe comes after the n-th delay. Attempts that were in flight when
+            // it opened are not probes.
+            let probes = match (
+                h.failures >= FAILING_AFTER,
+                before.failures >= FAILING_AFTER,
+            ) {
+                (true, true) => {
+                    let failed = |o: &&&Outcome| o.probe && o.next != NextState::Succeeded;
+                    probes_before + outcomes.iter().filter(failed).count() as i64
+                }
+                _ => 0,
+            };
+            let probe_at = match h.failures >= FAILING_AFTER {
+                true => Some(now + probe_delay(conn, sub, probes).await?),
+                false => None,
+            };
+            let health = args![
+                h.failing_since,
+                h.failures,
+                h.failing_sent,
+                last_error,
+                probe_at,
+                probes,
+                sub
+            ];
             conn.execute(sql::SET_HEALTH, &health).await?;
         }
         if let Some(reason) = &verdict.disable {

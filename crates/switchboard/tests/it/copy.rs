@@ -222,8 +222,9 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
     }
     ok.wait_until(|got| got.len() >= to_a, "A's deliveries")
         .await;
+    // B's receiver fails: its breaker opens after 5 attempts, and the rest wait unattempted.
     failing
-        .wait_until(|got| got.len() >= ids.len(), "B's first attempts")
+        .wait_until(|got| got.len() >= 5, "B's first attempts")
         .await;
     // B is stopped while its deliveries are pending (a System event tells the monitor).
     call(

@@ -4,6 +4,7 @@ mod agents;
 mod auth;
 mod backup;
 mod bench;
+mod breaker;
 mod catalog;
 mod client;
 mod cluster;

@@ -30,4 +30,10 @@ CREATE INDEX jobs_open ON jobs (created_at) WHERE state IN ('queued', 'running')
 ALTER TABLE deliveries ADD COLUMN pending_since INTEGER;
 ALTER TABLE subscriptions ADD COLUMN lagging_since INTEGER;
 
+-- The circuit breaker (DESIGN §16): the last failed attempt's error while failing, and, while
+-- open (5 failures in a row or more), when the next probe may start and how many probes failed.
+ALTER TABLE subscriptions ADD COLUMN last_error TEXT;
+ALTER TABLE subscriptions ADD COLUMN probe_at INTEGER;
+ALTER TABLE subscriptions ADD COLUMN probes INTEGER NOT NULL DEFAULT 0;
+
 INSERT INTO schema_compat (version, previous_may_run) VALUES (12, TRUE);
