@@ -115,7 +115,11 @@ impl Store {
             .0
             .db
             .query(
-                "SELECT id, tenant_id, spec, lagging_since FROM subscriptions",
+                // Looked at every second on every node: only the specs that name a budget are
+                // read and decoded (a spec is stored as compact JSON, `null` when none).
+                "SELECT id, tenant_id, spec, lagging_since FROM subscriptions \
+                 WHERE spec LIKE '%\"lag_budget_secs\":%' \
+                 AND spec NOT LIKE '%\"lag_budget_secs\":null%'",
                 &[],
             )
             .await?;
