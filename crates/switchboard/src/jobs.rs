@@ -39,9 +39,15 @@ struct Active {
     sub: SubscriptionRecord,
     /// While counting: where the next count page starts, and the count so far.
     counting: Option<(i64, i64)>,
-    /// Until when this runner holds it (the runner's clock, unix ms).
+    /// The lease this runner holds it under (the runner's clock, unix ms): every write of the
+    /// job is made only under it, so a runner that lost it (another node took over) stops.
     lease_until: i64,
+    /// Pages failed in a row.
+    errors: u32,
 }
+
+/// Pages of one job failing in a row before it is failed.
+const MAX_ERRORS: u32 = 5;
 
 /// What a page left.
 enum Next {
@@ -95,31 +101,43 @@ impl Runner {
                 .map(|a| a.job.tenant_id.as_str())
                 .collect();
             if let Some(job) = self.store.claim_job(now, lease_until, &busy).await? {
-                self.take(job).await?;
+                self.take(job, lease_until).await?;
             }
         }
         let Some(mut active) = self.active.pop_front() else {
             return Ok(false);
         };
         match self.page(&mut active).await {
-            Ok(Next::More) => self.active.push_back(active),
+            Ok(Next::More) => {
+                active.errors = 0;
+                self.active.push_back(active);
+            }
             Ok(Next::Over) => {}
             Err(e) => {
-                // Kept, to be tried again: the database may be away for a moment.
-                self.active.push_back(active);
+                // Kept, to be tried again: the database may be away for a moment. A page that
+                // keeps failing (a stored event that does not decode) ends the job.
+                active.errors += 1;
+                if active.errors >= MAX_ERRORS {
+                    let why = format!("a page failed {MAX_ERRORS} times: {e}");
+                    tracing::error!(job = %active.job.id, error = %e, "job failed");
+                    self.store
+                        .fail_job(&active.job.id, &why, active.lease_until)
+                        .await?;
+                } else {
+                    self.active.push_back(active);
+                }
                 return Err(e);
             }
         }
         Ok(true)
     }
 
-    /// Starts holding `job`, or fails it when it cannot run at all.
-    async fn take(&mut self, job: JobRecord) -> Result<(), StoreError> {
+    /// Starts holding `job`, taken with the lease `lease_until`, or fails it when it cannot run
+    /// at all.
+    async fn take(&mut self, job: JobRecord, lease_until: i64) -> Result<(), StoreError> {
         let Some(spec) = job.spec() else {
-            return self
-                .store
-                .fail_job(&job.id, "its parameters do not decode")
-                .await;
+            let why = "its parameters do not decode";
+            return self.store.fail_job(&job.id, why, lease_until).await;
         };
         let sub = match self
             .store
@@ -129,15 +147,14 @@ impl Runner {
             Some(Ok(sub)) => sub,
             Some(Err(_)) => {
                 let why = "its subscription's stored form does not decode";
-                return self.store.fail_job(&job.id, why).await;
+                return self.store.fail_job(&job.id, why, lease_until).await;
             }
             None => {
                 let why = "its subscription was deleted";
-                return self.store.fail_job(&job.id, why).await;
+                return self.store.fail_job(&job.id, why, lease_until).await;
             }
         };
         let counting = job.total.is_none().then_some((0, 0));
-        let lease_until = self.clock.now_ms() + LEASE.as_millis() as i64;
         tracing::info!(job = %job.id, tenant = %job.tenant_id, kind = %job.kind, "job running");
         self.active.push_back(Active {
             job,
@@ -145,6 +162,7 @@ impl Runner {
             sub,
             counting,
             lease_until,
+            errors: 0,
         });
         Ok(())
     }
@@ -164,21 +182,30 @@ impl Runner {
                 // Counting writes nothing: the lease is renewed once a third of it is gone
                 // (a write, and on PostgreSQL a commit to wait for), and otherwise a read says
                 // whether the job was canceled meanwhile.
-                let running = if a.lease_until - now < LEASE.as_millis() as i64 * 2 / 3 {
+                let held = a.lease_until;
+                let running = if held - now < LEASE.as_millis() as i64 * 2 / 3 {
                     a.lease_until = lease_until;
-                    self.store.renew_job(id, lease_until).await?
+                    self.store.renew_job(id, held, lease_until).await?
                 } else {
-                    self.store.job_running(id).await?
+                    self.store.job_running(id, held, &a.sub.id).await?
                 };
                 return Ok(if running { Next::More } else { Next::Over });
             }
             if a.job.dry_run {
                 let result = json!({ would(&a.spec): counted });
-                self.store.finish_job(id, &result, Some(counted)).await?;
+                let held = a.lease_until;
+                self.store
+                    .finish_job(id, &result, Some(counted), held)
+                    .await?;
                 tracing::info!(job = %id, total = counted, "dry run done");
                 return Ok(Next::Over);
             }
-            if !self.store.job_counted(id, counted, lease_until).await? {
+            let held = a.lease_until;
+            if !self
+                .store
+                .job_counted(id, counted, held, lease_until)
+                .await?
+            {
                 return Ok(Next::Over);
             }
             a.lease_until = lease_until;
@@ -187,12 +214,21 @@ impl Runner {
             return Ok(Next::More);
         }
         if a.job.resume_after != i64::MAX {
+            let held = a.lease_until;
             let Some((n, next)) = self
                 .store
-                .work_job_page(&a.job, &a.spec, &a.sub, lease_until)
+                .work_job_page(&a.job, &a.spec, &a.sub, held, lease_until)
                 .await?
             else {
-                tracing::info!(job = %id, done = a.job.done, "job canceled");
+                // Canceled, taken over, or its subscription deleted: then it ends `failed`.
+                let sub = (self.store)
+                    .get_subscription(&a.job.tenant_id, &a.sub.id)
+                    .await?;
+                if sub.is_none() {
+                    let why = "its subscription was deleted";
+                    self.store.fail_job(id, why, held).await?;
+                }
+                tracing::info!(job = %id, done = a.job.done, "job no longer running here");
                 return Ok(Next::Over);
             };
             a.job.done += n;
@@ -203,7 +239,9 @@ impl Runner {
             }
         }
         let result = json!({ did(&a.spec): a.job.done });
-        self.store.finish_job(id, &result, None).await?;
+        self.store
+            .finish_job(id, &result, None, a.lease_until)
+            .await?;
         tracing::info!(job = %id, done = a.job.done, "job done");
         Ok(Next::Over)
     }

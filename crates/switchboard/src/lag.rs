@@ -65,7 +65,14 @@ pub async fn check(store: &Store, now: i64) -> Result<Vec<(String, Notice)>, Sto
             lease_until: None,
             retried: true,
         };
-        store.system_event(event).await?;
+        if let Err(e) = store.system_event(event).await {
+            // Not told: the episode's mark goes back, so the next look tells it.
+            let _ = match (&notice, sub.lagging_since) {
+                (Notice::CaughtUp { .. }, Some(since)) => store.start_lagging(&sub.id, since).await,
+                _ => store.end_lagging(&sub.id, now).await,
+            };
+            return Err(e);
+        }
         sent.push((sub.id.clone(), notice));
     }
     Ok(sent)

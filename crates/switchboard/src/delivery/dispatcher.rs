@@ -453,7 +453,7 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         // An open breaker's subscription is due at its next probe (the store leaves it out).
         let probe = (self.subs.values())
-            .filter(|s| s.active)
+            .filter(|s| s.active && s.in_flight == 0)
             .filter_map(|s| s.probe_at)
             .min()
             .unwrap_or(i64::MAX);
@@ -530,12 +530,17 @@ impl Dispatcher {
         if wanted.is_empty() && finished.is_empty() {
             let stale = std::mem::take(&mut self.stale);
             self.release(stale).await;
+            self.read_breakers().await?;
             self.offer(now);
             return Ok(started);
         }
         let asked: HashMap<String, u32> = (wanted.iter())
             .filter(|(_, _, bulk)| *bulk)
             .map(|(id, n, _)| (id.clone(), *n))
+            .collect();
+        let probed: Vec<String> = (wanted.iter())
+            .filter(|(id, _, _)| self.subs.get(id).is_some_and(|s| s.probe_at.is_some()))
+            .map(|(id, _, _)| id.clone())
             .collect();
         let wanted: Vec<(String, u32)> = wanted.into_iter().map(|(id, n, _)| (id, n)).collect();
         // Sent together, the outcomes and the claim share one writer turn and one commit.
@@ -565,6 +570,17 @@ impl Dispatcher {
         }
         // A bulk subscription that got all it asked for may have more due.
         self.more_due |= asked.iter().any(|(id, n)| got.get(id) == Some(n));
+        // An open breaker whose probe found nothing due asks again a second later, not at
+        // every step.
+        for (id, state) in &mut self.subs {
+            if state.probe_at.is_some_and(|at| at <= now)
+                && state.in_flight == 0
+                && state.ready.is_empty()
+                && probed.contains(id)
+            {
+                state.probe_at = Some(now + CLAIM_EVERY_MS);
+            }
+        }
         // The claim may have taken deliveries of events committed after the refresh above, and
         // after a change of their subscription (a secret rotated, then an event posted): they
         // go out with the subscription as it is now.
@@ -687,7 +703,10 @@ impl Dispatcher {
         }
         let open = self.store.open_breakers().await?;
         for (id, state) in &mut self.subs {
+            let was_open = state.probe_at.is_some();
             state.probe_at = open.get(id).copied();
+            // Closed (here, or by another node's probe or a Test): its backlog is due.
+            self.more_due |= was_open && state.probe_at.is_none();
         }
         self.breakers_stale = false;
         Ok(())
@@ -758,8 +777,10 @@ impl Dispatcher {
         self.subs = next;
         self.release(unstarted).await;
         self.refreshed = Some((Instant::now(), version));
-        // Other nodes' attempts open and close breakers too.
+        // Other nodes' attempts open and close breakers too: read again once this step's
+        // outcomes are recorded (not before: a probe's outcome taken but not yet written would
+        // be read as the breaker still open, with its past probe time).
         self.breakers_stale = true;
-        self.read_breakers().await
+        Ok(())
     }
 }

@@ -77,6 +77,8 @@ pub(super) struct ReplayJob {
 /// transaction as the page, its lease renewed to `lease_until` — while it is still running.
 pub(super) struct JobMark {
     pub id: String,
+    /// The lease the runner holds the job under: the page is written only under it.
+    pub held: i64,
     pub lease_until: i64,
 }
 

@@ -253,7 +253,8 @@ impl Store {
                    WHERE d.subscription_id = s.id AND d.status = 'pending' \
                      AND (d.lease_until IS NULL OR d.lease_until < $1) \
                    ORDER BY d.next_attempt_at LIMIT 1)) \
-                 FROM subscriptions s WHERE s.enabled = TRUE AND s.probe_at IS NULL",
+                 FROM subscriptions s WHERE s.enabled = TRUE \
+                 AND (s.probe_at IS NULL OR s.failures < 5)",
                 &args![now],
             )
             .await?;

@@ -29,7 +29,8 @@ const CANCEL_PAGE: i64 = 1000;
 
 /// A job's kind and parameters, as created.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+// Read tolerantly: a newer release's parameters are ignored (the API's body is strict).
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     /// As `POST …/replay`, for windows of any size.
     Replay {
@@ -404,6 +405,7 @@ impl Store {
         &self,
         id: &str,
         total: i64,
+        held: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
         let done = self
@@ -411,27 +413,38 @@ impl Store {
             .db
             .execute(
                 "UPDATE jobs SET total = $1, lease_until = $2, updated_at = $3 \
-                 WHERE id = $4 AND state = 'running'",
-                &args![total, lease_until, now_millis(), id],
+                 WHERE id = $4 AND state = 'running' AND lease_until = $5",
+                &args![total, lease_until, now_millis(), id, held],
             )
             .await?;
         Ok(done > 0)
     }
 
-    /// Whether job `id` is still running (not canceled), read without writing.
-    pub async fn job_running(&self, id: &str) -> Result<bool, StoreError> {
-        let row = self.0.db.query_one(sql::JOB_RUNNING, &args![id]).await?;
+    /// Whether job `id` is still running under lease `held` (not canceled, not taken over) and
+    /// its subscription `sub` still exists, read without writing.
+    pub async fn job_running(&self, id: &str, held: i64, sub: &str) -> Result<bool, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(sql::JOB_RUNNING, &args![id, held, sub])
+            .await?;
         Ok(row.is_some())
     }
 
     /// Renews the lease of a running job; false if it is no longer running (canceled).
-    pub async fn renew_job(&self, id: &str, lease_until: i64) -> Result<bool, StoreError> {
+    pub async fn renew_job(
+        &self,
+        id: &str,
+        held: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
         let done = self
             .0
             .db
             .execute(
-                "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND state = 'running'",
-                &args![lease_until, id],
+                "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND state = 'running' \
+                 AND lease_until = $3",
+                &args![lease_until, id, held],
             )
             .await?;
         Ok(done > 0)
@@ -445,6 +458,7 @@ impl Store {
         job: &JobRecord,
         spec: &JobSpec,
         sub: &SubscriptionRecord,
+        held: i64,
         lease_until: i64,
     ) -> Result<Option<(i64, Option<i64>)>, StoreError> {
         match spec {
@@ -464,6 +478,7 @@ impl Store {
                     only_failed: *only_failed,
                     job: Some(JobMark {
                         id: job.id.clone(),
+                        held,
                         lease_until,
                     }),
                 };
@@ -476,7 +491,7 @@ impl Store {
             }
             JobSpec::CancelPending { before, .. } => {
                 let before = before.map_or(i64::MAX, Timestamp::as_i64);
-                self.cancel_page(job, sub, before, lease_until).await
+                self.cancel_page(job, sub, before, held, lease_until).await
             }
         }
     }
@@ -489,13 +504,15 @@ impl Store {
         job: &JobRecord,
         sub: &SubscriptionRecord,
         before: i64,
+        held: i64,
         lease_until: i64,
     ) -> Result<Option<(i64, Option<i64>)>, StoreError> {
         let now = now_millis();
         let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
         // Nothing is done for a job after its `DELETE` answered (see `JOB_RUNNING`).
         let check = format!("{}{}", sql::JOB_RUNNING, self.0.dialect.skip_locked);
-        if tx.query(&check, &args![job.id.as_str()]).await?.is_empty() {
+        let running = args![job.id.as_str(), held, sub.id.as_str()];
+        if tx.query(&check, &running).await?.is_empty() {
             return Ok(None);
         }
         let rows = tx
@@ -533,7 +550,7 @@ impl Store {
         let running = tx
             .execute(
                 sql::JOB_PAGE_DONE,
-                &args![canceled, next, lease_until, now, job.id.as_str()],
+                &args![canceled, next, lease_until, now, job.id.as_str(), held],
             )
             .await?;
         tx.commit().await?;
@@ -547,6 +564,7 @@ impl Store {
         id: &str,
         result: &serde_json::Value,
         total: Option<i64>,
+        held: i64,
     ) -> Result<bool, StoreError> {
         let now = now_millis();
         let text = result.to_string();
@@ -556,22 +574,23 @@ impl Store {
             .execute(
                 "UPDATE jobs SET state = 'done', result = $1, total = COALESCE($2, total), \
                  done = COALESCE($3, done), finished_at = $4, updated_at = $5, \
-                 lease_until = NULL WHERE id = $6 AND state = 'running'",
-                &args![text.as_str(), total, total, now, now, id],
+                 lease_until = NULL WHERE id = $6 AND state = 'running' AND lease_until = $7",
+                &args![text.as_str(), total, total, now, now, id, held],
             )
             .await?;
         Ok(done > 0)
     }
 
-    /// Ends a running job `failed`, saying why.
-    pub async fn fail_job(&self, id: &str, error: &str) -> Result<(), StoreError> {
+    /// Ends a job running under lease `held` `failed`, saying why.
+    pub async fn fail_job(&self, id: &str, error: &str, held: i64) -> Result<(), StoreError> {
         let now = now_millis();
         self.0
             .db
             .execute(
                 "UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, \
-                 updated_at = $3, lease_until = NULL WHERE id = $4 AND state = 'running'",
-                &args![error, now, now, id],
+                 updated_at = $3, lease_until = NULL WHERE id = $4 AND state = 'running' \
+                 AND lease_until = $5",
+                &args![error, now, now, id, held],
             )
             .await?;
         Ok(())

@@ -45,14 +45,12 @@ impl Store {
     pub async fn breakers(&self, ids: &[&str]) -> Result<HashMap<String, Breaker>, StoreError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(500) {
-            let mut select = Select::new(
+            let select = in_list(
                 "SELECT id, failures, failing_since, last_error, probe_at FROM subscriptions \
                  WHERE failures > 0 AND id IN (",
+                chunk,
+                ")",
             );
-            for (i, id) in chunk.iter().enumerate() {
-                select.push(if i == 0 { "" } else { ", " }, *id);
-            }
-            select.text(")");
             for mut row in self.0.db.query(&select.sql, &select.args).await? {
                 let breaker = Breaker {
                     failures: row.int(1)?,
@@ -72,8 +70,9 @@ impl Store {
             .0
             .db
             .query(
+                // `failures` too: a release before the breaker resets them without the probe.
                 "SELECT id, probe_at FROM subscriptions WHERE probe_at IS NOT NULL \
-                 AND enabled = TRUE",
+                 AND failures >= 5 AND enabled = TRUE",
                 &[],
             )
             .await?;
@@ -88,15 +87,13 @@ impl Store {
     pub async fn lags(&self, ids: &[&str]) -> Result<HashMap<String, Lag>, StoreError> {
         let mut lags = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let mut select = Select::new(
+            let select = in_list(
                 "SELECT subscription_id, COUNT(*), MIN(COALESCE(pending_since, created_at)) \
                  FROM deliveries WHERE status = 'pending' AND sequence > 0 \
                  AND subscription_id IN (",
+                chunk,
+                ") GROUP BY subscription_id",
             );
-            for (i, id) in chunk.iter().enumerate() {
-                select.push(if i == 0 { "" } else { ", " }, *id);
-            }
-            select.text(") GROUP BY subscription_id");
             for mut row in self.0.db.query(&select.sql, &select.args).await? {
                 let lag = Lag {
                     pending: row.int(1)?,
@@ -167,4 +164,14 @@ impl Store {
             .await?;
         Ok(done > 0)
     }
+}
+
+/// `head`, the placeholders of `ids` separated by commas, then `tail`.
+fn in_list<'a>(head: &str, ids: &[&'a str], tail: &str) -> Select<'a> {
+    let mut select = Select::new(head);
+    for (i, id) in ids.iter().enumerate() {
+        select.push(if i == 0 { "" } else { ", " }, *id);
+    }
+    select.text(tail);
+    select
 }

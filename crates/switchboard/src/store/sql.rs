@@ -251,14 +251,16 @@ pub const COUNT_FAILED: &str = "SELECT COUNT(*) FROM deliveries \
     WHERE subscription_id = $1 AND status = 'failed' AND sequence <= $2 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $3 \
       AND created >= $4 AND created <= $5)";
-/// Whether job `$1` is still running, its row locked for the page's transaction (where the
-/// dialect locks; a row another transaction holds is skipped: a `DELETE` canceling it, or
-/// another node taking it over).
-pub const JOB_RUNNING: &str = "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running'";
+/// Whether job `$1` is still running under this runner's lease `$2` (not canceled, not taken
+/// over by another node after the lease ran out) and its subscription `$3` still exists, its
+/// row locked for the page's transaction (where the dialect locks; a row another transaction
+/// holds is skipped: a `DELETE` canceling it, or another node taking it over).
+pub const JOB_RUNNING: &str = "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' \
+    AND lease_until = $2 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $3)";
 /// A job's page committed: `$1` more done, resume after `$2`, leased until `$3` — only while
-/// it is running (a `DELETE` may have canceled it meanwhile).
+/// it is running under the lease `$6` the page was made under.
 pub const JOB_PAGE_DONE: &str = "UPDATE jobs SET done = done + $1, resume_after = $2, \
-    lease_until = $3, updated_at = $4 WHERE id = $5 AND state = 'running'";
+    lease_until = $3, updated_at = $4 WHERE id = $5 AND state = 'running' AND lease_until = $6";
 /// Coalescing (`latest_status`): the pending StatusChanged deliveries of agent `$3` for
 /// subscription `$2` before sequence `$4`, not in flight at `$1`, end `superseded`; each
 /// returns how many it had replaced itself.

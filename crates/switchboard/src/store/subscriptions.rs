@@ -155,7 +155,10 @@ impl Store {
                  old_secret = $4, old_secret_expires_at = $5, updated_at = $6, \
                  failing_since = CASE WHEN $7 THEN NULL ELSE failing_since END, \
                  failures = CASE WHEN $8 THEN 0 ELSE failures END, \
-                 failing_sent = CASE WHEN $9 THEN FALSE ELSE failing_sent END \
+                 failing_sent = CASE WHEN $9 THEN FALSE ELSE failing_sent END, \
+                 last_error = CASE WHEN $9 THEN NULL ELSE last_error END, \
+                 probe_at = CASE WHEN $9 THEN NULL ELSE probe_at END, \
+                 probes = CASE WHEN $9 THEN 0 ELSE probes END \
                  WHERE tenant_id = $10 AND id = $11",
                 &args![
                     spec.as_str(),

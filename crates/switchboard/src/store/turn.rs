@@ -39,7 +39,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::agents::Deferred;
-use super::command::{ClaimJob, Committed, Group, ReplayJob, ReplayStep};
+use super::command::{ClaimJob, Committed, Group, JobMark, ReplayJob, ReplayStep};
 use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
@@ -451,7 +451,7 @@ async fn replay<C: Conn>(
 ) -> Result<ReplayStep, StoreError> {
     let (tenant, sub) = (job.tenant.as_str(), &job.sub);
     if let Some(mark) = &job.job
-        && !job_running(conn, &mark.id).await?
+        && !job_running(conn, mark, &sub.id).await?
     {
         return Ok(ReplayStep::default());
     }
@@ -504,7 +504,8 @@ async fn replay<C: Conn>(
                 next.unwrap_or(i64::MAX),
                 mark.lease_until,
                 now,
-                mark.id.as_str()
+                mark.id.as_str(),
+                mark.held
             ];
             conn.execute(sql::JOB_PAGE_DONE, &progress).await? > 0
         }
@@ -539,9 +540,12 @@ async fn probe_delay<C: Conn>(conn: &mut C, sub: &str, probes: i64) -> Result<i6
 
 /// Whether job `id` is still running (not canceled): checked, its row locked, before a page
 /// of it is written, so that nothing is done for a job after its `DELETE` answered.
-async fn job_running<C: Conn>(conn: &mut C, id: &str) -> Result<bool, StoreError> {
+async fn job_running<C: Conn>(conn: &mut C, mark: &JobMark, sub: &str) -> Result<bool, StoreError> {
     let check = format!("{}{}", sql::JOB_RUNNING, conn.dialect().skip_locked);
-    Ok(!conn.query(&check, &args![id]).await?.is_empty())
+    let found = conn
+        .query(&check, &args![mark.id.as_str(), mark.held, sub])
+        .await?;
+    Ok(!found.is_empty())
 }
 
 /// The last sequence a replay page after `after` looks at (see [`sql::REPLAY_PAGE_SPAN`]).

@@ -14,9 +14,8 @@ use crate::support::TestReceiver;
 use crate::support::app::{agent_event, guid};
 use crate::support::stepper::Stepper;
 
-#[tokio::test]
-async fn an_open_breaker_attempts_only_probes_and_the_backlog_then_flows_in_order() {
-    let mut t = Stepper::new().await;
+/// A receiver that answers 503 until the flag is set, then 200.
+async fn down_until() -> (TestReceiver, Arc<AtomicBool>) {
     let up = Arc::new(AtomicBool::new(false));
     let receiving = up.clone();
     let rx = TestReceiver::with(move |_, _| match receiving.load(Ordering::SeqCst) {
@@ -24,6 +23,13 @@ async fn an_open_breaker_attempts_only_probes_and_the_backlog_then_flows_in_orde
         false => (503, Duration::ZERO),
     })
     .await;
+    (rx, up)
+}
+
+#[tokio::test]
+async fn an_open_breaker_attempts_only_probes_and_the_backlog_then_flows_in_order() {
+    let mut t = Stepper::new().await;
+    let (rx, up) = down_until().await;
     let sub = t
         .subscribe(
             json!({"url": rx.url("/"), "ordering": "per_agent", "max_in_flight": 4,
@@ -126,13 +132,7 @@ async fn an_open_breaker_attempts_only_probes_and_the_backlog_then_flows_in_orde
 #[tokio::test]
 async fn the_api_shows_the_breaker_and_a_successful_test_closes_it() {
     let app = crate::support::TestApp::spawn().await;
-    let up = Arc::new(AtomicBool::new(false));
-    let receiving = up.clone();
-    let rx = TestReceiver::with(move |_, _| match receiving.load(Ordering::SeqCst) {
-        true => (200, Duration::ZERO),
-        false => (503, Duration::ZERO),
-    })
-    .await;
+    let (rx, up) = down_until().await;
     let sub = app
         .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": [600]}))
         .await;
@@ -170,4 +170,37 @@ async fn the_api_shows_the_breaker_and_a_successful_test_closes_it() {
     let got =
         crate::support::app::json_ok(app.get(&path, crate::support::app::ADMIN_KEY).await).await;
     assert_eq!(got["health"]["state"], "healthy", "{got}");
+}
+
+#[tokio::test]
+async fn changing_a_subscription_starts_its_breaker_over() {
+    let mut t = Stepper::new().await;
+    let (rx, up) = down_until().await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": [600]}))
+        .await;
+    let events: Vec<Value> = (0..8)
+        .map(|i| agent_event(&guid(), 1, &format!("u{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    t.step().await;
+    assert!(t.store.open_breakers().await.unwrap().contains_key(&sub.id));
+    // A PATCH (here: a new description) starts its health over, breaker included.
+    let mut changed = t.subscription(&sub).await;
+    changed.spec.description = "fixed".into();
+    t.store.update_subscription(&changed).await.unwrap();
+    assert!(t.store.open_breakers().await.unwrap().is_empty());
+    assert!(
+        t.store
+            .breakers(&[sub.id.as_str()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Its retries come due (10 min later), the receiver is back: all of them go out at once.
+    up.store(true, Ordering::SeqCst);
+    t.advance(Duration::from_secs(800));
+    let before = rx.received().len();
+    while t.step().await > 0 {}
+    assert_eq!(rx.received().len() - before, 8);
 }

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use switchboard::event::Timestamp;
 use switchboard::jobs::{LEASE, Runner};
-use switchboard::store::{CancelJob, DeliveryStatus, JobRecord, JobSpec};
+use switchboard::store::{CancelJob, DeliveryStatus, JobRecord, JobSpec, SubscriptionRecord};
 
 use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, problem};
 use crate::support::receiver::{TestReceiver, eventually};
@@ -42,6 +42,15 @@ fn replay(sub: &str) -> JobSpec {
         until: None,
         only_failed: false,
     }
+}
+
+/// `n` events before a subscription to a port nobody listens on, and a replay job of them.
+async fn replaying(t: &Stepper, n: usize) -> (SubscriptionRecord, JobRecord) {
+    publish_all(t, events(n, "20261120100000", false)).await;
+    let sub = t.subscribe(json!({"url": "http://127.0.0.1:9/"})).await;
+    let spec = replay(&sub.id);
+    let created = t.store.create_job("default", &spec, false).await.unwrap();
+    (sub, created)
 }
 
 async fn job(t: &Stepper, id: &str) -> JobRecord {
@@ -150,14 +159,8 @@ async fn a_replay_job_requeues_exactly_what_its_dry_run_counted_with_progress_on
 #[tokio::test]
 async fn a_canceled_job_does_nothing_more_and_what_it_did_stays_done() {
     let t = Stepper::new().await;
-    publish_all(&t, events(5_000, "20261120100000", false)).await;
-    let sub = t.subscribe(json!({"url": "http://127.0.0.1:9/"})).await;
+    let (sub, created) = replaying(&t, 5_000).await;
     let mut runner = Runner::new(t.store.clone(), t.clock.clone());
-    let created = t
-        .store
-        .create_job("default", &replay(&sub.id), false)
-        .await
-        .unwrap();
     // Five counting pages and the last, empty one; then one page of work.
     for _ in 0..7 {
         assert!(runner.run_once().await.unwrap());
@@ -192,13 +195,7 @@ async fn a_canceled_job_does_nothing_more_and_what_it_did_stays_done() {
 #[tokio::test]
 async fn a_job_resumes_after_a_restart_where_its_last_page_ended() {
     let mut t = Stepper::new().await;
-    publish_all(&t, events(5_000, "20261120100000", false)).await;
-    let sub = t.subscribe(json!({"url": "http://127.0.0.1:9/"})).await;
-    let created = t
-        .store
-        .create_job("default", &replay(&sub.id), false)
-        .await
-        .unwrap();
+    let (sub, created) = replaying(&t, 5_000).await;
     {
         let mut runner = Runner::new(t.store.clone(), t.clock.clone());
         for _ in 0..8 {
@@ -227,13 +224,7 @@ async fn a_job_resumes_after_a_restart_where_its_last_page_ended() {
 #[tokio::test]
 async fn a_job_held_by_a_live_node_is_not_taken_by_another() {
     let t = Stepper::new().await;
-    publish_all(&t, events(3_000, "20261120100000", false)).await;
-    let sub = t.subscribe(json!({"url": "http://127.0.0.1:9/"})).await;
-    let created = t
-        .store
-        .create_job("default", &replay(&sub.id), false)
-        .await
-        .unwrap();
+    let (_, created) = replaying(&t, 3_000).await;
     let mut first = Runner::new(t.store.clone(), t.clock.clone());
     assert!(first.run_once().await.unwrap());
     let mut second = Runner::new(t.store.clone(), t.clock.clone());
@@ -504,4 +495,61 @@ async fn a_replay_of_a_window_far_along_a_long_log_pages_through_to_it() {
     let dry = t.store.create_job("default", &window, true).await.unwrap();
     run_out(&mut runner).await;
     assert_eq!(job(&t, &dry.id).await.total, Some(3));
+}
+
+#[tokio::test]
+async fn a_runner_that_lost_its_lease_writes_nothing_more() {
+    let t = Stepper::new().await;
+    let (_, created) = replaying(&t, 5_000).await;
+    let mut first = Runner::new(t.store.clone(), t.clock.clone());
+    // Six counting pages, then one of work.
+    for _ in 0..7 {
+        assert!(first.run_once().await.unwrap());
+    }
+    // The first runner stalls past its lease; a second takes the job over and works a page.
+    t.advance(LEASE + std::time::Duration::from_secs(1));
+    let mut second = Runner::new(t.store.clone(), t.clock.clone());
+    assert!(second.run_once().await.unwrap());
+    let taken = job(&t, &created.id).await;
+    assert_eq!(taken.done, 2_000);
+    // The first one's next page finds the lease not its own: nothing is written.
+    assert!(first.run_once().await.unwrap());
+    let after = job(&t, &created.id).await;
+    assert_eq!(
+        (after.done, after.resume_after),
+        (taken.done, taken.resume_after)
+    );
+    assert!(!first.run_once().await.unwrap(), "it let the job go");
+    run_out(&mut second).await;
+    let done = job(&t, &created.id).await;
+    assert_eq!((done.state.as_str(), done.done), ("done", 5_000));
+}
+
+#[tokio::test]
+async fn a_job_whose_subscription_is_deleted_ends_failed() {
+    let t = Stepper::new().await;
+    let (sub, created) = replaying(&t, 5_000).await;
+    let mut runner = Runner::new(t.store.clone(), t.clock.clone());
+    for _ in 0..7 {
+        assert!(runner.run_once().await.unwrap());
+    }
+    assert!(
+        t.store
+            .delete_subscription("default", &sub.id)
+            .await
+            .unwrap()
+    );
+    run_out(&mut runner).await;
+    let failed = job(&t, &created.id).await;
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("its subscription was deleted")
+    );
+    assert_eq!(failed.done, 1_000);
+    assert_eq!(
+        count(&t, &sub.id, "pending").await,
+        0,
+        "no page after the delete"
+    );
 }
