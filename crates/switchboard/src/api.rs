@@ -13,6 +13,7 @@ mod jobs;
 mod keys;
 pub mod limits;
 mod me;
+mod pull;
 pub mod streams;
 mod subscriptions;
 mod tenants;
@@ -87,6 +88,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .merge(keys::router())
         .merge(events::router())
         .merge(subscriptions::router())
+        .merge(pull::router())
         .merge(deliveries::router())
         .merge(jobs::router())
         .merge(agents::router())
@@ -177,6 +179,10 @@ pub mod need {
     pub struct Publish;
     pub struct Read;
     pub struct Manage;
+    pub struct Consume;
+    impl Scoped for Consume {
+        const SCOPE: Scope = Scope::Consume;
+    }
     impl Scoped for Publish {
         const SCOPE: Scope = Scope::Publish;
     }

@@ -27,16 +27,19 @@ pub enum Scope {
     Publish,
     Read,
     Manage,
+    /// Reading and committing a pull subscription's messages (DESIGN §16).
+    Consume,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Publish, Scope::Read, Scope::Manage];
+    pub const ALL: [Scope; 4] = [Scope::Publish, Scope::Read, Scope::Manage, Scope::Consume];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Publish => "publish",
             Scope::Read => "read",
             Scope::Manage => "manage",
+            Scope::Consume => "consume",
         }
     }
 
@@ -77,7 +80,9 @@ impl Principal {
             Principal::Admin => Ok(()),
             Principal::Tenant { tenant_id, .. } if tenant_id != tenant => Err(Denied::OtherTenant),
             Principal::Tenant { scopes, .. } => {
-                let implied = scope == Scope::Read && scopes.contains(&Scope::Manage);
+                // `manage` implies `read` and `consume`.
+                let implied = matches!(scope, Scope::Read | Scope::Consume)
+                    && scopes.contains(&Scope::Manage);
                 if scopes.contains(&scope) || implied {
                     Ok(())
                 } else {

@@ -16,17 +16,50 @@ use crate::telemetry::SUBSCRIPTION_LAG;
 /// How often the lag of subscriptions with a budget is looked at.
 pub const EVERY: Duration = Duration::from_secs(1);
 
-/// Looks every [`EVERY`] until `stop` turns true.
-pub async fn watch(store: Store, mut stop: stop_signal::Receiver<bool>) {
+/// Looks every [`EVERY`] until `stop` turns true; also disables the pull subscriptions nobody
+/// called for `abandon_after_ms` (`auto_disable_after_secs`).
+pub async fn watch(store: Store, abandon_after_ms: i64, mut stop: stop_signal::Receiver<bool>) {
     while !*stop.borrow() {
         if let Err(e) = check(&store, now_millis()).await {
             tracing::warn!(error = %e, "the lag check failed; trying again");
+        }
+        if let Err(e) = abandoned(&store, now_millis(), abandon_after_ms).await {
+            tracing::warn!(error = %e, "the abandoned pull subscriptions check failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Disables the enabled pull subscriptions that no consumer called (`messages`, `commit`,
+/// `seek`) for `after_ms` before `now` — counted from creation when none ever did — and tells
+/// the tenant's monitors (SubscriptionDisabled), once per subscription across a cluster. The
+/// ids disabled.
+pub async fn abandoned(store: &Store, now: i64, after_ms: i64) -> Result<Vec<String>, StoreError> {
+    let secs = after_ms / 1000;
+    let reason = format!("no consumer called for {secs} s (auto_disable_after_secs)");
+    let gone = store
+        .disable_abandoned_pulls(now - after_ms, &reason, now)
+        .await?;
+    let mut ids = Vec::with_capacity(gone.len());
+    for (id, tenant) in gone {
+        tracing::warn!(%tenant, subscription_id = %id, "an abandoned pull subscription was disabled");
+        let notice = Notice::Disabled {
+            reason: reason.clone(),
+        };
+        let event = SystemEvent {
+            tenant,
+            event: notice.event(&id, now),
+            to: Recipients::MonitorsBut(id.clone()),
+            lease_until: None,
+            retried: true,
+        };
+        store.system_event(event).await?;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// One look at `now` (unix ms, the clock deliveries are created by): the notices it sent, with

@@ -183,7 +183,11 @@ pub async fn run_with(
         .delivers()
         .then(|| tokio::spawn(Dispatcher::new(store.clone(), sender, lease).run(stopped)));
 
-    let lag = tokio::spawn(lag::watch(store.clone(), stop_dispatcher.subscribe()));
+    let lag = tokio::spawn(lag::watch(
+        store.clone(),
+        config.auto_disable_after_secs as i64 * 1000,
+        stop_dispatcher.subscribe(),
+    ));
     let jobs = tokio::spawn(
         jobs::Runner::new(store.clone(), clock::Clock::system()).run(stop_dispatcher.subscribe()),
     );

@@ -33,6 +33,56 @@ pub enum Ordering {
     PerAgent,
 }
 
+/// How a subscription's events reach it (DESIGN §16): pushed to its receiver, or pulled by
+/// its consumers from `…/messages`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Push,
+    Pull,
+}
+
+/// Where a new pull subscription's cursors start: after the events already in the log, or
+/// before the oldest kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    #[default]
+    Now,
+    Earliest,
+}
+
+/// The fields only a push subscription has: naming one for a pull subscription is a `422`.
+pub const PUSH_ONLY: [&str; 10] = [
+    "url",
+    "headers",
+    "secret",
+    "signature_scheme",
+    "ordering",
+    "coalesce",
+    "rate_limit_per_sec",
+    "max_in_flight",
+    "retry_schedule_secs",
+    "heartbeat_secs",
+];
+
+/// Most partitions a pull subscription may have.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// The partition of an event with agent key `key` among `partitions` (DESIGN §16):
+/// FNV-1a, 64-bit, of the key's UTF-8 bytes, modulo the count; no key: partition 0. Stable
+/// across restarts, nodes and releases.
+pub fn partition_of(key: Option<&str>, partitions: u32) -> u32 {
+    let Some(key) = key else { return 0 };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
 /// Whether a pending StatusChanged delivery gives way to a later one of the same agent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -117,7 +167,21 @@ pub fn matches(filter: Option<&Filter>, event: &Event) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
+    /// The receiver (push). Required for push subscriptions; a pull subscription has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// `push` (default) or `pull`: pull subscriptions are read from `…/messages`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Pull only: how many partitions its events are spread over, by agent (1 to 64, default
+    /// 1; fixed at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub partitions: Option<u32>,
+    /// Pull only, at creation: `now` (default: the events received from now on) or
+    /// `earliest` (every event the log keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -179,6 +243,16 @@ impl SubscriptionSpec {
     /// Reads a subscription body (as created, or as a patch leaves it) and validates it; every
     /// problem names its field.
     pub fn from_value(value: Value) -> Result<Self, Vec<FieldError>> {
+        if value.get("mode").and_then(Value::as_str) == Some("pull") {
+            let named: Vec<FieldError> = PUSH_ONLY
+                .iter()
+                .filter(|f| value.get(**f).is_some_and(|v| !v.is_null()))
+                .map(|f| FieldError::new(None, *f, "is for push subscriptions only (mode: push)"))
+                .collect();
+            if !named.is_empty() {
+                return Err(named);
+            }
+        }
         let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             vec![FieldError::at_path(&path, e.into_inner().to_string())]
@@ -191,7 +265,22 @@ impl SubscriptionSpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut err = |field: &str, msg: &str| errors.push(FieldError::new(None, field, msg));
+        let pull = self.mode == Mode::Pull;
+        if pull {
+            if !(1..=MAX_PARTITIONS).contains(&self.partitions.unwrap_or(1)) {
+                err("partitions", "must be 1 to 64");
+            }
+        } else {
+            if self.partitions.is_some() {
+                err("partitions", "is for pull subscriptions only (mode: pull)");
+            }
+            if self.start.is_some() {
+                err("start", "is for pull subscriptions only (mode: pull)");
+            }
+        }
         match reqwest::Url::parse(&self.url) {
+            _ if pull => {}
+            _ if self.url.is_empty() => err("url", "is required (or mode: pull)"),
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
                 err("url", "must be an http or https URL")
             }
@@ -223,7 +312,10 @@ impl SubscriptionSpec {
         }
         if let Some(filter) = &self.filter {
             for (i, f) in filter.events.iter().flatten().enumerate() {
-                if f.category > 4 {
+                if pull && !(1..=5).contains(&f.category) {
+                    let msg = "must be 1 to 5: System events are not in the log, so not pulled";
+                    err(&format!("filter.events[{i}].category"), msg);
+                } else if !pull && f.category > 4 {
                     err(&format!("filter.events[{i}].category"), "must be 0 to 4");
                 }
             }
@@ -323,6 +415,68 @@ impl SubscriptionSpec {
         } else {
             Err(errors)
         }
+    }
+
+    /// Its JSON form: a pull subscription's without the push-only fields (so a merge patch of it
+    /// names only what the caller sent).
+    pub fn to_value(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let (Mode::Pull, Some(map)) = (self.mode, value.as_object_mut()) {
+            for field in PUSH_ONLY {
+                map.remove(field);
+            }
+        }
+        value
+    }
+
+    pub fn is_pull(&self) -> bool {
+        self.mode == Mode::Pull
+    }
+
+    /// A pull subscription's partitions (1 for push).
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.unwrap_or(1)
+    }
+
+    /// For a pull subscription: whether an event of the log (its columns, and the stored body,
+    /// parsed only when the filter's fields or a `SessionId` key need it) is one of its
+    /// messages at `now`, and in which partition.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pulled(
+        &self,
+        category: u8,
+        code: u32,
+        username: Option<&str>,
+        body: &str,
+        received_at: i64,
+        now: i64,
+    ) -> Option<u32> {
+        if let Some(max) = self.max_age_secs
+            && now - received_at > i64::try_from(max).unwrap_or(i64::MAX / 1000) * 1000
+        {
+            return None;
+        }
+        let partitions = self.partition_count();
+        let want_fields = self.filter.as_ref().is_some_and(|f| f.fields.is_some())
+            || (partitions > 1 && username.is_none());
+        let fields = if want_fields {
+            #[derive(Deserialize)]
+            struct Fields {
+                #[serde(rename = "AdditionalFields", default)]
+                fields: Map<String, Value>,
+            }
+            serde_json::from_str::<Fields>(body)
+                .map(|f| f.fields)
+                .unwrap_or_default()
+        } else {
+            Map::new()
+        };
+        let matched = match &self.filter {
+            None => category != catalog::SYSTEM,
+            Some(f) => f.matches(category, code, username, &fields),
+        };
+        let key = username.or_else(|| fields.get("SessionId").and_then(Value::as_str));
+        matched.then(|| partition_of(key, partitions))
     }
 
     /// The retry delays after the first attempt.
@@ -546,6 +700,61 @@ mod tests {
             &["filter.fields.A[0]", "filter.fields.A[1]"],
         );
         check(with_fields(json!({"A": []})), &["filter.fields.A"]);
+    }
+
+    /// The published FNV-1a 64-bit vectors, through the partition function (DESIGN §16 fixes
+    /// it across releases: a consumer's partition must not move).
+    #[test]
+    fn partitions_are_fnv1a_64_of_the_agent_key() {
+        assert_eq!(partition_of(None, 7), 0);
+        for (key, hash) in [
+            ("", 0xcbf2_9ce4_8422_2325u64),
+            ("a", 0xaf63_dc4c_8601_ec8c),
+            ("foobar", 0x8594_4171_f739_67e8),
+        ] {
+            for n in [1u32, 3, 64] {
+                assert_eq!(
+                    u64::from(partition_of(Some(key), n)),
+                    hash % u64::from(n),
+                    "{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pull_subscriptions_match_by_filter_age_and_partition() {
+        let spec = |v: Value| SubscriptionSpec::from_value(v).unwrap();
+        let body = |user: &str| {
+            json!({"Id": "x", "AdditionalFields": {"SessionId": user, "SessionType": "CCA"}})
+                .to_string()
+        };
+        let all = spec(json!({"mode": "pull", "partitions": 4, "max_age_secs": 60}));
+        let now = 1_000_000;
+        // By Username, else SessionId (read from the body only then).
+        let p = partition_of(Some("jdoe"), 4);
+        assert_eq!(all.pulled(1, 3, Some("jdoe"), "{}", now, now), Some(p));
+        assert_eq!(all.pulled(2, 1, None, &body("jdoe"), now, now), Some(p));
+        assert_eq!(all.pulled(2, 1, None, "{}", now, now), Some(0));
+        assert_eq!(
+            all.pulled(1, 3, Some("jdoe"), "{}", now - 60_001, now),
+            None,
+            "too old"
+        );
+        let cca = spec(
+            json!({"mode": "pull", "filter": {"fields": {"SessionType": ["CCA"]},
+                                                         "events": [{"category": 2}]}}),
+        );
+        assert_eq!(cca.pulled(2, 1, None, &body("s"), now, now), Some(0));
+        assert_eq!(cca.pulled(1, 1, None, &body("s"), now, now), None);
+        assert_eq!(cca.pulled(2, 1, None, "{}", now, now), None);
+        // The stored form of a pull subscription holds no push-only field.
+        let stored = all.to_value();
+        assert!(
+            PUSH_ONLY.iter().all(|f| stored.get(f).is_none()),
+            "{stored}"
+        );
+        assert_eq!(SubscriptionSpec::from_value(stored).unwrap(), all);
     }
 
     #[test]

@@ -200,7 +200,7 @@ async fn create(
         .get_subscription(&tenant, spec.subscription_id())
         .await?
     {
-        Some(Ok(_)) => {}
+        Some(Ok(rec)) => super::subscriptions::push_only(&rec, &format!("a {} job", req.kind))?,
         Some(Err(bad)) => return Err(ApiError::undecodable(&bad.id)),
         None => {
             return Err(ApiError::invalid(

@@ -72,7 +72,7 @@ async fn create(
     if req.scopes.is_empty() {
         return Err(ApiError::invalid(
             "scopes",
-            "must name at least one of publish, read, manage",
+            "must name at least one of publish, read, manage, consume",
         ));
     }
     let key = auth::generate_key("sb_");

@@ -67,7 +67,7 @@ impl Slots {
     }
 
     /// A slot for one more stream of `key` (its hash) on `tenant`, or the limit it would pass.
-    fn take(self: &Arc<Self>, key: &str, tenant: &str) -> Result<Slot, ApiError> {
+    pub(super) fn take(self: &Arc<Self>, key: &str, tenant: &str) -> Result<Slot, ApiError> {
         let mut open = self.open.lock().expect("slots lock");
         let by_key = open.keys.get(key).copied().unwrap_or(0);
         let by_tenant = open.tenants.get(tenant).copied().unwrap_or(0);
@@ -100,7 +100,7 @@ impl Slots {
 }
 
 /// One open stream's place in [`Slots`], given back when the stream ends.
-struct Slot {
+pub(super) struct Slot {
     slots: Arc<Slots>,
     key: String,
     tenant: String,

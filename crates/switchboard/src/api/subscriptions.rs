@@ -42,21 +42,42 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[schema(as = SubscriptionDoc)]
 struct SubscriptionView {
     id: String,
-    url: String,
+    /// Push only.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// `push` or `pull`.
+    mode: crate::subscription::Mode,
+    /// Pull only: its partitions (1 to 64).
+    #[schema(required = false, minimum = 1, maximum = 64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<u32>,
     description: String,
     filter: Option<crate::subscription::Filter>,
-    /// Only to `manage` keys and the admin.
+    /// Only to `manage` keys and the admin; push only.
     #[schema(required = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
     enabled: bool,
-    ordering: crate::subscription::Ordering,
-    rate_limit_per_sec: Option<u32>,
-    max_in_flight: u32,
-    headers: std::collections::BTreeMap<String, String>,
-    retry_schedule_secs: Option<Vec<u64>>,
-    #[schema(minimum = 1, maximum = 604800)]
-    heartbeat_secs: Option<u64>,
+    /// Push only, as are the fields below up to `heartbeat_secs`.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordering: Option<crate::subscription::Ordering>,
+    #[schema(required = false, value_type = Option<u32>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_per_sec: Option<Option<u32>>,
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<u32>,
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    #[schema(required = false, value_type = Option<Vec<u64>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_schedule_secs: Option<Option<Vec<u64>>>,
+    #[schema(required = false, minimum = 1, maximum = 604800, value_type = Option<u64>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_secs: Option<Option<u64>>,
     #[schema(minimum = 1, maximum = 31536000)]
     max_age_secs: Option<u64>,
     #[schema(minimum = 1, maximum = 31536000)]
@@ -67,8 +88,14 @@ struct SubscriptionView {
     /// Its circuit breaker: `open` after 5 failed attempts in a row, when only one probe at a
     /// time is attempted.
     health: HealthView,
-    coalesce: crate::subscription::Coalesce,
-    signature_scheme: crate::delivery::signing::Scheme,
+    /// Push only.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coalesce: Option<crate::subscription::Coalesce>,
+    /// Push only.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature_scheme: Option<crate::delivery::signing::Scheme>,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
     #[schema(
         required = false,
@@ -177,6 +204,8 @@ struct DeliveryFilter {
 impl SubscriptionView {
     fn new(rec: SubscriptionRecord, show_secret: bool) -> Self {
         let spec = rec.spec;
+        let push = !spec.is_pull();
+        let partitions = (!push).then_some(spec.partition_count());
         let public_key = spec
             .secret
             .as_deref()
@@ -191,23 +220,25 @@ impl SubscriptionView {
         }
         SubscriptionView {
             id: rec.id,
-            url: spec.url,
+            url: push.then_some(spec.url),
+            mode: spec.mode,
+            partitions,
             description: spec.description,
             filter: spec.filter,
-            secret: spec.secret.filter(|_| show_secret),
+            secret: spec.secret.filter(|_| show_secret && push),
             enabled: spec.enabled,
-            ordering: spec.ordering,
-            rate_limit_per_sec: spec.rate_limit_per_sec,
-            max_in_flight: spec.max_in_flight,
-            headers,
-            retry_schedule_secs: spec.retry_schedule_secs,
-            heartbeat_secs: spec.heartbeat_secs,
+            ordering: push.then_some(spec.ordering),
+            rate_limit_per_sec: push.then_some(spec.rate_limit_per_sec),
+            max_in_flight: push.then_some(spec.max_in_flight),
+            headers: push.then_some(headers),
+            retry_schedule_secs: push.then_some(spec.retry_schedule_secs),
+            heartbeat_secs: push.then_some(spec.heartbeat_secs),
             max_age_secs: spec.max_age_secs,
             lag_budget_secs: spec.lag_budget_secs,
             lag: LagView::default(),
             health: HealthView::default(),
-            coalesce: spec.coalesce,
-            signature_scheme: spec.signature_scheme,
+            coalesce: push.then_some(spec.coalesce),
+            signature_scheme: push.then_some(spec.signature_scheme),
             public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
@@ -347,8 +378,10 @@ async fn create(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let value: Value = json_body(&state, &headers, body).await?;
     let mut spec = SubscriptionSpec::from_value(value).map_err(ApiError::Invalid)?;
-    spec.secret
-        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
+    if !spec.is_pull() {
+        spec.secret
+            .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
+    }
     let now = now_millis();
     let rec = SubscriptionRecord {
         id: format!("sub_{}", auth::random_token(12)),
@@ -428,8 +461,8 @@ async fn update(
         Ok(rec) => rec,
         Err(bad) => return repair(&state, bad, patch).await,
     };
-    let mut current =
-        serde_json::to_value(&rec.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut current = rec.spec.to_value();
+    fixed_at_creation(&current, &patch)?;
     let new_scheme = !patch.contains_key("secret")
         && patch
             .get("signature_scheme")
@@ -450,8 +483,10 @@ async fn update(
         }
     }
     let mut spec = SubscriptionSpec::from_value(current).map_err(ApiError::Invalid)?;
-    spec.secret
-        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
+    if !spec.is_pull() {
+        spec.secret
+            .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
+    }
     let disabled = rec.spec.enabled && !spec.enabled;
     match (rec.spec.enabled, spec.enabled) {
         (true, false) => rec.disabled_reason = Some(DISABLED_BY_USER.into()),
@@ -461,6 +496,10 @@ async fn update(
     rec.spec = spec;
     rec.updated_at = now_millis();
     state.store.update_subscription(&rec).await?;
+    if rec.spec.is_pull() && rec.spec.enabled {
+        // Enabled again: its consumers have `auto_disable_after_secs` from now to call.
+        state.store.touch_pull(&rec.id, rec.updated_at).await?;
+    }
     if disabled {
         // The tenant's monitors are told, as for a disable by 410 or by failures.
         let notice = Notice::Disabled {
@@ -480,6 +519,48 @@ async fn update(
     Ok(Json(view))
 }
 
+/// `mode` and `partitions` are fixed at creation, and `start` is only read then: a patch that
+/// changes one is a `422` naming it.
+fn fixed_at_creation(current: &Value, patch: &Map<String, Value>) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    let now = |field: &str| match current.get(field) {
+        Some(v) => v.clone(),
+        None if field == "mode" => Value::String("push".into()),
+        None => Value::Null,
+    };
+    for field in ["mode", "partitions"] {
+        if patch.get(field).is_some_and(|v| *v != now(field)) {
+            let msg = "is fixed at creation; create a new subscription to change it";
+            errors.push(crate::event::FieldError::new(None, field, msg));
+        }
+    }
+    if patch.contains_key("start") {
+        let msg = "is only read at creation; use …/seek to move the cursors";
+        errors.push(crate::event::FieldError::new(None, "start", msg));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
+}
+
+/// A push subscription, for the actions only those have (`…/test`, `…/replay`,
+/// `…/deliveries`): a pull subscription is a `409`.
+pub(super) fn push_only(rec: &SubscriptionRecord, action: &str) -> Result<(), ApiError> {
+    if rec.spec.is_pull() {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "subscription {} is a pull subscription: {action} is for push subscriptions; \
+                 read its events from …/messages",
+                rec.id
+            ),
+            errors: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
 /// Replaces the stored form of a subscription that does not decode by a whole new body; its
 /// secret is kept when the body leaves it out and the stored text still holds it.
 async fn repair(
@@ -491,11 +572,11 @@ async fn repair(
     let kept = bad
         .secret
         .filter(|s| Secret::parse(s).is_ok_and(|s| s.scheme() == spec.signature_scheme));
-    if spec.secret.is_none() {
+    if spec.secret.is_none() && !spec.is_pull() {
         spec.secret = kept;
+        spec.secret
+            .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
     }
-    spec.secret
-        .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
     let rec = SubscriptionRecord {
         id: bad.id,
         tenant_id: bad.tenant_id,
@@ -565,6 +646,7 @@ async fn rotate(
         ));
     }
     let mut rec = find(&state, &tenant, &id).await?;
+    push_only(&rec, "rotating a secret")?;
     let now = now_millis();
     let secret = Secret::generate_for(rec.spec.signature_scheme);
     let public_key = Secret::parse(&secret).ok().and_then(|s| s.public_key());
@@ -589,6 +671,7 @@ async fn test(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<TestOutcome>, ApiError> {
     let rec = find(&state, &tenant, &id).await?;
+    push_only(&rec, "a test")?;
     let mut fields = Map::new();
     fields.insert("SubscriptionId".into(), Value::String(rec.id.clone()));
     let event = Event::system(catalog::system::TEST, fields, now_millis());
@@ -661,6 +744,7 @@ async fn replay(
         return Err(ApiError::invalid("until", "must not be before since"));
     }
     let rec = find(&state, &tenant, &id).await?;
+    push_only(&rec, "a replay")?;
     let requeued = state
         .store
         .replay(&rec, since, until, req.only_failed)
@@ -695,7 +779,9 @@ async fn deliveries(
         .transpose()?;
     p.finish()?;
     // Deliveries of a subscription that does not decode are still listed.
-    let _ = find_stored(&state, &tenant, &id).await?;
+    if let Ok(rec) = find_stored(&state, &tenant, &id).await? {
+        push_only(&rec, "listing deliveries")?;
+    }
     let rows = state
         .store
         .list_deliveries(&tenant, &id, status, after, limit + 1)

@@ -52,6 +52,26 @@ impl Timestamp {
     pub fn as_i64(self) -> i64 {
         self.0
     }
+
+    /// The instant as unix milliseconds (the start of its second).
+    pub fn to_unix_ms(self) -> i64 {
+        let n = |div: i64, m: i64| ((self.0 / div) % m) as u16;
+        let date = Month::try_from(n(100_000_000, 100) as u8)
+            .ok()
+            .and_then(|month| {
+                Date::from_calendar_date(
+                    i32::from(n(10_000_000_000, 10_000)),
+                    month,
+                    n(1_000_000, 100) as u8,
+                )
+                .ok()
+            });
+        let time = Time::from_hms(n(10_000, 100) as u8, n(100, 100) as u8, n(1, 100) as u8).ok();
+        match (date, time) {
+            (Some(d), Some(t)) => d.with_time(t).assume_utc().unix_timestamp() * 1000,
+            _ => 0,
+        }
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -95,6 +115,22 @@ mod tests {
     fn check(input: &str, expect: Result<(), &str>) {
         let got = Timestamp::parse(input).map(|t| assert_eq!(t.to_string(), input));
         assert_eq!(got, expect, "input {input:?}");
+    }
+
+    #[test]
+    fn unix_ms_round_trips_through_the_second() {
+        for ms in [
+            0i64,
+            1_764_806_400_000,
+            1_795_000_123_000,
+            253_402_300_799_000,
+        ] {
+            assert_eq!(Timestamp::from_unix_ms(ms).to_unix_ms(), ms - ms % 1000);
+        }
+        assert_eq!(
+            Timestamp::parse("20261204093000").unwrap().to_unix_ms(),
+            1_796_376_600_000
+        );
     }
 
     #[test]

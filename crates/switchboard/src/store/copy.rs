@@ -37,6 +37,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("agent_bases", &["tenant_id", "username"]),
     ("events_by_username", &["tenant_id", "username", "sequence"]),
     ("jobs", &["id"]),
+    ("pull_cursors", &["subscription_id", "partition_no"]),
 ];
 
 /// SQLite tables not copied: sqlx's and the schema's bookkeeping (the target has its own), the

@@ -101,6 +101,25 @@ impl Store {
                 };
                 lags.insert(row.text(0)?, lag);
             }
+            // Pull subscriptions have no deliveries: their lag is counted in the log, after
+            // their cursors (DESIGN §16).
+            let select = in_list(
+                "SELECT id, tenant_id, spec FROM subscriptions WHERE pull = TRUE AND id IN (",
+                chunk,
+                ")",
+            );
+            let now = crate::clock::now_millis();
+            for mut row in self.0.db.query(&select.sql, &select.args).await? {
+                let (id, tenant) = (row.text(0)?, row.text(1)?);
+                let Ok(spec) = stored::decode(&row.text(2)?) else {
+                    continue;
+                };
+                let cursors = self.pull_cursors(&id).await?;
+                let lag = self.pull_lag(&tenant, &spec, &cursors, None, now).await?;
+                if lag.pending > 0 {
+                    lags.insert(id, lag);
+                }
+            }
         }
         Ok(lags)
     }

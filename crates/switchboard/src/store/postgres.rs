@@ -83,6 +83,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("migrations/postgres/0012_jobs.sql"),
     ),
+    (
+        13,
+        "pull",
+        include_str!("migrations/postgres/0013_pull.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

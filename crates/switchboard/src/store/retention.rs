@@ -109,6 +109,20 @@ async fn events_batch<C: Conn>(
             &args![tenant, after, PURGE_BATCH],
         )
         .await?;
+    // An enabled pull subscription's cursor keeps what is after it (DESIGN §16): the pass
+    // ends at the lowest one. (Events after it that no partition matches are kept too.)
+    let kept_after = conn
+        .query(
+            "SELECT MIN(c.cursor) FROM pull_cursors c JOIN subscriptions s \
+             ON s.id = c.subscription_id WHERE c.tenant_id = $1 AND s.enabled = TRUE",
+            &args![tenant],
+        )
+        .await?
+        .first()
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten()
+        .unwrap_or(i64::MAX);
     let mut step = PurgeStep {
         more: rows.len() as i64 == PURGE_BATCH,
         last: after,
@@ -116,7 +130,7 @@ async fn events_batch<C: Conn>(
     };
     let mut gone = Vec::with_capacity(rows.len());
     for row in &rows {
-        if row.int(1)? >= cutoff {
+        if row.int(1)? >= cutoff || row.int(0)? > kept_after {
             step.more = false;
             break;
         }

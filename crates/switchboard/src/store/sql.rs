@@ -72,6 +72,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "agent_bases",
         "events_by_username",
         "jobs",
+        "pull_cursors",
     ],
     skip_locked: "",
 };
@@ -107,6 +108,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "agent_bases",
         "events_by_username",
         "jobs",
+        "pull_cursors",
     ],
     skip_locked: " FOR UPDATE SKIP LOCKED",
 };
@@ -179,10 +181,10 @@ pub static INSERT_EVENTS: MultiRow = MultiRow::new(
 /// A tenant's enabled subscriptions with what says whether they changed: `updated_at` and the
 /// stored form's length.
 pub const ENABLED_SUBSCRIPTION_STAMPS: &str = "SELECT id, updated_at, length(spec) \
-    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE";
+    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND pull = FALSE";
 /// Their stored forms, for those among a list (`IN (` … `)`, from `$2`) that changed.
 pub const SUBSCRIPTION_SPECS: &str = "SELECT id, spec, updated_at, length(spec) \
-    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND id IN (";
+    FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND pull = FALSE AND id IN (";
 pub static INSERT_DELIVERIES: MultiRow = MultiRow::new(
     "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
      next_attempt_at, created_at, updated_at, lease_until) VALUES ",

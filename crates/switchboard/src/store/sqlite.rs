@@ -78,6 +78,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0011_log_indexes.sql"),
     ),
     (12, "jobs", include_str!("migrations/sqlite/0012_jobs.sql")),
+    (13, "pull", include_str!("migrations/sqlite/0013_pull.sql")),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

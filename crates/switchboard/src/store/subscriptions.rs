@@ -46,14 +46,13 @@ impl Store {
         max: u32,
     ) -> Result<(), CreateError> {
         let spec = stored::encode(&rec.spec);
-        let done = self
-            .0
-            .db
+        let mut tx = self.0.db.begin(self.0.dialect).await?;
+        let done = tx
             .execute(
                 "INSERT INTO subscriptions (id, tenant_id, spec, enabled, disabled_reason, \
-                 created_at, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7 \
-                 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8) \
-                 AND (SELECT COUNT(*) FROM subscriptions WHERE tenant_id = $9) < $10",
+                 created_at, updated_at, pull) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $9) \
+                 AND (SELECT COUNT(*) FROM subscriptions WHERE tenant_id = $10) < $11",
                 &args![
                     &rec.id,
                     &rec.tenant_id,
@@ -62,12 +61,34 @@ impl Store {
                     &rec.disabled_reason,
                     rec.created_at,
                     rec.updated_at,
+                    rec.spec.is_pull(),
                     &rec.tenant_id,
                     &rec.tenant_id,
                     i64::from(max),
                 ],
             )
             .await?;
+        if done > 0 && rec.spec.is_pull() {
+            // Each partition's cursor: before the log's first event (`earliest`), or after its
+            // last one now.
+            let earliest = rec.spec.start == Some(crate::subscription::Start::Earliest);
+            for p in 0..rec.spec.partition_count() {
+                tx.execute(
+                    "INSERT INTO pull_cursors (tenant_id, subscription_id, partition_no, cursor) \
+                     SELECT $1, $2, $3, CASE WHEN $4 THEN 0 ELSE last_sequence END \
+                     FROM tenants WHERE id = $5",
+                    &args![
+                        &rec.tenant_id,
+                        &rec.id,
+                        i64::from(p),
+                        earliest,
+                        &rec.tenant_id
+                    ],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
         if done == 0 {
             return Err(match self.get_tenant(&rec.tenant_id).await? {
                 None => CreateError::TenantNotFound,
@@ -116,13 +137,16 @@ impl Store {
         rows.into_iter().map(subscription_record).collect()
     }
 
-    /// Every enabled subscription of every tenant, for the dispatcher. One that does not decode
+    /// Every enabled push subscription of every tenant, for the dispatcher. One that does not decode
     /// is left out (logged once, counted): it harms only itself.
     pub async fn enabled_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let rows = self
             .0
             .db
-            .query(&format!("{SUBSCRIPTION_COLUMNS} WHERE enabled = TRUE"), &[])
+            .query(
+                &format!("{SUBSCRIPTION_COLUMNS} WHERE enabled = TRUE AND pull = FALSE"),
+                &[],
+            )
             .await?;
         let mut subs = Vec::with_capacity(rows.len());
         for row in rows {
@@ -192,6 +216,11 @@ impl Store {
             tx.execute(
                 "DELETE FROM attempts WHERE delivery_id IN \
                  (SELECT id FROM deliveries WHERE subscription_id = $1)",
+                &args![id],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM pull_cursors WHERE subscription_id = $1",
                 &args![id],
             )
             .await?;

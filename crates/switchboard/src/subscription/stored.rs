@@ -11,12 +11,19 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Coalesce, EventFilter, Filter, Ordering, SubscriptionSpec};
+use super::{Coalesce, EventFilter, Filter, Mode, Ordering, Start, SubscriptionSpec};
 use crate::delivery::signing::Scheme;
 
 #[derive(Deserialize)]
 struct StoredSpec {
+    #[serde(default)]
     url: String,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    partitions: Option<u32>,
+    #[serde(default)]
+    start: Option<Start>,
     #[serde(default)]
     description: String,
     #[serde(default)]
@@ -69,6 +76,9 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
     let s: StoredSpec = serde_json::from_str(text)?;
     Ok(SubscriptionSpec {
         url: s.url,
+        mode: s.mode,
+        partitions: s.partitions,
+        start: s.start,
         description: s.description,
         filter: s.filter.map(|f| Filter {
             events: f.events.map(|list| {
@@ -106,7 +116,7 @@ pub fn salvage_secret(text: &str) -> Option<String> {
 
 /// Writes a spec into its stored form (the same field names the stored form reads).
 pub fn encode(spec: &SubscriptionSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_default()
+    spec.to_value().to_string()
 }
 
 #[cfg(test)]

@@ -355,7 +355,7 @@ async fn me_describes_the_calling_key() {
     assert_eq!(
         me,
         json!({"admin": true, "tenant_id": null,
-                           "scopes": ["publish", "read", "manage"]})
+                           "scopes": ["publish", "read", "manage", "consume"]})
     );
     let key = app.create_key("default", &["read", "publish"]).await;
     let me = json_ok(app.get("/v1/me", &key).await).await;

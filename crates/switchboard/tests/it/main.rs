@@ -21,6 +21,7 @@ mod log;
 mod metrics;
 mod openapi;
 mod pg_faults;
+mod pull;
 mod readiness;
 mod restart;
 mod retention;

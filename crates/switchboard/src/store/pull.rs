@@ -1,0 +1,318 @@
+//! Pull subscriptions (DESIGN §16): their messages are read from the tenant's log, never
+//! copied into deliveries; what the store keeps of them is one committed cursor per partition
+//! and when a consumer last called.
+
+use super::db::args;
+use super::lag::Lag;
+use super::{Change, Store, StoreError, StoredEvent};
+use crate::subscription::SubscriptionSpec;
+
+/// Most log events one `messages` call examines (matching or not): a call that finds fewer
+/// than `limit` in them answers what it found, its `next_cursor` the last one examined.
+pub const SCAN_MAX: usize = 100_000;
+/// Most log events a lag figure examines after the lowest cursor: beyond them `pending` is a
+/// lower bound (the oldest pending one is the first found, so its age is exact whenever any
+/// is found).
+pub const LAG_SCAN: usize = 10_000;
+/// Rows read per statement while scanning.
+const PAGE: i64 = 2_000;
+
+/// A `messages` read: the matching events and where the scan ended.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    pub events: Vec<StoredEvent>,
+    /// The last sequence examined (the start when nothing was).
+    pub next_cursor: i64,
+}
+
+/// One event of the log with what a pull filter looks at.
+struct LogRow {
+    sequence: i64,
+    received_at: i64,
+    category: u8,
+    code: u32,
+    username: Option<String>,
+    body: String,
+}
+
+impl Store {
+    /// `tenant`'s events after `after`, up to `through`, at most `limit`, in sequence order.
+    async fn log_rows(
+        &self,
+        tenant: &str,
+        after: i64,
+        through: i64,
+        limit: i64,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT sequence, received_at, category, code, username, body FROM events \
+                 WHERE tenant_id = $1 AND sequence > $2 AND sequence <= $3 \
+                 ORDER BY sequence LIMIT $4",
+                &args![tenant, after, through, limit],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for mut r in rows {
+            out.push(LogRow {
+                sequence: r.int(0)?,
+                received_at: r.int(1)?,
+                category: u8::try_from(r.int(2)?).unwrap_or(u8::MAX),
+                code: u32::try_from(r.int(3)?).unwrap_or(u32::MAX),
+                username: r.opt_text(4)?,
+                body: r.text(5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The committed cursor of each partition of pull subscription `id`, by partition.
+    pub async fn pull_cursors(&self, id: &str) -> Result<Vec<i64>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT cursor FROM pull_cursors WHERE subscription_id = $1 ORDER BY partition_no",
+                &args![id],
+            )
+            .await?;
+        rows.iter().map(|r| r.int(0)).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// The messages of `partition` of a pull subscription after `after`: at most `limit`
+    /// matching events among the log's up to `head`, examining at most [`SCAN_MAX`].
+    pub async fn pull_messages(
+        &self,
+        tenant: &str,
+        spec: &SubscriptionSpec,
+        partition: u32,
+        after: i64,
+        head: i64,
+        limit: usize,
+        now: i64,
+    ) -> Result<Pulled, StoreError> {
+        let mut pulled = Pulled {
+            events: Vec::new(),
+            next_cursor: after,
+        };
+        let mut examined = 0;
+        while pulled.next_cursor < head && examined < SCAN_MAX {
+            let page = PAGE.max(limit as i64);
+            let rows = self
+                .log_rows(tenant, pulled.next_cursor, head, page)
+                .await?;
+            let short = (rows.len() as i64) < page;
+            for row in rows {
+                examined += 1;
+                let to = spec.pulled(
+                    row.category,
+                    row.code,
+                    row.username.as_deref(),
+                    &row.body,
+                    row.received_at,
+                    now,
+                );
+                pulled.next_cursor = row.sequence;
+                if to == Some(partition) {
+                    pulled.events.push(StoredEvent {
+                        sequence: row.sequence,
+                        received_at: row.received_at,
+                        body: row.body,
+                    });
+                    if pulled.events.len() >= limit {
+                        return Ok(pulled);
+                    }
+                }
+            }
+            if short {
+                // Every event up to the head was examined (a gap is what retention took).
+                pulled.next_cursor = head;
+                break;
+            }
+        }
+        Ok(pulled)
+    }
+
+    /// How far behind a pull subscription is: its matching events after each partition's
+    /// cursor (only `partition`'s when given), and since when the oldest has waited (when it
+    /// was received). Examines at most [`LAG_SCAN`] events after the lowest cursor.
+    pub async fn pull_lag(
+        &self,
+        tenant: &str,
+        spec: &SubscriptionSpec,
+        cursors: &[i64],
+        partition: Option<u32>,
+        now: i64,
+    ) -> Result<Lag, StoreError> {
+        let counted = |p: u32| partition.is_none_or(|only| only == p);
+        let Some(from) = cursors
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| counted(*p as u32))
+            .map(|(_, c)| *c)
+            .min()
+        else {
+            return Ok(Lag::default());
+        };
+        let head = self.last_sequence(tenant).await?;
+        let mut lag = Lag::default();
+        let (mut at, mut examined) = (from, 0);
+        while at < head && examined < LAG_SCAN {
+            let rows = self.log_rows(tenant, at, head, PAGE).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                examined += 1;
+                at = row.sequence;
+                let Some(p) = spec.pulled(
+                    row.category,
+                    row.code,
+                    row.username.as_deref(),
+                    &row.body,
+                    row.received_at,
+                    now,
+                ) else {
+                    continue;
+                };
+                if counted(p) && cursors.get(p as usize).is_some_and(|c| row.sequence > *c) {
+                    lag.pending += 1;
+                    lag.oldest_since.get_or_insert(row.received_at);
+                }
+            }
+        }
+        Ok(lag)
+    }
+
+    /// Moves `partition`'s cursor forward to `cursor`: `Ok(None)` done (or already there),
+    /// `Ok(Some(current))` when `cursor` is behind the committed `current`.
+    pub async fn commit_cursor(
+        &self,
+        id: &str,
+        partition: u32,
+        cursor: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let moved = self
+            .0
+            .db
+            .execute(
+                "UPDATE pull_cursors SET cursor = $1 WHERE subscription_id = $2 \
+                 AND partition_no = $3 AND cursor <= $4",
+                &args![cursor, id, i64::from(partition), cursor],
+            )
+            .await?;
+        self.touch_pull(id, now).await?;
+        if moved > 0 {
+            return Ok(None);
+        }
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT cursor FROM pull_cursors WHERE subscription_id = $1 AND partition_no = $2",
+                &args![id, i64::from(partition)],
+            )
+            .await?;
+        row.map(|r| r.int(0)).transpose()
+    }
+
+    /// Sets the cursor of `partition` (every partition when `None`) to `cursor`, forward or
+    /// back.
+    pub async fn seek_cursors(
+        &self,
+        id: &str,
+        partition: Option<u32>,
+        cursor: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (sql, args) = match partition {
+            Some(p) => (
+                "UPDATE pull_cursors SET cursor = $1 WHERE subscription_id = $2 \
+                 AND partition_no = $3",
+                args![cursor, id, i64::from(p)].to_vec(),
+            ),
+            None => (
+                "UPDATE pull_cursors SET cursor = $1 WHERE subscription_id = $2",
+                args![cursor, id].to_vec(),
+            ),
+        };
+        self.0.db.execute(sql, &args).await?;
+        self.touch_pull(id, now).await
+    }
+
+    /// Notes a consumer's call (at most one write a minute): an abandoned pull subscription is
+    /// one nobody called for `auto_disable_after_secs`.
+    pub async fn touch_pull(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.0
+            .db
+            .execute(
+                "UPDATE subscriptions SET pulled_at = $1 WHERE id = $2 \
+                 AND (pulled_at IS NULL OR pulled_at < $3)",
+                &args![now, id, now - 60_000],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The first of `tenant`'s events received at or after `at` (unix ms), if any.
+    pub async fn first_received_at(
+        &self,
+        tenant: &str,
+        at: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT sequence FROM events WHERE tenant_id = $1 AND received_at >= $2 \
+                 ORDER BY sequence LIMIT 1",
+                &args![tenant, at],
+            )
+            .await?;
+        row.map(|r| r.int(0)).transpose()
+    }
+
+    /// Disables the enabled pull subscriptions nobody called since `before` (unix ms; counted
+    /// from creation when never): their ids and tenants. Each is disabled by one node only.
+    pub async fn disable_abandoned_pulls(
+        &self,
+        before: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self
+            .0
+            .db
+            .query(
+                "SELECT id, tenant_id FROM subscriptions WHERE pull = TRUE AND enabled = TRUE \
+                 AND COALESCE(pulled_at, created_at) < $1",
+                &args![before],
+            )
+            .await?;
+        let mut disabled = Vec::new();
+        for mut r in rows {
+            let (id, tenant) = (r.text(0)?, r.text(1)?);
+            let done = self
+                .0
+                .db
+                .execute(
+                    "UPDATE subscriptions SET enabled = FALSE, disabled_reason = $1, \
+                     updated_at = $2 WHERE id = $3 AND enabled = TRUE \
+                     AND COALESCE(pulled_at, created_at) < $4",
+                    &args![reason, now, id.as_str(), before],
+                )
+                .await?;
+            if done > 0 {
+                disabled.push((id, tenant));
+            }
+        }
+        if !disabled.is_empty() {
+            self.announce(Change::Subscriptions).await;
+        }
+        Ok(disabled)
+    }
+}
