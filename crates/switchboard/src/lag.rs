@@ -19,13 +19,18 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// Looks every [`EVERY`] until `stop` turns true; also disables the pull subscriptions nobody
 /// called for `abandon_after_ms` (`auto_disable_after_secs`).
 pub async fn watch(store: Store, abandon_after_ms: i64, mut stop: stop_signal::Receiver<bool>) {
+    let mut looks: u64 = 0;
     while !*stop.borrow() {
         if let Err(e) = check(&store, now_millis()).await {
             tracing::warn!(error = %e, "the lag check failed; trying again");
         }
-        if let Err(e) = abandoned(&store, now_millis(), abandon_after_ms).await {
+        // Abandonment is counted in hours: a look every 10 s is plenty.
+        if looks.is_multiple_of(10)
+            && let Err(e) = abandoned(&store, now_millis(), abandon_after_ms).await
+        {
             tracing::warn!(error = %e, "the abandoned pull subscriptions check failed");
         }
+        looks += 1;
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => {}

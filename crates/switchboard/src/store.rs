@@ -62,7 +62,7 @@ use db::{Db, Dialect};
 pub use handoff::Handoff;
 pub use jobs::{CancelJob, JobRecord, JobSpec};
 pub use lag::{Breaker, Budgeted, Lag};
-pub use pull::{LAG_SCAN, Pulled, SCAN_MAX};
+pub use pull::{LAG_SCAN, LagCount, Pulled, SCAN_MAX};
 pub use retention::{PURGE_BATCH, Purged};
 pub use subscriptions::StoredSubscription;
 pub(crate) use tenants::KeyCache;

@@ -18,7 +18,7 @@ use super::events::LogItem;
 use super::{Access, ApiError, AppState, Params, json_body, need};
 use crate::clock::now_millis;
 use crate::event::Timestamp;
-use crate::store::{Lag, SubscriptionRecord};
+use crate::store::{LAG_SCAN, Lag, LagCount, SubscriptionRecord};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -194,11 +194,30 @@ async fn messages(
         }
     };
     drop(slot);
+    // The partition's lag: when this read started at the committed cursor, what it found is
+    // pending, and the count goes on from where it stopped; else it starts at the cursor.
     let now = now_millis();
-    let lag = state
+    let mut count = [LagCount {
+        spec: &rec.spec,
+        cursors: &cursors,
+        partition: Some(part),
+        lag: Lag::default(),
+    }];
+    let (from, budget) = match after {
+        None => {
+            count[0].lag = Lag {
+                pending: pulled.events.len() as i64,
+                oldest_since: pulled.events.first().map(|e| e.received_at),
+            };
+            (pulled.next_cursor, LAG_SCAN.saturating_sub(pulled.examined))
+        }
+        Some(_) => (committed, LAG_SCAN),
+    };
+    state
         .store
-        .pull_lag(tenant, &rec.spec, &cursors, Some(part), now)
+        .count_pull_lags(tenant, &mut count, Some(from), budget, now)
         .await?;
+    let [LagCount { lag, .. }] = count;
     let data = pulled
         .events
         .into_iter()

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::db::{Select, args};
+use super::pull::{LAG_SCAN, LagCount};
 use super::{Store, StoreError};
 use crate::subscription::stored;
 
@@ -102,22 +103,44 @@ impl Store {
                 lags.insert(row.text(0)?, lag);
             }
             // Pull subscriptions have no deliveries: their lag is counted in the log, after
-            // their cursors (DESIGN §16).
+            // their cursors (DESIGN §16), one scan per tenant for all of them.
             let select = in_list(
                 "SELECT id, tenant_id, spec FROM subscriptions WHERE pull = TRUE AND id IN (",
                 chunk,
-                ")",
+                ") ORDER BY tenant_id",
             );
-            let now = crate::clock::now_millis();
+            let mut pulls: Vec<(
+                String,
+                String,
+                crate::subscription::SubscriptionSpec,
+                Vec<i64>,
+            )> = Vec::new();
             for mut row in self.0.db.query(&select.sql, &select.args).await? {
                 let (id, tenant) = (row.text(0)?, row.text(1)?);
                 let Ok(spec) = stored::decode(&row.text(2)?) else {
                     continue;
                 };
                 let cursors = self.pull_cursors(&id).await?;
-                let lag = self.pull_lag(&tenant, &spec, &cursors, None, now).await?;
-                if lag.pending > 0 {
-                    lags.insert(id, lag);
+                pulls.push((id, tenant, spec, cursors));
+            }
+            let now = crate::clock::now_millis();
+            for tenant_pulls in pulls.chunk_by(|a, b| a.1 == b.1) {
+                let mut counts: Vec<LagCount> = tenant_pulls
+                    .iter()
+                    .map(|(_, _, spec, cursors)| LagCount {
+                        spec,
+                        cursors,
+                        partition: None,
+                        lag: Lag::default(),
+                    })
+                    .collect();
+                let tenant = &tenant_pulls[0].1;
+                self.count_pull_lags(tenant, &mut counts, None, LAG_SCAN, now)
+                    .await?;
+                for ((id, ..), count) in tenant_pulls.iter().zip(counts) {
+                    if count.lag.pending > 0 {
+                        lags.insert(id.clone(), count.lag);
+                    }
                 }
             }
         }

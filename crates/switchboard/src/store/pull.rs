@@ -23,6 +23,26 @@ pub struct Pulled {
     pub events: Vec<StoredEvent>,
     /// The last sequence examined (the start when nothing was).
     pub next_cursor: i64,
+    /// How many events of the log were examined.
+    pub examined: usize,
+}
+
+/// A pull subscription whose lag is being counted: its spec and cursors, the partition counted
+/// (`None`: every one), and the lag counted so far.
+pub struct LagCount<'a> {
+    pub spec: &'a SubscriptionSpec,
+    pub cursors: &'a [i64],
+    pub partition: Option<u32>,
+    pub lag: Lag,
+}
+
+/// What of an event's body a scan reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    All,
+    /// Only where there is no `Username` (the partition's key is then `SessionId`).
+    WithoutUsername,
+    None,
 }
 
 /// One event of the log with what a pull filter looks at.
@@ -43,16 +63,22 @@ impl Store {
         after: i64,
         through: i64,
         limit: i64,
+        bodies: Bodies,
     ) -> Result<Vec<LogRow>, StoreError> {
+        let body = match bodies {
+            Bodies::All => "body",
+            Bodies::WithoutUsername => "CASE WHEN username IS NULL THEN body ELSE '' END",
+            Bodies::None => "''",
+        };
+        let sql = format!(
+            "SELECT sequence, received_at, category, code, username, {body} FROM events \
+             WHERE tenant_id = $1 AND sequence > $2 AND sequence <= $3 \
+             ORDER BY sequence LIMIT $4"
+        );
         let rows = self
             .0
             .db
-            .query(
-                "SELECT sequence, received_at, category, code, username, body FROM events \
-                 WHERE tenant_id = $1 AND sequence > $2 AND sequence <= $3 \
-                 ORDER BY sequence LIMIT $4",
-                &args![tenant, after, through, limit],
-            )
+            .query(&sql, &args![tenant, after, through, limit])
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for mut r in rows {
@@ -97,16 +123,18 @@ impl Store {
         let mut pulled = Pulled {
             events: Vec::new(),
             next_cursor: after,
+            examined: 0,
         };
-        let mut examined = 0;
-        while pulled.next_cursor < head && examined < SCAN_MAX {
-            let page = PAGE.max(limit as i64);
+        // The first page as large as the answer (every event may match), then larger ones.
+        let mut page = limit as i64;
+        while pulled.next_cursor < head && pulled.examined < SCAN_MAX {
             let rows = self
-                .log_rows(tenant, pulled.next_cursor, head, page)
+                .log_rows(tenant, pulled.next_cursor, head, page, Bodies::All)
                 .await?;
             let short = (rows.len() as i64) < page;
+            page = PAGE.max(limit as i64);
             for row in rows {
-                examined += 1;
+                pulled.examined += 1;
                 let to = spec.pulled(
                     row.category,
                     row.code,
@@ -136,55 +164,76 @@ impl Store {
         Ok(pulled)
     }
 
-    /// How far behind a pull subscription is: its matching events after each partition's
-    /// cursor (only `partition`'s when given), and since when the oldest has waited (when it
-    /// was received). Examines at most [`LAG_SCAN`] events after the lowest cursor.
-    pub async fn pull_lag(
+    /// Counts each of `counts` on: its matching events after its cursors (in its partition,
+    /// when it names one) among the tenant's log after `from` (default: the lowest cursor),
+    /// examining at most `budget` events, and since when the oldest has waited (when it was
+    /// received). One scan serves them all.
+    pub async fn count_pull_lags(
         &self,
         tenant: &str,
-        spec: &SubscriptionSpec,
-        cursors: &[i64],
-        partition: Option<u32>,
+        counts: &mut [LagCount<'_>],
+        from: Option<i64>,
+        budget: usize,
         now: i64,
-    ) -> Result<Lag, StoreError> {
-        let counted = |p: u32| partition.is_none_or(|only| only == p);
-        let Some(from) = cursors
+    ) -> Result<(), StoreError> {
+        let lowest = counts
             .iter()
-            .enumerate()
-            .filter(|(p, _)| counted(*p as u32))
-            .map(|(_, c)| *c)
-            .min()
-        else {
-            return Ok(Lag::default());
+            .flat_map(|c| {
+                c.cursors
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, _)| c.partition.is_none_or(|only| only as usize == *p))
+                    .map(|(_, cursor)| *cursor)
+            })
+            .min();
+        let Some(mut at) = from.or(lowest) else {
+            return Ok(());
+        };
+        let bodies = if counts
+            .iter()
+            .any(|c| c.spec.filter.as_ref().is_some_and(|f| f.fields.is_some()))
+        {
+            Bodies::All
+        } else if counts.iter().any(|c| c.spec.partition_count() > 1) {
+            Bodies::WithoutUsername
+        } else {
+            Bodies::None
         };
         let head = self.last_sequence(tenant).await?;
-        let mut lag = Lag::default();
-        let (mut at, mut examined) = (from, 0);
-        while at < head && examined < LAG_SCAN {
-            let rows = self.log_rows(tenant, at, head, PAGE).await?;
+        let mut examined = 0;
+        while at < head && examined < budget {
+            let page = PAGE.min((budget - examined) as i64);
+            let rows = self.log_rows(tenant, at, head, page, bodies).await?;
             if rows.is_empty() {
                 break;
             }
             for row in rows {
                 examined += 1;
                 at = row.sequence;
-                let Some(p) = spec.pulled(
-                    row.category,
-                    row.code,
-                    row.username.as_deref(),
-                    &row.body,
-                    row.received_at,
-                    now,
-                ) else {
-                    continue;
-                };
-                if counted(p) && cursors.get(p as usize).is_some_and(|c| row.sequence > *c) {
-                    lag.pending += 1;
-                    lag.oldest_since.get_or_insert(row.received_at);
+                for c in counts.iter_mut() {
+                    let Some(p) = c.spec.pulled(
+                        row.category,
+                        row.code,
+                        row.username.as_deref(),
+                        &row.body,
+                        row.received_at,
+                        now,
+                    ) else {
+                        continue;
+                    };
+                    let counted = c.partition.is_none_or(|only| only == p);
+                    if counted
+                        && c.cursors
+                            .get(p as usize)
+                            .is_some_and(|cur| row.sequence > *cur)
+                    {
+                        c.lag.pending += 1;
+                        c.lag.oldest_since.get_or_insert(row.received_at);
+                    }
                 }
             }
         }
-        Ok(lag)
+        Ok(())
     }
 
     /// Moves `partition`'s cursor forward to `cursor`: `Ok(None)` done (or already there),

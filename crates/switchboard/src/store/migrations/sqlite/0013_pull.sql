@@ -5,6 +5,8 @@ ALTER TABLE subscriptions ADD COLUMN pull BOOLEAN NOT NULL DEFAULT FALSE;
 -- The last messages, commit or seek call (unix ms; NULL: none since creation), for the
 -- auto-disable of an abandoned pull subscription.
 ALTER TABLE subscriptions ADD COLUMN pulled_at INTEGER;
+-- The pull subscriptions alone, for the once-in-10-seconds look for abandoned ones.
+CREATE INDEX subscriptions_pull ON subscriptions (tenant_id) WHERE pull = TRUE;
 CREATE TABLE pull_cursors (
     tenant_id       TEXT NOT NULL,
     subscription_id TEXT NOT NULL,
