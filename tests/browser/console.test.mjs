@@ -293,6 +293,32 @@ test("the subscriptions page shows each one's lag, marked past its budget", asyn
   await signOut();
 });
 
+test("a pull subscription shows its mode, partitions and lag, and no push-only actions", async () => {
+  const sub = await call("POST", "/v1/tenants/default/subscriptions", {
+    mode: "pull",
+    partitions: 2,
+    start: "earliest",
+    description: "wfm puller",
+  });
+  const pending = (await call("GET", `/v1/tenants/default/subscriptions/${sub.id}`)).lag.pending;
+  assert.ok(pending >= 2, `pending ${pending}`);
+  await signIn(ADMIN);
+  // The overview reads every push subscription's deliveries: a pull one must not break it.
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  await page.getByRole("link", { name: "Subscriptions" }).click();
+  const row = page.getByRole("row").filter({ hasText: sub.id });
+  await row.getByText("pull · 2 partitions").waitFor();
+  await row.getByText(new RegExp(`^${pending} pending`)).waitFor();
+  assert.equal(await row.getByRole("link", { name: "Deliveries" }).count(), 0);
+  await row.getByRole("link", { name: sub.id }).click();
+  await page.getByText("pull: read from …/messages, 2 partitions").waitFor();
+  assert.equal(await page.getByRole("button", { name: "Send a test event" }).count(), 0);
+  assert.equal(await page.getByRole("button", { name: "Rotate" }).count(), 0);
+  assert.equal(await page.getByRole("link", { name: "Its deliveries →" }).count(), 0);
+  await page.getByRole("button", { name: "Disable" }).waitFor();
+  await signOut();
+});
+
 test("keyboard and labels: every control is named, the pages are reached by keyboard", async () => {
   await signIn(ADMIN);
   for (const hash of ["#/overview", "#/events", "#/subscriptions", "#/deliveries", "#/agents", "#/keys"]) {

@@ -356,7 +356,8 @@ async function overviewPage() {
     const rates = [rate("events"), rate("delivered")];
     last = sample;
     const subs = (await api("GET", t("/subscriptions?limit=1000"))).data;
-    const enabled = subs.filter((s) => s.enabled);
+    // Pull subscriptions have no deliveries: their consumers read the log.
+    const enabled = subs.filter((s) => s.enabled && s.mode !== "pull");
     const recent = [];
     let failing = 0;
     for (const s of enabled.slice(0, 50)) {
@@ -627,15 +628,15 @@ async function subscriptionsPage(rest) {
       "tr",
       {},
       h("td", {}, h("a", { href: `#/subscriptions/${s.id}` }, s.id)),
-      h("td", { class: "mono" }, s.url),
+      h("td", { class: "mono" }, s.mode === "pull" ? `pull · ${s.partitions} partition${s.partitions === 1 ? "" : "s"}` : s.url),
       h("td", {}, s.description || ""),
       s.undecodable
         ? h("td", {}, pill("undecodable"), h("div", { class: "muted" }, "stored by another release: repair with a whole body, or delete"))
         : h("td", {}, pill(s.enabled ? "enabled" : "disabled"), s.disabled_reason ? h("div", { class: "muted" }, s.disabled_reason) : null),
-      h("td", {}, s.ordering),
-      h("td", {}, s.coalesce),
+      h("td", {}, s.ordering || ""),
+      h("td", {}, s.coalesce || ""),
       h("td", {}, lagCell(s)),
-      h("td", {}, h("a", { href: `#/deliveries?sub=${s.id}` }, "Deliveries")),
+      h("td", {}, s.mode === "pull" ? "" : h("a", { href: `#/deliveries?sub=${s.id}` }, "Deliveries")),
     ),
   );
   main.replaceChildren(
@@ -659,8 +660,10 @@ async function subscriptionPage(id) {
   const path = t(`/subscriptions/${encodeURIComponent(id)}`);
   const sub = await api("GET", path);
   const reload = () => route();
+  const pull = sub.mode === "pull";
   const facts = [
     ["URL", sub.url],
+    ["Mode", pull ? `pull: read from …/messages, ${sub.partitions} partition${sub.partitions === 1 ? "" : "s"}` : undefined],
     ["Description", sub.description],
     ["State", sub.enabled ? "enabled" : `disabled: ${sub.disabled_reason || ""}`],
     ["Filter", sub.filter ? JSON.stringify(sub.filter) : "every non-System event"],
@@ -674,7 +677,7 @@ async function subscriptionPage(id) {
   const out = [
     h("h1", {}, `Subscription ${sub.id}`),
     h("table", {}, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "secret" }, v))))),
-    h("p", { class: "actions" }, h("a", { href: `#/deliveries?sub=${sub.id}` }, "Its deliveries →")),
+    pull ? null : h("p", { class: "actions" }, h("a", { href: `#/deliveries?sub=${sub.id}` }, "Its deliveries →")),
   ];
   if (sub.secret) {
     const shown = h("code", { class: "secret" }, "••••••••");
@@ -708,7 +711,7 @@ async function subscriptionPage(id) {
           },
           sub.enabled ? "Disable" : "Enable",
         ),
-        h(
+        pull ? null : h(
           "button",
           {
             type: "button",
@@ -733,6 +736,10 @@ async function subscriptionPage(id) {
         ),
       ),
       outcome,
+    );
+  }
+  if (can("manage") && !pull) {
+    out.push(
       h(
         "form",
         {
@@ -781,7 +788,7 @@ async function subscriptionPage(id) {
 // ---- Deliveries --------------------------------------------------------------------------
 
 async function deliveriesPage(rest, q) {
-  const subs = (await api("GET", t("/subscriptions?limit=1000"))).data;
+  const subs = (await api("GET", t("/subscriptions?limit=1000"))).data.filter((s) => s.mode !== "pull");
   const subId = q.get("sub") || (subs[0] && subs[0].id);
   const status = q.get("status") || "failed";
   const go = (s, st) => (location.hash = `#/deliveries?sub=${encodeURIComponent(s)}&status=${st}`);
@@ -1048,7 +1055,7 @@ async function keysPage() {
   }
   const keys = (await api("GET", t("/keys?limit=1000"))).data;
   const keyName = h("input", { required: true });
-  const scopes = ["publish", "read", "manage"].map((s) => [s, h("input", { type: "checkbox", value: s, checked: s === "read" })]);
+  const scopes = ["publish", "read", "manage", "consume"].map((s) => [s, h("input", { type: "checkbox", value: s, checked: s === "read" })]);
   const shown = h("div", { "aria-live": "polite" });
   out.push(
     h("h2", {}, `Keys of ${tenant}`),

@@ -163,6 +163,11 @@ struct BenchArgs {
     /// first delivery (the server runs as a child process on SQLite)
     #[arg(long, value_name = "N")]
     pending: Option<usize>,
+    /// Pull subscriptions instead: one consumer reading --events stored events 1,000 at a time,
+    /// the long poll's POST-to-consumer latency, and ingest with 10 pull subscriptions against
+    /// 10 push ones (in-process servers; --database-url for PostgreSQL)
+    #[arg(long, conflicts_with_all = ["pending", "url"])]
+    pull: bool,
     /// With --pending: seconds the server keeps failing attempts before the kill
     #[arg(long, default_value_t = 5)]
     down_secs: u64,
@@ -457,6 +462,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 events as f64 / report.seconds.max(0.001)
             );
             Ok(())
+        }
+        Command::Bench(a) if a.pull => {
+            use switchboard::cli::bench::pull;
+            let report = pull::run(pull::Options {
+                events: a.events,
+                database_url: a.database_url,
+                polled: 1_000,
+                ingest_events: 20_000,
+                concurrency: a.concurrency,
+            })
+            .await?;
+            print_report(a.json, &report, report.text())
         }
         Command::Bench(a) => match a.pending {
             // The backlog run.

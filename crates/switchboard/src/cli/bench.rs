@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+pub mod pull;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -93,10 +93,16 @@ pub enum Events {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Subscriptions {
-    /// Create a subscription (--url, or a whole body with --body)
+    /// Create a subscription (--url, --pull, or a whole body with --body)
     Create {
         #[arg(long)]
         url: Option<String>,
+        /// A pull subscription: read with `subscriptions poll` instead of receiving POSTs
+        #[arg(long, conflicts_with = "url")]
+        pull: bool,
+        /// Pull: how many partitions, by agent (1 to 64)
+        #[arg(long, requires = "pull")]
+        partitions: Option<u32>,
         #[arg(long)]
         description: Option<String>,
         /// The subscription body as JSON, from a file or - (stdin)
@@ -143,6 +149,41 @@ pub enum Subscriptions {
         until: Option<String>,
         #[arg(long)]
         only_failed: bool,
+    },
+    /// Read a pull subscription's messages after the committed cursor (consume)
+    Poll {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        /// 1 to 1000
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Wait up to this many seconds (0 to 30) for a matching event
+        #[arg(long)]
+        wait_secs: Option<u64>,
+        /// Read after this sequence instead of the committed cursor
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// Commit a partition's cursor (the `next_cursor` of a poll) (consume)
+    Commit {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        #[arg(long)]
+        cursor: i64,
+    },
+    /// Move cursors to just before the first event at or after a point (manage)
+    Seek {
+        id: String,
+        /// One partition; absent: every partition
+        #[arg(long)]
+        partition: Option<u32>,
+        #[arg(long, required_unless_present = "to_time", conflicts_with = "to_time")]
+        to_sequence: Option<i64>,
+        /// yyyyMMddHHmmss (UTC), on when events were received
+        #[arg(long)]
+        to_time: Option<String>,
     },
 }
 
@@ -208,7 +249,7 @@ pub enum Keys {
     Create {
         #[arg(long)]
         name: String,
-        /// publish, read or manage; repeat for more
+        /// publish, read, manage or consume; repeat for more
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
@@ -285,7 +326,14 @@ const EVENT_COLUMNS: &[&str] = &[
     "event.AdditionalFields.Username",
     "event.Id",
 ];
-const SUBSCRIPTION_COLUMNS: &[&str] = &["id", "url", "enabled", "ordering", "disabled_reason"];
+const SUBSCRIPTION_COLUMNS: &[&str] = &[
+    "id",
+    "mode",
+    "url",
+    "enabled",
+    "ordering",
+    "disabled_reason",
+];
 const DELIVERY_COLUMNS: &[&str] = &[
     "id",
     "sequence",
@@ -342,11 +390,19 @@ impl Client {
                 match s {
                     Subscriptions::Create {
                         url,
+                        pull,
+                        partitions,
                         description,
                         body,
                     } => {
-                        let body =
+                        let mut body =
                             subscription_body(body.as_deref(), url.clone(), description.clone())?;
+                        if *pull {
+                            body["mode"] = json!("pull");
+                        }
+                        if let Some(p) = partitions {
+                            body["partitions"] = json!(p);
+                        }
                         req(M::POST, base, Some(body), Show::Object)
                     }
                     Subscriptions::List { page } => req(
@@ -401,6 +457,50 @@ impl Client {
                             body["until"] = json!(u);
                         }
                         let path = format!("{base}/{}/replay", seg(id));
+                        req(M::POST, path, Some(body), Show::Object)
+                    }
+                    Subscriptions::Poll {
+                        id,
+                        partition,
+                        limit,
+                        wait_secs,
+                        after,
+                    } => {
+                        let pairs = [
+                            ("partition", Some(partition.to_string())),
+                            ("limit", limit.map(|l| l.to_string())),
+                            ("wait_secs", wait_secs.map(|w| w.to_string())),
+                            ("after", after.map(|a| a.to_string())),
+                        ];
+                        let path = format!("{base}/{}/messages{}", seg(id), query(&pairs));
+                        req(M::GET, path, None, Show::Object)
+                    }
+                    Subscriptions::Commit {
+                        id,
+                        partition,
+                        cursor,
+                    } => {
+                        let body = json!({"partition": partition, "cursor": cursor});
+                        let path = format!("{base}/{}/commit", seg(id));
+                        req(M::POST, path, Some(body), Show::Object)
+                    }
+                    Subscriptions::Seek {
+                        id,
+                        partition,
+                        to_sequence,
+                        to_time,
+                    } => {
+                        let mut body = json!({});
+                        for (name, value) in [
+                            ("partition", partition.map(|p| json!(p))),
+                            ("to_sequence", to_sequence.map(|s| json!(s))),
+                            ("to_time", to_time.as_ref().map(|t| json!(t))),
+                        ] {
+                            if let Some(v) = value {
+                                body[name] = v;
+                            }
+                        }
+                        let path = format!("{base}/{}/seek", seg(id));
                         req(M::POST, path, Some(body), Show::Object)
                     }
                 }

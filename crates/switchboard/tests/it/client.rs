@@ -281,3 +281,89 @@ async fn an_api_refusal_exits_1_with_every_field_error_and_a_usage_error_exits_2
         Some(2)
     );
 }
+
+/// `subscriptions create --pull`, `poll`, `commit` and `seek` answer what the API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_commands_read_commit_and_seek() {
+    let app = TestApp::spawn().await;
+    let server = app.url("");
+    let run = move |args: Vec<String>| {
+        let cli = Cli {
+            server: server.clone(),
+        };
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli.json(&args)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sub = run(args(&[
+        "subscriptions",
+        "create",
+        "--pull",
+        "--partitions",
+        "2",
+    ]))
+    .await;
+    assert_eq!(
+        (sub["mode"].as_str(), sub["partitions"].as_u64()),
+        (Some("pull"), Some(2))
+    );
+    let id = sub["id"].as_str().unwrap().to_string();
+    let events: Vec<Value> = (0..6)
+        .map(|i| agent_event(&guid(), 1, &format!("u{i}")))
+        .collect();
+    app.publish_ok("default", &Value::Array(events)).await;
+    let mut read = 0;
+    for p in ["0", "1"] {
+        let page = run(args(&[
+            "subscriptions",
+            "poll",
+            &id,
+            "--partition",
+            p,
+            "--limit",
+            "100",
+        ]))
+        .await;
+        read += page["data"].as_array().unwrap().len();
+        let cursor = page["next_cursor"].to_string();
+        let done = run(args(&[
+            "subscriptions",
+            "commit",
+            &id,
+            "--partition",
+            p,
+            "--cursor",
+            &cursor,
+        ]))
+        .await;
+        assert_eq!(done["cursor"].to_string(), cursor);
+        let again = run(args(&["subscriptions", "poll", &id, "--partition", p])).await;
+        assert_eq!(again["data"], json!([]), "committed");
+    }
+    assert_eq!(read, 6);
+    let moved = run(args(&["subscriptions", "seek", &id, "--to-sequence", "1"])).await;
+    assert_eq!(
+        moved["cursors"],
+        json!([{"partition": 0, "cursor": 0}, {"partition": 1, "cursor": 0}])
+    );
+    let page = run(args(&[
+        "subscriptions",
+        "poll",
+        &id,
+        "--partition",
+        "0",
+        "--wait-secs",
+        "0",
+    ]))
+    .await;
+    assert!(
+        !page["data"].as_array().unwrap().is_empty(),
+        "read again after the seek"
+    );
+}
