@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::doc::Errors;
+use super::doc::{Conflict, Errors};
 use super::{Access, ApiError, AppState, need, rfc3339};
 use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus};
 
@@ -111,7 +111,7 @@ async fn show(
 /// pending one keeps its schedule and is simply tried now.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The delivery's id")),
-    responses((status = 202, body = DeliveryView, description = "Due now"), Errors),
+    responses((status = 202, body = DeliveryView, description = "Due now"), Errors, Conflict),
     security(("bearer" = [])))]
 async fn retry(
     State(state): State<AppState>,

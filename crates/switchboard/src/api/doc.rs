@@ -95,6 +95,17 @@ pub enum Errors {
     Unavailable(Problem),
 }
 
+/// The `409` of an operation that does not apply to the resource as it is: a push-only action
+/// on a pull subscription (or the reverse), a subscription whose stored form does not decode,
+/// a job that has finished.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Conflict {
+    /// Not applicable to the resource as it is; `detail` says why.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+}
+
 /// The further errors of an operation with a JSON body.
 #[derive(IntoResponses)]
 #[allow(dead_code)]

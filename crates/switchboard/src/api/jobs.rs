@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::doc::{BodyErrors, Errors};
+use super::doc::{BodyErrors, Conflict, Errors};
 use super::{Access, ApiError, AppState, Page, Params, json_body, need, rfc3339};
 use crate::event::Timestamp;
 use crate::store::{CancelJob, JobRecord, JobSpec};
@@ -185,7 +185,7 @@ fn spec(req: &CreateJob) -> Result<JobSpec, ApiError> {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/jobs", tag = "jobs",
     params(("tenant" = String, Path, description = "The tenant's id")),
     request_body = CreateJob,
-    responses((status = 202, body = JobView), Errors, BodyErrors),
+    responses((status = 202, body = JobView), Errors, BodyErrors, Conflict),
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -273,7 +273,7 @@ async fn get(
 /// it did stays done. A finished job is a `409`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/jobs/{id}", tag = "jobs",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The job's id")),
-    responses((status = 200, body = JobView, description = "Canceled"), Errors),
+    responses((status = 200, body = JobView, description = "Canceled"), Errors, Conflict),
     security(("bearer" = [])))]
 async fn cancel(
     State(state): State<AppState>,

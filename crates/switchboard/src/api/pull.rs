@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::doc::{BodyErrors, Errors};
+use super::doc::{BodyErrors, Conflict, Errors};
 use super::events::LogItem;
 use super::{Access, ApiError, AppState, Params, json_body, need};
 use crate::clock::now_millis;
@@ -121,7 +121,7 @@ fn partition(rec: &SubscriptionRecord, p: u32) -> Result<u32, ApiError> {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}/messages",
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id"), MessagesQuery),
-    responses((status = 200, body = Messages), Errors),
+    responses((status = 200, body = Messages), Errors, Conflict),
     security(("bearer" = [])))]
 async fn messages(
     State(state): State<AppState>,
@@ -254,7 +254,7 @@ struct Cursor {
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body = CommitRequest,
-    responses((status = 200, body = Cursor), Errors, BodyErrors),
+    responses((status = 200, body = Cursor), Errors, BodyErrors, Conflict),
     security(("bearer" = [])))]
 async fn commit(
     State(state): State<AppState>,
@@ -323,7 +323,7 @@ struct Cursors {
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body = SeekRequest,
-    responses((status = 200, body = Cursors), Errors, BodyErrors),
+    responses((status = 200, body = Cursors), Errors, BodyErrors, Conflict),
     security(("bearer" = [])))]
 async fn seek(
     State(state): State<AppState>,

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::deliveries::DeliveryView;
-use super::doc::{BodyErrors, Errors};
+use super::doc::{BodyErrors, Conflict, Errors};
 use super::{Access, ApiError, AppState, IdPage, Page, Params, json_body, need, rfc3339};
 use crate::auth::{self, Scope};
 use crate::clock::now_millis;
@@ -624,7 +624,7 @@ struct RotateRequest {
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body(content = Option<RotateRequest>, description = "Optional"),
-    responses((status = 200, body = NewSecret), Errors, BodyErrors),
+    responses((status = 200, body = NewSecret), Errors, BodyErrors, Conflict),
     security(("bearer" = [])))]
 async fn rotate(
     State(state): State<AppState>,
@@ -663,7 +663,7 @@ async fn rotate(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/subscriptions/{id}/test",
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
-    responses((status = 200, body = TestOutcome), Errors),
+    responses((status = 200, body = TestOutcome), Errors, Conflict),
     security(("bearer" = [])))]
 async fn test(
     State(state): State<AppState>,
@@ -724,7 +724,7 @@ struct ReplayRequest {
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id")),
     request_body = ReplayRequest,
-    responses((status = 202, body = Requeued), Errors, BodyErrors),
+    responses((status = 202, body = Requeued), Errors, BodyErrors, Conflict),
     security(("bearer" = [])))]
 async fn replay(
     State(state): State<AppState>,
@@ -756,7 +756,7 @@ async fn replay(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/subscriptions/{id}/deliveries",
     tag = "subscriptions",
     params(("tenant" = String, Path, description = "The tenant's id"), ("id" = String, Path, description = "The subscription's id"), DeliveryFilter),
-    responses((status = 200, body = Page<DeliveryView>), Errors),
+    responses((status = 200, body = Page<DeliveryView>), Errors, Conflict),
     security(("bearer" = [])))]
 async fn deliveries(
     State(state): State<AppState>,
