@@ -690,12 +690,13 @@ async function subscriptionPage(id) {
       ),
     );
   }
+  // Shared by the actions below (the push-only ones are not offered for a pull subscription).
+  const grace = h("input", { type: "number", min: "0", value: "86400" });
+  const since = h("input", { type: "datetime-local", required: true });
+  const until = h("input", { type: "datetime-local" });
+  const onlyFailed = h("input", { type: "checkbox" });
+  const outcome = h("div", { "aria-live": "polite" });
   if (can("manage")) {
-    const grace = h("input", { type: "number", min: "0", value: "86400" });
-    const since = h("input", { type: "datetime-local", required: true });
-    const until = h("input", { type: "datetime-local" });
-    const onlyFailed = h("input", { type: "checkbox" });
-    const outcome = h("div", { "aria-live": "polite" });
     out.push(
       h(
         "div",
