@@ -75,7 +75,7 @@ pub async fn check(store: &Store, now: i64) -> Result<Vec<(String, Notice)>, Sto
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = subs.iter().map(|s| s.id.as_str()).collect();
-    let lags = store.lags(&ids).await?;
+    let lags = store.lags(&ids, now).await?;
     let mut sent = Vec::new();
     for sub in &subs {
         let lag = lags.get(&sub.id).copied().unwrap_or_default();

@@ -124,6 +124,9 @@ struct Inner {
     keys_changed: watch::Sender<u64>,
     /// Stored subscriptions found undecodable and reported, with the `updated_at` they had.
     undecodable: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
+    /// Pull subscriptions' ids, with when this node last noted a consumer's call in the
+    /// database (`pulled_at`, written at most once a minute each).
+    pulled_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Per tenant with a stream waiting: changes after its events were committed.
     commits: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// API keys by hash, as authentication found them.
@@ -212,6 +215,7 @@ impl Store {
             wake: o.wake,
             commits: std::sync::Mutex::default(),
             undecodable: std::sync::Mutex::default(),
+            pulled_at: std::sync::Mutex::default(),
             keys_changed: watch::Sender::new(0),
             keys: KeyCache::default(),
             writer_done: Mutex::new(Some(o.writer_done)),

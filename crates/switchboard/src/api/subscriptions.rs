@@ -317,9 +317,9 @@ impl HealthView {
 /// Fills in the lag and the health of `views`, as they are now.
 async fn fill_state(views: Vec<&mut SubscriptionView>, state: &AppState) -> Result<(), ApiError> {
     let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
-    let lags = state.store.lags(&ids).await?;
-    let breakers = state.store.breakers(&ids).await?;
     let now = now_millis();
+    let lags = state.store.lags(&ids, now).await?;
+    let breakers = state.store.breakers(&ids).await?;
     for view in views {
         view.lag = LagView::of(lags.get(&view.id), now);
         view.health = HealthView::of(breakers.get(&view.id));

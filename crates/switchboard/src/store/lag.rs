@@ -84,8 +84,9 @@ impl Store {
         Ok(open)
     }
 
-    /// The lag of each of `ids` that has pending deliveries (the others have none).
-    pub async fn lags(&self, ids: &[&str]) -> Result<HashMap<String, Lag>, StoreError> {
+    /// The lag of each of `ids` that has pending deliveries (the others have none), at `now`
+    /// (unix ms: what `max_age_secs` leaves out of a pull subscription's count).
+    pub async fn lags(&self, ids: &[&str], now: i64) -> Result<HashMap<String, Lag>, StoreError> {
         let mut lags = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let select = in_list(
@@ -123,7 +124,6 @@ impl Store {
                 let cursors = self.pull_cursors(&id).await?;
                 pulls.push((id, tenant, spec, cursors));
             }
-            let now = crate::clock::now_millis();
             for tenant_pulls in pulls.chunk_by(|a, b| a.1 == b.1) {
                 let mut counts: Vec<LagCount> = tenant_pulls
                     .iter()

@@ -14,6 +14,8 @@ pub const SCAN_MAX: usize = 100_000;
 /// lower bound (the oldest pending one is the first found, so its age is exact whenever any
 /// is found).
 pub const LAG_SCAN: usize = 10_000;
+/// How often a consumer's calls are noted in `pulled_at`, at most.
+const TOUCH_EVERY_MS: i64 = 60_000;
 /// Rows read per statement while scanning.
 const PAGE: i64 = 2_000;
 
@@ -186,20 +188,65 @@ impl Store {
                     .map(|(_, cursor)| *cursor)
             })
             .min();
-        let Some(mut at) = from.or(lowest) else {
+        let Some(start) = from.or(lowest) else {
             return Ok(());
         };
-        let bodies = if counts
-            .iter()
-            .any(|c| c.spec.filter.as_ref().is_some_and(|f| f.fields.is_some()))
-        {
+        let head = self.last_sequence(tenant).await?;
+        // Those whose match needs nothing but the columns, over one partition: counted by the
+        // database, no row read out. (Sequences are dense above the cursors, as retention
+        // stops at them: `budget` sequences are at most `budget` events.)
+        let through = head.min(start.saturating_add(budget as i64));
+        let mut scanned = Vec::new();
+        for (i, c) in counts.iter_mut().enumerate() {
+            let one = c.partition.unwrap_or(0);
+            match (c.spec.partition_count(), sql_match(c.spec, now)) {
+                (1, Some(pred)) if one == 0 => {
+                    let after = start.max(c.cursors.first().copied().unwrap_or(0));
+                    if after < through {
+                        let row = self
+                            .0
+                            .db
+                            .query_one(
+                                &format!(
+                                    "SELECT COUNT(*), MIN(received_at) FROM events \
+                                     WHERE tenant_id = $1 AND sequence > $2 AND sequence <= $3 \
+                                     AND {pred}"
+                                ),
+                                &args![tenant, after, through],
+                            )
+                            .await?;
+                        if let Some(r) = row {
+                            c.lag.pending += r.int(0)?;
+                            if let Some(oldest) = r.opt_int(1)? {
+                                let since = c.lag.oldest_since.get_or_insert(oldest);
+                                *since = (*since).min(oldest);
+                            }
+                        }
+                    }
+                }
+                _ => scanned.push(i),
+            }
+        }
+        if scanned.is_empty() {
+            return Ok(());
+        }
+        let mut at = start;
+        let bodies = if scanned.iter().any(|&i| {
+            counts[i]
+                .spec
+                .filter
+                .as_ref()
+                .is_some_and(|f| f.fields.is_some())
+        }) {
             Bodies::All
-        } else if counts.iter().any(|c| c.spec.partition_count() > 1) {
+        } else if scanned
+            .iter()
+            .any(|&i| counts[i].spec.partition_count() > 1)
+        {
             Bodies::WithoutUsername
         } else {
             Bodies::None
         };
-        let head = self.last_sequence(tenant).await?;
         let mut examined = 0;
         while at < head && examined < budget {
             let page = PAGE.min((budget - examined) as i64);
@@ -210,7 +257,8 @@ impl Store {
             for row in rows {
                 examined += 1;
                 at = row.sequence;
-                for c in counts.iter_mut() {
+                for &i in &scanned {
+                    let c = &mut counts[i];
                     let Some(p) = c.spec.pulled(
                         row.category,
                         row.code,
@@ -296,12 +344,22 @@ impl Store {
     /// Notes a consumer's call (at most one write a minute): an abandoned pull subscription is
     /// one nobody called for `auto_disable_after_secs`.
     pub async fn touch_pull(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        {
+            let mut noted = self.0.pulled_at.lock().unwrap_or_else(|e| e.into_inner());
+            match noted.get_mut(id) {
+                Some(at) if *at > now - TOUCH_EVERY_MS => return Ok(()),
+                Some(at) => *at = now,
+                None => {
+                    noted.insert(id.to_owned(), now);
+                }
+            }
+        }
         self.0
             .db
             .execute(
                 "UPDATE subscriptions SET pulled_at = $1 WHERE id = $2 \
                  AND (pulled_at IS NULL OR pulled_at < $3)",
-                &args![now, id, now - 60_000],
+                &args![now, id, now - TOUCH_EVERY_MS],
             )
             .await?;
         Ok(())
@@ -364,4 +422,48 @@ impl Store {
         }
         Ok(disabled)
     }
+}
+
+/// The SQL condition on a row of `events` that matches what `spec` pulls, when its columns
+/// alone decide it (no field filter, no username list): the numbers are the spec's own,
+/// validated integers.
+fn sql_match(spec: &SubscriptionSpec, now: i64) -> Option<String> {
+    let mut parts = Vec::new();
+    match &spec.filter {
+        None => parts.push(format!("category <> {}", crate::event::catalog::SYSTEM)),
+        Some(f) => {
+            if f.fields.is_some() || f.usernames.is_some() {
+                return None;
+            }
+            match &f.events {
+                None => parts.push(format!("category <> {}", crate::event::catalog::SYSTEM)),
+                Some(list) if list.is_empty() => parts.push("1 = 0".to_owned()),
+                Some(list) => {
+                    let any = list
+                        .iter()
+                        .map(|e| match &e.codes {
+                            None => format!("category = {}", e.category),
+                            Some(codes) if codes.is_empty() => "1 = 0".to_owned(),
+                            Some(codes) => format!(
+                                "(category = {} AND code IN ({}))",
+                                e.category,
+                                codes
+                                    .iter()
+                                    .map(u32::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" OR ");
+                    parts.push(format!("({any})"));
+                }
+            }
+        }
+    }
+    if let Some(max) = spec.max_age_secs {
+        let max_ms = i64::try_from(max).unwrap_or(i64::MAX / 1000) * 1000;
+        parts.push(format!("received_at >= {}", now.saturating_sub(max_ms)));
+    }
+    Some(parts.join(" AND "))
 }

@@ -42,7 +42,11 @@ async fn each_lagging_episode_is_told_once_and_its_end_too() {
 
     // The receiver is not reached (the dispatcher is not stepped): the lag grows with the clock.
     t.advance(Duration::from_secs(30));
-    let lags = t.store.lags(&[sub.id.as_str()]).await.unwrap();
+    let lags = t
+        .store
+        .lags(&[sub.id.as_str()], t.clock.now_ms())
+        .await
+        .unwrap();
     assert_eq!(lags[&sub.id].pending, 10);
     assert_eq!(
         t.clock.now_ms() - lags[&sub.id].oldest_since.unwrap(),

@@ -607,7 +607,11 @@ async fn pull_lag_counts_matching_events_after_the_cursors_and_its_budget_is_tol
     batch.extend((0..5).map(|i| agent_event(&guid(), 2, &format!("a{i}"))));
     t.publish(&Value::Array(batch)).await;
     t.advance(Duration::from_secs(61));
-    let lags = t.store.lags(&[sub.id.as_str()]).await.unwrap();
+    let lags = t
+        .store
+        .lags(&[sub.id.as_str()], t.clock.now_ms())
+        .await
+        .unwrap();
     assert_eq!(lags[&sub.id].pending, 10, "sign-outs do not match");
     assert_eq!(lags[&sub.id].oldest_since, Some(start));
     let sent = lag::check(&t.store, t.clock.now_ms()).await.unwrap();
@@ -622,11 +626,85 @@ async fn pull_lag_counts_matching_events_after_the_cursors_and_its_budget_is_tol
             .await
             .unwrap();
     }
-    let lags = t.store.lags(&[sub.id.as_str()]).await.unwrap();
+    let lags = t
+        .store
+        .lags(&[sub.id.as_str()], t.clock.now_ms())
+        .await
+        .unwrap();
     assert!(!lags.contains_key(&sub.id), "caught up");
     let sent = lag::check(&t.store, t.clock.now_ms()).await.unwrap();
     assert!(
         matches!(sent.as_slice(), [(_, Notice::CaughtUp { .. })]),
         "{sent:?}"
     );
+}
+
+#[tokio::test]
+async fn a_lag_counted_by_the_database_agrees_with_one_counted_row_by_row() {
+    // One partition and a filter on columns only: counted by the database. The same filter
+    // with a username list (or two partitions): counted row by row. Both must agree, and so
+    // must `max_age_secs`, which leaves out what is too old.
+    let t = Stepper::new().await;
+    let specs = [
+        json!({"mode": "pull"}),
+        json!({"mode": "pull", "filter": {"events": [{"category": 1, "codes": [1, 2]}, {"category": 4}]}}),
+        json!({"mode": "pull", "filter": {"events": [{"category": 1, "codes": [1, 2]}]}, "max_age_secs": 60}),
+    ];
+    let names: Vec<String> = (0..6).map(|i| format!("a{i}")).collect();
+    let mut subs = Vec::new();
+    for spec in &specs {
+        let by_db = t.subscribe(spec.clone()).await;
+        let mut by_rows = spec.clone();
+        by_rows["filter"]["usernames"] = json!(names);
+        let by_rows = t.subscribe(by_rows).await;
+        let mut split = spec.clone();
+        split["partitions"] = json!(2);
+        let split = t.subscribe(split).await;
+        subs.push([by_db, by_rows, split]);
+    }
+    let old = t.clock.now_ms();
+    let batch: Vec<Value> = (0..6)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(batch)).await;
+    t.advance(Duration::from_secs(120));
+    let recent = t.clock.now_ms();
+    let batch: Vec<Value> = (0..6)
+        .map(|i| agent_event(&guid(), 2, &format!("a{i}")))
+        .chain((0..3).map(|i| agent_event(&guid(), 3, &format!("a{i}"))))
+        .collect();
+    t.publish(&Value::Array(batch)).await;
+    let expected = [(15, old), (12, old), (6, recent)];
+    for (three, (pending, since)) in subs.iter().zip(expected) {
+        let ids: Vec<&str> = three.iter().map(|s| s.id.as_str()).collect();
+        let lags = t.store.lags(&ids, t.clock.now_ms()).await.unwrap();
+        for sub in three {
+            assert_eq!(lags[&sub.id].pending, pending, "{:?}", sub.spec);
+            assert_eq!(lags[&sub.id].oldest_since, Some(since), "{:?}", sub.spec);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_consumers_calls_are_noted_at_most_once_a_minute() {
+    let t = Stepper::new().await;
+    let sub = t.subscribe(json!({"mode": "pull"})).await;
+    let pulled_at = || async {
+        let mut db = t.db().await;
+        let at = db
+            .text(&format!(
+                "SELECT CAST(pulled_at AS TEXT) FROM subscriptions WHERE id = '{}'",
+                sub.id
+            ))
+            .await;
+        db.close().await;
+        at
+    };
+    let now = sub.created_at;
+    t.store.touch_pull(&sub.id, now).await.unwrap();
+    assert_eq!(pulled_at().await, now.to_string());
+    t.store.touch_pull(&sub.id, now + 59_000).await.unwrap();
+    assert_eq!(pulled_at().await, now.to_string(), "within the minute");
+    t.store.touch_pull(&sub.id, now + 61_000).await.unwrap();
+    assert_eq!(pulled_at().await, (now + 61_000).to_string());
 }
