@@ -42,6 +42,13 @@ function field(label, control, cls) {
   return h("label", { class: cls, for: control.id }, label, control);
 }
 
+// Where a push subscription's deliveries go: its URL, or a broker's subject (DESIGN §17).
+function target(s) {
+  const d = s.destination;
+  if (d && d.type !== "http") return `${d.type} · ${d.subject || d.routing_key || ""} · ${d.url}`;
+  return s.url || "";
+}
+
 function say(text, ok = false) {
   statusLine.textContent = text;
   statusLine.className = ok ? "status ok" : "status";
@@ -368,7 +375,7 @@ async function overviewPage() {
       );
       const retrying = pending.data.filter((d) => d.attempt_count > 0 && d.last_error);
       if (retrying.length) failing += 1;
-      for (const d of [...retrying, ...failed.data]) recent.push({ ...d, url: s.url });
+      for (const d of [...retrying, ...failed.data]) recent.push({ ...d, url: target(s) });
     }
     cards.replaceChildren(
       card("events/s accepted", rates[0], "this node"),
@@ -628,7 +635,7 @@ async function subscriptionsPage(rest) {
       "tr",
       {},
       h("td", {}, h("a", { href: `#/subscriptions/${s.id}` }, s.id)),
-      h("td", { class: "mono" }, s.mode === "pull" ? `pull · ${s.partitions} partition${s.partitions === 1 ? "" : "s"}` : s.url),
+      h("td", { class: "mono" }, s.mode === "pull" ? `pull · ${s.partitions} partition${s.partitions === 1 ? "" : "s"}` : target(s)),
       h("td", {}, s.description || ""),
       s.undecodable
         ? h("td", {}, pill("undecodable"), h("div", { class: "muted" }, "stored by another release: repair with a whole body, or delete"))
@@ -662,7 +669,8 @@ async function subscriptionPage(id) {
   const reload = () => route();
   const pull = sub.mode === "pull";
   const facts = [
-    ["URL", sub.url],
+    ["URL", sub.destination && sub.destination.type !== "http" ? undefined : sub.url],
+    ["Destination", sub.destination && sub.destination.type !== "http" ? target(sub) : undefined],
     ["Mode", pull ? `pull: read from …/messages, ${sub.partitions} partition${sub.partitions === 1 ? "" : "s"}` : undefined],
     ["Description", sub.description],
     ["State", sub.enabled ? "enabled" : `disabled: ${sub.disabled_reason || ""}`],
@@ -796,7 +804,7 @@ async function deliveriesPage(rest, q) {
   const subSelect = h(
     "select",
     { onchange: (e) => go(e.target.value, status) },
-    subs.map((s) => h("option", { value: s.id, selected: s.id === subId }, `${s.id} · ${s.url}`)),
+    subs.map((s) => h("option", { value: s.id, selected: s.id === subId }, `${s.id} · ${s.mode === "pull" ? "pull" : target(s)}`)),
   );
   const statusSelect = h(
     "select",

@@ -10,6 +10,7 @@
 pub mod attempt;
 pub mod dispatcher;
 pub mod guard;
+pub mod nats;
 pub mod retry;
 pub mod sender;
 pub mod signing;

@@ -1,6 +1,7 @@
 //! Subscriptions as data: the body users send, its validation, and event matching. Pure logic;
 //! the store persists them and the dispatcher uses them.
 
+pub mod destination;
 pub mod health;
 pub mod stored;
 
@@ -54,8 +55,9 @@ pub enum Start {
 }
 
 /// The fields only a push subscription has: naming one for a pull subscription is a `422`.
-pub const PUSH_ONLY: [&str; 10] = [
+pub const PUSH_ONLY: [&str; 11] = [
     "url",
+    "destination",
     "headers",
     "secret",
     "signature_scheme",
@@ -170,6 +172,10 @@ pub struct SubscriptionSpec {
     /// The receiver (push). Required for push subscriptions; a pull subscription has none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// Push only, instead of `url`: a destination other than HTTP (DESIGN §17). Stored and
+    /// read as given; `{"type": "http"}` is kept as `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<destination::Destination>,
     /// `push` (default) or `pull`: pull subscriptions are read from `…/messages`.
     #[serde(default)]
     pub mode: Mode,
@@ -253,10 +259,27 @@ impl SubscriptionSpec {
                 return Err(named);
             }
         }
-        let spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let given = |f: &str| value.get(f).is_some_and(|v| !v.is_null());
+        if given("url") && given("destination") {
+            // The answers' two forms of one HTTP receiver are one; anything else is two.
+            let same = value["destination"].get("type").and_then(Value::as_str) == Some("http")
+                && value["destination"].get("url") == value.get("url");
+            if !same {
+                return Err(vec![FieldError::new(
+                    None,
+                    "destination",
+                    "give either url (an HTTP receiver) or destination, not both",
+                )]);
+            }
+        }
+        let mut spec: SubscriptionSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             vec![FieldError::at_path(&path, e.into_inner().to_string())]
         })?;
+        if let Some(destination::Destination::Http { url }) = &spec.destination {
+            spec.url = url.clone();
+            spec.destination = None;
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -278,8 +301,15 @@ impl SubscriptionSpec {
                 err("start", "is for pull subscriptions only (mode: pull)");
             }
         }
+        if let Some(d) = &self.destination {
+            for (field, why) in d.problems() {
+                errors.push(FieldError::new(None, field, &why));
+            }
+        }
+        let mut err = |field: &str, msg: &str| errors.push(FieldError::new(None, field, msg));
         match reqwest::Url::parse(&self.url) {
             _ if pull => {}
+            _ if self.destination.is_some() && self.url.is_empty() => {}
             _ if self.url.is_empty() => err("url", "is required (or mode: pull)"),
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
                 err("url", "must be an http or https URL")

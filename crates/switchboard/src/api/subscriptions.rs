@@ -22,6 +22,7 @@ use crate::store::{
     Breaker, DeliveryStatus, Lag, Recipients, StoredSubscription, SubscriptionRecord, SystemEvent,
     UndecodableSubscription,
 };
+use crate::subscription::destination::Destination;
 use crate::subscription::health::{FAILING_AFTER, Notice};
 use crate::subscription::{SubscriptionSpec, merge_patch};
 
@@ -42,10 +43,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[schema(as = SubscriptionDoc)]
 struct SubscriptionView {
     id: String,
-    /// Push only.
+    /// Push to HTTP only.
     #[schema(required = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    /// Push only: where deliveries go (an HTTP receiver's too, beside `url`); a broker URL's
+    /// password is shown as `***`.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<Destination>,
     /// `push` or `pull`.
     mode: crate::subscription::Mode,
     /// Pull only: its partitions (1 to 64).
@@ -220,7 +226,13 @@ impl SubscriptionView {
         }
         SubscriptionView {
             id: rec.id,
-            url: push.then_some(spec.url),
+            destination: push.then(|| match &spec.destination {
+                Some(d) => d.masked(),
+                None => Destination::Http {
+                    url: spec.url.clone(),
+                },
+            }),
+            url: (push && spec.destination.is_none()).then_some(spec.url),
             mode: spec.mode,
             partitions,
             description: spec.description,
@@ -378,6 +390,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let value: Value = json_body(&state, &headers, body).await?;
     let mut spec = SubscriptionSpec::from_value(value).map_err(ApiError::Invalid)?;
+    guarded(&state, &spec)?;
     if !spec.is_pull() {
         spec.secret
             .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
@@ -471,6 +484,16 @@ async fn update(
         // A new scheme takes a new secret of its kind, at once (as a secret given in a patch).
         current["secret"] = Value::Null;
     }
+    // One form replaces the other: a patch giving `destination` (or `url`) alone drops the
+    // stored `url` (or `destination`).
+    for (given, other) in [("destination", "url"), ("url", "destination")] {
+        if patch.get(given).is_some_and(|v| !v.is_null())
+            && !patch.contains_key(other)
+            && let Some(map) = current.as_object_mut()
+        {
+            map.remove(other);
+        }
+    }
     merge_patch(&mut current, Value::Object(patch));
     // A header sent back as shown to others ("***") keeps its stored value.
     if let Some(Value::Object(headers)) = current.get_mut("headers") {
@@ -483,6 +506,11 @@ async fn update(
         }
     }
     let mut spec = SubscriptionSpec::from_value(current).map_err(ApiError::Invalid)?;
+    // A broker password sent back as shown ("***") keeps the stored one.
+    if let Some(d) = spec.destination.as_mut() {
+        d.unmask(rec.spec.destination.as_ref());
+    }
+    guarded(&state, &spec)?;
     if !spec.is_pull() {
         spec.secret
             .get_or_insert_with(|| Secret::generate_for(spec.signature_scheme));
@@ -517,6 +545,27 @@ async fn update(
     let mut view = SubscriptionView::new(rec, true);
     fill_state(vec![&mut view], &state).await?;
     Ok(Json(view))
+}
+
+/// A broker named by an IP literal must be an address the guard allows (a host name is checked
+/// when it is resolved, at connect time): else a `422` naming `destination.url`.
+fn guarded(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    let Some(url) = spec.destination.as_ref().and_then(Destination::broker_url) else {
+        return Ok(());
+    };
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Ok(());
+    };
+    let host = u.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        state
+            .sender
+            .guard()
+            .check(ip)
+            .map_err(|why| ApiError::invalid("destination.url", why))?;
+    }
+    Ok(())
 }
 
 /// `mode` and `partitions` are fixed at creation, and `start` is only read then: a patch that
@@ -569,6 +618,7 @@ async fn repair(
     body: Map<String, Value>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let mut spec = SubscriptionSpec::from_value(Value::Object(body)).map_err(ApiError::Invalid)?;
+    guarded(state, &spec)?;
     let kept = bad
         .secret
         .filter(|s| Secret::parse(s).is_ok_and(|s| s.scheme() == spec.signature_scheme));

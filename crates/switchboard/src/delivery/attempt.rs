@@ -149,12 +149,18 @@ pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
         tracing::warn!(%subscription_id, event_id = %c.event_id, error = %err, "delivery attempt failed");
     }
     let outcome = decide(&target.sub, c, result);
-    record_metrics(c, &outcome);
+    let kind = target
+        .sub
+        .spec
+        .destination
+        .as_ref()
+        .map_or("http", |d| d.kind());
+    record_metrics(c, &outcome, kind);
     outcome
 }
 
 /// Counts a finished attempt in the process's metrics.
-fn record_metrics(c: &Claimed, o: &Outcome) {
+fn record_metrics(c: &Claimed, o: &Outcome, destination: &'static str) {
     use crate::telemetry::{ATTEMPT_DURATION, DELIVERY_ATTEMPTS, DELIVERY_LATENCY};
     let outcome = match o.next {
         NextState::Succeeded => "succeeded",
@@ -162,7 +168,8 @@ fn record_metrics(c: &Claimed, o: &Outcome) {
         NextState::Failed => "failed",
         NextState::Expired => "expired",
     };
-    metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome).increment(1);
+    metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome, "destination" => destination)
+        .increment(1);
     metrics::histogram!(ATTEMPT_DURATION).record(o.duration_ms as f64 / 1000.0);
     if o.next == NextState::Succeeded {
         let finished = o.started_at + o.duration_ms;
@@ -200,13 +207,18 @@ pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcom
 
 /// What an attempt means for its delivery and subscription: the outcome policy.
 pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcome {
-    let step = retry::next_step(
-        sub.spec.schedule(),
-        c.round_attempt,
-        r.status,
-        r.retry_after,
-        crate::clock::jitter,
-    );
+    // A destination without a status (a broker) took the message when it says no error.
+    let step = if r.error.is_none() && r.status.is_none() {
+        Next::Delivered
+    } else {
+        retry::next_step(
+            sub.spec.schedule(),
+            c.round_attempt,
+            r.status,
+            r.retry_after,
+            crate::clock::jitter,
+        )
+    };
     let finished_at = r.started_at + r.duration_ms;
     let next = match step {
         Next::Delivered => NextState::Succeeded,

@@ -12,9 +12,11 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 
 use super::attempt::{Answer, Destination, Message, Sending, Target};
 use super::guard::{Guard, GuardedResolver};
+use super::nats::Nats;
 use super::retry;
 use crate::clock::Clock;
 use crate::store::SubscriptionRecord;
+use crate::subscription::destination::Destination as SpecDestination;
 
 /// How much of a receiver's answer is kept in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -65,8 +67,23 @@ impl Sender {
 
     /// `sub` made ready to send to.
     pub fn target(&self, sub: SubscriptionRecord) -> Target {
-        let http = Http::new(self, &sub);
-        Target::new(sub, Box::new(http))
+        let destination: Box<dyn Destination> = match &sub.spec.destination {
+            Some(SpecDestination::Nats { url, subject }) => Box::new(Nats::new(
+                self.guard.clone(),
+                url,
+                subject,
+                &sub.tenant_id,
+                &sub.id,
+                &sub.spec.headers,
+            )),
+            _ => Box::new(Http::new(self, &sub)),
+        };
+        Target::new(sub, destination)
+    }
+
+    /// The address guard every destination's addresses pass.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 }
 

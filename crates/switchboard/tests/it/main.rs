@@ -19,6 +19,7 @@ mod limits;
 mod listen;
 mod log;
 mod metrics;
+mod nats;
 mod openapi;
 mod pg_faults;
 mod pull;

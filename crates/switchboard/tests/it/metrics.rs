@@ -68,11 +68,11 @@ async fn metrics_count_ingest_attempts_latency_and_show_pending_and_subscription
     };
     at_least("switchboard_events_ingested_total", 3.0);
     at_least(
-        "switchboard_delivery_attempts_total{outcome=\"succeeded\"}",
+        "switchboard_delivery_attempts_total{outcome=\"succeeded\",destination=\"http\"}",
         3.0,
     );
     at_least(
-        "switchboard_delivery_attempts_total{outcome=\"retrying\"}",
+        "switchboard_delivery_attempts_total{outcome=\"retrying\",destination=\"http\"}",
         3.0,
     );
     at_least("switchboard_attempt_duration_seconds_count", 6.0);
@@ -134,7 +134,7 @@ async fn the_test_action_is_counted_and_logged_like_any_attempt() {
     assert_eq!(
         sample(
             &text,
-            "switchboard_delivery_attempts_total{outcome=\"retrying\"}"
+            "switchboard_delivery_attempts_total{outcome=\"retrying\",destination=\"http\"}"
         ),
         Some(1.0),
         "{text}"

@@ -1,0 +1,378 @@
+//! NATS JetStream destinations (DESIGN §17), against the real broker on loopback
+//! (`SWITCHBOARD_TEST_NATS_URL`, default `nats://127.0.0.1:4222`; `.ci/run` starts it). Each
+//! test makes a stream of its own over subjects of its own, and deletes it after.
+
+use std::collections::{HashMap, HashSet};
+
+use async_nats::jetstream;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use switchboard::delivery::signing::{Secret, verify};
+
+use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, json_ok, problem};
+use crate::support::db::OldDb;
+use crate::support::receiver::eventually;
+
+const SUBS: &str = "/v1/tenants/default/subscriptions";
+
+fn nats_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream of the test's own, over `<prefix>.>`.
+struct Stream {
+    js: jetstream::Context,
+    name: String,
+    prefix: String,
+}
+
+impl Stream {
+    async fn new() -> Self {
+        let url = nats_url();
+        let client = async_nats::connect(url.as_str()).await.unwrap_or_else(|e| {
+            panic!("NATS with JetStream must run at {url} (.ci/run starts it): {e}")
+        });
+        let js = jetstream::new(client);
+        let tag = guid().replace('-', "")[..12].to_owned();
+        let name = format!("SBTEST_{tag}");
+        let prefix = format!("sbtest.{tag}");
+        js.create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .expect("create the test's stream");
+        Stream { js, name, prefix }
+    }
+
+    async fn count(&self) -> u64 {
+        let mut stream = self.js.get_stream(&self.name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Every message, in stream order.
+    async fn messages(&self) -> Vec<jetstream::message::StreamMessage> {
+        let stream = self.js.get_stream(&self.name).await.unwrap();
+        let mut out = Vec::new();
+        for seq in 1..=self.count().await {
+            out.push(stream.get_raw_message(seq).await.unwrap());
+        }
+        out
+    }
+
+    async fn delete(self) {
+        let _ = self.js.delete_stream(&self.name).await;
+    }
+}
+
+/// The spec as stored (with what answers mask).
+async fn stored_spec(app: &TestApp, id: &str) -> Value {
+    let mut db = OldDb::latest(&app.data).await;
+    let text = db
+        .text(&format!("SELECT spec FROM subscriptions WHERE id = '{id}'"))
+        .await;
+    db.close().await;
+    serde_json::from_str(&text).unwrap()
+}
+
+fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> &'a str {
+    m.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} on {m:?}"))
+        .as_str()
+}
+
+#[tokio::test]
+async fn twenty_agents_reach_jetstream_each_in_order_signed_once_each() {
+    let stream = Stream::new().await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({
+            "destination": {"type": "nats", "url": nats_url(),
+                            "subject": format!("{}.{{tenant}}.{{category}}.{{code}}.{{agent}}", stream.prefix)},
+            "ordering": "per_agent",
+        }))
+        .await;
+    assert_eq!(sub["destination"]["type"], "nats");
+    assert!(sub.get("url").is_none(), "{sub}");
+    let secret = Secret::parse(sub["secret"].as_str().unwrap()).unwrap();
+    // 20 agents × 50 events, interleaved: 50 batches of one event per agent.
+    for round in 0..50u32 {
+        let batch: Vec<Value> = (0..20)
+            .map(|a| {
+                agent_event(
+                    &guid(),
+                    [1, 3, 4][(round % 3) as usize],
+                    &format!("agent.{a}"),
+                )
+            })
+            .collect();
+        app.publish_ok("default", &Value::Array(batch)).await;
+    }
+    eventually("1,000 messages in the stream", || async {
+        (stream.count().await >= 1000).then_some(())
+    })
+    .await;
+    let messages = stream.messages().await;
+    assert_eq!(messages.len(), 1000, "each delivery published once");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut ids = HashSet::new();
+    for m in &messages {
+        let agent = header(m, "switchboard-agent").to_owned();
+        let seq: i64 = header(m, "switchboard-sequence").parse().unwrap();
+        let id = header(m, "webhook-id");
+        let ts: i64 = header(m, "webhook-timestamp").parse().unwrap();
+        assert!(
+            verify(&secret, header(m, "webhook-signature"), id, ts, &m.payload),
+            "signature of {id}"
+        );
+        assert!(ids.insert(id.to_owned()), "{id} once");
+        let msg_id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap();
+        assert_eq!(
+            msg_id.as_str(),
+            format!("{}:{id}", sub["id"].as_str().unwrap())
+        );
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body["AdditionalFields"]["Username"], agent.as_str());
+        // The subject is the template filled in, the key made safe ('.' → '_').
+        assert_eq!(
+            m.subject.as_str(),
+            format!(
+                "{}.default.1.{}.{}",
+                stream.prefix,
+                body["Code"],
+                agent.replace('.', "_")
+            )
+        );
+        let before = last.insert(agent.clone(), seq);
+        assert!(before.is_none_or(|b| b < seq), "{agent} in order");
+    }
+    assert_eq!(last.len(), 20);
+    let delivered = app
+        .deliveries(sub["id"].as_str().unwrap(), Some("succeeded"))
+        .await;
+    assert!(!delivered.is_empty());
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("destination=\"nats\""),
+        "attempts counted by destination"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_subject_no_stream_listens_to_is_a_failed_attempt_retried() {
+    let stream = Stream::new().await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({
+            "destination": {"type": "nats", "url": nats_url(), "subject": "sbtest_nostream.{tenant}"},
+            "retry_schedule_secs": [3600],
+        }))
+        .await;
+    app.publish_ok("default", &json!([agent_event(&guid(), 1, "a")]))
+        .await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let failed = eventually("a failed attempt", || async {
+        let d = app.deliveries(&id, Some("pending")).await;
+        d.into_iter()
+            .find(|d| d["attempt_count"].as_u64() == Some(1))
+    })
+    .await;
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("sbtest_nostream.default"), "{failed}");
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn bad_destinations_are_422_naming_the_field_and_store_nothing() {
+    let app = TestApp::spawn().await;
+    let nats = |d: Value| json!({ "destination": d });
+    let cases = [
+        (nats(json!({"type": "kafka", "url": "x"})), "destination"),
+        (
+            nats(json!({"type": "nats", "url": "nats//nope", "subject": "a"})),
+            "destination.url",
+        ),
+        (
+            nats(json!({"type": "nats", "url": "http://127.0.0.1:4222", "subject": "a"})),
+            "destination.url",
+        ),
+        (
+            nats(json!({"type": "nats", "url": "nats://127.0.0.1", "subject": "cc.{queue}"})),
+            "destination.subject",
+        ),
+        (
+            nats(json!({"type": "nats", "url": "nats://127.0.0.1", "subject": "cc.*"})),
+            "destination.subject",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "destination":
+                   {"type": "nats", "url": "nats://127.0.0.1", "subject": "a"}}),
+            "destination",
+        ),
+        // Classified, never connected to: the guard refuses a private address at creation.
+        (
+            nats(json!({"type": "nats", "url": "nats://10.1.2.3:4222", "subject": "a"})),
+            "destination.url",
+        ),
+        (
+            nats(
+                json!({"type": "amqp", "url": "amqp://127.0.0.1", "exchange": "cc",
+                        "routing_key": "{tenant}"}),
+            ),
+            "destination.type",
+        ),
+        (
+            json!({"mode": "pull", "destination":
+                   {"type": "nats", "url": "nats://127.0.0.1", "subject": "a"}}),
+            "destination",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = app.call(Method::POST, SUBS, ADMIN_KEY, Some(&body)).await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let named: Vec<&str> = p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(
+            named.iter().any(|f| f.starts_with(field)),
+            "{body}: {field} in {p}"
+        );
+    }
+    let listed = json_ok(app.get(SUBS, ADMIN_KEY).await).await;
+    assert_eq!(listed["data"], json!([]), "nothing stored");
+    // The HTTP receiver's two forms are one: both given alike is accepted, and answers show both.
+    let url = "http://127.0.0.1:9/hooks";
+    let both = app
+        .subscribe(json!({"url": url, "destination": {"type": "http", "url": url}}))
+        .await;
+    assert_eq!(both["url"], url);
+    assert_eq!(both["destination"], json!({"type": "http", "url": url}));
+    let long = app
+        .subscribe(json!({"destination": {"type": "http", "url": url}}))
+        .await;
+    assert_eq!(long["url"], url);
+}
+
+#[tokio::test]
+async fn a_brokers_password_is_write_only_and_a_masked_one_is_kept() {
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({"destination": {"type": "nats",
+            "url": "nats://cc:s3cret@127.0.0.1:4222", "subject": "a.{tenant}"}}))
+        .await;
+    assert_eq!(sub["destination"]["url"], "nats://cc:***@127.0.0.1:4222");
+    assert!(!sub.to_string().contains("s3cret"));
+    let path = format!("{SUBS}/{}", sub["id"].as_str().unwrap());
+    // Sent back as shown: the stored password stays.
+    let mut back = sub["destination"].clone();
+    back["subject"] = json!("b.{tenant}");
+    let patched = json_ok(
+        app.call(
+            Method::PATCH,
+            &path,
+            ADMIN_KEY,
+            Some(&json!({ "destination": back })),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(patched["destination"]["subject"], "b.{tenant}");
+    let stored = stored_spec(&app, sub["id"].as_str().unwrap()).await;
+    assert_eq!(
+        stored["destination"]["url"],
+        "nats://cc:s3cret@127.0.0.1:4222"
+    );
+    // Giving `url` alone turns it back into an HTTP receiver.
+    let http = json_ok(
+        app.call(
+            Method::PATCH,
+            &path,
+            ADMIN_KEY,
+            Some(&json!({"url": "http://127.0.0.1:9/"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(http["destination"]["type"], "http");
+    let stored = stored_spec(&app, sub["id"].as_str().unwrap()).await;
+    assert!(!stored.to_string().contains("s3cret"));
+}
+
+#[tokio::test]
+async fn a_broker_host_name_outside_the_allowed_networks_fails_at_connect() {
+    // Without --dev loopback is refused: "localhost" resolves to it, so the attempt fails
+    // before any connection is made.
+    let app = TestApp::spawn_with(|c| c.dev = false).await;
+    let sub = app
+        .subscribe(json!({
+            "destination": {"type": "nats", "url": "nats://localhost:4222", "subject": "sbtest_guard.{tenant}"},
+            "retry_schedule_secs": [3600],
+        }))
+        .await;
+    app.publish_ok("default", &json!([agent_event(&guid(), 1, "a")]))
+        .await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let failed = eventually("a refused attempt", || async {
+        let d = app.deliveries(&id, Some("pending")).await;
+        d.into_iter()
+            .find(|d| d["attempt_count"].as_u64() == Some(1))
+    })
+    .await;
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("address guard"), "{failed}");
+}
+
+#[tokio::test]
+async fn the_same_delivery_published_again_is_dropped_by_the_duplicate_window() {
+    // What a crash between the PubAck and the record leads to: the delivery attempted again,
+    // with the same webhook-id. Retrying a succeeded delivery makes exactly that second publish.
+    let stream = Stream::new().await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({"destination": {"type": "nats", "url": nats_url(),
+                          "subject": format!("{}.{{agent}}", stream.prefix)}}))
+        .await;
+    let other = app
+        .subscribe(json!({"destination": {"type": "nats", "url": nats_url(),
+                          "subject": format!("{}.other.{{agent}}", stream.prefix)}}))
+        .await;
+    app.publish_ok("default", &json!([agent_event(&guid(), 1, "a")]))
+        .await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let done = eventually("delivered", || async {
+        app.deliveries(&id, Some("succeeded")).await.pop()
+    })
+    .await;
+    eventually("both subscriptions' copies", || async {
+        (stream.count().await == 2).then_some(())
+    })
+    .await;
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/default/deliveries/{}/retry", done["id"]),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let again = eventually("attempted again, and a success", || async {
+        let d = app.delivery(&done["id"]).await;
+        (d["attempts"].as_array().unwrap().len() == 2 && d["status"] == "succeeded").then_some(d)
+    })
+    .await;
+    assert_eq!(again["attempts"][1]["error"], Value::Null, "{again}");
+    assert_eq!(
+        stream.count().await,
+        2,
+        "the second publish was a duplicate"
+    );
+    let _ = other;
+    stream.delete().await;
+}
