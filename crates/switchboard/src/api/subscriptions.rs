@@ -740,7 +740,7 @@ async fn test(
         ));
     };
     let o = attempt(&target, &c, state.sender.clock()).await;
-    let delivered = o.status_code.is_some_and(|s| (200..300).contains(&s));
+    let delivered = o.next == crate::store::NextState::Succeeded;
     let answer = TestOutcome {
         event_id: c.event_id,
         delivery_id: c.delivery_id,

@@ -11,7 +11,7 @@ use switchboard::delivery::signing::{Secret, verify};
 
 use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, json_ok, problem};
 use crate::support::db::OldDb;
-use crate::support::receiver::eventually;
+use crate::support::receiver::{eventually, eventually_within};
 
 const SUBS: &str = "/v1/tenants/default/subscriptions";
 
@@ -373,6 +373,139 @@ async fn the_same_delivery_published_again_is_dropped_by_the_duplicate_window() 
         2,
         "the second publish was a duplicate"
     );
+    // The Test action through the same destination: delivered, by the PubAck.
+    let test = json_ok(app.act(&sub, "test", None).await).await;
+    assert_eq!(test["delivered"], true, "{test}");
+    assert_eq!(stream.count().await, 3);
     let _ = other;
     stream.delete().await;
+}
+
+/// A NATS server of the test's own (the one binary `.ci/run` uses), on a free loopback port,
+/// with its JetStream store in a directory that outlives a restart.
+struct OwnBroker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnBroker {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = OwnBroker {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        b.up().await;
+        b
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self) {
+        let child = tokio::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("the broker listening", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+    }
+
+    async fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_broker_stopped_for_ten_seconds_under_load_loses_nothing_and_keeps_order() {
+    let mut broker = OwnBroker::start().await;
+    let client = async_nats::connect(broker.url()).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "OUTAGE".into(),
+        subjects: vec!["outage.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({
+            "destination": {"type": "nats", "url": broker.url(), "subject": "outage.{agent}"},
+            "ordering": "per_agent",
+            "retry_schedule_secs": vec![1; 50],
+        }))
+        .await;
+    let publish = |round: u32| {
+        let batch: Vec<Value> = (0..10)
+            .map(|a| agent_event(&guid(), [1, 3, 4][(round % 3) as usize], &format!("a{a}")))
+            .collect();
+        Value::Array(batch)
+    };
+    for round in 0..10 {
+        app.publish_ok("default", &publish(round)).await;
+    }
+    broker.down().await;
+    // Under load while it is down: events keep coming for 10 s.
+    for round in 10..30 {
+        app.publish_ok("default", &publish(round)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    broker.up().await;
+    let client = async_nats::connect(broker.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let count = || async {
+        let mut s = js.get_stream("OUTAGE").await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    };
+    eventually_within(
+        "every delivery in the stream after the restart",
+        std::time::Duration::from_secs(90),
+        || async { (count().await? >= 300).then_some(()) },
+    )
+    .await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    eventually("every delivery recorded succeeded", || async {
+        (app.deliveries(&id, Some("succeeded")).await.len() == 300).then_some(())
+    })
+    .await;
+    assert_eq!(count().await, Some(300), "nothing twice");
+    let stream = js.get_stream("OUTAGE").await.unwrap();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for seq in 1..=300 {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let agent = header(&m, "switchboard-agent").to_owned();
+        let sequence: i64 = header(&m, "switchboard-sequence").parse().unwrap();
+        let before = last.insert(agent.clone(), sequence);
+        assert!(before.is_none_or(|b| b < sequence), "{agent} in order");
+    }
+    assert_eq!(last.len(), 10);
+    broker.down().await;
 }
