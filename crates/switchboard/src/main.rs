@@ -168,6 +168,14 @@ struct BenchArgs {
     /// 10 push ones (in-process servers; --database-url for PostgreSQL)
     #[arg(long, conflicts_with_all = ["pending", "url"])]
     pull: bool,
+    /// A destination other than HTTP instead: `nats` delivers --events events to a stream of
+    /// the run's own on the NATS JetStream broker at --nats-url (in-process server;
+    /// --database-url for PostgreSQL)
+    #[arg(long, value_name = "TYPE", conflicts_with_all = ["pending", "url", "pull"])]
+    destination: Option<String>,
+    /// With --destination nats: the broker
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// With --pending: seconds the server keeps failing attempts before the kill
     #[arg(long, default_value_t = 5)]
     down_secs: u64,
@@ -462,6 +470,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 events as f64 / report.seconds.max(0.001)
             );
             Ok(())
+        }
+        Command::Bench(a) if a.destination.is_some() => {
+            use switchboard::cli::bench::nats;
+            match a.destination.as_deref() {
+                Some("nats") => {}
+                Some("http") => {
+                    anyhow::bail!("--destination http is the default run: leave it out")
+                }
+                Some(other) => {
+                    anyhow::bail!("--destination {other}: this version benches nats only")
+                }
+                None => unreachable!(),
+            }
+            let report = nats::run(nats::Options {
+                events: a.events,
+                nats_url: a.nats_url,
+                database_url: a.database_url,
+                in_flight: 64,
+            })
+            .await?;
+            print_report(a.json, &report, report.text())
         }
         Command::Bench(a) if a.pull => {
             use switchboard::cli::bench::pull;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+pub mod nats;
 pub mod pull;
 
 /// What to run.

@@ -142,3 +142,22 @@ async fn bench_runs_two_nodes_on_one_postgresql_database() {
     .await;
     assert!(refused.is_err_and(|e| e.to_string().contains("--nodes")));
 }
+
+#[tokio::test]
+async fn the_nats_bench_delivers_every_event_to_a_stream_of_its_own() {
+    use switchboard::cli::bench::nats;
+    let data = TestData::new().await;
+    let nats_url = std::env::var("SWITCHBOARD_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let report = nats::run(nats::Options {
+        events: 300,
+        nats_url,
+        database_url: data.database_url(),
+        in_flight: 8,
+    })
+    .await
+    .expect("the nats bench ran (NATS with JetStream must run: .ci/run starts it)");
+    assert_eq!(report.events, 300);
+    assert!(report.delivered_secs >= report.ingest_secs);
+    assert!(report.delivered_per_sec > 0.0);
+}

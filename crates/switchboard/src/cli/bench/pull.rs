@@ -78,15 +78,15 @@ impl Report {
 }
 
 /// A fresh in-process server, its admin key, and what removes it.
-struct Fresh {
-    base: String,
-    key: String,
+pub(super) struct Fresh {
+    pub(super) base: String,
+    pub(super) key: String,
     stop: super::InProcess,
     _dir: tempfile::TempDir,
     database: Option<BenchDatabase>,
 }
 
-async fn fresh(database_url: &str) -> anyhow::Result<Fresh> {
+pub(super) async fn fresh(database_url: &str) -> anyhow::Result<Fresh> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_data_dir(dir.path());
     config.dev = true;
@@ -113,7 +113,7 @@ async fn fresh(database_url: &str) -> anyhow::Result<Fresh> {
 }
 
 impl Fresh {
-    async fn end(self, client: reqwest::Client) -> anyhow::Result<()> {
+    pub(super) async fn end(self, client: reqwest::Client) -> anyhow::Result<()> {
         drop(client);
         stop_in_process(self.stop).await?;
         if let Some(d) = self.database {
@@ -122,7 +122,7 @@ impl Fresh {
         Ok(())
     }
 
-    fn subs(&self) -> String {
+    pub(super) fn subs(&self) -> String {
         format!("{}/v1/tenants/default/subscriptions", self.base)
     }
 }
@@ -139,7 +139,7 @@ async fn get_json(client: &reqwest::Client, url: &str, key: &str) -> anyhow::Res
     Ok(r.json().await?)
 }
 
-async fn post_json(
+pub(super) async fn post_json(
     client: &reqwest::Client,
     url: &str,
     key: &str,
