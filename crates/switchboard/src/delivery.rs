@@ -7,6 +7,7 @@
 //! says what became of it. Every caller that attempts a delivery — the dispatcher, the API's
 //! Test action — goes through [`attempt()`], so each attempt is logged and counted alike.
 
+pub mod amqp;
 pub mod attempt;
 pub mod dispatcher;
 pub mod guard;

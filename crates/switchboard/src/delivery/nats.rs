@@ -65,24 +65,7 @@ impl Nats {
             return Ok(c.clone());
         }
         let (host, port) = broker_url(&self.url, "nats")?;
-        let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![(ip, port).into()],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("resolving {host}: {e}"))?
-                .collect(),
-        };
-        // Every address the name has must be allowed: the client connects to the first.
-        let mut allowed = Vec::new();
-        for a in addrs {
-            self.guard
-                .check(a.ip())
-                .map_err(|why| format!("nats broker {host}: {why}"))?;
-            allowed.push(a);
-        }
-        let addr = allowed
-            .first()
-            .ok_or_else(|| format!("{host} did not resolve"))?;
+        let addr = resolve_guarded(&self.guard, &host, port, "nats").await?;
         let parsed = reqwest::Url::parse(&self.url).map_err(|e| e.to_string())?;
         let mut options = async_nats::ConnectOptions::new()
             .name("switchboard")
@@ -152,13 +135,40 @@ impl Destination for Nats {
     }
 }
 
+/// A broker's address: `host` (an IP literal, or a name resolved now) at `port`, each of its
+/// addresses allowed by the guard; the first is the one to dial.
+pub(super) async fn resolve_guarded(
+    guard: &Guard,
+    host: &str,
+    port: u16,
+    kind: &str,
+) -> Result<std::net::SocketAddr, String> {
+    let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![(ip, port).into()],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .collect(),
+    };
+    // Every address the name has must be allowed: the client dials the first.
+    for a in &addrs {
+        guard
+            .check(a.ip())
+            .map_err(|why| format!("{kind} broker {host}: {why}"))?;
+    }
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| format!("{host} did not resolve"))
+}
+
 /// What of an event a template needs.
 #[derive(Deserialize, Default)]
-struct Keys {
+pub(super) struct Keys {
     #[serde(rename = "Category", default)]
-    category: u8,
+    pub(super) category: u8,
     #[serde(rename = "Code", default)]
-    code: u32,
+    pub(super) code: u32,
     #[serde(rename = "AdditionalFields", default)]
     fields: Fields,
 }
@@ -173,11 +183,11 @@ struct Fields {
 
 impl Keys {
     /// The event's (a System event's is not an agent's: none).
-    fn of(body: &[u8]) -> Self {
+    pub(super) fn of(body: &[u8]) -> Self {
         serde_json::from_slice(body).unwrap_or_default()
     }
 
-    fn agent(&self) -> Option<&str> {
+    pub(super) fn agent(&self) -> Option<&str> {
         self.fields
             .username
             .as_deref()

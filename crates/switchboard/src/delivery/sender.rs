@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 
+use super::amqp::Amqp;
 use super::attempt::{Answer, Destination, Message, Sending, Target};
 use super::guard::{Guard, GuardedResolver};
 use super::nats::Nats;
@@ -72,6 +73,19 @@ impl Sender {
                 self.guard.clone(),
                 url,
                 subject,
+                &sub.tenant_id,
+                &sub.id,
+                &sub.spec.headers,
+            )),
+            Some(SpecDestination::Amqp {
+                url,
+                exchange,
+                routing_key,
+            }) => Box::new(Amqp::new(
+                self.guard.clone(),
+                url,
+                exchange,
+                routing_key,
                 &sub.tenant_id,
                 &sub.id,
                 &sub.spec.headers,

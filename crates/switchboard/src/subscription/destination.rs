@@ -18,10 +18,14 @@ pub enum Destination {
         /// A subject template: `{tenant}`, `{category}`, `{code}`, `{agent}`.
         subject: String,
     },
-    /// RabbitMQ. Not available in this version: a subscription naming it is `422`.
+    /// Published to a RabbitMQ (AMQP 0-9-1) exchange the operator declared: persistent,
+    /// `mandatory`, with publisher confirms; success is the broker's ack.
     Amqp {
+        /// `amqp://[user:password@]host[:port][/vhost]` (port 5672 by default; the vhost
+        /// `%2f` is `/`); the password is write-only.
         url: String,
         exchange: String,
+        /// A routing-key template: `{tenant}`, `{category}`, `{code}`, `{agent}`.
         routing_key: String,
     },
 }
@@ -56,11 +60,24 @@ impl Destination {
                     out.push(("destination.subject", why));
                 }
             }
-            Destination::Amqp { .. } => out.push((
-                "destination.type",
-                "amqp destinations are not available in this version (nats and http are)"
-                    .to_owned(),
-            )),
+            Destination::Amqp {
+                url,
+                exchange,
+                routing_key,
+            } => {
+                if let Err(why) = broker_url(url, "amqp") {
+                    out.push(("destination.url", why));
+                }
+                if exchange.len() > 255 {
+                    out.push((
+                        "destination.exchange",
+                        "must be at most 255 characters".to_owned(),
+                    ));
+                }
+                if let Err(why) = Template::parse(routing_key) {
+                    out.push(("destination.routing_key", why));
+                }
+            }
         }
         out
     }
@@ -132,9 +149,12 @@ pub fn broker_url(url: &str, scheme: &str) -> Result<(String, u16), String> {
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| "must name a host".to_owned())?;
-    if (u.path() != "" && u.path() != "/") || u.query().is_some() || u.fragment().is_some() {
+    // AMQP's path is the vhost; NATS has none.
+    let path_ok = scheme == "amqp" || u.path().is_empty() || u.path() == "/";
+    if !path_ok || u.query().is_some() || u.fragment().is_some() {
         return Err(format!(
-            "must be {scheme}://[user:password@]host[:port], with no path or query"
+            "must be {scheme}://[user:password@]host[:port]{}, with no query",
+            if scheme == "amqp" { "[/vhost]" } else { "" }
         ));
     }
     let port = u.port().unwrap_or(match scheme {

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0 with a fresh data dir, spoken to over HTTP.
 
 mod agents;
+mod amqp;
 mod auth;
 mod backup;
 mod bench;

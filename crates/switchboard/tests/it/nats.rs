@@ -219,10 +219,24 @@ async fn bad_destinations_are_422_naming_the_field_and_store_nothing() {
         ),
         (
             nats(
-                json!({"type": "amqp", "url": "amqp://127.0.0.1", "exchange": "cc",
+                json!({"type": "amqp", "url": "amqp//127.0.0.1", "exchange": "cc",
                         "routing_key": "{tenant}"}),
             ),
-            "destination.type",
+            "destination.url",
+        ),
+        (
+            nats(
+                json!({"type": "amqp", "url": "amqp://127.0.0.1", "exchange": "cc",
+                        "routing_key": "{tenant}.{skill}"}),
+            ),
+            "destination.routing_key",
+        ),
+        (
+            nats(
+                json!({"type": "amqp", "url": "amqp://192.168.1.10", "exchange": "cc",
+                        "routing_key": "{tenant}"}),
+            ),
+            "destination.url",
         ),
         (
             json!({"mode": "pull", "destination":
