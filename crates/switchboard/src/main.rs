@@ -168,14 +168,15 @@ struct BenchArgs {
     /// 10 push ones (in-process servers; --database-url for PostgreSQL)
     #[arg(long, conflicts_with_all = ["pending", "url"])]
     pull: bool,
-    /// A destination other than HTTP instead: `nats` delivers --events events to a stream of
-    /// the run's own on the NATS JetStream broker at --nats-url (in-process server;
-    /// --database-url for PostgreSQL)
+    /// A destination other than HTTP instead: `nats` (a stream of the run's own on NATS
+    /// JetStream) or `amqp` (an exchange and queue of its own on RabbitMQ) gets --events events
+    /// (in-process server; --database-url for PostgreSQL)
     #[arg(long, value_name = "TYPE", conflicts_with_all = ["pending", "url", "pull"])]
     destination: Option<String>,
-    /// With --destination nats: the broker
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    /// With --destination: the broker [default: nats://127.0.0.1:4222 or
+    /// amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long)]
+    broker_url: Option<String>,
     /// With --pending: seconds the server keeps failing attempts before the kill
     #[arg(long, default_value_t = 5)]
     down_secs: u64,
@@ -472,20 +473,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(a) if a.destination.is_some() => {
-            use switchboard::cli::bench::nats;
-            match a.destination.as_deref() {
-                Some("nats") => {}
+            use switchboard::cli::bench::destination::{self as dest, Kind};
+            let (kind, default_url) = match a.destination.as_deref() {
+                Some("nats") => (Kind::Nats, "nats://127.0.0.1:4222"),
+                Some("amqp") => (Kind::Amqp, "amqp://guest:guest@127.0.0.1:5672/%2f"),
                 Some("http") => {
                     anyhow::bail!("--destination http is the default run: leave it out")
                 }
-                Some(other) => {
-                    anyhow::bail!("--destination {other}: this version benches nats only")
-                }
+                Some(other) => anyhow::bail!("--destination {other}: nats or amqp"),
                 None => unreachable!(),
-            }
-            let report = nats::run(nats::Options {
+            };
+            let report = dest::run(dest::Options {
+                kind,
                 events: a.events,
-                nats_url: a.nats_url,
+                broker_url: a.broker_url.unwrap_or_else(|| default_url.to_owned()),
                 database_url: a.database_url,
                 in_flight: 64,
             })

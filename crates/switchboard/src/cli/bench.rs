@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
-pub mod nats;
+pub mod destination;
 pub mod pull;
 
 /// What to run.

@@ -144,20 +144,34 @@ async fn bench_runs_two_nodes_on_one_postgresql_database() {
 }
 
 #[tokio::test]
-async fn the_nats_bench_delivers_every_event_to_a_stream_of_its_own() {
-    use switchboard::cli::bench::nats;
+async fn the_broker_benches_deliver_every_event_to_a_stream_and_a_queue_of_their_own() {
+    use switchboard::cli::bench::destination::{Kind, Options, run};
     let data = TestData::new().await;
-    let nats_url = std::env::var("SWITCHBOARD_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let report = nats::run(nats::Options {
-        events: 300,
-        nats_url,
-        database_url: data.database_url(),
-        in_flight: 8,
-    })
-    .await
-    .expect("the nats bench ran (NATS with JetStream must run: .ci/run starts it)");
-    assert_eq!(report.events, 300);
-    assert!(report.delivered_secs >= report.ingest_secs);
-    assert!(report.delivered_per_sec > 0.0);
+    let brokers = [
+        (
+            Kind::Nats,
+            std::env::var("SWITCHBOARD_TEST_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+        ),
+        (
+            Kind::Amqp,
+            std::env::var("SWITCHBOARD_TEST_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        ),
+    ];
+    for (kind, broker_url) in brokers {
+        let report = run(Options {
+            kind,
+            events: 300,
+            broker_url,
+            database_url: data.database_url(),
+            in_flight: 8,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the {kind:?} bench ran (.ci/run starts the brokers): {e:#}"));
+        assert_eq!(report.events, 300);
+        assert_eq!(report.destination, kind);
+        assert!(report.delivered_per_sec > 0.0);
+        assert!(!report.broker_url.contains("guest:guest"), "masked");
+    }
 }
