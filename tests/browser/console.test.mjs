@@ -319,6 +319,24 @@ test("a pull subscription shows its mode, partitions and lag, and no push-only a
   await signOut();
 });
 
+test("a NATS subscription shows its destination, its password masked", async () => {
+  // Never connected to: nothing is published while this test looks (no events are sent).
+  const sub = await call("POST", "/v1/tenants/default/subscriptions", {
+    destination: { type: "nats", url: "nats://cc:s3cret@127.0.0.1:4222", subject: "cc.{tenant}.{agent}" },
+    description: "to the stream",
+    enabled: false,
+  });
+  await signIn(ADMIN);
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  await page.getByRole("link", { name: "Subscriptions" }).click();
+  const row = page.getByRole("row").filter({ hasText: sub.id });
+  await row.getByText("nats · cc.{tenant}.{agent} · nats://cc:***@127.0.0.1:4222").waitFor();
+  await row.getByRole("link", { name: sub.id }).click();
+  await page.getByRole("row", { name: /Destination/ }).getByText("nats · cc.{tenant}.{agent}", { exact: false }).waitFor();
+  assert.equal(await page.getByText("s3cret").count(), 0);
+  await signOut();
+});
+
 test("keyboard and labels: every control is named, the pages are reached by keyboard", async () => {
   await signIn(ADMIN);
   for (const hash of ["#/overview", "#/events", "#/subscriptions", "#/deliveries", "#/agents", "#/keys"]) {
