@@ -93,10 +93,26 @@ pub enum Events {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Subscriptions {
-    /// Create a subscription (--url, --pull, or a whole body with --body)
+    /// Create a subscription (--url, --nats, --amqp, --pull, or a whole body with --body)
     Create {
         #[arg(long)]
         url: Option<String>,
+        /// Publish to NATS JetStream at this broker URL instead (with --subject)
+        #[arg(long, value_name = "URL", conflicts_with_all = ["url", "pull", "amqp"], requires = "subject")]
+        nats: Option<String>,
+        /// With --nats: the subject template ({tenant}, {category}, {code}, {agent})
+        #[arg(long, requires = "nats")]
+        subject: Option<String>,
+        /// Publish to a RabbitMQ exchange at this broker URL instead (with --exchange and
+        /// --routing-key)
+        #[arg(long, value_name = "URL", conflicts_with_all = ["url", "pull"], requires_all = ["exchange", "routing_key"])]
+        amqp: Option<String>,
+        /// With --amqp: the exchange (declared by you)
+        #[arg(long, requires = "amqp")]
+        exchange: Option<String>,
+        /// With --amqp: the routing-key template ({tenant}, {category}, {code}, {agent})
+        #[arg(long, requires = "amqp")]
+        routing_key: Option<String>,
         /// A pull subscription: read with `subscriptions poll` instead of receiving POSTs
         #[arg(long, conflicts_with = "url")]
         pull: bool,
@@ -390,6 +406,11 @@ impl Client {
                 match s {
                     Subscriptions::Create {
                         url,
+                        nats,
+                        subject,
+                        amqp,
+                        exchange,
+                        routing_key,
                         pull,
                         partitions,
                         description,
@@ -397,6 +418,16 @@ impl Client {
                     } => {
                         let mut body =
                             subscription_body(body.as_deref(), url.clone(), description.clone())?;
+                        if let (Some(broker), Some(subject)) = (nats, subject) {
+                            body["destination"] =
+                                json!({"type": "nats", "url": broker, "subject": subject});
+                        }
+                        if let (Some(broker), Some(exchange), Some(key)) =
+                            (amqp, exchange, routing_key)
+                        {
+                            body["destination"] = json!({"type": "amqp", "url": broker,
+                                "exchange": exchange, "routing_key": key});
+                        }
                         if *pull {
                             body["mode"] = json!("pull");
                         }

@@ -313,6 +313,28 @@ async fn the_pull_commands_read_commit_and_seek() {
         (sub["mode"].as_str(), sub["partitions"].as_u64()),
         (Some("pull"), Some(2))
     );
+    let nats = run(args(&[
+        "subscriptions",
+        "create",
+        "--nats",
+        "nats://u:p@127.0.0.1:4222",
+        "--subject",
+        "cc.{agent}",
+    ]))
+    .await;
+    assert_eq!(nats["destination"]["url"], "nats://u:***@127.0.0.1:4222");
+    let amqp = run(args(&[
+        "subscriptions",
+        "create",
+        "--amqp",
+        "amqp://127.0.0.1:5672/%2f",
+        "--exchange",
+        "cc",
+        "--routing-key",
+        "{tenant}.{agent}",
+    ]))
+    .await;
+    assert_eq!(amqp["destination"]["routing_key"], "{tenant}.{agent}");
     let id = sub["id"].as_str().unwrap().to_string();
     let events: Vec<Value> = (0..6)
         .map(|i| agent_event(&guid(), 1, &format!("u{i}")))
