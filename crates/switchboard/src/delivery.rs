@@ -16,6 +16,6 @@ pub mod retry;
 pub mod sender;
 pub mod signing;
 
-pub use attempt::{AttemptResult, Destination, Target, attempt, decide, expired};
+pub use attempt::{AttemptResult, Destination, Target, attempt, attempt_batch, decide, expired};
 pub use dispatcher::{Dispatcher, heartbeat};
 pub use sender::{Sender, USER_AGENT_VALUE};

@@ -752,4 +752,7 @@ pub struct Outcome {
     pub lease_until: i64,
     /// Made as the probe of an open circuit breaker (DESIGN §16).
     pub probe: bool,
+    /// A member of a batch after its first: the batch was one attempt, counted (for the
+    /// breaker and the dispatcher's slots) by its first member's outcome.
+    pub batched: bool,
 }

@@ -55,8 +55,9 @@ pub enum Start {
 }
 
 /// The fields only a push subscription has: naming one for a pull subscription is a `422`.
-pub const PUSH_ONLY: [&str; 11] = [
+pub const PUSH_ONLY: [&str; 12] = [
     "url",
+    "batch",
     "destination",
     "headers",
     "secret",
@@ -111,6 +112,20 @@ pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub fields: Option<BTreeMap<String, Vec<Value>>>,
+}
+
+/// Batched delivery: a JSON array of up to `max_events` events per request, sent once that
+/// many are ready or the oldest has waited `max_wait_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_events: u32,
+    /// 0 to 10000.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10000)]
+    pub max_wait_ms: u64,
 }
 
 /// Most usernames a filter lists (DESIGN §23): every event is matched against them.
@@ -223,6 +238,9 @@ pub struct SubscriptionSpec {
     pub lag_budget_secs: Option<u64>,
     #[serde(default)]
     pub coalesce: Coalesce,
+    /// HTTP only: many events per request (DESIGN §17). Null: one event per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
     /// `v1` (HMAC-SHA256, `whsec_` secret) or `v1a` (Ed25519, `whsk_` key pair, verified with
     /// `public_key`).
     #[serde(default)]
@@ -439,6 +457,24 @@ impl SubscriptionSpec {
                 "lag_budget_secs",
                 "must be 1 to 31536000 (a year), or null for none",
             );
+        }
+        if let Some(b) = &self.batch {
+            if !(1..=1000).contains(&b.max_events) {
+                err("batch.max_events", "must be 1 to 1000");
+            }
+            if b.max_wait_ms > 10_000 {
+                err("batch.max_wait_ms", "must be 0 to 10000");
+            }
+            if self
+                .destination
+                .as_ref()
+                .is_some_and(|d| d.kind() != "http")
+            {
+                err(
+                    "batch",
+                    "is for HTTP receivers only: a broker destination gets one message per event",
+                );
+            }
         }
         if errors.is_empty() {
             Ok(())

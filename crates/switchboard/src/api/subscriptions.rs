@@ -98,6 +98,10 @@ struct SubscriptionView {
     #[schema(required = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     coalesce: Option<crate::subscription::Coalesce>,
+    /// HTTP only: many events per request; absent: one per request.
+    #[schema(required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<crate::subscription::Batch>,
     /// Push only.
     #[schema(required = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,6 +254,7 @@ impl SubscriptionView {
             lag: LagView::default(),
             health: HealthView::default(),
             coalesce: push.then_some(spec.coalesce),
+            batch: spec.batch,
             signature_scheme: push.then_some(spec.signature_scheme),
             public_key,
             disabled_reason: rec.disabled_reason,

@@ -79,6 +79,40 @@ impl Message {
     }
 }
 
+impl Message {
+    /// `members` (in sequence order, at least one) as one batch: a JSON array of their events,
+    /// `webhook-id` `batch_<delivery id of the first>`, signed once; `switchboard-sequence` and
+    /// `switchboard-attempt` are the first member's, `switchboard-batch-size` their number.
+    fn batch(target: &Target, members: &[Claimed], now_ms: i64) -> Self {
+        let first = &members[0];
+        let mut body =
+            Vec::with_capacity(members.iter().map(|c| c.body.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, c) in members.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&c.body);
+        }
+        body.push(b']');
+        let id = format!("batch_{}", first.delivery_id);
+        let timestamp = now_ms / 1000;
+        let signature =
+            signing::signature_header(target.live_secrets(now_ms), &id, timestamp, &body);
+        Message {
+            headers: vec![
+                ("webhook-id", id),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+                ("switchboard-sequence", first.sequence.to_string()),
+                ("switchboard-attempt", first.attempt.to_string()),
+                ("switchboard-batch-size", members.len().to_string()),
+            ],
+            body: Bytes::from(body),
+        }
+    }
+}
+
 /// A future a destination returns; boxed so that destinations of every kind fit one `Target`.
 pub type Sending<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
@@ -159,6 +193,45 @@ pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
     outcome
 }
 
+/// Makes one attempt of a batch (`members` in sequence order, at least one) to `target`: one
+/// request, one outcome for all. Every member gets the first's verdict (so they come due
+/// again together); only the first's outcome counts for the breaker, the others are marked
+/// `batched`.
+pub async fn attempt_batch(target: &Target, members: &[Claimed], clock: &Clock) -> Vec<Outcome> {
+    let started = Instant::now();
+    let started_at = clock.now_ms();
+    let message = Message::batch(target, members, started_at);
+    let answer = target.destination.send(&message).await;
+    let result = AttemptResult {
+        started_at,
+        duration_ms: started.elapsed().as_millis() as i64,
+        status: answer.status,
+        retry_after: answer.retry_after,
+        error: answer.error,
+        response_body: answer.response_body,
+    };
+    let subscription_id = &target.sub.id;
+    let size = members.len();
+    if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
+        tracing::warn!(%subscription_id, size, status, "receiver refused a batch");
+    } else if let Some(err) = &result.error {
+        tracing::warn!(%subscription_id, size, error = %err, "batch attempt failed");
+    }
+    let lead = decide(&target.sub, &members[0], result);
+    let mut outcomes = Vec::with_capacity(size);
+    for (i, c) in members.iter().enumerate() {
+        let mut o = lead.clone();
+        o.delivery_id = c.delivery_id;
+        o.attempt = c.attempt;
+        o.round_attempt = c.round_attempt;
+        o.lease_until = c.lease_until;
+        o.batched = i > 0;
+        record_metrics(c, &o, "http");
+        outcomes.push(o);
+    }
+    outcomes
+}
+
 /// Counts a finished attempt in the process's metrics.
 fn record_metrics(c: &Claimed, o: &Outcome, destination: &'static str) {
     use crate::telemetry::{ATTEMPT_DURATION, DELIVERY_ATTEMPTS, DELIVERY_LATENCY};
@@ -202,6 +275,7 @@ pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcom
         disable: None,
         lease_until: c.lease_until,
         probe: false,
+        batched: false,
     })
 }
 
@@ -240,5 +314,6 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         disable,
         lease_until: c.lease_until,
         probe: false,
+        batched: false,
     }
 }

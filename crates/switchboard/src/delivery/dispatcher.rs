@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::attempt::{Target, attempt, expired};
+use super::attempt::{Target, attempt, attempt_batch, expired};
 use super::sender::Sender;
 use crate::clock::{Backoff, Clock};
 use crate::event::{Event, catalog};
@@ -149,14 +149,16 @@ impl SubState {
         let spec = &self.target.sub.spec;
         let buffered = spec.rate_limit_per_sec.is_none()
             && spec.coalesce == crate::subscription::Coalesce::None;
+        // A batch fills a slot with up to `max_events` deliveries.
+        let per_slot = spec.batch.map_or(1, |b| b.max_events.max(1));
         let target = if buffered && self.active {
-            (2 * spec.max_in_flight).saturating_sub(self.in_flight)
+            (2 * spec.max_in_flight).saturating_sub(self.in_flight) * per_slot
         } else {
-            self.startable(now)
+            self.startable(now) * per_slot
         };
         target
             .saturating_sub(self.ready.len() as u32)
-            .min(MAX_CLAIM)
+            .min(MAX_CLAIM.max(4 * per_slot))
     }
 }
 
@@ -189,6 +191,8 @@ pub struct Dispatcher {
     /// An attempt failed (or a probe ended) since the breakers were last read: read them again
     /// once its outcome is recorded.
     breakers_stale: bool,
+    /// When the first batch held back for more members may go (unix ms; `i64::MAX`: none).
+    batch_wait: i64,
 }
 
 /// The longest a failing dispatcher waits before its next try.
@@ -213,6 +217,7 @@ impl Dispatcher {
             finished_since: None,
             stale: Vec::new(),
             breakers_stale: false,
+            batch_wait: i64::MAX,
             clock: sender.clock().clone(),
             sender,
             lease,
@@ -338,7 +343,9 @@ impl Dispatcher {
     /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
     /// never counts an attempt whose outcome is already waiting to be recorded.
     fn note_finished(&mut self, o: Outcome) {
-        if let Some(s) = self.subs.get_mut(&o.subscription_id) {
+        if let Some(s) = self.subs.get_mut(&o.subscription_id)
+            && !o.batched
+        {
             s.in_flight = s.in_flight.saturating_sub(1);
             match o.next {
                 NextState::Expired => {}
@@ -468,7 +475,8 @@ impl Dispatcher {
                 Err(_) => return max,
             }
         };
-        let next = next.min(probe);
+        // A batch not full yet goes when its oldest has waited `max_wait_ms`.
+        let next = next.min(probe).min(self.batch_wait);
         Duration::from_millis(next.saturating_sub(now).max(0) as u64).clamp(min, max)
     }
 
@@ -648,27 +656,53 @@ impl Dispatcher {
         let finished = &mut self.finished;
         let stale = &mut self.stale;
         let min_left = self.lease.as_millis() as i64 / 2;
+        self.batch_wait = i64::MAX;
         for state in self.subs.values_mut() {
             if state.ready.is_empty() {
                 continue;
             }
             let mut slots = state.startable(now);
             let open = state.probe_at.is_some();
+            let batch = state.target.sub.spec.batch;
+            let most = batch.map_or(1, |b| b.max_events.max(1) as usize);
             while slots > 0 {
-                let Some(c) = state.ready.pop_front() else {
-                    break;
-                };
-                if let Some(outcome) = expired(&state.target.sub, &c, now) {
-                    finished.push(outcome);
-                    continue;
-                }
-                if c.lease_until - now < min_left {
-                    // Given back while still held; once expired it is anyone's to claim, and
-                    // giving it back could clear another claim's lease.
-                    if c.lease_until > now {
-                        stale.push(c);
+                // One delivery, or a batch of up to `most` (DESIGN §17): one slot either way.
+                let mut members = Vec::new();
+                while members.len() < most {
+                    let Some(c) = state.ready.pop_front() else {
+                        break;
+                    };
+                    if let Some(outcome) = expired(&state.target.sub, &c, now) {
+                        finished.push(outcome);
+                        continue;
                     }
-                    continue;
+                    if c.lease_until - now < min_left {
+                        // Given back while still held; once expired it is anyone's to claim,
+                        // and giving it back could clear another claim's lease.
+                        if c.lease_until > now {
+                            stale.push(c);
+                        }
+                        continue;
+                    }
+                    members.push(c);
+                }
+                if members.is_empty() {
+                    break;
+                }
+                if let Some(b) = batch
+                    && members.len() < most
+                    && !open
+                {
+                    // Not full: it waits for more until its oldest has waited `max_wait_ms`.
+                    let oldest = members.iter().map(|c| c.created_at).min().unwrap_or(now);
+                    let go_at = oldest.saturating_add(b.max_wait_ms as i64);
+                    if go_at > now {
+                        for c in members.into_iter().rev() {
+                            state.ready.push_front(c);
+                        }
+                        self.batch_wait = self.batch_wait.min(go_at);
+                        break;
+                    }
                 }
                 slots -= 1;
                 state.in_flight += 1;
@@ -680,11 +714,23 @@ impl Dispatcher {
                     self.clock.clone(),
                     self.done_tx.clone(),
                 );
-                tokio::spawn(async move {
-                    let mut outcome = attempt(&target, &c, &clock).await;
-                    outcome.probe = open;
-                    let _ = done.send(outcome);
-                });
+                if batch.is_some() {
+                    members.sort_by_key(|c| c.sequence);
+                    tokio::spawn(async move {
+                        let mut outcomes = attempt_batch(&target, &members, &clock).await;
+                        outcomes[0].probe = open;
+                        for o in outcomes {
+                            let _ = done.send(o);
+                        }
+                    });
+                } else {
+                    let c = members.pop().expect("one member");
+                    tokio::spawn(async move {
+                        let mut outcome = attempt(&target, &c, &clock).await;
+                        outcome.probe = open;
+                        let _ = done.send(outcome);
+                    });
+                }
             }
             if open {
                 // Open: nothing but the probe is attempted; the rest waits in the database,

@@ -307,7 +307,7 @@ pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
     outcomes
         .iter()
         // An expired delivery was not attempted: it says nothing of the endpoint's health.
-        .filter(|o| o.next != NextState::Expired)
+        .filter(|o| o.next != NextState::Expired && !o.batched)
         .map(|o| Attempt {
             at: o.started_at,
             succeeded: o.next == NextState::Succeeded,

@@ -693,7 +693,8 @@ async fn record<C: Conn>(
                 before.failures >= FAILING_AFTER,
             ) {
                 (true, true) => {
-                    let failed = |o: &&&Outcome| o.probe && o.next != NextState::Succeeded;
+                    let failed =
+                        |o: &&&Outcome| o.probe && !o.batched && o.next != NextState::Succeeded;
                     probes_before + outcomes.iter().filter(failed).count() as i64
                 }
                 _ => 0,

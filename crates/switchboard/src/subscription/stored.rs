@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::destination::Destination;
-use super::{Coalesce, EventFilter, Filter, Mode, Ordering, Start, SubscriptionSpec};
+use super::{Batch, Coalesce, EventFilter, Filter, Mode, Ordering, Start, SubscriptionSpec};
 use crate::delivery::signing::Scheme;
 
 #[derive(Deserialize)]
@@ -54,7 +54,16 @@ struct StoredSpec {
     #[serde(default)]
     coalesce: Coalesce,
     #[serde(default)]
+    batch: Option<StoredBatch>,
+    #[serde(default)]
     signature_scheme: Scheme,
+}
+
+#[derive(Deserialize)]
+struct StoredBatch {
+    max_events: u32,
+    #[serde(default)]
+    max_wait_ms: u64,
 }
 
 /// A destination's stored form: fields it does not know are ignored.
@@ -153,6 +162,10 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
         max_age_secs: s.max_age_secs,
         lag_budget_secs: s.lag_budget_secs,
         coalesce: s.coalesce,
+        batch: s.batch.map(|b| Batch {
+            max_events: b.max_events,
+            max_wait_ms: b.max_wait_ms,
+        }),
         signature_scheme: s.signature_scheme,
     })
 }

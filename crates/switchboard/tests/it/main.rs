@@ -4,6 +4,7 @@ mod agents;
 mod amqp;
 mod auth;
 mod backup;
+mod batches;
 mod bench;
 mod breaker;
 mod catalog;

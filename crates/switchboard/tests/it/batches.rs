@@ -1,0 +1,209 @@
+//! Batched HTTP delivery (DESIGN §17): JSON arrays in sequence order, one signature, all or
+//! nothing, retried whole, and `per_agent` order held across batches.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use switchboard::delivery::signing::{Secret, verify};
+
+use crate::support::app::{ADMIN_KEY, agent_event, guid, problem};
+use crate::support::receiver::Received;
+use crate::support::{TestApp, TestReceiver};
+
+const SUBS: &str = "/v1/tenants/default/subscriptions";
+
+/// The events of a batch, checked: its signature over the array, its headers.
+fn members(r: &Received, secret: &Secret) -> Vec<Value> {
+    let id = r.header("webhook-id");
+    assert!(id.starts_with("batch_"), "{id}");
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    assert!(
+        verify(secret, r.header("webhook-signature"), id, ts, &r.body),
+        "the batch's signature"
+    );
+    let events = r.json().as_array().expect("a JSON array").clone();
+    assert_eq!(r.header("switchboard-batch-size"), events.len().to_string());
+    events
+}
+
+#[tokio::test]
+async fn ten_thousand_events_in_batches_of_a_hundred_each_once_in_sequence_order() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let sub = app
+        .subscribe(json!({"url": rx.url("/batches"),
+                          "batch": {"max_events": 100, "max_wait_ms": 200}}))
+        .await;
+    assert_eq!(sub["batch"], json!({"max_events": 100, "max_wait_ms": 200}));
+    let secret = Secret::parse(sub["secret"].as_str().unwrap()).unwrap();
+    let mut sent = Vec::new();
+    for round in 0..10 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|i| agent_event(&guid(), 3, &format!("a{}", (round * 1000 + i) % 50)))
+            .collect();
+        sent.extend(app.publish_ok("default", &Value::Array(batch)).await);
+    }
+    let got = rx
+        .wait_until(
+            |r| {
+                r.iter()
+                    .map(|r| r.json().as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+                    >= 10_000
+            },
+            "10,000 events in batches",
+        )
+        .await;
+    let mut ids = HashSet::new();
+    for r in &got {
+        let events = members(r, &secret);
+        assert!(events.len() <= 100);
+        let seqs: Vec<i64> = app_sequences(&app, &events).await;
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in sequence order");
+        assert_eq!(r.header("switchboard-sequence"), seqs[0].to_string());
+        for e in &events {
+            assert!(ids.insert(e["Id"].as_str().unwrap().to_owned()), "once");
+        }
+    }
+    assert_eq!(ids.len(), 10_000, "every event");
+    assert!(
+        got.len() <= 400,
+        "batched: {} requests for 10,000 events",
+        got.len()
+    );
+    let _ = sent;
+}
+
+/// The sequences of `events`, from the log (the events themselves do not carry it).
+async fn app_sequences(app: &TestApp, events: &[Value]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for e in events {
+        let item = crate::support::app::json_ok(
+            app.get(
+                &format!("/v1/tenants/default/events/{}", e["Id"].as_str().unwrap()),
+                ADMIN_KEY,
+            )
+            .await,
+        )
+        .await;
+        out.push(item["sequence"].as_i64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_retried_whole_and_per_agent_order_holds_across_batches() {
+    // Every third request fails: a failed batch comes again with the same members (its
+    // webhook-id), and each agent's events reach the receiver — counting only the requests
+    // answered 2xx — exactly in the order they were published.
+    let rx = TestReceiver::with(|n, _| (if n % 3 == 1 { 500 } else { 200 }, Duration::ZERO)).await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({"url": rx.url("/"), "ordering": "per_agent",
+                          "retry_schedule_secs": [0, 0, 0, 0, 0, 0],
+                          "batch": {"max_events": 10, "max_wait_ms": 50}}))
+        .await;
+    let secret = Secret::parse(sub["secret"].as_str().unwrap()).unwrap();
+    let mut published: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..20 {
+        let batch: Vec<Value> = (0..8)
+            .map(|a| agent_event(&guid(), 3, &format!("agent{a}")))
+            .collect();
+        for e in &batch {
+            let agent = e["AdditionalFields"]["Username"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            published
+                .entry(agent)
+                .or_default()
+                .push(e["Id"].as_str().unwrap().to_owned());
+        }
+        app.publish_ok("default", &Value::Array(batch)).await;
+    }
+    let delivered = |got: &[Received]| -> usize {
+        (0..got.len())
+            .filter(|n| n % 3 != 1)
+            .map(|n| got[n].json().as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    let got = rx
+        .wait_until(|r| delivered(r) >= 160, "160 events delivered")
+        .await;
+    let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+    let mut arrived: HashMap<String, Vec<String>> = HashMap::new();
+    let mut retried = 0;
+    for (n, r) in got.iter().enumerate() {
+        let events = members(r, &secret);
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| e["Id"].as_str().unwrap().to_owned())
+            .collect();
+        let id = r.header("webhook-id").to_owned();
+        if let Some(before) = by_id.get(&id) {
+            assert_eq!(before, &ids, "a retried batch carries the same members");
+            retried += 1;
+        }
+        by_id.insert(id, ids);
+        if n % 3 == 1 {
+            continue;
+        }
+        for e in &events {
+            let agent = e["AdditionalFields"]["Username"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            arrived
+                .entry(agent)
+                .or_default()
+                .push(e["Id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(retried > 0, "failed batches were retried");
+    assert_eq!(arrived, published, "each agent's events once, in order");
+}
+
+#[tokio::test]
+async fn a_batch_on_a_broker_or_out_of_bounds_is_422() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (
+            json!({"url": "http://127.0.0.1:9/", "batch": {"max_events": 0}}),
+            "batch.max_events",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "batch": {"max_events": 1001}}),
+            "batch.max_events",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "batch": {"max_events": 10, "max_wait_ms": 10001}}),
+            "batch.max_wait_ms",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "batch": {"max_events": 10, "size": 1}}),
+            "batch",
+        ),
+        (
+            json!({"destination": {"type": "nats", "url": "nats://127.0.0.1", "subject": "a"},
+                   "batch": {"max_events": 10}}),
+            "batch",
+        ),
+        (
+            json!({"mode": "pull", "batch": {"max_events": 10}}),
+            "batch",
+        ),
+    ] {
+        let r = app.call(Method::POST, SUBS, ADMIN_KEY, Some(&body)).await;
+        let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert!(
+            p["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"].as_str().is_some_and(|f| f.starts_with(field))),
+            "{body}: {field} in {p}"
+        );
+    }
+}
