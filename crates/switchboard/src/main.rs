@@ -193,6 +193,9 @@ struct BenchArgs {
     /// Distinct agents the events come from (`GET …/agents` is timed with them at the end)
     #[arg(long, value_name = "N", default_value_t = 500)]
     agents: usize,
+    /// Batched delivery: each subscription gets up to N events per request (1 to 1000)
+    #[arg(long, value_name = "N")]
+    delivery_batch: Option<u32>,
 }
 
 #[derive(Args)]
@@ -532,6 +535,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     streams: a.streams,
                     agents: a.agents,
                     nodes: a.nodes,
+                    delivery_batch: a.delivery_batch,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

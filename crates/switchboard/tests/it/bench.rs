@@ -175,3 +175,21 @@ async fn the_broker_benches_deliver_every_event_to_a_stream_and_a_queue_of_their
         assert!(!report.broker_url.contains("guest:guest"), "masked");
     }
 }
+
+#[tokio::test]
+async fn the_bench_counts_every_event_of_every_batch_delivered() {
+    let data = TestData::new().await;
+    let report = run(Options {
+        events: 300,
+        concurrency: 4,
+        batch: 50,
+        subscriptions: 2,
+        delivery_batch: Some(25),
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert_eq!(report.accepted, 300);
+    assert_eq!(report.deliveries, 600, "every event at both subscriptions");
+}
