@@ -2,6 +2,7 @@
 //! nothing, retried whole, and `per_agent` order held across batches.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -10,6 +11,7 @@ use switchboard::delivery::signing::{Secret, verify};
 
 use crate::support::app::{ADMIN_KEY, agent_event, guid, problem};
 use crate::support::receiver::Received;
+use crate::support::stepper::Stepper;
 use crate::support::{TestApp, TestReceiver};
 
 const SUBS: &str = "/v1/tenants/default/subscriptions";
@@ -56,11 +58,26 @@ async fn ten_thousand_events_in_batches_of_a_hundred_each_once_in_sequence_order
             "10,000 events in batches",
         )
         .await;
+    // Each event's sequence, from the log (the events themselves do not carry it).
+    let sequence: HashMap<String, i64> = app
+        .all_events("default")
+        .await
+        .iter()
+        .map(|item| {
+            (
+                item["event"]["Id"].as_str().unwrap().to_owned(),
+                item["sequence"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     let mut ids = HashSet::new();
     for r in &got {
         let events = members(r, &secret);
         assert!(events.len() <= 100);
-        let seqs: Vec<i64> = app_sequences(&app, &events).await;
+        let seqs: Vec<i64> = events
+            .iter()
+            .map(|e| sequence[e["Id"].as_str().unwrap()])
+            .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in sequence order");
         assert_eq!(r.header("switchboard-sequence"), seqs[0].to_string());
         for e in &events {
@@ -74,23 +91,6 @@ async fn ten_thousand_events_in_batches_of_a_hundred_each_once_in_sequence_order
         got.len()
     );
     let _ = sent;
-}
-
-/// The sequences of `events`, from the log (the events themselves do not carry it).
-async fn app_sequences(app: &TestApp, events: &[Value]) -> Vec<i64> {
-    let mut out = Vec::new();
-    for e in events {
-        let item = crate::support::app::json_ok(
-            app.get(
-                &format!("/v1/tenants/default/events/{}", e["Id"].as_str().unwrap()),
-                ADMIN_KEY,
-            )
-            .await,
-        )
-        .await;
-        out.push(item["sequence"].as_i64().unwrap());
-    }
-    out
 }
 
 #[tokio::test]
@@ -205,5 +205,102 @@ async fn a_batch_on_a_broker_or_out_of_bounds_is_422() {
                 .any(|e| e["field"].as_str().is_some_and(|f| f.starts_with(field))),
             "{body}: {field} in {p}"
         );
+    }
+}
+
+/// One generated case: agents × events each, batches of up to `most`, and which requests fail.
+async fn per_agent_case(agents: usize, each: usize, most: u32, fails: Vec<bool>) {
+    let fails = Arc::new(fails);
+    let pattern = fails.clone();
+    let rx = TestReceiver::with(move |n, _| {
+        let fail = pattern.get(n).copied().unwrap_or(false);
+        (if fail { 503 } else { 200 }, Duration::ZERO)
+    })
+    .await;
+    let mut t = Stepper::new().await;
+    let _sub = t
+        .subscribe(json!({"url": rx.url("/"), "ordering": "per_agent",
+                          "retry_schedule_secs": vec![1; 50],
+                          "batch": {"max_events": most, "max_wait_ms": 0}}))
+        .await;
+    let mut published: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..each {
+        let round: Vec<Value> = (0..agents)
+            .map(|a| agent_event(&guid(), 3, &format!("agent{a}")))
+            .collect();
+        for e in &round {
+            published
+                .entry(
+                    e["AdditionalFields"]["Username"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+                .or_default()
+                .push(e["Id"].as_str().unwrap().to_owned());
+        }
+        t.publish(&Value::Array(round)).await;
+    }
+    // Step, and move the clock a second (the retry delay, and a probe's) whenever nothing goes.
+    let want = agents * each;
+    let mut delivered = 0;
+    for _ in 0..400 {
+        if t.step().await == 0 {
+            t.advance(Duration::from_secs(1));
+        }
+        let got = rx.received();
+        delivered = (0..got.len())
+            .filter(|&n| !fails.get(n).copied().unwrap_or(false))
+            .map(|n| got[n].json().as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        if delivered >= want {
+            break;
+        }
+    }
+    assert_eq!(delivered, want, "every event delivered");
+    let got = rx.received();
+    let mut arrived: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, r) in got.iter().enumerate() {
+        let events = r.json();
+        let events = events.as_array().expect("an array");
+        assert!(events.len() <= most as usize);
+        let mut agents_in = HashSet::new();
+        for e in events {
+            let agent = e["AdditionalFields"]["Username"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                agents_in.insert(agent.clone()),
+                "one event per agent in a batch"
+            );
+            if !fails.get(n).copied().unwrap_or(false) {
+                arrived
+                    .entry(agent)
+                    .or_default()
+                    .push(e["Id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(arrived, published, "each agent's events once, in order");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+    /// Whatever requests fail, `per_agent` order holds across batches, and each event is
+    /// delivered exactly once (counting the requests answered 2xx).
+    #[test]
+    fn per_agent_order_holds_across_batches_under_any_failures(
+        agents in 1usize..5,
+        each in 1usize..5,
+        most in 1u32..5,
+        fails in proptest::collection::vec(proptest::bool::weighted(0.4), 0..24),
+    ) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(per_agent_case(agents, each, most, fails));
     }
 }
