@@ -523,3 +523,75 @@ async fn the_broker_stopped_for_ten_seconds_under_load_loses_nothing_and_keeps_o
     assert_eq!(last.len(), 10);
     broker.down().await;
 }
+
+/// The real binary SIGKILLed while deliveries to NATS flow: what it published but had not yet
+/// recorded is published again after the restart, and JetStream's duplicate window drops it —
+/// the stream ends with every event exactly once.
+#[tokio::test]
+async fn a_server_killed_mid_delivery_leaves_each_event_once_in_the_stream() {
+    use crate::support::db::TestData;
+    use crate::support::process::Server;
+    let stream = Stream::new().await;
+    let data = TestData::new().await;
+    let client = reqwest::Client::new();
+    let mut server = Server::start(&data);
+    let r = server
+        .post(
+            &client,
+            SUBS,
+            &json!({"destination": {"type": "nats", "url": nats_url(),
+                                    "subject": format!("{}.{{agent}}", stream.prefix)},
+                    "max_in_flight": 8}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sub: Value = r.json().await.unwrap();
+    let events: Vec<Value> = (0..3000)
+        .map(|i| agent_event(&guid(), 1, &format!("agent{}", i % 40)))
+        .collect();
+    for chunk in events.chunks(500) {
+        let r = server
+            .post(
+                &client,
+                "/v1/tenants/default/events",
+                &Value::Array(chunk.to_vec()),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    eventually("part of the deliveries in the stream", || async {
+        (stream.count().await >= 300).then_some(())
+    })
+    .await;
+    server.kill();
+    let at_kill = stream.count().await;
+    assert!(at_kill < 3000, "the kill came mid-delivery ({at_kill})");
+    let server = Server::start(&data);
+    let pending = format!(
+        "{}{SUBS}/{}/deliveries?status=pending&limit=1",
+        server.base,
+        sub["id"].as_str().unwrap()
+    );
+    eventually("every delivery recorded", || async {
+        let page: Value = client
+            .get(&pending)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        page["data"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(stream.count().await, 3000, "each event once in the stream");
+    let ids: HashSet<String> = stream
+        .messages()
+        .await
+        .iter()
+        .map(|m| header(m, "webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3000);
+    stream.delete().await;
+}
