@@ -34,6 +34,8 @@ use crate::store::{
 
 /// Most deliveries claimed for one subscription in one step.
 const MAX_CLAIM: u32 = 256;
+/// The same for a subscription with batches: a claim fills many slots' batches.
+const MAX_BATCH_CLAIM: u32 = 4_096;
 
 /// Bulk subscriptions are claimed for at least this often (ms) even when nothing says so: a
 /// lease that expired (a node that stopped) is noticed by no one else.
@@ -158,7 +160,12 @@ impl SubState {
         };
         target
             .saturating_sub(self.ready.len() as u32)
-            .min(MAX_CLAIM.max(4 * per_slot))
+            .min(if per_slot > 1 {
+                // Batches: enough for every slot's batch, within reason.
+                MAX_BATCH_CLAIM
+            } else {
+                MAX_CLAIM
+            })
     }
 }
 
