@@ -9,6 +9,8 @@ python3 -c 'import standardwebhooks' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/python/requirements.txt
 python3 -c 'import nats.js' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/nats/requirements.txt
+python3 -c 'import pika' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/amqp/requirements.txt
 (cd examples/receivers/node && npm ci --no-audit --no-fund --silent)
 
 data=$(mktemp -d)
@@ -77,20 +79,8 @@ PY
 check python 9100 python3 examples/receivers/python/receiver.py
 check node 9101 node examples/receivers/node/receiver.mjs
 
-# The NATS consumer (examples/receivers/nats): 20 agents × 50 events to a `nats` destination
-# with per_agent; the consumer verifies every message with the official library, from the
-# message's headers, and checks each agent's order.
-nats_url=${SWITCHBOARD_TEST_NATS_URL:-nats://127.0.0.1:4222}
-tag=$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')
-WEBHOOK_SECRET=$secret python3 examples/receivers/nats/consumer.py --url "$nats_url" \
-    --stream "SBCI_$tag" --subjects "sbci.$tag.>" --expect 1000 --delete-stream >"$data/nats.out" 2>"$data/nats.err" &
-consumer=$!
-pids+=($consumer)
-wait_for "the NATS consumer's stream" grep -q '"ready"' "$data/nats.out"
-curl -sf -X POST $api/v1/tenants/default/subscriptions -H "Authorization: Bearer $key" \
-    -H 'Content-Type: application/json' \
-    -d '{"destination": {"type": "nats", "url": "'"$nats_url"'", "subject": "sbci.'"$tag"'.{agent}"},
-         "ordering": "per_agent", "secret": "'$secret'"}' >/dev/null
+# 20 agents × 50 events, 20 per request (one per agent), interleaved.
+publish_agents() {
 python3 - "$api" "$key" <<'PY'
 import json, sys, urllib.request, uuid
 api, key = sys.argv[1], sys.argv[2]
@@ -103,6 +93,23 @@ for round in range(50):
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     assert urllib.request.urlopen(req).status == 202
 PY
+}
+
+# The NATS consumer (examples/receivers/nats): 20 agents × 50 events to a `nats` destination
+# with per_agent; the consumer verifies every message with the official library, from the
+# message's headers, and checks each agent's order.
+nats_url=${SWITCHBOARD_TEST_NATS_URL:-nats://127.0.0.1:4222}
+tag=$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')
+WEBHOOK_SECRET=$secret python3 examples/receivers/nats/consumer.py --url "$nats_url" \
+    --stream "SBCI_$tag" --subjects "sbci.$tag.>" --expect 1000 --delete-stream >"$data/nats.out" 2>"$data/nats.err" &
+consumer=$!
+pids+=($consumer)
+wait_for "the NATS consumer's stream" grep -q '"ready"' "$data/nats.out"
+nats_sub=$(curl -sf -X POST $api/v1/tenants/default/subscriptions -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/json' \
+    -d '{"destination": {"type": "nats", "url": "'"$nats_url"'", "subject": "sbci.'"$tag"'.{agent}"},
+         "ordering": "per_agent", "secret": "'$secret'"}' | sed 's/^{"id":"\([^"]*\)".*/\1/')
+publish_agents
 if ! wait "$consumer"; then
     echo "the NATS consumer failed:" >&2
     tail -5 "$data/nats.err" >&2
@@ -110,3 +117,24 @@ if ! wait "$consumer"; then
 fi
 tail -1 "$data/nats.out"
 echo "nats consumer: 1,000 messages verified with the official library, each agent in order"
+curl -sf -X DELETE "$api/v1/tenants/default/subscriptions/$nats_sub" -H "Authorization: Bearer $key"
+
+# The RabbitMQ consumer (examples/receivers/amqp): the same with an `amqp` destination.
+amqp_url=${SWITCHBOARD_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+WEBHOOK_SECRET=$secret python3 examples/receivers/amqp/consumer.py --url "$amqp_url" \
+    --exchange "sbci.$tag" --expect 1000 --delete-exchange >"$data/amqp.out" 2>"$data/amqp.err" &
+consumer=$!
+pids+=($consumer)
+wait_for "the RabbitMQ consumer's queue" grep -q '"ready"' "$data/amqp.out"
+curl -sf -X POST $api/v1/tenants/default/subscriptions -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/json' \
+    -d '{"destination": {"type": "amqp", "url": "'"$amqp_url"'", "exchange": "sbci.'"$tag"'",
+         "routing_key": "{tenant}.{agent}"}, "ordering": "per_agent", "secret": "'$secret'"}' >/dev/null
+publish_agents
+if ! wait "$consumer"; then
+    echo "the RabbitMQ consumer failed:" >&2
+    tail -5 "$data/amqp.err" >&2
+    exit 1
+fi
+tail -1 "$data/amqp.out"
+echo "amqp consumer: 1,000 messages verified with the official library, each agent in order"
