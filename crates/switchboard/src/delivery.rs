@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod attempt;
+mod broker;
 pub mod dispatcher;
 pub mod guard;
 pub mod nats;

@@ -18,21 +18,15 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use super::attempt::{Answer, Destination, Message, Sending};
+use super::broker::Broker;
 use super::guard::Guard;
-use super::nats::{Keys, resolve_guarded};
-use crate::subscription::destination::{Template, Values, broker_url};
 
 /// How long a publish waits for its confirm, and a connection for the broker.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Amqp {
-    guard: Arc<Guard>,
-    url: String,
+    broker: Broker,
     exchange: String,
-    routing_key: Result<Template, String>,
-    tenant: String,
-    /// The subscription's own headers and `switchboard-subscription`, on every message.
-    fixed: Vec<(String, String)>,
     conn: Mutex<Option<(Arc<Connection>, Channel)>>,
 }
 
@@ -46,18 +40,9 @@ impl Amqp {
         id: &str,
         headers: &std::collections::BTreeMap<String, String>,
     ) -> Self {
-        let mut fixed: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        fixed.push(("switchboard-subscription".into(), id.into()));
         Amqp {
-            guard,
-            url: url.to_owned(),
+            broker: Broker::new(guard, "amqp", url, routing_key, tenant, id, headers),
             exchange: exchange.to_owned(),
-            routing_key: Template::parse(routing_key),
-            tenant: tenant.to_owned(),
-            fixed,
             conn: Mutex::new(None),
         }
     }
@@ -76,10 +61,9 @@ impl Amqp {
                 return Ok(channel);
             }
         }
-        let (host, port) = broker_url(&self.url, "amqp")?;
-        let addr = resolve_guarded(&self.guard, &host, port, "amqp").await?;
+        let (host, port, addr) = self.broker.address().await?;
         // The URL with the checked address in place of the name (credentials and vhost kept).
-        let mut dial = reqwest::Url::parse(&self.url).map_err(|e| e.to_string())?;
+        let mut dial = reqwest::Url::parse(&self.broker.url).map_err(|e| e.to_string())?;
         dial.set_ip_host(addr.ip())
             .map_err(|()| format!("{host}: cannot dial {}", addr.ip()))?;
         let _ = dial.set_port(Some(addr.port()));
@@ -96,37 +80,21 @@ impl Amqp {
     }
 
     async fn publish(&self, message: &Message) -> Result<(), String> {
-        let template = self.routing_key.as_ref().map_err(Clone::clone)?;
-        let keys = Keys::of(&message.body);
-        let routing_key = template.fill(&Values {
-            tenant: &self.tenant,
-            category: keys.category,
-            code: keys.code,
-            agent: keys.agent(),
-        });
+        let routed = self.broker.route(message)?;
         let mut headers = FieldTable::default();
-        let mut put = |name: &str, value: &str| {
-            headers.insert(name.into(), AMQPValue::LongString(value.into()));
-        };
-        for (name, value) in &self.fixed {
-            put(name, value);
-        }
-        let mut webhook_id = "";
-        for (name, value) in &message.headers {
-            if *name == "webhook-id" {
-                webhook_id = value;
-            }
-            put(name, value);
-        }
-        if let Some(agent) = keys.agent() {
-            put("switchboard-agent", agent);
+        for (name, value) in &routed.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(webhook_id.into())
+            .with_message_id(routed.webhook_id.as_str().into())
             .with_headers(headers);
         let channel = self.channel().await?;
+        let routing_key = routed.route;
         let to = format!("exchange {:?}, routing key {routing_key}", self.exchange);
         let confirm = tokio::time::timeout(TIMEOUT, async {
             channel

@@ -160,36 +160,54 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Its destination's type, as metrics label it.
+    fn kind(&self) -> &'static str {
+        self.sub
+            .spec
+            .destination
+            .as_ref()
+            .map_or("http", |d| d.kind())
+    }
+
+    /// Sends `message` (made at the attempt's start, unix ms by `clock`) through the
+    /// destination, timed; logs a refusal or a failure of `what` (an event id, or a batch's).
+    async fn send(
+        &self,
+        clock: &Clock,
+        what: &str,
+        message: impl FnOnce(i64) -> Message,
+    ) -> AttemptResult {
+        let started = Instant::now();
+        let started_at = clock.now_ms();
+        let answer = self.destination.send(&message(started_at)).await;
+        let result = AttemptResult {
+            started_at,
+            duration_ms: started.elapsed().as_millis() as i64,
+            status: answer.status,
+            retry_after: answer.retry_after,
+            error: answer.error,
+            response_body: answer.response_body,
+        };
+        let subscription_id = &self.sub.id;
+        if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
+            tracing::warn!(%subscription_id, event_id = %what, status, "receiver refused a delivery");
+        } else if let Some(err) = &result.error {
+            tracing::warn!(%subscription_id, event_id = %what, error = %err, "delivery attempt failed");
+        }
+        result
+    }
+}
+
 /// Makes one attempt of `c` to `target`, stamped by `clock`: sends it, logs a refusal or a
 /// failure, decides what it means and counts it in the metrics. The outcome is the caller's to
 /// record.
 pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
-    let started = Instant::now();
-    let started_at = clock.now_ms();
-    let message = Message::new(target, c, started_at);
-    let answer = target.destination.send(&message).await;
-    let result = AttemptResult {
-        started_at,
-        duration_ms: started.elapsed().as_millis() as i64,
-        status: answer.status,
-        retry_after: answer.retry_after,
-        error: answer.error,
-        response_body: answer.response_body,
-    };
-    let subscription_id = &target.sub.id;
-    if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
-        tracing::warn!(%subscription_id, event_id = %c.event_id, status, "receiver refused a delivery");
-    } else if let Some(err) = &result.error {
-        tracing::warn!(%subscription_id, event_id = %c.event_id, error = %err, "delivery attempt failed");
-    }
+    let result = target
+        .send(clock, &c.event_id, |now| Message::new(target, c, now))
+        .await;
     let outcome = decide(&target.sub, c, result);
-    let kind = target
-        .sub
-        .spec
-        .destination
-        .as_ref()
-        .map_or("http", |d| d.kind());
-    record_metrics(c, &outcome, kind);
+    record_metrics(c, &outcome, target.kind());
     outcome
 }
 
@@ -198,27 +216,12 @@ pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
 /// again together); only the first's outcome counts for the breaker, the others are marked
 /// `batched`.
 pub async fn attempt_batch(target: &Target, members: &[Claimed], clock: &Clock) -> Vec<Outcome> {
-    let started = Instant::now();
-    let started_at = clock.now_ms();
-    let message = Message::batch(target, members, started_at);
-    let answer = target.destination.send(&message).await;
-    let result = AttemptResult {
-        started_at,
-        duration_ms: started.elapsed().as_millis() as i64,
-        status: answer.status,
-        retry_after: answer.retry_after,
-        error: answer.error,
-        response_body: answer.response_body,
-    };
-    let subscription_id = &target.sub.id;
-    let size = members.len();
-    if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
-        tracing::warn!(%subscription_id, size, status, "receiver refused a batch");
-    } else if let Some(err) = &result.error {
-        tracing::warn!(%subscription_id, size, error = %err, "batch attempt failed");
-    }
+    let what = format!("batch_{}", members[0].delivery_id);
+    let result = target
+        .send(clock, &what, |now| Message::batch(target, members, now))
+        .await;
     let lead = decide(&target.sub, &members[0], result);
-    let mut outcomes = Vec::with_capacity(size);
+    let mut outcomes = Vec::with_capacity(members.len());
     for (i, c) in members.iter().enumerate() {
         let mut o = lead.clone();
         o.delivery_id = c.delivery_id;
@@ -226,7 +229,7 @@ pub async fn attempt_batch(target: &Target, members: &[Claimed], clock: &Clock) 
         o.round_attempt = c.round_attempt;
         o.lease_until = c.lease_until;
         o.batched = i > 0;
-        record_metrics(c, &o, "http");
+        record_metrics(c, &o, target.kind());
         outcomes.push(o);
     }
     outcomes

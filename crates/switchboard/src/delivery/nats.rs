@@ -12,23 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::attempt::{Answer, Destination, Message, Sending};
+use super::broker::Broker;
 use super::guard::Guard;
-use crate::subscription::destination::{Template, Values, broker_url};
 
 /// How long a publish waits for its PubAck, and a connection for the broker.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Nats {
-    guard: Arc<Guard>,
-    url: String,
-    subject: Result<Template, String>,
-    tenant: String,
-    /// The subscription's own headers and `switchboard-subscription`, on every message.
-    fixed: Vec<(String, String)>,
+    broker: Broker,
     id: String,
     conn: Mutex<Option<async_nats::jetstream::Context>>,
 }
@@ -42,17 +36,8 @@ impl Nats {
         id: &str,
         headers: &std::collections::BTreeMap<String, String>,
     ) -> Self {
-        let mut fixed: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        fixed.push(("switchboard-subscription".into(), id.into()));
         Nats {
-            guard,
-            url: url.to_owned(),
-            subject: Template::parse(subject),
-            tenant: tenant.to_owned(),
-            fixed,
+            broker: Broker::new(guard, "nats", url, subject, tenant, id, headers),
             id: id.to_owned(),
             conn: Mutex::new(None),
         }
@@ -64,9 +49,8 @@ impl Nats {
         if let Some(c) = conn.as_ref() {
             return Ok(c.clone());
         }
-        let (host, port) = broker_url(&self.url, "nats")?;
-        let addr = resolve_guarded(&self.guard, &host, port, "nats").await?;
-        let parsed = reqwest::Url::parse(&self.url).map_err(|e| e.to_string())?;
+        let (host, port, addr) = self.broker.address().await?;
+        let parsed = reqwest::Url::parse(&self.broker.url).map_err(|e| e.to_string())?;
         let mut options = async_nats::ConnectOptions::new()
             .name("switchboard")
             .connection_timeout(TIMEOUT)
@@ -89,30 +73,14 @@ impl Nats {
     }
 
     async fn publish(&self, message: &Message) -> Result<(), String> {
-        let subject = self.subject.as_ref().map_err(Clone::clone)?;
-        let keys = Keys::of(&message.body);
-        let subject = subject.fill(&Values {
-            tenant: &self.tenant,
-            category: keys.category,
-            code: keys.code,
-            agent: keys.agent(),
-        });
+        let routed = self.broker.route(message)?;
         let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in &self.fixed {
+        for (name, value) in &routed.headers {
             headers.insert(name.as_str(), value.as_str());
         }
-        let mut webhook_id = "";
-        for (name, value) in &message.headers {
-            if *name == "webhook-id" {
-                webhook_id = value;
-            }
-            headers.insert(*name, value.as_str());
-        }
-        if let Some(agent) = keys.agent() {
-            headers.insert("switchboard-agent", agent);
-        }
         headers.insert("content-type", "application/json");
-        headers.insert("Nats-Msg-Id", format!("{}:{webhook_id}", self.id));
+        headers.insert("Nats-Msg-Id", format!("{}:{}", self.id, routed.webhook_id));
+        let subject = routed.route;
         let js = self.context().await?;
         let ack = js
             .publish_with_headers(subject.clone(), headers, message.body.clone())
@@ -132,67 +100,6 @@ impl Destination for Nats {
                 Err(why) => Answer::failed(why),
             }
         })
-    }
-}
-
-/// A broker's address: `host` (an IP literal, or a name resolved now) at `port`, each of its
-/// addresses allowed by the guard; the first is the one to dial.
-pub(super) async fn resolve_guarded(
-    guard: &Guard,
-    host: &str,
-    port: u16,
-    kind: &str,
-) -> Result<std::net::SocketAddr, String> {
-    let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![(ip, port).into()],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .collect(),
-    };
-    // Every address the name has must be allowed: the client dials the first.
-    for a in &addrs {
-        guard
-            .check(a.ip())
-            .map_err(|why| format!("{kind} broker {host}: {why}"))?;
-    }
-    addrs
-        .first()
-        .copied()
-        .ok_or_else(|| format!("{host} did not resolve"))
-}
-
-/// What of an event a template needs.
-#[derive(Deserialize, Default)]
-pub(super) struct Keys {
-    #[serde(rename = "Category", default)]
-    pub(super) category: u8,
-    #[serde(rename = "Code", default)]
-    pub(super) code: u32,
-    #[serde(rename = "AdditionalFields", default)]
-    fields: Fields,
-}
-
-#[derive(Deserialize, Default)]
-struct Fields {
-    #[serde(rename = "Username", default)]
-    username: Option<String>,
-    #[serde(rename = "SessionId", default)]
-    session: Option<String>,
-}
-
-impl Keys {
-    /// The event's (a System event's is not an agent's: none).
-    pub(super) fn of(body: &[u8]) -> Self {
-        serde_json::from_slice(body).unwrap_or_default()
-    }
-
-    pub(super) fn agent(&self) -> Option<&str> {
-        self.fields
-            .username
-            .as_deref()
-            .or(self.fields.session.as_deref())
-            .filter(|a| !a.is_empty())
     }
 }
 
