@@ -196,6 +196,10 @@ struct BenchArgs {
     /// Batched delivery: each subscription gets up to N events per request (1 to 1000)
     #[arg(long, value_name = "N")]
     delivery_batch: Option<u32>,
+    /// Store every event first on a node that does not deliver, then time the backlog's
+    /// drain: the delivery path alone (in-process server only)
+    #[arg(long)]
+    backlog: bool,
 }
 
 #[derive(Args)]
@@ -536,6 +540,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     agents: a.agents,
                     nodes: a.nodes,
                     delivery_batch: a.delivery_batch,
+                    backlog: a.backlog,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

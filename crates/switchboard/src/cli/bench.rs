@@ -55,6 +55,10 @@ pub struct Options {
     /// Batched delivery (DESIGN §17): each subscription gets up to this many events per
     /// request (`max_wait_ms` 100). `None`: one per request.
     pub delivery_batch: Option<u32>,
+    /// In-process server only: store every event first on a node that does not deliver, then
+    /// start delivery and time how fast the backlog drains — the delivery path measured alone,
+    /// without ingest sharing the machine.
+    pub backlog: bool,
 }
 
 impl Default for Options {
@@ -68,6 +72,7 @@ impl Default for Options {
             batch: 1,
             subscriptions: 1,
             delivery_batch: None,
+            backlog: false,
             rate: None,
             database_url: String::new(),
             progress: false,
@@ -205,6 +210,12 @@ pub struct Report {
     pub accepted_per_sec: f64,
     pub end_to_end_secs: f64,
     pub deliveries_per_sec: f64,
+    /// With `backlog`: `end_to_end_secs` and `deliveries_per_sec` count from the start of the
+    /// delivering node, every event stored before it.
+    pub backlog: bool,
+    /// With `backlog`: deliveries that arrived before the delivering node started (none, when
+    /// the storing node kept to its role).
+    pub delivered_before_drain: usize,
     /// Per request.
     pub ingest_latency_ms: Percentiles,
     /// From the (scheduled) send to the first arrival at the receiver, per event and subscription.
@@ -339,6 +350,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.nodes == 0 || (opts.nodes > 1 && (opts.url.is_some() || opts.database_url.is_empty())) {
         bail!("--nodes above 1 needs --database-url (PostgreSQL), and no --url");
     }
+    if opts.backlog
+        && (opts.url.is_some() || opts.nodes > 1 || opts.streams > 0 || opts.rate.is_some())
+    {
+        bail!("--backlog runs one in-process server: no --url, --nodes, --streams or --rate");
+    }
     let (state, receiver_addr) = start_receiver(opts.events).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency * 2)
@@ -346,8 +362,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let probe = (opts.events * opts.subscriptions).clamp(1_000, 20_000);
     let raw = raw_rate(&client, receiver_addr, opts.concurrency, probe).await?;
 
-    let server = start_server(&opts, &client).await?;
-    let (base, admin_key) = (server.base.as_str(), server.admin_key.as_str());
+    let mut server = start_server(&opts, &client).await?;
+    let (base, admin_key) = (server.base.clone(), server.admin_key.clone());
+    let (base, admin_key) = (base.as_str(), admin_key.as_str());
     let api = super::client::Api::new(base, admin_key);
     for _ in 0..opts.subscriptions {
         let mut body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
@@ -363,10 +380,28 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let key = publish_key(base, admin_key).await?;
     let requests = Arc::new(request_bodies(&opts)?);
 
-    let cpu_before = Cpu::now(opts.url.is_none());
+    let mut cpu_before = Cpu::now(opts.url.is_none());
     let load = drive(&opts, &client, &server.bases, &key, requests, &state);
-    let (accepted, ingest, accept_secs, end_to_end_secs) = load.await?;
+    let (accepted, ingest, accept_secs, mut end_to_end_secs) = load.await?;
+    let mut delivered_before_drain = 0;
+    if let Some(config) = server.restart.take() {
+        // Every event is stored: the node that stored them stops, one that delivers starts on
+        // the same data, and the clock runs from its start to the last arrival.
+        for stop in server.stop.drain(..) {
+            stop_in_process(stop).await?;
+        }
+        delivered_before_drain = state.seen.lock().expect("lock").len();
+        cpu_before = Cpu::now(true);
+        let start = Instant::now();
+        let (base, stop) = in_process(config)?;
+        server.stop.push(stop);
+        server.base = base;
+        server.bases = vec![server.base.clone()];
+        wait_deliveries(&state, opts.events * opts.subscriptions).await?;
+        end_to_end_secs = start.elapsed().as_secs_f64();
+    }
     let cpu = Cpu::now(opts.url.is_none()).since(&cpu_before);
+    let base = server.base.as_str();
 
     let ingest_to_stream_ms = if consumers.is_empty() {
         None
@@ -416,6 +451,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         accepted_per_sec: accepted as f64 / accept_secs,
         end_to_end_secs,
         deliveries_per_sec: deliveries as f64 / end_to_end_secs,
+        backlog: opts.backlog,
+        delivered_before_drain,
         ingest_latency_ms: Percentiles::of(&ingest),
         ingest_to_receiver_ms,
         receiver_raw_requests_per_sec: raw,
@@ -460,6 +497,9 @@ struct Server {
     _dirs: Vec<tempfile::TempDir>,
     /// The PostgreSQL database made for this run, dropped at its end.
     database: Option<BenchDatabase>,
+    /// With `--backlog`: the delivering node's configuration, started once every event is
+    /// stored.
+    restart: Option<Config>,
 }
 
 /// Starts (or reaches) the server and waits until it is ready. With `--expired`, the
@@ -479,6 +519,7 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 stop: Vec::new(),
                 _dirs: Vec::new(),
                 database: None,
+                restart: None,
             }
         }
         None => {
@@ -504,6 +545,10 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 tokio::time::sleep(Duration::from_millis(1100)).await;
                 config.retention_secs = 1;
             }
+            let restart = opts.backlog.then(|| config.clone());
+            if opts.backlog {
+                config.role = crate::config::Role::Api;
+            }
             let (base, stop) = in_process(config.clone())?;
             let (mut bases, mut stops, mut dirs) = (vec![base.clone()], vec![stop], vec![dir]);
             for _ in 1..opts.nodes {
@@ -521,6 +566,7 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 stop: stops,
                 _dirs: dirs,
                 database,
+                restart,
             }
         }
     };
@@ -677,11 +723,25 @@ async fn drive(
         w.await??;
     }
     let accept_secs = start.elapsed().as_secs_f64();
-    // Every event at every subscription; the receiver wakes us on each arrival.
+    if !opts.backlog {
+        wait_deliveries(state, want).await?;
+    }
+    let end_to_end_secs = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let ingest = ingest.lock().expect("lock").clone();
+    Ok((accepted, ingest, accept_secs, end_to_end_secs))
+}
+
+/// Waits until every event reached every subscription; the receiver wakes us on each arrival.
+async fn wait_deliveries(state: &Arc<Receiver>, want: usize) -> anyhow::Result<()> {
     loop {
         let arrived = state.arrived.notified();
         if state.seen.lock().expect("lock").len() >= want {
-            break;
+            return Ok(());
         }
         if tokio::time::timeout(Duration::from_secs(60), arrived)
             .await
@@ -693,14 +753,6 @@ async fn drive(
             );
         }
     }
-    let end_to_end_secs = start.elapsed().as_secs_f64();
-    if let Some(p) = progress {
-        p.abort();
-        eprintln!();
-    }
-    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    let ingest = ingest.lock().expect("lock").clone();
-    Ok((accepted, ingest, accept_secs, end_to_end_secs))
 }
 
 /// Creates a `default`-tenant key with the `publish` scope, using the admin key.
@@ -815,8 +867,12 @@ impl Report {
             let none = "none: no subscription (ingest alone)".to_string();
             (none.clone(), none)
         } else {
+            let how = match self.backlog {
+                true => "draining a stored backlog",
+                false => "end to end",
+            };
             let delivered = format!(
-                "{} in {:.2} s = {:.0} deliveries/s end to end",
+                "{} in {:.2} s = {:.0} deliveries/s {how}",
                 self.deliveries, self.end_to_end_secs, self.deliveries_per_sec
             );
             (delivered, p(&self.ingest_to_receiver_ms))

@@ -193,3 +193,32 @@ async fn the_bench_counts_every_event_of_every_batch_delivered() {
     assert_eq!(report.accepted, 300);
     assert_eq!(report.deliveries, 600, "every event at both subscriptions");
 }
+
+#[tokio::test]
+async fn a_backlog_run_stores_everything_first_then_times_the_drain() {
+    let data = TestData::new().await;
+    let report = run(Options {
+        events: 200,
+        concurrency: 4,
+        batch: 50,
+        subscriptions: 2,
+        delivery_batch: Some(20),
+        backlog: true,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert!(report.backlog);
+    assert_eq!(report.accepted, 200);
+    assert_eq!(
+        report.delivered_before_drain, 0,
+        "the storing node does not deliver"
+    );
+    assert_eq!(
+        report.deliveries, 400,
+        "the drain delivers every event to both"
+    );
+    assert!(report.deliveries_per_sec > 0.0);
+    assert!(report.text().contains("draining a stored backlog"));
+}
