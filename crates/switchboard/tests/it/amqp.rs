@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchboard::delivery::signing::{Secret, verify};
 
 use crate::support::app::{TestApp, agent_event, guid};
-use crate::support::receiver::eventually;
+use crate::support::receiver::{eventually, eventually_within};
 
 fn amqp_url() -> String {
     std::env::var("SWITCHBOARD_TEST_AMQP_URL")
@@ -242,4 +242,255 @@ async fn an_unroutable_message_and_a_missing_exchange_are_failed_attempts_saying
         .exchange_delete(lonely.as_str().into(), ExchangeDeleteOptions::default())
         .await;
     broker.delete().await;
+}
+
+/// A RabbitMQ node of the test's own (Debian's `rabbitmq-server`, as `.ci/run` uses), on free
+/// loopback ports, its data in a directory that outlives a restart. Stopped with SIGTERM (the
+/// broker's orderly shutdown) and started again on the same data.
+struct OwnRabbit {
+    port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    /// The `rabbitmq-server` script, which ends with the node.
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl OwnRabbit {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("plugins"), "[].\n").unwrap();
+        // Run as root, `rabbitmq-server` switches to the `rabbitmq` user: its data must be
+        // that user's.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq"])
+            .arg(dir.path())
+            .status();
+        let mut b = OwnRabbit {
+            port: free_port(),
+            dist_port: free_port(),
+            dir,
+            child: None,
+        };
+        b.up().await;
+        b
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("pid")
+    }
+
+    async fn up(&mut self) {
+        let d = self.dir.path();
+        let path = |p: &str| d.join(p).into_os_string();
+        let node = format!("sbtest{}@localhost", self.port);
+        let child = std::process::Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_PID_FILE", self.pid_file())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("plugins"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually_within(
+            "the broker accepting connections",
+            std::time::Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    Connection::connect(&url, ConnectionProperties::default())
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Stops the node and waits until its process is gone.
+    async fn down(&mut self) {
+        let Ok(pid) = std::fs::read_to_string(self.pid_file()) else {
+            return;
+        };
+        let pid = pid.trim().to_owned();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let proc = format!("/proc/{pid}");
+        eventually_within(
+            "the broker stopped",
+            std::time::Duration::from_secs(60),
+            || {
+                let gone = !std::path::Path::new(&proc).exists();
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+        let _ = std::fs::remove_file(self.pid_file());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A durable queue of the own broker's, how many messages it holds.
+async fn queue_depth(url: &str, queue: &str) -> Option<u32> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = conn.create_channel().await.ok()?;
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = conn.close(200, "done".into()).await;
+    Some(q.message_count())
+}
+
+#[tokio::test]
+async fn the_broker_stopped_for_ten_seconds_under_load_loses_nothing_and_keeps_order() {
+    let mut rabbit = OwnRabbit::start().await;
+    {
+        let conn = Connection::connect(&rabbit.url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let durable = |d| ExchangeDeclareOptions {
+            durable: d,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                "outage".into(),
+                ExchangeKind::Topic,
+                durable(true),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_declare(
+                "outage.all".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                "outage.all".into(),
+                "outage".into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "declared".into()).await;
+    }
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribe(json!({
+            "destination": {"type": "amqp", "url": rabbit.url(), "exchange": "outage",
+                            "routing_key": "{agent}"},
+            "ordering": "per_agent",
+            "retry_schedule_secs": vec![1; 50],
+        }))
+        .await;
+    let publish = |round: u32| {
+        let batch: Vec<Value> = (0..10)
+            .map(|a| agent_event(&guid(), [1, 3, 4][(round % 3) as usize], &format!("a{a}")))
+            .collect();
+        Value::Array(batch)
+    };
+    for round in 0..10 {
+        app.publish_ok("default", &publish(round)).await;
+    }
+    rabbit.down().await;
+    // Under load while it is down: events keep coming for 10 s.
+    for round in 10..30 {
+        app.publish_ok("default", &publish(round)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    rabbit.up().await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    eventually_within(
+        "every delivery recorded succeeded after the restart",
+        std::time::Duration::from_secs(120),
+        || async { (app.deliveries(&id, Some("succeeded")).await.len() == 300).then_some(()) },
+    )
+    .await;
+    let url = rabbit.url();
+    let depth = queue_depth(&url, "outage.all").await.unwrap();
+    assert!(depth >= 300, "{depth} messages in the durable queue");
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut ids = HashSet::new();
+    for _ in 0..depth {
+        let m = channel
+            .basic_get("outage.all".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a message");
+        ids.insert(header(&m, "webhook-id"));
+        let agent = header(&m, "switchboard-agent");
+        let seq: i64 = header(&m, "switchboard-sequence").parse().unwrap();
+        // At least once: a publish whose confirm the shutdown cut off goes again, right after
+        // the first (an agent's next event waits for it), so an agent's sequence never goes back.
+        let before = last.insert(agent.clone(), seq);
+        assert!(before.is_none_or(|b| b <= seq), "{agent} in order");
+    }
+    assert_eq!(ids.len(), 300, "every event, none lost");
+    assert_eq!(last.len(), 10);
+    let _ = conn.close(200, "done".into()).await;
+    rabbit.down().await;
 }
