@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs each example receiver (examples/receivers/) against a real server: a delivery arrives and
-# verifies with the official Standard Webhooks library, and a tampered request is refused.
+# verifies with the official Standard Webhooks library (or, for the `github` and `stripe`
+# signature schemes, with that ecosystem's own verifier), and a tampered request is refused.
 # Usage: .ci/receivers.sh <directory holding the switchboard binary>
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,10 @@ python3 -c 'import nats.js' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/nats/requirements.txt
 python3 -c 'import pika' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/amqp/requirements.txt
+python3 -c 'import stripe' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check -r examples/receivers/stripe/requirements.txt
 (cd examples/receivers/node && npm ci --no-audit --no-fund --silent)
+(cd examples/receivers/github && npm ci --no-audit --no-fund --silent)
 
 data=$(mktemp -d)
 port=18091
@@ -31,15 +35,20 @@ wait_for() { # <what> <command…>: up to 20 s
     return 1
 }
 
-check() { # <name> <port> <command…>
-    local name=$1 rport=$2; shift 2
+check() { # <name> <port> <command…>: a subscription with the default scheme (v1)
+    check_scheme "$1" "$2" v1 "${@:3}"
+}
+
+check_scheme() { # <name> <port> <signature_scheme> <command…>
+    local name=$1 rport=$2 scheme=$3; shift 3
     WEBHOOK_SECRET=$secret "$@" --port "$rport" >"$data/$name.out" 2>"$data/$name.err" &
     pids+=($!)
     wait_for "$name listening" curl -s -o /dev/null "http://127.0.0.1:$rport/"
-    local sub
+    local sub extra=
+    [ "$scheme" = v1 ] || extra=', "signature_scheme": "'$scheme'"'
     sub=$(curl -sf -X POST $api/v1/tenants/default/subscriptions -H "Authorization: Bearer $key" \
         -H 'Content-Type: application/json' \
-        -d '{"url": "http://127.0.0.1:'"$rport"'/hooks", "secret": "'$secret'"}' |
+        -d '{"url": "http://127.0.0.1:'"$rport"'/hooks", "secret": "'$secret'"'"$extra"'}' |
         sed 's/^{"id":"\([^"]*\)".*/\1/')
     local id
     id=$(python3 -c 'import uuid; print(uuid.uuid4())')
@@ -50,18 +59,28 @@ check() { # <name> <port> <command…>
     wait_for "$name receives $id verified" grep -q "\"webhook_id\": *\"$id\"" "$data/$name.out"
     # Delivered: the server saw its 2xx.
     wait_for "$name's delivery succeeded" sh -c "curl -sf '$api/v1/tenants/default/subscriptions/$sub/deliveries?status=succeeded' -H 'Authorization: Bearer $key' | grep -q '$id'"
-    # A tampered request (a correct signature over another body) is refused.
+    # A tampered request (a correct signature, in the subscription's scheme, over another body) is
+    # refused.
     local status
-    status=$(python3 - "$rport" "$secret" <<'PY'
+    status=$(python3 - "$rport" "$secret" "$scheme" <<'PY'
 import base64, hashlib, hmac, sys, time, urllib.error, urllib.request
-port, secret = sys.argv[1], sys.argv[2]
-key = base64.b64decode(secret.removeprefix("whsec_"))
+port, secret, scheme = sys.argv[1], sys.argv[2], sys.argv[3]
 msg_id, ts = "0f8fad5b-d9cb-469f-a165-70867728950e", str(int(time.time()))
-signed = b'{"Category":1,"Code":1}'
-sig = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + signed, hashlib.sha256).digest()).decode()
-req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks", data=b'{"Category":1,"Code":2}',
-    headers={"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,{sig}",
-             "content-type": "application/json"})
+signed, sent = b'{"Category":1,"Code":1}', b'{"Category":1,"Code":2}'
+headers = {"webhook-id": msg_id, "webhook-timestamp": ts, "content-type": "application/json"}
+if scheme == "v1":
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    sig = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + signed, hashlib.sha256).digest()).decode()
+    headers["webhook-signature"] = f"v1,{sig}"
+elif scheme == "github":  # keyed with the whole secret string, whsec_ included
+    sig = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    headers["x-hub-signature-256"] = f"sha256={sig}"
+elif scheme == "stripe":  # the same key, over "{t}.{body}"
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + signed, hashlib.sha256).hexdigest()
+    headers["switchboard-signature"] = f"t={ts},v1={sig}"
+else:
+    sys.exit(f"unknown scheme {scheme}")
+req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks", data=sent, headers=headers)
 try:
     print(urllib.request.urlopen(req).status)
 except urllib.error.HTTPError as e:
@@ -78,6 +97,10 @@ PY
 
 check python 9100 python3 examples/receivers/python/receiver.py
 check node 9101 node examples/receivers/node/receiver.mjs
+# The same with the GitHub-style and Stripe-style schemes (DESIGN §20), each receiver verifying with
+# that ecosystem's own verifier: @octokit/webhooks-methods, and the stripe Python package.
+check_scheme github 9102 github node examples/receivers/github/receiver.mjs
+check_scheme stripe 9103 stripe python3 examples/receivers/stripe/receiver.py
 
 # 20 agents × 50 events, 20 per request (one per agent), interleaved.
 publish_agents() {

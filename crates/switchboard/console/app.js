@@ -562,7 +562,7 @@ const SUB_FIELDS = [
   ["description", "Description", "text"],
   ["ordering", "Ordering", ["none", "per_agent"]],
   ["coalesce", "Coalesce", ["none", "latest_status"]],
-  ["signature_scheme", "Signature scheme", ["v1", "v1a"]],
+  ["signature_scheme", "Signature scheme", ["v1", "v1a", "github", "stripe"]],
   ["max_age_secs", "Max age (s)", "number"],
   ["rate_limit_per_sec", "Rate limit (/s)", "number"],
   ["max_in_flight", "Max in flight", "number"],

@@ -5,6 +5,14 @@
 //! - `v1a`: `v1a,<base64 Ed25519 signature of "{id}.{timestamp}.{body}">`, where the secret is
 //!   `whsk_<base64 of the 64-byte key pair: 32-byte seed, then the 32-byte public key>` and
 //!   receivers verify with the public key alone, `whpk_<base64 of its 32 bytes>`.
+//!
+//! And for receivers that verify another ecosystem's signatures (DESIGN §20), beside the
+//! Standard Webhooks headers, with a `whsec_` secret whose whole text (prefix included) is the
+//! HMAC key, as those libraries take a secret:
+//!
+//! - `github`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(key, body)>`, newest secret only;
+//! - `stripe`: `Switchboard-Signature: t=<unix>,v1=<hex HMAC-SHA256(key, "{t}.{body}")>`, one
+//!   `v1=` per live secret.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -28,12 +36,27 @@ pub enum Scheme {
     V1,
     /// Ed25519 with a `whsk_` key pair; receivers hold only the `whpk_` public key.
     V1a,
+    /// `v1`, and GitHub's `X-Hub-Signature-256`.
+    Github,
+    /// `v1`, and a Stripe-style `Switchboard-Signature`.
+    Stripe,
+}
+
+impl Scheme {
+    /// What a secret for this scheme must be, for error messages.
+    pub fn wants(self) -> &'static str {
+        match self {
+            Scheme::V1a => "must be a whsk_ key pair for signature_scheme v1a",
+            _ => "must be a whsec_ secret for signature_scheme v1, github and stripe",
+        }
+    }
 }
 
 /// A decoded signing secret.
 #[derive(Clone)]
 pub enum Secret {
-    Hmac(Vec<u8>),
+    /// The decoded key, and the secret's whole text (the key of `github` and `stripe`).
+    Hmac(Vec<u8>, Box<str>),
     Ed25519(Box<SigningKey>),
 }
 
@@ -66,7 +89,7 @@ impl Secret {
         if !KEY_BYTES.contains(&key.len()) {
             return Err("must decode to 24 to 64 bytes");
         }
-        Ok(Secret::Hmac(key))
+        Ok(Secret::Hmac(key, s.into()))
     }
 
     /// A fresh random secret of `scheme`, in its text form.
@@ -74,7 +97,9 @@ impl Secret {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system's random source works");
         match scheme {
-            Scheme::V1 => format!("{PREFIX}{}", STANDARD.encode(seed)),
+            Scheme::V1 | Scheme::Github | Scheme::Stripe => {
+                format!("{PREFIX}{}", STANDARD.encode(seed))
+            }
             Scheme::V1a => {
                 let key = SigningKey::from_bytes(&seed);
                 format!(
@@ -90,18 +115,30 @@ impl Secret {
         Self::generate_for(Scheme::V1)
     }
 
-    /// The scheme this secret signs with.
+    /// The Standard Webhooks scheme this secret signs with.
     pub fn scheme(&self) -> Scheme {
         match self {
-            Secret::Hmac(_) => Scheme::V1,
+            Secret::Hmac(..) => Scheme::V1,
             Secret::Ed25519(_) => Scheme::V1a,
         }
+    }
+
+    /// Whether this secret can sign for `scheme`: a `whsec_` secret for all but `v1a`.
+    pub fn signs_for(&self, scheme: Scheme) -> bool {
+        matches!(
+            (self, scheme),
+            (Secret::Ed25519(_), Scheme::V1a)
+                | (
+                    Secret::Hmac(..),
+                    Scheme::V1 | Scheme::Github | Scheme::Stripe
+                )
+        )
     }
 
     /// `whpk_<base64>`, the public key a receiver verifies `v1a` signatures with.
     pub fn public_key(&self) -> Option<String> {
         match self {
-            Secret::Hmac(_) => None,
+            Secret::Hmac(..) => None,
             Secret::Ed25519(key) => Some(format!(
                 "{PUBLIC_KEY_PREFIX}{}",
                 STANDARD.encode(key.verifying_key().as_bytes())
@@ -112,7 +149,7 @@ impl Secret {
     /// The signature of one message, with its scheme's prefix (`v1,` or `v1a,`).
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
         match self {
-            Secret::Hmac(key) => {
+            Secret::Hmac(key, _) => {
                 let mut mac =
                     Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
                 mac.update(msg_id.as_bytes());
@@ -186,12 +223,60 @@ pub fn signature_header<'a>(
     sigs.join(" ")
 }
 
+/// HMAC-SHA256 of `parts` under `secret`'s whole text, in lowercase hex; `None` for a key pair.
+fn text_hmac_hex(secret: &Secret, parts: &[&[u8]]) -> Option<String> {
+    let Secret::Hmac(_, text) = secret else {
+        return None;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(text.as_bytes()).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    let bytes = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    Some(hex)
+}
+
+/// The headers `scheme` adds to the Standard Webhooks ones, signed with `secrets` (newest
+/// first) at `timestamp`: GitHub's `x-hub-signature-256` with the newest, or the Stripe-style
+/// `switchboard-signature` with each.
+pub fn scheme_headers<'a>(
+    scheme: Scheme,
+    mut secrets: impl Iterator<Item = &'a Secret>,
+    timestamp: i64,
+    body: &[u8],
+) -> Option<(&'static str, String)> {
+    match scheme {
+        Scheme::V1 | Scheme::V1a => None,
+        Scheme::Github => {
+            let hex = text_hmac_hex(secrets.next()?, &[body])?;
+            Some(("x-hub-signature-256", format!("sha256={hex}")))
+        }
+        Scheme::Stripe => {
+            let t = timestamp.to_string();
+            let mut value = format!("t={t}");
+            for s in secrets {
+                if let Some(hex) = text_hmac_hex(s, &[t.as_bytes(), b".", body]) {
+                    value.push_str(",v1=");
+                    value.push_str(&hex);
+                }
+            }
+            Some(("switchboard-signature", value))
+        }
+    }
+}
+
 /// Checks a `webhook-signature` header against one secret (for `listen` and tests), as the
 /// Standard Webhooks libraries do: HMAC signatures compared in constant time; a `v1a` key pair
 /// verifies as its receiver would, with the public key.
 pub fn verify(secret: &Secret, header: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> bool {
     match secret {
-        Secret::Hmac(key) => {
+        Secret::Hmac(key, _) => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(&signed_content(msg_id, timestamp, body));
             header.split(' ').any(|sig| {
