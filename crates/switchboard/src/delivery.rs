@@ -13,6 +13,7 @@ mod broker;
 pub mod dispatcher;
 pub mod guard;
 pub mod nats;
+pub mod oauth;
 pub mod retry;
 pub mod sender;
 pub mod signing;

@@ -1,6 +1,7 @@
 //! Subscriptions as data: the body users send, its validation, and event matching. Pure logic;
 //! the store persists them and the dispatcher uses them.
 
+pub mod auth;
 pub mod destination;
 pub mod health;
 pub mod stored;
@@ -55,8 +56,9 @@ pub enum Start {
 }
 
 /// The fields only a push subscription has: naming one for a pull subscription is a `422`.
-pub const PUSH_ONLY: [&str; 12] = [
+pub const PUSH_ONLY: [&str; 13] = [
     "url",
+    "auth",
     "batch",
     "destination",
     "headers",
@@ -241,10 +243,14 @@ pub struct SubscriptionSpec {
     /// HTTP only: many events per request (DESIGN §17). Null: one event per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Batch>,
-    /// `v1` (HMAC-SHA256, `whsec_` secret) or `v1a` (Ed25519, `whsk_` key pair, verified with
-    /// `public_key`).
+    /// `v1` (HMAC-SHA256, `whsec_` secret), `v1a` (Ed25519, `whsk_` key pair, verified with
+    /// `public_key`), `github` or `stripe` (`v1` and that ecosystem's header; DESIGN §20).
     #[serde(default)]
     pub signature_scheme: Scheme,
+    /// HTTP only: how the receiver wants to be called — Basic, Bearer or OAuth 2 client
+    /// credentials (DESIGN §20). Its secrets are write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<auth::Auth>,
 }
 
 fn yes() -> bool {
@@ -324,6 +330,27 @@ impl SubscriptionSpec {
                 errors.push(FieldError::new(None, field, &why));
             }
         }
+        if let Some(a) = &self.auth {
+            for (field, why) in a.problems() {
+                errors.push(FieldError::new(None, field, &why));
+            }
+            if self
+                .destination
+                .as_ref()
+                .is_some_and(|d| d.kind() != "http")
+            {
+                let why = "is for HTTP receivers only: a broker's credentials go in its url";
+                errors.push(FieldError::new(None, "auth", why));
+            }
+            if self
+                .headers
+                .keys()
+                .any(|h| h.eq_ignore_ascii_case("authorization"))
+            {
+                let why = "sets Authorization, and so does headers.Authorization: give one";
+                errors.push(FieldError::new(None, "auth", why));
+            }
+        }
         let mut err = |field: &str, msg: &str| errors.push(FieldError::new(None, field, msg));
         match reqwest::Url::parse(&self.url) {
             _ if pull => {}
@@ -348,13 +375,9 @@ impl SubscriptionSpec {
         if let Some(secret) = &self.secret {
             match Secret::parse(secret) {
                 Err(msg) => err("secret", msg),
-                Ok(s) if s.scheme() != self.signature_scheme => err(
-                    "secret",
-                    match self.signature_scheme {
-                        Scheme::V1 => "must be a whsec_ secret for signature_scheme v1",
-                        Scheme::V1a => "must be a whsk_ key pair for signature_scheme v1a",
-                    },
-                ),
+                Ok(s) if !s.signs_for(self.signature_scheme) => {
+                    err("secret", self.signature_scheme.wants())
+                }
                 Ok(_) => {}
             }
         }

@@ -106,6 +106,9 @@ struct SubscriptionView {
     #[schema(required = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     signature_scheme: Option<crate::delivery::signing::Scheme>,
+    /// The receiver's credentials, their secrets always `***`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<crate::subscription::auth::Auth>,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
     #[schema(
         required = false,
@@ -256,6 +259,7 @@ impl SubscriptionView {
             coalesce: push.then_some(spec.coalesce),
             batch: spec.batch,
             signature_scheme: push.then_some(spec.signature_scheme),
+            auth: spec.auth.as_ref().map(|a| a.masked()),
             public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
@@ -481,12 +485,19 @@ async fn update(
     };
     let mut current = rec.spec.to_value();
     fixed_at_creation(&current, &patch)?;
-    let new_scheme = !patch.contains_key("secret")
+    // A new scheme whose secret is of another kind (`v1a` and the rest) takes a new secret of
+    // its kind, at once (as a secret given in a patch); `v1`, `github` and `stripe` share one.
+    let new_kind = !patch.contains_key("secret")
         && patch
             .get("signature_scheme")
-            .is_some_and(|s| *s != current["signature_scheme"]);
-    if new_scheme {
-        // A new scheme takes a new secret of its kind, at once (as a secret given in a patch).
+            .and_then(|s| {
+                serde_json::from_value::<crate::delivery::signing::Scheme>(s.clone()).ok()
+            })
+            .is_some_and(|scheme| {
+                let stored = rec.spec.secret.as_deref().map(Secret::parse);
+                !matches!(stored, Some(Ok(s)) if s.signs_for(scheme))
+            });
+    if new_kind {
         current["secret"] = Value::Null;
     }
     // One form replaces the other: a patch giving `destination` (or `url`) alone drops the
@@ -499,7 +510,17 @@ async fn update(
             map.remove(other);
         }
     }
+    // Credentials are replaced whole, never merged field by field with another type's.
+    if patch.contains_key("auth")
+        && let Some(map) = current.as_object_mut()
+    {
+        map.remove("auth");
+    }
     merge_patch(&mut current, Value::Object(patch));
+    // A credential sent back as shown ("***") keeps the stored one.
+    if let (Some(Value::Object(auth)), Some(stored)) = (current.get_mut("auth"), &rec.spec.auth) {
+        crate::subscription::auth::Auth::unmask_json(stored, auth);
+    }
     // A header sent back as shown to others ("***") keeps its stored value.
     if let Some(Value::Object(headers)) = current.get_mut("headers") {
         for (name, value) in headers.iter_mut() {
@@ -555,20 +576,26 @@ async fn update(
 /// A broker named by an IP literal must be an address the guard allows (a host name is checked
 /// when it is resolved, at connect time): else a `422` naming `destination.url`.
 fn guarded(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
-    let Some(url) = spec.destination.as_ref().and_then(Destination::broker_url) else {
-        return Ok(());
-    };
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return Ok(());
-    };
-    let host = u.host_str().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        state
-            .sender
-            .guard()
-            .check(ip)
-            .map_err(|why| ApiError::invalid("destination.url", why))?;
+    let broker = spec.destination.as_ref().and_then(Destination::broker_url);
+    let token = spec.auth.as_ref().and_then(|a| a.token_url());
+    let addresses = [
+        ("url", (!spec.url.is_empty()).then_some(spec.url.as_str())),
+        ("destination.url", broker),
+        ("auth.token_url", token),
+    ];
+    for (field, url) in addresses {
+        let Some(Ok(u)) = url.map(reqwest::Url::parse) else {
+            continue;
+        };
+        let host = u.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            state
+                .sender
+                .guard()
+                .check(ip)
+                .map_err(|why| ApiError::invalid(field, why))?;
+        }
     }
     Ok(())
 }
@@ -626,7 +653,7 @@ async fn repair(
     guarded(state, &spec)?;
     let kept = bad
         .secret
-        .filter(|s| Secret::parse(s).is_ok_and(|s| s.scheme() == spec.signature_scheme));
+        .filter(|s| Secret::parse(s).is_ok_and(|s| s.signs_for(spec.signature_scheme)));
     if spec.secret.is_none() && !spec.is_pull() {
         spec.secret = kept;
         spec.secret

@@ -26,6 +26,8 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
     pub error: Option<String>,
     pub response_body: Option<String>,
+    /// The destination asks for the next attempt at once (see [`Answer::again_now`]).
+    pub again_now: bool,
 }
 
 /// What a destination answers about one message: the timing is the attempt's business.
@@ -38,6 +40,9 @@ pub struct Answer {
     pub error: Option<String>,
     /// The start of the receiver's answer, kept in the attempt log.
     pub response_body: Option<String>,
+    /// A failure the next attempt may well not meet, so it is made at once rather than on the
+    /// retry schedule: a 401 to a cached OAuth 2 token, now dropped (DESIGN §20).
+    pub again_now: bool,
 }
 
 impl Answer {
@@ -72,6 +77,7 @@ impl Message {
         if c.superseded > 0 {
             headers.push(("switchboard-superseded", c.superseded.to_string()));
         }
+        headers.extend(target.scheme_header(now_ms, &c.body));
         Message {
             headers,
             body: c.body.clone(),
@@ -99,15 +105,17 @@ impl Message {
         let timestamp = now_ms / 1000;
         let signature =
             signing::signature_header(target.live_secrets(now_ms), &id, timestamp, &body);
+        let mut headers = vec![
+            ("webhook-id", id),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+            ("switchboard-sequence", first.sequence.to_string()),
+            ("switchboard-attempt", first.attempt.to_string()),
+            ("switchboard-batch-size", members.len().to_string()),
+        ];
+        headers.extend(target.scheme_header(now_ms, &body));
         Message {
-            headers: vec![
-                ("webhook-id", id),
-                ("webhook-timestamp", timestamp.to_string()),
-                ("webhook-signature", signature),
-                ("switchboard-sequence", first.sequence.to_string()),
-                ("switchboard-attempt", first.attempt.to_string()),
-                ("switchboard-batch-size", members.len().to_string()),
-            ],
+            headers,
             body: Bytes::from(body),
         }
     }
@@ -151,6 +159,13 @@ impl Target {
         }
     }
 
+    /// The header the subscription's `signature_scheme` adds to Standard Webhooks' (`github`,
+    /// `stripe`), signed at `now_ms`.
+    fn scheme_header(&self, now_ms: i64, body: &[u8]) -> Option<(&'static str, String)> {
+        let scheme = self.sub.spec.signature_scheme;
+        signing::scheme_headers(scheme, self.live_secrets(now_ms), now_ms / 1000, body)
+    }
+
     /// The secrets that sign at `now_ms`: the current one, and the previous one during its grace.
     pub fn live_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
         self.secrets
@@ -188,6 +203,7 @@ impl Target {
             retry_after: answer.retry_after,
             error: answer.error,
             response_body: answer.response_body,
+            again_now: answer.again_now,
         };
         let subscription_id = &self.sub.id;
         if let Some(status) = result.status.filter(|s| !(200..300).contains(s)) {
@@ -295,6 +311,10 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
             r.retry_after,
             crate::clock::jitter,
         )
+    };
+    let step = match step {
+        Next::Retry(_) if r.again_now => Next::Retry(Duration::ZERO),
+        other => other,
     };
     let finished_at = r.started_at + r.duration_ms;
     let next = match step {

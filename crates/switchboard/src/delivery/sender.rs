@@ -8,7 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
 
 use super::amqp::Amqp;
 use super::attempt::{Answer, Destination, Message, Sending, Target};
@@ -17,6 +21,7 @@ use super::nats::Nats;
 use super::retry;
 use crate::clock::Clock;
 use crate::store::SubscriptionRecord;
+use crate::subscription::auth::Auth;
 use crate::subscription::destination::Destination as SpecDestination;
 
 /// How much of a receiver's answer is kept in the attempt log.
@@ -108,6 +113,8 @@ pub struct Http {
     guard: Arc<Guard>,
     url: Result<reqwest::Url, String>,
     headers: HeaderMap,
+    /// OAuth 2 client credentials: the subscription's token source.
+    tokens: Option<super::oauth::Tokens>,
 }
 
 impl Http {
@@ -127,11 +134,33 @@ impl Http {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let fixed = match &sub.spec.auth {
+            Some(Auth::Basic { username, password }) => {
+                let pair = STANDARD.encode(format!("{username}:{password}"));
+                HeaderValue::from_str(&format!("Basic {pair}")).ok()
+            }
+            Some(Auth::Bearer { token }) => HeaderValue::from_str(&format!("Bearer {token}")).ok(),
+            _ => None,
+        };
+        if let Some(mut v) = fixed {
+            // Kept out of reqwest's and hyper's debug output.
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let tokens = (sub.spec.auth.as_ref()).and_then(|a| {
+            super::oauth::Tokens::new(
+                sender.client.clone(),
+                sender.guard.clone(),
+                sender.clock.clone(),
+                a,
+            )
+        });
         Http {
             client: sender.client.clone(),
             guard: sender.guard.clone(),
             url,
             headers,
+            tokens,
         }
     }
 
@@ -163,14 +192,32 @@ impl Http {
 impl Destination for Http {
     fn send<'a>(&'a self, message: &'a Message) -> Sending<'a> {
         Box::pin(async move {
-            let request = match self.prepare(message) {
+            let mut request = match self.prepare(message) {
                 Ok(r) => r,
                 Err(why) => return Answer::failed(why),
             };
+            let token = match &self.tokens {
+                None => None,
+                Some(tokens) => match tokens.get().await {
+                    Ok(t) => Some(t),
+                    Err(why) => return Answer::failed(why),
+                },
+            };
+            if let Some(t) = &token
+                && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", t.value))
+            {
+                v.set_sensitive(true);
+                request = request.header(AUTHORIZATION, v);
+            }
             let mut answer = match request.send().await {
                 Err(e) => Answer::failed(error_chain(&e)),
                 Ok(response) => read_answer(response).await,
             };
+            if let (Some(tokens), Some(t)) = (&self.tokens, &token) {
+                // Refused (401): the token goes, and a new attempt is made at once with a new
+                // one — once: not again if that one is refused too.
+                answer.again_now = tokens.answered(t, answer.status).await;
+            }
             // Errors name the URL; its query often carries a token. They go to the attempt
             // log, notices and logs without it.
             if let (Some(error), Ok(url)) = (&mut answer.error, &self.url) {
@@ -182,7 +229,7 @@ impl Destination for Http {
 }
 
 /// `text` with every mention of `url` shown without its query (nor fragment).
-fn without_query(text: &str, url: &reqwest::Url) -> String {
+pub(super) fn without_query(text: &str, url: &reqwest::Url) -> String {
     if url.query().is_none() && url.fragment().is_none() {
         return text.to_string();
     }
@@ -235,7 +282,7 @@ async fn read_answer(mut response: reqwest::Response) -> Answer {
 }
 
 /// An error and its causes, "outer: inner: root".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

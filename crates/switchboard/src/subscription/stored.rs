@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::auth::Auth;
 use super::destination::Destination;
 use super::{Batch, Coalesce, EventFilter, Filter, Mode, Ordering, Start, SubscriptionSpec};
 use crate::delivery::signing::Scheme;
@@ -57,6 +58,52 @@ struct StoredSpec {
     batch: Option<StoredBatch>,
     #[serde(default)]
     signature_scheme: Scheme,
+    #[serde(default)]
+    auth: Option<StoredAuth>,
+}
+
+/// Credentials' stored form: fields it does not know are ignored.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum StoredAuth {
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+    },
+}
+
+impl From<StoredAuth> for Auth {
+    fn from(a: StoredAuth) -> Self {
+        match a {
+            StoredAuth::Basic { username, password } => Auth::Basic { username, password },
+            StoredAuth::Bearer { token } => Auth::Bearer { token },
+            StoredAuth::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            } => Auth::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -167,6 +214,7 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
             max_wait_ms: b.max_wait_ms,
         }),
         signature_scheme: s.signature_scheme,
+        auth: s.auth.map(Auth::from),
     })
 }
 

@@ -328,15 +328,24 @@ async fn replay_reaches_events_older_than_the_subscription() {
 async fn without_dev_a_loopback_receiver_never_gets_a_request() {
     let app = TestApp::spawn_with(|c| c.dev = false).await;
     let rx = TestReceiver::start().await;
-    let by_ip = app
-        .subscribe(json!({"url": rx.url("/"), "retry_schedule_secs": []}))
+    // An IP literal is refused at creation (DESIGN §20); a host name at connect time.
+    let body = json!({"url": rx.url("/"), "retry_schedule_secs": []});
+    let refused = app
+        .call(
+            Method::POST,
+            "/v1/tenants/default/subscriptions",
+            ADMIN_KEY,
+            Some(&body),
+        )
         .await;
+    let p = problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(p["errors"][0]["field"], "url", "{p}");
     let by_name = app
         .subscribe(json!({"url": format!("http://localhost:{}/", rx.addr.port()), "retry_schedule_secs": []}))
         .await;
     app.publish_ok("default", &agent_event(&guid(), 1, "jdoe"))
         .await;
-    for sub in [&by_ip, &by_name] {
+    for sub in [&by_name] {
         let sub_id = sub["id"].as_str().unwrap();
         let failed = eventually("the attempt to be refused", || async {
             let d = app.deliveries(sub_id, Some("failed")).await;
@@ -350,7 +359,7 @@ async fn without_dev_a_loopback_receiver_never_gets_a_request() {
         );
         assert_eq!(failed["last_status_code"], Value::Null);
     }
-    let outcome = json_ok(app.act(&by_ip, "test", None).await).await;
+    let outcome = json_ok(app.act(&by_name, "test", None).await).await;
     assert_eq!(outcome["delivered"], false);
     assert!(outcome["error"].as_str().unwrap().contains("loopback"));
     assert!(rx.received().is_empty(), "no request reached the receiver");

@@ -26,6 +26,7 @@ mod openapi;
 mod pg_faults;
 mod pull;
 mod readiness;
+mod receivers;
 mod restart;
 mod retention;
 mod semantics;

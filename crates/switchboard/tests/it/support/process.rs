@@ -32,7 +32,12 @@ impl Server {
 
     /// As [`Server::start`], with what the server logs (stderr) collected for the test to read.
     pub fn start_logged(data: &TestData) -> (Self, Logs) {
-        let mut server = Self::spawn(data, &[], Stdio::piped());
+        Self::start_logged_env(data, &[])
+    }
+
+    /// As [`Server::start_logged`], with more environment variables.
+    pub fn start_logged_env(data: &TestData, env: &[(&str, &str)]) -> (Self, Logs) {
+        let mut server = Self::launch(serve_command(data, &[], env, None), Stdio::piped());
         let stderr = server.child.stderr.take().expect("stderr");
         let logs = Logs::default();
         let lines = logs.0.clone();
