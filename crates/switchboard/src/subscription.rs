@@ -5,6 +5,7 @@ pub mod auth;
 pub mod destination;
 pub mod health;
 pub mod stored;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -56,9 +57,10 @@ pub enum Start {
 }
 
 /// The fields only a push subscription has: naming one for a pull subscription is a `422`.
-pub const PUSH_ONLY: [&str; 13] = [
+pub const PUSH_ONLY: [&str; 14] = [
     "url",
     "auth",
+    "tls",
     "batch",
     "destination",
     "headers",
@@ -251,6 +253,10 @@ pub struct SubscriptionSpec {
     /// credentials (DESIGN §20). Its secrets are write-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<auth::Auth>,
+    /// `https` receivers only: a client certificate and key (mutual TLS) and a private CA
+    /// (DESIGN §20). The key is write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::Tls>,
 }
 
 fn yes() -> bool {
@@ -328,6 +334,19 @@ impl SubscriptionSpec {
         if let Some(d) = &self.destination {
             for (field, why) in d.problems() {
                 errors.push(FieldError::new(None, field, &why));
+            }
+        }
+        if let Some(t) = &self.tls {
+            for (field, why) in t.problems() {
+                errors.push(FieldError::new(None, field, &why));
+            }
+            let https = match &self.destination {
+                Some(d) => d.kind() == "http" && self.url.starts_with("https://"),
+                None => self.url.starts_with("https://"),
+            };
+            if !https && !pull {
+                let why = "is for https receivers only";
+                errors.push(FieldError::new(None, "tls", why));
             }
         }
         if let Some(a) = &self.auth {

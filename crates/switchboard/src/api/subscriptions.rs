@@ -109,6 +109,9 @@ struct SubscriptionView {
     /// The receiver's credentials, their secrets always `***`.
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<crate::subscription::auth::Auth>,
+    /// TLS towards the receiver, the key always `***`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<crate::subscription::tls::Tls>,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
     #[schema(
         required = false,
@@ -260,6 +263,7 @@ impl SubscriptionView {
             batch: spec.batch,
             signature_scheme: push.then_some(spec.signature_scheme),
             auth: spec.auth.as_ref().map(|a| a.masked()),
+            tls: spec.tls.as_ref().map(|t| t.masked()),
             public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
@@ -520,6 +524,9 @@ async fn update(
     // A credential sent back as shown ("***") keeps the stored one.
     if let (Some(Value::Object(auth)), Some(stored)) = (current.get_mut("auth"), &rec.spec.auth) {
         crate::subscription::auth::Auth::unmask_json(stored, auth);
+    }
+    if let (Some(Value::Object(tls)), Some(stored)) = (current.get_mut("tls"), &rec.spec.tls) {
+        crate::subscription::tls::Tls::unmask_json(stored, tls);
     }
     // A header sent back as shown to others ("***") keeps its stored value.
     if let Some(Value::Object(headers)) = current.get_mut("headers") {

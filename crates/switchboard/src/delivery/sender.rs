@@ -36,6 +36,7 @@ pub const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSI
 pub struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
+    timeout: Duration,
     /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
     clock: Clock,
 }
@@ -43,20 +44,11 @@ pub struct Sender {
 impl Sender {
     pub fn new(guard: Guard, timeout: Duration) -> anyhow::Result<Self> {
         let guard = Arc::new(guard);
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT_VALUE)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            // HTTP(S)_PROXY in the environment would send receivers' hostnames to a proxy
-            // unchecked, past the guard: ignored (an egress proxy is configured explicitly).
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
-            .build()?;
+        let client = client_builder(&guard, timeout).build()?;
         Ok(Sender {
             client,
             guard,
+            timeout,
             clock: Clock::system(),
         })
     }
@@ -106,10 +98,48 @@ impl Sender {
     }
 }
 
+/// How every client of the sender is built: a timeout, no redirects, no proxy from the
+/// environment, and the address guard on every resolved address.
+fn client_builder(guard: &Arc<Guard>, timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(USER_AGENT_VALUE)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        // HTTP(S)_PROXY in the environment would send receivers' hostnames to a proxy
+        // unchecked, past the guard: ignored (an egress proxy is configured explicitly).
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+}
+
+/// A client of its own for a subscription with `tls`: its client certificate, and its CA as
+/// the only trust anchor when it names one.
+fn tls_client(
+    sender: &Sender,
+    tls: &crate::subscription::tls::Tls,
+) -> Result<reqwest::Client, String> {
+    let mut builder = client_builder(&sender.guard, sender.timeout);
+    if let Some(identity) = tls.identity() {
+        builder = builder.identity(identity.map_err(|e| format!("tls.client_key_pem: {e}"))?);
+    }
+    if let Some(roots) = tls.roots() {
+        builder = builder.tls_built_in_root_certs(false);
+        for root in roots.map_err(|e| format!("tls.ca_pem: {e}"))? {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("tls: {}", error_chain(&e)))
+}
+
 /// An HTTP receiver: its URL parsed and its fixed headers built, once per change of its
 /// subscription.
 pub struct Http {
-    client: reqwest::Client,
+    /// The sender's, or one of its own (`tls`); why none could be built.
+    client: Result<reqwest::Client, String>,
     guard: Arc<Guard>,
     url: Result<reqwest::Url, String>,
     headers: HeaderMap,
@@ -155,8 +185,12 @@ impl Http {
                 a,
             )
         });
+        let client = match &sub.spec.tls {
+            Some(tls) => tls_client(sender, tls),
+            None => Ok(sender.client.clone()),
+        };
         Http {
-            client: sender.client.clone(),
+            client,
             guard: sender.guard.clone(),
             url,
             headers,
@@ -183,6 +217,8 @@ impl Http {
         }
         Ok(self
             .client
+            .as_ref()
+            .map_err(Clone::clone)?
             .post(url)
             .headers(headers)
             .body(message.body.clone()))

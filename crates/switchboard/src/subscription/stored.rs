@@ -60,6 +60,19 @@ struct StoredSpec {
     signature_scheme: Scheme,
     #[serde(default)]
     auth: Option<StoredAuth>,
+    #[serde(default)]
+    tls: Option<StoredTls>,
+}
+
+/// TLS settings' stored form: fields it does not know are ignored.
+#[derive(Deserialize)]
+struct StoredTls {
+    #[serde(default)]
+    client_cert_pem: Option<String>,
+    #[serde(default)]
+    client_key_pem: Option<String>,
+    #[serde(default)]
+    ca_pem: Option<String>,
 }
 
 /// Credentials' stored form: fields it does not know are ignored.
@@ -215,6 +228,11 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
         }),
         signature_scheme: s.signature_scheme,
         auth: s.auth.map(Auth::from),
+        tls: s.tls.map(|t| super::tls::Tls {
+            client_cert_pem: t.client_cert_pem,
+            client_key_pem: t.client_key_pem,
+            ca_pem: t.ca_pem,
+        }),
     })
 }
 

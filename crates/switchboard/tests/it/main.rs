@@ -21,6 +21,7 @@ mod limits;
 mod listen;
 mod log;
 mod metrics;
+mod mtls;
 mod nats;
 mod openapi;
 mod pg_faults;

@@ -488,11 +488,17 @@ async fn credentials_never_appear_in_answers_or_the_servers_log() {
     let client = reqwest::Client::new();
     let refusing = TestReceiver::with(|n, _| ([401, 500, 200][n % 3], Duration::ZERO)).await;
     let tokens = TokenEndpoint::start(3600).await;
+    let leaf = crate::mtls::Ca::new("Client CA")
+        .issue("switchboard", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    // A line of the private key's body.
+    let key_line = leaf.key_pem.lines().nth(1).unwrap().to_owned();
+    assert!(key_line.len() > 40);
     let secrets = [
         "pa55-w0rd-xyz",
         "t0ken-xyz",
         "cl1ent-s3cret",
         "s3cr3t-dead-xyz",
+        key_line.as_str(),
     ];
     let bodies = [
         json!({"url": refusing.url("/b"), "auth": {"type": "basic", "username": "u", "password": secrets[0]}}),
@@ -500,6 +506,8 @@ async fn credentials_never_appear_in_answers_or_the_servers_log() {
         json!({"url": refusing.url("/o"), "auth": tokens.auth()}),
         json!({"url": refusing.url("/d"), "auth": {"type": "oauth2",
             "token_url": "http://127.0.0.1:9/token", "client_id": "c", "client_secret": secrets[3]}}),
+        json!({"url": "https://localhost:9/", "tls": {"client_cert_pem": leaf.cert_pem,
+            "client_key_pem": leaf.key_pem}}),
     ];
     let mut answers = String::new();
     let mut ids = Vec::new();
