@@ -27,6 +27,9 @@ pub struct Config {
     pub dev: bool,
     pub role: Role,
     pub allow_networks: Vec<ipnet::IpNet>,
+    /// `http://host:port` of the HTTP proxy every receiver and token request goes through
+    /// (DESIGN §20); empty: none.
+    pub egress_proxy: String,
     pub delivery_timeout_secs: u64,
     /// A subscription whose attempts all failed this long (with at least 10) is disabled.
     pub auto_disable_after_secs: u64,
@@ -235,6 +238,17 @@ impl Config {
         if !self.metrics_key.is_empty() && self.metrics_key.len() < 16 {
             bail!("metrics_key must be at least 16 characters (or empty: /metrics public)");
         }
+        if !self.egress_proxy.is_empty() {
+            let ok = reqwest::Url::parse(&self.egress_proxy).is_ok_and(|u| {
+                u.scheme() == "http" && u.host().is_some() && matches!(u.path(), "" | "/")
+            });
+            if !ok {
+                bail!(
+                    "egress_proxy must be empty or http://host:port, got {}",
+                    mask_password(&self.egress_proxy)
+                );
+            }
+        }
         let url = &self.database_url;
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
@@ -282,6 +296,7 @@ impl Config {
             shown.metrics_key = "********".into();
         }
         shown.database_url = mask_password(&shown.database_url);
+        shown.egress_proxy = mask_password(&shown.egress_proxy);
         toml::to_string(&shown).unwrap_or_default()
     }
 

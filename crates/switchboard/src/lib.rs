@@ -120,7 +120,12 @@ pub async fn run_with(
         allow_loopback: config.dev,
         allow_networks: config.allow_networks.clone(),
     };
-    let sender = Sender::new(guard, timeout).context("building the HTTP client")?;
+    let mut sender = Sender::new(guard, timeout).context("building the HTTP client")?;
+    if !config.egress_proxy.is_empty() {
+        sender = sender
+            .with_proxy(&config.egress_proxy)
+            .context("egress_proxy")?;
+    }
     // Streams never end by themselves: the server's graceful stop ends them first.
     let (stop_streams, streams_stopped) = watch::channel(false);
     // Draining (DESIGN §15): told to stop, the node first answers /readyz 503 while it still

@@ -109,6 +109,25 @@ impl Guard {
 }
 
 /// Resolves names with the system resolver, then keeps only addresses the guard allows.
+impl Guard {
+    /// Checks a receiver's host before a request goes through the egress proxy, which resolves
+    /// it itself: an IP literal, or every address the name resolves to, must pass.
+    pub async fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.check(ip);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| format!("{host} did not resolve: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} did not resolve"));
+        }
+        addrs.iter().try_for_each(|a| self.check(a.ip()))
+    }
+}
+
 #[derive(Clone)]
 pub struct GuardedResolver(pub Arc<Guard>);
 

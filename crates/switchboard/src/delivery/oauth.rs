@@ -34,6 +34,8 @@ pub struct Tokens {
     audience: Option<String>,
     /// The sender's clock: when a cached token stops being used.
     clock: Clock,
+    /// Through the egress proxy: the token endpoint's host is checked first.
+    proxied: bool,
     /// The cached token and when it stops being used (unix ms); the lock also makes
     /// concurrent attempts wait for one request rather than each making its own.
     cached: Mutex<Option<(String, i64)>>,
@@ -59,6 +61,7 @@ impl Tokens {
         client: reqwest::Client,
         guard: Arc<Guard>,
         clock: Clock,
+        proxied: bool,
         auth: &crate::subscription::auth::Auth,
     ) -> Option<Self> {
         let crate::subscription::auth::Auth::Oauth2 {
@@ -80,6 +83,7 @@ impl Tokens {
             scope: scope.clone(),
             audience: audience.clone(),
             clock,
+            proxied,
             cached: Mutex::new(None),
             after_refusal: AtomicBool::new(false),
         })
@@ -139,6 +143,12 @@ impl Tokens {
         });
         if let Some(ip) = literal {
             self.guard.check(ip)?;
+        }
+        if self.proxied {
+            let port = url.port_or_known_default().unwrap_or(0);
+            self.guard
+                .check_host(url.host_str().unwrap_or_default(), port)
+                .await?;
         }
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(s) = &self.scope {

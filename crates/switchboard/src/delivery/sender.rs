@@ -37,6 +37,8 @@ pub struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
     timeout: Duration,
+    /// The egress proxy every request goes through (DESIGN §20), if any.
+    proxy: Option<reqwest::Proxy>,
     /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
     clock: Clock,
 }
@@ -44,12 +46,32 @@ pub struct Sender {
 impl Sender {
     pub fn new(guard: Guard, timeout: Duration) -> anyhow::Result<Self> {
         let guard = Arc::new(guard);
-        let client = client_builder(&guard, timeout).build()?;
+        let client = client_builder(&guard, timeout, None).build()?;
         Ok(Sender {
             client,
             guard,
             timeout,
+            proxy: None,
             clock: Clock::system(),
+        })
+    }
+
+    /// The same, with every request through the HTTP proxy at `url` (`http://host:port`). Its
+    /// address passes the guard too: an IP literal here, a host name when it is resolved.
+    pub fn with_proxy(self, url: &str) -> anyhow::Result<Self> {
+        let parsed = reqwest::Url::parse(url)?;
+        let host = parsed.host_str().unwrap_or_default();
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            self.guard
+                .check(ip)
+                .map_err(|why| anyhow::anyhow!("egress_proxy: {why}"))?;
+        }
+        let proxy = reqwest::Proxy::all(url)?;
+        let client = client_builder(&self.guard, self.timeout, Some(&proxy)).build()?;
+        Ok(Sender {
+            client,
+            proxy: Some(proxy),
+            ..self
         })
     }
 
@@ -100,8 +122,12 @@ impl Sender {
 
 /// How every client of the sender is built: a timeout, no redirects, no proxy from the
 /// environment, and the address guard on every resolved address.
-fn client_builder(guard: &Arc<Guard>, timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+fn client_builder(
+    guard: &Arc<Guard>,
+    timeout: Duration,
+    proxy: Option<&reqwest::Proxy>,
+) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .use_rustls_tls()
         .user_agent(USER_AGENT_VALUE)
         .timeout(timeout)
@@ -111,7 +137,11 @@ fn client_builder(guard: &Arc<Guard>, timeout: Duration) -> reqwest::ClientBuild
         // unchecked, past the guard: ignored (an egress proxy is configured explicitly).
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(90))
-        .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+        .dns_resolver(Arc::new(GuardedResolver(guard.clone())));
+    match proxy {
+        Some(p) => builder.proxy(p.clone()),
+        None => builder,
+    }
 }
 
 /// A client of its own for a subscription with `tls`: its client certificate, and its CA as
@@ -120,7 +150,7 @@ fn tls_client(
     sender: &Sender,
     tls: &crate::subscription::tls::Tls,
 ) -> Result<reqwest::Client, String> {
-    let mut builder = client_builder(&sender.guard, sender.timeout);
+    let mut builder = client_builder(&sender.guard, sender.timeout, sender.proxy.as_ref());
     if let Some(identity) = tls.identity() {
         builder = builder.identity(identity.map_err(|e| format!("tls.client_key_pem: {e}"))?);
     }
@@ -145,6 +175,8 @@ pub struct Http {
     headers: HeaderMap,
     /// OAuth 2 client credentials: the subscription's token source.
     tokens: Option<super::oauth::Tokens>,
+    /// Requests go through the egress proxy: the receiver's host is checked first.
+    proxied: bool,
 }
 
 impl Http {
@@ -182,6 +214,7 @@ impl Http {
                 sender.client.clone(),
                 sender.guard.clone(),
                 sender.clock.clone(),
+                sender.proxy.is_some(),
                 a,
             )
         });
@@ -195,6 +228,7 @@ impl Http {
             url,
             headers,
             tokens,
+            proxied: sender.proxy.is_some(),
         }
     }
 
@@ -232,6 +266,18 @@ impl Destination for Http {
                 Ok(r) => r,
                 Err(why) => return Answer::failed(why),
             };
+            if self.proxied
+                && let Ok(url) = &self.url
+                && let Err(why) = (self.guard)
+                    .check_host(
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or(0),
+                    )
+                    .await
+            {
+                // The proxy would resolve the name itself, past the guard: not asked.
+                return Answer::failed(why);
+            }
             let token = match &self.tokens {
                 None => None,
                 Some(tokens) => match tokens.get().await {

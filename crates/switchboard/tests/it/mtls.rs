@@ -68,14 +68,14 @@ pub struct Leaf {
 /// An `https` receiver on loopback (`https://localhost:<port>/`) that asks every client for a
 /// certificate chaining to `clients`; counts the requests it answered and the handshakes it
 /// refused.
-struct TlsReceiver {
-    url: String,
-    answered: Arc<AtomicUsize>,
+pub struct TlsReceiver {
+    pub url: String,
+    pub answered: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
 }
 
 impl TlsReceiver {
-    async fn start(server: &Leaf, clients: &Ca) -> Self {
+    pub async fn start(server: &Leaf, clients: &Ca) -> Self {
         let provider = Arc::new(ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.add(clients.der.clone()).unwrap();

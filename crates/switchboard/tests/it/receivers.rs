@@ -279,8 +279,8 @@ async fn bad_receiver_settings_are_422_naming_the_field_and_store_nothing() {
 
 /// A token endpoint of the test's own: counts requests, checks the client's credentials and
 /// the grant, and hands out `tok-<n>` living `expires_in` seconds.
-struct TokenEndpoint {
-    url: String,
+pub struct TokenEndpoint {
+    pub url: String,
     requests: Arc<AtomicUsize>,
 }
 
@@ -317,7 +317,7 @@ async fn token(
 }
 
 impl TokenEndpoint {
-    async fn start(expires_in: u64) -> Self {
+    pub async fn start(expires_in: u64) -> Self {
         let requests = Arc::new(AtomicUsize::new(0));
         let state = TokenState {
             requests: requests.clone(),
@@ -332,11 +332,11 @@ impl TokenEndpoint {
         TokenEndpoint { url, requests }
     }
 
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
 
-    fn auth(&self) -> Value {
+    pub fn auth(&self) -> Value {
         json!({"type": "oauth2", "token_url": self.url, "client_id": "client-1",
                "client_secret": "cl1ent-s3cret", "scope": "hooks write", "audience": "switchboard"})
     }
