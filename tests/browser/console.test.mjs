@@ -337,6 +337,26 @@ test("a NATS subscription shows its destination, its password masked", async () 
   await signOut();
 });
 
+test("a subscription's receiver credentials show their type, never a secret", async () => {
+  // Disabled: nothing is sent while this test looks.
+  const sub = await call("POST", "/v1/tenants/default/subscriptions", {
+    url: "https://hooks.example.com/in",
+    auth: { type: "oauth2", token_url: "https://auth.example.com/token", client_id: "cc-client", client_secret: "cl1ent-s3cret-xyz" },
+    signature_scheme: "github",
+    description: "behind a gateway",
+    enabled: false,
+  });
+  await signIn(ADMIN);
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  await page.getByRole("link", { name: "Subscriptions" }).click();
+  await page.getByRole("row").filter({ hasText: sub.id }).getByRole("link", { name: sub.id }).click();
+  await page.getByRole("row", { name: /Receiver auth/ }).getByText("OAuth 2 client credentials", { exact: false }).waitFor();
+  await page.getByRole("row", { name: /Signature scheme/ }).getByText("github").waitFor();
+  assert.equal(await page.getByText("cl1ent-s3cret-xyz").count(), 0);
+  assert.equal((await page.content()).includes("cl1ent-s3cret-xyz"), false);
+  await signOut();
+});
+
 test("keyboard and labels: every control is named, the pages are reached by keyboard", async () => {
   await signIn(ADMIN);
   for (const hash of ["#/overview", "#/events", "#/subscriptions", "#/deliveries", "#/agents", "#/keys"]) {

@@ -663,6 +663,24 @@ async function subscriptionsPage(rest) {
   );
 }
 
+/** A receiver's credentials as the API shows them: the type and who, never a secret. */
+function receiverAuth(auth) {
+  if (!auth) return undefined;
+  if (auth.type === "basic") return `basic, as ${auth.username} (password write-only)`;
+  if (auth.type === "bearer") return "bearer token (write-only)";
+  if (auth.type === "oauth2") return `OAuth 2 client credentials from ${auth.token_url}, client ${auth.client_id} (secret write-only)`;
+  return auth.type;
+}
+
+/** A receiver's TLS settings: what is set, never the key. */
+function receiverTls(tls) {
+  if (!tls) return undefined;
+  const parts = [];
+  if (tls.client_cert_pem) parts.push("client certificate (key write-only)");
+  if (tls.ca_pem) parts.push("private CA");
+  return parts.join(", ") || undefined;
+}
+
 async function subscriptionPage(id) {
   const path = t(`/subscriptions/${encodeURIComponent(id)}`);
   const sub = await api("GET", path);
@@ -680,6 +698,8 @@ async function subscriptionPage(id) {
     ["Max age", sub.max_age_secs ? `${sub.max_age_secs} s` : "none"],
     ["Signature scheme", sub.signature_scheme],
     ["Public key", sub.public_key],
+    ["Receiver auth", receiverAuth(sub.auth)],
+    ["TLS", receiverTls(sub.tls)],
     ["Created", showTime(sub.created_at)],
   ].filter(([, v]) => v !== undefined && v !== null && v !== "");
   const out = [
