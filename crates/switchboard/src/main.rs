@@ -200,6 +200,10 @@ struct BenchArgs {
     /// drain: the delivery path alone (in-process server only)
     #[arg(long)]
     backlog: bool,
+    /// How the subscriptions call the bench's receiver: none, bearer, or oauth2 (a token
+    /// endpoint on the receiver)
+    #[arg(long, value_enum, default_value_t = switchboard::cli::bench::ReceiverAuth::None)]
+    receiver_auth: switchboard::cli::bench::ReceiverAuth,
 }
 
 #[derive(Args)]
@@ -541,6 +545,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     nodes: a.nodes,
                     delivery_batch: a.delivery_batch,
                     backlog: a.backlog,
+                    receiver_auth: a.receiver_auth,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

@@ -755,4 +755,7 @@ pub struct Outcome {
     /// A member of a batch after its first: the batch was one attempt, counted (for the
     /// breaker and the dispatcher's slots) by its first member's outcome.
     pub batched: bool,
+    /// Refused (401) with a cached OAuth 2 token, and made again at once with a new one: it
+    /// says nothing of the receiver's health, so the breaker does not count it (DESIGN §20).
+    pub again_now: bool,
 }

@@ -55,6 +55,9 @@ pub struct Options {
     /// Batched delivery (DESIGN §17): each subscription gets up to this many events per
     /// request (`max_wait_ms` 100). `None`: one per request.
     pub delivery_batch: Option<u32>,
+    /// How the subscriptions' receiver wants to be called (DESIGN §20): the bench's receiver
+    /// checks the `Authorization` header, and for OAuth 2 hands out the token itself.
+    pub receiver_auth: ReceiverAuth,
     /// In-process server only: store every event first on a node that does not deliver, then
     /// start delivery and time how fast the backlog drains — the delivery path measured alone,
     /// without ingest sharing the machine.
@@ -73,6 +76,7 @@ impl Default for Options {
             subscriptions: 1,
             delivery_batch: None,
             backlog: false,
+            receiver_auth: ReceiverAuth::None,
             rate: None,
             database_url: String::new(),
             progress: false,
@@ -83,6 +87,21 @@ impl Default for Options {
         }
     }
 }
+
+/// Credentials the bench's subscriptions send their receiver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverAuth {
+    #[default]
+    None,
+    /// `Authorization: Bearer` with a fixed token.
+    Bearer,
+    /// OAuth 2 client credentials, from a token endpoint on the bench's receiver.
+    Oauth2,
+}
+
+/// The token the bench's receiver expects (and its token endpoint hands out).
+const BENCH_TOKEN: &str = "bench-token-0123456789";
 
 /// A server started in this process, and what stops it.
 type InProcess = (
@@ -216,6 +235,9 @@ pub struct Report {
     /// With `backlog`: deliveries that arrived before the delivering node started (none, when
     /// the storing node kept to its role).
     pub delivered_before_drain: usize,
+    /// How the receiver was called, and how many OAuth 2 tokens were asked for.
+    pub receiver_auth: ReceiverAuth,
+    pub token_requests: usize,
     /// Per request.
     pub ingest_latency_ms: Percentiles,
     /// From the (scheduled) send to the first arrival at the receiver, per event and subscription.
@@ -304,6 +326,10 @@ struct Receiver {
     latency: Mutex<Histogram<u64>>,
     seen: Mutex<std::collections::HashSet<(Uuid, String)>>,
     arrived: Notify,
+    /// The `Authorization` every delivery must carry (else 401).
+    expect_auth: Option<String>,
+    /// Requests to the token endpoint.
+    token_requests: std::sync::atomic::AtomicUsize,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -316,6 +342,9 @@ async fn receive(
     body: axum::body::Bytes,
 ) -> StatusCode {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if rx.expect_auth.as_deref().is_some_and(|a| a != h("authorization")) {
+        return StatusCode::UNAUTHORIZED;
+    }
     let ids: Vec<Uuid> = if h("webhook-id").starts_with("batch_") {
         // A batch: every member's `Id`, found without parsing.
         let text = String::from_utf8_lossy(&body);
@@ -342,6 +371,13 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
+/// The bench's OAuth 2 token endpoint: one token, good for an hour.
+async fn token(State(rx): State<Arc<Receiver>>) -> axum::Json<Value> {
+    rx.token_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    axum::Json(json!({"access_token": BENCH_TOKEN, "token_type": "Bearer", "expires_in": 3600}))
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.events == 0 || opts.batch == 0 || opts.concurrency == 0 {
@@ -355,7 +391,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     {
         bail!("--backlog runs one in-process server: no --url, --nodes, --streams or --rate");
     }
-    let (state, receiver_addr) = start_receiver(opts.events).await?;
+    let (state, receiver_addr) = start_receiver(opts.events, opts.receiver_auth).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency * 2)
         .build()?;
@@ -370,6 +406,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let mut body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
         if let Some(n) = opts.delivery_batch {
             body["batch"] = json!({"max_events": n, "max_wait_ms": 100});
+        }
+        match opts.receiver_auth {
+            ReceiverAuth::None => {}
+            ReceiverAuth::Bearer => body["auth"] = json!({"type": "bearer", "token": BENCH_TOKEN}),
+            ReceiverAuth::Oauth2 => {
+                body["auth"] = json!({"type": "oauth2", "client_id": "bench",
+                    "token_url": format!("http://{receiver_addr}/token"), "client_secret": "bench"});
+            }
         }
         api.create_subscription("default", &body)
             .await
@@ -453,6 +497,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         deliveries_per_sec: deliveries as f64 / end_to_end_secs,
         backlog: opts.backlog,
         delivered_before_drain,
+        receiver_auth: opts.receiver_auth,
+        token_requests: state
+            .token_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
         ingest_latency_ms: Percentiles::of(&ingest),
         ingest_to_receiver_ms,
         receiver_raw_requests_per_sec: raw,
@@ -469,17 +517,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 /// The bench's receiver on a loopback port of its own.
-async fn start_receiver(events: usize) -> anyhow::Result<(Arc<Receiver>, SocketAddr)> {
+async fn start_receiver(
+    events: usize,
+    auth: ReceiverAuth,
+) -> anyhow::Result<(Arc<Receiver>, SocketAddr)> {
     let state = Arc::new(Receiver {
         sent: Mutex::new(HashMap::with_capacity(events)),
         latency: Mutex::new(histogram()),
         seen: Mutex::default(),
         arrived: Notify::new(),
+        expect_auth: (auth != ReceiverAuth::None).then(|| format!("Bearer {BENCH_TOKEN}")),
+        token_requests: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/", post(receive))
+        .route("/token", post(token))
         .with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((state, addr))
@@ -871,8 +925,13 @@ impl Report {
                 true => "draining a stored backlog",
                 false => "end to end",
             };
+            let auth = match self.receiver_auth {
+                ReceiverAuth::None => String::new(),
+                ReceiverAuth::Bearer => ", bearer token".into(),
+                ReceiverAuth::Oauth2 => format!(", OAuth 2 ({} token requests)", self.token_requests),
+            };
             let delivered = format!(
-                "{} in {:.2} s = {:.0} deliveries/s {how}",
+                "{} in {:.2} s = {:.0} deliveries/s {how}{auth}",
                 self.deliveries, self.end_to_end_secs, self.deliveries_per_sec
             );
             (delivered, p(&self.ingest_to_receiver_ms))

@@ -295,6 +295,7 @@ pub fn expired(sub: &SubscriptionRecord, c: &Claimed, now: i64) -> Option<Outcom
         lease_until: c.lease_until,
         probe: false,
         batched: false,
+        again_now: false,
     })
 }
 
@@ -338,5 +339,6 @@ pub fn decide(sub: &SubscriptionRecord, c: &Claimed, r: AttemptResult) -> Outcom
         lease_until: c.lease_until,
         probe: false,
         batched: false,
+        again_now: r.again_now && matches!(next, NextState::RetryAt(_)),
     }
 }

@@ -3,18 +3,21 @@
 //! the receiver answers 401 with it.
 //!
 //! The token request goes through the same client as deliveries (the address guard on every
-//! resolved address, no proxy from the environment), with HTTP Basic client authentication and
-//! `grant_type=client_credentials` (RFC 6749 §4.4).
+//! resolved address, the egress proxy, no proxy from the environment), with HTTP Basic client
+//! authentication (RFC 6749 §2.3.1: id and secret form-encoded first) and
+//! `grant_type=client_credentials` (§4.4). A subscription's `Tokens` outlive the rebuilds of its
+//! target (the sender keeps them while its `auth` is unchanged), so the cache does too.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 use super::guard::Guard;
 use crate::clock::Clock;
+use crate::subscription::auth::Auth;
 
 /// A token is got again this long before it expires.
 const EARLY: Duration = Duration::from_secs(30);
@@ -27,27 +30,27 @@ const MAX_ANSWER: usize = 64 * 1024;
 pub struct Tokens {
     client: reqwest::Client,
     guard: Arc<Guard>,
-    token_url: String,
-    client_id: String,
-    client_secret: String,
-    scope: Option<String>,
-    audience: Option<String>,
+    /// The credentials it was made for: the sender reuses it while they are the same.
+    pub auth: Auth,
     /// The sender's clock: when a cached token stops being used.
     clock: Clock,
     /// Through the egress proxy: the token endpoint's host is checked first.
     proxied: bool,
-    /// The cached token and when it stops being used (unix ms); the lock also makes
-    /// concurrent attempts wait for one request rather than each making its own.
-    cached: Mutex<Option<(String, i64)>>,
-    /// The last token was got because the receiver refused the one before: refused too, it is
-    /// not worth another attempt at once.
-    after_refusal: AtomicBool,
+    /// The cached token, as the header it goes in, and until when (unix ms): read without
+    /// waiting by every attempt.
+    cached: Mutex<Option<(Token, i64)>>,
+    /// Held while a token is requested, so that concurrent attempts wait for one request
+    /// rather than each making its own.
+    fetching: tokio::sync::Mutex<()>,
+    /// The next token is got because the receiver refused the one before.
+    next_after_refusal: AtomicBool,
+    /// The token got after a refusal: refused too, it is not worth another attempt at once.
+    after_refusal: Mutex<Option<Token>>,
 }
 
-/// A token for one attempt.
-pub struct Token {
-    pub value: String,
-}
+/// A token for one attempt: its `Authorization` header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub HeaderValue);
 
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -62,81 +65,96 @@ impl Tokens {
         guard: Arc<Guard>,
         clock: Clock,
         proxied: bool,
-        auth: &crate::subscription::auth::Auth,
+        auth: &Auth,
     ) -> Option<Self> {
-        let crate::subscription::auth::Auth::Oauth2 {
+        matches!(auth, Auth::Oauth2 { .. }).then(|| Tokens {
+            client,
+            guard,
+            auth: auth.clone(),
+            clock,
+            proxied,
+            cached: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            next_after_refusal: AtomicBool::new(false),
+            after_refusal: Mutex::new(None),
+        })
+    }
+
+    fn cached(&self) -> Option<Token> {
+        let cached = self.cached.lock().expect("token cache");
+        let (token, until) = cached.as_ref()?;
+        (self.clock.now_ms() < *until).then(|| token.clone())
+    }
+
+    /// The cached token, or a new one; the error names the token endpoint.
+    pub async fn get(&self) -> Result<Token, String> {
+        if let Some(t) = self.cached() {
+            return Ok(t);
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        // Got by the attempt this one waited for?
+        if let Some(t) = self.cached() {
+            return Ok(t);
+        }
+        let Auth::Oauth2 { token_url, .. } = &self.auth else {
+            return Err("not OAuth 2".into());
+        };
+        let (value, lifetime) = self.request().await.map_err(|why| {
+            // Errors name the URL; its query may carry a secret.
+            let why = match reqwest::Url::parse(token_url) {
+                Ok(u) => super::sender::without_query(&why, &u),
+                Err(_) => why,
+            };
+            format!("OAuth 2 token endpoint {}: {why}", without_query(token_url))
+        })?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {value}"))
+            .map_err(|_| "OAuth 2 token endpoint: its access_token is not a header value")?;
+        header.set_sensitive(true);
+        let token = Token(header);
+        if self.next_after_refusal.swap(false, Ordering::Relaxed) {
+            *self.after_refusal.lock().expect("lock") = Some(token.clone());
+        }
+        // A token that lives 30 s or less is used for this attempt only.
+        *self.cached.lock().expect("token cache") = lifetime
+            .checked_sub(EARLY)
+            .filter(|d| !d.is_zero())
+            .map(|keep| (token.clone(), self.clock.now_ms() + keep.as_millis() as i64));
+        Ok(token)
+    }
+
+    /// The receiver answered `status` to a request with `token`. A 401 drops the token (if it
+    /// is still the cached one) and says whether the delivery is worth another attempt at once,
+    /// with a new token: yes, unless the token refused was itself got after a refusal (every
+    /// delivery refused with the old token is; none refused with its replacement is).
+    pub fn answered(&self, token: &Token, status: Option<u16>) -> bool {
+        if status != Some(401) {
+            return false;
+        }
+        {
+            let mut cached = self.cached.lock().expect("token cache");
+            if cached.as_ref().is_some_and(|(t, _)| t == token) {
+                *cached = None;
+            }
+        }
+        if self.after_refusal.lock().expect("lock").as_ref() == Some(token) {
+            return false;
+        }
+        self.next_after_refusal.store(true, Ordering::Relaxed);
+        true
+    }
+
+    async fn request(&self) -> Result<(String, Duration), String> {
+        let Auth::Oauth2 {
             token_url,
             client_id,
             client_secret,
             scope,
             audience,
-        } = auth
+        } = &self.auth
         else {
-            return None;
+            return Err("not OAuth 2".into());
         };
-        Some(Tokens {
-            client,
-            guard,
-            token_url: token_url.clone(),
-            client_id: client_id.clone(),
-            client_secret: client_secret.clone(),
-            scope: scope.clone(),
-            audience: audience.clone(),
-            clock,
-            proxied,
-            cached: Mutex::new(None),
-            after_refusal: AtomicBool::new(false),
-        })
-    }
-
-    /// The cached token, or a new one; the error names the token endpoint.
-    pub async fn get(&self) -> Result<Token, String> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, until)) = cached.as_ref()
-            && self.clock.now_ms() < *until
-        {
-            return Ok(Token {
-                value: value.clone(),
-            });
-        }
-        let (value, lifetime) = self.request().await.map_err(|why| {
-            // Errors name the URL; its query may carry a secret.
-            let why = match reqwest::Url::parse(&self.token_url) {
-                Ok(u) => super::sender::without_query(&why, &u),
-                Err(_) => why,
-            };
-            format!(
-                "OAuth 2 token endpoint {}: {why}",
-                without_query(&self.token_url)
-            )
-        })?;
-        // A token that lives 30 s or less is used for this attempt only.
-        *cached = lifetime
-            .checked_sub(EARLY)
-            .filter(|d| !d.is_zero())
-            .map(|keep| (value.clone(), self.clock.now_ms() + keep.as_millis() as i64));
-        Ok(Token { value })
-    }
-
-    /// The receiver answered `status` to a request with `token`. A 401 drops the token (if it
-    /// is still the cached one) and says whether the delivery is worth another attempt at once,
-    /// with a new token: yes, unless the token was itself got after a refusal.
-    pub async fn answered(&self, token: &Token, status: Option<u16>) -> bool {
-        if status != Some(401) {
-            if status.is_some() {
-                self.after_refusal.store(false, Ordering::Relaxed);
-            }
-            return false;
-        }
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|(v, _)| *v == token.value) {
-            *cached = None;
-        }
-        !self.after_refusal.swap(true, Ordering::Relaxed)
-    }
-
-    async fn request(&self) -> Result<(String, Duration), String> {
-        let url = reqwest::Url::parse(&self.token_url).map_err(|e| format!("invalid url: {e}"))?;
+        let url = reqwest::Url::parse(token_url).map_err(|e| format!("invalid url: {e}"))?;
         let literal = url.host_str().and_then(|h| {
             let h = h.trim_start_matches('[').trim_end_matches(']');
             h.parse::<std::net::IpAddr>().ok()
@@ -151,16 +169,18 @@ impl Tokens {
                 .await?;
         }
         let mut form = vec![("grant_type", "client_credentials")];
-        if let Some(s) = &self.scope {
+        if let Some(s) = scope {
             form.push(("scope", s));
         }
-        if let Some(a) = &self.audience {
+        if let Some(a) = audience {
             form.push(("audience", a));
         }
+        // RFC 6749 §2.3.1: the id and the secret are form-encoded, then joined for Basic.
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let response = self
             .client
             .post(url)
-            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .basic_auth(encode(client_id), Some(encode(client_secret)))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
             .send()

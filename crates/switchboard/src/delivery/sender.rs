@@ -39,6 +39,8 @@ pub struct Sender {
     timeout: Duration,
     /// The egress proxy every request goes through (DESIGN §20), if any.
     proxy: Option<reqwest::Proxy>,
+    /// What outlives a subscription's target, rebuilt whenever subscriptions are re-read.
+    kept: Arc<std::sync::Mutex<Kept>>,
     /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
     clock: Clock,
 }
@@ -52,6 +54,7 @@ impl Sender {
             guard,
             timeout,
             proxy: None,
+            kept: Arc::default(),
             clock: Clock::system(),
         })
     }
@@ -120,6 +123,18 @@ impl Sender {
     }
 }
 
+/// Per subscription, what is kept across the rebuilds of its target while the settings it was
+/// made from are unchanged: its OAuth 2 token source (and so the cached token), and its own
+/// client for `tls` (and so its connections).
+#[derive(Default)]
+struct Kept {
+    tokens: std::collections::HashMap<String, Arc<super::oauth::Tokens>>,
+    tls: std::collections::HashMap<
+        String,
+        (crate::subscription::tls::Tls, Result<reqwest::Client, String>),
+    >,
+}
+
 /// How every client of the sender is built: a timeout, no redirects, no proxy from the
 /// environment, and the address guard on every resolved address.
 fn client_builder(
@@ -174,7 +189,7 @@ pub struct Http {
     url: Result<reqwest::Url, String>,
     headers: HeaderMap,
     /// OAuth 2 client credentials: the subscription's token source.
-    tokens: Option<super::oauth::Tokens>,
+    tokens: Option<Arc<super::oauth::Tokens>>,
     /// Requests go through the egress proxy: the receiver's host is checked first.
     proxied: bool,
 }
@@ -209,19 +224,44 @@ impl Http {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let tokens = (sub.spec.auth.as_ref()).and_then(|a| {
-            super::oauth::Tokens::new(
-                sender.client.clone(),
-                sender.guard.clone(),
-                sender.clock.clone(),
-                sender.proxy.is_some(),
-                a,
-            )
-        });
-        let client = match &sub.spec.tls {
-            Some(tls) => tls_client(sender, tls),
-            None => Ok(sender.client.clone()),
+        let mut kept = sender.kept.lock().expect("kept");
+        let tokens = match &sub.spec.auth {
+            Some(auth @ Auth::Oauth2 { .. }) => {
+                let same = kept.tokens.get(&sub.id).filter(|t| t.auth == *auth).cloned();
+                same.or_else(|| {
+                    let made = super::oauth::Tokens::new(
+                        sender.client.clone(),
+                        sender.guard.clone(),
+                        sender.clock.clone(),
+                        sender.proxy.is_some(),
+                        auth,
+                    )
+                    .map(Arc::new)?;
+                    kept.tokens.insert(sub.id.clone(), made.clone());
+                    Some(made)
+                })
+            }
+            _ => {
+                kept.tokens.remove(&sub.id);
+                None
+            }
         };
+        let client = match &sub.spec.tls {
+            Some(tls) => match kept.tls.get(&sub.id).filter(|(t, _)| t == tls) {
+                Some((_, client)) => client.clone(),
+                None => {
+                    let client = tls_client(sender, tls);
+                    kept.tls
+                        .insert(sub.id.clone(), (tls.clone(), client.clone()));
+                    client
+                }
+            },
+            None => {
+                kept.tls.remove(&sub.id);
+                Ok(sender.client.clone())
+            }
+        };
+        drop(kept);
         Http {
             client,
             guard: sender.guard.clone(),
@@ -285,11 +325,8 @@ impl Destination for Http {
                     Err(why) => return Answer::failed(why),
                 },
             };
-            if let Some(t) = &token
-                && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", t.value))
-            {
-                v.set_sensitive(true);
-                request = request.header(AUTHORIZATION, v);
+            if let Some(t) = &token {
+                request = request.header(AUTHORIZATION, t.0.clone());
             }
             let mut answer = match request.send().await {
                 Err(e) => Answer::failed(error_chain(&e)),
@@ -298,7 +335,7 @@ impl Destination for Http {
             if let (Some(tokens), Some(t)) = (&self.tokens, &token) {
                 // Refused (401): the token goes, and a new attempt is made at once with a new
                 // one — once: not again if that one is refused too.
-                answer.again_now = tokens.answered(t, answer.status).await;
+                answer.again_now = tokens.answered(t, answer.status);
             }
             // Errors name the URL; its query often carries a token. They go to the attempt
             // log, notices and logs without it.

@@ -306,8 +306,9 @@ pub(super) fn delivery_state(o: &Outcome) -> (DeliveryStatus, Option<i64>) {
 pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
     outcomes
         .iter()
-        // An expired delivery was not attempted: it says nothing of the endpoint's health.
-        .filter(|o| o.next != NextState::Expired && !o.batched)
+        // An expired delivery was not attempted, and one refused with a stale OAuth 2 token
+        // went again at once: neither says anything of the endpoint's health.
+        .filter(|o| o.next != NextState::Expired && !o.batched && !o.again_now)
         .map(|o| Attempt {
             at: o.started_at,
             succeeded: o.next == NextState::Succeeded,

@@ -222,3 +222,25 @@ async fn a_backlog_run_stores_everything_first_then_times_the_drain() {
     assert!(report.deliveries_per_sec > 0.0);
     assert!(report.text().contains("draining a stored backlog"));
 }
+
+#[tokio::test]
+async fn the_bench_calls_its_receiver_with_a_bearer_or_an_oauth2_token() {
+    use switchboard::cli::bench::ReceiverAuth;
+    let data = TestData::new().await;
+    for auth in [ReceiverAuth::Bearer, ReceiverAuth::Oauth2] {
+        let report = run(Options {
+            events: 100,
+            concurrency: 4,
+            batch: 10,
+            receiver_auth: auth,
+            database_url: data.database_url(),
+            ..Options::default()
+        })
+        .await
+        .expect("bench ran");
+        // The receiver refuses a delivery without the token: every one arrived with it.
+        assert_eq!(report.deliveries, 100, "{auth:?}");
+        let tokens = usize::from(auth == ReceiverAuth::Oauth2);
+        assert_eq!(report.token_requests, tokens, "{auth:?}: one token for all");
+    }
+}

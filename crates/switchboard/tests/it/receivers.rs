@@ -448,6 +448,61 @@ async fn a_401_drops_the_token_and_the_delivery_goes_again_at_once_with_a_new_on
 }
 
 #[tokio::test]
+async fn the_token_outlives_the_rebuild_of_the_subscriptions_target() {
+    let tokens = TokenEndpoint::start(3600).await;
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    app.subscribe(json!({"url": rx.url("/"), "auth": tokens.auth()}))
+        .await;
+    app.publish_ok("default", &agent_event(&guid(), 1, "a"))
+        .await;
+    rx.wait_for(1).await;
+    // Another subscription: the dispatcher re-reads them all and rebuilds every target.
+    let other = TestReceiver::start().await;
+    app.subscribe(json!({"url": other.url("/")})).await;
+    app.publish_ok("default", &agent_event(&guid(), 1, "b"))
+        .await;
+    rx.wait_for(2).await;
+    other.wait_for(1).await;
+    assert_eq!(tokens.count(), 1, "the cached token survived the rebuild");
+}
+
+#[tokio::test]
+async fn every_delivery_refused_with_a_revoked_token_goes_again_at_once() {
+    let tokens = TokenEndpoint::start(3600).await;
+    let mut t = Stepper::new().await;
+    // tok-1 works once, then is revoked: every delivery still in flight with it is refused.
+    let rx = TestReceiver::with(|n, r| match (n, r.header("authorization")) {
+        (0, _) => (200, Duration::ZERO),
+        (_, "Bearer tok-1") => (401, Duration::ZERO),
+        _ => (200, Duration::ZERO),
+    })
+    .await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "auth": tokens.auth(),
+                          "retry_schedule_secs": [3600], "max_in_flight": 8}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "first")).await;
+    t.step().await;
+    let five: Vec<Value> = (0..5)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(five)).await;
+    t.step().await;
+    t.advance(Duration::from_secs(1));
+    t.step().await;
+    let d = t.deliveries(&sub).await;
+    assert_eq!(d.len(), 6);
+    assert!(
+        d.iter().all(|d| d.status == DeliveryStatus::Succeeded),
+        "{d:?}"
+    );
+    let refused = d.iter().filter(|d| d.attempt_count == 2).count();
+    assert_eq!(refused, 5, "each refused one went again at once: {d:?}");
+    assert_eq!(tokens.count(), 2, "one new token for all of them");
+}
+
+#[tokio::test]
 async fn a_dead_token_endpoint_fails_the_attempt_naming_it() {
     let app = TestApp::spawn().await;
     let rx = TestReceiver::start().await;
