@@ -515,15 +515,23 @@ async fn update(
         }
     }
     // Credentials are replaced whole, never merged field by field with another type's.
-    if patch.contains_key("auth")
-        && let Some(map) = current.as_object_mut()
-    {
+    let auth_given = patch.contains_key("auth");
+    if auth_given && let Some(map) = current.as_object_mut() {
         map.remove("auth");
     }
+    let before = receiver_origin(&current);
     merge_patch(&mut current, Value::Object(patch));
-    // A credential sent back as shown ("***") keeps the stored one.
+    let same_receiver = receiver_origin(&current) == before;
+    if !same_receiver && !auth_given && rec.spec.auth.is_some() {
+        // Write-only credentials never follow a receiver elsewhere by themselves.
+        return Err(ApiError::invalid(
+            "auth",
+            "the receiver's origin changed: give its credentials again (or null for none)",
+        ));
+    }
+    // A credential sent back as shown ("***") keeps the stored one, for the same receiver.
     if let (Some(Value::Object(auth)), Some(stored)) = (current.get_mut("auth"), &rec.spec.auth) {
-        crate::subscription::auth::Auth::unmask_json(stored, auth);
+        crate::subscription::auth::Auth::unmask_json(stored, auth, same_receiver);
     }
     if let (Some(Value::Object(tls)), Some(stored)) = (current.get_mut("tls"), &rec.spec.tls) {
         crate::subscription::tls::Tls::unmask_json(stored, tls);
@@ -582,6 +590,21 @@ async fn update(
 
 /// A broker named by an IP literal must be an address the guard allows (a host name is checked
 /// when it is resolved, at connect time): else a `422` naming `destination.url`.
+/// The origin (scheme, host, port) an HTTP subscription's deliveries go to, from its stored or
+/// patched JSON form (`url`, or an `http` destination's).
+fn receiver_origin(spec: &Value) -> Option<String> {
+    let url = spec
+        .get("url")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty());
+    let url = url.or_else(|| {
+        let d = spec.get("destination")?;
+        (d.get("type")?.as_str()? == "http").then_some(d.get("url")?.as_str()?)
+    })?;
+    let u = reqwest::Url::parse(url).ok()?;
+    Some(u.origin().ascii_serialization())
+}
+
 fn guarded(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
     let broker = spec.destination.as_ref().and_then(Destination::broker_url);
     let token = spec.auth.as_ref().and_then(|a| a.token_url());

@@ -342,7 +342,11 @@ async fn receive(
     body: axum::body::Bytes,
 ) -> StatusCode {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if rx.expect_auth.as_deref().is_some_and(|a| a != h("authorization")) {
+    if rx
+        .expect_auth
+        .as_deref()
+        .is_some_and(|a| a != h("authorization"))
+    {
         return StatusCode::UNAUTHORIZED;
     }
     let ids: Vec<Uuid> = if h("webhook-id").starts_with("batch_") {
@@ -928,7 +932,9 @@ impl Report {
             let auth = match self.receiver_auth {
                 ReceiverAuth::None => String::new(),
                 ReceiverAuth::Bearer => ", bearer token".into(),
-                ReceiverAuth::Oauth2 => format!(", OAuth 2 ({} token requests)", self.token_requests),
+                ReceiverAuth::Oauth2 => {
+                    format!(", OAuth 2 ({} token requests)", self.token_requests)
+                }
             };
             let delivered = format!(
                 "{} in {:.2} s = {:.0} deliveries/s {how}{auth}",

@@ -827,6 +827,8 @@ impl Dispatcher {
                 );
             }
         }
+        // What the sender keeps per subscription (tokens, TLS clients) goes with it.
+        self.sender.retain(|id| next.contains_key(id));
         self.subs = next;
         self.release(unstarted).await;
         self.refreshed = Some((Instant::now(), version));

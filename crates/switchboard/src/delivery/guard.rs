@@ -108,7 +108,6 @@ impl Guard {
     }
 }
 
-/// Resolves names with the system resolver, then keeps only addresses the guard allows.
 impl Guard {
     /// Checks a receiver's host before a request goes through the egress proxy, which resolves
     /// it itself: an IP literal, or every address the name resolves to, must pass.
@@ -128,6 +127,7 @@ impl Guard {
     }
 }
 
+/// Resolves names with the system resolver, then keeps only addresses the guard allows.
 #[derive(Clone)]
 pub struct GuardedResolver(pub Arc<Guard>);
 

@@ -8,7 +8,7 @@
 //! `grant_type=client_credentials` (§4.4). A subscription's `Tokens` outlive the rebuilds of its
 //! target (the sender keeps them while its `auth` is unchanged), so the cache does too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,27 +36,52 @@ pub struct Tokens {
     clock: Clock,
     /// Through the egress proxy: the token endpoint's host is checked first.
     proxied: bool,
-    /// The cached token, as the header it goes in, and until when (unix ms): read without
-    /// waiting by every attempt.
+    /// The cached token and until when (unix ms): read without waiting by every attempt.
     cached: Mutex<Option<(Token, i64)>>,
     /// Held while a token is requested, so that concurrent attempts wait for one request
-    /// rather than each making its own.
-    fetching: tokio::sync::Mutex<()>,
-    /// The next token is got because the receiver refused the one before.
-    next_after_refusal: AtomicBool,
-    /// The token got after a refusal: refused too, it is not worth another attempt at once.
-    after_refusal: Mutex<Option<Token>>,
+    /// rather than each making its own; holds the last failure and when (unix ms), which the
+    /// attempts that waited share rather than each asking again.
+    fetching: tokio::sync::Mutex<Option<(String, i64)>>,
+    /// How many tokens were got: each token's number tells the latest from one already
+    /// replaced.
+    generation: AtomicU64,
+    /// The receiver refused the latest token, and no token has been accepted since: a token
+    /// got meanwhile and refused too is not worth another attempt at once.
+    refusing: AtomicBool,
 }
 
-/// A token for one attempt: its `Authorization` header.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(pub HeaderValue);
+/// A token for one attempt.
+#[derive(Clone)]
+pub struct Token {
+    /// Its `Authorization` header (sensitive).
+    pub header: HeaderValue,
+    generation: u64,
+    /// Got while the receiver was refusing tokens.
+    while_refusing: bool,
+}
+
+/// A failed token request is shared by the attempts waiting on it for this long (ms).
+const FAILURE_SHARED_MS: i64 = 1000;
+/// The longest a token is kept, whatever its `expires_in`.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
+    /// A number, or (older Azure AD, ADFS) a numeric string.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// `expires_in` as seconds: a non-negative number or a string of one; anything else: absent.
+fn seconds(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => {
+            n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+        }
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 impl Tokens {
@@ -74,9 +99,9 @@ impl Tokens {
             clock,
             proxied,
             cached: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-            next_after_refusal: AtomicBool::new(false),
-            after_refusal: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
         })
     }
 
@@ -91,55 +116,86 @@ impl Tokens {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
-        let _one_at_a_time = self.fetching.lock().await;
-        // Got by the attempt this one waited for?
+        let mut last_failure = self.fetching.lock().await;
+        // Got, or failed to get, by the attempt this one waited for?
         if let Some(t) = self.cached() {
             return Ok(t);
+        }
+        let now = self.clock.now_ms();
+        if let Some((why, at)) = last_failure.as_ref()
+            && now.saturating_sub(*at) < FAILURE_SHARED_MS
+        {
+            return Err(why.clone());
         }
         let Auth::Oauth2 { token_url, .. } = &self.auth else {
             return Err("not OAuth 2".into());
         };
-        let (value, lifetime) = self.request().await.map_err(|why| {
+        let got = self.request().await.map_err(|why| {
             // Errors name the URL; its query may carry a secret.
             let why = match reqwest::Url::parse(token_url) {
                 Ok(u) => super::sender::without_query(&why, &u),
                 Err(_) => why,
             };
             format!("OAuth 2 token endpoint {}: {why}", without_query(token_url))
-        })?;
+        });
+        let (value, lifetime) = match got {
+            Ok(v) => v,
+            Err(why) => {
+                *last_failure = Some((why.clone(), self.clock.now_ms()));
+                return Err(why);
+            }
+        };
+        *last_failure = None;
         let mut header = HeaderValue::from_str(&format!("Bearer {value}"))
             .map_err(|_| "OAuth 2 token endpoint: its access_token is not a header value")?;
         header.set_sensitive(true);
-        let token = Token(header);
-        if self.next_after_refusal.swap(false, Ordering::Relaxed) {
-            *self.after_refusal.lock().expect("lock") = Some(token.clone());
-        }
+        let token = Token {
+            header,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            while_refusing: self.refusing.load(Ordering::Relaxed),
+        };
         // A token that lives 30 s or less is used for this attempt only.
-        *self.cached.lock().expect("token cache") = lifetime
-            .checked_sub(EARLY)
-            .filter(|d| !d.is_zero())
-            .map(|keep| (token.clone(), self.clock.now_ms() + keep.as_millis() as i64));
+        let keep = lifetime.min(MAX_LIFETIME).checked_sub(EARLY);
+        *self.cached.lock().expect("token cache") = keep.filter(|d| !d.is_zero()).map(|keep| {
+            (
+                token.clone(),
+                self.clock.now_ms().saturating_add(keep.as_millis() as i64),
+            )
+        });
         Ok(token)
     }
 
     /// The receiver answered `status` to a request with `token`. A 401 drops the token (if it
     /// is still the cached one) and says whether the delivery is worth another attempt at once,
-    /// with a new token: yes, unless the token refused was itself got after a refusal (every
-    /// delivery refused with the old token is; none refused with its replacement is).
+    /// with a new token: yes for every delivery refused with a token since replaced, or with
+    /// the latest token — unless that one was got while the receiver was already refusing
+    /// tokens (then the retry schedule applies, until a token is accepted again).
     pub fn answered(&self, token: &Token, status: Option<u16>) -> bool {
-        if status != Some(401) {
-            return false;
+        match status {
+            Some(401) => {}
+            Some(s) if (200..300).contains(&s) => {
+                self.refusing.store(false, Ordering::Relaxed);
+                return false;
+            }
+            _ => return false,
+        }
+        if token.generation < self.generation.load(Ordering::Relaxed) {
+            // Already replaced: the next attempt gets the newer one.
+            return true;
         }
         {
             let mut cached = self.cached.lock().expect("token cache");
-            if cached.as_ref().is_some_and(|(t, _)| t == token) {
+            if cached
+                .as_ref()
+                .is_some_and(|(t, _)| t.generation == token.generation)
+            {
                 *cached = None;
             }
         }
-        if self.after_refusal.lock().expect("lock").as_ref() == Some(token) {
+        if token.while_refusing && self.refusing.load(Ordering::Relaxed) {
             return false;
         }
-        self.next_after_refusal.store(true, Ordering::Relaxed);
+        self.refusing.store(true, Ordering::Relaxed);
         true
     }
 
@@ -209,8 +265,8 @@ impl Tokens {
         if answer.access_token.is_empty() {
             return Err("its answer's access_token is empty".to_owned());
         }
-        let lifetime = answer
-            .expires_in
+        let lifetime = (answer.expires_in.as_ref())
+            .and_then(seconds)
             .map_or(DEFAULT_LIFETIME, Duration::from_secs);
         Ok((answer.access_token, lifetime))
     }
@@ -225,5 +281,20 @@ fn without_query(url: &str) -> String {
             u.to_string()
         }
         Err(_) => url.split(['?', '#']).next().unwrap_or_default().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expires_in_is_a_number_or_a_numeric_string() {
+        assert_eq!(seconds(&json!(3599)), Some(3599));
+        assert_eq!(seconds(&json!("3599")), Some(3599));
+        assert_eq!(seconds(&json!(1.5)), Some(1));
+        assert_eq!(seconds(&json!("soon")), None);
+        assert_eq!(seconds(&json!(-5)), Some(0));
     }
 }

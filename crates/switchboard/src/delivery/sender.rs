@@ -83,6 +83,13 @@ impl Sender {
         Sender { clock, ..self }
     }
 
+    /// Forgets what it keeps for subscriptions `live` says are gone.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        let mut kept = self.kept.lock().expect("kept");
+        kept.tokens.retain(|id, _| live(id));
+        kept.tls.retain(|id, _| live(id));
+    }
+
     /// What attempts are stamped with.
     pub fn clock(&self) -> &Clock {
         &self.clock
@@ -131,7 +138,10 @@ struct Kept {
     tokens: std::collections::HashMap<String, Arc<super::oauth::Tokens>>,
     tls: std::collections::HashMap<
         String,
-        (crate::subscription::tls::Tls, Result<reqwest::Client, String>),
+        (
+            crate::subscription::tls::Tls,
+            Result<reqwest::Client, String>,
+        ),
     >,
 }
 
@@ -192,6 +202,8 @@ pub struct Http {
     tokens: Option<Arc<super::oauth::Tokens>>,
     /// Requests go through the egress proxy: the receiver's host is checked first.
     proxied: bool,
+    /// The whole attempt — the address check, a token, the request — ends within this.
+    timeout: Duration,
 }
 
 impl Http {
@@ -227,7 +239,11 @@ impl Http {
         let mut kept = sender.kept.lock().expect("kept");
         let tokens = match &sub.spec.auth {
             Some(auth @ Auth::Oauth2 { .. }) => {
-                let same = kept.tokens.get(&sub.id).filter(|t| t.auth == *auth).cloned();
+                let same = kept
+                    .tokens
+                    .get(&sub.id)
+                    .filter(|t| t.auth == *auth)
+                    .cloned();
                 same.or_else(|| {
                     let made = super::oauth::Tokens::new(
                         sender.client.clone(),
@@ -269,6 +285,7 @@ impl Http {
             headers,
             tokens,
             proxied: sender.proxy.is_some(),
+            timeout: sender.timeout,
         }
     }
 
@@ -306,28 +323,36 @@ impl Destination for Http {
                 Ok(r) => r,
                 Err(why) => return Answer::failed(why),
             };
+            // One deadline for all of it, so that no attempt outlives its lease (the
+            // dispatcher starts one only with more than the timeout left).
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let late = || format!("no answer within {} s", self.timeout.as_secs());
             if self.proxied
                 && let Ok(url) = &self.url
-                && let Err(why) = (self.guard)
-                    .check_host(
-                        url.host_str().unwrap_or_default(),
-                        url.port_or_known_default().unwrap_or(0),
-                    )
-                    .await
             {
-                // The proxy would resolve the name itself, past the guard: not asked.
-                return Answer::failed(why);
+                let host = url.host_str().unwrap_or_default();
+                let port = url.port_or_known_default().unwrap_or(0);
+                let checked = tokio::time::timeout_at(deadline, self.guard.check_host(host, port));
+                match checked.await {
+                    Ok(Ok(())) => {}
+                    // The proxy would resolve the name itself, past the guard: not asked.
+                    Ok(Err(why)) => return Answer::failed(why),
+                    Err(_) => return Answer::failed(format!("resolving {host}: {}", late())),
+                }
             }
             let token = match &self.tokens {
                 None => None,
-                Some(tokens) => match tokens.get().await {
-                    Ok(t) => Some(t),
-                    Err(why) => return Answer::failed(why),
+                Some(tokens) => match tokio::time::timeout_at(deadline, tokens.get()).await {
+                    Ok(Ok(t)) => Some(t),
+                    Ok(Err(why)) => return Answer::failed(why),
+                    Err(_) => return Answer::failed(format!("OAuth 2 token endpoint: {}", late())),
                 },
             };
             if let Some(t) = &token {
-                request = request.header(AUTHORIZATION, t.0.clone());
+                request = request.header(AUTHORIZATION, t.header.clone());
             }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            request = request.timeout(left.max(Duration::from_millis(1)));
             let mut answer = match request.send().await {
                 Err(e) => Answer::failed(error_chain(&e)),
                 Ok(response) => read_answer(response).await,

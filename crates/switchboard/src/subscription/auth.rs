@@ -74,9 +74,16 @@ impl Auth {
     }
 
     /// In a `PATCH`'s merged `auth` object: each secret field sent back as `***` takes the
-    /// stored value, when the stored credentials are of the same type.
-    pub fn unmask_json(stored: &Auth, given: &mut Map<String, Value>) {
-        if given.get("type").and_then(Value::as_str) != Some(stored.kind()) {
+    /// stored value, when the stored credentials are of the same type and go where they went
+    /// (`same_receiver`: the receiver's origin is unchanged; for OAuth 2, the same `token_url`
+    /// too) — a write-only secret is never sent somewhere new without being given again.
+    pub fn unmask_json(stored: &Auth, given: &mut Map<String, Value>, same_receiver: bool) {
+        if !same_receiver || given.get("type").and_then(Value::as_str) != Some(stored.kind()) {
+            return;
+        }
+        if let Some(url) = stored.token_url()
+            && given.get("token_url").and_then(Value::as_str) != Some(url)
+        {
             return;
         }
         let Ok(Value::Object(old)) = serde_json::to_value(stored) else {
@@ -118,6 +125,11 @@ impl Auth {
                     _ if token_url.len() > 2048 => out.push((
                         "auth.token_url",
                         "must be at most 2048 characters".to_owned(),
+                    )),
+                    Ok(u) if !u.username().is_empty() || u.password().is_some() => out.push((
+                        "auth.token_url",
+                        "must not carry credentials: they go in client_id and client_secret"
+                            .to_owned(),
                     )),
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                     _ => out.push((
@@ -195,10 +207,27 @@ mod tests {
             token: "tok-1".into(),
         };
         let mut given = json!({"type": "bearer", "token": "***"});
-        Auth::unmask_json(&stored, given.as_object_mut().unwrap());
+        Auth::unmask_json(&stored, given.as_object_mut().unwrap(), true);
         assert_eq!(given["token"], "tok-1");
+        let mut elsewhere = json!({"type": "bearer", "token": "***"});
+        Auth::unmask_json(&stored, elsewhere.as_object_mut().unwrap(), false);
+        assert_eq!(elsewhere["token"], "***", "not for another receiver");
+        let oauth = Auth::Oauth2 {
+            token_url: "https://idp.example.com/token".into(),
+            client_id: "c".into(),
+            client_secret: "s3cret".into(),
+            scope: None,
+            audience: None,
+        };
+        let mut moved = json!({"type": "oauth2", "token_url": "https://evil.example.com/token",
+                               "client_id": "c", "client_secret": "***"});
+        Auth::unmask_json(&oauth, moved.as_object_mut().unwrap(), true);
+        assert_eq!(
+            moved["client_secret"], "***",
+            "not for another token endpoint"
+        );
         let mut other = json!({"type": "basic", "username": "u", "password": "***"});
-        Auth::unmask_json(&stored, other.as_object_mut().unwrap());
+        Auth::unmask_json(&stored, other.as_object_mut().unwrap(), true);
         assert_eq!(other["password"], "***");
         let a: Auth = serde_json::from_value(other).unwrap();
         assert_eq!(a.problems()[0].0, "auth.password");

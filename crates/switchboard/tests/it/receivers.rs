@@ -199,6 +199,25 @@ async fn basic_and_bearer_credentials_reach_the_receiver_and_are_write_only() {
         again.header("authorization"),
         format!("Basic {}", STANDARD.encode("sb2:pa55-w0rd"))
     );
+    // Credentials never follow the receiver elsewhere by themselves: a new origin without them,
+    // or with them masked, is refused.
+    let moved = json!({"url": "https://elsewhere.example.com/in"});
+    let p = problem(
+        app.call(Method::PATCH, &path, ADMIN_KEY, Some(&moved))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "auth", "{p}");
+    let moved = json!({"url": "https://elsewhere.example.com/in",
+                       "auth": {"type": "basic", "username": "sb2", "password": "***"}});
+    let p = problem(
+        app.call(Method::PATCH, &path, ADMIN_KEY, Some(&moved))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "auth.password", "{p}");
     // "***" for another type has nothing to keep.
     let patch = json!({"auth": {"type": "bearer", "token": "***"}});
     let p = problem(
@@ -247,6 +266,11 @@ async fn bad_receiver_settings_are_422_naming_the_field_and_store_nothing() {
             "auth.token_url",
         ),
         (json!({"url": "http://192.168.1.20/in"}), "url"),
+        (
+            json!({"url": url, "auth": {"type": "oauth2", "token_url": "https://u:p@idp.example.com/t",
+                   "client_id": "c", "client_secret": "s"}}),
+            "auth.token_url",
+        ),
         (
             json!({"url": url, "headers": {"Authorization": "x"},
                    "auth": {"type": "bearer", "token": "t"}}),
@@ -434,7 +458,7 @@ async fn a_401_drops_the_token_and_the_delivery_goes_again_at_once_with_a_new_on
     let tokens2 = TokenEndpoint::start(3600).await;
     let sub2 = t
         .subscribe(json!({"url": refusing.url("/"), "auth": tokens2.auth(),
-                          "retry_schedule_secs": [3600, 3600]}))
+                          "retry_schedule_secs": [3600, 3600, 3600]}))
         .await;
     t.publish(&agent_event(&guid(), 1, "b")).await;
     for _ in 0..3 {
@@ -445,6 +469,18 @@ async fn a_401_drops_the_token_and_the_delivery_goes_again_at_once_with_a_new_on
     assert_eq!(d[0].attempt_count, 2, "{d:?}");
     assert_eq!(d[0].status, DeliveryStatus::Pending);
     assert_eq!(tokens2.count(), 2);
+    // An hour on, the scheduled attempt's new token is refused too: still the schedule (the
+    // receiver has accepted no token since it began refusing), not another at once.
+    // (Past the hour's jitter, ±20 %.)
+    t.advance(Duration::from_secs(4400));
+    for _ in 0..3 {
+        t.step().await;
+        t.advance(Duration::from_secs(1));
+    }
+    let d = t.deliveries(&sub2).await;
+    assert_eq!(d[0].attempt_count, 3, "{d:?}");
+    assert_eq!(d[0].status, DeliveryStatus::Pending);
+    assert_eq!(tokens2.count(), 3);
 }
 
 #[tokio::test]

@@ -251,7 +251,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     server.end(client).await?;
 
     // 3. Ingest with 10 subscriptions of each kind, fresh servers, interleaved.
-    let (receiver, addr) = start_receiver(opts.ingest_events * 10, super::ReceiverAuth::None).await?;
+    let (receiver, addr) =
+        start_receiver(opts.ingest_events * 10, super::ReceiverAuth::None).await?;
     drop(receiver);
     let (mut push, mut pull) = (Vec::new(), Vec::new());
     for kind in ["push", "pull", "push", "pull"] {
