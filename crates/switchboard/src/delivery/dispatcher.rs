@@ -144,15 +144,17 @@ impl SubState {
     /// start now, so nothing waits on tokens while its lease runs; so does a coalescing one, so
     /// that a status waiting for a slot is not leased and a later one can still supersede it.
     fn wanted(&mut self, now: i64) -> u32 {
+        // A batch fills a slot with up to `max_events` deliveries.
+        let per_slot = (self.target.sub.spec.batch).map_or(1, |b| b.max_events.max(1));
         if self.probe_at.is_some() {
-            // Open: its oldest due delivery, as the one probe.
-            return u32::from(self.active && self.probe_due(now) && self.ready.is_empty());
+            // Open: its oldest due delivery — or, batching, its oldest due batch — as the one
+            // probe (DESIGN §17).
+            let probe = self.active && self.probe_due(now) && self.ready.is_empty();
+            return u32::from(probe) * per_slot;
         }
         let spec = &self.target.sub.spec;
         let buffered = spec.rate_limit_per_sec.is_none()
             && spec.coalesce == crate::subscription::Coalesce::None;
-        // A batch fills a slot with up to `max_events` deliveries.
-        let per_slot = spec.batch.map_or(1, |b| b.max_events.max(1));
         let target = if buffered && self.active {
             (2 * spec.max_in_flight).saturating_sub(self.in_flight) * per_slot
         } else {

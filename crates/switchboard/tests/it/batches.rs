@@ -304,3 +304,50 @@ proptest::proptest! {
             .block_on(per_agent_case(agents, each, most, fails));
     }
 }
+
+/// An open breaker's probe is one batch (DESIGN §17): while it is open, one request at a time,
+/// each carrying up to `max_events` of the oldest due events.
+#[tokio::test]
+async fn an_open_breakers_probe_is_one_whole_batch() {
+    let mut t = Stepper::new().await;
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receiving = up.clone();
+    let rx =
+        TestReceiver::with(
+            move |_, _| match receiving.load(std::sync::atomic::Ordering::SeqCst) {
+                true => (200, Duration::ZERO),
+                false => (503, Duration::ZERO),
+            },
+        )
+        .await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "max_in_flight": 1,
+                          "batch": {"max_events": 10, "max_wait_ms": 0},
+                          "retry_schedule_secs": [10, 10, 10, 10, 10, 10, 10, 10]}))
+        .await;
+    let events: Vec<Value> = (0..100)
+        .map(|i| agent_event(&guid(), 3, &format!("a{i}")))
+        .collect();
+    t.publish(&Value::Array(events)).await;
+    // Down: batches fail until the breaker opens.
+    for _ in 0..20 {
+        t.step().await;
+        t.advance(Duration::from_secs(11));
+        let b = t.store.breakers(&[sub.id.as_str()]).await.unwrap();
+        if b.get(&sub.id).is_some_and(|b| b.probe_at.is_some()) {
+            break;
+        }
+    }
+    let b = t.store.breakers(&[sub.id.as_str()]).await.unwrap();
+    assert!(b[&sub.id].probe_at.is_some(), "the breaker opened");
+    let before = rx.received().len();
+    // Still down: the next probe is one request, a whole batch.
+    t.advance(Duration::from_secs(11));
+    assert_eq!(t.step().await, 1, "one probe");
+    let probe = rx.received()[before].json();
+    assert_eq!(
+        probe.as_array().map(Vec::len),
+        Some(10),
+        "a whole batch: {probe}"
+    );
+}
