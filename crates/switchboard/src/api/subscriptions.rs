@@ -617,15 +617,9 @@ fn guarded(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
         let Some(Ok(u)) = url.map(reqwest::Url::parse) else {
             continue;
         };
-        let host = u.host_str().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            state
-                .sender
-                .guard()
-                .check(ip)
-                .map_err(|why| ApiError::invalid(field, why))?;
-        }
+        (state.sender.guard())
+            .check_literal(u.host_str().unwrap_or_default())
+            .map_err(|why| ApiError::invalid(field, why))?;
     }
     Ok(())
 }

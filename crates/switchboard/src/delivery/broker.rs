@@ -92,23 +92,9 @@ impl Broker {
     /// is dialled).
     pub(super) async fn address(&self) -> Result<(String, u16, SocketAddr), String> {
         let (host, port) = broker_url(&self.url, self.scheme)?;
-        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![(ip, port).into()],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("resolving {host}: {e}"))?
-                .collect(),
-        };
-        for a in &addrs {
-            self.guard
-                .check(a.ip())
-                .map_err(|why| format!("{} broker {host}: {why}", self.scheme))?;
-        }
-        let first = addrs
-            .first()
-            .copied()
-            .ok_or_else(|| format!("{host} did not resolve"))?;
-        Ok((host, port, first))
+        let addrs = (self.guard.resolve_all(&host, port).await)
+            .map_err(|why| format!("{} broker {host}: {why}", self.scheme))?;
+        Ok((host, port, addrs[0]))
     }
 }
 

@@ -109,21 +109,41 @@ impl Guard {
 }
 
 impl Guard {
-    /// Checks a receiver's host before a request goes through the egress proxy, which resolves
-    /// it itself: an IP literal, or every address the name resolves to, must pass.
-    pub async fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return self.check(ip);
+    /// Checks `host` (a URL's host, IPv6 in brackets or not) when it is an IP literal, which no
+    /// resolver sees; a name passes here (the resolver checks it when connecting).
+    pub fn check_literal(&self, host: &str) -> Result<(), String> {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => self.check(ip),
+            Err(_) => Ok(()),
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
-            .await
-            .map_err(|e| format!("{host} did not resolve: {e}"))?
-            .collect();
+    }
+
+    /// `host`'s addresses (an IP literal, or every address the name resolves to now), each of
+    /// which must pass: for connections the resolver does not make itself (a broker's, or a
+    /// receiver's through the egress proxy, which resolves the name again).
+    pub async fn resolve_all(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![(ip, port).into()],
+            Err(_) => tokio::net::lookup_host((bare, port))
+                .await
+                .map_err(|e| format!("resolving {host}: {e}"))?
+                .collect(),
+        };
         if addrs.is_empty() {
             return Err(format!("{host} did not resolve"));
         }
-        addrs.iter().try_for_each(|a| self.check(a.ip()))
+        addrs.iter().try_for_each(|a| self.check(a.ip()))?;
+        Ok(addrs)
+    }
+
+    /// [`Guard::resolve_all`], for a host about to be reached through the egress proxy.
+    pub async fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
+        self.resolve_all(host, port).await.map(|_| ())
     }
 }
 

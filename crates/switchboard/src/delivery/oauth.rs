@@ -211,13 +211,8 @@ impl Tokens {
             return Err("not OAuth 2".into());
         };
         let url = reqwest::Url::parse(token_url).map_err(|e| format!("invalid url: {e}"))?;
-        let literal = url.host_str().and_then(|h| {
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            h.parse::<std::net::IpAddr>().ok()
-        });
-        if let Some(ip) = literal {
-            self.guard.check(ip)?;
-        }
+        self.guard
+            .check_literal(url.host_str().unwrap_or_default())?;
         if self.proxied {
             let port = url.port_or_known_default().unwrap_or(0);
             self.guard

@@ -63,12 +63,9 @@ impl Sender {
     /// address passes the guard too: an IP literal here, a host name when it is resolved.
     pub fn with_proxy(self, url: &str) -> anyhow::Result<Self> {
         let parsed = reqwest::Url::parse(url)?;
-        let host = parsed.host_str().unwrap_or_default();
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-            self.guard
-                .check(ip)
-                .map_err(|why| anyhow::anyhow!("egress_proxy: {why}"))?;
-        }
+        (self.guard)
+            .check_literal(parsed.host_str().unwrap_or_default())
+            .map_err(|why| anyhow::anyhow!("egress_proxy: {why}"))?;
         let proxy = reqwest::Proxy::all(url)?;
         let client = client_builder(&self.guard, self.timeout, Some(&proxy)).build()?;
         Ok(Sender {
@@ -293,13 +290,8 @@ impl Http {
     /// resolver when the client connects; IP literals are not resolved, so they are checked here.
     fn prepare(&self, message: &Message) -> Result<reqwest::RequestBuilder, String> {
         let url = self.url.clone()?;
-        let literal = url.host_str().and_then(|h| {
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            h.parse::<std::net::IpAddr>().ok()
-        });
-        if let Some(ip) = literal {
-            self.guard.check(ip)?;
-        }
+        self.guard
+            .check_literal(url.host_str().unwrap_or_default())?;
         let mut headers = self.headers.clone();
         for (name, value) in &message.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
@@ -426,7 +418,7 @@ async fn read_answer(mut response: reqwest::Response) -> Answer {
 }
 
 /// An error and its causes, "outer: inner: root".
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -137,7 +137,10 @@ impl Tls {
                 if let Err(e) = builder.build() {
                     out.push((
                         "tls.ca_pem",
-                        format!("is not a CA certificate: {}", chain(&e)),
+                        format!(
+                            "is not a CA certificate: {}",
+                            crate::delivery::sender::error_chain(&e)
+                        ),
                     ));
                 }
             }
@@ -156,19 +159,13 @@ impl Tls {
             .identity(identity)
             .build()
             .map(|_| ())
-            .map_err(|e| format!("does not go with client_cert_pem: {}", chain(&e)))
+            .map_err(|e| {
+                format!(
+                    "does not go with client_cert_pem: {}",
+                    crate::delivery::sender::error_chain(&e)
+                )
+            })
     }
-}
-
-/// An error and its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        msg = format!("{msg}: {cause}");
-        source = cause.source();
-    }
-    msg
 }
 
 /// The certificates of a PEM bundle, or why there are none.
