@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
 use switchboard::delivery::signing::{Secret, verify};
 
-use crate::support::app::{TestApp, agent_event, guid};
+use crate::support::app::{TestApp, agent_event, free_port, guid};
 use crate::support::receiver::{eventually, eventually_within};
 
 fn amqp_url() -> String {
@@ -253,14 +253,6 @@ struct OwnRabbit {
     dir: tempfile::TempDir,
     /// The `rabbitmq-server` script, which ends with the node.
     child: Option<std::process::Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl OwnRabbit {

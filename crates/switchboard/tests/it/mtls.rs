@@ -14,7 +14,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto::ring};
 
-use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, json_ok, problem};
+use crate::support::app::{ADMIN_KEY, TestApp, agent_event, fields_named, guid, json_ok, problem};
 use crate::support::receiver::eventually;
 
 const SUBS: &str = "/v1/tenants/default/subscriptions";
@@ -290,12 +290,7 @@ async fn bad_tls_settings_are_422_naming_the_field_and_store_nothing() {
             "{field}: {body}"
         );
         let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-        let named: Vec<&str> = p["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
+        let named = fields_named(&p);
         assert!(named.iter().any(|f| f.starts_with(field)), "{field} in {p}");
         assert!(
             !p.to_string().contains("BEGIN PRIVATE KEY"),

@@ -9,7 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use switchboard::delivery::signing::{Secret, verify};
 
-use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, json_ok, problem};
+use crate::support::app::{
+    ADMIN_KEY, TestApp, agent_event, fields_named, free_port, guid, json_ok, problem,
+};
 use crate::support::db::OldDb;
 use crate::support::receiver::{eventually, eventually_within};
 
@@ -247,12 +249,7 @@ async fn bad_destinations_are_422_naming_the_field_and_store_nothing() {
     for (body, field) in cases {
         let r = app.call(Method::POST, SUBS, ADMIN_KEY, Some(&body)).await;
         let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-        let named: Vec<&str> = p["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
+        let named = fields_named(&p);
         assert!(
             named.iter().any(|f| f.starts_with(field)),
             "{body}: {field} in {p}"
@@ -405,11 +402,7 @@ struct OwnBroker {
 
 impl OwnBroker {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut b = OwnBroker {
             port,
             dir: tempfile::tempdir().unwrap(),

@@ -15,7 +15,7 @@ use switchboard::store::DeliveryStatus;
 
 use crate::mtls::{Ca, TlsReceiver};
 use crate::receivers::TokenEndpoint;
-use crate::support::app::{TestApp, agent_event, guid};
+use crate::support::app::{TestApp, agent_event, free_port, guid};
 use crate::support::receiver::{TestReceiver, eventually};
 use crate::support::stepper::Stepper;
 
@@ -28,11 +28,7 @@ struct ProxyPy {
 
 impl ProxyPy {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut child = Command::new("python3")
             .args([
                 "-m",

@@ -20,7 +20,7 @@ use sha2::Sha256;
 use switchboard::delivery::signing::{Secret, verify};
 use switchboard::store::DeliveryStatus;
 
-use crate::support::app::{ADMIN_KEY, TestApp, agent_event, guid, json_ok, problem};
+use crate::support::app::{ADMIN_KEY, TestApp, agent_event, fields_named, guid, json_ok, problem};
 use crate::support::db::TestData;
 use crate::support::process::Server;
 use crate::support::receiver::{TestReceiver, eventually};
@@ -289,12 +289,7 @@ async fn bad_receiver_settings_are_422_naming_the_field_and_store_nothing() {
     for (body, field) in cases {
         let r = app.call(Method::POST, SUBS, ADMIN_KEY, Some(&body)).await;
         let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-        let named: Vec<&str> = p["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
+        let named = fields_named(&p);
         assert!(named.contains(&field), "{body}: {field} in {p}");
     }
     let listed = json_ok(app.get(SUBS, ADMIN_KEY).await).await;

@@ -228,6 +228,19 @@ pub async fn problem(r: Response, status: StatusCode) -> Value {
 }
 
 /// A valid Agent event with the given code, id and username.
+/// The fields a problem's `errors` name, in order.
+pub fn fields_named(problem: &Value) -> Vec<&str> {
+    (problem["errors"].as_array().into_iter().flatten())
+        .filter_map(|e| e["field"].as_str())
+        .collect()
+}
+
+/// A loopback port free now (for a server a test starts as a process of its own).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
 pub fn agent_event(id: &str, code: u32, username: &str) -> Value {
     let mut fields = json!({
         "SessionId": format!("S-{username}"), "SessionType": "CCA",
