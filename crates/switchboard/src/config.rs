@@ -42,6 +42,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// The OTLP/HTTP collector's base URL (DESIGN §21); empty: the `OTEL_*` variables decide.
+    pub otlp_endpoint: String,
     /// Empty: `/metrics` is public; else it needs this key (or the admin key) as a bearer.
     pub metrics_key: String,
     /// Streams (every SSE route) one API key may hold open at once.
@@ -249,6 +251,16 @@ impl Config {
                 );
             }
         }
+        if !self.otlp_endpoint.is_empty() {
+            let ok = reqwest::Url::parse(&self.otlp_endpoint)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                bail!(
+                    "otlp_endpoint must be empty or an http(s) URL, got {}",
+                    mask_password(&self.otlp_endpoint)
+                );
+            }
+        }
         let url = &self.database_url;
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
@@ -297,6 +309,7 @@ impl Config {
         }
         shown.database_url = mask_password(&shown.database_url);
         shown.egress_proxy = mask_password(&shown.egress_proxy);
+        shown.otlp_endpoint = mask_password(&shown.otlp_endpoint);
         toml::to_string(&shown).unwrap_or_default()
     }
 

@@ -45,6 +45,7 @@ pub mod delivery;
 pub mod event;
 pub mod jobs;
 pub mod lag;
+pub mod otel;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;

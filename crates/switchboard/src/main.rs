@@ -570,7 +570,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // Scripts and tests read this line to learn the port when listening on port 0. It
             // comes once the store is open: a node that cannot open its database never says it.
             let serving = |addr| println!("switchboard listening on http://{addr}");
-            switchboard::run_with(config, listener, shutdown_signal(), serving).await
+            let served = switchboard::run_with(config, listener, shutdown_signal(), serving).await;
+            switchboard::otel::shutdown();
+            served
         }
     }
 }

@@ -54,6 +54,7 @@ use uuid::Uuid;
 use crate::auth::Scope;
 use crate::clock::Clock;
 use crate::event::{Event, NewEvent, Timestamp};
+use crate::otel::TraceContext;
 use crate::subscription::SubscriptionSpec;
 use crate::subscription::health::Policy;
 pub use agents::{AgentQuery, History, Refused};
@@ -259,10 +260,21 @@ impl Store {
         tenant: &str,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Accepted>, IngestError> {
+        self.ingest_traced(tenant, events, None).await
+    }
+
+    /// [`Store::ingest`], the events stored with the trace context `trace` (DESIGN §21).
+    pub async fn ingest_traced(
+        &self,
+        tenant: &str,
+        events: Vec<NewEvent>,
+        trace: Option<TraceContext>,
+    ) -> Result<Vec<Accepted>, IngestError> {
         let (reply, answer) = oneshot::channel();
         let job = IngestJob {
             tenant: tenant.to_string(),
             events,
+            trace,
         };
         self.0
             .writer
@@ -590,6 +602,8 @@ pub enum CreateError {
 pub(crate) struct IngestJob {
     pub tenant: String,
     pub events: Vec<NewEvent>,
+    /// The request's trace context, stored with each of its new events.
+    pub trace: Option<TraceContext>,
 }
 
 fn scopes_to_text(scopes: &[Scope]) -> String {
@@ -711,6 +725,8 @@ pub struct Claimed {
     pub round_attempt: u32,
     /// The stored canonical event, sent as is.
     pub body: Bytes,
+    /// The trace context stored with the event (DESIGN §21); a System event has none.
+    pub trace: Option<Arc<TraceContext>>,
     /// When the delivery was created (the event accepted, or replayed), unix ms.
     pub created_at: i64,
     /// When the event was received, unix ms: what `max_age_secs` counts from.

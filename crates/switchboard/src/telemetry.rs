@@ -9,18 +9,26 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `log_level`.
+/// Installs the global subscriber: logs to stderr and, when an OTLP endpoint is configured,
+/// the trace export layer (`otel.rs`). `RUST_LOG`, when set, wins over `log_level`; it filters
+/// the logs only, not the exported spans.
 pub fn init(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(f)?,
         _ => EnvFilter::try_new(&config.log_level)?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match config.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
+    let installed = match crate::otel::layer(config)? {
+        Some(traces) => registry.with(traces).try_init(),
+        None => registry.try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

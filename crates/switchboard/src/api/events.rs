@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,6 +16,7 @@ use super::doc::{BodyErrors, Errors, Problem, WireEvent};
 use super::{Access, ApiError, AppState, Caller, Page, Params, need, read_json_body, rfc3339};
 use crate::auth::Scope;
 use crate::event::{self, ParseError, Timestamp};
+use crate::otel::{self, TraceContext};
 use crate::store::{Accepted, EventQuery, StoredEvent};
 use crate::telemetry;
 
@@ -88,6 +90,24 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // DESIGN §21: the producer's trace context (a malformed one is ignored: a new trace), and
+    // the `ingest` span when traces are exported.
+    let producer = TraceContext::from_headers(&headers);
+    let (span, trace) = otel::ingest_span(producer, &tenant);
+    publish_traced(state, caller, tenant, headers, body, trace, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn publish_traced(
+    state: AppState,
+    caller: Caller,
+    tenant: String,
+    headers: HeaderMap,
+    body: Body,
+    trace: Option<TraceContext>,
+    span: &tracing::Span,
+) -> Result<Response, ApiError> {
     // The hot path: the writer finds out whether the tenant exists as it commits, so a valid
     // request costs no read before it. Refusals still name a missing tenant first (404).
     caller.0.may(&tenant, Scope::Publish)?;
@@ -119,14 +139,19 @@ async fn publish(
         }
         Err(ParseError::Invalid(errors)) => return refused(ApiError::Invalid(errors)).await,
     };
-    let accepted = state.store.ingest(&tenant, events).await.map_err(|e| {
-        let mut err = ApiError::from(e);
-        // A single posted object has no index to name.
-        if let (false, ApiError::Conflict { errors, .. }) = (is_array, &mut err) {
-            errors.iter_mut().for_each(|e| e.index = None);
-        }
-        err
-    })?;
+    otel::ingest_events(span, &events);
+    let accepted = state
+        .store
+        .ingest_traced(&tenant, events, trace)
+        .await
+        .map_err(|e| {
+            let mut err = ApiError::from(e);
+            // A single posted object has no index to name.
+            if let (false, ApiError::Conflict { errors, .. }) = (is_array, &mut err) {
+                errors.iter_mut().for_each(|e| e.index = None);
+            }
+            err
+        })?;
     let new = accepted.iter().filter(|a| !a.duplicate).count();
     metrics::counter!(telemetry::EVENTS_INGESTED).increment(new as u64);
     Ok((

@@ -10,10 +10,12 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::retry::{self, Next};
 use super::signing::{self, Secret};
 use crate::clock::Clock;
+use crate::otel;
 use crate::store::{Claimed, NextState, Outcome, SubscriptionRecord};
 
 /// What one attempt gave.
@@ -186,16 +188,35 @@ impl Target {
     }
 
     /// Sends `message` (made at the attempt's start, unix ms by `clock`) through the
-    /// destination, timed; logs a refusal or a failure of `what` (an event id, or a batch's).
+    /// destination, timed, as a `delivery.attempt` span in the trace of `lead` (the delivery,
+    /// or a batch's first) whose context the message carries (DESIGN §21); logs a refusal or
+    /// a failure of `what` (an event id, or a batch's).
     async fn send(
         &self,
         clock: &Clock,
+        lead: &Claimed,
         what: &str,
         message: impl FnOnce(i64) -> Message,
     ) -> AttemptResult {
+        let (span, trace) = otel::attempt_span(
+            lead.trace.as_deref(),
+            &self.sub.tenant_id,
+            &self.sub.id,
+            what,
+            lead.attempt,
+        );
         let started = Instant::now();
         let started_at = clock.now_ms();
-        let answer = self.destination.send(&message(started_at)).await;
+        let mut message = message(started_at);
+        if let Some(trace) = &trace {
+            message.headers.extend(trace.headers());
+        }
+        let answer = self
+            .destination
+            .send(&message)
+            .instrument(span.clone())
+            .await;
+        otel::attempt_status(&span, answer.status);
         let result = AttemptResult {
             started_at,
             duration_ms: started.elapsed().as_millis() as i64,
@@ -220,7 +241,7 @@ impl Target {
 /// record.
 pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
     let result = target
-        .send(clock, &c.event_id, |now| Message::new(target, c, now))
+        .send(clock, c, &c.event_id, |now| Message::new(target, c, now))
         .await;
     let outcome = decide(&target.sub, c, result);
     record_metrics(c, &outcome, target.kind());
@@ -234,7 +255,9 @@ pub async fn attempt(target: &Target, c: &Claimed, clock: &Clock) -> Outcome {
 pub async fn attempt_batch(target: &Target, members: &[Claimed], clock: &Clock) -> Vec<Outcome> {
     let what = format!("batch_{}", members[0].delivery_id);
     let result = target
-        .send(clock, &what, |now| Message::batch(target, members, now))
+        .send(clock, &members[0], &what, |now| {
+            Message::batch(target, members, now)
+        })
         .await;
     let lead = decide(&target.sub, &members[0], result);
     let mut outcomes = Vec::with_capacity(members.len());

@@ -37,12 +37,10 @@ pub(super) trait Conn {
         tenant: &str,
         ids: &[Uuid],
     ) -> Result<Vec<(i64, String)>, StoreError>;
-    /// `(sequence, body, received_at)` of `tenant`'s events stored under `sequences`.
-    async fn bodies(
-        &mut self,
-        tenant: &str,
-        sequences: &[i64],
-    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    /// The bodies of `tenant`'s events stored under `sequences`, with when each was received
+    /// and the trace context stored with it.
+    async fn bodies(&mut self, tenant: &str, sequences: &[i64])
+    -> Result<Vec<BodyRow>, StoreError>;
     /// Inserts the rows of `statement` whose values, `statement.columns` a row, are `values`.
     /// By default (SQLite) in chunks of the sizes of `INSERT_CHUNKS`, each one of a few
     /// prepared statements; PostgreSQL's writer sends one statement joining one array per
@@ -72,6 +70,16 @@ pub(super) trait Conn {
 }
 
 /// A stored row that does not decode.
+/// A stored event as a claim reads it for its deliveries.
+pub(super) struct BodyRow {
+    pub sequence: i64,
+    pub body: String,
+    /// Unix ms.
+    pub received_at: i64,
+    /// The trace context stored with it (DESIGN §21).
+    pub trace: Option<crate::otel::TraceContext>,
+}
+
 pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(format!("a stored row does not decode: {e}"))
 }

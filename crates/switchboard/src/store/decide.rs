@@ -12,6 +12,7 @@ use super::{
     SubscriptionRecord,
 };
 use crate::event::{Event, Timestamp};
+use crate::otel::TraceContext;
 use crate::subscription::health::Attempt;
 use crate::subscription::{self, Coalesce, Filter, Ordering};
 
@@ -60,6 +61,8 @@ pub(super) struct NewEventRow<'a> {
     pub id: Uuid,
     pub sequence: i64,
     pub event: Event,
+    /// Its request's trace context.
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// What a group's ingest requests come to.
@@ -84,6 +87,7 @@ pub(super) fn decide_ingests<'a>(
 ) -> Decided<'a> {
     let before = last.clone();
     let mut added: Stored<'a> = HashMap::new();
+    let mut traces: HashMap<(&'a str, Uuid), &'a TraceContext> = HashMap::new();
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let tenant = job.tenant.as_str();
@@ -121,6 +125,9 @@ pub(super) fn decide_ingests<'a>(
         }
         if conflicts.is_empty() {
             last.insert(tenant, seq);
+            if let Some(trace) = &job.trace {
+                traces.extend(mine.keys().map(|id| ((tenant, *id), trace)));
+            }
             added.extend(mine.into_iter().map(|(id, v)| ((tenant, id), v)));
             results.push(Ok(accepted));
         } else {
@@ -134,6 +141,7 @@ pub(super) fn decide_ingests<'a>(
             id,
             sequence,
             event,
+            trace: traces.get(&(tenant, id)).copied(),
         })
         .collect();
     // In key order: appends to the events table's primary key.
@@ -318,8 +326,8 @@ pub(super) fn attempts<'a>(outcomes: &[&'a Outcome]) -> Vec<Attempt<'a>> {
         .collect()
 }
 
-/// A claimed event's body and when it was received (unix ms).
-pub(super) type Body = (bytes::Bytes, i64);
+/// A claimed event's body, when it was received (unix ms), and its trace context.
+pub(super) type Body = (bytes::Bytes, i64, Option<std::sync::Arc<TraceContext>>);
 
 /// Bodies of claimed events by tenant and sequence, read once per claim however many
 /// subscriptions (fan-out) claimed the same event; the bytes are shared, not copied.
@@ -342,7 +350,7 @@ pub(super) fn claimed(
 ) -> Option<Vec<Claimed>> {
     rows.into_iter()
         .map(|r| {
-            let (body, received_at) = bodies.get(&r.sequence)?.clone();
+            let (body, received_at, trace) = bodies.get(&r.sequence)?.clone();
             Some(Claimed {
                 delivery_id: r.delivery_id,
                 subscription_id: sub_id.to_string(),
@@ -353,6 +361,7 @@ pub(super) fn claimed(
                 attempt: r.attempts as u32 + 1,
                 round_attempt: r.round_attempts as u32 + 1,
                 body,
+                trace,
                 created_at: r.created_at,
                 received_at,
                 superseded: r.superseded,

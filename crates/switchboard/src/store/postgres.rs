@@ -88,6 +88,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pull",
         include_str!("migrations/postgres/0013_pull.sql"),
     ),
+    (
+        14,
+        "trace_context",
+        include_str!("migrations/postgres/0014_trace_context.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

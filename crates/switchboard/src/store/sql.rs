@@ -173,9 +173,9 @@ impl MultiRow {
 
 pub static INSERT_EVENTS: MultiRow = MultiRow::new(
     "INSERT INTO events (tenant_id, sequence, id, created, category, code, username, \
-     received_at, body) VALUES ",
+     received_at, body, traceparent, tracestate) VALUES ",
     "",
-    9,
+    11,
     1,
 );
 /// A tenant's enabled subscriptions with what says whether they changed: `updated_at` and the
@@ -378,7 +378,7 @@ mod tests {
         );
         assert!(matches!(one, Cow::Borrowed(_)));
         assert!(matches!(UPDATE_DELIVERIES.text(2), Cow::Borrowed(t) if t.contains("($2, $3")));
-        assert!(matches!(INSERT_EVENTS.text(3), Cow::Owned(t) if t.ends_with("$27)")));
+        assert!(matches!(INSERT_EVENTS.text(3), Cow::Owned(t) if t.ends_with("$33)")));
     }
 
     #[test]

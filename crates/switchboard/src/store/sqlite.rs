@@ -79,6 +79,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (12, "jobs", include_str!("migrations/sqlite/0012_jobs.sql")),
     (13, "pull", include_str!("migrations/sqlite/0013_pull.sql")),
+    (
+        14,
+        "trace_context",
+        include_str!("migrations/sqlite/0014_trace_context.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

@@ -48,6 +48,7 @@ use super::{
     agents, handoff::Handoff, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
+use crate::otel::TraceContext;
 use crate::subscription::health::{FAILING_AFTER, Health, Policy};
 
 /// Commits `group` at `now` (unix ms) in one transaction, all or nothing.
@@ -65,6 +66,31 @@ pub(super) async fn run<C: Conn>(
         // The periodic fold, with nothing to fold: no transaction.
         return Ok(Committed::default());
     }
+    // DESIGN §21: a turn that commits events is a `writer.turn` span, linked to the requests'
+    // contexts (when traces are exported; else nothing is made).
+    let span = match crate::otel::enabled() && !group.ingests.is_empty() {
+        true => {
+            let jobs = group.jobs();
+            let events = jobs.iter().map(|j| j.events.len()).sum();
+            crate::otel::turn_span(jobs.iter().filter_map(|j| j.trace.as_ref()), events)
+        }
+        false => tracing::Span::none(),
+    };
+    use tracing::Instrument;
+    run_tries(conn, group, policy, now, deferred, handoff)
+        .instrument(span)
+        .await
+}
+
+/// [`run`], again while it meets contention.
+async fn run_tries<C: Conn>(
+    conn: &mut C,
+    group: &Group,
+    policy: &Policy,
+    now: i64,
+    deferred: &mut Deferred,
+    handoff: &Handoff,
+) -> Result<Committed, StoreError> {
     let mut tries = 1;
     loop {
         conn.begin(group.durable()).await?;
@@ -226,9 +252,9 @@ async fn ingest<C: Conn>(
         insert_deliveries(conn, &coalesced, now, None).await?;
         deliveries += plain.len() + coalesced.len();
         if !held.is_empty() {
-            let bodies: HashMap<i64, Bytes> = (decided.added.iter().zip(&bodies))
+            let bodies: HashMap<i64, Held> = (decided.added.iter().zip(&bodies))
                 .filter(|(r, _)| r.tenant == tenant)
-                .map(|(r, body)| (r.sequence, body.clone()))
+                .map(|(r, body)| (r.sequence, (body.clone(), r.trace.cloned().map(Arc::new))))
                 .collect();
             let handed = insert_held(conn, &held, now, now + lease_ms, &bodies).await?;
             done.handed.extend(handed);
@@ -279,6 +305,8 @@ async fn insert_events<C: Conn>(
             r.event.username(),
             received_at,
             body.as_str(),
+            r.trace.map(|t| t.traceparent.as_str()),
+            r.trace.and_then(|t| t.tracestate.as_deref()),
         ]);
     }
     conn.insert(&sql::INSERT_EVENTS, &values).await?;
@@ -334,7 +362,7 @@ async fn insert_held<C: Conn>(
     rows: &[NewDelivery<'_>],
     now: i64,
     lease_until: i64,
-    bodies: &HashMap<i64, Bytes>,
+    bodies: &HashMap<i64, Held>,
 ) -> Result<Vec<Claimed>, StoreError> {
     let values = delivery_values(rows, now, Some(lease_until), false);
     let inserted = conn
@@ -575,6 +603,7 @@ pub(super) fn replay_events(
             sequence,
             id: event.id,
             event,
+            trace: None,
         });
     }
     Ok((events, next))
@@ -769,7 +798,8 @@ async fn system<C: Conn>(
     let sequence = -rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
     let code = ev.event.code.to_string();
     metrics::counter!(crate::telemetry::SYSTEM_EVENTS, "code" => code).increment(1);
-    let body = Bytes::from(body);
+    // A System event starts a trace of its own (DESIGN §21): it carries none.
+    let held: Held = (Bytes::from(body), None);
     let mut claimed = Vec::with_capacity(subscriptions.len());
     for sub in &subscriptions {
         let row = NewDelivery {
@@ -795,7 +825,7 @@ async fn system<C: Conn>(
             sub.clone(),
             id.clone(),
             0,
-            &body,
+            &held,
             now,
             lease_until,
         ));
@@ -803,13 +833,16 @@ async fn system<C: Conn>(
     Ok(claimed)
 }
 
+/// A new event's body and trace context, as a delivery handed over in its turn carries them.
+type Held = (Bytes, Option<Arc<TraceContext>>);
+
 /// A delivery created `now` in this turn, as its first attempt takes it.
 fn first_attempt(
     delivery_id: i64,
     subscription_id: String,
     event_id: String,
     sequence: i64,
-    body: &Bytes,
+    (body, trace): &Held,
     now: i64,
     lease_until: i64,
 ) -> Claimed {
@@ -821,6 +854,7 @@ fn first_attempt(
         attempt: 1,
         round_attempt: 1,
         body: body.clone(),
+        trace: trace.clone(),
         created_at: now,
         received_at: now,
         superseded: 0,
@@ -862,14 +896,15 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
             .into_iter()
             .partition(|s| *s < 0);
         if !events.is_empty() {
-            for (sequence, body, received_at) in conn.bodies(&tenant, &events).await? {
-                known.insert(sequence, (body.into(), received_at));
+            for b in conn.bodies(&tenant, &events).await? {
+                let trace = b.trace.map(Arc::new);
+                known.insert(b.sequence, (b.body.into(), b.received_at, trace));
             }
         }
         for sequence in system {
             let mut rows = conn.query(sql::SYSTEM_BODY, &args![-sequence]).await?;
             if let Some(row) = rows.first_mut() {
-                known.insert(sequence, (row.text(0)?.into(), row.int(1)?));
+                known.insert(sequence, (row.text(0)?.into(), row.int(1)?, None));
             }
         }
         let claimed = decide::claimed(sub_id, rows, known, job.lease_until)

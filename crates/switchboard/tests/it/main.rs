@@ -37,4 +37,5 @@ mod stepped;
 mod streams;
 mod support;
 mod system_events;
+mod traces;
 mod upgrades;

@@ -17,11 +17,13 @@ use uuid::Uuid;
 
 use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
+use super::super::conn::BodyRow;
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
 use super::super::sql::MultiRow;
 use super::super::{Handoff, Options, Outcome, StoreError, conn, sql, turn};
 use crate::clock::Backoff;
+use crate::otel::TraceContext;
 
 /// Starts the writer task; the returned receiver resolves when it has committed its last turn
 /// and closed the connection.
@@ -138,9 +140,9 @@ impl Writer {
 pub(in crate::store) const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
     CROSS JOIN LATERAL (SELECT sequence, body FROM events \
       WHERE tenant_id = $1 AND id = k.id LIMIT 1) e";
-pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at \
-    FROM unnest($2::int8[]) AS k(seq) \
-    CROSS JOIN LATERAL (SELECT sequence, body, received_at FROM events \
+pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at, \
+    e.traceparent, e.tracestate FROM unnest($2::int8[]) AS k(seq) \
+    CROSS JOIN LATERAL (SELECT sequence, body, received_at, traceparent, tracestate FROM events \
       WHERE tenant_id = $1 AND sequence = k.seq LIMIT 1) e";
 
 /// `$1` is the time; the columns follow as arrays, in the order of [`UpdateColumns`]. Arrays
@@ -330,9 +332,14 @@ impl conn::Conn for Writer {
         &mut self,
         tenant: &str,
         sequences: &[i64],
-    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    ) -> Result<Vec<BodyRow>, StoreError> {
         self.keyed_rows(CLAIMED_BODIES, tenant, sequences, |r| {
-            Ok((r.int(0)?, r.text(1)?, r.int(2)?))
+            Ok(BodyRow {
+                sequence: r.int(0)?,
+                body: r.text(1)?,
+                received_at: r.int(2)?,
+                trace: TraceContext::stored(r.opt_text(3)?, r.opt_text(4)?),
+            })
         })
         .await
     }

@@ -5,8 +5,10 @@
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, Statement, ToSql};
 
+use super::super::conn::BodyRow;
 use super::super::db::{Arg, Row, Value};
 use super::super::{StoreError, decide, sql};
+use crate::otel::TraceContext;
 
 pub(super) fn db(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
@@ -93,8 +95,8 @@ impl<'a, 'c> Binder<'a, 'c> {
 
 pub(super) const EVENT_IDS: &str =
     "SELECT sequence FROM event_ids WHERE tenant_id = $1 AND id IN (";
-pub(super) const BODIES: &str =
-    "SELECT sequence, body, received_at FROM events WHERE tenant_id = $1 AND sequence IN (";
+pub(super) const BODIES: &str = "SELECT sequence, body, received_at, traceparent, tracestate \
+    FROM events WHERE tenant_id = $1 AND sequence IN (";
 
 /// `head` — a statement ending in `IN (` — with `tenant` bound to `$1` and `chunk` (at most
 /// [`decide::IN_LIST`] values) to the list, padded to one of a few lengths with its last value.
@@ -144,9 +146,14 @@ pub(super) fn bodies(
     tx: &Connection,
     tenant: &str,
     sequences: &[i64],
-) -> rusqlite::Result<Vec<(i64, String, i64)>> {
+) -> rusqlite::Result<Vec<BodyRow>> {
     select_in(tx, BODIES, tenant, sequences, |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        Ok(BodyRow {
+            sequence: r.get(0)?,
+            body: r.get(1)?,
+            received_at: r.get(2)?,
+            trace: TraceContext::stored(r.get(3)?, r.get(4)?),
+        })
     })
 }
 

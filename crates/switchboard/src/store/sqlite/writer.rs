@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::super::agents::Deferred;
 use super::super::command::{Command, Group};
+use super::super::conn::BodyRow;
 use super::super::db::{Arg, Dialect, Row};
 use super::super::decide::{self, fixed_chunks};
 use super::super::{Handoff, Options, Outcome, StoreError, conn, sql, turn};
@@ -291,7 +292,7 @@ impl conn::Conn for Writer<'_> {
         let mut found: Vec<(i64, String)> = bodies(&self.conn, tenant, &hinted)
             .map_err(db)?
             .into_iter()
-            .map(|(sequence, body, _)| (sequence, body))
+            .map(|b| (b.sequence, b.body))
             .collect();
         let known: std::collections::HashSet<Uuid> = found
             .iter()
@@ -305,7 +306,7 @@ impl conn::Conn for Writer<'_> {
         let sequences =
             select_in(&self.conn, EVENT_IDS, tenant, &rest, |r| r.get::<_, i64>(0)).map_err(db)?;
         let more = bodies(&self.conn, tenant, &sequences).map_err(db)?;
-        found.extend(more.into_iter().map(|(sequence, body, _)| (sequence, body)));
+        found.extend(more.into_iter().map(|b| (b.sequence, b.body)));
         Ok(found)
     }
 
@@ -313,7 +314,7 @@ impl conn::Conn for Writer<'_> {
         &mut self,
         tenant: &str,
         sequences: &[i64],
-    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    ) -> Result<Vec<BodyRow>, StoreError> {
         bodies(&self.conn, tenant, sequences).map_err(db)
     }
 

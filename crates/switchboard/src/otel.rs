@@ -1,0 +1,490 @@
+//! Traces (DESIGN §21): W3C trace context carried from a producer's POST to every attempt of its
+//! deliveries, and, when an OTLP endpoint is configured, spans exported over OTLP/HTTP protobuf.
+//!
+//! The context travels whether or not export is on: ingest stores it with each event (the
+//! `traceparent` and `tracestate` columns) and every attempt sends it. With export on, three
+//! `tracing` spans become OpenTelemetry spans through `tracing-opentelemetry`: `ingest` (per
+//! request, the producer's span as parent), `writer.turn` (per turn that commits events, linked
+//! to the contexts it commits) and `delivery.attempt` (per attempt, the stored context as parent);
+//! an event then stores its `ingest` span's context, and a receiver gets its attempt's span as
+//! parent. With export off no span is made at all, so it costs nothing on the hot path.
+//!
+//! Finished spans wait in a bounded queue for a thread of their own that exports them in
+//! batches; a full queue or a failed export drops spans and counts them
+//! (`switchboard_otel_spans_dropped_total`), never slowing ingest or delivery.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::Config;
+
+/// Spans lost: the export queue was full, or an export failed.
+pub const SPANS_DROPPED: &str = "switchboard_otel_spans_dropped_total";
+
+/// The trace context of an event, as stored with it and sent with its deliveries: the
+/// `traceparent` header's value (normalised) and `tracestate` as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The context `traceparent`/`tracestate` headers carry; `None` when there is none or it is
+    /// malformed (W3C Trace Context's rules: such a request starts a new trace).
+    pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
+        let cx = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
+        let span = cx.span();
+        Self::of(span.span_context())
+    }
+
+    /// The stored form of `sc`; `None` when it is not a valid context.
+    fn of(sc: &SpanContext) -> Option<TraceContext> {
+        if !sc.is_valid() {
+            return None;
+        }
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        let cx = Context::new().with_remote_span_context(sc.clone());
+        propagator().inject_context(&cx, &mut carrier);
+        Some(TraceContext {
+            traceparent: carrier.remove("traceparent")?,
+            tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// From the stored columns; `None` when there is no valid context in them.
+    pub fn stored(traceparent: Option<String>, tracestate: Option<String>) -> Option<TraceContext> {
+        let traceparent = traceparent?;
+        Some(TraceContext {
+            traceparent,
+            tracestate,
+        })
+        .filter(|t| t.span_context().is_valid())
+    }
+
+    /// As an OpenTelemetry span context (remote).
+    fn span_context(&self) -> SpanContext {
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        carrier.insert("traceparent".into(), self.traceparent.clone());
+        if let Some(state) = &self.tracestate {
+            carrier.insert("tracestate".into(), state.clone());
+        }
+        propagator().extract(&carrier).span().span_context().clone()
+    }
+
+    /// A context whose parent is this one.
+    fn parent(&self) -> Context {
+        Context::new().with_remote_span_context(self.span_context())
+    }
+
+    /// The headers a message of this context carries.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        std::iter::once(("traceparent", self.traceparent.clone()))
+            .chain(self.tracestate.as_ref().map(|s| ("tracestate", s.clone())))
+    }
+}
+
+fn propagator() -> &'static TraceContextPropagator {
+    static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
+    PROPAGATOR.get_or_init(TraceContextPropagator::new)
+}
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are exported (an OTLP endpoint was configured when the process started).
+pub fn enabled() -> bool {
+    PROVIDER.get().is_some()
+}
+
+/// The target of the spans this module makes; the export layer takes only these.
+pub const TARGET: &str = "switchboard::otel";
+
+/// The `ingest` span of a request to `tenant`, a child of `producer`; with the context its
+/// events store. Export off: no span, and the producer's context as it came.
+pub fn ingest_span(
+    producer: Option<TraceContext>,
+    tenant: &str,
+) -> (tracing::Span, Option<TraceContext>) {
+    if !enabled() {
+        return (tracing::Span::none(), producer);
+    }
+    let span = tracing::info_span!(target: TARGET, "ingest",
+        switchboard.tenant = tenant,
+        switchboard.events = tracing::field::Empty,
+        switchboard.event_id = tracing::field::Empty);
+    if let Some(p) = &producer {
+        let _ = span.set_parent(p.parent());
+    }
+    let state = producer.and_then(|p| p.tracestate);
+    let stored = own_context(&span, state);
+    (span, stored)
+}
+
+/// Records on an `ingest` span what the request posted: how many events, and a single one's id.
+pub fn ingest_events(span: &tracing::Span, events: &[crate::event::NewEvent]) {
+    if span.is_none() {
+        return;
+    }
+    // Numbers as i64: the bridge exports unsigned ones as text.
+    span.record("switchboard.events", events.len() as i64);
+    if let [one] = events {
+        span.record("switchboard.event_id", tracing::field::display(one.id));
+    }
+}
+
+/// The `writer.turn` span of a turn committing `events` events of requests with `contexts`:
+/// in the first one's trace, linked to each. Export off, or no context: no span.
+pub fn turn_span<'a>(
+    contexts: impl Iterator<Item = &'a TraceContext>,
+    events: usize,
+) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span =
+        tracing::info_span!(target: TARGET, "writer.turn", switchboard.events = events as i64);
+    for (i, c) in contexts.enumerate() {
+        if i == 0 {
+            let _ = span.set_parent(c.parent());
+        }
+        span.add_link(c.span_context());
+    }
+    span
+}
+
+/// The `delivery.attempt` span of an attempt of `event_id` whose stored context is `stored`;
+/// with the context the message carries: the span's (its parent the stored one) when
+/// exporting, else the stored one as is. Record the answer with [`attempt_status`].
+pub fn attempt_span(
+    stored: Option<&TraceContext>,
+    tenant: &str,
+    subscription: &str,
+    event_id: &str,
+    attempt: u32,
+) -> (tracing::Span, Option<TraceContext>) {
+    if !enabled() {
+        return (tracing::Span::none(), stored.cloned());
+    }
+    let span = tracing::info_span!(target: TARGET, "delivery.attempt",
+        switchboard.tenant = tenant,
+        switchboard.subscription = subscription,
+        switchboard.event_id = event_id,
+        switchboard.attempt = i64::from(attempt),
+        http.response.status_code = tracing::field::Empty);
+    if let Some(s) = stored {
+        let _ = span.set_parent(s.parent());
+    }
+    let state = stored.and_then(|s| s.tracestate.clone());
+    let sent = own_context(&span, state);
+    (span, sent)
+}
+
+/// Records the receiver's status on an attempt's span.
+pub fn attempt_status(span: &tracing::Span, status: Option<u16>) {
+    if let Some(status) = status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+}
+
+/// `span`'s own context (the span as parent), carrying `state`.
+fn own_context(span: &tracing::Span, state: Option<String>) -> Option<TraceContext> {
+    let cx = span.context();
+    let mut own = TraceContext::of(cx.span().span_context())?;
+    own.tracestate = state.filter(|s| !s.is_empty());
+    Some(own)
+}
+
+/// The export settings: DESIGN §21's, from the configuration and the standard variables.
+struct Settings {
+    /// The traces URL (`…/v1/traces`), or `None` to let the exporter read
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    endpoint: Option<String>,
+    ratio: f64,
+    queue: usize,
+    batch: usize,
+    delay: Duration,
+    timeout: Duration,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match env(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} must be a number, got {v:?}")),
+    }
+}
+
+impl Settings {
+    /// `None`: export is off (no endpoint in the configuration or the environment).
+    fn of(config: &Config) -> anyhow::Result<Option<Settings>> {
+        let endpoint = match config.otlp_endpoint.trim() {
+            "" if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+                && env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() =>
+            {
+                return Ok(None);
+            }
+            "" => None,
+            base => Some(format!("{}/v1/traces", base.trim_end_matches('/'))),
+        };
+        let ratio: f64 = env_number("OTEL_TRACES_SAMPLER_ARG", 1.0)?;
+        if !(0.0..=1.0).contains(&ratio) {
+            anyhow::bail!("OTEL_TRACES_SAMPLER_ARG must be between 0 and 1, got {ratio}");
+        }
+        let queue: usize = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+        let batch: usize = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?;
+        Ok(Some(Settings {
+            endpoint,
+            ratio,
+            queue: queue.max(1),
+            batch: batch.clamp(1, queue.max(1)),
+            delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+            timeout: Duration::from_millis(env_number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?),
+        }))
+    }
+}
+
+/// The export layer for the process's subscriber, when export is configured: installs the
+/// tracer provider (its exporting thread started) and returns the `tracing` layer over it.
+pub fn layer<S>(config: &Config) -> anyhow::Result<Option<impl tracing_subscriber::Layer<S>>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    let Some(settings) = Settings::of(config)? else {
+        return Ok(None);
+    };
+    let resource = Resource::builder()
+        .with_service_name(env("OTEL_SERVICE_NAME").unwrap_or_else(|| "switchboard".into()))
+        .build();
+    let http = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the OTLP client: {e}"))?;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(Client(http))
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_timeout(settings.timeout);
+    if let Some(url) = &settings.endpoint {
+        builder = builder.with_endpoint(url.clone());
+    }
+    let mut exporter = builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("otlp_endpoint: {e}"))?;
+    exporter.set_resource(&resource);
+    let processor = Queue::start(exporter, &settings)?;
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("switchboard");
+    if PROVIDER.set(provider).is_err() {
+        anyhow::bail!("the trace exporter is already installed");
+    }
+    metrics::describe_counter!(
+        SPANS_DROPPED,
+        "Spans not exported: the export queue was full, or an export failed."
+    );
+    tracing::info!(
+        endpoint = settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("from OTEL_EXPORTER_OTLP_*"),
+        ratio = settings.ratio,
+        "exporting traces over OTLP/HTTP"
+    );
+    let only_ours = tracing_subscriber::filter::filter_fn(|m| {
+        if m.is_span() {
+            m.target() == TARGET
+        } else {
+            *m.level() <= tracing::Level::WARN
+        }
+    });
+    Ok(Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(only_ours),
+    ))
+}
+
+/// Exports what is still queued (at most a few seconds): called as the process ends.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get()
+        && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
+    {
+        tracing::warn!(error = %e, "the last spans were not all exported");
+    }
+}
+
+/// The HTTP client the OTLP exporter sends through: the service's own reqwest (rustls).
+#[derive(Debug)]
+struct Client(reqwest::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Client {
+    async fn send_bytes(
+        &self,
+        request: axum::http::Request<bytes::Bytes>,
+    ) -> Result<axum::http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let url = parts.uri.to_string();
+        let response = self
+            .0
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        // The collector's answer matters only by its status; its body is bounded all the same.
+        let body = response.bytes().await.unwrap_or_default();
+        let body = body.slice(..body.len().min(64 * 1024));
+        let mut answer = axum::http::Response::builder().status(status).body(body)?;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
+}
+
+/// What the processor hands the exporting thread.
+enum Item {
+    Span(Box<SpanData>),
+    /// Export what is queued, then say so.
+    Flush(SyncSender<()>),
+}
+
+/// The span processor: a bounded queue in front of a thread that exports in batches. A full
+/// queue drops the span (counted), so a slow or absent collector never holds up the process.
+#[derive(Debug)]
+struct Queue {
+    tx: SyncSender<Item>,
+}
+
+impl Queue {
+    fn start(exporter: opentelemetry_otlp::SpanExporter, s: &Settings) -> anyhow::Result<Queue> {
+        let (tx, rx) = mpsc::sync_channel(s.queue);
+        let (batch, delay) = (s.batch, s.delay);
+        std::thread::Builder::new()
+            .name("switchboard-otlp".into())
+            .spawn(move || export_loop(exporter, rx, batch, delay))
+            .map_err(|e| anyhow::anyhow!("starting the trace exporter: {e}"))?;
+        Ok(Queue { tx })
+    }
+
+    fn flush(&self, timeout: Duration) -> OTelSdkResult {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.tx
+            .send(Item::Flush(done))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait.recv_timeout(timeout)
+            .map_err(|_| OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.tx.try_send(Item::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                metrics::counter!(SPANS_DROPPED).increment(1);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.flush(Duration::from_secs(5))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.flush(timeout)
+    }
+}
+
+/// The exporting thread: gathers up to `batch` spans or what came within `delay`, and exports
+/// them on a runtime of its own (the collector's pace is never the service's).
+fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    rx: Receiver<Item>,
+    batch: usize,
+    delay: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the trace exporter has no runtime; spans are dropped");
+            return;
+        }
+    };
+    let export = |spans: &mut Vec<SpanData>| {
+        if spans.is_empty() {
+            return;
+        }
+        let n = spans.len() as u64;
+        if let Err(e) = runtime.block_on(exporter.export(std::mem::take(spans))) {
+            metrics::counter!(SPANS_DROPPED).increment(n);
+            tracing::debug!(error = %e, spans = n, "a trace export failed");
+        }
+    };
+    let mut spans: Vec<SpanData> = Vec::with_capacity(batch);
+    let mut due = Instant::now() + delay;
+    loop {
+        let wait = due.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Item::Span(span)) => {
+                spans.push(*span);
+                if spans.len() >= batch {
+                    export(&mut spans);
+                    due = Instant::now() + delay;
+                }
+            }
+            Ok(Item::Flush(done)) => {
+                // What was queued before the flush came first: it is all in `spans` now.
+                export(&mut spans);
+                let _ = done.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                export(&mut spans);
+                due = Instant::now() + delay;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                export(&mut spans);
+                return;
+            }
+        }
+    }
+}
