@@ -204,6 +204,10 @@ struct BenchArgs {
     /// endpoint on the receiver)
     #[arg(long, value_enum, default_value_t = switchboard::cli::bench::ReceiverAuth::None)]
     receiver_auth: switchboard::cli::bench::ReceiverAuth,
+    /// Export traces (DESIGN §21) to an OTLP/HTTP endpoint on the bench's receiver, sampling
+    /// this ratio of them (0 to 1); in-process server only. Without it nothing is exported
+    #[arg(long, value_name = "RATIO")]
+    otlp_ratio: Option<f64>,
 }
 
 #[derive(Args)]
@@ -546,6 +550,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     delivery_batch: a.delivery_batch,
                     backlog: a.backlog,
                     receiver_auth: a.receiver_auth,
+                    otlp_ratio: a.otlp_ratio,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

@@ -236,6 +236,18 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
 }
 
 impl Settings {
+    /// Export to `endpoint` (a base URL) with the sampling `ratio`, the queue's defaults.
+    fn to(endpoint: &str, ratio: f64) -> Settings {
+        Settings {
+            endpoint: Some(format!("{}/v1/traces", endpoint.trim_end_matches('/'))),
+            ratio,
+            queue: 2048,
+            batch: 512,
+            delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
     /// `None`: export is off (no endpoint in the configuration or the environment).
     fn of(config: &Config) -> anyhow::Result<Option<Settings>> {
         let endpoint = match config.otlp_endpoint.trim() {
@@ -270,10 +282,29 @@ pub fn layer<S>(config: &Config) -> anyhow::Result<Option<impl tracing_subscribe
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    match Settings::of(config)? {
+        Some(settings) => install(settings).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Installs export to `endpoint` (an OTLP/HTTP base URL) sampling `ratio` of the traces, as
+/// the only subscriber: for `switchboard bench --otlp-ratio`, whose server runs in process.
+pub fn install_for_bench(endpoint: &str, ratio: f64) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let layer = install(Settings::to(endpoint, ratio))?;
+    tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the trace exporter: {e}"))
+}
+
+fn install<S>(settings: Settings) -> anyhow::Result<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     use tracing_subscriber::Layer;
-    let Some(settings) = Settings::of(config)? else {
-        return Ok(None);
-    };
     let resource = Resource::builder()
         .with_service_name(env("OTEL_SERVICE_NAME").unwrap_or_else(|| "switchboard".into()))
         .build();
@@ -324,14 +355,12 @@ where
             *m.level() <= tracing::Level::WARN
         }
     });
-    Ok(Some(
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(only_ours),
-    ))
+    Ok(tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(only_ours))
 }
 
 /// Exports what is still queued (at most a few seconds): called as the process ends.

@@ -71,7 +71,11 @@ pub(super) struct LogQuery {
 
 /// Publish events: `202` once they and their deliveries are durably committed.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events",
-    params(("tenant" = String, Path, description = "The tenant's id")),
+    params(("tenant" = String, Path, description = "The tenant's id"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: stored with \
+            the events and sent with every attempt of their deliveries; malformed: ignored"),
+        ("tracestate" = Option<String>, Header, description = "W3C Trace Context: kept with \
+            `traceparent`")),
     request_body(content = PublishBody, description = "One event, or an array of up to 1,000 \
         (docs/events.md)"),
     responses(

@@ -62,6 +62,9 @@ pub struct Options {
     /// start delivery and time how fast the backlog drains — the delivery path measured alone,
     /// without ingest sharing the machine.
     pub backlog: bool,
+    /// In-process server only: export traces to the bench's receiver (an OTLP/HTTP endpoint
+    /// that answers 200 and counts), sampling this ratio. `None`: export off.
+    pub otlp_ratio: Option<f64>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             subscriptions: 1,
             delivery_batch: None,
             backlog: false,
+            otlp_ratio: None,
             receiver_auth: ReceiverAuth::None,
             rate: None,
             database_url: String::new(),
@@ -238,6 +242,11 @@ pub struct Report {
     /// How the receiver was called, and how many OAuth 2 tokens were asked for.
     pub receiver_auth: ReceiverAuth,
     pub token_requests: usize,
+    /// With `otlp_ratio`: the ratio, and the OTLP export requests the receiver got.
+    pub otlp_ratio: Option<f64>,
+    pub otlp_exports: usize,
+    /// Spans the server dropped (its export queue full) by the end of the load.
+    pub otlp_dropped: u64,
     /// Per request.
     pub ingest_latency_ms: Percentiles,
     /// From the (scheduled) send to the first arrival at the receiver, per event and subscription.
@@ -330,6 +339,8 @@ struct Receiver {
     expect_auth: Option<String>,
     /// Requests to the token endpoint.
     token_requests: std::sync::atomic::AtomicUsize,
+    /// Requests to the OTLP endpoint.
+    otlp_exports: std::sync::atomic::AtomicUsize,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -382,6 +393,28 @@ async fn token(State(rx): State<Arc<Receiver>>) -> axum::Json<Value> {
     axum::Json(json!({"access_token": BENCH_TOKEN, "token_type": "Bearer", "expires_in": 3600}))
 }
 
+/// `switchboard_otel_spans_dropped_total` as the server's `/metrics` shows it.
+async fn spans_dropped(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with(crate::otel::SPANS_DROPPED))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |n| n as u64))
+}
+
+/// The bench's OTLP/HTTP endpoint: takes every export, counting them.
+async fn otlp(State(rx): State<Arc<Receiver>>) -> StatusCode {
+    rx.otlp_exports
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    StatusCode::OK
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.events == 0 || opts.batch == 0 || opts.concurrency == 0 {
@@ -395,7 +428,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     {
         bail!("--backlog runs one in-process server: no --url, --nodes, --streams or --rate");
     }
+    if let Some(ratio) = opts.otlp_ratio
+        && (opts.url.is_some() || !(0.0..=1.0).contains(&ratio))
+    {
+        bail!("--otlp-ratio is a ratio from 0 to 1, for the in-process server (no --url)");
+    }
     let (state, receiver_addr) = start_receiver(opts.events, opts.receiver_auth).await?;
+    if let Some(ratio) = opts.otlp_ratio {
+        crate::otel::install_for_bench(&format!("http://{receiver_addr}"), ratio)?;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency * 2)
         .build()?;
@@ -463,6 +504,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
         Some(Percentiles::of(&all))
     };
+    let otlp_dropped = match opts.otlp_ratio {
+        Some(_) => spans_dropped(&client, base).await?,
+        None => 0,
+    };
     let agents_url = format!("{base}/v1/tenants/default/agents");
     let agents_page_ms = time_gets(&client, &agents_url, admin_key, 50).await?;
     let agents_page_1000_ms =
@@ -505,6 +550,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         token_requests: state
             .token_requests
             .load(std::sync::atomic::Ordering::Relaxed),
+        otlp_ratio: opts.otlp_ratio,
+        otlp_dropped,
+        otlp_exports: state
+            .otlp_exports
+            .load(std::sync::atomic::Ordering::Relaxed),
         ingest_latency_ms: Percentiles::of(&ingest),
         ingest_to_receiver_ms,
         receiver_raw_requests_per_sec: raw,
@@ -532,12 +582,14 @@ async fn start_receiver(
         arrived: Notify::new(),
         expect_auth: (auth != ReceiverAuth::None).then(|| format!("Bearer {BENCH_TOKEN}")),
         token_requests: Default::default(),
+        otlp_exports: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/", post(receive))
         .route("/token", post(token))
+        .route("/v1/traces", post(otlp))
         .with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((state, addr))
@@ -936,8 +988,14 @@ impl Report {
                     format!(", OAuth 2 ({} token requests)", self.token_requests)
                 }
             };
+            let traces = self.otlp_ratio.map_or(String::new(), |r| {
+                format!(
+                    ", traces exported at ratio {r} ({} OTLP requests, {} spans dropped)",
+                    self.otlp_exports, self.otlp_dropped
+                )
+            });
             let delivered = format!(
-                "{} in {:.2} s = {:.0} deliveries/s {how}{auth}",
+                "{} in {:.2} s = {:.0} deliveries/s {how}{auth}{traces}",
                 self.deliveries, self.end_to_end_secs, self.deliveries_per_sec
             );
             (delivered, p(&self.ingest_to_receiver_ms))

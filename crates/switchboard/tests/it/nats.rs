@@ -160,6 +160,30 @@ async fn twenty_agents_reach_jetstream_each_in_order_signed_once_each() {
         metrics.contains("destination=\"nats\""),
         "attempts counted by destination"
     );
+    // A producer's trace context rides as message headers (DESIGN §21).
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = app
+        .client
+        .post(app.url("/v1/tenants/default/events"))
+        .bearer_auth(crate::support::app::ADMIN_KEY)
+        .header("traceparent", traceparent)
+        .header("tracestate", "cc=1")
+        .json(&agent_event(&guid(), 1, "agent.traced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    eventually("the traced message", || async {
+        (stream.count().await >= 1001).then_some(())
+    })
+    .await;
+    let messages = stream.messages().await;
+    let traced = messages
+        .iter()
+        .find(|m| header(m, "switchboard-agent") == "agent.traced")
+        .expect("the traced message");
+    assert_eq!(header(traced, "traceparent"), traceparent);
+    assert_eq!(header(traced, "tracestate"), "cc=1");
     stream.delete().await;
 }
 
