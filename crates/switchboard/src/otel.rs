@@ -87,6 +87,12 @@ impl TraceContext {
         propagator().extract(&carrier).span().span_context().clone()
     }
 
+    /// Whether the trace is sampled (the `traceparent` flags' lowest bit).
+    fn sampled(&self) -> bool {
+        let flags = self.traceparent.rsplit('-').next().unwrap_or("");
+        u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)
+    }
+
     /// A context whose parent is this one.
     fn parent(&self) -> Context {
         Context::new().with_remote_span_context(self.span_context())
@@ -106,6 +112,20 @@ fn propagator() -> &'static TraceContextPropagator {
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// The sampling ratio of new traces, as a threshold on a random `u64` (`u64::MAX`: all).
+static ROOT_THRESHOLD: OnceLock<u64> = OnceLock::new();
+
+/// Whether a new trace (no sampled parent to follow) is to be recorded. Decided here, before
+/// any span is made, rather than by the SDK's sampler: a trace not recorded then costs no span
+/// at all, so a low ratio costs next to nothing (DESIGN §21).
+fn sample_root() -> bool {
+    match ROOT_THRESHOLD.get() {
+        None | Some(0) => false,
+        Some(&u64::MAX) => true,
+        Some(&t) => getrandom::u64().is_ok_and(|r| r < t),
+    }
+}
+
 /// Whether spans are exported (an OTLP endpoint was configured when the process started).
 pub fn enabled() -> bool {
     PROVIDER.get().is_some()
@@ -120,7 +140,12 @@ pub fn ingest_span(
     producer: Option<TraceContext>,
     tenant: &str,
 ) -> (tracing::Span, Option<TraceContext>) {
-    if !enabled() {
+    // Export off, or a trace the producer does not record: no span, its context as it came.
+    let recorded = match &producer {
+        Some(p) => p.sampled(),
+        None => sample_root(),
+    };
+    if !enabled() || !recorded {
         return (tracing::Span::none(), producer);
     }
     let span = tracing::info_span!(target: TARGET, "ingest",
@@ -148,12 +173,14 @@ pub fn ingest_events(span: &tracing::Span, events: &[crate::event::NewEvent]) {
 }
 
 /// The `writer.turn` span of a turn committing `events` events of requests with `contexts`:
-/// in the first one's trace, linked to each. Export off, or no context: no span.
+/// in the first recorded one's trace, linked to each recorded one. Export off, or no recorded
+/// context: no span.
 pub fn turn_span<'a>(
     contexts: impl Iterator<Item = &'a TraceContext>,
     events: usize,
 ) -> tracing::Span {
-    if !enabled() {
+    let mut contexts = contexts.filter(|c| c.sampled()).peekable();
+    if !enabled() || contexts.peek().is_none() {
         return tracing::Span::none();
     }
     let span =
@@ -177,7 +204,12 @@ pub fn attempt_span(
     event_id: &str,
     attempt: u32,
 ) -> (tracing::Span, Option<TraceContext>) {
-    if !enabled() {
+    let recorded = match stored {
+        Some(s) => s.sampled(),
+        // A System event, or an event stored without a context: a trace of its own.
+        None => sample_root(),
+    };
+    if !enabled() || !recorded {
         return (tracing::Span::none(), stored.cloned());
     }
     let span = tracing::info_span!(target: TARGET, "delivery.attempt",
@@ -327,15 +359,20 @@ where
     let processor = Queue::start(exporter, &settings)?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.ratio,
-        ))))
+        // The ratio is applied before a span is made (`sample_root`): every span made is
+        // recorded.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("switchboard");
     if PROVIDER.set(provider).is_err() {
         anyhow::bail!("the trace exporter is already installed");
     }
+    let threshold = match settings.ratio {
+        r if r >= 1.0 => u64::MAX,
+        r => (r * u64::MAX as f64) as u64,
+    };
+    let _ = ROOT_THRESHOLD.set(threshold);
     metrics::describe_counter!(
         SPANS_DROPPED,
         "Spans not exported: the export queue was full, or an export failed."

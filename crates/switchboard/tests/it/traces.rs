@@ -259,6 +259,52 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
             assert_eq!(r.header("tracestate"), "");
         }
     }
+
+    // A trace the producer does not record (flags 00) is followed: no span of ours, and its
+    // context reaches the receiver as it came.
+    let unrecorded = format!("00-{}-{PRODUCER_SPAN}-00", "b".repeat(32));
+    let id = guid();
+    let r = post(
+        &client,
+        &server,
+        "/v1/tenants/default/events",
+        &agent_event(&id, 1, "agent44"),
+        &[("traceparent", &unrecorded)],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let got = receiver
+        .wait_until(
+            |r| r.iter().filter(|r| r.event_id() == id).count() >= 2,
+            "both attempts",
+        )
+        .await;
+    for r in got.iter().filter(|r| r.event_id() == id) {
+        assert_eq!(r.header("traceparent"), unrecorded);
+    }
+    // Spans of the last sampled request were exported since: had any span of the unrecorded
+    // trace been made, it would be there by now.
+    let marker = guid();
+    post(
+        &client,
+        &server,
+        "/v1/tenants/default/events",
+        &agent_event(&marker, 1, "agent45"),
+        &[],
+    )
+    .await;
+    collector
+        .span("a later request's span", |s| {
+            s["name"] == "ingest" && *attr(s, "switchboard.event_id") == marker.as_str()
+        })
+        .await;
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|s| s["trace_id"] != "b".repeat(32)),
+        "no span of an unrecorded trace"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
