@@ -48,6 +48,12 @@ impl TraceContext {
     /// The context `traceparent`/`tracestate` headers carry; `None` when there is none or it is
     /// malformed (W3C Trace Context's rules: such a request starts a new trace).
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
+        // The fields' lengths as W3C fixes them (the SDK's reader pads a short trace id).
+        let value = headers.get("traceparent")?.to_str().ok()?;
+        let lengths: Vec<usize> = value.trim().split('-').take(4).map(str::len).collect();
+        if lengths[..] != [2, 32, 16, 2] {
+            return None;
+        }
         let cx = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
         let span = cx.span();
         Self::of(span.span_context())
@@ -69,7 +75,7 @@ impl TraceContext {
 
     /// From the stored columns; `None` when there is no valid context in them.
     pub fn stored(traceparent: Option<String>, tracestate: Option<String>) -> Option<TraceContext> {
-        let traceparent = traceparent?;
+        let traceparent = traceparent.filter(|t| t.len() >= 55)?;
         Some(TraceContext {
             traceparent,
             tracestate,
@@ -122,8 +128,35 @@ fn sample_root() -> bool {
     match ROOT_THRESHOLD.get() {
         None | Some(0) => false,
         Some(&u64::MAX) => true,
-        Some(&t) => getrandom::u64().is_ok_and(|r| r < t),
+        Some(&t) => next_u64() < t,
     }
+}
+
+/// The context of a new trace that is not recorded (flags `00`): what a request without a
+/// `traceparent` stores when its trace is not sampled, so that its attempts neither start
+/// traces of their own nor go without one (W3C: the receiver may still correlate by it).
+fn unrecorded_root() -> TraceContext {
+    let (high, low, span) = (next_u64(), next_u64(), next_u64() | 1);
+    TraceContext {
+        traceparent: format!("00-{high:016x}{:016x}-{span:016x}-00", low | 1),
+        tracestate: None,
+    }
+}
+
+/// A fast random `u64` for sampling decisions and the ids of unrecorded traces: SplitMix64 on
+/// a per-thread state seeded by the operating system (no system call per request).
+fn next_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(getrandom::u64().unwrap_or(0x853c_49e6_748f_ea9b));
+    }
+    STATE.with(|state| {
+        let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }
 
 /// Whether spans are exported (an OTLP endpoint was configured when the process started).
@@ -140,13 +173,15 @@ pub fn ingest_span(
     producer: Option<TraceContext>,
     tenant: &str,
 ) -> (tracing::Span, Option<TraceContext>) {
-    // Export off, or a trace the producer does not record: no span, its context as it came.
-    let recorded = match &producer {
-        Some(p) => p.sampled(),
-        None => sample_root(),
-    };
-    if !enabled() || !recorded {
+    if !enabled() {
         return (tracing::Span::none(), producer);
+    }
+    // A trace not recorded — the producer's, or a new one not sampled — makes no span, and
+    // its context travels as it is.
+    match &producer {
+        Some(p) if !p.sampled() => return (tracing::Span::none(), producer),
+        None if !sample_root() => return (tracing::Span::none(), Some(unrecorded_root())),
+        _ => {}
     }
     let span = tracing::info_span!(target: TARGET, "ingest",
         switchboard.tenant = tenant,
@@ -385,13 +420,11 @@ where
         ratio = settings.ratio,
         "exporting traces over OTLP/HTTP"
     );
-    let only_ours = tracing_subscriber::filter::filter_fn(|m| {
-        if m.is_span() {
-            m.target() == TARGET
-        } else {
-            *m.level() <= tracing::Level::WARN
-        }
-    });
+    // This module's spans, and warnings (recorded as events of the span they happen in); a
+    // static filter, so that every other callsite is ruled out once, not at each call.
+    let only_ours = tracing_subscriber::filter::Targets::new()
+        .with_target(TARGET, tracing::Level::INFO)
+        .with_default(tracing::Level::WARN);
     Ok(tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -552,5 +585,84 @@ fn export_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_context_is_read_as_sent_and_a_malformed_one_is_none() {
+        let t = TraceContext::from_headers(&headers(&[
+            ("traceparent", VALID),
+            ("tracestate", "cc=1,x=2"),
+        ]))
+        .unwrap();
+        assert_eq!(t.traceparent, VALID);
+        assert_eq!(t.tracestate.as_deref(), Some("cc=1,x=2"));
+        assert!(t.sampled());
+        let headers_sent: Vec<_> = t.headers().collect();
+        assert_eq!(headers_sent.len(), 2);
+        for bad in [
+            "",
+            "00-not-a-trace-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        ] {
+            assert_eq!(
+                TraceContext::from_headers(&headers(&[("traceparent", bad)])),
+                None,
+                "{bad:?}"
+            );
+            assert_eq!(TraceContext::stored(Some(bad.into()), None), None);
+        }
+        assert_eq!(TraceContext::from_headers(&HeaderMap::new()), None);
+        let unsampled = VALID.replace("-01", "-00");
+        let t = TraceContext::stored(Some(unsampled.clone()), None).unwrap();
+        assert!(!t.sampled());
+        assert_eq!(t.traceparent, unsampled);
+    }
+
+    #[test]
+    fn an_unrecorded_root_is_a_new_valid_trace_not_sampled() {
+        let (a, b) = (unrecorded_root(), unrecorded_root());
+        for t in [&a, &b] {
+            let read =
+                TraceContext::stored(Some(t.traceparent.clone()), None).expect("a valid context");
+            assert_eq!(&read, t);
+            assert!(!t.sampled());
+        }
+        assert_ne!(
+            a.traceparent[3..35],
+            b.traceparent[3..35],
+            "a new trace id each"
+        );
+    }
+
+    #[test]
+    fn without_export_nothing_is_made_and_the_context_passes_as_it_came() {
+        // Export is never installed in unit tests.
+        let producer = TraceContext::stored(Some(VALID.into()), Some("cc=1".into()));
+        let (span, stored) = ingest_span(producer.clone(), "t");
+        assert!(span.is_none());
+        assert_eq!(stored, producer);
+        let (span, sent) = attempt_span(producer.as_ref(), "t", "sub", "e", 1);
+        assert!(span.is_none());
+        assert_eq!(sent, producer);
+        assert!(turn_span(producer.iter(), 1).is_none());
     }
 }
