@@ -36,6 +36,10 @@ use crate::config::Config;
 /// Spans lost: the export queue was full, or an export failed.
 pub const SPANS_DROPPED: &str = "switchboard_otel_spans_dropped_total";
 
+/// The longest `tracestate` kept (W3C Trace Context: vendors should pass on at least 512
+/// characters of it).
+const MAX_TRACESTATE: usize = 512;
+
 /// The trace context of an event, as stored with it and sent with its deliveries: the
 /// `traceparent` header's value (normalised) and `tracestate` as received.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,15 +52,37 @@ impl TraceContext {
     /// The context `traceparent`/`tracestate` headers carry; `None` when there is none or it is
     /// malformed (W3C Trace Context's rules: such a request starts a new trace).
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
-        // The fields' lengths as W3C fixes them (the SDK's reader pads a short trace id).
-        let value = headers.get("traceparent")?.to_str().ok()?;
-        let lengths: Vec<usize> = value.trim().split('-').take(4).map(str::len).collect();
-        if lengths[..] != [2, 32, 16, 2] {
+        // The fields' lengths as W3C fixes them (the SDK's reader pads a short trace id); a
+        // version-00 value is exactly 55 characters.
+        let value = headers.get("traceparent")?.to_str().ok()?.trim();
+        let lengths: Vec<usize> = value.split('-').take(4).map(str::len).collect();
+        if lengths[..] != [2, 32, 16, 2] || (value.starts_with("00-") && value.len() != 55) {
             return None;
         }
-        let cx = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
+        // Several `tracestate` headers are one list (W3C), joined in order.
+        let states: Vec<&str> = headers
+            .get_all("tracestate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        carrier.insert("traceparent".into(), value.to_string());
+        if !states.is_empty() {
+            carrier.insert("tracestate".into(), states.join(","));
+        }
+        let cx = propagator().extract(&carrier);
         let span = cx.span();
-        Self::of(span.span_context())
+        let mut context = Self::of(span.span_context())?;
+        // A longer list than W3C asks anyone to pass on (512 characters) is not kept: it would
+        // be stored with every event of the request and sent on every attempt.
+        if context
+            .tracestate
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_TRACESTATE)
+        {
+            context.tracestate = None;
+        }
+        Some(context)
     }
 
     /// The stored form of `sc`; `None` when it is not a valid context.
@@ -143,6 +169,25 @@ fn unrecorded_root() -> TraceContext {
     }
 }
 
+/// The trace of an event that has no stored context: its id is the event's `Id` (a GUID), its
+/// parent a span id derived from it, recorded when the id falls within the sampling ratio.
+fn event_root(event_id: &str) -> Option<TraceContext> {
+    let id = uuid::Uuid::parse_str(event_id).ok()?;
+    let (high, low) = id.as_u64_pair();
+    let threshold = ROOT_THRESHOLD.get().copied().unwrap_or(0);
+    let recorded = threshold == u64::MAX || low < threshold;
+    let span = (high ^ low.rotate_left(32)) | 1;
+    Some(TraceContext {
+        traceparent: format!(
+            "00-{}-{span:016x}-{}",
+            id.simple(),
+            if recorded { "01" } else { "00" }
+        ),
+        tracestate: None,
+    })
+    .filter(|t| t.span_context().is_valid())
+}
+
 /// A fast random `u64` for sampling decisions and the ids of unrecorded traces: SplitMix64 on
 /// a per-thread state seeded by the operating system (no system call per request).
 fn next_u64() -> u64 {
@@ -165,7 +210,7 @@ pub fn enabled() -> bool {
 }
 
 /// The target of the spans this module makes; the export layer takes only these.
-pub const TARGET: &str = "switchboard::otel";
+pub const TARGET: &str = "switchboard::otel::spans";
 
 /// The `ingest` span of a request to `tenant`, a child of `producer`; with the context its
 /// events store. Export off: no span, and the producer's context as it came.
@@ -186,13 +231,21 @@ pub fn ingest_span(
     let span = tracing::info_span!(target: TARGET, "ingest",
         switchboard.tenant = tenant,
         switchboard.events = tracing::field::Empty,
-        switchboard.event_id = tracing::field::Empty);
+        switchboard.event_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty);
     if let Some(p) = &producer {
         let _ = span.set_parent(p.parent());
     }
     let state = producer.and_then(|p| p.tracestate);
     let stored = own_context(&span, state);
     (span, stored)
+}
+
+/// Marks an `ingest` span as failed (the request was refused or could not be stored).
+pub fn ingest_failed(span: &tracing::Span) {
+    if !span.is_none() {
+        span.record("otel.status_code", "error");
+    }
 }
 
 /// Records on an `ingest` span what the request posted: how many events, and a single one's id.
@@ -229,35 +282,46 @@ pub fn turn_span<'a>(
     span
 }
 
-/// The `delivery.attempt` span of an attempt of `event_id` whose stored context is `stored`;
+/// The `delivery.attempt` span of an attempt of `what` (an event id, or a batch's) whose lead
+/// event (`event_id`: the delivery's, or a batch's first) has the stored context `stored`;
 /// with the context the message carries: the span's (its parent the stored one) when
 /// exporting, else the stored one as is. Record the answer with [`attempt_status`].
 pub fn attempt_span(
     stored: Option<&TraceContext>,
     tenant: &str,
     subscription: &str,
+    what: &str,
     event_id: &str,
     attempt: u32,
 ) -> (tracing::Span, Option<TraceContext>) {
-    let recorded = match stored {
-        Some(s) => s.sampled(),
-        // A System event, or an event stored without a context: a trace of its own.
-        None => sample_root(),
-    };
-    if !enabled() || !recorded {
+    if !enabled() {
         return (tracing::Span::none(), stored.cloned());
+    }
+    // A System event, or an event stored without a context (before this release, or while
+    // export was off): a trace of its own, the same for each of its attempts — its trace id is
+    // the event's `Id`, and whether it is recorded is decided by that id.
+    let own;
+    let stored = match stored {
+        Some(s) => s,
+        None => match event_root(event_id) {
+            Some(root) => {
+                own = root;
+                &own
+            }
+            None => return (tracing::Span::none(), None),
+        },
+    };
+    if !stored.sampled() {
+        return (tracing::Span::none(), Some(stored.clone()));
     }
     let span = tracing::info_span!(target: TARGET, "delivery.attempt",
         switchboard.tenant = tenant,
         switchboard.subscription = subscription,
-        switchboard.event_id = event_id,
+        switchboard.event_id = what,
         switchboard.attempt = i64::from(attempt),
         http.response.status_code = tracing::field::Empty);
-    if let Some(s) = stored {
-        let _ = span.set_parent(s.parent());
-    }
-    let state = stored.and_then(|s| s.tracestate.clone());
-    let sent = own_context(&span, state);
+    let _ = span.set_parent(stored.parent());
+    let sent = own_context(&span, stored.tracestate.clone());
     (span, sent)
 }
 
@@ -326,19 +390,30 @@ impl Settings {
             "" => None,
             base => Some(format!("{}/v1/traces", base.trim_end_matches('/'))),
         };
-        let ratio: f64 = env_number("OTEL_TRACES_SAMPLER_ARG", 1.0)?;
-        if !(0.0..=1.0).contains(&ratio) {
-            anyhow::bail!("OTEL_TRACES_SAMPLER_ARG must be between 0 and 1, got {ratio}");
-        }
+        // As the OpenTelemetry specification asks: a sampler argument that is not a ratio is
+        // warned about and the default used (it may be meant for another sampler).
+        let ratio = match env_number("OTEL_TRACES_SAMPLER_ARG", 1.0) {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                tracing::warn!(
+                    value = env("OTEL_TRACES_SAMPLER_ARG").unwrap_or_default(),
+                    "OTEL_TRACES_SAMPLER_ARG is not a ratio from 0 to 1; recording every trace"
+                );
+                1.0
+            }
+        };
         let queue: usize = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+        let queue = queue.clamp(1, 1 << 20);
         let batch: usize = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?;
+        let delay: u64 = env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?;
+        let timeout: u64 = env_number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?;
         Ok(Some(Settings {
             endpoint,
             ratio,
-            queue: queue.max(1),
-            batch: batch.clamp(1, queue.max(1)),
-            delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
-            timeout: Duration::from_millis(env_number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?),
+            queue,
+            batch: batch.clamp(1, queue),
+            delay: Duration::from_millis(delay.clamp(1, 3_600_000)),
+            timeout: Duration::from_millis(timeout.clamp(1, 3_600_000)),
         }))
     }
 }
@@ -375,7 +450,10 @@ where
     let resource = Resource::builder()
         .with_service_name(env("OTEL_SERVICE_NAME").unwrap_or_else(|| "switchboard".into()))
         .build();
+    // The operator's own collector: neither the address guard nor `egress_proxy` applies, and
+    // proxy variables in the environment are ignored, as for deliveries.
     let http = reqwest::Client::builder()
+        .no_proxy()
         .timeout(settings.timeout)
         .build()
         .map_err(|e| anyhow::anyhow!("building the OTLP client: {e}"))?;
@@ -497,12 +575,24 @@ impl Queue {
         Ok(Queue { tx })
     }
 
+    /// Asks the exporting thread to export what is queued, waiting at most `timeout` in all
+    /// (a full queue behind a stuck export included).
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
+        let deadline = Instant::now() + timeout;
         let (done, wait) = mpsc::sync_channel(1);
-        self.tx
-            .send(Item::Flush(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        wait.recv_timeout(timeout)
+        let mut item = Item::Flush(done);
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TrySendError::Full(_)) => return Err(OTelSdkError::Timeout(timeout)),
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 }
@@ -631,6 +721,25 @@ mod tests {
             assert_eq!(TraceContext::stored(Some(bad.into()), None), None);
         }
         assert_eq!(TraceContext::from_headers(&HeaderMap::new()), None);
+        let trailing = format!("{VALID}-");
+        assert_eq!(
+            TraceContext::from_headers(&headers(&[("traceparent", &trailing)])),
+            None,
+            "a version-00 traceparent is exactly 55 characters"
+        );
+        // Several tracestate headers are one list; one longer than 512 characters is dropped.
+        let mut h = headers(&[("traceparent", VALID), ("tracestate", "a=1")]);
+        h.append("tracestate", "b=2".parse().unwrap());
+        let t = TraceContext::from_headers(&h).unwrap();
+        assert_eq!(t.tracestate.as_deref(), Some("a=1,b=2"));
+        let long: String = (0..40).map(|i| format!("k{i}=vvvvvvvvvvvv,")).collect();
+        let t = TraceContext::from_headers(&headers(&[
+            ("traceparent", VALID),
+            ("tracestate", long.trim_end_matches(',')),
+        ]))
+        .unwrap();
+        assert_eq!(t.tracestate, None, "{} characters", long.len());
+        assert_eq!(t.traceparent, VALID);
         let unsampled = VALID.replace("-01", "-00");
         let t = TraceContext::stored(Some(unsampled.clone()), None).unwrap();
         assert!(!t.sampled());
@@ -654,13 +763,27 @@ mod tests {
     }
 
     #[test]
+    fn an_event_without_a_context_has_a_trace_named_by_its_id() {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let root = event_root(id).unwrap();
+        assert_eq!(
+            event_root(id),
+            Some(root.clone()),
+            "the same for every attempt"
+        );
+        assert_eq!(&root.traceparent[3..35], "0f8fad5bd9cb469fa16570867728950e");
+        assert!(TraceContext::stored(Some(root.traceparent.clone()), None).is_some());
+        assert_eq!(event_root("batch_12"), None);
+    }
+
+    #[test]
     fn without_export_nothing_is_made_and_the_context_passes_as_it_came() {
         // Export is never installed in unit tests.
         let producer = TraceContext::stored(Some(VALID.into()), Some("cc=1".into()));
         let (span, stored) = ingest_span(producer.clone(), "t");
         assert!(span.is_none());
         assert_eq!(stored, producer);
-        let (span, sent) = attempt_span(producer.as_ref(), "t", "sub", "e", 1);
+        let (span, sent) = attempt_span(producer.as_ref(), "t", "sub", "e", "e", 1);
         assert!(span.is_none());
         assert_eq!(sent, producer);
         assert!(turn_span(producer.iter(), 1).is_none());

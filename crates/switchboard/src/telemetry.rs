@@ -20,6 +20,8 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(f)?,
         _ => EnvFilter::try_new(&config.log_level)?,
     };
+    // The exported spans are not the logs' business: log lines read the same with export on.
+    let filter = filter.add_directive(format!("{}=off", crate::otel::TARGET).parse()?);
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match config.log_format {
         LogFormat::Text => logs.boxed(),

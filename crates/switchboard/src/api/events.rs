@@ -98,9 +98,13 @@ async fn publish(
     // the `ingest` span when traces are exported.
     let producer = TraceContext::from_headers(&headers);
     let (span, trace) = otel::ingest_span(producer, &tenant);
-    publish_traced(state, caller, tenant, headers, body, trace, &span)
+    let published = publish_traced(state, caller, tenant, headers, body, trace, &span)
         .instrument(span.clone())
-        .await
+        .await;
+    if published.is_err() {
+        otel::ingest_failed(&span);
+    }
+    published
 }
 
 async fn publish_traced(

@@ -203,6 +203,7 @@ impl Target {
             &self.sub.tenant_id,
             &self.sub.id,
             what,
+            &lead.event_id,
             lead.attempt,
         );
         let started = Instant::now();

@@ -305,6 +305,42 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
             .all(|s| s["trace_id"] != "b".repeat(32)),
         "no span of an unrecorded trace"
     );
+
+    // A System event (the Test action) is a trace of its own, named by its Id.
+    let sub = json_ok(
+        client
+            .get(format!("{}/v1/tenants/default/subscriptions", server.base))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await["data"][0]
+        .clone();
+    let path = format!(
+        "/v1/tenants/default/subscriptions/{}/test",
+        sub["id"].as_str().unwrap()
+    );
+    let r = post(&client, &server, &path, &json!({}), &[]).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let got = receiver
+        .wait_until(
+            |r| r.iter().any(|r| r.json()["Category"] == 0),
+            "the test event",
+        )
+        .await;
+    let test = got.iter().find(|r| r.json()["Category"] == 0).unwrap();
+    let (trace, parent, _) = parts(test.header("traceparent"));
+    assert_eq!(
+        trace,
+        test.event_id().replace('-', ""),
+        "its trace id is its Id"
+    );
+    let span = collector
+        .span("the test event's attempt", |s| s["span_id"] == parent)
+        .await;
+    assert_eq!(span["name"], "delivery.attempt");
+    assert_eq!(span["trace_id"], trace);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
