@@ -77,6 +77,9 @@ pub struct FieldSpec {
     pub kind: FieldKind,
     /// Optional fields are checked only when present.
     pub required: bool,
+    /// Personal data (DESIGN §19): built in for `PhoneNo` and `Username`; a catalog file marks
+    /// others with `{ type = …, pii = true }`.
+    pub pii: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -107,8 +110,13 @@ fn field(name: &str, kind: FieldKind) -> FieldSpec {
         name: name.to_string(),
         kind,
         required: true,
+        pii: BUILTIN_PII.contains(&name),
     }
 }
+
+/// The built-in fields that hold personal data (DESIGN §19): the number an agent signed in
+/// with, and the agent's username.
+const BUILTIN_PII: [&str; 2] = ["PhoneNo", "Username"];
 
 /// The activity codes EVENTS.md names.
 const ACTIVITIES: [(i64, &str); 5] = [
@@ -251,8 +259,12 @@ impl Catalog {
                     ));
                 }
                 let mut fields = Vec::new();
-                for (name, kind) in code.fields {
-                    let text_kind = kind.get_ref().as_str();
+                for (name, declared) in code.fields {
+                    let (kind, pii) = match declared.get_ref() {
+                        FileField::Type(t) => (t.as_str(), false),
+                        FileField::Table(t) => (t.r#type.as_str(), t.pii.unwrap_or(false)),
+                    };
+                    let text_kind = kind;
                     let (base, required) = match text_kind.strip_suffix('?') {
                         Some(base) => (base, false),
                         None => (text_kind, true),
@@ -261,13 +273,14 @@ impl Catalog {
                         format!(
                             "{}: field {name}: type must be string, integer, number or boolean \
                              (with ? if optional), got {text_kind:?}",
-                            at(kind.span())
+                            at(declared.span())
                         )
                     })?;
                     fields.push(FieldSpec {
                         name,
                         kind: kind_of,
                         required,
+                        pii,
                     });
                 }
                 let name = code.name.unwrap_or_else(|| format!("code {n}"));
@@ -281,6 +294,19 @@ impl Catalog {
             self.activities.insert(n, name);
         }
         Ok(self)
+    }
+
+    /// Whether some category declares a field of this name, and whether any declares it as
+    /// personal data: `None` when none declares it (DESIGN §19).
+    pub fn field_pii(&self, name: &str) -> Option<bool> {
+        let mut found = None;
+        for c in self.categories.values() {
+            let codes = c.codes.values().flat_map(|code| &code.fields);
+            for f in c.common.iter().chain(codes).filter(|f| f.name == name) {
+                found = Some(found.unwrap_or(false) || f.pii);
+            }
+        }
+        found
     }
 
     pub fn category(&self, category: u8) -> Option<&CategorySpec> {
@@ -326,6 +352,7 @@ impl Catalog {
                                 let view = FieldView {
                                     r#type: f.kind.name(),
                                     required: f.required,
+                                    pii: f.pii,
                                 };
                                 (f.name.clone(), view)
                             })
@@ -425,7 +452,23 @@ struct FileCode {
     code: toml::Spanned<i64>,
     name: Option<String>,
     #[serde(default)]
-    fields: BTreeMap<String, toml::Spanned<String>>,
+    fields: BTreeMap<String, toml::Spanned<FileField>>,
+}
+
+/// A field as a catalog file declares it: its type (`"string?"`), or a table with its type and
+/// whether it is personal data (`{ type = "string?", pii = true }`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileField {
+    Type(String),
+    Table(FieldTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldTable {
+    r#type: String,
+    pii: Option<bool>,
 }
 
 /// `GET /v1/catalog`.
@@ -461,6 +504,8 @@ pub struct FieldView {
     #[schema(value_type = String)]
     pub r#type: &'static str,
     pub required: bool,
+    /// Whether the field holds personal data (DESIGN §19).
+    pub pii: bool,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -482,7 +527,7 @@ strict = true
 [[category.code]]
 code = 1
 name = "CallEntered"
-fields = { Queue = "string", Dnis = "string", Ani = "string?" }
+fields = { Queue = "string", Dnis = "string", Ani = { type = "string?", pii = true }, Caller = { type = "string" } }
 
 [[category]]
 category = 1
@@ -504,6 +549,19 @@ name = "Coaching"
         assert_eq!(entered.name, "CallEntered");
         let ani = entered.fields.iter().find(|f| f.name == "Ani").unwrap();
         assert!(!ani.required);
+        assert!(ani.pii, "the table form marks personal data");
+        let queue = entered.fields.iter().find(|f| f.name == "Queue").unwrap();
+        assert!(!queue.pii, "the string form stays valid, not personal data");
+        assert_eq!(c.field_pii("Ani"), Some(true));
+        assert_eq!(c.field_pii("Caller"), Some(false));
+        assert_eq!(c.field_pii("PhoneNo"), Some(true), "built in");
+        assert_eq!(c.field_pii("Username"), Some(true), "built in");
+        assert_eq!(c.field_pii("SessionId"), Some(false));
+        assert_eq!(c.field_pii("Nope"), None);
+        let view = serde_json::to_value(c.describe()).unwrap();
+        let agent = &view["categories"][0]["codes"][0]["fields"];
+        assert_eq!(agent["PhoneNo"]["pii"], true);
+        assert_eq!(agent["SessionId"]["pii"], false);
         assert_eq!(c.category(1).unwrap().codes[&9].name, "Coaching");
         assert!(
             c.category(1).unwrap().codes.contains_key(&1),
@@ -530,6 +588,18 @@ name = "Coaching"
             ("[[category]]\ncategory = 1\nstrict = false\n", "line 3"),
             ("[[category]]\ncategory = 2\nstrict = maybe\n", "line 3"),
             ("[[category]]\ncategory = 2\ncolour = 1\n", "line 3"),
+            (
+                "[[category]]\ncategory = 2\n[[category.code]]\ncode = 1\nfields = { A = { type = \"strin\", pii = true } }\n",
+                "line 5",
+            ),
+            (
+                "[[category]]\ncategory = 2\n[[category.code]]\ncode = 1\nfields = { A = { type = \"string\", pii = \"yes\" } }\n",
+                "line 5",
+            ),
+            (
+                "[[category]]\ncategory = 2\n[[category.code]]\ncode = 1\nfields = { A = { type = \"string\", colour = 1 } }\n",
+                "line 5",
+            ),
         ] {
             let err = Catalog::builtin().extend(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");

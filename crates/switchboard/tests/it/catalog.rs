@@ -17,7 +17,7 @@ strict = true
 [[category.code]]
 code = 1
 name = "CallEntered"
-fields = { Queue = "string", Dnis = "string", Ani = "string?", Priority = "integer?" }
+fields = { Queue = "string", Dnis = "string", Ani = { type = "string?", pii = true }, Priority = "integer?" }
 
 [activities]
 40 = "Training"
@@ -56,12 +56,16 @@ async fn the_builtin_catalog_lists_the_agent_codes_their_fields_and_schemas() {
     assert_eq!(status["name"], "StatusChanged");
     assert_eq!(
         status["fields"]["SessionId"],
-        json!({"type": "string", "required": true})
+        json!({"type": "string", "required": true, "pii": false})
     );
     assert_eq!(
         status["fields"]["ActivityCode"],
-        json!({"type": "integer", "required": true})
+        json!({"type": "integer", "required": true, "pii": false})
     );
+    // Personal data, as DESIGN §19 marks it: the agent's number and username.
+    for pii in ["PhoneNo", "Username"] {
+        assert_eq!(status["fields"][pii]["pii"], true, "{pii}");
+    }
     let schema = &status["schema"];
     assert_eq!(
         schema["$schema"],
@@ -151,7 +155,13 @@ async fn a_catalog_file_pins_codes_fields_and_activity_names() {
     assert_eq!(ivr_view["strict"], true);
     assert_eq!(
         ivr_view["codes"][0]["fields"]["Ani"],
-        json!({"type": "string", "required": false})
+        json!({"type": "string", "required": false, "pii": true}),
+        "the table form marks personal data"
+    );
+    assert_eq!(
+        ivr_view["codes"][0]["fields"]["Dnis"],
+        json!({"type": "string", "required": true, "pii": false}),
+        "the string form stays valid"
     );
 
     // Activity names feed the agents view.
