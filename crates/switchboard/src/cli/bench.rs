@@ -183,8 +183,8 @@ where
     out
 }
 
-/// `switchboard_purged_events_total` as the server's `/metrics` shows it.
-async fn purged_so_far(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+/// The counter `name` (without labels) as the server's `/metrics` shows it; 0 when absent.
+async fn counter_so_far(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<u64> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()
@@ -193,7 +193,7 @@ async fn purged_so_far(client: &reqwest::Client, base: &str) -> anyhow::Result<u
         .await?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("switchboard_purged_events_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64))
 }
@@ -393,21 +393,6 @@ async fn token(State(rx): State<Arc<Receiver>>) -> axum::Json<Value> {
     axum::Json(json!({"access_token": BENCH_TOKEN, "token_type": "Bearer", "expires_in": 3600}))
 }
 
-/// `switchboard_otel_spans_dropped_total` as the server's `/metrics` shows it.
-async fn spans_dropped(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(crate::otel::SPANS_DROPPED))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |n| n as u64))
-}
-
 /// The bench's OTLP/HTTP endpoint: takes every export, counting them.
 async fn otlp(State(rx): State<Arc<Receiver>>) -> StatusCode {
     rx.otlp_exports
@@ -505,7 +490,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         Some(Percentiles::of(&all))
     };
     let otlp_dropped = match opts.otlp_ratio {
-        Some(_) => spans_dropped(&client, base).await?,
+        Some(_) => counter_so_far(&client, base, crate::otel::SPANS_DROPPED).await?,
         None => 0,
     };
     let agents_url = format!("{base}/v1/tenants/default/agents");
@@ -519,7 +504,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .flatten();
     let expired = match (opts.expired, server.stop.is_empty()) {
         (0, _) | (_, true) => None,
-        (n, false) => Some((n, purged_so_far(&client, base).await?)),
+        (n, false) => Some((
+            n,
+            counter_so_far(&client, base, crate::telemetry::PURGED_EVENTS).await?,
+        )),
     };
     // Close the client's keep-alive connections first: the server's graceful shutdown waits
     // for its connections.

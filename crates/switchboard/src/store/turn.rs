@@ -77,42 +77,36 @@ pub(super) async fn run<C: Conn>(
         false => tracing::Span::none(),
     };
     use tracing::Instrument;
-    run_tries(conn, group, policy, now, deferred, handoff)
-        .instrument(span)
-        .await
-}
-
-/// [`run`], again while it meets contention.
-async fn run_tries<C: Conn>(
-    conn: &mut C,
-    group: &Group,
-    policy: &Policy,
-    now: i64,
-    deferred: &mut Deferred,
-    handoff: &Handoff,
-) -> Result<Committed, StoreError> {
-    let mut tries = 1;
-    loop {
-        conn.begin(group.durable()).await?;
-        let written = match write(conn, group, policy, now, deferred, handoff).await {
-            Ok(done) => conn.commit().await.map(|()| done),
-            Err(e) => Err(e),
-        };
-        if written.is_err() {
-            conn.rollback().await;
-            deferred.forget();
-        }
-        match written {
-            // Lost to another transaction (on PostgreSQL: another node, or a migration's lock
-            // during a rolling upgrade) and rolled back whole: the same turn runs again, so
-            // no caller hears of it.
-            Err(StoreError::Contended(e)) if tries < CONTENDED_TRIES => {
-                tracing::info!(error = %e, tries, "the writer's turn met contention; running it again");
-                tries += 1;
+    async {
+        let mut tries = 1;
+        loop {
+            conn.begin(group.durable()).await?;
+            let written = match write(conn, group, policy, now, deferred, handoff).await {
+                Ok(done) => conn.commit().await.map(|()| done),
+                Err(e) => Err(e),
+            };
+            if written.is_err() {
+                conn.rollback().await;
+                deferred.forget();
             }
-            other => return other,
+            match written {
+                // Lost to another transaction (on PostgreSQL: another node, or a migration's lock
+                // during a rolling upgrade) and rolled back whole: the same turn runs again, so
+                // no caller hears of it.
+                Err(StoreError::Contended(e)) if tries < CONTENDED_TRIES => {
+                    tracing::info!(
+                        error = %e,
+                        tries,
+                        "the writer's turn met contention; running it again"
+                    );
+                    tries += 1;
+                }
+                other => return other,
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 /// How many times a turn that met contention ([`StoreError::Contended`]) is run in all.

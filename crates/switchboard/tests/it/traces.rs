@@ -122,6 +122,28 @@ async fn post(
     request.send().await.expect("the server answers")
 }
 
+/// Posts `body` to the server's `default` tenant's events, with `headers`.
+async fn publish(
+    client: &reqwest::Client,
+    server: &Server,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    post(client, server, "/v1/tenants/default/events", body, headers).await
+}
+
+/// Waits for the first two attempts of event `id` (the receivers here refuse every other
+/// request); returns them.
+async fn two_attempts(receiver: &TestReceiver, id: &str) -> Vec<Received> {
+    let got = receiver
+        .wait_until(
+            |r| r.iter().filter(|r| r.event_id() == id).count() >= 2,
+            "both attempts",
+        )
+        .await;
+    got.into_iter().filter(|r| r.event_id() == id).collect()
+}
+
 /// Subscribes `receiver` (retrying after 1 s) on the server's `default` tenant.
 async fn subscribe(client: &reqwest::Client, server: &Server, receiver: &TestReceiver) -> Value {
     let body = json!({"url": receiver.url("/hook"), "retry_schedule_secs": [1, 1]});
@@ -159,10 +181,9 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
 
     let id = guid();
     let traceparent = producer_traceparent();
-    let r = post(
+    let r = publish(
         &client,
         &server,
-        "/v1/tenants/default/events",
         &agent_event(&id, 1, "agent42"),
         &[
             ("traceparent", &traceparent),
@@ -231,14 +252,7 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
     // No traceparent, and a malformed one: a new trace per request, carried to the receiver.
     for headers in [vec![], vec![("traceparent", "00-not-a-trace-01")]] {
         let id = guid();
-        let r = post(
-            &client,
-            &server,
-            "/v1/tenants/default/events",
-            &agent_event(&id, 1, "agent43"),
-            &headers,
-        )
-        .await;
+        let r = publish(&client, &server, &agent_event(&id, 1, "agent43"), &headers).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{headers:?}");
         let ingest = collector
             .span("a new trace's ingest span", |s| {
@@ -247,13 +261,7 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
             .await;
         assert_eq!(ingest["parent_span_id"], "", "a root span: {headers:?}");
         assert_ne!(ingest["trace_id"], TRACE_ID);
-        let got = receiver
-            .wait_until(
-                |r| r.iter().filter(|r| r.event_id() == id).count() >= 2,
-                "both attempts",
-            )
-            .await;
-        for r in got.iter().filter(|r| r.event_id() == id) {
+        for r in two_attempts(&receiver, &id).await {
             let (trace, _, _) = parts(r.header("traceparent"));
             assert_eq!(trace, ingest["trace_id"].as_str().unwrap());
             assert_eq!(r.header("tracestate"), "");
@@ -264,35 +272,21 @@ async fn one_trace_from_the_producer_to_the_receiver_and_its_retry() {
     // context reaches the receiver as it came.
     let unrecorded = format!("00-{}-{PRODUCER_SPAN}-00", "b".repeat(32));
     let id = guid();
-    let r = post(
+    let r = publish(
         &client,
         &server,
-        "/v1/tenants/default/events",
         &agent_event(&id, 1, "agent44"),
         &[("traceparent", &unrecorded)],
     )
     .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let got = receiver
-        .wait_until(
-            |r| r.iter().filter(|r| r.event_id() == id).count() >= 2,
-            "both attempts",
-        )
-        .await;
-    for r in got.iter().filter(|r| r.event_id() == id) {
+    for r in two_attempts(&receiver, &id).await {
         assert_eq!(r.header("traceparent"), unrecorded);
     }
     // Spans of the last sampled request were exported since: had any span of the unrecorded
     // trace been made, it would be there by now.
     let marker = guid();
-    post(
-        &client,
-        &server,
-        "/v1/tenants/default/events",
-        &agent_event(&marker, 1, "agent45"),
-        &[],
-    )
-    .await;
+    publish(&client, &server, &agent_event(&marker, 1, "agent45"), &[]).await;
     collector
         .span("a later request's span", |s| {
             s["name"] == "ingest" && *attr(s, "switchboard.event_id") == marker.as_str()
@@ -361,10 +355,9 @@ async fn a_failing_or_absent_collector_costs_nothing_and_is_counted() {
             .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
             .collect();
         for chunk in events.chunks(10) {
-            let r = post(
+            let r = publish(
                 &client,
                 &server,
-                "/v1/tenants/default/events",
                 &Value::Array(chunk.to_vec()),
                 &[("traceparent", &producer_traceparent())],
             )
