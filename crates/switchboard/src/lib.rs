@@ -46,6 +46,7 @@ pub mod event;
 pub mod jobs;
 pub mod lag;
 pub mod otel;
+pub mod redact;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
@@ -122,6 +123,11 @@ pub async fn run_with(
         allow_networks: config.allow_networks.clone(),
     };
     let mut sender = Sender::new(guard, timeout).context("building the HTTP client")?;
+    let hash_key = store
+        .hash_key()
+        .await
+        .context("reading the instance's hash key")?;
+    sender = sender.with_hash_key(hash_key);
     if !config.egress_proxy.is_empty() {
         sender = sender
             .with_proxy(&config.egress_proxy)

@@ -208,6 +208,10 @@ struct BenchArgs {
     /// this ratio of them (0 to 1); in-process server only. Without it nothing is exported
     #[arg(long, value_name = "RATIO")]
     otlp_ratio: Option<f64>,
+    /// Every subscription redacts three fields (DESIGN §19): PhoneNo masked, Username hashed,
+    /// SessionId dropped
+    #[arg(long)]
+    redact: bool,
 }
 
 #[derive(Args)]
@@ -551,6 +555,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     backlog: a.backlog,
                     receiver_auth: a.receiver_auth,
                     otlp_ratio: a.otlp_ratio,
+                    redact: a.redact,
                 })
                 .await?;
                 print_report(a.json, &report, report.text())

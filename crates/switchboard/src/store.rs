@@ -31,6 +31,7 @@ mod deliveries;
 pub mod embedded;
 mod events;
 mod handoff;
+mod instance;
 mod jobs;
 mod lag;
 mod postgres;

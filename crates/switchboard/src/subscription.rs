@@ -257,6 +257,12 @@ pub struct SubscriptionSpec {
     /// (DESIGN §20). The key is write-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<tls::Tls>,
+    /// `AdditionalFields` changed in the bodies this subscription is sent (every destination,
+    /// and pull messages), before signing: `drop`, `mask` or `hash` (DESIGN §19). Each field
+    /// must be in the catalog; at most 32. The log and streams are not changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, crate::redact::Mode>)]
+    pub redact: crate::redact::Rules,
 }
 
 fn yes() -> bool {
@@ -499,6 +505,9 @@ impl SubscriptionSpec {
                 "lag_budget_secs",
                 "must be 1 to 31536000 (a year), or null for none",
             );
+        }
+        if self.redact.len() > crate::redact::MAX_FIELDS {
+            err("redact", "may name at most 32 fields");
         }
         if let Some(b) = &self.batch {
             if !(1..=1000).contains(&b.max_events) {

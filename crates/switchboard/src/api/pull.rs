@@ -218,10 +218,17 @@ async fn messages(
         .count_pull_lags(tenant, &mut count, Some(from), budget, now)
         .await?;
     let [LagCount { lag, .. }] = count;
+    // The subscription's `redact` (DESIGN §19), as its pushed deliveries would have it.
+    let redactor = state.sender.redactor(&rec);
     let data = pulled
         .events
         .into_iter()
-        .map(LogItem::new)
+        .map(|mut e| {
+            if let Some(body) = redactor.as_ref().and_then(|r| r.apply(e.body.as_bytes())) {
+                e.body = String::from_utf8(body).unwrap_or_default();
+            }
+            LogItem::new(e)
+        })
         .collect::<Result<_, _>>()?;
     Ok(Json(Messages {
         partition: part,

@@ -112,6 +112,10 @@ struct SubscriptionView {
     /// TLS towards the receiver, the key always `***`.
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<crate::subscription::tls::Tls>,
+    /// What its receivers are not sent as stored (DESIGN §19); absent: nothing is redacted.
+    #[schema(required = false, value_type = Option<std::collections::BTreeMap<String, crate::redact::Mode>>)]
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    redact: crate::redact::Rules,
     /// For `v1a` only: `whpk_<base64 of the 32-byte Ed25519 public key>`.
     #[schema(
         required = false,
@@ -264,6 +268,7 @@ impl SubscriptionView {
             signature_scheme: push.then_some(spec.signature_scheme),
             auth: spec.auth.as_ref().map(|a| a.masked()),
             tls: spec.tls.as_ref().map(|t| t.masked()),
+            redact: spec.redact,
             public_key,
             disabled_reason: rec.disabled_reason,
             created_at: rfc3339(rec.created_at),
@@ -606,6 +611,17 @@ fn receiver_origin(spec: &Value) -> Option<String> {
 }
 
 fn guarded(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    // What `redact` names must be a field the catalog declares (DESIGN §19).
+    let unknown: Vec<_> = (spec.redact.keys())
+        .filter(|f| state.catalog.field_pii(f).is_none())
+        .map(|f| {
+            let why = "is not a field of the catalog (built in or the catalog file)";
+            crate::event::FieldError::new(None, format!("redact.{f}"), why)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::Invalid(unknown));
+    }
     let broker = spec.destination.as_ref().and_then(Destination::broker_url);
     let token = spec.auth.as_ref().and_then(|a| a.token_url());
     let addresses = [

@@ -65,7 +65,13 @@ pub struct Options {
     /// In-process server only: export traces to the bench's receiver (an OTLP/HTTP endpoint
     /// that answers 200 and counts), sampling this ratio. `None`: export off.
     pub otlp_ratio: Option<f64>,
+    /// Every subscription redacts three fields (DESIGN §19): `PhoneNo` masked, `Username`
+    /// hashed, `SessionId` dropped.
+    pub redact: bool,
 }
+
+/// What `--redact` sets on each subscription.
+pub const BENCH_REDACT: &str = r#"{"PhoneNo": "mask", "Username": "hash", "SessionId": "drop"}"#;
 
 impl Default for Options {
     /// The command's defaults: 20,000 single-event POSTs from 64 clients, one subscription.
@@ -80,6 +86,7 @@ impl Default for Options {
             delivery_batch: None,
             backlog: false,
             otlp_ratio: None,
+            redact: false,
             receiver_auth: ReceiverAuth::None,
             rate: None,
             database_url: String::new(),
@@ -247,6 +254,8 @@ pub struct Report {
     pub otlp_exports: usize,
     /// Spans the server dropped (its export queue full) by the end of the load.
     pub otlp_dropped: u64,
+    /// Whether the subscriptions redacted three fields.
+    pub redact: bool,
     /// Per request.
     pub ingest_latency_ms: Percentiles,
     /// From the (scheduled) send to the first arrival at the receiver, per event and subscription.
@@ -437,6 +446,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         if let Some(n) = opts.delivery_batch {
             body["batch"] = json!({"max_events": n, "max_wait_ms": 100});
         }
+        if opts.redact {
+            body["redact"] = serde_json::from_str(BENCH_REDACT)?;
+        }
         match opts.receiver_auth {
             ReceiverAuth::None => {}
             ReceiverAuth::Bearer => body["auth"] = json!({"type": "bearer", "token": BENCH_TOKEN}),
@@ -540,6 +552,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             .load(std::sync::atomic::Ordering::Relaxed),
         otlp_ratio: opts.otlp_ratio,
         otlp_dropped,
+        redact: opts.redact,
         otlp_exports: state
             .otlp_exports
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -982,8 +995,12 @@ impl Report {
                     self.otlp_exports, self.otlp_dropped
                 )
             });
+            let redact = match self.redact {
+                true => ", three fields redacted",
+                false => "",
+            };
             let delivered = format!(
-                "{} in {:.2} s = {:.0} deliveries/s {how}{auth}{traces}",
+                "{} in {:.2} s = {:.0} deliveries/s {how}{auth}{traces}{redact}",
                 self.deliveries, self.end_to_end_secs, self.deliveries_per_sec
             );
             (delivered, p(&self.ingest_to_receiver_ms))

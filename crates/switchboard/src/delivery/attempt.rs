@@ -16,6 +16,7 @@ use super::retry::{self, Next};
 use super::signing::{self, Secret};
 use crate::clock::Clock;
 use crate::otel;
+use crate::redact::Redactor;
 use crate::store::{Claimed, NextState, Outcome, SubscriptionRecord};
 
 /// What one attempt gave.
@@ -66,9 +67,10 @@ pub struct Message {
 impl Message {
     /// `c` signed with `target`'s live secrets at `now_ms`.
     fn new(target: &Target, c: &Claimed, now_ms: i64) -> Self {
+        let body = target.body(&c.body);
         let timestamp = now_ms / 1000;
         let signature =
-            signing::signature_header(target.live_secrets(now_ms), &c.event_id, timestamp, &c.body);
+            signing::signature_header(target.live_secrets(now_ms), &c.event_id, timestamp, &body);
         let mut headers = vec![
             ("webhook-id", c.event_id.clone()),
             ("webhook-timestamp", timestamp.to_string()),
@@ -79,11 +81,8 @@ impl Message {
         if c.superseded > 0 {
             headers.push(("switchboard-superseded", c.superseded.to_string()));
         }
-        headers.extend(target.scheme_header(now_ms, &c.body));
-        Message {
-            headers,
-            body: c.body.clone(),
-        }
+        headers.extend(target.scheme_header(now_ms, &body));
+        Message { headers, body }
     }
 }
 
@@ -100,7 +99,7 @@ impl Message {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&c.body);
+            body.extend_from_slice(&target.body(&c.body));
         }
         body.push(b']');
         let id = format!("batch_{}", first.delivery_id);
@@ -140,10 +139,16 @@ pub struct Target {
     destination: Box<dyn Destination>,
     /// Each secret, with when it stops signing (unix ms; None: never).
     secrets: Vec<(Secret, Option<i64>)>,
+    /// Its `redact`, when it has one (DESIGN §19).
+    redactor: Option<Redactor>,
 }
 
 impl Target {
-    pub fn new(sub: SubscriptionRecord, destination: Box<dyn Destination>) -> Self {
+    pub fn new(
+        sub: SubscriptionRecord,
+        destination: Box<dyn Destination>,
+        redactor: Option<Redactor>,
+    ) -> Self {
         let current = sub.spec.secret.as_deref().map(|s| (s, None));
         let old = match (&sub.old_secret, sub.old_secret_expires_at) {
             (Some(s), Some(until)) => Some((s.as_str(), Some(until))),
@@ -158,6 +163,15 @@ impl Target {
             sub,
             destination,
             secrets,
+            redactor,
+        }
+    }
+
+    /// What the receiver is sent of a stored event's body: as stored, or redacted.
+    fn body(&self, stored: &Bytes) -> Bytes {
+        match self.redactor.as_ref().and_then(|r| r.apply(stored)) {
+            Some(redacted) => Bytes::from(redacted),
+            None => stored.clone(),
         }
     }
 

@@ -20,6 +20,7 @@ use super::guard::{Guard, GuardedResolver};
 use super::nats::Nats;
 use super::retry;
 use crate::clock::Clock;
+use crate::redact::{HashKey, Redactor};
 use crate::store::SubscriptionRecord;
 use crate::subscription::auth::Auth;
 use crate::subscription::destination::Destination as SpecDestination;
@@ -43,6 +44,8 @@ pub struct Sender {
     kept: Arc<std::sync::Mutex<Kept>>,
     /// Stamps attempts (and so their retries' due times); the dispatcher's clock too.
     clock: Clock,
+    /// The instance's key for `redact: hash` (DESIGN §19): the stored one in the server.
+    hash_key: Arc<HashKey>,
 }
 
 impl Sender {
@@ -56,7 +59,21 @@ impl Sender {
             proxy: None,
             kept: Arc::default(),
             clock: Clock::system(),
+            hash_key: Arc::new(HashKey::random()),
         })
+    }
+
+    /// The same, hashing redacted fields with `key` (the instance's stored key).
+    pub fn with_hash_key(self, key: HashKey) -> Self {
+        Sender {
+            hash_key: Arc::new(key),
+            ..self
+        }
+    }
+
+    /// What changes the bodies `sub` is sent, if it redacts anything.
+    pub fn redactor(&self, sub: &SubscriptionRecord) -> Option<Redactor> {
+        Redactor::new(&sub.spec.redact, &self.hash_key, &sub.tenant_id)
     }
 
     /// The same, with every request through the HTTP proxy at `url` (`http://host:port`). Its
@@ -118,7 +135,8 @@ impl Sender {
             )),
             _ => Box::new(Http::new(self, &sub)),
         };
-        Target::new(sub, destination)
+        let redactor = self.redactor(&sub);
+        Target::new(sub, destination, redactor)
     }
 
     /// The address guard every destination's addresses pass.

@@ -93,6 +93,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace_context",
         include_str!("migrations/postgres/0014_trace_context.sql"),
     ),
+    (
+        15,
+        "instance_keys",
+        include_str!("migrations/postgres/0015_instance_keys.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

@@ -84,6 +84,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace_context",
         include_str!("migrations/sqlite/0014_trace_context.sql"),
     ),
+    (
+        15,
+        "instance_keys",
+        include_str!("migrations/sqlite/0015_instance_keys.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

@@ -58,6 +58,10 @@ struct StoredSpec {
     batch: Option<StoredBatch>,
     #[serde(default)]
     signature_scheme: Scheme,
+    /// A mode this release does not know (a newer one's) is read as `drop`: less is sent, never
+    /// more.
+    #[serde(default)]
+    redact: BTreeMap<String, Value>,
     #[serde(default)]
     auth: Option<StoredAuth>,
     #[serde(default)]
@@ -227,6 +231,14 @@ pub fn decode(text: &str) -> Result<SubscriptionSpec, serde_json::Error> {
             max_wait_ms: b.max_wait_ms,
         }),
         signature_scheme: s.signature_scheme,
+        redact: s
+            .redact
+            .into_iter()
+            .map(|(field, mode)| {
+                let mode = serde_json::from_value(mode).unwrap_or(crate::redact::Mode::Drop);
+                (field, mode)
+            })
+            .collect(),
         auth: s.auth.map(Auth::from),
         tls: s.tls.map(|t| super::tls::Tls {
             client_cert_pem: t.client_cert_pem,
@@ -304,5 +316,20 @@ mod tests {
             Some("whsec_x")
         );
         assert_eq!(salvage_secret("not json"), None);
+    }
+
+    #[test]
+    fn a_redaction_mode_of_a_newer_release_drops_the_field() {
+        let mut v = spec();
+        v["redact"] = json!({"PhoneNo": "mask", "Username": "tokenize"});
+        let spec = decode(&v.to_string()).unwrap();
+        use crate::redact::Mode;
+        assert_eq!(spec.redact["PhoneNo"], Mode::Mask);
+        assert_eq!(
+            spec.redact["Username"],
+            Mode::Drop,
+            "less is sent, never more"
+        );
+        assert_eq!(decode(&encode(&spec)).unwrap(), spec);
     }
 }

@@ -195,6 +195,26 @@ async fn the_bench_counts_every_event_of_every_batch_delivered() {
 }
 
 #[tokio::test]
+async fn the_bench_measures_redacting_subscriptions() {
+    let data = TestData::new().await;
+    let report = run(Options {
+        events: 200,
+        concurrency: 4,
+        redact: true,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert!(report.redact);
+    assert_eq!(
+        report.deliveries, 200,
+        "redacted bodies still carry their Id"
+    );
+    assert!(report.text().contains("three fields redacted"));
+}
+
+#[tokio::test]
 async fn a_backlog_run_stores_everything_first_then_times_the_drain() {
     let data = TestData::new().await;
     let report = run(Options {

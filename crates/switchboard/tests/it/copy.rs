@@ -176,8 +176,9 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
         }
     };
     let monitor = TestReceiver::start().await;
-    // A receives three agents' events (a tenth of the log), B one agent's.
-    let a = subscribe(json!({"url": ok.url("/"),
+    // A receives three agents' events (a tenth of the log), B one agent's. A's phone numbers
+    // are hashed with the instance's key, which the copy carries over (DESIGN §19).
+    let a = subscribe(json!({"url": ok.url("/"), "redact": {"PhoneNo": "hash"},
                              "filter": {"usernames": ["agent00", "agent01", "agent02"]}}))
     .await;
     let b = subscribe(
@@ -285,11 +286,20 @@ async fn a_copied_deployment_answers_as_before_and_delivers_what_was_pending() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["events"][0]["sequence"], 100_001);
-    ok.wait_until(
-        |got| got.iter().any(|r| r.event_id() == id),
-        "the new event delivered",
-    )
-    .await;
+    let got = ok
+        .wait_until(
+            |got| got.iter().any(|r| r.event_id() == id),
+            "the new event delivered",
+        )
+        .await;
+    let phone =
+        |r: &crate::support::receiver::Received| r.json()["AdditionalFields"]["PhoneNo"].clone();
+    let hashed = phone(got.iter().find(|r| r.event_id() == id).unwrap());
+    assert!(
+        hashed.as_str().unwrap().starts_with("hmac-sha256:"),
+        "{hashed}"
+    );
+    assert_eq!(hashed, phone(&got[0]), "the same hash after the move");
     let seen = failing.received().len();
     failing.set_behaviour(|_, _| (204, Duration::ZERO));
     call(

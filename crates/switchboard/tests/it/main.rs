@@ -25,6 +25,7 @@ mod mtls;
 mod nats;
 mod openapi;
 mod pg_faults;
+mod privacy;
 mod proxy;
 mod pull;
 mod readiness;
