@@ -369,13 +369,23 @@ impl NewEvent {
     }
 
     /// Whether this re-post is identical to `stored` (DESIGN §2): an absent date is taken from
-    /// the stored event; field order inside `AdditionalFields` does not matter.
+    /// the stored event; field order inside `AdditionalFields` does not matter; a stored field
+    /// an erasure replaced by `"[erased]"` matches whatever the re-post holds there (DESIGN
+    /// §19: a re-post of an erased event is a duplicate, and stores nothing).
     pub fn same_as(&self, stored: &Event) -> bool {
+        let erased = |v: &Value| v.as_str() == Some(crate::store::ERASED);
         self.id == stored.id
             && self.creation.is_none_or(|c| c == stored.creation)
             && self.category == stored.category
             && self.code == stored.code
-            && self.fields == stored.fields
+            && (self.fields == stored.fields
+                || (self.fields.len() == stored.fields.len()
+                    && stored.fields.iter().any(|(_, v)| erased(v))
+                    && stored.fields.iter().all(|(k, v)| {
+                        self.fields
+                            .get(k)
+                            .is_some_and(|mine| mine == v || erased(v))
+                    })))
     }
 }
 

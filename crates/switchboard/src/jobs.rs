@@ -36,7 +36,8 @@ pub struct Runner {
 struct Active {
     job: JobRecord,
     spec: JobSpec,
-    sub: SubscriptionRecord,
+    /// The subscription it works on (none for an erasure, which works on the tenant).
+    sub: Option<SubscriptionRecord>,
     /// While counting: where the next count page starts, and the count so far.
     counting: Option<(i64, i64)>,
     /// The lease this runner holds it under (the runner's clock, unix ms): every write of the
@@ -44,6 +45,9 @@ struct Active {
     lease_until: i64,
     /// Pages failed in a row.
     errors: u32,
+    /// An erasure past its events: the latest lease an attempt that may carry the value can
+    /// hold (see `erase_step`).
+    in_flight: Option<i64>,
 }
 
 /// Pages of one job failing in a row before it is failed.
@@ -139,12 +143,13 @@ impl Runner {
             let why = "its parameters do not decode";
             return self.store.fail_job(&job.id, why, lease_until).await;
         };
-        let sub = match self
-            .store
-            .get_subscription(&job.tenant_id, spec.subscription_id())
-            .await?
-        {
-            Some(Ok(sub)) => sub,
+        let found = match spec.subscription_id() {
+            Some(id) => self.store.get_subscription(&job.tenant_id, id).await?,
+            None => None,
+        };
+        let sub = match found {
+            _ if spec.subscription_id().is_none() => None,
+            Some(Ok(sub)) => Some(sub),
             Some(Err(_)) => {
                 let why = "its subscription's stored form does not decode";
                 return self.store.fail_job(&job.id, why, lease_until).await;
@@ -154,7 +159,7 @@ impl Runner {
                 return self.store.fail_job(&job.id, why, lease_until).await;
             }
         };
-        let counting = job.total.is_none().then_some((0, 0));
+        let counting = (job.total.is_none() && sub.is_some()).then_some((0, 0));
         tracing::info!(job = %job.id, tenant = %job.tenant_id, kind = %job.kind, "job running");
         self.active.push_back(Active {
             job,
@@ -163,18 +168,22 @@ impl Runner {
             counting,
             lease_until,
             errors: 0,
+            in_flight: None,
         });
         Ok(())
     }
 
     async fn page(&self, a: &mut Active) -> Result<Next, StoreError> {
+        let Some(sub) = a.sub.clone() else {
+            return self.erase_step(a).await;
+        };
         let now = self.clock.now_ms();
         let lease_until = now + LEASE.as_millis() as i64;
         let id = a.job.id.as_str();
         if let Some((after, counted)) = a.counting {
             let (n, next) = self
                 .store
-                .count_job_page(&a.job, &a.spec, &a.sub, after)
+                .count_job_page(&a.job, &a.spec, &sub, after)
                 .await?;
             let counted = counted + n;
             if let Some(next) = next {
@@ -187,7 +196,7 @@ impl Runner {
                     a.lease_until = lease_until;
                     self.store.renew_job(id, held, lease_until).await?
                 } else {
-                    self.store.job_running(id, held, &a.sub.id).await?
+                    self.store.job_running(id, held, &sub.id).await?
                 };
                 return Ok(if running { Next::More } else { Next::Over });
             }
@@ -217,12 +226,12 @@ impl Runner {
             let held = a.lease_until;
             let Some((n, next)) = self
                 .store
-                .work_job_page(&a.job, &a.spec, &a.sub, held, lease_until)
+                .work_job_page(&a.job, &a.spec, &sub, held, lease_until)
                 .await?
             else {
                 // Canceled, taken over, or its subscription deleted: then it ends `failed`.
                 let sub = (self.store)
-                    .get_subscription(&a.job.tenant_id, &a.sub.id)
+                    .get_subscription(&a.job.tenant_id, &sub.id)
                     .await?;
                 if sub.is_none() {
                     let why = "its subscription was deleted";
@@ -247,11 +256,94 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// One step of an `erase` job (DESIGN §19; the steps are `store/erase.rs`'s): a page of
+    /// the log; then, while attempts claimed before the log was done are in flight (or the
+    /// agents view has not caught up), a pause; then everything else, the files settled, the
+    /// receipt and System event 8 `Erased`.
+    async fn erase_step(&self, a: &mut Active) -> Result<Next, StoreError> {
+        let JobSpec::Erase { field, value, pii } = a.spec.clone() else {
+            return Err(StoreError::Db("not an erase job".into()));
+        };
+        let now = self.clock.now_ms();
+        let lease_until = now + LEASE.as_millis() as i64;
+        let (id, tenant) = (a.job.id.clone(), a.job.tenant_id.clone());
+        let held = a.lease_until;
+        if a.job.resume_after < a.job.bound {
+            let page = (self.store)
+                .erase_events_page(&a.job, &field, &value, held, lease_until)
+                .await?;
+            let Some((n, next)) = page else {
+                tracing::info!(job = %id, "erase job no longer running here");
+                return Ok(Next::Over);
+            };
+            a.job.done += n;
+            a.job.resume_after = next;
+            a.lease_until = lease_until;
+            return Ok(Next::More);
+        }
+        let until = match a.in_flight {
+            Some(until) => until,
+            None => *a
+                .in_flight
+                .insert(self.store.latest_lease(&tenant, now).await?),
+        };
+        if (self.store)
+            .erase_must_wait(&tenant, until, a.job.bound, now)
+            .await?
+        {
+            if !self.store.renew_job(&id, held, lease_until).await? {
+                return Ok(Next::Over);
+            }
+            a.lease_until = lease_until;
+            // Attempts take up to a delivery timeout: looked at again shortly, the other
+            // jobs worked meanwhile.
+            tokio::time::sleep(ERASE_WAIT).await;
+            return Ok(Next::More);
+        }
+        let Some(rest) = self.store.erase_the_rest(&a.job, &a.spec, held).await? else {
+            return Ok(Next::Over);
+        };
+        self.store.erase_settle().await?;
+        let events = a.job.done;
+        let result = json!({"events": events, "attempts": rest.attempts,
+                            "agents": rest.agents, "pii": pii});
+        if !self
+            .store
+            .finish_job(&id, &result, Some(events), held)
+            .await?
+        {
+            return Ok(Next::Over);
+        }
+        let fields = json!({"JobId": id, "Field": field, "Events": events,
+                            "Attempts": rest.attempts, "Agents": rest.agents});
+        let serde_json::Value::Object(fields) = fields else {
+            unreachable!("an object")
+        };
+        let event = crate::event::Event::system(crate::event::catalog::system::ERASED, fields, now);
+        self.store
+            .system_event(crate::store::SystemEvent {
+                tenant,
+                event,
+                to: crate::store::Recipients::MonitorsBut(String::new()),
+                lease_until: None,
+                retried: true,
+            })
+            .await?;
+        tracing::info!(job = %id, events, attempts = rest.attempts, agents = rest.agents, "erase job done");
+        Ok(Next::Over)
+    }
+}
+
+/// How long an erasure waits before looking again at attempts in flight.
+const ERASE_WAIT: Duration = Duration::from_millis(100);
+
 /// The result's key of a dry run.
 fn would(spec: &JobSpec) -> &'static str {
     match spec {
         JobSpec::Replay { .. } => "would_requeue",
         JobSpec::CancelPending { .. } => "would_cancel",
+        JobSpec::Erase { .. } => "would_erase",
     }
 }
 
@@ -260,5 +352,6 @@ fn did(spec: &JobSpec) -> &'static str {
     match spec {
         JobSpec::Replay { .. } => "requeued",
         JobSpec::CancelPending { .. } => "canceled",
+        JobSpec::Erase { .. } => "events",
     }
 }

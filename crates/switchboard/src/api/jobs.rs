@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::doc::{BodyErrors, Conflict, Errors};
 use super::{Access, ApiError, AppState, Page, Params, json_body, need, rfc3339};
+use crate::auth::Scope;
 use crate::event::Timestamp;
 use crate::store::{CancelJob, JobRecord, JobSpec};
 
@@ -27,11 +28,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateJob {
-    /// `replay` or `cancel_pending`.
+    /// `replay`, `cancel_pending` or `erase`.
     #[schema(example = "replay")]
     kind: String,
-    /// The push subscription the job works on.
-    subscription_id: String,
+    /// replay, cancel_pending: the push subscription the job works on.
+    subscription_id: Option<String>,
+    /// erase: the `AdditionalFields` field (declared in the catalog) whose value is erased.
+    #[schema(example = "PhoneNo")]
+    field: Option<String>,
+    /// erase: the value to erase (a string, or a number as its decimal text).
+    #[schema(value_type = Option<String>, example = "+15551230001")]
+    value: Option<Value>,
     /// replay: from (`yyyyMMddHHmmss`, on `CreationDateUtc`).
     #[schema(pattern = "^[0-9]{14}$")]
     since: Option<String>,
@@ -54,7 +61,7 @@ struct CreateJob {
 #[derive(Serialize, ToSchema)]
 struct JobView {
     id: String,
-    /// `replay` or `cancel_pending` (or a kind of a newer release, listed only).
+    /// `replay`, `cancel_pending` or `erase` (or a kind of a newer release, listed only).
     kind: String,
     /// `queued`, `running`, `done`, `canceled` or `failed`.
     state: String,
@@ -65,8 +72,8 @@ struct JobView {
     /// How many of them are done.
     done: i64,
     dry_run: bool,
-    /// When done: `{requeued}`, `{canceled}`, or for a dry run `{would_requeue}` /
-    /// `{would_cancel}`.
+    /// When done: `{requeued}`, `{canceled}`, an erasure's receipt `{events, attempts,
+    /// agents, pii}`, or for a dry run `{would_requeue}` / `{would_cancel}`.
     #[schema(value_type = Option<Object>)]
     result: Option<Value>,
     /// Why it failed.
@@ -83,6 +90,22 @@ struct JobView {
     only_failed: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     before: Option<String>,
+    /// erase: the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    /// erase: the value — to `manage` keys only while the job runs; `"[erased]"` once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+impl JobView {
+    /// The view for a key that may not `manage`: an erasure's value left out.
+    fn for_reader(mut self, manage: bool) -> Self {
+        if !manage {
+            self.value = None;
+        }
+        self
+    }
 }
 
 impl From<JobRecord> for JobView {
@@ -100,6 +123,8 @@ impl From<JobRecord> for JobView {
             until: None,
             only_failed: None,
             before: None,
+            field: None,
+            value: None,
             result: j.result.clone(),
             kind: j.kind.clone(),
             id: j.id.clone(),
@@ -123,6 +148,10 @@ impl From<JobRecord> for JobView {
                 view.subscription_id = Some(subscription_id);
                 view.before = before.map(|b| b.to_string());
             }
+            Some(JobSpec::Erase { field, value, .. }) => {
+                view.field = Some(field);
+                view.value = Some(value);
+            }
             None => {}
         }
         view
@@ -136,7 +165,7 @@ fn timestamp(field: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiE
 }
 
 /// The parameters of `req`'s kind; a parameter of another kind is 422 naming it.
-fn spec(req: &CreateJob) -> Result<JobSpec, ApiError> {
+fn spec(req: &CreateJob, catalog: &crate::event::catalog::Catalog) -> Result<JobSpec, ApiError> {
     let not_of = |field: &str, present: bool| match present {
         true => Err(ApiError::invalid(
             field,
@@ -144,7 +173,15 @@ fn spec(req: &CreateJob) -> Result<JobSpec, ApiError> {
         )),
         false => Ok(()),
     };
-    let subscription_id = req.subscription_id.clone();
+    let subscription_id = || {
+        (req.subscription_id.clone()).ok_or_else(|| {
+            ApiError::invalid("subscription_id", format!("is required for {}", req.kind))
+        })
+    };
+    if req.kind != "erase" {
+        not_of("field", req.field.is_some())?;
+        not_of("value", req.value.is_some())?;
+    }
     match req.kind.as_str() {
         "replay" => {
             not_of("before", req.before.is_some())?;
@@ -155,7 +192,7 @@ fn spec(req: &CreateJob) -> Result<JobSpec, ApiError> {
                 return Err(ApiError::invalid("until", "must not be before since"));
             }
             Ok(JobSpec::Replay {
-                subscription_id,
+                subscription_id: subscription_id()?,
                 since,
                 until,
                 only_failed: req.only_failed.unwrap_or(false),
@@ -166,17 +203,47 @@ fn spec(req: &CreateJob) -> Result<JobSpec, ApiError> {
             not_of("until", req.until.is_some())?;
             not_of("only_failed", req.only_failed.is_some())?;
             Ok(JobSpec::CancelPending {
-                subscription_id,
+                subscription_id: subscription_id()?,
                 before: timestamp("before", req.before.as_deref())?,
             })
         }
-        "erase" => Err(ApiError::invalid(
-            "kind",
-            "erase is not available in this release",
-        )),
+        "erase" => {
+            not_of("subscription_id", req.subscription_id.is_some())?;
+            not_of("since", req.since.is_some())?;
+            not_of("until", req.until.is_some())?;
+            not_of("only_failed", req.only_failed.is_some())?;
+            not_of("before", req.before.is_some())?;
+            if req.dry_run {
+                return Err(ApiError::invalid("dry_run", "is not available for erase"));
+            }
+            let field = (req.field.clone())
+                .ok_or_else(|| ApiError::invalid("field", "is required for erase"))?;
+            // Allowed for any field the catalog declares; the receipt says whether it is PII.
+            let pii = catalog.field_pii(&field).ok_or_else(|| {
+                ApiError::invalid(
+                    "field",
+                    format!("{field} is not a field of the catalog (built in or the catalog file)"),
+                )
+            })?;
+            let value = match &req.value {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(_) => {
+                    return Err(ApiError::invalid("value", "must be a string or a number"));
+                }
+                None => return Err(ApiError::invalid("value", "is required for erase")),
+            };
+            if value.is_empty() {
+                return Err(ApiError::invalid("value", "must not be empty"));
+            }
+            if value == crate::store::ERASED {
+                return Err(ApiError::invalid("value", "is what erased values become"));
+            }
+            Ok(JobSpec::Erase { field, value, pii })
+        }
         _ => Err(ApiError::invalid(
             "kind",
-            "must be replay or cancel_pending",
+            "must be replay, cancel_pending or erase",
         )),
     }
 }
@@ -194,19 +261,17 @@ async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let req: CreateJob = json_body(&state, &headers, body).await?;
-    let spec = spec(&req)?;
-    match state
-        .store
-        .get_subscription(&tenant, spec.subscription_id())
-        .await?
-    {
-        Some(Ok(rec)) => super::subscriptions::push_only(&rec, &format!("a {} job", req.kind))?,
-        Some(Err(bad)) => return Err(ApiError::undecodable(&bad.id)),
-        None => {
-            return Err(ApiError::invalid(
-                "subscription_id",
-                format!("no subscription {} in this tenant", spec.subscription_id()),
-            ));
+    let spec = spec(&req, &state.catalog)?;
+    if let Some(id) = spec.subscription_id() {
+        match state.store.get_subscription(&tenant, id).await? {
+            Some(Ok(rec)) => super::subscriptions::push_only(&rec, &format!("a {} job", req.kind))?,
+            Some(Err(bad)) => return Err(ApiError::undecodable(&bad.id)),
+            None => {
+                return Err(ApiError::invalid(
+                    "subscription_id",
+                    format!("no subscription {id} in this tenant"),
+                ));
+            }
         }
     }
     let limit = state.settings.max_jobs_per_tenant;
@@ -229,7 +294,7 @@ async fn create(
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Read>,
+    Access { tenant, caller, .. }: Access<need::Read>,
     mut p: Params,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let limit = p.limit()?;
@@ -249,7 +314,10 @@ async fn list(
         .store
         .list_jobs(&tenant, before.as_ref(), limit + 1)
         .await?;
-    let views = jobs.into_iter().map(JobView::from).collect();
+    let manage = caller.may(&tenant, Scope::Manage).is_ok();
+    let views = (jobs.into_iter())
+        .map(|j| JobView::from(j).for_reader(manage))
+        .collect();
     Ok(Json(Page::new(views, limit, |j| j.id.clone())))
 }
 
@@ -260,11 +328,12 @@ async fn list(
     security(("bearer" = [])))]
 async fn get(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Read>,
+    Access { tenant, caller, .. }: Access<need::Read>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<JobView>, ApiError> {
+    let manage = caller.may(&tenant, Scope::Manage).is_ok();
     match state.store.get_job(&tenant, &id).await? {
-        Some(job) => Ok(Json(job.into())),
+        Some(job) => Ok(Json(JobView::from(job).for_reader(manage))),
         None => Err(ApiError::NotFound(format!("job {id} not found"))),
     }
 }

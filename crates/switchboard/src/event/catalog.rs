@@ -24,6 +24,8 @@ pub mod system {
     pub const SUBSCRIPTION_RECOVERED: u32 = 5;
     pub const SUBSCRIPTION_LAGGING: u32 = 6;
     pub const SUBSCRIPTION_CAUGHT_UP: u32 = 7;
+    /// An erasure by data subject ended (DESIGN §19); never carries the value.
+    pub const ERASED: u32 = 8;
 }
 pub const AGENT: u8 = 1;
 

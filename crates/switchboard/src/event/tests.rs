@@ -355,3 +355,26 @@ fn identical_repost() {
     let other_field = validate(agent(1, json!({"Extra": 1})), &cat, None).unwrap();
     assert!(!other_field.same_as(&stored));
 }
+
+#[test]
+fn a_repost_of_an_erased_event_is_the_same_event() {
+    let cat = Catalog::builtin();
+    let original = validate(agent(1, json!({})), &cat, None).unwrap();
+    let mut stored = original.complete(Timestamp::now());
+    stored.fields.insert("PhoneNo".into(), json!("[erased]"));
+    assert!(
+        original.same_as(&stored),
+        "an erased field matches the value"
+    );
+    let changed = validate(agent(1, json!({"Extra": 1})), &cat, None).unwrap();
+    assert!(!changed.same_as(&stored), "another field still differs");
+    let mut other = original.clone();
+    other.fields.insert("SessionType".into(), json!("TelAgent"));
+    assert!(!other.same_as(&stored), "a field not erased still counts");
+    other.fields.remove("PhoneNo");
+    other.fields.insert("SessionType".into(), json!("CCA"));
+    assert!(
+        !other.same_as(&stored),
+        "an erased field must still be there"
+    );
+}

@@ -157,6 +157,8 @@ pub(crate) struct Dialect {
     /// Ends a `SELECT` that locks the rows it reads, skipping those another transaction holds
     /// (empty on SQLite, where the writer is alone).
     pub skip_locked: &'static str,
+    /// How an erasure leaves no copy behind (DESIGN §19).
+    pub settle: super::erase::Settle,
 }
 
 /// The compiled-in migrations of a backend, as sqlx runs them.

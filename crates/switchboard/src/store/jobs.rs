@@ -48,6 +48,15 @@ pub enum JobSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<Timestamp>,
     },
+    /// Erases every stored occurrence of `value` in the tenant's `AdditionalFields[field]`
+    /// (DESIGN §19); `value` itself becomes `"[erased]"` when the job ends.
+    Erase {
+        field: String,
+        value: String,
+        /// Whether the catalog marks the field as personal data (said in the receipt).
+        #[serde(default)]
+        pii: bool,
+    },
 }
 
 impl JobSpec {
@@ -55,22 +64,30 @@ impl JobSpec {
         match self {
             JobSpec::Replay { .. } => "replay",
             JobSpec::CancelPending { .. } => "cancel_pending",
+            JobSpec::Erase { .. } => "erase",
         }
     }
 
-    pub fn subscription_id(&self) -> &str {
+    /// The subscription the job works on (an erasure works on the whole tenant).
+    pub fn subscription_id(&self) -> Option<&str> {
         match self {
             JobSpec::Replay {
                 subscription_id, ..
             }
             | JobSpec::CancelPending {
                 subscription_id, ..
-            } => subscription_id,
+            } => Some(subscription_id),
+            JobSpec::Erase { .. } => None,
         }
     }
 
     /// The kinds this release runs (a newer release's stored jobs are listed, not run).
-    const KINDS: &'static str = "('replay', 'cancel_pending')";
+    const KINDS: &'static str = "('replay', 'cancel_pending', 'erase')";
+}
+
+/// An erasure is not counted first nor worked by these pages: `Store::erase_step` works it.
+fn not_paged() -> StoreError {
+    StoreError::Db("an erase job is worked by its own steps".into())
 }
 
 /// A job as stored.
@@ -155,7 +172,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<JobRecord, StoreError> {
         let bound = match spec {
-            JobSpec::Replay { .. } => self.last_sequence(tenant).await?,
+            JobSpec::Replay { .. } | JobSpec::Erase { .. } => self.last_sequence(tenant).await?,
             JobSpec::CancelPending {
                 subscription_id, ..
             } => {
@@ -278,6 +295,10 @@ impl Store {
                 &args![now, now, tenant, id],
             )
             .await?;
+        if canceled > 0 {
+            // An erasure's value is not kept past its end, whatever the end.
+            self.forget_erase_value(id).await?;
+        }
         Ok(match self.get_job(tenant, id).await? {
             None => CancelJob::NotFound,
             Some(job) if canceled > 0 => CancelJob::Canceled(job),
@@ -396,6 +417,7 @@ impl Store {
                     .await?;
                 Ok((row.map(|r| r.int(0)).transpose()?.unwrap_or(0), None))
             }
+            JobSpec::Erase { .. } => Err(not_paged()),
         }
     }
 
@@ -493,6 +515,7 @@ impl Store {
                 let before = before.map_or(i64::MAX, Timestamp::as_i64);
                 self.cancel_page(job, sub, before, held, lease_until).await
             }
+            JobSpec::Erase { .. } => Err(not_paged()),
         }
     }
 
@@ -593,6 +616,6 @@ impl Store {
                 &args![error, now, now, id, held],
             )
             .await?;
-        Ok(())
+        self.forget_erase_value(id).await
     }
 }

@@ -75,6 +75,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "pull_cursors",
     ],
     skip_locked: "",
+    settle: super::erase::Settle::Checkpoint,
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
@@ -111,6 +112,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "pull_cursors",
     ],
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    settle: super::erase::Settle::Vacuum,
 };
 
 /// A multi-row statement: `head`, `rows` tuples of `columns` placeholders numbered from

@@ -105,7 +105,9 @@ pub(super) async fn open(
         // FULL: a committed transaction survives power loss, not only a process crash.
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-32000");
+        .pragma("cache_size", "-32000")
+        // DESIGN §19: freed space is zeroed, so an erased value is not left in free pages.
+        .pragma("secure_delete", "ON");
 
     let mut conn = SqliteConnection::connect_with(&connect).await?;
     let (applied, allowed) = schema_state(&mut conn).await?;

@@ -249,3 +249,332 @@ async fn redaction_names_a_catalog_field_and_a_known_mode() {
     let v = json_ok(patch(json!({"redact": null})).await).await;
     assert!(v.get("redact").is_none(), "{v}");
 }
+
+/// The value erased by the erase tests: one agent's sign-in number.
+const ERIN_PHONE: &str = "+15559990000";
+
+/// Agent `user`'s event `code` with its own phone number.
+fn event_with_phone(id: &str, code: u32, user: &str, phone: &str) -> Value {
+    let mut e = agent_event(id, code, user);
+    e["AdditionalFields"]["PhoneNo"] = json!(phone);
+    e
+}
+
+/// Posts a job as the admin; returns the answer (202).
+async fn create_job(app: &TestApp, body: Value) -> Value {
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/tenants/default/jobs",
+            ADMIN_KEY,
+            Some(&body),
+        )
+        .await;
+    let status = r.status();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    answer
+}
+
+/// Waits for job `id` to end; returns it as `key` sees it.
+async fn ended(app: &TestApp, id: &str, key: &str) -> Value {
+    crate::support::receiver::eventually("the job ended", || async {
+        let job = json_ok(
+            app.get(&format!("/v1/tenants/default/jobs/{id}"), key)
+                .await,
+        )
+        .await;
+        (!matches!(job["state"].as_str(), Some("queued" | "running"))).then_some(job)
+    })
+    .await
+}
+
+/// Every place the database keeps data, as bytes: SQLite's database file and WAL; on
+/// PostgreSQL every table's rows as text.
+async fn stored_bytes(app: &TestApp) -> Vec<u8> {
+    match app.data.database_url().as_str() {
+        "" => {
+            let mut all = Vec::new();
+            for name in ["switchboard.db", "switchboard.db-wal"] {
+                let path = app.data.dir.path().join(name);
+                if let Ok(bytes) = std::fs::read(&path) {
+                    all.extend(bytes);
+                }
+            }
+            assert!(all.len() > 100_000, "the database files were read");
+            all
+        }
+        url => {
+            use sqlx::Connection;
+            let mut pg = sqlx::PgConnection::connect(url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .fetch_all(&mut pg)
+            .await
+            .unwrap();
+            assert!(tables.len() > 10, "{tables:?}");
+            let mut all = Vec::new();
+            for t in tables {
+                let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {t} t"))
+                    .fetch_all(&mut pg)
+                    .await
+                    .unwrap();
+                for r in rows {
+                    all.extend(r.into_bytes());
+                }
+            }
+            all
+        }
+    }
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn an_erasure_leaves_the_value_nowhere_and_pending_deliveries_go_erased() {
+    let app = TestApp::spawn().await;
+    let monitor = TestReceiver::start().await;
+    app.subscribe(json!({"url": monitor.url("/"), "filter": {"events": [{"category": 0}]}}))
+        .await;
+    // Erin's receiver refuses, echoing her number in its answer (kept in the attempt log),
+    // until it is told otherwise.
+    let rx = TestReceiver::with(|_, _| (503, std::time::Duration::ZERO)).await;
+    rx.set_answer(&format!("no thanks, {ERIN_PHONE}"), &[]);
+    let erin = app
+        .subscribe(
+            json!({"url": rx.url("/"), "filter": {"usernames": ["erin"]},
+                          "retry_schedule_secs": [1]}),
+        )
+        .await;
+    // 100,000 events of 50 agents; every 100th is Erin's (1,000), with her own number.
+    let mut erins = Vec::new();
+    for batch in 0..100 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| {
+                let id = guid();
+                match i % 100 {
+                    0 => {
+                        erins.push(id.clone());
+                        event_with_phone(
+                            &id,
+                            if batch == 0 && i == 0 { 1 } else { 3 },
+                            "erin",
+                            ERIN_PHONE,
+                        )
+                    }
+                    n => agent_event(
+                        &id,
+                        if batch == 0 { 1 } else { 3 },
+                        &format!("agent{}", n % 49),
+                    ),
+                }
+            })
+            .collect();
+        app.publish_ok("default", &Value::Array(events)).await;
+    }
+    rx.wait_until(|got| got.len() >= 5, "attempts recorded with the number")
+        .await;
+    rx.set_answer("busy", &[]);
+    let agent = json_ok(app.get("/v1/tenants/default/agents/erin", ADMIN_KEY).await).await;
+    assert_eq!(agent["phone_no"], ERIN_PHONE);
+
+    let job = create_job(
+        &app,
+        json!({"kind": "erase", "field": "PhoneNo", "value": ERIN_PHONE}),
+    )
+    .await;
+    assert_eq!(
+        job["value"], ERIN_PHONE,
+        "shown to manage keys while it runs"
+    );
+    let reader = app.create_key("default", &["read"]).await;
+    let id = job["id"].as_str().unwrap();
+    let seen = json_ok(
+        app.get(&format!("/v1/tenants/default/jobs/{id}"), &reader)
+            .await,
+    )
+    .await;
+    assert!(seen.get("value").is_none(), "never to read keys: {seen}");
+    let done = ended(&app, id, ADMIN_KEY).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["value"], "[erased]", "its own value erased too");
+    let receipt = &done["result"];
+    assert_eq!(receipt["events"], 1000, "{receipt}");
+    assert_eq!(receipt["agents"], 1, "{receipt}");
+    assert_eq!(receipt["pii"], true);
+    assert_eq!(done["total"], 1000);
+
+    // The log and the agents view show it erased; the event keeps its id and sequence.
+    for id in [&erins[0], &erins[500], &erins[999]] {
+        let e = json_ok(
+            app.get(&format!("/v1/tenants/default/events/{id}"), ADMIN_KEY)
+                .await,
+        )
+        .await;
+        assert_eq!(e["event"]["Id"], json!(id));
+        assert_eq!(additional(&e["event"])["PhoneNo"], "[erased]");
+        assert_eq!(additional(&e["event"])["Username"], "erin");
+    }
+    let agent = json_ok(app.get("/v1/tenants/default/agents/erin", ADMIN_KEY).await).await;
+    assert_eq!(agent["phone_no"], "[erased]");
+    // The attempts that kept the number in the receiver's answer: each erased, and counted.
+    let mut erased_answers = 0;
+    let deliveries = app.deliveries(erin["id"].as_str().unwrap(), None).await;
+    for d in deliveries
+        .iter()
+        .filter(|d| d["attempt_count"].as_i64() > Some(0))
+    {
+        let d = app.delivery(&d["id"]).await;
+        for a in d["attempts"].as_array().unwrap() {
+            let body = a["response_body"].as_str().unwrap_or_default();
+            assert!(!body.contains(ERIN_PHONE), "{body}");
+            erased_answers += i64::from(body.contains("[erased]"));
+        }
+    }
+    assert!(erased_answers >= 5);
+    assert_eq!(receipt["attempts"], erased_answers, "{receipt}");
+    // A re-post of an erased event is a duplicate, and stores nothing.
+    let again = app
+        .publish_ok(
+            "default",
+            &event_with_phone(&erins[1], 3, "erin", ERIN_PHONE),
+        )
+        .await;
+    assert_eq!(again[0]["duplicate"], true);
+
+    // The number is in no file (SQLite: database and WAL, free pages included) and no row.
+    let bytes = stored_bytes(&app).await;
+    assert!(!holds(&bytes, ERIN_PHONE), "the value is still stored");
+    assert!(holds(&bytes, "+15551230001"), "the others' numbers are");
+
+    // The pending deliveries go out erased once the receiver takes them.
+    let before = rx.received().len();
+    rx.set_behaviour(|_, _| (204, std::time::Duration::ZERO));
+    let got = rx
+        .wait_until(
+            |got| {
+                let ids: std::collections::HashSet<String> =
+                    got[before..].iter().map(Received::event_id).collect();
+                ids.len() == 1000
+            },
+            "every Erin delivery, erased",
+        )
+        .await;
+    for r in &got[before..] {
+        assert_eq!(additional(&r.json())["PhoneNo"], "[erased]");
+    }
+    // The tenant's monitors are told, without the value.
+    let told = monitor
+        .wait_until(
+            |got| got.iter().any(|r| r.json()["Code"] == 8),
+            "System event 8 Erased",
+        )
+        .await;
+    let note = told.iter().find(|r| r.json()["Code"] == 8).unwrap();
+    assert!(!holds(&note.body, ERIN_PHONE));
+    let fields = note.json()["AdditionalFields"].clone();
+    assert_eq!(fields["JobId"], json!(id));
+    assert_eq!(fields["Field"], "PhoneNo");
+    assert_eq!(fields["Events"], 1000);
+    assert_eq!(fields["Agents"], 1);
+}
+
+#[tokio::test]
+async fn erasing_a_username_takes_the_agent_out_of_the_view() {
+    let app = TestApp::spawn().await;
+    let events = json!([
+        agent_event(&guid(), 1, "frank"),
+        agent_event(&guid(), 1, "gina")
+    ]);
+    app.publish_ok("default", &events).await;
+    json_ok(app.get("/v1/tenants/default/agents/frank", ADMIN_KEY).await).await;
+    let job = create_job(
+        &app,
+        json!({"kind": "erase", "field": "Username", "value": "frank"}),
+    )
+    .await;
+    let done = ended(&app, job["id"].as_str().unwrap(), ADMIN_KEY).await;
+    assert_eq!(
+        done["result"],
+        json!({"events": 1, "attempts": 0, "agents": 1, "pii": true})
+    );
+    let r = app.get("/v1/tenants/default/agents/frank", ADMIN_KEY).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    json_ok(app.get("/v1/tenants/default/agents/gina", ADMIN_KEY).await).await;
+    let log = app.all_events("default").await;
+    let names: Vec<&Value> = log
+        .iter()
+        .map(|e| &additional(&e["event"])["Username"])
+        .collect();
+    assert_eq!(names, [&json!("[erased]"), &json!("gina")]);
+    assert!(!holds(&stored_bytes(&app).await, "\"frank\""));
+}
+
+#[tokio::test]
+async fn an_erasure_names_a_catalog_field_and_a_value() {
+    let app = TestApp::spawn().await;
+    let refused = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .call(
+                    Method::POST,
+                    "/v1/tenants/default/jobs",
+                    ADMIN_KEY,
+                    Some(&body),
+                )
+                .await;
+            fields_named(&problem(r, StatusCode::UNPROCESSABLE_ENTITY).await)
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        refused(json!({"kind": "erase", "field": "Nope", "value": "x"})).await,
+        ["field"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "erase", "field": "PhoneNo", "value": ""})).await,
+        ["value"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "erase", "field": "PhoneNo"})).await,
+        ["value"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "erase", "value": "x"})).await,
+        ["field"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "erase", "field": "PhoneNo", "value": {"a": 1}})).await,
+        ["value"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "erase", "field": "PhoneNo", "value": "x", "subscription_id": "s"}))
+            .await,
+        ["subscription_id"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "replay", "since": "20260101000000"})).await,
+        ["subscription_id"]
+    );
+    let jobs = json_ok(app.get("/v1/tenants/default/jobs", ADMIN_KEY).await).await;
+    assert_eq!(jobs["data"], json!([]), "nothing stored");
+    // A field the catalog does not mark as personal data: allowed, and the receipt says so.
+    app.publish_ok("default", &agent_event(&guid(), 1, "hal"))
+        .await;
+    let job = create_job(
+        &app,
+        json!({"kind": "erase", "field": "SessionType", "value": "CCA"}),
+    )
+    .await;
+    let done = ended(&app, job["id"].as_str().unwrap(), ADMIN_KEY).await;
+    assert_eq!(done["result"]["pii"], false);
+    assert_eq!(done["result"]["events"], 1);
+}

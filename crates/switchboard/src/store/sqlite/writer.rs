@@ -44,9 +44,11 @@ pub(super) fn spawn(
     // transaction survives power loss, not only a process crash.
     // Statement journals (multi-row statements inside a transaction) stay in memory; the WAL
     // is checkpointed by a thread of its own (below), not by whichever commit crosses the limit.
+    // Freed space is zeroed (`secure_delete`), so an erased value stays in no free page.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-         PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA secure_delete = ON;",
     )
     .map_err(db)?;
     if let Some(pages) = options.sqlite_max_pages {
