@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::Sha256;
 
 /// Most fields one subscription's `redact` may name.
@@ -110,30 +109,69 @@ impl Redactor {
 
     /// The body a receiver gets of the stored event `body`; `None` when it is unchanged (none
     /// of the fields in it, or a body that is not an event object).
+    ///
+    /// On the delivery path of every event of a redacting subscription, so the body is not
+    /// parsed into values: its members are read as raw JSON text (borrowed) and written out
+    /// again as they were, but for the named fields of `AdditionalFields`.
     pub fn apply(&self, body: &[u8]) -> Option<Vec<u8>> {
-        // Most bodies of a subscription that redacts hold a field it names; a body naming none
-        // of them is sent as it is without being parsed.
+        // A body naming none of the fields is sent as it is without being parsed.
         if !self.rules.iter().any(|(f, _)| mentions(body, f)) {
             return None;
         }
-        let mut event: Value = serde_json::from_slice(body).ok()?;
-        let fields = event.get_mut("AdditionalFields")?.as_object_mut()?;
-        let mut changed = false;
-        for (name, mode) in &self.rules {
-            let Some(value) = fields.get_mut(name) else {
-                continue;
-            };
-            changed = true;
-            match mode {
-                Mode::Drop => {
-                    fields.shift_remove(name);
-                }
-                Mode::Mask if !value.is_null() => *value = Value::String(mask(&text(value))),
-                Mode::Hash if !value.is_null() => *value = Value::String(self.hash(&text(value))),
-                Mode::Mask | Mode::Hash => {}
-            }
+        let text = std::str::from_utf8(body).ok()?;
+        let Members(top) = serde_json::from_str(text).ok()?;
+        let (_, raw) = top.iter().find(|(k, _)| &**k == "AdditionalFields")?;
+        let Members(fields) = serde_json::from_str(raw.get()).ok()?;
+        if !fields.iter().any(|(k, _)| self.mode(k).is_some()) {
+            return None;
         }
-        changed.then(|| serde_json::to_vec(&event).unwrap_or_else(|_| body.to_vec()))
+        let mut out = Vec::with_capacity(body.len() + 64);
+        out.push(b'{');
+        for (i, (key, raw)) in top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(&mut out, key);
+            if &**key != "AdditionalFields" {
+                out.extend_from_slice(raw.get().as_bytes());
+                continue;
+            }
+            out.push(b'{');
+            let mut first = true;
+            for (name, value) in &fields {
+                let mode = self.mode(name);
+                if mode == Some(Mode::Drop) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_key(&mut out, name);
+                let raw = value.get();
+                match mode {
+                    Some(m) if raw != "null" => {
+                        let plain = match raw.starts_with('"') {
+                            true => serde_json::from_str::<String>(raw).ok()?,
+                            false => raw.to_string(),
+                        };
+                        let changed = match m {
+                            Mode::Mask => mask(&plain),
+                            _ => self.hash(&plain),
+                        };
+                        serde_json::to_writer(&mut out, &changed).ok()?;
+                    }
+                    _ => out.extend_from_slice(raw.as_bytes()),
+                }
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        Some(out)
+    }
+
+    fn mode(&self, field: &str) -> Option<Mode> {
+        self.rules.iter().find(|(f, _)| f == field).map(|(_, m)| *m)
     }
 
     fn hash(&self, text: &str) -> String {
@@ -150,12 +188,66 @@ fn mentions(body: &[u8], name: &str) -> bool {
         .any(|w| w[0] == b'"' && w[n - 1] == b'"' && &w[1..n - 1] == name.as_bytes())
 }
 
-/// A value's text: a string's characters, a number's decimal text, anything else its JSON.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A JSON object's members in their order, each value as its raw text (borrowed from the
+/// input when the key needs no unescaping).
+struct Members<'a>(Vec<(Key<'a>, &'a serde_json::value::RawValue)>);
+
+/// An object's key: borrowed from the input, or unescaped into a string of its own.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Key<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'a>, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// `"key":`, the key escaped as JSON.
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    serde_json::to_writer(&mut *out, key).expect("a string serializes");
+    out.push(b':');
 }
 
 /// All but the last 4 characters replaced by `*`, one per character; 4 or fewer: all `*`.
@@ -170,7 +262,7 @@ fn mask(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn rules(pairs: &[(&str, Mode)]) -> Rules {
         pairs.iter().map(|(f, m)| (f.to_string(), *m)).collect()
@@ -272,6 +364,28 @@ mod tests {
         let mask = Redactor::new(&rules(&[("Ani", Mode::Mask)]), &key, "t").unwrap();
         assert_eq!(fields(&mask.apply(null).unwrap())["Ani"], Value::Null);
         assert!(Redactor::new(&Rules::new(), &key, "t").is_none());
+    }
+
+    #[test]
+    fn escaped_text_is_redacted_as_its_characters() {
+        let key = HashKey::new([3; 32]);
+        let body = br#"{"Id":"x","AdditionalFields":{"Ani":"say \"hi\" 1234","Note":"\u00e9t\u00e9","Amount":12.50}}"#;
+        let r = Redactor::new(
+            &rules(&[("Ani", Mode::Mask), ("Amount", Mode::Mask)]),
+            &key,
+            "t",
+        )
+        .unwrap();
+        let out = r.apply(body).unwrap();
+        let f = fields(&out);
+        assert_eq!(
+            f["Ani"], "*********1234",
+            "13 characters: all but the last 4"
+        );
+        assert_eq!(f["Amount"], "*2.50", "a number's text as written");
+        assert_eq!(f["Note"], "été", "the rest as it was");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Id"], "x");
     }
 
     #[test]
