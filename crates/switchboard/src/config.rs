@@ -46,6 +46,10 @@ pub struct Config {
     pub otlp_endpoint: String,
     /// Empty: `/metrics` is public; else it needs this key (or the admin key) as a bearer.
     pub metrics_key: String,
+    /// Secrets at rest (DESIGN §19): the file holding the key (32 bytes, raw or hex).
+    pub secret_key_file: String,
+    /// The same key as 64 hex characters (`SWITCHBOARD_SECRET_KEY`); not with the file.
+    pub secret_key: String,
     /// Streams (every SSE route) one API key may hold open at once.
     pub max_streams_per_key: u32,
     /// Streams one tenant's keys may hold open at once, together.
@@ -237,6 +241,7 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{key} must be at least 1");
         }
+        crate::secrets::SecretKey::configured(&self.secret_key, &self.secret_key_file)?;
         if !self.metrics_key.is_empty() && self.metrics_key.len() < 16 {
             bail!("metrics_key must be at least 16 characters (or empty: /metrics public)");
         }
@@ -306,6 +311,9 @@ impl Config {
         }
         if !shown.metrics_key.is_empty() {
             shown.metrics_key = "********".into();
+        }
+        if !shown.secret_key.is_empty() {
+            shown.secret_key = "********".into();
         }
         shown.database_url = mask_password(&shown.database_url);
         shown.egress_proxy = mask_password(&shown.egress_proxy);

@@ -47,6 +47,7 @@ pub mod jobs;
 pub mod lag;
 pub mod otel;
 pub mod redact;
+pub mod secrets;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
@@ -113,6 +114,7 @@ pub async fn run_with(
         },
         clock: clock::Clock::system(),
         sqlite_max_pages: None,
+        secret_key: secrets::SecretKey::configured(&config.secret_key, &config.secret_key_file)?,
     };
     let store = Store::open_with(&config.database_url, &config.sqlite_path(), options)
         .await

@@ -34,6 +34,11 @@ enum Command {
     Restore(RestoreArgs),
     /// Copy the embedded deployment into an empty PostgreSQL database (the server stopped).
     Copy(CopyArgs),
+    /// Secrets at rest: re-encrypt them under a new key (the server stopped)
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Run a local webhook receiver that verifies signatures and prints deliveries.
     Listen(ListenArgs),
     /// End-to-end benchmark: a server (or --url), a receiver on loopback, events, figures.
@@ -247,6 +252,20 @@ struct CopyArgs {
     config: ConfigArgs,
 }
 
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every stored secret under the key in FILE (32 bytes, raw or 64 hex
+    /// characters); the current key comes from the configuration. Stop the server (every node)
+    /// first; then start it with the new key. Hashes of redacted fields do not change.
+    RotateKey {
+        /// The new key's file
+        #[arg(long, value_name = "FILE")]
+        new_key_file: std::path::PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
 /// Where the operating guide says how to back up and restore PostgreSQL.
 const PG_BACKUPS: &str = "the database is PostgreSQL: back it up with pg_dump or point-in-time recovery (docs/operating.md, \"Backups and restore\")";
 
@@ -403,6 +422,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Jobs { command, global } => client(commands::Client::Jobs(command), global).await,
         Command::Openapi => {
             print!("{}", switchboard::api::doc::document());
+            Ok(())
+        }
+        Command::Secrets {
+            command:
+                SecretsCommand::RotateKey {
+                    new_key_file,
+                    config,
+                },
+        } => {
+            let config = config.load()?;
+            switchboard::telemetry::init(&config)?;
+            let new = switchboard::secrets::SecretKey::from_file(&new_key_file)?;
+            let current = switchboard::secrets::SecretKey::configured(
+                &config.secret_key,
+                &config.secret_key_file,
+            )?;
+            // The embedded database: nobody may hold it meanwhile.
+            let _held = match config.is_postgres() {
+                true => None,
+                false => Some(switchboard::store::embedded::hold(&config.data_dir)?),
+            };
+            let options = switchboard::store::Options {
+                secret_key: current,
+                ..Default::default()
+            };
+            let store = switchboard::store::Store::open_with(
+                &config.database_url,
+                &config.sqlite_path(),
+                options,
+            )
+            .await?;
+            let done = store.rotate_secret_key(&new).await;
+            store.close().await;
+            done?;
+            eprintln!(
+                "the secrets of {} are encrypted with the new key: start the server with it                  (secret_key_file = {})",
+                config.database_description(),
+                new_key_file.display()
+            );
             Ok(())
         }
         Command::Migrate(args) => {

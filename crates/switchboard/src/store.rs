@@ -38,6 +38,7 @@ mod lag;
 mod postgres;
 mod pull;
 mod retention;
+mod secrets;
 mod sql;
 mod sqlite;
 mod subscriptions;
@@ -93,6 +94,10 @@ pub struct Options {
     /// SQLite: the most pages the database file may hold (`PRAGMA max_page_count`), for tests
     /// of a full disk; `None`: as many as the disk takes.
     pub sqlite_max_pages: Option<u64>,
+    /// Secrets at rest (DESIGN §19): the key subscriptions' secrets and the instance's keys
+    /// are sealed with; `None`: stored plain (a database whose secrets are sealed then refuses
+    /// to open).
+    pub secret_key: Option<crate::secrets::SecretKey>,
 }
 
 impl Default for Options {
@@ -102,6 +107,7 @@ impl Default for Options {
             connect_timeout: std::time::Duration::from_secs(60),
             clock: Clock::system(),
             sqlite_max_pages: None,
+            secret_key: None,
         }
     }
 }
@@ -145,6 +151,8 @@ struct Inner {
     ids: Option<Arc<sqlite::RecentIds>>,
     /// Wakes this node's job runner when a job is created here.
     jobs: tokio::sync::Notify,
+    /// The secret key, when one is configured (set once, when the store is opened).
+    secrets: std::sync::OnceLock<crate::secrets::SecretKey>,
 }
 
 /// What a backend's `open` hands over: its pools and its started writer.
@@ -173,12 +181,19 @@ impl Store {
         sqlite_path: &std::path::Path,
         options: Options,
     ) -> Result<Self, StoreError> {
+        let secret_key = options.secret_key.clone();
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             postgres::open(url, options).await?
         } else {
             let opened = sqlite::open(sqlite_path, sqlite::MergeSizes::default(), options).await?;
             Store::from_opened(opened)
         };
+        // Secrets at rest: the key must be the one the database's secrets are sealed with (or
+        // there must be none), and a first key seals what was plain.
+        if let Err(e) = store.check_secret_key(secret_key).await {
+            store.close().await;
+            return Err(e);
+        }
         // A log from before the agents projection (or a node that stopped mid-way) is folded
         // in before anything is served.
         store.catch_up_agents().await?;
@@ -226,6 +241,7 @@ impl Store {
             writable: o.writable,
             ids: o.ids,
             jobs: tokio::sync::Notify::new(),
+            secrets: std::sync::OnceLock::new(),
         }))
     }
 
@@ -499,6 +515,9 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
+    /// The secret key is missing, or is not the one the database's secrets are sealed with.
+    #[error("{0}")]
+    SecretKey(String),
 }
 
 impl From<sqlx::Error> for StoreError {

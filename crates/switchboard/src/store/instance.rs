@@ -13,7 +13,8 @@ impl Store {
     /// The instance's hash key: the stored one, or a new random one stored now (nodes starting
     /// together agree: the first insert wins, every node reads it back).
     pub async fn hash_key(&self) -> Result<HashKey, StoreError> {
-        let fresh = HashKey::random().to_hex();
+        // Sealed with the secret key, when one is configured (DESIGN §19).
+        let fresh = self.seal_value(&HashKey::random().to_hex());
         self.0
             .db
             .execute(
@@ -31,7 +32,7 @@ impl Store {
             )
             .await?;
         let text = match row {
-            Some(mut r) => r.text(0)?,
+            Some(mut r) => self.open_value(&r.text(0)?)?,
             None => return Err(StoreError::Db("instance key redact_hash vanished".into())),
         };
         HashKey::from_hex(&text)

@@ -9,9 +9,27 @@ use crate::subscription::stored;
 /// A stored subscription, or what is known of one whose stored form does not decode.
 pub type StoredSubscription = Result<SubscriptionRecord, UndecodableSubscription>;
 
-fn subscription_record(mut r: Row) -> Result<StoredSubscription, StoreError> {
+fn subscription_record(store: &Store, mut r: Row) -> Result<StoredSubscription, StoreError> {
     let (id, tenant_id, text) = (r.text(0)?, r.text(1)?, r.text(2)?);
     let (created_at, updated_at) = (r.int(7)?, r.int(8)?);
+    // Its secrets opened (DESIGN §19); one that does not open leaves the row undecodable.
+    let opened = match store.secret_key() {
+        Some(key) => crate::secrets::open_spec(key, &text).map_err(|e| e.to_string()),
+        None => Ok(text.clone()),
+    };
+    let text = match opened {
+        Ok(text) => text,
+        Err(e) => {
+            return Ok(Err(UndecodableSubscription {
+                id,
+                tenant_id,
+                secret: None,
+                error: e,
+                created_at,
+                updated_at,
+            }));
+        }
+    };
     let mut spec = match stored::decode(&text) {
         Ok(spec) => spec,
         Err(e) => {
@@ -31,7 +49,7 @@ fn subscription_record(mut r: Row) -> Result<StoredSubscription, StoreError> {
         tenant_id,
         spec,
         disabled_reason: r.opt_text(4)?,
-        old_secret: r.opt_text(5)?,
+        old_secret: (r.opt_text(5)?).map(|s| store.open_value(&s)).transpose()?,
         old_secret_expires_at: r.opt_int(6)?,
         created_at,
         updated_at,
@@ -45,7 +63,7 @@ impl Store {
         rec: &SubscriptionRecord,
         max: u32,
     ) -> Result<(), CreateError> {
-        let spec = stored::encode(&rec.spec);
+        let spec = self.seal_stored_spec(stored::encode(&rec.spec));
         let mut tx = self.0.db.begin(self.0.dialect).await?;
         let done = tx
             .execute(
@@ -115,7 +133,7 @@ impl Store {
                 &args![tenant, id],
             )
             .await?;
-        row.map(subscription_record).transpose()
+        row.map(|r| subscription_record(self, r)).transpose()
     }
 
     pub async fn list_subscriptions(
@@ -134,7 +152,9 @@ impl Store {
                 &args![tenant, after, i64::from(limit)],
             )
             .await?;
-        rows.into_iter().map(subscription_record).collect()
+        rows.into_iter()
+            .map(|r| subscription_record(self, r))
+            .collect()
     }
 
     /// Every enabled push subscription of every tenant, for the dispatcher. One that does not decode
@@ -150,7 +170,7 @@ impl Store {
             .await?;
         let mut subs = Vec::with_capacity(rows.len());
         for row in rows {
-            match subscription_record(row)? {
+            match subscription_record(self, row)? {
                 Ok(sub) => subs.push(sub),
                 Err(bad) => self.undecodable(&bad),
             }
@@ -170,7 +190,8 @@ impl Store {
 
     /// Replaces a subscription's body, state and secrets. Enabling it starts its health over.
     pub async fn update_subscription(&self, rec: &SubscriptionRecord) -> Result<bool, StoreError> {
-        let spec = stored::encode(&rec.spec);
+        let spec = self.seal_stored_spec(stored::encode(&rec.spec));
+        let old_secret = rec.old_secret.as_deref().map(|s| self.seal_value(s));
         let done = self
             .0
             .db
@@ -188,7 +209,7 @@ impl Store {
                     spec.as_str(),
                     rec.spec.enabled,
                     &rec.disabled_reason,
-                    &rec.old_secret,
+                    &old_secret,
                     rec.old_secret_expires_at,
                     rec.updated_at,
                     rec.spec.enabled,

@@ -578,3 +578,177 @@ async fn an_erasure_names_a_catalog_field_and_a_value() {
     assert_eq!(done["result"]["pii"], false);
     assert_eq!(done["result"]["events"], 1);
 }
+
+const KEY_ONE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const SIGNING_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const HEADER_TOKEN: &str = "h3ader-t0ken-kept-secret";
+
+/// The data's stored bytes with no server running: SQLite's files, or every PostgreSQL row.
+async fn bytes_at_rest(data: &crate::support::db::TestData) -> Vec<u8> {
+    match data.database_url().as_str() {
+        "" => ["switchboard.db", "switchboard.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::read(data.dir.path().join(f)).ok())
+            .flatten()
+            .collect(),
+        url => {
+            use sqlx::Connection;
+            let mut pg = sqlx::PgConnection::connect(url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .fetch_all(&mut pg)
+            .await
+            .unwrap();
+            let mut all = Vec::new();
+            for t in tables {
+                let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {t} t"))
+                    .fetch_all(&mut pg)
+                    .await
+                    .unwrap();
+                all.extend(rows.into_iter().flat_map(String::into_bytes));
+            }
+            all
+        }
+    }
+}
+
+/// `serve` over `data` with `env`, expected to refuse to start: its exit status and stderr.
+fn refused_start(data: &crate::support::db::TestData, env: &[(&str, &str)]) -> String {
+    let out = crate::support::process::serve_command(data, &[], env, None)
+        .output()
+        .expect("switchboard ran");
+    assert!(!out.status.success(), "it started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Posts one event of erin through `server` and returns what the receiver got for it.
+async fn one_delivery(server: &crate::support::process::Server, rx: &TestReceiver) -> Received {
+    let id = guid();
+    let event = event_with_phone(&id, 1, "erin", ERIN_PHONE);
+    let r = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/tenants/default/events",
+            &event,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let got = rx
+        .wait_until(|got| got.iter().any(|r| r.event_id() == id), "the delivery")
+        .await;
+    got.into_iter().find(|r| r.event_id() == id).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_at_rest_are_encrypted_and_the_key_is_required_and_rotated() {
+    use crate::support::process::Server;
+    let data = crate::support::db::TestData::new().await;
+    let rx = TestReceiver::start().await;
+    let key_one = [("SWITCHBOARD_SECRET_KEY", KEY_ONE)];
+    let mut server = Server::start_env(&data, &key_one, None);
+    let body = json!({"url": rx.url("/"), "secret": SIGNING_SECRET,
+                      "headers": {"X-Api-Token": HEADER_TOKEN}, "redact": {"PhoneNo": "hash"}});
+    let r = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/tenants/default/subscriptions",
+            &body,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["secret"], SIGNING_SECRET, "shown as given");
+    let secret = json!(SIGNING_SECRET);
+    let first = one_delivery(&server, &rx).await;
+    assert!(signed(&first, &secret), "deliveries verify");
+    assert_eq!(first.header("x-api-token"), HEADER_TOKEN);
+    let hashed = additional(&first.json())["PhoneNo"].clone();
+    server.terminate();
+    server.child.wait().unwrap();
+
+    // Neither the secret (nor its key bytes) nor the header's value is stored as such.
+    let stored = bytes_at_rest(&data).await;
+    assert!(stored.len() > 1000, "the database was read");
+    for plain in [SIGNING_SECRET, &SIGNING_SECRET[6..], HEADER_TOKEN] {
+        assert!(!holds(&stored, plain), "{plain} is stored in plain");
+    }
+
+    // Without the key, or with another, it refuses to start, saying which.
+    let said = refused_start(&data, &[]);
+    assert!(said.contains("no secret key is configured"), "{said}");
+    let other = "22".repeat(32);
+    let said = refused_start(&data, &[("SWITCHBOARD_SECRET_KEY", &other)]);
+    assert!(said.contains("secret key does not match"), "{said}");
+
+    // rotate-key (the server stopped), then start with the new key: deliveries still verify,
+    // and hashes of redacted fields are unchanged.
+    let new_key = data.dir.path().join("new.key");
+    std::fs::write(&new_key, [7u8; 32]).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["secrets", "rotate-key", "--new-key-file"])
+        .arg(&new_key)
+        .arg("--data-dir")
+        .arg(data.dir.path())
+        .arg("--database-url")
+        .arg(data.database_url())
+        .env("SWITCHBOARD_SECRET_KEY", KEY_ONE)
+        .env("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = refused_start(&data, &key_one);
+    assert!(
+        said.contains("secret key does not match"),
+        "the old key no more: {said}"
+    );
+    let file = new_key.to_string_lossy().to_string();
+    let mut server = Server::start_env(&data, &[("SWITCHBOARD_SECRET_KEY_FILE", &file)], None);
+    let again = one_delivery(&server, &rx).await;
+    assert!(
+        signed(&again, &secret),
+        "deliveries verify after the rotation"
+    );
+    assert_eq!(again.header("x-api-token"), HEADER_TOKEN);
+    assert_eq!(
+        additional(&again.json())["PhoneNo"],
+        hashed,
+        "the same hash"
+    );
+    server.terminate();
+    server.child.wait().unwrap();
+    let stored = bytes_at_rest(&data).await;
+    assert!(!holds(&stored, &SIGNING_SECRET[6..]));
+}
+
+#[tokio::test]
+async fn a_first_key_encrypts_the_secrets_stored_before_it() {
+    use crate::support::process::Server;
+    let data = crate::support::db::TestData::new().await;
+    let rx = TestReceiver::start().await;
+    let mut server = Server::start(&data);
+    let body = json!({"url": rx.url("/"), "secret": SIGNING_SECRET});
+    let r = server
+        .post(
+            &reqwest::Client::new(),
+            "/v1/tenants/default/subscriptions",
+            &body,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    server.terminate();
+    server.child.wait().unwrap();
+    assert!(
+        holds(&bytes_at_rest(&data).await, &SIGNING_SECRET[6..]),
+        "plain before"
+    );
+    let mut server = Server::start_env(&data, &[("SWITCHBOARD_SECRET_KEY", KEY_ONE)], None);
+    let got = one_delivery(&server, &rx).await;
+    assert!(signed(&got, &json!(SIGNING_SECRET)));
+    server.terminate();
+    server.child.wait().unwrap();
+    assert!(
+        !holds(&bytes_at_rest(&data).await, &SIGNING_SECRET[6..]),
+        "sealed after"
+    );
+}
