@@ -101,7 +101,8 @@ pub fn step(state: &mut Option<Agent>, event: &Event, sequence: i64) -> bool {
     if event.category != AGENT {
         return false;
     }
-    let Some(username) = event.username() else {
+    // An event whose `Username` was erased (DESIGN §19) no longer names an agent.
+    let Some(username) = event.username().filter(|u| *u != crate::store::ERASED) else {
         return false;
     };
     if let Some(b) = state

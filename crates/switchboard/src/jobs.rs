@@ -262,13 +262,23 @@ impl Runner {
     /// agents view has not caught up), a pause; then everything else, the files settled, the
     /// receipt and System event 8 `Erased`.
     async fn erase_step(&self, a: &mut Active) -> Result<Next, StoreError> {
-        let JobSpec::Erase { field, value, pii } = a.spec.clone() else {
+        let JobSpec::Erase { field, value, .. } = a.spec.clone() else {
             return Err(StoreError::Db("not an erase job".into()));
         };
         let now = self.clock.now_ms();
         let lease_until = now + LEASE.as_millis() as i64;
         let (id, tenant) = (a.job.id.clone(), a.job.tenant_id.clone());
         let held = a.lease_until;
+        if value == crate::store::ERASED {
+            // Its value went in step 3, with the receipt: a node that took it over (or this
+            // one, restarted) only finishes it.
+            let Some(receipt) = a.job.result.clone() else {
+                let why = "its value was erased before its receipt was kept; run it again";
+                self.store.fail_job(&id, why, held).await?;
+                return Ok(Next::Over);
+            };
+            return self.erase_finish(a, &field, receipt).await;
+        }
         if a.job.resume_after < a.job.bound {
             let page = (self.store)
                 .erase_events_page(&a.job, &field, &value, held, lease_until)
@@ -284,56 +294,86 @@ impl Runner {
         }
         let until = match a.in_flight {
             Some(until) => until,
-            None => *a
-                .in_flight
-                .insert(self.store.latest_lease(&tenant, now).await?),
+            None => {
+                // A claim that read a body before the last page committed commits its lease
+                // within its turn: looked for once such turns are over.
+                tokio::time::sleep(CLAIMS_SETTLE).await;
+                let now = self.clock.now_ms();
+                *a.in_flight
+                    .insert(self.store.latest_lease(&tenant, now).await?)
+            }
         };
         if (self.store)
-            .erase_must_wait(&tenant, until, a.job.bound, now)
+            .erase_must_wait(&tenant, until, a.job.bound, self.clock.now_ms())
             .await?
         {
             if !self.store.renew_job(&id, held, lease_until).await? {
                 return Ok(Next::Over);
             }
             a.lease_until = lease_until;
-            // Attempts take up to a delivery timeout: looked at again shortly, the other
-            // jobs worked meanwhile.
+            // Attempts take up to a delivery timeout: looked at again shortly (the runner's
+            // other jobs wait for this pause; it is short).
             tokio::time::sleep(ERASE_WAIT).await;
             return Ok(Next::More);
         }
         let Some(rest) = self.store.erase_the_rest(&a.job, &a.spec, held).await? else {
             return Ok(Next::Over);
         };
-        self.store.erase_settle().await?;
-        let events = a.job.done;
-        let result = json!({"events": events, "attempts": rest.attempts,
-                            "agents": rest.agents, "pii": pii});
+        let receipt = rest.receipt(a.job.done, &a.spec);
+        self.erase_finish(a, &field, receipt).await
+    }
+
+    /// An erasure's end: the files settled (under a renewed lease), the job `done` with its
+    /// receipt, System event 8 `Erased` (never the value).
+    async fn erase_finish(
+        &self,
+        a: &mut Active,
+        field: &str,
+        receipt: serde_json::Value,
+    ) -> Result<Next, StoreError> {
+        let id = a.job.id.clone();
+        let lease_until = self.clock.now_ms() + LEASE.as_millis() as i64;
         if !self
             .store
-            .finish_job(&id, &result, Some(events), held)
+            .renew_job(&id, a.lease_until, lease_until)
+            .await?
+        {
+            return Ok(Next::Over);
+        }
+        a.lease_until = lease_until;
+        self.store.erase_settle().await?;
+        let events = receipt["events"].as_i64().unwrap_or(a.job.done);
+        if !self
+            .store
+            .finish_job(&id, &receipt, Some(events), a.lease_until)
             .await?
         {
             return Ok(Next::Over);
         }
         let fields = json!({"JobId": id, "Field": field, "Events": events,
-                            "Attempts": rest.attempts, "Agents": rest.agents});
+                            "Attempts": receipt["attempts"], "Agents": receipt["agents"]});
         let serde_json::Value::Object(fields) = fields else {
             unreachable!("an object")
         };
+        let now = self.clock.now_ms();
         let event = crate::event::Event::system(crate::event::catalog::system::ERASED, fields, now);
         self.store
             .system_event(crate::store::SystemEvent {
-                tenant,
+                tenant: a.job.tenant_id.clone(),
                 event,
                 to: crate::store::Recipients::MonitorsBut(String::new()),
                 lease_until: None,
                 retried: true,
             })
             .await?;
-        tracing::info!(job = %id, events, attempts = rest.attempts, agents = rest.agents, "erase job done");
+        tracing::info!(job = %id, %receipt, "erase job done");
         Ok(Next::Over)
     }
 }
+
+/// How long an erasure waits, once its log is done, before it reads which attempts may still
+/// hold a value read before: claim turns take milliseconds.
+const CLAIMS_SETTLE: Duration = Duration::from_millis(500);
 
 /// How long an erasure waits before looking again at attempts in flight.
 const ERASE_WAIT: Duration = Duration::from_millis(100);

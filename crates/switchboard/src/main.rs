@@ -433,7 +433,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = config.load()?;
             switchboard::telemetry::init(&config)?;
-            let new = switchboard::secrets::SecretKey::from_file(&new_key_file)?;
+            let new = switchboard::secrets::SecretKey::from_file(&new_key_file)
+                .map_err(|e| anyhow::anyhow!("--new-key-file: {e:#}"))?;
             let current = switchboard::secrets::SecretKey::configured(
                 &config.secret_key,
                 &config.secret_key_file,
@@ -457,7 +458,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store.close().await;
             done?;
             eprintln!(
-                "the secrets of {} are encrypted with the new key: start the server with it                  (secret_key_file = {})",
+                "the secrets of {} are encrypted with the new key: start the server with it (secret_key_file = {})",
                 config.database_description(),
                 new_key_file.display()
             );
@@ -467,9 +468,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = args.load()?;
             switchboard::telemetry::init(&config)?;
             std::fs::create_dir_all(&config.data_dir)?;
-            let store =
-                switchboard::store::Store::open(&config.database_url, &config.sqlite_path())
-                    .await?;
+            let options = switchboard::store::Options {
+                secret_key: switchboard::secrets::SecretKey::configured(
+                    &config.secret_key,
+                    &config.secret_key_file,
+                )?,
+                ..Default::default()
+            };
+            let store = switchboard::store::Store::open_with(
+                &config.database_url,
+                &config.sqlite_path(),
+                options,
+            )
+            .await?;
             store.close().await;
             println!("migrated {}", config.database_description());
             Ok(())

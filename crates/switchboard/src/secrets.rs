@@ -68,9 +68,10 @@ impl SecretKey {
             (false, false) => {
                 bail!("give secret_key_file or secret_key (SWITCHBOARD_SECRET_KEY), not both")
             }
-            (false, true) => Self::parse(hex.trim().as_bytes())
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("secret_key (SWITCHBOARD_SECRET_KEY) {e}")),
+            (false, true) => match hex32(hex.trim()) {
+                Some(key) => Ok(Some(SecretKey(XChaCha20Poly1305::new(&key.into())))),
+                None => bail!("secret_key (SWITCHBOARD_SECRET_KEY) must be 64 hex characters"),
+            },
             (true, false) => Self::from_file(Path::new(file)).map(Some),
         }
     }
@@ -112,8 +113,9 @@ impl SecretKey {
     }
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
+/// 64 hex characters as 32 bytes.
+pub fn hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -138,12 +140,16 @@ fn secret_slots(spec: &mut Value) -> Vec<&mut Value> {
         match name.as_str() {
             "secret" => slots.push(value),
             "auth" | "tls" | "destination" => {
+                // A broker's URL holds its password; an HTTP receiver's stays readable.
+                let broker = name == "destination"
+                    && value.get("type").and_then(Value::as_str) != Some("http");
                 if let Some(inner) = value.as_object_mut() {
                     for (field, v) in inner.iter_mut() {
-                        let secret = matches!(
-                            field.as_str(),
-                            "password" | "token" | "client_secret" | "client_key_pem" | "url"
-                        );
+                        let secret = match field.as_str() {
+                            "password" | "token" | "client_secret" | "client_key_pem" => true,
+                            "url" => broker,
+                            _ => false,
+                        };
                         if secret {
                             slots.push(v);
                         }
@@ -234,6 +240,9 @@ mod tests {
         assert!(SecretKey::parse(&[b'z'; 64]).is_err());
         assert!(SecretKey::configured("", "").unwrap().is_none());
         assert!(SecretKey::configured(hex, "/some/file").is_err());
+        assert!(SecretKey::configured(hex, "").unwrap().is_some());
+        let raw32 = "k".repeat(32);
+        assert!(SecretKey::configured(&raw32, "").is_err(), "the variable is hex only");
     }
 
     #[test]

@@ -142,6 +142,9 @@ fn not_an_agent_event_or_no_username() {
     let mut e = ev(code::SIGNED_IN, "20261123080000", json!({}));
     e.category = 2;
     assert_eq!(apply(None, &e, 1), None);
+    // An erased Username (DESIGN §19) names no agent: no "[erased]" agent is made of it.
+    let e = ev(code::SIGNED_IN, "20261123080000", json!({"Username": "[erased]"}));
+    assert_eq!(apply(None, &e, 1), None);
 }
 
 #[test]

@@ -99,9 +99,10 @@ struct JobView {
 }
 
 impl JobView {
-    /// The view for a key that may not `manage`: an erasure's value left out.
+    /// The view for a key that may not `manage`: a running erasure's value left out (once
+    /// it ends, the value shown is `"[erased]"`).
     fn for_reader(mut self, manage: bool) -> Self {
-        if !manage {
+        if !manage && matches!(self.state.as_str(), "queued" | "running") {
             self.value = None;
         }
         self
@@ -164,6 +165,9 @@ fn timestamp(field: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiE
         .transpose()
 }
 
+/// The longest value an erasure takes (a field's value in an event is far shorter).
+const MAX_ERASE_VALUE: usize = 1000;
+
 /// The parameters of `req`'s kind; a parameter of another kind is 422 naming it.
 fn spec(req: &CreateJob, catalog: &crate::event::catalog::Catalog) -> Result<JobSpec, ApiError> {
     let not_of = |field: &str, present: bool| match present {
@@ -178,7 +182,8 @@ fn spec(req: &CreateJob, catalog: &crate::event::catalog::Catalog) -> Result<Job
             ApiError::invalid("subscription_id", format!("is required for {}", req.kind))
         })
     };
-    if req.kind != "erase" {
+    let known = matches!(req.kind.as_str(), "replay" | "cancel_pending" | "erase");
+    if known && req.kind != "erase" {
         not_of("field", req.field.is_some())?;
         not_of("value", req.value.is_some())?;
     }
@@ -235,6 +240,10 @@ fn spec(req: &CreateJob, catalog: &crate::event::catalog::Catalog) -> Result<Job
             };
             if value.is_empty() {
                 return Err(ApiError::invalid("value", "must not be empty"));
+            }
+            if value.len() > MAX_ERASE_VALUE {
+                let why = format!("must be at most {MAX_ERASE_VALUE} bytes");
+                return Err(ApiError::invalid("value", why));
             }
             if value == crate::store::ERASED {
                 return Err(ApiError::invalid("value", "is what erased values become"));

@@ -38,7 +38,7 @@ pub(crate) enum Settle {
 }
 
 /// The tables an erasure rewrites, vacuumed after it on PostgreSQL.
-const REWRITTEN: [&str; 7] = [
+const REWRITTEN: [&str; 10] = [
     "events",
     "attempts",
     "agents",
@@ -46,6 +46,9 @@ const REWRITTEN: [&str; 7] = [
     "deliveries",
     "events_by_username",
     "jobs",
+    "subscriptions",
+    "system_events",
+    "instance_keys",
 ];
 
 /// What step 3 erased.
@@ -55,19 +58,30 @@ pub struct Scrubbed {
     pub agents: i64,
 }
 
+impl Scrubbed {
+    /// The job's receipt: `{events, attempts, agents, pii}`.
+    pub fn receipt(&self, events: i64, spec: &JobSpec) -> Value {
+        let pii = matches!(spec, JobSpec::Erase { pii: true, .. });
+        serde_json::json!({"events": events, "attempts": self.attempts,
+                           "agents": self.agents, "pii": pii})
+    }
+}
+
 /// `value` as it appears inside a JSON string (escaped, without the quotes).
 fn json_inner(value: &str) -> String {
     let quoted = Value::String(value.to_string()).to_string();
     quoted[1..quoted.len() - 1].to_string()
 }
 
-/// A `LIKE` pattern (escape `\`) matching any text that contains `text`.
+/// A `LIKE` pattern (`ESCAPE '!'`, the same on both databases) matching any text that
+/// contains `text`. SQLite's `LIKE` ignores ASCII case: it is a prefilter, the exact test
+/// follows it.
 fn containing(text: &str) -> String {
     let mut p = String::with_capacity(text.len() + 2);
     p.push('%');
     for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
         }
         p.push(c);
     }
@@ -110,6 +124,15 @@ fn erased_params(spec: &JobSpec) -> Option<String> {
 /// Whether job `$1` is running under the lease `$2`.
 const RUNNING: &str = "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND lease_until = $2";
 
+/// A transaction in which job `id` holds the lease `held`; `None` if it does not (canceled,
+/// or taken over by another node).
+async fn holding(store: &Store, id: &str, held: i64) -> Result<Option<Tx>, StoreError> {
+    let mut tx: Tx = store.0.db.begin(store.0.dialect).await?;
+    let check = format!("{RUNNING}{}", store.0.dialect.skip_locked);
+    let rows = tx.query(&check, &args![id, held]).await?;
+    Ok((!rows.is_empty()).then_some(tx))
+}
+
 impl Store {
     /// Step 1, one page: the events after the job's `resume_after` (a window of the log up to
     /// its `bound`) holding `value` in `field`, erased, with the job's progress. How many,
@@ -126,20 +149,14 @@ impl Store {
         let tenant = job.tenant_id.as_str();
         let after = job.resume_after;
         let upto = after.saturating_add(ERASE_WINDOW).min(job.bound);
-        let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
-        let check = format!("{RUNNING}{}", self.0.dialect.skip_locked);
-        if tx
-            .query(&check, &args![job.id.as_str(), held])
-            .await?
-            .is_empty()
-        {
+        let Some(mut tx) = holding(self, &job.id, held).await? else {
             return Ok(None);
-        }
+        };
         let pattern = containing(&json_inner(value));
         let rows = tx
             .query(
                 "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence > $2 \
-                 AND sequence <= $3 AND body LIKE $4 ESCAPE '\\'",
+                 AND sequence <= $3 AND body LIKE $4 ESCAPE '!'",
                 &args![tenant, after, upto, pattern.as_str()],
             )
             .await?;
@@ -149,18 +166,12 @@ impl Store {
             let Some(body) = erased_body(&body, field, value) else {
                 continue;
             };
-            if field == "Username" {
-                // The column the log filters on goes too (its index: step 3).
-                tx.execute(
-                    "UPDATE events SET body = $1, username = '[erased]' WHERE tenant_id = $2 \
-                     AND sequence = $3 AND username = $4",
-                    &args![body.as_str(), tenant, sequence, value],
-                )
-                .await?;
-            }
+            // A `Username` leaves the column the log filters on too (its index: step 3).
+            let username = (field == "Username").then_some(ERASED);
             tx.execute(
-                "UPDATE events SET body = $1 WHERE tenant_id = $2 AND sequence = $3",
-                &args![body.as_str(), tenant, sequence],
+                "UPDATE events SET body = $1, username = COALESCE($2, username) \
+                 WHERE tenant_id = $3 AND sequence = $4",
+                &args![body.as_str(), username, tenant, sequence],
             )
             .await?;
             erased += 1;
@@ -231,86 +242,127 @@ impl Store {
         let (tenant, value) = (job.tenant_id.as_str(), value.as_str());
         let inner = json_inner(value);
         let (raw, escaped) = (containing(value), containing(&inner));
-        let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
-        let check = format!("{RUNNING}{}", self.0.dialect.skip_locked);
-        if tx
-            .query(&check, &args![job.id.as_str(), held])
-            .await?
-            .is_empty()
-        {
+        let Some(mut tx) = holding(self, &job.id, held).await? else {
             return Ok(None);
-        }
-        // Attempts' stored answers and errors: wherever the value appears, as a JSON string's
-        // contents or as text.
+        };
+        // Text wherever the value appears, as a JSON string's contents or as it is: attempts'
+        // recorded answers and errors, and the errors copied from them.
+        let replaced =
+            |col: &str| format!("REPLACE(REPLACE({col}, $1, '[erased]'), $2, '[erased]')");
+        let changed = |col: &str| {
+            format!(
+                "({col} LIKE $3 ESCAPE '!' OR {col} LIKE $4 ESCAPE '!') AND {} <> {col}",
+                replaced(col)
+            )
+        };
+        let texts = args![
+            value,
+            inner.as_str(),
+            raw.as_str(),
+            escaped.as_str(),
+            tenant
+        ];
         let attempts = tx
             .execute(
-                "UPDATE attempts SET \
-                 response_body = REPLACE(REPLACE(response_body, $1, '[erased]'), $2, '[erased]'), \
-                 error = REPLACE(REPLACE(error, $1, '[erased]'), $2, '[erased]') \
-                 WHERE delivery_id IN (SELECT id FROM deliveries WHERE tenant_id = $3) \
-                 AND (response_body LIKE $4 ESCAPE '\\' OR response_body LIKE $5 ESCAPE '\\' \
-                 OR error LIKE $4 ESCAPE '\\' OR error LIKE $5 ESCAPE '\\')",
-                &args![
-                    value,
-                    inner.as_str(),
-                    tenant,
-                    raw.as_str(),
-                    escaped.as_str()
-                ],
+                &format!(
+                    "UPDATE attempts SET response_body = COALESCE({}, response_body), \
+                     error = COALESCE({}, error) WHERE delivery_id IN \
+                     (SELECT id FROM deliveries WHERE tenant_id = $5) AND (({}) OR ({}))",
+                    replaced("response_body"),
+                    replaced("error"),
+                    changed("response_body"),
+                    changed("error")
+                ),
+                &texts,
             )
             .await? as i64;
+        for (table, col) in [
+            ("deliveries", "last_error"),
+            ("subscriptions", "last_error"),
+            ("system_events", "body"),
+        ] {
+            tx.execute(
+                &format!(
+                    "UPDATE {table} SET {col} = {} WHERE tenant_id = $5 AND {}",
+                    replaced(col),
+                    changed(col)
+                ),
+                &texts,
+            )
+            .await?;
+        }
+        // Ordering keys (`Username`, else `SessionId`): a placeholder of this job's own, so
+        // that two erased agents are neither ordered nor coalesced together.
+        let placeholder = format!("{ERASED}:{}", job.id);
+        for col in ["agent", "coalesce_key"] {
+            tx.execute(
+                &format!("UPDATE deliveries SET {col} = $1 WHERE tenant_id = $2 AND {col} = $3"),
+                &args![placeholder.as_str(), tenant, value],
+            )
+            .await?;
+        }
         let agents = if field == "Username" {
-            // The agent leaves the view: its state and base go, and its ordering keys and
-            // index entries no longer name it.
+            // The agent leaves the view: its state, its base and its index entries go.
             let gone = tx
                 .execute(
                     "DELETE FROM agents WHERE tenant_id = $1 AND username = $2",
                     &args![tenant, value],
                 )
                 .await? as i64;
-            for sql in [
-                "DELETE FROM agent_bases WHERE tenant_id = $1 AND username = $2",
-                "DELETE FROM events_by_username WHERE tenant_id = $1 AND username = $2",
-                "UPDATE deliveries SET agent = '[erased]' WHERE tenant_id = $1 AND agent = $2",
-                "UPDATE deliveries SET coalesce_key = '[erased]' WHERE tenant_id = $1 \
-                 AND coalesce_key = $2",
-            ] {
-                tx.execute(sql, &args![tenant, value]).await?;
+            for table in ["agent_bases", "events_by_username"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE tenant_id = $1 AND username = $2"),
+                    &args![tenant, value],
+                )
+                .await?;
             }
             gone
         } else {
             // The states hold the event's fields as JSON strings.
             let quoted = Value::String(value.to_string()).to_string();
             let pattern = containing(&quoted);
-            let changed = tx
-                .execute(
-                    "UPDATE agents SET state = REPLACE(state, $1, '\"[erased]\"') \
-                     WHERE tenant_id = $2 AND state LIKE $3 ESCAPE '\\'",
-                    &args![quoted.as_str(), tenant, pattern.as_str()],
-                )
-                .await? as i64;
-            tx.execute(
-                "UPDATE agent_bases SET state = REPLACE(state, $1, '\"[erased]\"') \
-                 WHERE tenant_id = $2 AND state LIKE $3 ESCAPE '\\'",
-                &args![quoted.as_str(), tenant, pattern.as_str()],
-            )
-            .await?;
+            let mut changed = 0;
+            for table in ["agents", "agent_bases"] {
+                let n = tx
+                    .execute(
+                        &format!(
+                            "UPDATE {table} SET state = REPLACE(state, $1, '\"[erased]\"') \
+                             WHERE tenant_id = $2 AND state LIKE $3 ESCAPE '!' \
+                             AND REPLACE(state, $1, '\"[erased]\"') <> state"
+                        ),
+                        &args![quoted.as_str(), tenant, pattern.as_str()],
+                    )
+                    .await? as i64;
+                if table == "agents" {
+                    changed = n;
+                }
+            }
             changed
         };
+        let scrubbed = Scrubbed { attempts, agents };
+        // The job's own value goes, and the receipt is kept with it: a node that takes the job
+        // over after this finishes it from the receipt rather than erasing "[erased]".
         if let Some(params) = erased_params(spec) {
+            let receipt = scrubbed.receipt(job.done, spec).to_string();
             tx.execute(
-                "UPDATE jobs SET params = $1 WHERE id = $2",
-                &args![params.as_str(), job.id.as_str()],
+                "UPDATE jobs SET params = $1, result = $2 WHERE id = $3",
+                &args![params.as_str(), receipt.as_str(), job.id.as_str()],
             )
             .await?;
         }
         tx.commit().await?;
-        Ok(Some(Scrubbed { attempts, agents }))
+        Ok(Some(scrubbed))
     }
 
     /// Step 4: no copy of what was rewritten left in the database's files (SQLite) or dead
     /// rows (PostgreSQL).
     pub async fn erase_settle(&self) -> Result<(), StoreError> {
+        self.settle(&REWRITTEN).await
+    }
+
+    /// No old version of `tables`' rewritten rows left: SQLite checkpoints its WAL (every
+    /// table at once), PostgreSQL vacuums them.
+    pub(super) async fn settle(&self, tables: &[&str]) -> Result<(), StoreError> {
         match self.0.dialect.settle {
             Settle::Checkpoint => {
                 // Readers hold a checkpoint back; the busy timeout waits for each, and a
@@ -337,7 +389,7 @@ impl Store {
                 }
             }
             Settle::Vacuum => {
-                for table in REWRITTEN {
+                for table in tables {
                     self.0
                         .db
                         .execute(&format!("VACUUM {table}"), &args![])
@@ -391,7 +443,7 @@ mod tests {
 
     #[test]
     fn patterns_escape_like_wildcards() {
-        assert_eq!(containing("50%_a\\b"), "%50\\%\\_a\\\\b%");
+        assert_eq!(containing("50%_a!b"), "%50!%!_a!!b%");
         assert_eq!(json_inner("say \"hi\""), "say \\\"hi\\\"");
     }
 }

@@ -607,7 +607,8 @@ impl Store {
     /// Ends a job running under lease `held` `failed`, saying why.
     pub async fn fail_job(&self, id: &str, error: &str, held: i64) -> Result<(), StoreError> {
         let now = now_millis();
-        self.0
+        let failed = self
+            .0
             .db
             .execute(
                 "UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, \
@@ -616,6 +617,10 @@ impl Store {
                 &args![error, now, now, id, held],
             )
             .await?;
-        self.forget_erase_value(id).await
+        // Only the job's holder forgets its value (another may still be erasing with it).
+        if failed > 0 {
+            self.forget_erase_value(id).await?;
+        }
+        Ok(())
     }
 }

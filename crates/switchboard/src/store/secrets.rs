@@ -31,14 +31,20 @@ impl Store {
             };
         };
         match check {
-            Some(sealed) => matches(&key, &sealed)?,
+            Some(sealed) => {
+                matches(&key, &sealed)?;
+                // Written plain meanwhile (a node without the key): sealed now.
+                if self.seal_leftovers(&key).await? > 0 {
+                    self.settle(&["subscriptions", "instance_keys"]).await?;
+                }
+            }
             None => {
                 // Nodes starting together with the key: each seals what is still plain, the
                 // first check row stays, and every node checks against it.
                 self.reseal(None, &key).await?;
                 let sealed = self.secret_check().await?.unwrap_or_default();
                 matches(&key, &sealed)?;
-                self.erase_settle().await?;
+                self.settle(&["subscriptions", "instance_keys"]).await?;
                 tracing::info!("secrets at rest sealed with the configured secret key");
             }
         }
@@ -65,8 +71,8 @@ impl Store {
         let open = |text: &str| -> Result<String, StoreError> {
             match old {
                 Some(k) => k.open(text).map_err(mismatch),
-                None if is_sealed(text) => Err(mismatch(crate::secrets::Mismatch)),
-                None => Ok(text.to_string()),
+                // Nodes starting together with a first key: what another sealed opens with it.
+                None => new.open(text).map_err(mismatch),
             }
         };
         let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
@@ -75,10 +81,7 @@ impl Store {
             .await?;
         for mut row in rows {
             let (id, spec, old_secret) = (row.text(0)?, row.text(1)?, row.opt_text(2)?);
-            let spec = match old {
-                Some(k) => open_spec(k, &spec).map_err(mismatch)?,
-                None => spec,
-            };
+            let spec = open_spec(old.unwrap_or(new), &spec).map_err(mismatch)?;
             let spec = seal_spec(new, &spec);
             let old_secret = old_secret
                 .map(|s| open(&s).map(|plain| new.seal(&plain)))
@@ -125,6 +128,49 @@ impl Store {
         tx.commit().await
     }
 
+    /// Seals the secrets still stored plain (a database sealed already); how many rows.
+    async fn seal_leftovers(&self, key: &SecretKey) -> Result<u64, StoreError> {
+        let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
+        let mut sealed = 0;
+        let rows = tx
+            .query("SELECT id, spec, old_secret FROM subscriptions", &args![])
+            .await?;
+        for mut row in rows {
+            let (id, spec, old_secret) = (row.text(0)?, row.text(1)?, row.opt_text(2)?);
+            let new_spec = seal_spec(key, &spec);
+            let plain_old = old_secret.as_deref().is_some_and(|s| !is_sealed(s));
+            if new_spec != spec || plain_old {
+                let old_secret = old_secret.map(|s| match is_sealed(&s) {
+                    true => s,
+                    false => key.seal(&s),
+                });
+                tx.execute(
+                    "UPDATE subscriptions SET spec = $1, old_secret = $2 WHERE id = $3",
+                    &args![new_spec.as_str(), &old_secret, id.as_str()],
+                )
+                .await?;
+                sealed += 1;
+            }
+        }
+        let keys = tx
+            .query("SELECT name, value FROM instance_keys", &args![])
+            .await?;
+        for mut row in keys {
+            let (name, value) = (row.text(0)?, row.text(1)?);
+            if !is_sealed(&value) {
+                let value = key.seal(&value);
+                tx.execute(
+                    "UPDATE instance_keys SET value = $1 WHERE name = $2",
+                    &args![value.as_str(), name.as_str()],
+                )
+                .await?;
+                sealed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(sealed)
+    }
+
     /// `switchboard secrets rotate-key`: every secret re-sealed under `new` (the store was
     /// opened with the current key); no copy under the old key is left in the files.
     pub async fn rotate_secret_key(&self, new: &SecretKey) -> Result<(), StoreError> {
@@ -136,7 +182,7 @@ impl Store {
             ));
         };
         self.reseal(Some(&old), new).await?;
-        self.erase_settle().await
+        self.settle(&["subscriptions", "instance_keys"]).await
     }
 
     /// A subscription's stored form with its secrets sealed, when a key is configured.

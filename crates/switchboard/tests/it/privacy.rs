@@ -289,46 +289,6 @@ async fn ended(app: &TestApp, id: &str, key: &str) -> Value {
     .await
 }
 
-/// Every place the database keeps data, as bytes: SQLite's database file and WAL; on
-/// PostgreSQL every table's rows as text.
-async fn stored_bytes(app: &TestApp) -> Vec<u8> {
-    match app.data.database_url().as_str() {
-        "" => {
-            let mut all = Vec::new();
-            for name in ["switchboard.db", "switchboard.db-wal"] {
-                let path = app.data.dir.path().join(name);
-                if let Ok(bytes) = std::fs::read(&path) {
-                    all.extend(bytes);
-                }
-            }
-            assert!(all.len() > 100_000, "the database files were read");
-            all
-        }
-        url => {
-            use sqlx::Connection;
-            let mut pg = sqlx::PgConnection::connect(url).await.unwrap();
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
-            )
-            .fetch_all(&mut pg)
-            .await
-            .unwrap();
-            assert!(tables.len() > 10, "{tables:?}");
-            let mut all = Vec::new();
-            for t in tables {
-                let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {t} t"))
-                    .fetch_all(&mut pg)
-                    .await
-                    .unwrap();
-                for r in rows {
-                    all.extend(r.into_bytes());
-                }
-            }
-            all
-        }
-    }
-}
-
 fn holds(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -448,7 +408,7 @@ async fn an_erasure_leaves_the_value_nowhere_and_pending_deliveries_go_erased() 
     assert_eq!(again[0]["duplicate"], true);
 
     // The number is in no file (SQLite: database and WAL, free pages included) and no row.
-    let bytes = stored_bytes(&app).await;
+    let bytes = bytes_at_rest(&app.data).await;
     assert!(!holds(&bytes, ERIN_PHONE), "the value is still stored");
     assert!(holds(&bytes, "+15551230001"), "the others' numbers are");
 
@@ -512,7 +472,7 @@ async fn erasing_a_username_takes_the_agent_out_of_the_view() {
         .map(|e| &additional(&e["event"])["Username"])
         .collect();
     assert_eq!(names, [&json!("[erased]"), &json!("gina")]);
-    assert!(!holds(&stored_bytes(&app).await, "\"frank\""));
+    assert!(!holds(&bytes_at_rest(&app.data).await, "\"frank\""));
 }
 
 #[tokio::test]
@@ -556,6 +516,14 @@ async fn an_erasure_names_a_catalog_field_and_a_value() {
         ["value"]
     );
     assert_eq!(
+        refused(json!({"kind": "erase", "field": "PhoneNo", "value": "9".repeat(1001)})).await,
+        ["value"]
+    );
+    assert_eq!(
+        refused(json!({"kind": "forget", "field": "PhoneNo", "value": "x"})).await,
+        ["kind"]
+    );
+    assert_eq!(
         refused(json!({"kind": "erase", "field": "PhoneNo", "value": "x", "subscription_id": "s"}))
             .await,
         ["subscription_id"]
@@ -583,7 +551,8 @@ const KEY_ONE: &str = "111111111111111111111111111111111111111111111111111111111
 const SIGNING_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const HEADER_TOKEN: &str = "h3ader-t0ken-kept-secret";
 
-/// The data's stored bytes with no server running: SQLite's files, or every PostgreSQL row.
+/// Every place the database keeps data, as bytes: SQLite's database file and WAL (free pages
+/// included), or every PostgreSQL table's rows as text.
 async fn bytes_at_rest(data: &crate::support::db::TestData) -> Vec<u8> {
     match data.database_url().as_str() {
         "" => ["switchboard.db", "switchboard.db-wal"]
