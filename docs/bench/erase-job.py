@@ -13,53 +13,14 @@ Only loopback is used; nothing beyond Python's standard library is needed.
 """
 
 import argparse
-import http.client
 import json
 import os
-import socket
-import subprocess
-import tempfile
+import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("SWITCHBOARD_BIN", os.path.join(ROOT, "target/release/switchboard"))
-ADMIN = "erase-bench-admin-key-0123456789abcdef"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    def __init__(self, port):
-        self.port = port
-
-    def call(self, method, path, body=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        headers = {"Authorization": f"Bearer {ADMIN}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=headers)
-        r = conn.getresponse()
-        payload = r.read()
-        conn.close()
-        return r.status, (json.loads(payload) if payload else None)
-
-    def wait_up(self):
-        for _ in range(600):
-            try:
-                if self.call("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("the server did not start")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchserver import server  # noqa: E402
 
 PHONE = "+15559990000"
 
@@ -81,54 +42,33 @@ def main():
     args.add_argument("--every", type=int, default=1000)
     args.add_argument("--database-url", default="")
     opts = args.parse_args()
-    port = free_port()
-    api = Api(port)
-    with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, SWITCHBOARD_ADMIN_KEY=ADMIN)
-        command = [BIN, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data]
-        url = None
-        if opts.database_url:
-            base, _, _ = opts.database_url.rpartition("/")
-            name = f"sb_erase_bench_{os.getpid()}"
-            subprocess.run(["psql", opts.database_url, "-qc", f"CREATE DATABASE {name}"],
-                           check=True)
-            url = f"{base}/{name}"
-            command += ["--database-url", url]
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            api.wait_up()
-            status, sub = api.call("POST", "/v1/tenants/default/subscriptions",
-                                   {"url": "http://127.0.0.1:9/", "enabled": False,
-                                    "filter": {"usernames": ["agent0"]}})
-            assert status == 201, (status, sub)
-            began = time.monotonic()
-            for start in range(0, opts.events, 1000):
-                batch = [event(n, opts.every) for n in range(start, min(start + 1000, opts.events))]
-                status, answer = api.call("POST", "/v1/tenants/default/events", batch)
-                assert status == 202, (status, answer)
-            posted = time.monotonic() - began
-            print(f"posted {opts.events:,} events in {posted:.1f} s "
-                  f"({opts.events // opts.every:,} with the number)")
-            status, job = api.call("POST", "/v1/tenants/default/jobs",
-                                   {"kind": "erase", "field": "PhoneNo", "value": PHONE})
-            assert status == 202, (status, job)
-            began = time.monotonic()
-            while True:
-                seen = api.call("GET", f"/v1/tenants/default/jobs/{job['id']}")[1]
-                if seen["state"] not in ("queued", "running"):
-                    break
-                time.sleep(0.05)
-            took = time.monotonic() - began
-            print(f"erase: state {seen['state']}, receipt {json.dumps(seen['result'])}, "
-                  f"{took:.2f} s from creation to done "
-                  f"({opts.events / took:,.0f} events looked through per second)")
-        finally:
-            server.terminate()
-            server.wait()
-            if url:
-                subprocess.run(["psql", opts.database_url, "-qc",
-                                f"DROP DATABASE {url.rpartition('/')[2]}"], check=True)
+    # --dev: the subscription's receiver is on loopback (and down: its deliveries stay pending).
+    with server("erase", opts.database_url, extra=("--dev",)) as api:
+        status, sub = api.call("POST", "/v1/tenants/default/subscriptions",
+                               {"url": "http://127.0.0.1:9/", "enabled": False,
+                                "filter": {"usernames": ["agent0"]}})
+        assert status == 201, (status, sub)
+        began = time.monotonic()
+        for start in range(0, opts.events, 1000):
+            batch = [event(n, opts.every) for n in range(start, min(start + 1000, opts.events))]
+            status, answer = api.call("POST", "/v1/tenants/default/events", batch)
+            assert status == 202, (status, answer)
+        posted = time.monotonic() - began
+        print(f"posted {opts.events:,} events in {posted:.1f} s "
+              f"({opts.events // opts.every:,} with the number)")
+        status, job = api.call("POST", "/v1/tenants/default/jobs",
+                               {"kind": "erase", "field": "PhoneNo", "value": PHONE})
+        assert status == 202, (status, job)
+        began = time.monotonic()
+        while True:
+            seen = api.call("GET", f"/v1/tenants/default/jobs/{job['id']}")[1]
+            if seen["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - began
+        print(f"erase: state {seen['state']}, receipt {json.dumps(seen['result'])}, "
+              f"{took:.2f} s from creation to done "
+              f"({opts.events / took:,.0f} events looked through per second)")
 
 
 if __name__ == "__main__":

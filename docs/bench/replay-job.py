@@ -19,52 +19,13 @@ Only loopback is used; nothing beyond Python's standard library is needed.
 """
 
 import argparse
-import http.client
-import json
 import os
-import socket
-import subprocess
-import tempfile
+import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("SWITCHBOARD_BIN", os.path.join(ROOT, "target/release/switchboard"))
-ADMIN = "replay-bench-admin-key-0123456789abcdef"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    def __init__(self, port):
-        self.port = port
-
-    def call(self, method, path, body=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        headers = {"Authorization": f"Bearer {ADMIN}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=headers)
-        r = conn.getresponse()
-        payload = r.read()
-        conn.close()
-        return r.status, (json.loads(payload) if payload else None)
-
-    def wait_up(self):
-        for _ in range(600):
-            try:
-                if self.call("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("the server did not start")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchserver import server  # noqa: E402
 
 
 def event(n):
@@ -100,81 +61,58 @@ def main():
     args.add_argument("--events", type=int, default=100_000)
     args.add_argument("--database-url", default="")
     opts = args.parse_args()
-    port = free_port()
-    api = Api(port)
-    with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, SWITCHBOARD_ADMIN_KEY=ADMIN)
-        command = [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data]
-        url = None
-        if opts.database_url:
-            # A fresh database of its own on that server, dropped at the end.
-            base, _, _ = opts.database_url.rpartition("/")
-            name = f"sb_replay_bench_{os.getpid()}"
-            subprocess.run(["psql", opts.database_url, "-qc", f"CREATE DATABASE {name}"],
-                           check=True)
-            url = f"{base}/{name}"
-            command += ["--database-url", url]
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            api.wait_up()
-            for start in range(0, opts.events, 1000):
-                batch = [event(n) for n in range(start, min(start + 1000, opts.events))]
-                status, answer = api.call("POST", "/v1/tenants/default/events", batch)
-                assert status == 202, (status, answer)
-            status, sub = api.call("POST", "/v1/tenants/default/subscriptions",
-                                   {"url": "http://127.0.0.1:9/", "enabled": False})
-            assert status == 201, (status, sub)
-
-            dry, began = job(api, sub["id"], dry_run=True)
-            seen, ended = until_done(api, dry)
-            print(f"dry run: total {seen['total']}, counted in {ended - began:.2f} s")
-
-            real, began = job(api, sub["id"])
-            counted = None
-            while True:
-                seen = poll(api, real)
-                if counted is None and seen["total"] is not None:
-                    counted = time.monotonic()
-                if seen["state"] != "running" and seen["state"] != "queued":
-                    break
-                time.sleep(0.01)
-            ended = time.monotonic()
-            requeued = seen["done"]
-            pages = ended - (counted or began)
-            print(f"replay: state {seen['state']}, total {seen['total']}, requeued {requeued}; "
-                  f"{ended - began:.2f} s in all ({requeued / (ended - began):,.0f} events/s), "
-                  f"pages {pages:.2f} s ({requeued / max(pages, 1e-9):,.0f} events/s)")
-
-            # Requeued again: every delivery is pending now, so a replay counts none; cancel the
-            # pending ones first so that the next replay has work to cancel.
-            status, answer = api.call("POST", "/v1/tenants/default/jobs",
-                                      {"kind": "cancel_pending", "subscription_id": sub["id"]})
+    with server("replay", opts.database_url, extra=("--dev",)) as api:
+        for start in range(0, opts.events, 1000):
+            batch = [event(n) for n in range(start, min(start + 1000, opts.events))]
+            status, answer = api.call("POST", "/v1/tenants/default/events", batch)
             assert status == 202, (status, answer)
-            seen, _ = until_done(api, answer["id"])
-            print(f"cancel_pending: canceled {seen['done']} of {seen['total']}")
+        status, sub = api.call("POST", "/v1/tenants/default/subscriptions",
+                               {"url": "http://127.0.0.1:9/", "enabled": False})
+        assert status == 201, (status, sub)
 
-            third, _ = job(api, sub["id"])
-            while (seen := poll(api, third))["done"] == 0:
-                time.sleep(0.005)
-            status, answer = api.call("DELETE", f"/v1/tenants/default/jobs/{third}")
-            answered = time.monotonic()
-            assert status == 200, (status, answer)
-            at_delete = answer["done"]
-            last, last_change = at_delete, answered
-            while time.monotonic() - answered < 2:
-                done = poll(api, third)["done"]
-                if done != last:
-                    last, last_change = done, time.monotonic()
-                time.sleep(0.01)
-            print(f"canceled: done {at_delete} when the DELETE answered, {last} after; "
-                  f"last change {1000 * (last_change - answered):.0f} ms after it")
-        finally:
-            server.terminate()
-            server.wait()
-            if url:
-                subprocess.run(["psql", opts.database_url, "-qc",
-                                f"DROP DATABASE {url.rpartition('/')[2]}"], check=True)
+        dry, began = job(api, sub["id"], dry_run=True)
+        seen, ended = until_done(api, dry)
+        print(f"dry run: total {seen['total']}, counted in {ended - began:.2f} s")
+
+        real, began = job(api, sub["id"])
+        counted = None
+        while True:
+            seen = poll(api, real)
+            if counted is None and seen["total"] is not None:
+                counted = time.monotonic()
+            if seen["state"] != "running" and seen["state"] != "queued":
+                break
+            time.sleep(0.01)
+        ended = time.monotonic()
+        requeued = seen["done"]
+        pages = ended - (counted or began)
+        print(f"replay: state {seen['state']}, total {seen['total']}, requeued {requeued}; "
+              f"{ended - began:.2f} s in all ({requeued / (ended - began):,.0f} events/s), "
+              f"pages {pages:.2f} s ({requeued / max(pages, 1e-9):,.0f} events/s)")
+
+        # Requeued again: every delivery is pending now, so a replay counts none; cancel the
+        # pending ones first so that the next replay has work to cancel.
+        status, answer = api.call("POST", "/v1/tenants/default/jobs",
+                                  {"kind": "cancel_pending", "subscription_id": sub["id"]})
+        assert status == 202, (status, answer)
+        seen, _ = until_done(api, answer["id"])
+        print(f"cancel_pending: canceled {seen['done']} of {seen['total']}")
+
+        third, _ = job(api, sub["id"])
+        while (seen := poll(api, third))["done"] == 0:
+            time.sleep(0.005)
+        status, answer = api.call("DELETE", f"/v1/tenants/default/jobs/{third}")
+        answered = time.monotonic()
+        assert status == 200, (status, answer)
+        at_delete = answer["done"]
+        last, last_change = at_delete, answered
+        while time.monotonic() - answered < 2:
+            done = poll(api, third)["done"]
+            if done != last:
+                last, last_change = done, time.monotonic()
+            time.sleep(0.01)
+        print(f"canceled: done {at_delete} when the DELETE answered, {last} after; "
+              f"last change {1000 * (last_change - answered):.0f} ms after it")
 
 
 if __name__ == "__main__":

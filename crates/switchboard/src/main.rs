@@ -266,6 +266,19 @@ enum SecretsCommand {
     },
 }
 
+/// The configuration's database, opened (and migrated) by a tool, its secrets with `key`.
+async fn open_store(
+    config: &switchboard::config::Config,
+    key: Option<switchboard::secrets::SecretKey>,
+) -> anyhow::Result<switchboard::store::Store> {
+    let options = switchboard::store::Options {
+        secret_key: key,
+        ..Default::default()
+    };
+    let path = config.sqlite_path();
+    Ok(switchboard::store::Store::open_with(&config.database_url, &path, options).await?)
+}
+
 /// Where the operating guide says how to back up and restore PostgreSQL.
 const PG_BACKUPS: &str = "the database is PostgreSQL: back it up with pg_dump or point-in-time recovery (docs/operating.md, \"Backups and restore\")";
 
@@ -444,16 +457,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 true => None,
                 false => Some(switchboard::store::embedded::hold(&config.data_dir)?),
             };
-            let options = switchboard::store::Options {
-                secret_key: current,
-                ..Default::default()
-            };
-            let store = switchboard::store::Store::open_with(
-                &config.database_url,
-                &config.sqlite_path(),
-                options,
-            )
-            .await?;
+            let store = open_store(&config, current).await?;
             let done = store.rotate_secret_key(&new).await;
             store.close().await;
             done?;
@@ -468,19 +472,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = args.load()?;
             switchboard::telemetry::init(&config)?;
             std::fs::create_dir_all(&config.data_dir)?;
-            let options = switchboard::store::Options {
-                secret_key: switchboard::secrets::SecretKey::configured(
-                    &config.secret_key,
-                    &config.secret_key_file,
-                )?,
-                ..Default::default()
-            };
-            let store = switchboard::store::Store::open_with(
-                &config.database_url,
-                &config.sqlite_path(),
-                options,
-            )
-            .await?;
+            let key = switchboard::secrets::SecretKey::configured(
+                &config.secret_key,
+                &config.secret_key_file,
+            )?;
+            let store = open_store(&config, key).await?;
             store.close().await;
             println!("migrated {}", config.database_description());
             Ok(())

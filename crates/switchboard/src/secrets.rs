@@ -242,7 +242,10 @@ mod tests {
         assert!(SecretKey::configured(hex, "/some/file").is_err());
         assert!(SecretKey::configured(hex, "").unwrap().is_some());
         let raw32 = "k".repeat(32);
-        assert!(SecretKey::configured(&raw32, "").is_err(), "the variable is hex only");
+        assert!(
+            SecretKey::configured(&raw32, "").is_err(),
+            "the variable is hex only"
+        );
     }
 
     #[test]

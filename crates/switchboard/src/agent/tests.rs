@@ -143,7 +143,11 @@ fn not_an_agent_event_or_no_username() {
     e.category = 2;
     assert_eq!(apply(None, &e, 1), None);
     // An erased Username (DESIGN §19) names no agent: no "[erased]" agent is made of it.
-    let e = ev(code::SIGNED_IN, "20261123080000", json!({"Username": "[erased]"}));
+    let e = ev(
+        code::SIGNED_IN,
+        "20261123080000",
+        json!({"Username": "[erased]"}),
+    );
     assert_eq!(apply(None, &e, 1), None);
 }
 

@@ -260,16 +260,15 @@ fn event_with_phone(id: &str, code: u32, user: &str, phone: &str) -> Value {
     e
 }
 
+/// Posts a job to tenant `default` as the admin.
+async fn post_job(app: &TestApp, body: &Value) -> reqwest::Response {
+    let path = "/v1/tenants/default/jobs";
+    app.call(Method::POST, path, ADMIN_KEY, Some(body)).await
+}
+
 /// Posts a job as the admin; returns the answer (202).
 async fn create_job(app: &TestApp, body: Value) -> Value {
-    let r = app
-        .call(
-            Method::POST,
-            "/v1/tenants/default/jobs",
-            ADMIN_KEY,
-            Some(&body),
-        )
-        .await;
+    let r = post_job(app, &body).await;
     let status = r.status();
     let answer: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
@@ -481,14 +480,7 @@ async fn an_erasure_names_a_catalog_field_and_a_value() {
     let refused = |body: Value| {
         let app = &app;
         async move {
-            let r = app
-                .call(
-                    Method::POST,
-                    "/v1/tenants/default/jobs",
-                    ADMIN_KEY,
-                    Some(&body),
-                )
-                .await;
+            let r = post_job(app, &body).await;
             fields_named(&problem(r, StatusCode::UNPROCESSABLE_ENTITY).await)
                 .iter()
                 .map(|f| f.to_string())
