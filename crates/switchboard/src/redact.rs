@@ -22,6 +22,8 @@ pub const MAX_FIELDS: usize = 32;
 /// What becomes of a field in the delivered body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Named apart from the subscription's `Mode` (push or pull) in the OpenAPI document.
+#[schema(as = RedactMode)]
 pub enum Mode {
     /// The field is left out.
     Drop,
