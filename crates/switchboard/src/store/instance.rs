@@ -23,19 +23,24 @@ impl Store {
                 &args![REDACT_HASH, fresh.as_str(), now_millis()],
             )
             .await?;
+        let text = match self.instance_value(REDACT_HASH).await? {
+            Some(stored) => self.open_value(&stored)?,
+            None => return Err(StoreError::Db("instance key redact_hash vanished".into())),
+        };
+        HashKey::from_hex(&text)
+            .ok_or_else(|| StoreError::Db("instance key redact_hash is not 64 hex".into()))
+    }
+
+    /// The stored value of the instance key `name`, as stored (sealed or not).
+    pub(super) async fn instance_value(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = self
             .0
             .db
             .query_one(
                 "SELECT value FROM instance_keys WHERE name = $1",
-                &args![REDACT_HASH],
+                &args![name],
             )
             .await?;
-        let text = match row {
-            Some(mut r) => self.open_value(&r.text(0)?)?,
-            None => return Err(StoreError::Db("instance key redact_hash vanished".into())),
-        };
-        HashKey::from_hex(&text)
-            .ok_or_else(|| StoreError::Db("instance key redact_hash is not 64 hex".into()))
+        row.map(|mut r| r.text(0)).transpose()
     }
 }

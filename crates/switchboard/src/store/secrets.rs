@@ -19,7 +19,7 @@ impl Store {
     /// At open: refuses a database whose secrets are sealed when no key is given, or with
     /// another key; with a key and nothing sealed yet, seals every secret now.
     pub(super) async fn check_secret_key(&self, key: Option<SecretKey>) -> Result<(), StoreError> {
-        let check = self.secret_check().await?;
+        let check = self.instance_value(SECRET_CHECK).await?;
         let Some(key) = key else {
             return match check {
                 Some(_) => Err(StoreError::SecretKey(
@@ -30,67 +30,59 @@ impl Store {
                 None => Ok(()),
             };
         };
-        match check {
-            Some(sealed) => {
-                matches(&key, &sealed)?;
-                // Written plain meanwhile (a node without the key): sealed now.
-                if self.seal_leftovers(&key).await? > 0 {
-                    self.settle(&["subscriptions", "instance_keys"]).await?;
-                }
-            }
-            None => {
-                // Nodes starting together with the key: each seals what is still plain, the
-                // first check row stays, and every node checks against it.
-                self.reseal(None, &key).await?;
-                let sealed = self.secret_check().await?.unwrap_or_default();
-                matches(&key, &sealed)?;
-                self.settle(&["subscriptions", "instance_keys"]).await?;
-                tracing::info!("secrets at rest sealed with the configured secret key");
-            }
+        if let Some(sealed) = &check {
+            matches(&key, sealed)?;
+        }
+        // What is still plain — everything, at the first start with a key; what a node without
+        // it wrote meanwhile, later — is sealed now. Nodes starting together with a first key
+        // each seal what is still plain (what another sealed is kept), the first check row
+        // stays, and every node checks against it.
+        let keep = |v: &str| match is_sealed(v) {
+            true => Ok(v.to_string()),
+            false => Ok(key.seal(v)),
+        };
+        let sealed = (self.rewrite_secrets(|t| Ok(seal_spec(&key, t)), keep, &key, false)).await?;
+        if check.is_none() {
+            matches(
+                &key,
+                &self.instance_value(SECRET_CHECK).await?.unwrap_or_default(),
+            )?;
+            tracing::info!("secrets at rest sealed with the configured secret key");
+        }
+        if sealed > 0 {
+            self.settle(&["subscriptions", "instance_keys"]).await?;
         }
         let _ = self.0.secrets.set(key);
         Ok(())
     }
 
-    async fn secret_check(&self) -> Result<Option<String>, StoreError> {
-        let row = self
-            .0
-            .db
-            .query_one(
-                "SELECT value FROM instance_keys WHERE name = $1",
-                &args![SECRET_CHECK],
-            )
-            .await?;
-        row.map(|mut r| r.text(0)).transpose()
-    }
-
-    /// Re-seals every secret under `new`, opening those sealed with `old` (and reading plain
-    /// ones as they are), in one transaction; the check row says `new` from then on.
-    async fn reseal(&self, old: Option<&SecretKey>, new: &SecretKey) -> Result<(), StoreError> {
-        let mismatch = |_| StoreError::SecretKey(MISMATCH.into());
-        let open = |text: &str| -> Result<String, StoreError> {
-            match old {
-                Some(k) => k.open(text).map_err(mismatch),
-                // Nodes starting together with a first key: what another sealed opens with it.
-                None => new.open(text).map_err(mismatch),
-            }
-        };
+    /// Rewrites every stored secret in one transaction — subscriptions' stored forms with
+    /// `spec`, their previous secrets and the instance keys with `value` — writing only the
+    /// rows that change, and leaves the check row saying `new` (replaced when `replace_check`,
+    /// else only written when there is none). How many rows changed.
+    async fn rewrite_secrets(
+        &self,
+        spec: impl Fn(&str) -> Result<String, StoreError>,
+        value: impl Fn(&str) -> Result<String, StoreError>,
+        new: &SecretKey,
+        replace_check: bool,
+    ) -> Result<u64, StoreError> {
         let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
+        let mut changed = 0;
         let rows = tx
             .query("SELECT id, spec, old_secret FROM subscriptions", &args![])
             .await?;
         for mut row in rows {
-            let (id, spec, old_secret) = (row.text(0)?, row.text(1)?, row.opt_text(2)?);
-            let spec = open_spec(old.unwrap_or(new), &spec).map_err(mismatch)?;
-            let spec = seal_spec(new, &spec);
-            let old_secret = old_secret
-                .map(|s| open(&s).map(|plain| new.seal(&plain)))
-                .transpose()?;
-            tx.execute(
-                "UPDATE subscriptions SET spec = $1, old_secret = $2 WHERE id = $3",
-                &args![spec.as_str(), &old_secret, id.as_str()],
-            )
-            .await?;
+            let (id, text, old) = (row.text(0)?, row.text(1)?, row.opt_text(2)?);
+            let (new_text, new_old) = (spec(&text)?, old.as_deref().map(&value).transpose()?);
+            if new_text != text || new_old != old {
+                tx.execute(
+                    "UPDATE subscriptions SET spec = $1, old_secret = $2 WHERE id = $3",
+                    &args![new_text.as_str(), &new_old, id.as_str()],
+                )
+                .await?;
+                changed += 1;
+            }
         }
         let keys = tx
             .query(
@@ -99,76 +91,32 @@ impl Store {
             )
             .await?;
         for mut row in keys {
-            let (name, value) = (row.text(0)?, row.text(1)?);
-            let sealed = new.seal(&open(&value)?);
-            tx.execute(
-                "UPDATE instance_keys SET value = $1 WHERE name = $2",
-                &args![sealed.as_str(), name.as_str()],
-            )
-            .await?;
-        }
-        let check = new.seal(CHECK_TEXT);
-        match old {
-            Some(_) => {
+            let (name, stored) = (row.text(0)?, row.text(1)?);
+            let rewritten = value(&stored)?;
+            if rewritten != stored {
                 tx.execute(
                     "UPDATE instance_keys SET value = $1 WHERE name = $2",
-                    &args![check.as_str(), SECRET_CHECK],
+                    &args![rewritten.as_str(), name.as_str()],
                 )
-                .await?
+                .await?;
+                changed += 1;
             }
-            None => {
-                tx.execute(
-                    "INSERT INTO instance_keys (name, value, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                    &args![SECRET_CHECK, check.as_str(), now_millis()],
-                )
-                .await?
-            }
+        }
+        let on_conflict = match replace_check {
+            true => "DO UPDATE SET value = excluded.value",
+            false => "DO NOTHING",
         };
-        tx.commit().await
-    }
-
-    /// Seals the secrets still stored plain (a database sealed already); how many rows.
-    async fn seal_leftovers(&self, key: &SecretKey) -> Result<u64, StoreError> {
-        let mut tx: Tx = self.0.db.begin(self.0.dialect).await?;
-        let mut sealed = 0;
-        let rows = tx
-            .query("SELECT id, spec, old_secret FROM subscriptions", &args![])
-            .await?;
-        for mut row in rows {
-            let (id, spec, old_secret) = (row.text(0)?, row.text(1)?, row.opt_text(2)?);
-            let new_spec = seal_spec(key, &spec);
-            let plain_old = old_secret.as_deref().is_some_and(|s| !is_sealed(s));
-            if new_spec != spec || plain_old {
-                let old_secret = old_secret.map(|s| match is_sealed(&s) {
-                    true => s,
-                    false => key.seal(&s),
-                });
-                tx.execute(
-                    "UPDATE subscriptions SET spec = $1, old_secret = $2 WHERE id = $3",
-                    &args![new_spec.as_str(), &old_secret, id.as_str()],
-                )
-                .await?;
-                sealed += 1;
-            }
-        }
-        let keys = tx
-            .query("SELECT name, value FROM instance_keys", &args![])
-            .await?;
-        for mut row in keys {
-            let (name, value) = (row.text(0)?, row.text(1)?);
-            if !is_sealed(&value) {
-                let value = key.seal(&value);
-                tx.execute(
-                    "UPDATE instance_keys SET value = $1 WHERE name = $2",
-                    &args![value.as_str(), name.as_str()],
-                )
-                .await?;
-                sealed += 1;
-            }
-        }
+        let check = new.seal(CHECK_TEXT);
+        tx.execute(
+            &format!(
+                "INSERT INTO instance_keys (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) {on_conflict}"
+            ),
+            &args![SECRET_CHECK, check.as_str(), now_millis()],
+        )
+        .await?;
         tx.commit().await?;
-        Ok(sealed)
+        Ok(changed)
     }
 
     /// `switchboard secrets rotate-key`: every secret re-sealed under `new` (the store was
@@ -181,7 +129,10 @@ impl Store {
                     .into(),
             ));
         };
-        self.reseal(Some(&old), new).await?;
+        let mismatch = |_| StoreError::SecretKey(MISMATCH.into());
+        let spec = |t: &str| Ok(seal_spec(new, &open_spec(&old, t).map_err(mismatch)?));
+        let value = |v: &str| Ok(new.seal(&old.open(v).map_err(mismatch)?));
+        self.rewrite_secrets(spec, value, new, true).await?;
         self.settle(&["subscriptions", "instance_keys"]).await
     }
 

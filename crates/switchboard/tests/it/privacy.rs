@@ -583,6 +583,14 @@ fn refused_start(data: &crate::support::db::TestData, env: &[(&str, &str)]) -> S
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Creates a subscription on `default` through `server`; returns the answer (201).
+async fn subscribe_via(server: &crate::support::process::Server, body: &Value) -> Value {
+    let path = "/v1/tenants/default/subscriptions";
+    let r = server.post(&reqwest::Client::new(), path, body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
 /// Posts one event of erin through `server` and returns what the receiver got for it.
 async fn one_delivery(server: &crate::support::process::Server, rx: &TestReceiver) -> Received {
     let id = guid();
@@ -610,15 +618,7 @@ async fn secrets_at_rest_are_encrypted_and_the_key_is_required_and_rotated() {
     let mut server = Server::start_env(&data, &key_one, None);
     let body = json!({"url": rx.url("/"), "secret": SIGNING_SECRET,
                       "headers": {"X-Api-Token": HEADER_TOKEN}, "redact": {"PhoneNo": "hash"}});
-    let r = server
-        .post(
-            &reqwest::Client::new(),
-            "/v1/tenants/default/subscriptions",
-            &body,
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let answer: Value = r.json().await.unwrap();
+    let answer = subscribe_via(&server, &body).await;
     assert_eq!(answer["secret"], SIGNING_SECRET, "shown as given");
     let secret = json!(SIGNING_SECRET);
     let first = one_delivery(&server, &rx).await;
@@ -689,14 +689,7 @@ async fn a_first_key_encrypts_the_secrets_stored_before_it() {
     let rx = TestReceiver::start().await;
     let mut server = Server::start(&data);
     let body = json!({"url": rx.url("/"), "secret": SIGNING_SECRET});
-    let r = server
-        .post(
-            &reqwest::Client::new(),
-            "/v1/tenants/default/subscriptions",
-            &body,
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    subscribe_via(&server, &body).await;
     server.terminate();
     server.child.wait().unwrap();
     assert!(
