@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -105,8 +105,11 @@ async function signOut() {
 before(async () => {
   data = mkdtempSync(join(tmpdir(), "switchboard-browser-"));
   await new Promise((r) => receiver.listen(RECEIVER_PORT, "127.0.0.1", r));
+  // Agents are grouped by Team (the wallboard's counts).
+  const catalog = join(data, "catalog.toml");
+  writeFileSync(catalog, '[agents]\ngroup_fields = ["Team"]\n');
   server = spawn(BIN, ["serve", "--dev", "--listen", `127.0.0.1:${PORT}`, "--data-dir", data], {
-    env: { ...process.env, SWITCHBOARD_ADMIN_KEY: ADMIN, RUST_LOG: "warn" },
+    env: { ...process.env, SWITCHBOARD_ADMIN_KEY: ADMIN, SWITCHBOARD_CATALOG_FILE: catalog, RUST_LOG: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
   });
   await until("the server is ready", () => fetch(`${BASE}/readyz`).then((r) => r.ok, () => false));
@@ -248,6 +251,35 @@ test("sign in, subscribe a receiver, see events on the events page and the wallb
   await page.getByText("disabled subscriptions").waitFor();
   await signOut();
   assert.equal(await page.evaluate(() => sessionStorage.getItem("switchboard.key")), null);
+});
+
+test("the wallboard counts the signed-in agents by team, live", async () => {
+  await signIn(ADMIN);
+  const team = (name, extra = {}) => ({ Team: name, ...extra });
+  await call("POST", "/v1/tenants/default/events", [
+    agentEvent(1, "tara", team("Sales")),
+    agentEvent(1, "tom", team("Sales")),
+    agentEvent(1, "tess", team("Support")),
+    agentEvent(3, "tara", team("Sales", { ActivityCode: 16, AvailabilityCode: 1, ActivityName: "" })),
+  ]);
+  await page.goto(BASE + "/#/agents");
+  await page.getByLabel("Count by").selectOption("Team");
+  assert.match(page.url(), /by=Team/);
+  const sales = page.locator('.counts tr[data-group="Sales"] td');
+  const support = page.locator('.counts tr[data-group="Support"] td');
+  await until("Sales counted", async () => (await sales.count()) > 0 && (await sales.nth(0).textContent()) === "2");
+  // Signed in, on a work item, available, internal, not ready, no status yet.
+  assert.deepEqual(await sales.allTextContents(), ["2", "0", "1", "0", "0", "1"]);
+  assert.equal(await support.nth(0).textContent(), "1");
+  // tom moves to Support: both rows change within 2 s, without reloading.
+  await call("POST", "/v1/tenants/default/events", [agentEvent(3, "tom", team("Support", { ActivityCode: 0, AvailabilityCode: 0, ActivityName: "" }))]);
+  await until("tom counted in Support", async () => (await support.nth(0).textContent()) === "2", SOON);
+  assert.equal(await sales.nth(0).textContent(), "1");
+  assert.equal(await support.nth(4).textContent(), "1", "tom is not ready");
+  // The whole floor: one row.
+  await page.getByLabel("Count by").selectOption("");
+  await until("one row for the floor", async () => (await page.locator(".counts tbody tr").count()) === 1);
+  await signOut();
 });
 
 test("a read key sees no edit controls", async () => {

@@ -971,7 +971,8 @@ async function agentsPage(rest, q) {
   const live = h("p", { class: "live", "aria-live": "polite" }, "connecting…");
   const filters = h("div", { class: "filters", role: "group", "aria-label": "Filter by state" });
   const tiles = h("div", { class: "tiles" });
-  main.replaceChildren(h("h1", {}, "Agents"), live, filters, tiles);
+  const counts = h("section", { class: "counts", "aria-label": "Counts by group" });
+  main.replaceChildren(h("h1", {}, "Agents"), live, counts, filters, tiles);
 
   const draw = () => {
     const all = [...agents.values()].sort((a, b) => a.username.localeCompare(b.username));
@@ -1025,6 +1026,7 @@ async function agentsPage(rest, q) {
     clearInterval(timer);
     abort.abort();
   });
+  countsByGroup(counts, q, abort.signal);
   follow(
     t("/agents/stream"),
     (msg) => {
@@ -1043,6 +1045,89 @@ async function agentsPage(rest, q) {
     },
     abort.signal,
   );
+}
+
+// The wallboard's counts (DESIGN §18): signed-in agents by a group field of the catalog (or the
+// whole floor), followed live from …/agents/counts/stream; each message's groups replace theirs.
+const COUNT_COLUMNS = [
+  ["Available", (g) => g.by_availability["1"] || 0],
+  ["Internal calls", (g) => g.by_availability["2"] || 0],
+  [
+    "Not ready",
+    (g) =>
+      Object.entries(g.by_availability)
+        .filter(([k]) => !["1", "2", "unknown"].includes(k))
+        .reduce((n, [, v]) => n + v, 0),
+  ],
+  ["No status yet", (g) => g.by_availability.unknown || 0],
+];
+
+async function countsByGroup(section, q, signal) {
+  const fields = (await loadCatalog()).group_fields || [];
+  let by = fields.includes(q.get("by")) ? q.get("by") : "";
+  const groups = new Map();
+  let follower = null;
+  const state = h("span", { class: "muted" }, "");
+  const body = h("div", {});
+  const select = h(
+    "select",
+    {
+      onchange: () => {
+        by = select.value;
+        const state = new URLSearchParams(location.hash.split("?")[1] || "");
+        if (by) state.set("by", by);
+        else state.delete("by");
+        history.replaceState(null, "", `#/agents?${state}`);
+        start();
+      },
+    },
+    h("option", { value: "", selected: by === "" }, "the whole floor"),
+    fields.map((f) => h("option", { value: f, selected: by === f }, f)),
+  );
+  section.replaceChildren(h("div", { class: "filters" }, field("Count by ", select), state), body);
+  const draw = () => {
+    const rows = [...groups.values()].map((g) =>
+      h(
+        "tr",
+        { "data-group": g.value ?? "" },
+        h("th", { scope: "row" }, g.value ?? (by ? `no ${by}` : "All")),
+        h("td", {}, g.signed_in),
+        h("td", {}, g.on_work_item),
+        COUNT_COLUMNS.map(([, count]) => h("td", {}, count(g))),
+      ),
+    );
+    body.replaceChildren(
+      table([by || "Group", "Signed in", "On a work item", ...COUNT_COLUMNS.map(([name]) => name)], rows, "Nobody is signed in."),
+    );
+  };
+  const start = () => {
+    follower?.abort();
+    follower = new AbortController();
+    signal.addEventListener("abort", () => follower.abort(), { once: true });
+    groups.clear();
+    const path = t(`/agents/counts/stream${by ? `?by=${encodeURIComponent(by)}` : ""}`);
+    follow(
+      path,
+      (msg) => {
+        const data = JSON.parse(msg.data);
+        if (msg.event === "snapshot") groups.clear();
+        for (const g of data.groups) {
+          if (g.signed_in === 0) groups.delete(g.value);
+          else groups.set(g.value, g);
+        }
+        const sorted = [...groups.entries()].sort(([a], [b]) => String(a ?? "").localeCompare(String(b ?? "")));
+        groups.clear();
+        for (const [k, v] of sorted) groups.set(k, v);
+        state.textContent = ` as of sequence ${data.as_of_sequence}`;
+        draw();
+      },
+      (s) => {
+        if (s !== "live") state.textContent = ` ${s}`;
+      },
+      follower.signal,
+    );
+  };
+  start();
 }
 
 // ---- Tenants and keys --------------------------------------------------------------------

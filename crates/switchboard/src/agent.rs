@@ -3,6 +3,9 @@
 //! the same transaction as the events), `as_of` rebuilds and timelines all fold events through
 //! [`apply`].
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -41,12 +44,40 @@ pub struct Agent {
     pub exit_code: Option<i64>,
     pub last_sequence: i64,
     pub last_event_at: Timestamp,
+    /// The agent's groups (DESIGN §18): for each of the catalog's `[agents] group_fields`, the
+    /// value in the agent's latest event that carries it (a string, or the JSON text of another
+    /// value); a field not seen yet is absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub groups: BTreeMap<String, String>,
+}
+
+/// The fields that place an agent in groups (the catalog's `[agents] group_fields`); cheap to
+/// clone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupFields(Arc<[String]>);
+
+impl GroupFields {
+    pub fn new(names: Vec<String>) -> Self {
+        GroupFields(names.into())
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
 }
 
 impl Agent {
     /// As shown: an activity without an `ActivityName` gets the catalog's name for its code
-    /// (or "activity N").
+    /// (or "activity N"); only the groups of the fields the catalog names now are kept (one it
+    /// named in an earlier run is left out).
     pub fn named(mut self, catalog: &Catalog) -> Self {
+        let fields = catalog.group_fields();
+        self.groups.retain(|k, _| fields.contains(k));
         name_activity(&mut self.activity_name, self.activity_code, catalog);
         self
     }
@@ -98,6 +129,16 @@ pub fn apply(before: Option<&Agent>, event: &Event, sequence: i64) -> Option<Age
 /// service started after it signed in) is on the wallboard at once, `signed_in_at` then being
 /// the first event seen.
 pub fn step(state: &mut Option<Agent>, event: &Event, sequence: i64) -> bool {
+    step_grouped(state, event, sequence, &GroupFields::default())
+}
+
+/// [`step`], also noting the values of `groups` the event carries (a JSON null carries none).
+pub fn step_grouped(
+    state: &mut Option<Agent>,
+    event: &Event,
+    sequence: i64,
+    groups: &GroupFields,
+) -> bool {
     if event.category != AGENT {
         return false;
     }
@@ -127,9 +168,21 @@ pub fn step(state: &mut Option<Agent>, event: &Event, sequence: i64) -> bool {
         exit_code: None,
         last_sequence: sequence,
         last_event_at: at,
+        groups: BTreeMap::new(),
     });
     a.last_sequence = sequence;
     a.last_event_at = at;
+    for field in groups.names() {
+        match event.fields.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) => {
+                a.groups.insert(field.clone(), v.clone());
+            }
+            Some(v) => {
+                a.groups.insert(field.clone(), v.to_string());
+            }
+        }
+    }
     if event.code == code::SIGNED_IN || (!a.signed_in && event.code != code::SIGNED_OUT) {
         // A new session: what the last one left is gone.
         a.signed_in = true;
@@ -329,6 +382,8 @@ impl Timeline {
         self.out
     }
 }
+
+pub mod counts;
 
 #[cfg(test)]
 mod tests;

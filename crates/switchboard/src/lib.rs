@@ -115,6 +115,7 @@ pub async fn run_with(
         clock: clock::Clock::system(),
         sqlite_max_pages: None,
         secret_key: secrets::SecretKey::configured(&config.secret_key, &config.secret_key_file)?,
+        group_fields: catalog.group_fields().clone(),
     };
     let store = Store::open_with(&config.database_url, &config.sqlite_path(), options)
         .await

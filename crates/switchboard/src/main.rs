@@ -115,6 +115,10 @@ struct SimulateArgs {
     /// Events per second
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     rate: u32,
+    /// Teams: every event carries the agent's Team (Sales, Support, Billing, …), for the
+    /// catalog's [agents] group_fields = ["Team"]; 0: no Team
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    teams: u64,
     /// Seconds of shift; then every agent finishes its work item and signs out
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -408,6 +412,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 start,
                 dry_run: a.dry_run,
                 progress: !a.dry_run,
+                teams: a.teams as usize,
             };
             let mut stdout = std::io::stdout().lock();
             let report = switchboard::cli::simulate::run(opts, &mut stdout).await?;

@@ -98,6 +98,9 @@ pub struct Options {
     /// are sealed with; `None`: stored plain (a database whose secrets are sealed then refuses
     /// to open).
     pub secret_key: Option<crate::secrets::SecretKey>,
+    /// The catalog's `[agents] group_fields` (DESIGN §18): the agents projection notes their
+    /// values in each agent's `groups`.
+    pub group_fields: crate::agent::GroupFields,
 }
 
 impl Default for Options {
@@ -108,6 +111,7 @@ impl Default for Options {
             clock: Clock::system(),
             sqlite_max_pages: None,
             secret_key: None,
+            group_fields: crate::agent::GroupFields::default(),
         }
     }
 }
@@ -137,8 +141,6 @@ struct Inner {
     /// Pull subscriptions' ids, with when this node last noted a consumer's call in the
     /// database (`pulled_at`, written at most once a minute each).
     pulled_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
-    /// Per tenant with a stream waiting: changes after its events were committed.
-    commits: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// API keys by hash, as authentication found them.
     keys: KeyCache,
     /// Resolves when the writer has committed its last turn and closed its connection.
@@ -153,6 +155,8 @@ struct Inner {
     jobs: tokio::sync::Notify,
     /// The secret key, when one is configured (set once, when the store is opened).
     secrets: std::sync::OnceLock<crate::secrets::SecretKey>,
+    /// The catalog's group fields, for folds outside the writer (`as_of`).
+    groups: crate::agent::GroupFields,
 }
 
 /// What a backend's `open` hands over: its pools and its started writer.
@@ -166,6 +170,7 @@ struct Opened {
     writer_done: oneshot::Receiver<()>,
     writable: Arc<std::sync::atomic::AtomicBool>,
     ids: Option<Arc<sqlite::RecentIds>>,
+    groups: crate::agent::GroupFields,
 }
 
 impl Store {
@@ -232,7 +237,6 @@ impl Store {
             deliveries,
             deliveries_done: Mutex::new(deliveries_done),
             wake: o.wake,
-            commits: std::sync::Mutex::default(),
             undecodable: std::sync::Mutex::default(),
             pulled_at: std::sync::Mutex::default(),
             keys_changed: watch::Sender::new(0),
@@ -242,6 +246,7 @@ impl Store {
             ids: o.ids,
             jobs: tokio::sync::Notify::new(),
             secrets: std::sync::OnceLock::new(),
+            groups: o.groups,
         }))
     }
 
@@ -307,16 +312,9 @@ impl Store {
         Ok(accepted)
     }
 
-    /// Wakes the streams of `tenant` (`None`: of every tenant): its events were committed. Only
-    /// that tenant's streams wake, so one tenant's ingest costs another's idle streams nothing.
+    /// Wakes the streams of `tenant` (`None`: of every tenant): its events were committed.
     fn committed(&self, tenant: Option<&str>) {
-        let mut commits = self.0.commits.lock().unwrap_or_else(|e| e.into_inner());
-        commits.retain(|_, tx| tx.receiver_count() > 0);
-        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
-        match tenant {
-            Some(tenant) => commits.get(tenant).into_iter().for_each(bump),
-            None => commits.values().for_each(bump),
-        }
+        self.0.wake.committed(tenant)
     }
 
     /// Changes whenever keys were deleted (see [`Store::find_key`]).
@@ -327,11 +325,7 @@ impl Store {
     /// Changes after `tenant`'s events were committed (on PostgreSQL, by any node); a stream
     /// waits on it before reading on.
     pub fn commits(&self, tenant: &str) -> watch::Receiver<u64> {
-        let mut commits = self.0.commits.lock().unwrap_or_else(|e| e.into_inner());
-        commits
-            .entry(tenant.to_string())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
+        self.0.wake.commits(tenant)
     }
 
     /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed subscription until

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::doc::Errors;
 use super::{Access, ApiError, AppState, Page, Params, need};
+use crate::agent::counts::{GroupCounts, Tally};
 use crate::agent::{Agent, Interval};
 use crate::event::{FieldError, Timestamp};
 use crate::store::{AgentQuery, Refused};
@@ -17,7 +18,9 @@ use crate::store::{AgentQuery, Refused};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
+        .routes(routes!(counts))
         .routes(routes!(super::streams::agents))
+        .routes(routes!(super::streams::counts))
         .routes(routes!(show))
         .routes(routes!(timeline))
 }
@@ -68,6 +71,61 @@ async fn list(
     Ok(Json(AgentPage {
         page: Page::new(agents, limit, |a| a.username.clone()),
         as_of_sequence,
+    }))
+}
+
+/// The live counts by group (DESIGN §18).
+#[derive(Serialize, ToSchema)]
+pub(super) struct Counts {
+    /// The last sequence the counts take in.
+    pub as_of_sequence: i64,
+    /// The group field counted by; null: the whole tenant as one group.
+    pub by: Option<String>,
+    /// The groups with a signed-in agent, by value (null first).
+    pub groups: Vec<GroupCounts>,
+}
+
+/// `by`, checked against the catalog's group fields.
+pub(super) fn group_by(state: &AppState, p: &mut Params) -> Result<Option<String>, ApiError> {
+    let Some(by) = p.take("by") else {
+        return Ok(None);
+    };
+    let fields = state.catalog.group_fields().names();
+    if fields.contains(&by) {
+        return Ok(Some(by));
+    }
+    let known = match fields {
+        [] => "the catalog names none ([agents] group_fields in the catalog file)".to_string(),
+        f => format!("the catalog's group fields are {}", f.join(", ")),
+    };
+    Err(ApiError::invalid(
+        "by",
+        format!("{by:?} is not a group field; {known}"),
+    ))
+}
+
+/// Counts of the signed-in agents by group: on a work item, by availability, by activity.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/counts", tag = "agents",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("by" = Option<String>, Query,
+            description = "A group field of the catalog (`[agents] group_fields`); absent: \
+                           the whole tenant as one group")),
+    responses((status = 200, body = Counts), Errors),
+    security(("bearer" = [])))]
+async fn counts(
+    State(state): State<AppState>,
+    Access { tenant, .. }: Access<need::Read>,
+    mut p: Params,
+) -> Result<Json<Counts>, ApiError> {
+    let by = group_by(&state, &mut p)?;
+    p.finish()?;
+    let _turn = state.reads.enter(&tenant).await?;
+    let (agents, as_of_sequence) = state.store.agents_for_counts(&tenant, None).await?;
+    let groups = Tally::new(by.as_deref(), &agents).groups();
+    Ok(Json(Counts {
+        as_of_sequence,
+        by,
+        groups,
     }))
 }
 

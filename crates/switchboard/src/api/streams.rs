@@ -765,3 +765,89 @@ pub async fn agents(
         }
     }))
 }
+
+/// A message of the counts stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CountsMessage {
+    /// `snapshot` (first), then `counts`.
+    #[schema(pattern = "^(snapshot|counts)$")]
+    event: String,
+    /// The `as_of_sequence` of the counts.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// A snapshot (the body of `GET …/agents/counts`) or `{as_of_sequence, groups}` with the
+    /// groups that changed, whole, JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// The groups that changed, whole (one that became empty: `signed_in: 0`).
+#[derive(Serialize)]
+struct CountsChange {
+    as_of_sequence: i64,
+    groups: Vec<crate::agent::counts::GroupCounts>,
+}
+
+/// `GET /v1/tenants/{t}/agents/counts/stream`: a `snapshot`, then the groups that changed.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/counts/stream", tag = "agents",
+    summary = "The live counts by group as Server-Sent Events",
+    description = "First `event: snapshot`, `id: <as_of_sequence>`, `data:` the body of `GET \
+        …/agents/counts`; then `event: counts`, `id: <as_of_sequence>`, `data: \
+        {as_of_sequence, groups}` with each group that changed, whole (one that became empty \
+        has `signed_in: 0`). A resume (`Last-Event-ID`) gets a fresh snapshot.",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("by" = Option<String>, Query,
+            description = "A group field of the catalog; absent: the whole tenant")),
+    responses((status = 200, content_type = "text/event-stream", body = CountsMessage,
+               description = "The stream; each message's data is a snapshot or the changed groups"),
+               super::doc::Errors),
+    security(("bearer" = [])))]
+pub async fn counts(
+    State(state): State<AppState>,
+    access: Access<need::Read>,
+    mut p: Params,
+) -> Result<Stream, ApiError> {
+    // A resume gets a fresh snapshot: `Last-Event-ID` needs no reading.
+    let by = super::agents::group_by(&state, &mut p)?;
+    p.finish()?;
+    let opened = Opened::new(&state, &access)?;
+    let tenant = access.tenant;
+    let store = state.store.clone();
+    let mut commits = store.commits(&tenant);
+    let stop = state.streams_stop.clone();
+    Ok(start(&state, opened, move |out| async move {
+        let mut stop = stop;
+        commits.borrow_and_update();
+        let (agents, mut cursor) = store.agents_for_counts(&tenant, None).await?;
+        let mut tally = crate::agent::counts::Tally::new(by.as_deref(), &agents);
+        drop(agents);
+        let snapshot = super::agents::Counts {
+            as_of_sequence: cursor,
+            by,
+            groups: tally.groups(),
+        };
+        let (first, size) = message("snapshot", cursor, &snapshot)?;
+        out.send(first, size).await?;
+        loop {
+            if let Woken::End = wait(&mut commits, &mut stop, &out).await {
+                return Ok(());
+            }
+            commits.borrow_and_update();
+            let (changed, through) = store.agents_for_counts(&tenant, Some(cursor)).await?;
+            let mut groups = std::collections::BTreeSet::new();
+            for agent in &changed {
+                groups.extend(tally.update(agent));
+            }
+            cursor = cursor.max(through);
+            if !groups.is_empty() {
+                let change = CountsChange {
+                    as_of_sequence: cursor,
+                    groups: tally.take(&groups),
+                };
+                let (sent, size) = message("counts", cursor, &change)?;
+                out.send(sent, size).await?;
+            }
+        }
+    }))
+}

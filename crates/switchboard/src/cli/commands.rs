@@ -238,6 +238,12 @@ pub enum Agents {
         #[arg(long)]
         as_of: Option<i64>,
     },
+    /// Live counts of the signed-in agents, by a group field of the catalog
+    Counts {
+        /// A field of the catalog's [agents] group_fields [default: the whole tenant]
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -585,6 +591,10 @@ impl Client {
                     let q = query(&[("as_of", as_of.map(|n| n.to_string()))]);
                     let path = format!("{t}/agents/{}{q}", seg(username));
                     req(M::GET, path, None, Show::Object)
+                }
+                Agents::Counts { by } => {
+                    let q = query(&[("by", by.clone())]);
+                    req(M::GET, format!("{t}/agents/counts{q}"), None, Show::Object)
                 }
             },
             Client::Tenants(x) => match x {

@@ -35,6 +35,29 @@ pub struct Options {
     pub dry_run: bool,
     /// A progress line on stderr.
     pub progress: bool,
+    /// Teams (DESIGN §18): with N > 0, every event carries the agent's `Team`, and now and then
+    /// an agent signs in to another team.
+    pub teams: usize,
+}
+
+/// The names of the first teams; then "Team 11", "Team 12"….
+const TEAMS: [&str; 10] = [
+    "Sales",
+    "Support",
+    "Billing",
+    "Retention",
+    "Onboarding",
+    "Collections",
+    "Escalations",
+    "Renewals",
+    "Outbound",
+    "Priority",
+];
+
+fn team_name(i: usize) -> String {
+    TEAMS
+        .get(i)
+        .map_or_else(|| format!("Team {}", i + 1), |t| t.to_string())
 }
 
 /// SplitMix64: a few lines, well mixed, reproducible — all a simulation needs of randomness.
@@ -84,6 +107,8 @@ struct Agent {
     session_type: &'static str,
     session: u32,
     phase: Phase,
+    /// Its team (an index), with `--teams`.
+    team: usize,
 }
 
 /// (ActivityCode, AvailabilityCode) an agent moves to besides Available: Not Ready, On Break,
@@ -107,6 +132,7 @@ pub struct Simulation {
     items: u64,
     /// Set once every agent has been sent home.
     closing: Option<Vec<Value>>,
+    teams: usize,
 }
 
 impl Simulation {
@@ -123,6 +149,7 @@ impl Simulation {
                 session_type: if rng.chance(10) { "TelAgent" } else { "CCA" },
                 session: 0,
                 phase: Phase::SignedOut,
+                team: i % opts.teams.max(1),
             })
             .collect();
         Simulation {
@@ -134,6 +161,7 @@ impl Simulation {
             total: u64::from(opts.rate.max(1)) * opts.duration_secs,
             items: 0,
             closing: None,
+            teams: opts.teams,
         }
     }
 
@@ -164,6 +192,9 @@ impl Simulation {
         });
         if let (Some(f), Some(e)) = (fields.as_object_mut(), extra.as_object()) {
             f.extend(e.clone());
+            if self.teams > 0 {
+                f.insert("Team".into(), team_name(a.team).into());
+            }
         }
         json!({"Id": id, "CreationDateUtc": at.to_string(), "Category": 1, "Code": code,
                "AdditionalFields": fields})
@@ -181,6 +212,10 @@ impl Simulation {
         let phase = self.agents[i].phase.clone();
         match phase {
             Phase::SignedOut => {
+                // One sign-in in ten is to another team.
+                if self.teams > 1 && self.rng.chance(10) {
+                    self.agents[i].team = self.rng.below(self.teams as u64) as usize;
+                }
                 self.agents[i].session += 1;
                 self.agents[i].phase = Phase::SignedIn;
                 self.event(i, 1, json!({}))
@@ -429,6 +464,7 @@ mod tests {
             start: Some(Timestamp::parse("20261123080000").unwrap()),
             dry_run: true,
             progress: false,
+            teams: 0,
         }
     }
 
@@ -446,5 +482,31 @@ mod tests {
             parse_batch(&body, &Catalog::builtin()).expect("every event is valid");
         }
         assert!(!body.is_empty());
+        assert!(
+            a.iter()
+                .all(|e| e["AdditionalFields"].get("Team").is_none())
+        );
+    }
+
+    #[test]
+    fn teams_fill_team_and_leave_the_rest_of_the_run_alone() {
+        let plain: Vec<Value> = Simulation::new(&opts(7)).collect();
+        let teams: Vec<Value> = Simulation::new(&Options {
+            teams: 3,
+            ..opts(7)
+        })
+        .collect();
+        let names: std::collections::BTreeSet<&str> = teams
+            .iter()
+            .map(|e| {
+                e["AdditionalFields"]["Team"]
+                    .as_str()
+                    .expect("every event has a Team")
+            })
+            .collect();
+        assert_eq!(names, ["Billing", "Sales", "Support"].into());
+        assert_eq!(team_name(10), "Team 11");
+        // Without --teams, a run is the run it always was.
+        assert_eq!(plain, Simulation::new(&opts(7)).collect::<Vec<_>>());
     }
 }

@@ -105,7 +105,13 @@ pub struct Catalog {
     categories: BTreeMap<u8, CategorySpec>,
     /// Names of activity codes (`ActivityCode`), for the agents view.
     activities: BTreeMap<i64, String>,
+    /// `[agents] group_fields` (DESIGN §18): the `AdditionalFields` that place an agent in
+    /// groups.
+    group_fields: crate::agent::GroupFields,
 }
+
+/// The most group fields a catalog file may name.
+pub const MAX_GROUP_FIELDS: usize = 8;
 
 fn field(name: &str, kind: FieldKind) -> FieldSpec {
     FieldSpec {
@@ -183,6 +189,7 @@ impl Catalog {
         Self {
             categories,
             activities,
+            group_fields: crate::agent::GroupFields::default(),
         }
     }
 
@@ -289,6 +296,26 @@ impl Catalog {
                 spec.codes.insert(n, CodeSpec { name, fields });
             }
         }
+        if let Some(agents) = file.agents {
+            let fields = agents.group_fields.get_ref();
+            let at = at(agents.group_fields.span());
+            if fields.len() > MAX_GROUP_FIELDS {
+                return Err(format!(
+                    "{at}: [agents] group_fields names at most {MAX_GROUP_FIELDS} fields"
+                ));
+            }
+            for (i, f) in fields.iter().enumerate() {
+                if f.is_empty() || f.len() > 64 {
+                    return Err(format!(
+                        "{at}: [agents] group_fields: a field name has 1 to 64 characters"
+                    ));
+                }
+                if fields[..i].contains(f) {
+                    return Err(format!("{at}: [agents] group_fields names {f:?} twice"));
+                }
+            }
+            self.group_fields = crate::agent::GroupFields::new(fields.clone());
+        }
         for (code, name) in file.activities {
             let n: i64 = code.trim().parse().map_err(|_| {
                 format!("[activities]: {code:?} is not an activity code (an integer)")
@@ -323,6 +350,11 @@ impl Catalog {
             .map(|(n, c)| format!("{n} {}", c.name))
             .collect();
         names.join(", ")
+    }
+
+    /// The fields that place an agent in groups (`[agents] group_fields`).
+    pub fn group_fields(&self) -> &crate::agent::GroupFields {
+        &self.group_fields
     }
 
     /// The name of an activity code: the catalog's, else "activity N".
@@ -380,6 +412,7 @@ impl Catalog {
         CatalogView {
             categories,
             activities,
+            group_fields: self.group_fields.names().to_vec(),
         }
     }
 
@@ -436,6 +469,14 @@ struct File {
     category: Vec<FileCategory>,
     #[serde(default)]
     activities: BTreeMap<String, String>,
+    agents: Option<FileAgents>,
+}
+
+/// `[agents]` of the catalog file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAgents {
+    group_fields: toml::Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -479,6 +520,9 @@ pub struct CatalogView {
     pub categories: Vec<CategoryView>,
     /// Named activity codes (the agents view's `activity_name`).
     pub activities: Vec<ActivityView>,
+    /// The `AdditionalFields` that place an agent in groups (`[agents] group_fields`): the
+    /// values `by` takes in `…/agents/counts`.
+    pub group_fields: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -540,6 +584,9 @@ name = "Coaching"
 
 [activities]
 40 = "Training"
+
+[agents]
+group_fields = ["Team", "Queue"]
 "#;
 
     #[test]
@@ -573,6 +620,9 @@ name = "Coaching"
         assert_eq!(c.activity_name(16), "Available");
         assert_eq!(c.activity_name(41), "activity 41");
         assert!(c.category(3).unwrap().open);
+        assert_eq!(c.group_fields().names(), ["Team", "Queue"]);
+        assert_eq!(view["group_fields"], json!(["Team", "Queue"]));
+        assert!(Catalog::builtin().group_fields().names().is_empty());
     }
 
     #[test]
@@ -602,6 +652,13 @@ name = "Coaching"
                 "[[category]]\ncategory = 2\n[[category.code]]\ncode = 1\nfields = { A = { type = \"string\", colour = 1 } }\n",
                 "line 5",
             ),
+            ("[agents]\ngroup_fields = [\"Team\", \"Team\"]\n", "line 2"),
+            ("[agents]\ngroup_fields = [\"\"]\n", "line 2"),
+            (
+                "[agents]\ngroup_fields = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]\n",
+                "line 2",
+            ),
+            ("[agents]\ngroups = [\"Team\"]\n", "line 2"),
         ] {
             let err = Catalog::builtin().extend(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");

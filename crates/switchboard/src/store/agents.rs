@@ -28,7 +28,7 @@ use super::db::{Arg, Row, Select, args};
 use super::decide::IN_LIST;
 use super::usernames::{self, Part};
 use super::{Store, StoreError, sql};
-use crate::agent::{self, Agent};
+use crate::agent::{self, Agent, GroupFields};
 use crate::event::catalog::AGENT;
 use crate::event::{Event, Timestamp};
 
@@ -76,14 +76,23 @@ impl Backlog {
 }
 
 /// The writer's deferred agent states, by tenant, and its recent load.
-#[derive(Default)]
 pub(crate) struct Deferred {
     tenants: BTreeMap<String, Backlog>,
     /// (time, events) of recent ingest turns.
     recent: std::collections::VecDeque<(i64, usize)>,
+    /// The fields whose values the fold notes in each agent's `groups` (DESIGN §18).
+    pub groups: GroupFields,
 }
 
 impl Deferred {
+    pub fn new(groups: GroupFields) -> Self {
+        Deferred {
+            tenants: BTreeMap::new(),
+            recent: std::collections::VecDeque::new(),
+            groups,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
     }
@@ -132,7 +141,7 @@ pub(super) async fn project<C: Conn>(
 ) -> Result<(), StoreError> {
     let busy = deferred.busy();
     if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
-        fold_in(conn, Table::Live, tenant, events).await?;
+        fold_in(conn, Table::Live, tenant, events, &deferred.groups).await?;
         conn.execute(sql::SET_SEQUENCES, &args![to, tenant]).await?;
         return Ok(());
     }
@@ -155,14 +164,15 @@ pub(super) async fn project<C: Conn>(
             .filter(|(n, _)| !backlog.states.contains_key(**n))
             .map(|(n, evs)| (*n, evs[0].0))
             .collect();
+        let groups = &deferred.groups;
         backlog
             .states
-            .extend(load(conn, Table::Live, tenant, &missing).await?);
+            .extend(load(conn, Table::Live, tenant, &missing, groups).await?);
         for (name, evs) in by_agent {
             let mut state = backlog.states.remove(name);
             let before = state.as_ref().map(|a| a.last_sequence);
             for (sequence, event) in evs {
-                agent::step(&mut state, event, sequence);
+                agent::step_grouped(&mut state, event, sequence, groups);
             }
             if let Some(a) = state {
                 if Some(a.last_sequence) != before {
@@ -187,12 +197,14 @@ pub(super) async fn project<C: Conn>(
 }
 
 /// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another
-/// node's turn may hold it: that tenant waits for the next fold).
+/// node's turn may hold it: that tenant waits for the next fold); returns the tenants whose
+/// projection it moved on (their streams are woken after the commit).
 pub(super) async fn fold_deferred<C: Conn>(
     conn: &mut C,
     deferred: &mut Deferred,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
     let tenants: Vec<String> = deferred.tenants.keys().cloned().collect();
+    let mut folded = Vec::new();
     for tenant in tenants {
         let rows = conn
             .query(conn.dialect().try_lock_tenant, &args![tenant.as_str()])
@@ -203,6 +215,9 @@ pub(super) async fn fold_deferred<C: Conn>(
                     last: row.int(0)?,
                     through: row.int(1)?,
                 };
+                if at.through < at.last {
+                    folded.push(tenant.clone());
+                }
                 fold_backlog(conn, &tenant, at, deferred).await?;
             }
             // Locked by another node: next time. (SQLite never says so: deleted.)
@@ -212,7 +227,7 @@ pub(super) async fn fold_deferred<C: Conn>(
             None => {}
         }
     }
-    Ok(())
+    Ok(folded)
 }
 
 /// Writes `tenant`'s agents as of `at.last` — from memory when it followed every event after
@@ -238,7 +253,9 @@ async fn fold_backlog<C: Conn>(
             write(conn, Table::Live, tenant, &changed).await?;
             set_through(conn, tenant, at.last).await
         }
-        _ => fold_from_log(conn, tenant, at, i64::MAX).await.map(drop),
+        _ => fold_from_log(conn, tenant, at, i64::MAX, &deferred.groups)
+            .await
+            .map(drop),
     }
 }
 
@@ -258,6 +275,7 @@ async fn fold_from_log<C: Conn>(
     tenant: &str,
     at: Position,
     limit: i64,
+    groups: &GroupFields,
 ) -> Result<i64, StoreError> {
     let rows = conn
         .query(
@@ -269,7 +287,7 @@ async fn fold_from_log<C: Conn>(
     let full = rows.len() as i64 == limit;
     let events = parse_events(rows)?;
     let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Live, tenant, &refs).await?;
+    fold_in(conn, Table::Live, tenant, &refs, groups).await?;
     let reached = match (full, events.last()) {
         (true, Some((s, _))) => *s,
         _ => at.last,
@@ -392,6 +410,7 @@ async fn refold<C: Conn>(
     tenant: &str,
     username: &str,
     before: i64,
+    groups: &GroupFields,
 ) -> Result<Option<Agent>, StoreError> {
     let base = conn.query(BASE_OF, &args![tenant, username]).await?;
     let (after, mut state) = base_of(tenant, username, base.into_iter().next())?;
@@ -408,7 +427,7 @@ async fn refold<C: Conn>(
         let sql = pages.statement();
         let rows = conn.query(&sql.sql, &sql.args).await?;
         for (sequence, event) in pages.take(rows)? {
-            agent::step(&mut state, &event, sequence);
+            agent::step_grouped(&mut state, &event, sequence, groups);
         }
     }
     Ok(state)
@@ -440,6 +459,7 @@ async fn load<C: Conn>(
     table: Table,
     tenant: &str,
     names: &[(&str, i64)],
+    groups: &GroupFields,
 ) -> Result<HashMap<String, Agent>, StoreError> {
     let select = match table {
         Table::Live => "SELECT username, state FROM agents WHERE tenant_id = $1 AND username IN (",
@@ -477,7 +497,7 @@ async fn load<C: Conn>(
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map_or(i64::MAX, |(_, s)| *s);
-            if let Some(a) = refold(conn, tenant, &name, before).await? {
+            if let Some(a) = refold(conn, tenant, &name, before, groups).await? {
                 states.insert(name, a);
             }
         }
@@ -526,20 +546,21 @@ pub(super) async fn fold_in<C: Conn>(
     table: Table,
     tenant: &str,
     events: &[(i64, &Event)],
+    groups: &GroupFields,
 ) -> Result<(), StoreError> {
     let by_agent = by_agent(events);
     if by_agent.is_empty() {
         return Ok(());
     }
     let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, evs)| (*n, evs[0].0)).collect();
-    let mut states = load(conn, table, tenant, &names).await?;
+    let mut states = load(conn, table, tenant, &names, groups).await?;
     let mut out = Vec::with_capacity(by_agent.len());
     for (name, evs) in by_agent {
         let mut state = states.remove(name);
         let before = state.as_ref().map(|a| a.last_sequence);
         let through = evs.last().map_or(0, |(s, _)| *s);
         for (sequence, event) in evs {
-            agent::step(&mut state, event, sequence);
+            agent::step_grouped(&mut state, event, sequence, groups);
         }
         // A base records how far it has folded even when nothing changed.
         if let Some(a) = state
@@ -569,6 +590,7 @@ fn parse_events(rows: Vec<Row>) -> Result<Vec<(i64, Event)>, StoreError> {
 pub(super) async fn catch_up_batch<C: Conn>(
     conn: &mut C,
     tenant: &str,
+    groups: &GroupFields,
 ) -> Result<bool, StoreError> {
     let rows = conn
         .query(conn.dialect().lock_tenant, &args![tenant])
@@ -583,7 +605,7 @@ pub(super) async fn catch_up_batch<C: Conn>(
     if at.through >= at.last {
         return Ok(false);
     }
-    let reached = fold_from_log(conn, tenant, at, CATCH_UP_BATCH).await?;
+    let reached = fold_from_log(conn, tenant, at, CATCH_UP_BATCH, groups).await?;
     Ok(reached < at.last)
 }
 
@@ -610,9 +632,10 @@ pub(super) async fn fold_purged<C: Conn>(
     conn: &mut C,
     tenant: &str,
     events: &[(i64, Event)],
+    groups: &GroupFields,
 ) -> Result<(), StoreError> {
     let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Base, tenant, &refs).await
+    fold_in(conn, Table::Base, tenant, &refs, groups).await
 }
 
 /// A page of agents.
@@ -679,8 +702,9 @@ impl History<'_> {
                 Ok(p) => p,
                 Err(refused) => return Ok(Err(refused)),
             };
+            let groups = &self.store.0.groups;
             for (s, e) in page.iter().take_while(|(s, _)| *s <= sequence) {
-                agent::step(&mut state, e, *s);
+                agent::step_grouped(&mut state, e, *s, groups);
             }
         }
         Ok(Ok(state))
@@ -815,6 +839,38 @@ impl Store {
             None => self.agents_through(tenant).await?,
         };
         Ok((self.agents_of(tenant, rows, as_of).await?, as_of))
+    }
+
+    /// `tenant`'s signed-in agents (`after`: `None`), or every agent changed after sequence
+    /// `after`, with the sequence the projection is as of, read in the same statement so that
+    /// the two agree (DESIGN §18's counts). Each agent comes once: at most the tenant's agents.
+    pub async fn agents_for_counts(
+        &self,
+        tenant: &str,
+        after: Option<i64>,
+    ) -> Result<(Vec<Agent>, i64), StoreError> {
+        let mut sql = Select::new(
+            "SELECT a.username, a.last_sequence, a.state, t.agents_through FROM tenants t \
+             LEFT JOIN agents a ON a.tenant_id = t.id",
+        );
+        match after {
+            None => sql.push(" AND a.signed_in = ", true),
+            Some(after) => sql.push(" AND a.last_sequence > ", after),
+        };
+        sql.push(" WHERE t.id = ", tenant);
+        let rows = self.0.db.query(&sql.sql, &sql.args).await?;
+        let Some(first) = rows.first() else {
+            return Ok((Vec::new(), 0));
+        };
+        let as_of = first.int(3)?;
+        let mut agents = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            if row.opt_int(1)?.is_none() {
+                continue;
+            }
+            agents.extend(self.read_agent(tenant, &mut row, as_of).await?);
+        }
+        Ok((agents, as_of))
     }
 
     /// The sequence `tenant`'s projection is as of.

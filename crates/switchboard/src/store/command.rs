@@ -140,6 +140,8 @@ pub(super) struct Committed {
     /// Deliveries that ended `superseded` or `expired` (counted once committed).
     pub superseded: u64,
     pub expired: u64,
+    /// Tenants whose deferred agents a fold of this turn wrote: their streams wake.
+    pub folded: Vec<String>,
 }
 
 impl Group {
@@ -252,6 +254,9 @@ impl Group {
                     wake.due();
                 }
                 wake.hand(done.handed);
+                for tenant in &done.folded {
+                    wake.committed(Some(tenant));
+                }
                 let finished = [(done.superseded, "superseded"), (done.expired, "expired")];
                 for (n, status) in finished.into_iter().filter(|(n, _)| *n > 0) {
                     metrics::counter!(crate::telemetry::DELIVERIES_ENDED, "status" => status)

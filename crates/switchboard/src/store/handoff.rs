@@ -1,5 +1,7 @@
 //! Between the writer and this node's dispatcher: the wake-up after a commit, and the
-//! deliveries ingest hands straight to the dispatcher.
+//! deliveries ingest hands straight to the dispatcher. (And the signal this node's streams
+//! wait on, [`Handoff::commits`], which a turn the writer runs by itself — a deferred fold of
+//! the agents projection — sends too.)
 //!
 //! A delivery ingest creates is due at once. Rather than committing it unleased, waking the
 //! dispatcher, and having the dispatcher claim it back in a turn of its own (an update of the
@@ -19,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::sync::{Notify, futures::Notified, mpsc};
+use tokio::sync::{Notify, futures::Notified, mpsc, watch};
 
 use super::Claimed;
 
@@ -34,6 +36,8 @@ pub struct Handoff {
     room: Mutex<Room>,
     tx: mpsc::UnboundedSender<Vec<Claimed>>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Claimed>>>>,
+    /// Per tenant with a stream waiting: changes after its events (or agents) were committed.
+    commits: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 /// What the dispatcher takes: per subscription, how many deliveries more, leased for how long
@@ -55,11 +59,34 @@ impl Default for Handoff {
             room: Mutex::default(),
             tx,
             rx: Mutex::new(Some(rx)),
+            commits: Mutex::default(),
         }
     }
 }
 
 impl Handoff {
+    /// Changes after `tenant`'s events or agents were committed by this node (on PostgreSQL,
+    /// by any node: see `postgres::listen`).
+    pub fn commits(&self, tenant: &str) -> watch::Receiver<u64> {
+        let mut commits = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        commits
+            .entry(tenant.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Wakes the streams of `tenant` (`None`: of every tenant). Only that tenant's streams
+    /// wake, so one tenant's ingest costs another's idle streams nothing.
+    pub fn committed(&self, tenant: Option<&str>) {
+        let mut commits = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        commits.retain(|_, tx| tx.receiver_count() > 0);
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        match tenant {
+            Some(tenant) => commits.get(tenant).into_iter().for_each(bump),
+            None => commits.values().for_each(bump),
+        }
+    }
+
     /// Deliveries may have become due that nobody holds: the dispatcher wakes and claims.
     pub fn due(&self) {
         self.due.store(true, Ordering::SeqCst);

@@ -181,6 +181,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
         writer_done: done,
         writable,
         ids: None,
+        groups: options.group_fields.clone(),
     });
     tokio::spawn(listen(listener, store.clone()));
     Ok(store)

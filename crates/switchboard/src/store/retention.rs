@@ -82,9 +82,10 @@ impl Store {
 pub(super) async fn purge_batch<C: Conn>(
     conn: &mut C,
     job: &PurgeJob,
+    groups: &crate::agent::GroupFields,
 ) -> Result<PurgeStep, StoreError> {
     match &job.tenant {
-        Some(tenant) => events_batch(conn, tenant, job.after, job.cutoff).await,
+        Some(tenant) => events_batch(conn, tenant, job.after, job.cutoff, groups).await,
         None => system_batch(conn, job.after, job.cutoff).await,
     }
 }
@@ -95,6 +96,7 @@ async fn events_batch<C: Conn>(
     tenant: &str,
     after: i64,
     cutoff: i64,
+    groups: &crate::agent::GroupFields,
 ) -> Result<PurgeStep, StoreError> {
     // Sequences grow with reception, so the oldest come first in key order, and the first
     // event too young ends the tenant's pass (a condition on `received_at` in the statement
@@ -178,7 +180,7 @@ async fn events_batch<C: Conn>(
     conn.execute(&by_username.sql, &by_username.args).await?;
     let events = list("DELETE FROM events WHERE tenant_id = ", "");
     step.purged.events = conn.execute(&events.sql, &events.args).await?;
-    super::agents::fold_purged(conn, tenant, &agent_events).await?;
+    super::agents::fold_purged(conn, tenant, &agent_events, groups).await?;
     Ok(step)
 }
 

@@ -131,6 +131,7 @@ pub(super) async fn open(
     let wake = Arc::new(Handoff::default());
     let ids = Arc::new(RecentIds::default());
     let writable = Arc::new(AtomicBool::new(true));
+    let groups = options.group_fields.clone();
     let done = writer::spawn(
         path,
         rx,
@@ -149,6 +150,7 @@ pub(super) async fn open(
         writer_done: done,
         writable,
         ids: Some(ids),
+        groups,
     })
 }
 

@@ -128,7 +128,7 @@ async fn write<C: Conn>(
     }
     let unheld = ingest(conn, &group.jobs(), now, &mut done, deferred, handoff).await?;
     if group.folds || group.stopping {
-        agents::fold_deferred(conn, deferred).await?;
+        done.folded = agents::fold_deferred(conn, deferred).await?;
     }
     if group.indexes {
         usernames::index(conn).await?;
@@ -153,11 +153,11 @@ async fn write<C: Conn>(
     }
     for (job, _) in &group.purges {
         done.purges
-            .push(super::retention::purge_batch(conn, job).await?);
+            .push(super::retention::purge_batch(conn, job, &deferred.groups).await?);
     }
     for (tenant, _) in &group.catch_ups {
         done.catch_ups
-            .push(agents::catch_up_batch(conn, tenant).await?);
+            .push(agents::catch_up_batch(conn, tenant, &deferred.groups).await?);
     }
     // What the dispatcher is to claim: deliveries nobody holds — ingest's not handed over,
     // replays', System events' — and retries (due later; other nodes learn of them here).
@@ -174,6 +174,7 @@ async fn write<C: Conn>(
         // agents) changed, theirs only.
         let tenants: BTreeSet<&str> = (done.new_ids.iter().map(|(t, _)| t.as_str()))
             .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
+            .chain(done.folded.iter().map(String::as_str))
             .collect();
         let mut payloads: Vec<String> = Vec::with_capacity(tenants.len() + 1);
         if done.due {

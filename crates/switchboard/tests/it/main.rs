@@ -14,6 +14,7 @@ mod copy;
 mod crash;
 mod delivery;
 mod filters;
+mod groups;
 mod ingest;
 mod jobs;
 mod lag;

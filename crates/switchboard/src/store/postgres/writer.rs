@@ -35,7 +35,7 @@ pub(super) fn spawn(
     options: Options,
     writable: Arc<AtomicBool>,
 ) -> oneshot::Receiver<()> {
-    let (policy, clock) = (options.health, options.clock);
+    let (policy, clock, groups) = (options.health, options.clock, options.group_fields);
     let (done, finished) = oneshot::channel();
     tokio::spawn(async move {
         let mut writer = Writer {
@@ -45,7 +45,7 @@ pub(super) fn spawn(
             not_before: None,
             subscriptions: conn::Subscriptions::default(),
         };
-        let mut deferred = Deferred::default();
+        let mut deferred = Deferred::new(groups);
         while let Some(first) = rx.recv().await {
             let (group, stopping) = Group::collect(first, &mut rx);
             if !group.is_empty() {

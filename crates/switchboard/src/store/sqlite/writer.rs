@@ -39,6 +39,7 @@ pub(super) fn spawn(
     writable: Arc<AtomicBool>,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
     let (policy, clock) = (options.health, options.clock.clone());
+    let groups = options.group_fields.clone();
     let conn = Connection::open(path).map_err(db)?;
     // WAL is set (and persists) when the database is opened for migrations; FULL: a committed
     // transaction survives power loss, not only a process crash.
@@ -86,6 +87,7 @@ pub(super) fn spawn(
                 policy,
                 clock,
                 writable,
+                groups,
             };
             run(writer, rx, &wake, &wal_long, Merge::new(merge), &settings);
             // Dropping the sender stops the checkpoints.
@@ -144,6 +146,7 @@ struct Settings {
     policy: Policy,
     clock: Clock,
     writable: Arc<AtomicBool>,
+    groups: crate::agent::GroupFields,
 }
 
 /// Group commit until shutdown, or until every sender is gone.
@@ -155,7 +158,7 @@ fn run(
     mut merge: Merge,
     settings: &Settings,
 ) {
-    let mut deferred = Deferred::default();
+    let mut deferred = Deferred::new(settings.groups.clone());
     while let Some(first) = rx.blocking_recv() {
         let (group, stopping) = Group::collect(first, &mut rx);
         if !group.is_empty() {

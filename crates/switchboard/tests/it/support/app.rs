@@ -85,10 +85,16 @@ impl TestApp {
 
     /// Another node on the same PostgreSQL database (with its own data dir).
     pub async fn second_node(&self) -> TestApp {
+        self.second_node_with(|_| {}).await
+    }
+
+    /// [`TestApp::second_node`] with its configuration adjusted.
+    pub async fn second_node_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let url = self.data.database_url();
         assert!(!url.is_empty(), "a second node needs PostgreSQL");
         let data = TestData::beside(url);
-        let config = test_config(&data);
+        let mut config = test_config(&data);
+        adjust(&mut config);
         Self::start(data, config).await
     }
 
