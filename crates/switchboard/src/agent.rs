@@ -384,6 +384,7 @@ impl Timeline {
 }
 
 pub mod counts;
+pub mod intervals;
 
 #[cfg(test)]
 mod tests;

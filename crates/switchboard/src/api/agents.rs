@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use super::doc::Errors;
 use super::{Access, ApiError, AppState, Page, Params, need};
 use crate::agent::counts::{GroupCounts, Tally};
+use crate::agent::intervals::{AgentInterval, SIZES, Window};
 use crate::agent::{Agent, Interval};
 use crate::event::{FieldError, Timestamp};
 use crate::store::{AgentQuery, Refused};
@@ -19,6 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(counts))
+        .routes(routes!(intervals))
         .routes(routes!(super::streams::agents))
         .routes(routes!(super::streams::counts))
         .routes(routes!(show))
@@ -127,6 +129,181 @@ async fn counts(
         by,
         groups,
     }))
+}
+
+/// A page of intervals for WFM.
+#[derive(Serialize, ToSchema)]
+struct Intervals {
+    /// The last sequence of the log the intervals take in.
+    as_of_sequence: i64,
+    data: Vec<AgentInterval>,
+    /// The `after` of the next page; null: no more.
+    next_after: Option<String>,
+}
+
+/// Most days between `since` and `until`.
+const MAX_INTERVAL_DAYS: i64 = 31;
+/// Agents whose history one page reads at most (each may have no interval in the window).
+const INTERVAL_AGENTS_PER_PAGE: u32 = 1_000;
+
+/// Intervals of the agents' timelines for WFM: signed-in time, time on a work item, time by
+/// activity and work items, per agent and interval.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/intervals", tag = "agents",
+    params(("tenant" = String, Path, description = "The tenant's id"),
+           ("size" = Option<i64>, Query, description = "Seconds: 900 (default), 1800 or 3600"),
+           ("since" = String, Query, pattern = "^[0-9]{14}$",
+            description = "Intervals starting from (`yyyyMMddHHmmss`, UTC; rounded down to the size)"),
+           ("until" = String, Query, pattern = "^[0-9]{14}$",
+            description = "…and before (`yyyyMMddHHmmss`, UTC); at most 31 days after `since`"),
+           ("username" = Option<String>, Query, description = "One agent only"),
+           ("changed_since_sequence" = Option<i64>, Query, minimum = 0,
+            description = "Only intervals changed by events after this sequence (exclusive): \
+                           the `as_of_sequence` of a previous answer"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000,
+            description = "Most intervals in a page (default 1000)"),
+           ("after" = Option<String>, Query,
+            description = "The `next_after` of the previous page")),
+    responses((status = 200, body = Intervals), Errors),
+    security(("bearer" = [])))]
+async fn intervals(
+    State(state): State<AppState>,
+    Access { tenant, .. }: Access<need::Read>,
+    mut p: Params,
+) -> Result<Json<Intervals>, ApiError> {
+    let size = match p.parse::<i64>("size", "900, 1800 or 3600 (seconds)")? {
+        None => 900,
+        Some(n) if SIZES.contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "size",
+                format!("must be 900, 1800 or 3600 (seconds), got {n}"),
+            ));
+        }
+    };
+    let mut timestamp = |name: &str| -> Result<i64, ApiError> {
+        let v = p
+            .take(name)
+            .ok_or_else(|| ApiError::invalid(name, "is required (yyyyMMddHHmmss, UTC)"))?;
+        let t = Timestamp::parse(&v).map_err(|m| ApiError::invalid(name, m))?;
+        Ok(t.to_unix_ms() / 1000)
+    };
+    let since = timestamp("since")?;
+    let until = timestamp("until")?;
+    let username = p.take("username");
+    let changed_since: Option<i64> = p.parse(
+        "changed_since_sequence",
+        "a sequence number (a non-negative integer)",
+    )?;
+    let limit = match p.parse::<usize>("limit", "an integer from 1 to 10000")? {
+        None => 1000,
+        Some(n @ 1..=MAX_TIMELINE_LIMIT) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be from 1 to 10000, got {n}"),
+            ));
+        }
+    };
+    let after = p.take("after").map(|a| cursor(&a)).transpose()?;
+    p.finish()?;
+    if until <= since {
+        return Err(ApiError::invalid("until", "must be after since"));
+    }
+    if until - since > MAX_INTERVAL_DAYS * 86_400 {
+        return Err(ApiError::invalid(
+            "until",
+            format!("must be at most {MAX_INTERVAL_DAYS} days after since"),
+        ));
+    }
+    if changed_since.is_some_and(|n| n < 0) {
+        return Err(ApiError::invalid(
+            "changed_since_sequence",
+            "must be a non-negative integer",
+        ));
+    }
+    let _turn = state.reads.enter(&tenant).await?;
+    let as_of_sequence = state.store.last_sequence(&tenant).await?;
+    let now = Timestamp::now().to_unix_ms() / 1000;
+    let window = Window::new(since, until, size, now);
+    let max = state.settings.max_history_events;
+    // The agents, by username: the cursor's own first (what is left of it), then those after.
+    let mut names: Vec<String> = Vec::new();
+    let mut from: Option<(String, i64)> = after.clone();
+    match (&username, &after) {
+        (Some(u), Some((a, _))) if a != u => {}
+        (Some(u), _) => names.push(u.clone()),
+        (None, Some((a, _))) => names.push(a.clone()),
+        (None, None) => {}
+    }
+    if username.is_none() {
+        let q = AgentQuery {
+            after: after.as_ref().map(|(a, _)| a.clone()),
+            limit: INTERVAL_AGENTS_PER_PAGE,
+            ..AgentQuery::default()
+        };
+        let (agents, _) = state.store.list_agents(&tenant, &q).await?;
+        names.extend(agents.into_iter().map(|a| a.username));
+    }
+    let scanned_all = names.len() < INTERVAL_AGENTS_PER_PAGE as usize;
+    let mut data = Vec::new();
+    let mut next_after = None;
+    for name in &names {
+        let history = state
+            .store
+            .agent_history(&tenant, name, Some(as_of_sequence), max)
+            .await?;
+        let mut found = match history.intervals(window, name).await? {
+            Ok(found) => found,
+            Err(Refused::TooLong) => return Err(too_long("since", max)),
+            Err(Refused::Purged) => {
+                return Err(ApiError::BeyondRetention(FieldError::new(
+                    None,
+                    "since",
+                    format!(
+                        "the log no longer holds agent {name:?}'s events from that far back \
+                         (retention purged them); ask for a later start"
+                    ),
+                )));
+            }
+        };
+        if let Some((_, start)) = from.take().filter(|(a, _)| a == name) {
+            found.retain(|i| i.start.to_unix_ms() / 1000 > start);
+        }
+        if let Some(n) = changed_since {
+            found.retain(|i| i.changed_by > n);
+        }
+        for interval in found {
+            if data.len() == limit {
+                let last: &AgentInterval = data.last().expect("a full page");
+                next_after = Some(format!("{}@{}", last.username, last.start));
+                return Ok(Json(Intervals {
+                    as_of_sequence,
+                    data,
+                    next_after,
+                }));
+            }
+            data.push(interval);
+        }
+    }
+    if !scanned_all && let Some(last) = names.last() {
+        // More agents than a page reads: the next page goes on after this one's last.
+        next_after = Some(format!("{last}@99991231235959"));
+    }
+    Ok(Json(Intervals {
+        as_of_sequence,
+        data,
+        next_after,
+    }))
+}
+
+/// `after`: `<username>@<yyyyMMddHHmmss>` (the last interval a page held).
+fn cursor(text: &str) -> Result<(String, i64), ApiError> {
+    text.rsplit_once('@')
+        .and_then(|(name, start)| {
+            let t = Timestamp::parse(start).ok()?;
+            Some((name.to_string(), t.to_unix_ms() / 1000))
+        })
+        .ok_or_else(|| ApiError::invalid("after", "must be the next_after of a previous page"))
 }
 
 fn not_found(username: &str) -> ApiError {

@@ -238,6 +238,26 @@ pub enum Agents {
         #[arg(long)]
         as_of: Option<i64>,
     },
+    /// Intervals for WFM: signed-in time, time on a work item and by activity, per agent
+    Intervals {
+        /// Interval size in seconds: 900, 1800 or 3600
+        #[arg(long, default_value_t = 900)]
+        size: i64,
+        /// From (yyyyMMddHHmmss, UTC)
+        #[arg(long)]
+        since: String,
+        /// Up to (yyyyMMddHHmmss, UTC), at most 31 days after --since
+        #[arg(long)]
+        until: String,
+        /// One agent only
+        #[arg(long)]
+        username: Option<String>,
+        /// Only intervals changed by events after this sequence
+        #[arg(long)]
+        changed_since_sequence: Option<i64>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Live counts of the signed-in agents, by a group field of the catalog
     Counts {
         /// A field of the catalog's [agents] group_fields [default: the whole tenant]
@@ -363,6 +383,13 @@ const DELIVERY_COLUMNS: &[&str] = &[
     "attempt_count",
     "last_status_code",
     "next_attempt_at",
+];
+const INTERVAL_COLUMNS: &[&str] = &[
+    "username",
+    "start",
+    "signed_in_secs",
+    "on_work_item_secs",
+    "revision",
 ];
 const AGENT_COLUMNS: &[&str] = &[
     "username",
@@ -591,6 +618,28 @@ impl Client {
                     let q = query(&[("as_of", as_of.map(|n| n.to_string()))]);
                     let path = format!("{t}/agents/{}{q}", seg(username));
                     req(M::GET, path, None, Show::Object)
+                }
+                Agents::Intervals {
+                    size,
+                    since,
+                    until,
+                    username,
+                    changed_since_sequence,
+                    page,
+                } => {
+                    let mut pairs = vec![
+                        ("size", Some(size.to_string())),
+                        ("since", Some(since.clone())),
+                        ("until", Some(until.clone())),
+                        ("username", username.clone()),
+                        (
+                            "changed_since_sequence",
+                            changed_since_sequence.map(|n| n.to_string()),
+                        ),
+                    ];
+                    pairs.extend(page.pairs());
+                    let path = format!("{t}/agents/intervals{}", query(&pairs));
+                    req(M::GET, path, None, Show::Table(INTERVAL_COLUMNS))
                 }
                 Agents::Counts { by } => {
                     let q = query(&[("by", by.clone())]);

@@ -131,6 +131,35 @@ async fn every_client_command_answers_what_the_api_answers() {
         run(vec!["agents", "get", "jdoe", "--as-of", "1"]).await,
         get(&app, "/v1/tenants/default/agents/jdoe?as_of=1").await
     );
+    let counts = run(vec!["agents", "counts"]).await;
+    assert_eq!(counts, get(&app, "/v1/tenants/default/agents/counts").await);
+    assert!(
+        counts["groups"][0]["signed_in"].as_u64().unwrap() > 0,
+        "{counts}"
+    );
+    let (since, until) = ("20000101000000", "20000131000000");
+    assert_eq!(
+        run(vec![
+            "agents",
+            "intervals",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--size",
+            "3600",
+            "--limit",
+            "5"
+        ])
+        .await,
+        get(
+            &app,
+            &format!(
+                "/v1/tenants/default/agents/intervals?since={since}&until={until}&size=3600&limit=5"
+            )
+        )
+        .await
+    );
 
     // Subscriptions.
     let sub = run(vec![

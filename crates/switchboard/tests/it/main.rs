@@ -16,6 +16,7 @@ mod delivery;
 mod filters;
 mod groups;
 mod ingest;
+mod intervals;
 mod jobs;
 mod lag;
 mod limits;
