@@ -22,6 +22,7 @@ run --events 3000 --subscriptions 100               # fan-out to 100 subscriptio
 run --pending 1000000                               # RSS ≤ 150 MiB; restart to first delivery ≤ 5 s
 run --events 10000 --rate 1000 --expired 1000000    # p99 ≤ 25 ms while a million expired events are purged
 run --events 10000 --rate 1000 --streams 100 --agents 10000   # stream p99 ≤ 50 ms (100 consumers); GET …/agents ≤ 50 ms with 10,000 agents
+run --events 10000 --rate 1000 --counts-streams 10 --agents 10000   # counts stream p99 commit→consumer ≤ 50 ms (DESIGN §18)
 run --events 20000 --database-url "$pg"            # PostgreSQL, one node: deliveries/s, CPU per delivery by process
 run --events 20000 --database-url "$pg" --nodes 2  # two nodes on one database
 run --events 10000 --rate 1000 --database-url "$pg"   # PostgreSQL, p99 ingest→receiver at 1,000/s

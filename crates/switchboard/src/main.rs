@@ -199,6 +199,10 @@ struct BenchArgs {
     /// Consumers of the events stream, each receiving every event (reports ingest→stream)
     #[arg(long, value_name = "N", default_value_t = 0)]
     streams: usize,
+    /// Consumers of the counts stream by Team, opened before the load (reports ingest→counts;
+    /// the events then carry a Team and move each agent through four activities)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    counts_streams: usize,
     /// Distinct agents the events come from (`GET …/agents` is timed with them at the end)
     #[arg(long, value_name = "N", default_value_t = 500)]
     agents: usize,
@@ -619,6 +623,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     progress: !a.json,
                     expired: a.expired,
                     streams: a.streams,
+                    counts_streams: a.counts_streams,
                     agents: a.agents,
                     nodes: a.nodes,
                     delivery_batch: a.delivery_batch,

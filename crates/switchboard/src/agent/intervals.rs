@@ -106,8 +106,9 @@ pub struct Builder {
     segments: Vec<(i64, Key, i64)>,
     /// (time, event code, sequence) of the work item events.
     counted: Vec<(i64, u32, i64)>,
-    /// Revisions by interval start.
-    revisions: BTreeMap<i64, u32>,
+    /// Revisions, as changes at interval starts: +1 where a run of revised intervals begins,
+    /// -1 where it ends (a backfill in many commits revises long runs; each is one entry).
+    revisions: BTreeMap<i64, i64>,
 }
 
 impl Builder {
@@ -131,27 +132,35 @@ impl Builder {
         b
     }
 
+    fn revise(&mut self, from: i64, to: i64) {
+        if from < to {
+            *self.revisions.entry(from).or_default() += 1;
+            *self.revisions.entry(to).or_default() -= 1;
+        }
+    }
+
     /// One commit's events of this agent (in sequence order), received at `received` (unix
     /// seconds).
     pub fn commit(&mut self, events: &[(i64, &Event)], received: i64) {
-        // The intervals this commit can change after they ended: from its first event's
-        // interval up to the last one that ended by `received`.
-        let first = events
-            .iter()
-            .map(|(_, e)| e.creation.to_unix_ms() / 1000)
-            .min();
-        let ended: Vec<i64> = match first {
-            Some(t) => {
-                let from = self.window.start_of(t).max(self.window.since);
-                let to = (received - self.window.size).min(self.window.until - 1);
-                (from..=to.max(from - 1))
-                    .step_by(self.window.size as usize)
-                    .filter(|s| s + self.window.size <= received)
-                    .collect()
-            }
-            None => Vec::new(),
+        let times = || events.iter().map(|(_, e)| e.creation.to_unix_ms() / 1000);
+        let (Some(first), Some(last)) = (times().min(), times().max()) else {
+            return;
         };
-        let before: Vec<Figures> = ended.iter().map(|s| self.figures(*s, i64::MAX)).collect();
+        let w = self.window;
+        // Intervals that had ended by `received` (those starting before `ended_by`) can be
+        // revised: the ones holding the commit's events are compared whole, before and after;
+        // each one after them changes if and only if the state the agent was left in did.
+        let ended_by = (received - w.size).div_euclid(w.size) * w.size + w.size;
+        let ended_by = ended_by.min(w.until);
+        let (from, through) = (w.start_of(first).max(w.since), w.start_of(last));
+        let compared: Vec<i64> = (from..=through.max(from - 1))
+            .step_by(w.size as usize)
+            .filter(|s| *s < ended_by)
+            .collect();
+        let before: Vec<Figures> = (compared.iter())
+            .map(|s| self.figures(*s, i64::MAX))
+            .collect();
+        let left_in = self.segments.last().map(|s| s.1.clone());
         for (sequence, event) in events {
             let Some(next) = apply(self.state.as_ref(), event, *sequence) else {
                 continue;
@@ -173,10 +182,14 @@ impl Builder {
             }
             self.state = Some(next);
         }
-        for (start, old) in ended.iter().zip(before) {
+        for (start, old) in compared.iter().zip(before) {
             if self.figures(*start, i64::MAX) != old {
-                *self.revisions.entry(*start).or_default() += 1;
+                self.revise(*start, start + w.size);
             }
+        }
+        let now_in = self.segments.last().map(|s| s.1.clone());
+        if left_in.flatten() != now_in.flatten() {
+            self.revise((through + w.size).max(w.since), ended_by);
         }
     }
 
@@ -241,9 +254,12 @@ impl Builder {
             return out;
         };
         let mut start = first;
+        // The revisions' changes before the first interval shown, summed.
+        let mut revision: i64 = self.revisions.range(..start).map(|(_, d)| d).sum();
         while start < w.until && start < w.horizon {
             let f = self.figures(start, w.horizon);
-            let revision = self.revisions.get(&start).copied().unwrap_or(0);
+            revision += self.revisions.get(&start).copied().unwrap_or(0);
+            let revision = u32::try_from(revision).unwrap_or(0);
             // An interval with no signed-in time is left out — unless a late event emptied it
             // after it had ended: a consumer holding its earlier figures must hear of it.
             if f.signed_in_secs > 0 || revision > 0 {

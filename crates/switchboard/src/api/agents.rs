@@ -144,7 +144,7 @@ struct Intervals {
 /// Most days between `since` and `until`.
 const MAX_INTERVAL_DAYS: i64 = 31;
 /// Agents whose history one page reads at most (each may have no interval in the window).
-const INTERVAL_AGENTS_PER_PAGE: u32 = 1_000;
+const INTERVAL_AGENTS_PER_PAGE: u32 = 200;
 
 /// Intervals of the agents' timelines for WFM: signed-in time, time on a work item, time by
 /// activity and work items, per agent and interval.

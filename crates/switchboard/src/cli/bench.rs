@@ -49,6 +49,10 @@ pub struct Options {
     pub streams: usize,
     /// Distinct agents the events come from (their `Username`s).
     pub agents: usize,
+    /// Consumers of the counts stream by `Team` (DESIGN §18), opened before the load: the
+    /// events then carry a `Team` (one of ten) and move each agent through four activities, and
+    /// the in-process server's catalog groups by `Team`.
+    pub counts_streams: usize,
     /// In-process servers sharing the PostgreSQL database (`database_url`); the clients are
     /// split evenly over them.
     pub nodes: usize,
@@ -93,6 +97,7 @@ impl Default for Options {
             progress: false,
             expired: 0,
             streams: 0,
+            counts_streams: 0,
             agents: 500,
             nodes: 1,
         }
@@ -272,6 +277,10 @@ pub struct Report {
     /// event and consumer.
     pub streams: usize,
     pub ingest_to_stream_ms: Option<Percentiles>,
+    /// Counts-stream consumers, and from the (scheduled) send of each event to the first
+    /// counts message as of its sequence or later, per event and consumer.
+    pub counts_streams: usize,
+    pub ingest_to_counts_ms: Option<Percentiles>,
     /// `GET …/agents` after the run: the agents there were, and the latency of a default page
     /// (100) and of a page of 1,000.
     pub agents: usize,
@@ -341,6 +350,11 @@ async fn time_gets(
 /// The receiver's shared state.
 struct Receiver {
     sent: Mutex<HashMap<Uuid, Instant>>,
+    /// Per counts-stream consumer: the events accepted and not yet counted in a message, by
+    /// sequence, with when they were sent.
+    counted: Vec<Mutex<std::collections::BTreeMap<i64, Instant>>>,
+    /// Every event has been accepted.
+    all_accepted: std::sync::atomic::AtomicBool,
     latency: Mutex<Histogram<u64>>,
     seen: Mutex<std::collections::HashSet<(Uuid, String)>>,
     arrived: Notify,
@@ -427,7 +441,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     {
         bail!("--otlp-ratio is a ratio from 0 to 1, for the in-process server (no --url)");
     }
-    let (state, receiver_addr) = start_receiver(opts.events, opts.receiver_auth).await?;
+    let (state, receiver_addr) =
+        start_receiver(opts.events, opts.receiver_auth, opts.counts_streams).await?;
     if let Some(ratio) = opts.otlp_ratio {
         crate::otel::install_for_bench(&format!("http://{receiver_addr}"), ratio)?;
     }
@@ -462,6 +477,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             .context("creating a subscription")?;
     }
     let consumers = open_streams(&opts, base, admin_key, &state).await?;
+    let counters = open_counts_streams(&opts, base, admin_key, &state).await?;
     // Events are posted as a producer would: with a tenant key that may only publish.
     let key = publish_key(base, admin_key).await?;
     let requests = Arc::new(request_bodies(&opts)?);
@@ -498,6 +514,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 .await
                 .context("the stream consumers did not get every event within 60 s")???;
             all.add(&h)?;
+        }
+        Some(Percentiles::of(&all))
+    };
+    state
+        .all_accepted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ingest_to_counts_ms = if counters.is_empty() {
+        None
+    } else {
+        let mut all = histogram();
+        for c in counters {
+            all.add(&c.await??)?;
         }
         Some(Percentiles::of(&all))
     };
@@ -562,6 +590,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         server_peak_rss_mib,
         expired,
         streams: opts.streams,
+        counts_streams: opts.counts_streams,
+        ingest_to_counts_ms,
         ingest_to_stream_ms,
         agents: opts.agents.min(opts.events),
         agents_page_ms,
@@ -575,9 +605,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 async fn start_receiver(
     events: usize,
     auth: ReceiverAuth,
+    counts_streams: usize,
 ) -> anyhow::Result<(Arc<Receiver>, SocketAddr)> {
     let state = Arc::new(Receiver {
         sent: Mutex::new(HashMap::with_capacity(events)),
+        counted: (0..counts_streams).map(|_| Mutex::default()).collect(),
+        all_accepted: Default::default(),
         latency: Mutex::new(histogram()),
         seen: Mutex::default(),
         arrived: Notify::new(),
@@ -643,6 +676,11 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
             };
             config.database_url = database.as_ref().map(|d| d.url.clone()).unwrap_or_default();
             config.admin_key = crate::auth::generate_key("sb_admin_");
+            if opts.counts_streams > 0 {
+                let catalog = dir.path().join("catalog.toml");
+                std::fs::write(&catalog, "[agents]\ngroup_fields = [\"Team\"]\n")?;
+                config.catalog_file = catalog.display().to_string();
+            }
             config.log_level = "warn".into();
             let key = config.admin_key.clone();
             if opts.expired > 0 {
@@ -716,6 +754,112 @@ async fn open_streams(
     Ok(consumers)
 }
 
+/// Counts-stream consumers (`--counts-streams`), by `Team`, each on a connection of its own.
+async fn open_counts_streams(
+    opts: &Options,
+    base: &str,
+    admin_key: &str,
+    state: &Arc<Receiver>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>> {
+    let mut consumers = Vec::new();
+    for i in 0..opts.counts_streams {
+        let mut response = reqwest::Client::new()
+            .get(format!(
+                "{base}/v1/tenants/default/agents/counts/stream?by=Team"
+            ))
+            .bearer_auth(admin_key)
+            .send()
+            .await?;
+        if response.status() != StatusCode::OK {
+            bail!(
+                "opening a counts stream: {} (does the server's catalog group by Team?)",
+                response.status()
+            );
+        }
+        // The snapshot first: the load starts after it.
+        let mut buffer = String::new();
+        while !buffer.contains("\n\n") {
+            let chunk = response.chunk().await?.context("the counts stream ended")?;
+            buffer.push_str(std::str::from_utf8(&chunk)?);
+        }
+        let snapshot_end = buffer.find("\n\n").unwrap_or(0) + 2;
+        buffer.drain(..snapshot_end);
+        consumers.push(tokio::spawn(consume_counts(
+            response,
+            buffer,
+            state.clone(),
+            i,
+            opts.events,
+        )));
+    }
+    Ok(consumers)
+}
+
+/// Reads counts messages; each takes in the events up to its `as_of_sequence`: their latency is
+/// from their send to its receipt. Ends when every event was taken in, or when every event was
+/// accepted and no message came for two seconds (a last commit whose changes cancelled out).
+async fn consume_counts(
+    mut response: reqwest::Response,
+    mut buffer: String,
+    state: Arc<Receiver>,
+    me: usize,
+    want: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut latency = histogram();
+    let mut got = 0;
+    while got < want {
+        let chunk = match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
+            Ok(chunk) => chunk?,
+            Err(_) if state.all_accepted.load(std::sync::atomic::Ordering::SeqCst) => break,
+            Err(_) => continue,
+        };
+        let Some(chunk) = chunk else {
+            bail!("a counts stream ended after {got} of {want} events");
+        };
+        buffer.push_str(std::str::from_utf8(&chunk)?);
+        let now = Instant::now();
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            const AS_OF: &str = "\"as_of_sequence\":";
+            let Some(at) = message.find(AS_OF) else {
+                continue;
+            };
+            let digits: String = message[at + AS_OF.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let as_of: i64 = digits.parse().unwrap_or(0);
+            let mut pending = state.counted[me].lock().expect("lock");
+            let later = pending.split_off(&(as_of + 1));
+            for sent in pending.values() {
+                let us = now.saturating_duration_since(*sent).as_micros().max(1) as u64;
+                let _ = latency.record(us);
+                got += 1;
+            }
+            *pending = later;
+        }
+    }
+    Ok(latency)
+}
+
+/// An Agent StatusChanged event for `--counts-streams`: agents in ten teams, each event moving
+/// its agent to the next of four activities, so that (nearly) every event changes a count.
+pub(crate) fn counts_event(id: Uuid, n: usize, agents: usize) -> Value {
+    let agents = agents.max(1);
+    let agent = n % agents;
+    let (activity, availability) = [(16, 1), (0, 0), (34, 0), (36, 0)][(n / agents) % 4];
+    json!({
+        "Id": id,
+        "Category": 1, "Code": 3,
+        "AdditionalFields": {
+            "SessionId": format!("S-{agent}"), "SessionType": "CCA",
+            "Username": format!("agent{agent}"), "PhoneNo": "+15551230001",
+            "Team": format!("team{}", agent % 10),
+            "ActivityCode": activity, "AvailabilityCode": availability, "ActivityName": ""
+        }
+    })
+}
+
 /// Every request body, made before the clock starts, so that the bench's own work competes as
 /// little as possible with the server it measures (as with wrk's fixed bodies).
 fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>)>> {
@@ -728,7 +872,10 @@ fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>
             let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
             let events: Vec<Value> = (first..first + count)
                 .zip(&ids)
-                .map(|(n, id)| bench_event(*id, n, opts.agents))
+                .map(|(n, id)| match opts.counts_streams {
+                    0 => bench_event(*id, n, opts.agents),
+                    _ => counts_event(*id, n, opts.agents),
+                })
                 .collect();
             let body = if opts.batch == 1 {
                 serde_json::to_vec(&events[0])
@@ -809,6 +956,18 @@ async fn drive(
                     bail!("ingest answered {}: {}", r.status(), r.text().await?);
                 }
                 let us = scheduled.elapsed().as_micros().max(1) as u64;
+                if !state.counted.is_empty() {
+                    // The sequences each counts consumer waits to see taken in.
+                    let answer: Value = r.json().await?;
+                    let sequences: Vec<i64> = (answer["events"].as_array().into_iter())
+                        .flatten()
+                        .filter_map(|e| e["sequence"].as_i64())
+                        .collect();
+                    for consumer in &state.counted {
+                        let mut pending = consumer.lock().expect("lock");
+                        pending.extend(sequences.iter().map(|s| (*s, scheduled)));
+                    }
+                }
                 let _ = ingest.lock().expect("lock").record(us);
                 accepted.fetch_add(count, std::sync::atomic::Ordering::SeqCst);
             }
@@ -1026,12 +1185,19 @@ impl Report {
             self.cpu.load_secs,
             per(self.cpu.load_secs),
         );
-        let streams = self
+        let mut streams = self
             .ingest_to_stream_ms
             .as_ref()
             .map_or(String::new(), |s| {
                 format!("\ningest→stream     {} ({} consumers)", p(s), self.streams)
             });
+        if let Some(s) = &self.ingest_to_counts_ms {
+            streams.push_str(&format!(
+                "\ningest→counts     {} ({} consumers, by Team)",
+                p(s),
+                self.counts_streams
+            ));
+        }
         format!(
             "switchboard bench: {} events, batch {}, concurrency {}, {} subscription(s), {rate}\n\
              accepted          {} in {:.2} s = {:.0} events/s\n\

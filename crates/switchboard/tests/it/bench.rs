@@ -215,6 +215,28 @@ async fn the_bench_measures_redacting_subscriptions() {
 }
 
 #[tokio::test]
+async fn the_bench_times_the_counts_stream_for_every_event() {
+    let data = TestData::new().await;
+    let report = run(Options {
+        events: 300,
+        concurrency: 4,
+        agents: 40,
+        counts_streams: 2,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    let counts = report
+        .ingest_to_counts_ms
+        .as_ref()
+        .expect("counts measured");
+    assert_eq!(report.counts_streams, 2);
+    assert!(counts.p50 > 0.0 && counts.max >= counts.p99, "{counts:?}");
+    assert!(report.text().contains("ingest→counts"), "{}", report.text());
+}
+
+#[tokio::test]
 async fn a_backlog_run_stores_everything_first_then_times_the_drain() {
     let data = TestData::new().await;
     let report = run(Options {

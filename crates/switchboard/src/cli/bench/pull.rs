@@ -252,7 +252,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // 3. Ingest with 10 subscriptions of each kind, fresh servers, interleaved.
     let (receiver, addr) =
-        start_receiver(opts.ingest_events * 10, super::ReceiverAuth::None).await?;
+        start_receiver(opts.ingest_events * 10, super::ReceiverAuth::None, 0).await?;
     drop(receiver);
     let (mut push, mut pull) = (Vec::new(), Vec::new());
     for kind in ["push", "pull", "push", "pull"] {
