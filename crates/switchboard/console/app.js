@@ -1063,7 +1063,15 @@ const COUNT_COLUMNS = [
 ];
 
 async function countsByGroup(section, q, signal) {
-  const fields = (await loadCatalog()).group_fields || [];
+  let fields = [];
+  try {
+    fields = (await loadCatalog()).group_fields || [];
+  } catch (err) {
+    section.replaceChildren(h("p", { class: "muted" }, `Counts unavailable: ${describe(err)}`));
+    return;
+  }
+  // The page was left while the catalog loaded.
+  if (signal.aborted) return;
   let by = fields.includes(q.get("by")) ? q.get("by") : "";
   const groups = new Map();
   let follower = null;
@@ -1103,7 +1111,8 @@ async function countsByGroup(section, q, signal) {
   const start = () => {
     follower?.abort();
     follower = new AbortController();
-    signal.addEventListener("abort", () => follower.abort(), { once: true });
+    const mine = follower;
+    signal.addEventListener("abort", () => mine.abort(), { once: true });
     groups.clear();
     const path = t(`/agents/counts/stream${by ? `?by=${encodeURIComponent(by)}` : ""}`);
     follow(

@@ -146,6 +146,12 @@ impl Builder {
         let (Some(first), Some(last)) = (times().min(), times().max()) else {
             return;
         };
+        // Events older than the state change nothing (§9): nothing before it is compared.
+        let floor = self
+            .state
+            .as_ref()
+            .map_or(i64::MIN, |a| a.last_event_at.to_unix_ms() / 1000);
+        let (first, last) = (first.max(floor), last.max(floor));
         let w = self.window;
         // Intervals that had ended by `received` (those starting before `ended_by`) can be
         // revised: the ones holding the commit's events are compared whole, before and after;

@@ -194,16 +194,7 @@ async fn intervals(
         "changed_since_sequence",
         "a sequence number (a non-negative integer)",
     )?;
-    let limit = match p.parse::<usize>("limit", "an integer from 1 to 10000")? {
-        None => 1000,
-        Some(n @ 1..=MAX_TIMELINE_LIMIT) => n,
-        Some(n) => {
-            return Err(ApiError::invalid(
-                "limit",
-                format!("must be from 1 to 10000, got {n}"),
-            ));
-        }
-    };
+    let limit = long_page(&mut p)?;
     let after = p.take("after").map(|a| cursor(&a)).transpose()?;
     p.finish()?;
     if until <= since {
@@ -221,19 +212,38 @@ async fn intervals(
             "must be a non-negative integer",
         ));
     }
+    if let (Some(u), Some((a, _))) = (&username, &after)
+        && a != u
+    {
+        return Err(ApiError::invalid(
+            "after",
+            "is the next_after of a page of another username",
+        ));
+    }
     let _turn = state.reads.enter(&tenant).await?;
-    let as_of_sequence = state.store.last_sequence(&tenant).await?;
+    // As of the projection: every agent it lists has its events through this sequence.
+    let as_of_sequence = state.store.agents_through(&tenant).await?;
     let now = Timestamp::now().to_unix_ms() / 1000;
     let window = Window::new(since, until, size, now);
+    // An interval that had not ended when sequence N was received may have grown since by
+    // time alone: an incremental load gets it again.
+    let open_after = match changed_since {
+        Some(n) => state
+            .store
+            .received_at(&tenant, n)
+            .await?
+            .map(|ms| ms / 1000),
+        None => None,
+    };
     let max = state.settings.max_history_events;
     // The agents, by username: the cursor's own first (what is left of it), then those after.
     let mut names: Vec<String> = Vec::new();
     let mut from: Option<(String, i64)> = after.clone();
+    let mut scanned_all = true;
     match (&username, &after) {
-        (Some(u), Some((a, _))) if a != u => {}
         (Some(u), _) => names.push(u.clone()),
-        (None, Some((a, _))) => names.push(a.clone()),
-        (None, None) => {}
+        (None, Some((a, start))) if *start < END_OF_AGENT => names.push(a.clone()),
+        _ => {}
     }
     if username.is_none() {
         let q = AgentQuery {
@@ -242,9 +252,9 @@ async fn intervals(
             ..AgentQuery::default()
         };
         let (agents, _) = state.store.list_agents(&tenant, &q).await?;
+        scanned_all = agents.len() < INTERVAL_AGENTS_PER_PAGE as usize;
         names.extend(agents.into_iter().map(|a| a.username));
     }
-    let scanned_all = names.len() < INTERVAL_AGENTS_PER_PAGE as usize;
     let mut data = Vec::new();
     let mut next_after = None;
     for name in &names {
@@ -270,7 +280,11 @@ async fn intervals(
             found.retain(|i| i.start.to_unix_ms() / 1000 > start);
         }
         if let Some(n) = changed_since {
-            found.retain(|i| i.changed_by > n);
+            // Sequence N unknown here (purged, or not yet written): every interval.
+            found.retain(|i| {
+                let end = i.start.to_unix_ms() / 1000 + i.size_secs;
+                i.changed_by > n || open_after.is_none_or(|at| end > at)
+            });
         }
         for interval in found {
             if data.len() == limit {
@@ -287,7 +301,7 @@ async fn intervals(
     }
     if !scanned_all && let Some(last) = names.last() {
         // More agents than a page reads: the next page goes on after this one's last.
-        next_after = Some(format!("{last}@99991231235959"));
+        next_after = Some(format!("{last}@{END_OF_AGENT_TEXT}"));
     }
     Ok(Json(Intervals {
         as_of_sequence,
@@ -295,6 +309,11 @@ async fn intervals(
         next_after,
     }))
 }
+
+/// The start in a cursor that says an agent is done with.
+const END_OF_AGENT_TEXT: &str = "99991231235959";
+/// [`END_OF_AGENT_TEXT`] in unix seconds.
+const END_OF_AGENT: i64 = 253_402_300_799;
 
 /// `after`: `<username>@<yyyyMMddHHmmss>` (the last interval a page held).
 fn cursor(text: &str) -> Result<(String, i64), ApiError> {
@@ -378,8 +397,20 @@ struct Timeline {
     next_after: Option<String>,
 }
 
-/// Most intervals a timeline page holds.
+/// Most intervals a timeline (or intervals) page holds.
 const MAX_TIMELINE_LIMIT: usize = 10_000;
+
+/// `limit` of a timeline or intervals page: 1 to 10,000, 1,000 by default.
+fn long_page(p: &mut Params) -> Result<usize, ApiError> {
+    match p.parse::<usize>("limit", "an integer from 1 to 10000")? {
+        None => Ok(1000),
+        Some(n @ 1..=MAX_TIMELINE_LIMIT) => Ok(n),
+        Some(n) => Err(ApiError::invalid(
+            "limit",
+            format!("must be from 1 to 10000, got {n}"),
+        )),
+    }
+}
 
 /// An agent's state intervals in a window (on `CreationDateUtc`).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/agents/{username}/timeline", tag = "agents",
@@ -409,16 +440,7 @@ async fn timeline(
     let since = timestamp("since")?
         .ok_or_else(|| ApiError::invalid("since", "is required (yyyyMMddHHmmss, UTC)"))?;
     let until = timestamp("until")?;
-    let limit = match p.parse::<usize>("limit", "an integer from 1 to 10000")? {
-        None => 1000,
-        Some(n @ 1..=MAX_TIMELINE_LIMIT) => n,
-        Some(n) => {
-            return Err(ApiError::invalid(
-                "limit",
-                format!("must be from 1 to 10000, got {n}"),
-            ));
-        }
-    };
+    let limit = long_page(&mut p)?;
     let after: usize = p
         .parse("after", "the next_after of a previous page")?
         .unwrap_or(0);

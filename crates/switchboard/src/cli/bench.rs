@@ -737,14 +737,7 @@ async fn open_streams(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>> {
     let mut consumers = Vec::new();
     for _ in 0..opts.streams {
-        let response = reqwest::Client::new()
-            .get(format!("{base}/v1/tenants/default/events/stream"))
-            .bearer_auth(admin_key)
-            .send()
-            .await?;
-        if response.status() != StatusCode::OK {
-            bail!("opening an events stream: {}", response.status());
-        }
+        let response = open_stream(base, "events/stream", admin_key).await?;
         consumers.push(tokio::spawn(consume_stream(
             response,
             state.clone(),
@@ -752,6 +745,22 @@ async fn open_streams(
         )));
     }
     Ok(consumers)
+}
+
+/// A stream of the tenant `default` (`path` after `…/default/`), on a connection of its own.
+async fn open_stream(base: &str, path: &str, key: &str) -> anyhow::Result<reqwest::Response> {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/tenants/default/{path}"))
+        .bearer_auth(key)
+        .send()
+        .await?;
+    if response.status() != StatusCode::OK {
+        bail!(
+            "opening {path}: {} (for counts: does the server's catalog group by Team?)",
+            response.status()
+        );
+    }
+    Ok(response)
 }
 
 /// Counts-stream consumers (`--counts-streams`), by `Team`, each on a connection of its own.
@@ -763,19 +772,7 @@ async fn open_counts_streams(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>> {
     let mut consumers = Vec::new();
     for i in 0..opts.counts_streams {
-        let mut response = reqwest::Client::new()
-            .get(format!(
-                "{base}/v1/tenants/default/agents/counts/stream?by=Team"
-            ))
-            .bearer_auth(admin_key)
-            .send()
-            .await?;
-        if response.status() != StatusCode::OK {
-            bail!(
-                "opening a counts stream: {} (does the server's catalog group by Team?)",
-                response.status()
-            );
-        }
+        let mut response = open_stream(base, "agents/counts/stream?by=Team", admin_key).await?;
         // The snapshot first: the load starts after it.
         let mut buffer = String::new();
         while !buffer.contains("\n\n") {

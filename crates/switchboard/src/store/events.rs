@@ -176,6 +176,23 @@ impl Store {
     }
 
     /// `tenant`'s last sequence: every event up to it is committed and readable.
+    /// When the event of `tenant` with `sequence` was received (unix ms), if the log holds it.
+    pub async fn received_at(
+        &self,
+        tenant: &str,
+        sequence: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .0
+            .db
+            .query_one(
+                "SELECT received_at FROM events WHERE tenant_id = $1 AND sequence = $2",
+                &args![tenant, sequence],
+            )
+            .await?;
+        row.map(|r| r.int(0)).transpose()
+    }
+
     pub async fn last_sequence(&self, tenant: &str) -> Result<i64, StoreError> {
         let row = self
             .0

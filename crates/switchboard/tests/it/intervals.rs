@@ -151,6 +151,31 @@ async fn a_shift_in_quarter_hours_and_a_late_event_that_revises_it() {
 }
 
 #[tokio::test]
+async fn an_interval_still_open_at_the_last_load_comes_back_as_time_goes_on() {
+    let app = TestApp::spawn().await;
+    let stamp = |secs: i64| switchboard::event::Timestamp::from_unix_ms(secs * 1000).to_string();
+    let now = switchboard::event::Timestamp::now().to_unix_ms() / 1000;
+    // Signed in a minute ago, nothing since: the current interval grows with time alone.
+    app.publish_ok("default", &json!([ev(1, &stamp(now - 60), json!({}))]))
+        .await;
+    let window = format!("since={}&until={}", stamp(now - 3600), stamp(now + 3600));
+    let full = intervals(&app, &window).await;
+    let last = full["data"].as_array().unwrap().last().unwrap().clone();
+    let n = full["as_of_sequence"].as_i64().unwrap();
+    assert_eq!(n, 1);
+    // No event since sequence 1, but the interval open when it was received may have grown.
+    let again = intervals(&app, &format!("{window}&changed_since_sequence={n}")).await;
+    let starts: Vec<&Value> = again["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["start"])
+        .collect();
+    assert!(starts.contains(&&last["start"]), "{again}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn bad_interval_requests_are_refused_naming_the_field() {
     let app = TestApp::spawn().await;
     for (query, field) in [
@@ -165,6 +190,10 @@ async fn bad_interval_requests_are_refused_naming_the_field() {
             "after",
         ),
         ("since=20261201080000&until=20261201100000&limit=0", "limit"),
+        (
+            "since=20261201080000&until=20261201100000&username=bob&after=alice@20261201080000",
+            "after",
+        ),
         (
             "since=20261201080000&until=20261201100000&changed_since_sequence=-1",
             "changed_since_sequence",
