@@ -14,6 +14,7 @@ mod keys;
 pub mod limits;
 mod me;
 mod pull;
+mod rules;
 pub mod streams;
 mod subscriptions;
 mod tenants;
@@ -72,6 +73,7 @@ pub struct AppState {
 pub struct Settings {
     pub max_subscriptions_per_tenant: u32,
     pub max_jobs_per_tenant: u32,
+    pub max_rules_per_tenant: u32,
     /// The hash of `metrics_key`: `/metrics` needs it (or the admin key) when set.
     pub metrics_key_hash: Option<String>,
     pub stream_buffer_bytes: usize,
@@ -92,6 +94,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .merge(deliveries::router())
         .merge(jobs::router())
         .merge(agents::router())
+        .merge(rules::router())
         .merge(catalog::router())
         .merge(me::router())
         .merge(console::router())

@@ -68,6 +68,8 @@ pub struct Config {
     pub max_subscriptions_per_tenant: u32,
     /// Jobs (long replays, cancels) one tenant may have queued or running at once.
     pub max_jobs_per_tenant: u32,
+    /// Rules one tenant may have (DESIGN §18).
+    pub max_rules_per_tenant: u32,
     /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
     pub max_history_events: u64,
     /// Expensive reads (log pages, agent rebuilds) one tenant runs at once on this node; more
@@ -236,6 +238,7 @@ impl Config {
                 u64::from(self.max_subscriptions_per_tenant),
             ),
             ("max_jobs_per_tenant", u64::from(self.max_jobs_per_tenant)),
+            ("max_rules_per_tenant", u64::from(self.max_rules_per_tenant)),
             ("max_history_events", self.max_history_events),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {

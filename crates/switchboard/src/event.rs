@@ -223,6 +223,13 @@ pub fn validate(
             );
             None
         }
+        Ok(n) if n == i64::from(catalog::DERIVED) => {
+            err(
+                "Category",
+                "category 5 is reserved for Switchboard's derived events (rules)".into(),
+            );
+            None
+        }
         Ok(n) => match u8::try_from(n)
             .ok()
             .and_then(|c| catalog.category(c).map(|s| (c, s)))

@@ -47,6 +47,7 @@ pub mod jobs;
 pub mod lag;
 pub mod otel;
 pub mod redact;
+pub mod rule;
 pub mod secrets;
 pub mod store;
 pub mod subscription;
@@ -178,6 +179,7 @@ pub async fn run_with(
         settings: Arc::new(api::Settings {
             max_subscriptions_per_tenant: config.max_subscriptions_per_tenant,
             max_jobs_per_tenant: config.max_jobs_per_tenant,
+            max_rules_per_tenant: config.max_rules_per_tenant,
             metrics_key_hash: (!config.metrics_key.is_empty())
                 .then(|| auth::hash_key(&config.metrics_key)),
             stream_buffer_bytes: usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),

@@ -96,6 +96,13 @@ enum Command {
         #[command(flatten)]
         global: commands::Global,
     },
+    /// Rules that raise derived events (Category 5) when agents or groups stay in a state
+    Rules {
+        #[command(subcommand)]
+        command: commands::Rules,
+        #[command(flatten)]
+        global: commands::Global,
+    },
 }
 
 #[derive(Args)]
@@ -442,6 +449,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Keys { command, global } => client(commands::Client::Keys(command), global).await,
         Command::Jobs { command, global } => client(commands::Client::Jobs(command), global).await,
+        Command::Rules { command, global } => {
+            client(commands::Client::Rules(command), global).await
+        }
         Command::Openapi => {
             print!("{}", switchboard::api::doc::document());
             Ok(())

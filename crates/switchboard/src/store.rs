@@ -38,6 +38,7 @@ mod lag;
 mod postgres;
 mod pull;
 mod retention;
+mod rules;
 mod secrets;
 mod sql;
 mod sqlite;
@@ -214,6 +215,7 @@ impl Store {
                 (|| Command::FoldAgents) as fn() -> Command,
             ),
             (usernames::INDEX_TICK, || Command::IndexUsernames),
+            (rules::RULES_TICK, || Command::Rules(None)),
         ] {
             let writer = o.writer.downgrade();
             tokio::spawn(async move {

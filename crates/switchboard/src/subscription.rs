@@ -102,8 +102,8 @@ pub enum Coalesce {
     LatestStatus,
 }
 
-/// Which events a subscription receives. Absent parts match everything (but System events,
-/// which only a filter naming category 0 receives).
+/// Which events a subscription receives. Absent parts match everything (but System and derived
+/// events, which only a filter naming category 0 or 5 receives).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
@@ -158,7 +158,7 @@ impl Filter {
         fields: &Map<String, Value>,
     ) -> bool {
         let event_ok = match &self.events {
-            None => category != catalog::SYSTEM,
+            None => catalog::by_default(category),
             Some(list) => list.iter().any(|f| {
                 f.category == category && f.codes.as_ref().is_none_or(|c| c.contains(&code))
             }),
@@ -179,7 +179,7 @@ impl Filter {
 /// Does a subscription with `filter` (None: no filter) receive `event`?
 pub fn matches(filter: Option<&Filter>, event: &Event) -> bool {
     match filter {
-        None => event.category != catalog::SYSTEM,
+        None => catalog::by_default(event.category),
         Some(f) => f.matches(event.category, event.code, event.username(), &event.fields),
     }
 }
@@ -411,8 +411,8 @@ impl SubscriptionSpec {
                 if pull && !(1..=5).contains(&f.category) {
                     let msg = "must be 1 to 5: System events are not in the log, so not pulled";
                     err(&format!("filter.events[{i}].category"), msg);
-                } else if !pull && f.category > 4 {
-                    err(&format!("filter.events[{i}].category"), "must be 0 to 4");
+                } else if !pull && f.category > 5 {
+                    err(&format!("filter.events[{i}].category"), "must be 0 to 5");
                 }
             }
             if filter.usernames.as_ref().is_some_and(Vec::is_empty) {
@@ -589,7 +589,7 @@ impl SubscriptionSpec {
             Map::new()
         };
         let matched = match &self.filter {
-            None => category != catalog::SYSTEM,
+            None => catalog::by_default(category),
             Some(f) => f.matches(category, code, username, &fields),
         };
         let key = username.or_else(|| fields.get("SessionId").and_then(Value::as_str));

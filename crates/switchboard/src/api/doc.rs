@@ -26,6 +26,7 @@ use crate::event::FieldError;
     tags(
         (name = "events", description = "Ingest and the event log"),
         (name = "agents", description = "The live state of every agent"),
+        (name = "rules", description = "Rules that raise derived events (Category 5)"),
         (name = "subscriptions", description = "Endpoints, filters and delivery options"),
         (name = "deliveries", description = "Deliveries and their attempts"),
         (name = "jobs", description = "Long work, tracked and cancellable: replays, cancels"),

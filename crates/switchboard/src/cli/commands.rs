@@ -339,6 +339,32 @@ pub enum Jobs {
     Cancel { id: String },
 }
 
+#[derive(Subcommand, Clone, Debug)]
+pub enum Rules {
+    /// Create a rule (DESIGN §18) from its body as JSON
+    Create {
+        /// The rule's body, from a file or - (stdin)
+        #[arg(long, value_name = "FILE|-")]
+        body: String,
+    },
+    /// The tenant's rules
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One rule
+    Get { id: String },
+    /// Change fields of a rule (a JSON merge patch); its open episodes end
+    Update {
+        id: String,
+        /// The fields to change, from a file or - (stdin)
+        #[arg(long, value_name = "FILE|-")]
+        body: String,
+    },
+    /// Delete a rule; its fired episodes are cleared
+    Delete { id: String },
+}
+
 /// One client command.
 #[derive(Clone, Debug)]
 pub enum Client {
@@ -349,6 +375,7 @@ pub enum Client {
     Tenants(Tenants),
     Keys(Keys),
     Jobs(Jobs),
+    Rules(Rules),
 }
 
 fn req(method: Method, path: String, body: Option<Value>, show: Show) -> Request {
@@ -402,6 +429,7 @@ const AGENT_COLUMNS: &[&str] = &[
 const TENANT_COLUMNS: &[&str] = &["id", "name", "ingest_rate_limit_per_sec", "created_at"];
 const KEY_COLUMNS: &[&str] = &["id", "name", "scopes", "created_at"];
 const JOB_COLUMNS: &[&str] = &["id", "kind", "state", "done", "total", "created_at"];
+const RULE_COLUMNS: &[&str] = &["id", "name", "kind", "for_secs", "enabled", "updated_at"];
 
 impl Client {
     /// The request this command makes; `Ok(None)` for `events tail`, which streams.
@@ -724,6 +752,32 @@ impl Client {
                     format!("{t}/jobs/{}", seg(id)),
                     None,
                     Show::Object,
+                ),
+            },
+            Client::Rules(r) => match r {
+                Rules::Create { body } => {
+                    let body = super::client::read_json(body)?;
+                    req(M::POST, format!("{t}/rules"), Some(body), Show::Object)
+                }
+                Rules::List { page } => req(
+                    M::GET,
+                    format!("{t}/rules{}", query(&page.pairs())),
+                    None,
+                    Show::Table(RULE_COLUMNS),
+                ),
+                Rules::Get { id } => {
+                    req(M::GET, format!("{t}/rules/{}", seg(id)), None, Show::Object)
+                }
+                Rules::Update { id, body } => {
+                    let body = super::client::read_json(body)?;
+                    let path = format!("{t}/rules/{}", seg(id));
+                    req(M::PATCH, path, Some(body), Show::Object)
+                }
+                Rules::Delete { id } => req(
+                    M::DELETE,
+                    format!("{t}/rules/{}", seg(id)),
+                    None,
+                    Show::Done,
                 ),
             },
         }))

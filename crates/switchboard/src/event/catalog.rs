@@ -28,6 +28,15 @@ pub mod system {
     pub const ERASED: u32 = 8;
 }
 pub const AGENT: u8 = 1;
+/// Derived events (DESIGN §18): written by Switchboard only, when a rule fires or clears.
+pub const DERIVED: u8 = 5;
+
+/// Whether a subscription without an `events` filter receives events of `category`: every
+/// category but System events (0) and derived events (5), which only a filter naming them
+/// receives (DESIGN §11, §18).
+pub fn by_default(category: u8) -> bool {
+    category != SYSTEM && category != DERIVED
+}
 
 /// What a parameter must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,11 +185,40 @@ impl Catalog {
             common: vec![],
             codes: BTreeMap::new(),
         };
+        let optional = |name: &str, kind| FieldSpec {
+            required: false,
+            ..field(name, kind)
+        };
+        let derived_fields = || {
+            vec![
+                field("RuleId", NonEmptyString),
+                field("RuleName", NonEmptyString),
+                field("Since", NonEmptyString),
+                optional("Username", NonEmptyString),
+                optional("GroupBy", NonEmptyString),
+                optional("GroupValue", String),
+                optional("Value", Integer),
+            ]
+        };
+        let derived = CategorySpec {
+            name: "Derived".into(),
+            open: false,
+            common: vec![],
+            codes: [(1, "RuleFired"), (2, "RuleCleared")]
+                .into_iter()
+                .map(|(code, name)| {
+                    let name = name.to_string();
+                    let fields = derived_fields();
+                    (code, CodeSpec { name, fields })
+                })
+                .collect(),
+        };
         let categories = BTreeMap::from([
             (AGENT, agent),
             (2, open("IVR")),
             (3, open("Email")),
             (4, open("Chat")),
+            (DERIVED, derived),
         ]);
         let activities = ACTIVITIES
             .iter()
@@ -215,6 +253,12 @@ impl Catalog {
         for c in file.category {
             let number = *c.category.get_ref();
             let number = match u8::try_from(number) {
+                Ok(DERIVED) => {
+                    return Err(format!(
+                        "{}: category 5 is Switchboard's derived events (rules); a catalog file cannot define it",
+                        at(c.category.span())
+                    ));
+                }
                 Ok(n) if n != SYSTEM => n,
                 _ => {
                     return Err(format!(
@@ -347,6 +391,7 @@ impl Catalog {
         let names: Vec<_> = self
             .categories
             .iter()
+            .filter(|(n, _)| **n != DERIVED)
             .map(|(n, c)| format!("{n} {}", c.name))
             .collect();
         names.join(", ")

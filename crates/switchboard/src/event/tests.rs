@@ -150,7 +150,14 @@ fn category_rules() {
             "category 0 is reserved for Switchboard's System events",
         )],
     );
-    for n in [5, 255, 256, -1] {
+    check(
+        with(e.clone(), "Category", json!(5)),
+        &[(
+            "Category",
+            "category 5 is reserved for Switchboard's derived events (rules)",
+        )],
+    );
+    for n in [255, 256, -1] {
         let msg = format!("unknown category {n}; {known}");
         check(with(e.clone(), "Category", json!(n)), &[("Category", &msg)]);
     }

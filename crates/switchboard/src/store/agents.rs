@@ -26,6 +26,7 @@ use super::command::Command;
 use super::conn::{Conn, corrupt};
 use super::db::{Arg, Row, Select, args};
 use super::decide::IN_LIST;
+use super::rules::Moved;
 use super::usernames::{self, Part};
 use super::{Store, StoreError, sql};
 use crate::agent::{self, Agent, GroupFields};
@@ -82,6 +83,8 @@ pub(crate) struct Deferred {
     recent: std::collections::VecDeque<(i64, usize)>,
     /// The fields whose values the fold notes in each agent's `groups` (DESIGN §18).
     pub groups: GroupFields,
+    /// The tenants' rules, judged on what the folds write (`rules.rs`).
+    pub rules: super::rules::Engine,
 }
 
 impl Deferred {
@@ -90,6 +93,7 @@ impl Deferred {
             tenants: BTreeMap::new(),
             recent: std::collections::VecDeque::new(),
             groups,
+            rules: super::rules::Engine::default(),
         }
     }
 
@@ -115,6 +119,7 @@ impl Deferred {
 
     /// After a failed turn: what memory holds may not be committed; folds read the log.
     pub fn forget(&mut self) {
+        self.rules.forget();
         for b in self.tenants.values_mut() {
             let to = b.to;
             b.lost(to);
@@ -141,8 +146,14 @@ pub(super) async fn project<C: Conn>(
 ) -> Result<(), StoreError> {
     let busy = deferred.busy();
     if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
-        fold_in(conn, Table::Live, tenant, events, &deferred.groups).await?;
+        let agents = fold_in(conn, Table::Live, tenant, events, &deferred.groups).await?;
         conn.execute(sql::SET_SEQUENCES, &args![to, tenant]).await?;
+        deferred.rules.moved(Moved {
+            tenant: tenant.to_string(),
+            from: at.through,
+            to,
+            agents,
+        });
         return Ok(());
     }
     conn.execute(sql::SET_LAST_SEQUENCE, &args![to, tenant])
@@ -251,11 +262,25 @@ async fn fold_backlog<C: Conn>(
                 .map(|a| (a, 0))
                 .collect();
             write(conn, Table::Live, tenant, &changed).await?;
-            set_through(conn, tenant, at.last).await
+            set_through(conn, tenant, at.last).await?;
+            deferred.rules.moved(Moved {
+                tenant: tenant.to_string(),
+                from: at.through,
+                to: at.last,
+                agents: changed.into_iter().map(|(a, _)| a).collect(),
+            });
+            Ok(())
         }
-        _ => fold_from_log(conn, tenant, at, i64::MAX, &deferred.groups)
-            .await
-            .map(drop),
+        _ => {
+            let (to, agents) = fold_from_log(conn, tenant, at, i64::MAX, &deferred.groups).await?;
+            deferred.rules.moved(Moved {
+                tenant: tenant.to_string(),
+                from: at.through,
+                to,
+                agents,
+            });
+            Ok(())
+        }
     }
 }
 
@@ -269,14 +294,15 @@ async fn set_through<C: Conn>(conn: &mut C, tenant: &str, through: i64) -> Resul
 }
 
 /// Folds up to `limit` of `tenant`'s Agent events after `at.through` through `at.last`, read from
-/// the log, and moves `agents_through` as far as it got; returns that sequence.
+/// the log, and moves `agents_through` as far as it got; returns that sequence, and the agents
+/// written.
 async fn fold_from_log<C: Conn>(
     conn: &mut C,
     tenant: &str,
     at: Position,
     limit: i64,
     groups: &GroupFields,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, Vec<Agent>), StoreError> {
     let rows = conn
         .query(
             "SELECT sequence, body FROM events WHERE tenant_id = $1 AND sequence > $2 \
@@ -287,13 +313,13 @@ async fn fold_from_log<C: Conn>(
     let full = rows.len() as i64 == limit;
     let events = parse_events(rows)?;
     let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Live, tenant, &refs, groups).await?;
+    let agents = fold_in(conn, Table::Live, tenant, &refs, groups).await?;
     let reached = match (full, events.last()) {
         (true, Some((s, _))) => *s,
         _ => at.last,
     };
     set_through(conn, tenant, reached).await?;
-    Ok(reached)
+    Ok((reached, agents))
 }
 
 /// Where a fold is kept.
@@ -552,17 +578,18 @@ async fn write<C: Conn>(
     Ok(())
 }
 
-/// Folds `events` (in sequence order; others than Agent events are skipped) into `table`.
+/// Folds `events` (in sequence order; others than Agent events are skipped) into `table`;
+/// returns the states written.
 pub(super) async fn fold_in<C: Conn>(
     conn: &mut C,
     table: Table,
     tenant: &str,
     events: &[(i64, &Event)],
     groups: &GroupFields,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Agent>, StoreError> {
     let by_agent = by_agent(events);
     if by_agent.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, evs)| (*n, evs[0].0)).collect();
     let mut states = load(conn, table, tenant, &names, groups).await?;
@@ -581,7 +608,8 @@ pub(super) async fn fold_in<C: Conn>(
             out.push((a, through));
         }
     }
-    write(conn, table, tenant, &out).await
+    write(conn, table, tenant, &out).await?;
+    Ok(out.into_iter().map(|(a, _)| a).collect())
 }
 
 /// `(sequence, event)` of stored rows `(sequence, body)`.
@@ -602,7 +630,7 @@ fn parse_events(rows: Vec<Row>) -> Result<Vec<(i64, Event)>, StoreError> {
 pub(super) async fn catch_up_batch<C: Conn>(
     conn: &mut C,
     tenant: &str,
-    groups: &GroupFields,
+    deferred: &mut Deferred,
 ) -> Result<bool, StoreError> {
     let rows = conn
         .query(conn.dialect().lock_tenant, &args![tenant])
@@ -617,7 +645,14 @@ pub(super) async fn catch_up_batch<C: Conn>(
     if at.through >= at.last {
         return Ok(false);
     }
-    let reached = fold_from_log(conn, tenant, at, CATCH_UP_BATCH, groups).await?;
+    let (reached, agents) =
+        fold_from_log(conn, tenant, at, CATCH_UP_BATCH, &deferred.groups).await?;
+    deferred.rules.moved(Moved {
+        tenant: tenant.to_string(),
+        from: at.through,
+        to: reached,
+        agents,
+    });
     Ok(reached < at.last)
 }
 
@@ -647,7 +682,9 @@ pub(super) async fn fold_purged<C: Conn>(
     groups: &GroupFields,
 ) -> Result<(), StoreError> {
     let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    fold_in(conn, Table::Base, tenant, &refs, groups).await
+    fold_in(conn, Table::Base, tenant, &refs, groups)
+        .await
+        .map(drop)
 }
 
 /// A page of agents.

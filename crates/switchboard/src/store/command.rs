@@ -37,6 +37,8 @@ pub(super) enum Command {
     FoldAgents,
     /// Bring `events_by_username` up to date (sent now and then; see `usernames.rs`).
     IndexUsernames,
+    /// The rules tick (sent now and then, or by a test that steps it; see `rules.rs`).
+    Rules(Option<Reply<()>>),
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -117,6 +119,9 @@ pub(super) struct Group {
     pub folds: bool,
     /// An `IndexUsernames` was among the commands.
     pub indexes: bool,
+    /// A `Rules` was among the commands.
+    pub rules: bool,
+    rules_replies: Vec<Reply<()>>,
     /// A `Shutdown` was among the commands: this is the last turn.
     pub stopping: bool,
     events: usize,
@@ -180,6 +185,10 @@ impl Group {
             Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
             Command::FoldAgents => self.folds = true,
             Command::IndexUsernames => self.indexes = true,
+            Command::Rules(reply) => {
+                self.rules = true;
+                self.rules_replies.extend(reply);
+            }
             Command::Shutdown => return true,
         }
         false
@@ -205,6 +214,7 @@ impl Group {
             && self.replays.is_empty()
             && self.catch_ups.is_empty()
             && !self.indexes
+            && !self.rules
             && !self.stopping)
     }
 
@@ -280,7 +290,10 @@ impl Group {
                 for ((_, reply), more) in self.catch_ups.into_iter().zip(done.catch_ups) {
                     let _ = reply.send(Ok(more));
                 }
-                for reply in self.outcome_replies.into_iter().chain(self.pings) {
+                for reply in (self.outcome_replies.into_iter())
+                    .chain(self.pings)
+                    .chain(self.rules_replies)
+                {
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -311,7 +324,10 @@ impl Group {
                 for (_, reply) in self.catch_ups {
                     let _ = reply.send(Err(e.clone()));
                 }
-                for reply in self.outcome_replies.into_iter().chain(self.pings) {
+                for reply in (self.outcome_replies.into_iter())
+                    .chain(self.pings)
+                    .chain(self.rules_replies)
+                {
                     let _ = reply.send(Err(e.clone()));
                 }
             }

@@ -38,6 +38,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("events_by_username", &["tenant_id", "username", "sequence"]),
     ("jobs", &["id"]),
     ("pull_cursors", &["subscription_id", "partition_no"]),
+    ("rules", &["tenant_id", "id"]),
+    ("rule_episodes", &["tenant_id", "rule_id", "subject"]),
     // The source's keys replace any the target made for itself: hashes stay as they were.
     ("instance_keys", &["name"]),
 ];

@@ -316,6 +316,19 @@ impl Store {
                 )
                 .await?;
             }
+            // Its rules' episodes end without a word (a RuleCleared would name it), and the
+            // writers count the tenant's groups again (DESIGN §18).
+            tx.execute(
+                "DELETE FROM rule_episodes WHERE tenant_id = $1 AND subject = $2",
+                &args![tenant, value],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE tenants SET rules_version = rules_version + 1 \
+                 WHERE id = $1 AND rules_version > 0",
+                &args![tenant],
+            )
+            .await?;
             gone
         } else {
             // The states hold the event's fields as JSON strings.

@@ -98,6 +98,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instance_keys",
         include_str!("migrations/postgres/0015_instance_keys.sql"),
     ),
+    (
+        16,
+        "rules",
+        include_str!("migrations/postgres/0016_rules.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

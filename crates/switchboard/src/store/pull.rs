@@ -430,13 +430,21 @@ impl Store {
 fn sql_match(spec: &SubscriptionSpec, now: i64) -> Option<String> {
     let mut parts = Vec::new();
     match &spec.filter {
-        None => parts.push(format!("category <> {}", crate::event::catalog::SYSTEM)),
+        None => parts.push(format!(
+            "category NOT IN ({}, {})",
+            crate::event::catalog::SYSTEM,
+            crate::event::catalog::DERIVED
+        )),
         Some(f) => {
             if f.fields.is_some() || f.usernames.is_some() {
                 return None;
             }
             match &f.events {
-                None => parts.push(format!("category <> {}", crate::event::catalog::SYSTEM)),
+                None => parts.push(format!(
+                    "category NOT IN ({}, {})",
+                    crate::event::catalog::SYSTEM,
+                    crate::event::catalog::DERIVED
+                )),
                 Some(list) if list.is_empty() => parts.push("1 = 0".to_owned()),
                 Some(list) => {
                     let any = list

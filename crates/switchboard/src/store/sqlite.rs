@@ -89,6 +89,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instance_keys",
         include_str!("migrations/sqlite/0015_instance_keys.sql"),
     ),
+    (
+        16,
+        "rules",
+        include_str!("migrations/sqlite/0016_rules.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

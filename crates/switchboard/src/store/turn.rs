@@ -45,7 +45,7 @@ use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
-    agents, handoff::Handoff, sql, usernames,
+    agents, handoff::Handoff, rules, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
 use crate::otel::TraceContext;
@@ -157,8 +157,26 @@ async fn write<C: Conn>(
     }
     for (tenant, _) in &group.catch_ups {
         done.catch_ups
-            .push(agents::catch_up_batch(conn, tenant, &deferred.groups).await?);
+            .push(agents::catch_up_batch(conn, tenant, deferred).await?);
     }
+    // Rules (DESIGN §18): judged on what this turn's folds wrote; the tick reloads changed
+    // rules and fires due episodes. Their derived events are logged in this same turn.
+    let mut derived = Vec::new();
+    rules::judge(conn, &mut deferred.rules, &mut derived).await?;
+    if group.rules {
+        rules::tick(conn, &mut deferred.rules, now, &mut derived).await?;
+    }
+    let unheld = if derived.is_empty() {
+        unheld
+    } else {
+        let jobs = rules::jobs(derived);
+        let jobs: Vec<&IngestJob> = jobs.iter().collect();
+        let mut more = Committed::default();
+        let unheld_more = ingest(conn, &jobs, now, &mut more, deferred, handoff).await?;
+        // Derived events change no agent: nothing for the rules to judge.
+        rules::join(&mut done, more);
+        unheld || unheld_more
+    };
     // What the dispatcher is to claim: deliveries nobody holds — ingest's not handed over,
     // replays', System events' — and retries (due later; other nodes learn of them here).
     // An attempt's outcome makes nothing else due: a `per_agent` successor it unblocks is

@@ -34,6 +34,7 @@ mod readiness;
 mod receivers;
 mod restart;
 mod retention;
+mod rules;
 mod semantics;
 mod simulate;
 mod stepped;

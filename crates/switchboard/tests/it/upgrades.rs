@@ -383,7 +383,7 @@ async fn a_rolling_upgrade_loses_nothing_and_refuses_nothing() {
         "ALTER TABLE deliveries ADD COLUMN trace_id TEXT DEFAULT NULL".into(),
         "ALTER TABLE subscriptions ADD COLUMN destination_kind TEXT NOT NULL DEFAULT 'http'".into(),
         "CREATE INDEX events_by_region ON events (tenant_id, region)".into(),
-        "CREATE TABLE rules (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, spec TEXT NOT NULL)"
+        "CREATE TABLE exports (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, spec TEXT NOT NULL)"
             .into(),
         format!(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
