@@ -13,6 +13,8 @@ use switchboard::rule::{Rule, RuleSpec};
 use switchboard::store::EventQuery;
 
 use crate::support::app::{ADMIN_KEY, TestApp, fields_named, guid, json_ok, problem};
+use crate::support::process::Server;
+use crate::support::receiver::eventually_within;
 use crate::support::stepper::Stepper;
 
 fn at(ms: i64) -> String {
@@ -378,4 +380,119 @@ async fn category_5_reaches_only_subscriptions_that_name_it() {
     // In the log, listed like any event.
     assert_eq!(app.events_where("default", "category=5").await.len(), 1);
     app.stop().await;
+}
+
+async fn derived_over_http(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let page: Value = client
+        .get(format!(
+            "{base}/v1/tenants/default/events?category=5&limit=1000"
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("a page");
+    page["data"].as_array().expect("data").clone()
+}
+
+/// A node killed (SIGKILL) after an episode opened and before it was due fires it exactly once
+/// after its restart: the timer is a row of the database.
+#[tokio::test]
+async fn a_node_killed_before_the_crossing_fires_the_episode_once_after_restart() {
+    let data = crate::support::db::TestData::new().await;
+    let client = reqwest::Client::new();
+    let mut server = Server::start(&data);
+    let r = server
+        .post(
+            &client,
+            "/v1/tenants/default/rules",
+            &json!({"name": "busy", "kind": "agent_state", "activity_codes": [36], "for_secs": 3}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let now = switchboard::clock::now_millis() / 1000 * 1000;
+    let r = server
+        .post(
+            &client,
+            "/v1/tenants/default/events",
+            &json!([
+                agent(1, "ann", now - 20_000, json!({})),
+                status("ann", now - 10_000, 36, json!({}))
+            ]),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    server.kill();
+    // Down while the episode comes due (3 s after the rule was made).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let server = Server::start(&data);
+    let fired = eventually_within("the RuleFired", Duration::from_secs(10), || async {
+        let got = derived_over_http(&client, &server.base).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    // A few more ticks: still one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = derived_over_http(&client, &server.base).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(fired[0]["event"]["Code"], json!(1));
+    assert_eq!(
+        fired[0]["event"]["AdditionalFields"]["Username"],
+        json!("ann")
+    );
+}
+
+/// Two nodes on one PostgreSQL, both ticking: each episode fires once and clears once.
+#[tokio::test]
+async fn two_nodes_fire_and_clear_an_episode_once() {
+    let one = TestApp::spawn_in(crate::support::db::TestData::postgres().await).await;
+    let two = one.second_node().await;
+    let r = one
+        .call(
+            Method::POST,
+            "/v1/tenants/default/rules",
+            ADMIN_KEY,
+            Some(
+                &json!({"name": "busy", "kind": "agent_state", "activity_codes": [36],
+                         "for_secs": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let now = switchboard::clock::now_millis() / 1000 * 1000;
+    let names: Vec<String> = (0..20).map(|i| format!("agent{i}")).collect();
+    let mut events = Vec::new();
+    for n in &names {
+        events.push(agent(1, n, now - 20_000, json!({})));
+        events.push(status(n, now - 10_000, 36, json!({})));
+    }
+    two.publish_ok("default", &Value::Array(events)).await;
+    let fired = eventually_within("20 RuleFired", Duration::from_secs(15), || async {
+        let got = one.events_where("default", "category=5&code=1").await;
+        (got.len() >= 20).then_some(got)
+    })
+    .await;
+    let later = switchboard::clock::now_millis() / 1000 * 1000;
+    let back: Vec<Value> = names
+        .iter()
+        .map(|n| status(n, later, 16, json!({})))
+        .collect();
+    one.publish_ok("default", &Value::Array(back)).await;
+    eventually_within("20 RuleCleared", Duration::from_secs(15), || async {
+        let got = two.events_where("default", "category=5&code=2").await;
+        (got.len() >= 20).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = two.events_where("default", "category=5").await;
+    assert_eq!(all.len(), 40, "one RuleFired and one RuleCleared per agent");
+    let fired_names: std::collections::BTreeSet<&str> = fired
+        .iter()
+        .map(|e| e["event"]["AdditionalFields"]["Username"].as_str().unwrap())
+        .collect();
+    assert_eq!(fired_names.len(), 20);
+    two.stop().await;
+    one.stop().await;
 }
