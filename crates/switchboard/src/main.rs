@@ -210,6 +210,13 @@ struct BenchArgs {
     /// the events then carry a Team and move each agent through four activities)
     #[arg(long, value_name = "N", default_value_t = 0)]
     counts_streams: usize,
+    /// Rules made before the load (each a timer per matching agent, none firing; the events
+    /// then move each agent through four activities)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    rules: usize,
+    /// With --rules: make them disabled (the same events, nothing judged: the baseline)
+    #[arg(long, requires = "rules")]
+    rules_disabled: bool,
     /// Distinct agents the events come from (`GET …/agents` is timed with them at the end)
     #[arg(long, value_name = "N", default_value_t = 500)]
     agents: usize,
@@ -634,6 +641,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     expired: a.expired,
                     streams: a.streams,
                     counts_streams: a.counts_streams,
+                    rules: a.rules,
+                    rules_disabled: a.rules_disabled,
                     agents: a.agents,
                     nodes: a.nodes,
                     delivery_batch: a.delivery_batch,

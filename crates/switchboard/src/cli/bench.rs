@@ -53,6 +53,13 @@ pub struct Options {
     /// events then carry a `Team` (one of ten) and move each agent through four activities, and
     /// the in-process server's catalog groups by `Team`.
     pub counts_streams: usize,
+    /// Rules (DESIGN §18) made before the load, each holding a timer for every agent it
+    /// matches (`for_secs` a day, so none fires): half watch every signed-in agent, half only
+    /// agents in three of the four activities the events then move each agent through.
+    pub rules: usize,
+    /// The rules are made disabled: the same run (the same events) with nothing judged, the
+    /// baseline a run with rules compares against.
+    pub rules_disabled: bool,
     /// In-process servers sharing the PostgreSQL database (`database_url`); the clients are
     /// split evenly over them.
     pub nodes: usize,
@@ -98,6 +105,8 @@ impl Default for Options {
             expired: 0,
             streams: 0,
             counts_streams: 0,
+            rules: 0,
+            rules_disabled: false,
             agents: 500,
             nodes: 1,
         }
@@ -281,6 +290,9 @@ pub struct Report {
     /// counts message as of its sequence or later, per event and consumer.
     pub counts_streams: usize,
     pub ingest_to_counts_ms: Option<Percentiles>,
+    /// Rules made before the load, and whether they were disabled.
+    pub rules: usize,
+    pub rules_disabled: bool,
     /// `GET …/agents` after the run: the agents there were, and the latency of a default page
     /// (100) and of a page of 1,000.
     pub agents: usize,
@@ -456,6 +468,33 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let (base, admin_key) = (server.base.clone(), server.admin_key.clone());
     let (base, admin_key) = (base.as_str(), admin_key.as_str());
     let api = super::client::Api::new(base, admin_key);
+    for i in 0..opts.rules {
+        let mut body = json!({"name": format!("bench rule {i}"), "kind": "agent_state",
+                              "for_secs": 86_400, "enabled": !opts.rules_disabled});
+        if i % 2 == 1 {
+            body["activity_codes"] = json!([16, 0, 34]);
+        }
+        api.call(
+            reqwest::Method::POST,
+            "/v1/tenants/default/rules",
+            Some(&body),
+        )
+        .await
+        .context("creating a rule")?;
+    }
+    if opts.rules > 0 {
+        // The timers live before the clock starts (and before the subscriptions, which do not
+        // get these): one event per agent, in an activity every rule matches, opens each
+        // agent's episodes. The measured events follow on from it.
+        let warm: Vec<Value> = (0..opts.agents)
+            .map(|n| counts_event(Uuid::new_v4(), n, opts.agents))
+            .collect();
+        for chunk in warm.chunks(500) {
+            api.publish("default", &Value::Array(chunk.to_vec()))
+                .await
+                .context("opening the rules' episodes")?;
+        }
+    }
     for _ in 0..opts.subscriptions {
         let mut body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
         if let Some(n) = opts.delivery_batch {
@@ -591,6 +630,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         expired,
         streams: opts.streams,
         counts_streams: opts.counts_streams,
+        rules: opts.rules,
+        rules_disabled: opts.rules_disabled,
         ingest_to_counts_ms,
         ingest_to_stream_ms,
         agents: opts.agents.min(opts.events),
@@ -869,7 +910,7 @@ fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>
             let ids: Vec<Uuid> = (first..first + count).map(|n| id_source.id(n)).collect();
             let events: Vec<Value> = (first..first + count)
                 .zip(&ids)
-                .map(|(n, id)| match opts.counts_streams {
+                .map(|(n, id)| match opts.counts_streams + opts.rules {
                     0 => bench_event(*id, n, opts.agents),
                     _ => counts_event(*id, n, opts.agents),
                 })
@@ -1188,6 +1229,17 @@ impl Report {
             .map_or(String::new(), |s| {
                 format!("\ningest→stream     {} ({} consumers)", p(s), self.streams)
             });
+        if self.rules > 0 {
+            streams.push_str(&format!(
+                "\nrules             {} (a timer per matching agent, none firing){}",
+                self.rules,
+                if self.rules_disabled {
+                    ", disabled"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some(s) = &self.ingest_to_counts_ms {
             streams.push_str(&format!(
                 "\ningest→counts     {} ({} consumers, by Team)",

@@ -65,6 +65,9 @@ struct Backlog {
     states: HashMap<String, Agent>,
     /// Which of those changed.
     changed: BTreeSet<String>,
+    /// While the tenant has rules: the states as the events found them (`None`: a new agent),
+    /// for the rules to see which agents' matches changed.
+    before: HashMap<String, Option<Agent>>,
 }
 
 impl Backlog {
@@ -72,6 +75,7 @@ impl Backlog {
         self.from = None;
         self.to = to;
         self.states.clear();
+        self.before.clear();
         self.changed.clear();
     }
 }
@@ -146,13 +150,16 @@ pub(super) async fn project<C: Conn>(
 ) -> Result<(), StoreError> {
     let busy = deferred.busy();
     if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
-        let agents = fold_in(conn, Table::Live, tenant, events, &deferred.groups).await?;
+        let keep = deferred.rules.wants(tenant);
+        let (agents, before) =
+            fold_in_keeping(conn, Table::Live, tenant, events, &deferred.groups, keep).await?;
         conn.execute(sql::SET_SEQUENCES, &args![to, tenant]).await?;
         deferred.rules.moved(Moved {
             tenant: tenant.to_string(),
             from: at.through,
             to,
             agents,
+            before,
         });
         return Ok(());
     }
@@ -166,6 +173,7 @@ pub(super) async fn project<C: Conn>(
             to: at.last,
             since: now,
             states: HashMap::new(),
+            before: HashMap::new(),
             changed: BTreeSet::new(),
         });
     if backlog.from.is_some() && backlog.to == at.last {
@@ -176,9 +184,14 @@ pub(super) async fn project<C: Conn>(
             .map(|(n, evs)| (*n, evs[0].0))
             .collect();
         let groups = &deferred.groups;
-        backlog
-            .states
-            .extend(load(conn, Table::Live, tenant, &missing, groups).await?);
+        let loaded = load(conn, Table::Live, tenant, &missing, groups).await?;
+        if deferred.rules.wants(tenant) {
+            for (name, _) in &missing {
+                let was = loaded.get(*name).cloned();
+                backlog.before.insert(name.to_string(), was);
+            }
+        }
+        backlog.states.extend(loaded);
         for (name, evs) in by_agent {
             let mut state = backlog.states.remove(name);
             let before = state.as_ref().map(|a| a.last_sequence);
@@ -263,11 +276,14 @@ async fn fold_backlog<C: Conn>(
                 .collect();
             write(conn, Table::Live, tenant, &changed).await?;
             set_through(conn, tenant, at.last).await?;
+            let mut before = std::mem::take(&mut b.before);
+            before.retain(|n, _| b.changed.contains(n));
             deferred.rules.moved(Moved {
                 tenant: tenant.to_string(),
                 from: at.through,
                 to: at.last,
                 agents: changed.into_iter().map(|(a, _)| a).collect(),
+                before,
             });
             Ok(())
         }
@@ -278,6 +294,7 @@ async fn fold_backlog<C: Conn>(
                 from: at.through,
                 to,
                 agents,
+                before: HashMap::new(),
             });
             Ok(())
         }
@@ -587,9 +604,24 @@ pub(super) async fn fold_in<C: Conn>(
     events: &[(i64, &Event)],
     groups: &GroupFields,
 ) -> Result<Vec<Agent>, StoreError> {
+    let (agents, _) = fold_in_keeping(conn, table, tenant, events, groups, false).await?;
+    Ok(agents)
+}
+
+/// [`fold_in`], also returning, when `keep`, the states the written agents had before
+/// (`None`: new).
+async fn fold_in_keeping<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    events: &[(i64, &Event)],
+    groups: &GroupFields,
+    keep: bool,
+) -> Result<(Vec<Agent>, HashMap<String, Option<Agent>>), StoreError> {
+    let mut kept = HashMap::new();
     let by_agent = by_agent(events);
     if by_agent.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), kept));
     }
     let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, evs)| (*n, evs[0].0)).collect();
     let mut states = load(conn, table, tenant, &names, groups).await?;
@@ -597,6 +629,9 @@ pub(super) async fn fold_in<C: Conn>(
     for (name, evs) in by_agent {
         let mut state = states.remove(name);
         let before = state.as_ref().map(|a| a.last_sequence);
+        if keep {
+            kept.insert(name.to_string(), state.clone());
+        }
         let through = evs.last().map_or(0, |(s, _)| *s);
         for (sequence, event) in evs {
             agent::step_grouped(&mut state, event, sequence, groups);
@@ -609,7 +644,7 @@ pub(super) async fn fold_in<C: Conn>(
         }
     }
     write(conn, table, tenant, &out).await?;
-    Ok(out.into_iter().map(|(a, _)| a).collect())
+    Ok((out.into_iter().map(|(a, _)| a).collect(), kept))
 }
 
 /// `(sequence, event)` of stored rows `(sequence, body)`.
@@ -652,6 +687,7 @@ pub(super) async fn catch_up_batch<C: Conn>(
         from: at.through,
         to: reached,
         agents,
+        before: HashMap::new(),
     });
     Ok(reached < at.last)
 }

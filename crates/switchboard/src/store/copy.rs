@@ -39,7 +39,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("jobs", &["id"]),
     ("pull_cursors", &["subscription_id", "partition_no"]),
     ("rules", &["tenant_id", "id"]),
-    ("rule_episodes", &["tenant_id", "rule_id", "subject"]),
+    ("rule_episodes", &["tenant_id", "subject", "rule_id"]),
     // The source's keys replace any the target made for itself: hashes stay as they were.
     ("instance_keys", &["name"]),
 ];

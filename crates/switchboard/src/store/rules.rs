@@ -41,6 +41,8 @@ pub(super) struct Moved {
     pub from: i64,
     pub to: i64,
     pub agents: Vec<Agent>,
+    /// What some of them were before (`None`: new); an agent not listed is not known.
+    pub before: HashMap<String, Option<Agent>>,
 }
 
 /// One tenant's rules as the writer holds them.
@@ -135,21 +137,37 @@ pub(super) async fn judge<C: Conn>(
             }
             t.through = Some(m.to);
         }
-        let mut subjects: Vec<&str> = m.agents.iter().map(|a| a.username.as_str()).collect();
+        // The agents whose match of some agent rule changed (or is not known to be the same):
+        // only those can open or end an episode.
+        let agent_rules: Vec<&Rule> = (t.rules.iter())
+            .filter(|r| r.spec.kind == Kind::AgentState)
+            .collect();
+        let moved: Vec<&Agent> = (m.agents.iter())
+            .filter(|a| match m.before.get(&a.username) {
+                Some(was) => agent_rules.iter().any(|r| {
+                    let before = was.as_ref().and_then(|w| r.spec.agent_since(w));
+                    before.is_some() != r.spec.agent_since(a).is_some()
+                }),
+                None => !agent_rules.is_empty(),
+            })
+            .collect();
+        let mut subjects: Vec<&str> = moved.iter().map(|a| a.username.as_str()).collect();
         subjects.extend(changed.values().flat_map(|g| g.keys().map(String::as_str)));
         subjects.sort_unstable();
         subjects.dedup();
         let mut open = open_episodes(conn, &m.tenant, Some(&subjects)).await?;
+        let mut changes = Changes::default();
+        let c = &mut changes;
         for r in &t.rules {
             match r.spec.kind {
                 Kind::AgentState => {
-                    for a in &m.agents {
+                    for a in &moved {
                         let since = r.spec.agent_since(a).map(|s| s.max(r.active_from()));
                         let ep = open.remove(&(r.id.clone(), a.username.clone()));
                         let at = a.last_event_at.to_unix_ms();
                         let start = a.last_sequence;
                         settle(
-                            conn,
+                            c,
                             &m.tenant,
                             r,
                             &a.username,
@@ -159,8 +177,7 @@ pub(super) async fn judge<C: Conn>(
                             at,
                             None,
                             out,
-                        )
-                        .await?;
+                        );
                     }
                 }
                 Kind::GroupCount => {
@@ -172,11 +189,12 @@ pub(super) async fn judge<C: Conn>(
                         let n = tally.map_or(0, |t| t.count(g));
                         let since = r.spec.holds(n).then_some((*at).max(r.active_from()));
                         let ep = open.remove(&(r.id.clone(), g.clone()));
-                        settle(conn, &m.tenant, r, g, since, m.to, ep, *at, Some(n), out).await?;
+                        settle(c, &m.tenant, r, g, since, m.to, ep, *at, Some(n), out);
                     }
                 }
             }
         }
+        changes.write(conn, &m.tenant).await?;
     }
     Ok(())
 }
@@ -185,8 +203,8 @@ pub(super) async fn judge<C: Conn>(
 /// (`since`: since when), opening one (`start_seq`) or ending `open` (`at`: when, unix ms;
 /// logging `RuleCleared` if it had fired, with `value`).
 #[allow(clippy::too_many_arguments)]
-async fn settle<C: Conn>(
-    conn: &mut C,
+fn settle(
+    changes: &mut Changes,
     tenant: &str,
     rule: &Rule,
     subject: &str,
@@ -196,56 +214,94 @@ async fn settle<C: Conn>(
     at: i64,
     value: Option<i64>,
     out: &mut Derived,
-) -> Result<(), StoreError> {
-    let open = match open {
+) {
+    match open {
         // The condition goes on under the rule as it is.
-        Some((_, revision)) if since.is_some() && revision == rule.revision => return Ok(()),
-        Some((ep, _)) => {
-            end(conn, tenant, rule, &ep, at, value, out).await?;
-            false
-        }
-        None => false,
-    };
-    if let (Some(since), false) = (since, open) {
-        conn.execute(
-            "INSERT INTO rule_episodes (tenant_id, rule_id, subject, revision, since_ms, \
-             start_seq, due_ms, fired) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &args![
-                tenant,
-                rule.id.as_str(),
-                subject,
-                rule.revision,
-                since,
-                start_seq,
-                since + rule.spec.for_secs * 1000,
-                false
-            ],
-        )
-        .await?;
+        Some((_, revision)) if since.is_some() && revision == rule.revision => return,
+        Some((ep, _)) => end(changes, tenant, rule, &ep, at, value, out),
+        None => {}
     }
-    Ok(())
+    if let Some(since) = since {
+        changes.opened.push(Opened {
+            rule_id: rule.id.clone(),
+            subject: subject.to_string(),
+            revision: rule.revision,
+            since,
+            start_seq,
+            due: since + rule.spec.for_secs * 1000,
+        });
+    }
+}
+
+/// An episode to open.
+struct Opened {
+    rule_id: String,
+    subject: String,
+    revision: i64,
+    since: i64,
+    start_seq: i64,
+    due: i64,
+}
+
+/// The episode rows a judgement changes, written together.
+#[derive(Default)]
+struct Changes {
+    opened: Vec<Opened>,
+    /// By rule: the subjects whose episode ended.
+    ended: BTreeMap<String, Vec<String>>,
+}
+
+impl Changes {
+    async fn write<C: Conn>(self, conn: &mut C, tenant: &str) -> Result<(), StoreError> {
+        // Ended first: an episode ended and opened again in one judgement keeps its key.
+        for (rule, subjects) in &self.ended {
+            for chunk in subjects.chunks(IN_LIST) {
+                let text = format!(
+                    "DELETE FROM rule_episodes WHERE tenant_id = $1 AND rule_id = $2 \
+                     AND subject IN ({}",
+                    sql::list(chunk.len(), 3)
+                );
+                let mut values = vec![Arg::from(tenant), Arg::from(rule.as_str())];
+                values.extend(chunk.iter().map(|s| Arg::from(s.as_str())));
+                conn.execute(&text, &values).await?;
+            }
+        }
+        if self.opened.is_empty() {
+            return Ok(());
+        }
+        let mut values = Vec::with_capacity(self.opened.len() * sql::INSERT_EPISODES.columns);
+        for o in &self.opened {
+            values.extend(args![
+                tenant,
+                o.rule_id.as_str(),
+                o.subject.as_str(),
+                o.revision,
+                o.since,
+                o.start_seq,
+                o.due,
+                false
+            ]);
+        }
+        conn.insert(&sql::INSERT_EPISODES, &values).await?;
+        Ok(())
+    }
 }
 
 /// Ends an open episode at `at`: its row goes; if it had fired, its `RuleCleared` is logged.
-async fn end<C: Conn>(
-    conn: &mut C,
+fn end(
+    changes: &mut Changes,
     tenant: &str,
     rule: &Rule,
     ep: &Episode,
     at: i64,
     value: Option<i64>,
     out: &mut Derived,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM rule_episodes WHERE tenant_id = $1 AND rule_id = $2 AND subject = $3",
-        &args![tenant, ep.rule_id.as_str(), ep.subject.as_str()],
-    )
-    .await?;
+) {
+    (changes.ended.entry(ep.rule_id.clone()).or_default()).push(ep.subject.clone());
     if ep.fired {
         let event = derived_event(rule, ep, code::RULE_CLEARED, at.max(ep.since_ms), value);
         out.push((tenant.to_string(), event));
     }
-    Ok(())
 }
 
 /// The open episodes of `tenant` (of `subjects` only, when given), by (rule, subject), each
@@ -399,6 +455,8 @@ async fn reconcile<C: Conn>(
     }
     let agents = load_agents(conn, tenant).await?;
     let mut open = open_episodes(conn, tenant, None).await?;
+    let mut changes = Changes::default();
+    let c = &mut changes;
     let active: Vec<Rule> = (all.values())
         .filter(|(r, deleted)| deleted.is_none() && r.spec.enabled)
         .map(|(r, _)| r.clone())
@@ -420,7 +478,7 @@ async fn reconcile<C: Conn>(
             Some((r, at)) => {
                 let value = (r.spec.kind == Kind::GroupCount)
                     .then(|| GroupTally::new(&r.spec, &agents).count(&ep.subject));
-                end(conn, tenant, r, &ep, at, value, out).await?;
+                end(c, tenant, r, &ep, at, value, out);
             }
             // Its rule's row is gone (it cannot be named): the episode goes quietly.
             None => {
@@ -433,7 +491,7 @@ async fn reconcile<C: Conn>(
                     created_at: 0,
                     updated_at: 0,
                 };
-                end(conn, tenant, &stub, &ep, now, None, out).await?;
+                end(c, tenant, &stub, &ep, now, None, out);
             }
         }
     }
@@ -446,7 +504,7 @@ async fn reconcile<C: Conn>(
                     let ep = open.remove(&(r.id.clone(), a.username.clone()));
                     let at = a.last_event_at.to_unix_ms();
                     settle(
-                        conn,
+                        c,
                         tenant,
                         r,
                         &a.username,
@@ -456,8 +514,7 @@ async fn reconcile<C: Conn>(
                         at,
                         None,
                         out,
-                    )
-                    .await?;
+                    );
                 }
             }
             Kind::GroupCount => {
@@ -468,7 +525,7 @@ async fn reconcile<C: Conn>(
                     }
                     let since = r.spec.holds(n).then_some(r.active_from());
                     let ep = open.remove(&(r.id.clone(), g.clone()));
-                    settle(conn, tenant, r, g, since, through, ep, now, Some(n), out).await?;
+                    settle(c, tenant, r, g, since, through, ep, now, Some(n), out);
                 }
                 tallies.insert(r.id.clone(), tally);
             }
@@ -477,9 +534,10 @@ async fn reconcile<C: Conn>(
     // Left open: episodes of active rules whose subject is no longer there (an erased agent).
     for ((rule_id, _), (ep, _)) in open {
         if let Some(r) = active.iter().find(|r| r.id == rule_id) {
-            end(conn, tenant, r, &ep, now, None, out).await?;
+            end(c, tenant, r, &ep, now, None, out);
         }
     }
+    changes.write(conn, tenant).await?;
     conn.execute(
         "DELETE FROM rules WHERE tenant_id = $1 AND deleted_at IS NOT NULL",
         &args![tenant],

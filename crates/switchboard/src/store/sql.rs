@@ -289,6 +289,13 @@ pub static UPSERT_AGENTS: MultiRow = MultiRow::new(
     6,
     1,
 );
+pub static INSERT_EPISODES: MultiRow = MultiRow::new(
+    "INSERT INTO rule_episodes (tenant_id, rule_id, subject, revision, since_ms, start_seq, \
+     due_ms, fired) VALUES ",
+    "",
+    8,
+    1,
+);
 pub static UPSERT_AGENT_BASES: MultiRow = MultiRow::new(
     "INSERT INTO agent_bases (tenant_id, username, through_sequence, state) VALUES ",
     " ON CONFLICT (tenant_id, username) DO UPDATE SET \

@@ -28,7 +28,8 @@ CREATE TABLE rule_episodes (
     -- since_ms + for_secs: when RuleFired is due.
     due_ms BIGINT NOT NULL,
     fired BOOLEAN NOT NULL,
-    PRIMARY KEY (tenant_id, rule_id, subject)
+    -- By subject first: a commit looks up the episodes of the agents (and groups) it changed.
+    PRIMARY KEY (tenant_id, subject, rule_id)
 );
 
 -- The timers: unfired episodes by when they are due.
