@@ -23,6 +23,8 @@ run --pending 1000000                               # RSS ≤ 150 MiB; restart t
 run --events 10000 --rate 1000 --expired 1000000    # p99 ≤ 25 ms while a million expired events are purged
 run --events 10000 --rate 1000 --streams 100 --agents 10000   # stream p99 ≤ 50 ms (100 consumers); GET …/agents ≤ 50 ms with 10,000 agents
 run --events 10000 --rate 1000 --counts-streams 10 --agents 10000   # counts stream p99 commit→consumer ≤ 50 ms (DESIGN §18)
+run --events 40000 --agents 10000 --rules 10 --rules-disabled   # baseline of the next row: the same events, rules disabled
+run --events 40000 --agents 10000 --rules 10        # 100,000 live rule timers: ingest ≤ 10 % below the row above (DESIGN §18)
 run --events 20000 --database-url "$pg"            # PostgreSQL, one node: deliveries/s, CPU per delivery by process
 run --events 20000 --database-url "$pg" --nodes 2  # two nodes on one database
 run --events 10000 --rate 1000 --database-url "$pg"   # PostgreSQL, p99 ingest→receiver at 1,000/s

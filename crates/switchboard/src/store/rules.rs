@@ -102,7 +102,14 @@ pub(super) async fn judge<C: Conn>(
         let Some(t) = engine.tenants.get_mut(&m.tenant) else {
             continue;
         };
-        if t.rules.is_empty() || m.agents.is_empty() {
+        if t.rules.is_empty() {
+            continue;
+        }
+        if m.agents.is_empty() {
+            // No agent changed (derived events, say): the counts still hold as of `to`.
+            if t.through == Some(m.from) {
+                t.through = Some(m.to);
+            }
             continue;
         }
         let latest = m.agents.iter().map(|a| a.last_event_at.to_unix_ms()).max();
@@ -586,8 +593,20 @@ async fn fire<C: Conn>(
             &args![now, FIRE_BATCH],
         )
         .await?;
+    // Each tenant's row is locked first, as ingest locks it before its episodes (a node that
+    // holds it is folding that tenant: its episodes wait for the next tick).
+    let mut locked: HashMap<String, bool> = HashMap::new();
     for mut r in rows {
         let tenant = r.text(0)?;
+        if !locked.contains_key(&tenant) {
+            let row = conn
+                .query(conn.dialect().try_lock_tenant, &args![tenant.as_str()])
+                .await?;
+            locked.insert(tenant.clone(), !row.is_empty());
+        }
+        if locked.get(&tenant) != Some(&true) {
+            continue;
+        }
         let ep = Episode {
             rule_id: r.text(1)?,
             subject: r.text(2)?,

@@ -257,6 +257,35 @@ async fn every_client_command_answers_what_the_api_answers() {
     assert!(text.starts_with("USERNAME"), "{text}");
     assert!(text.contains("jdoe"), "{text}");
 
+    // Rules: bodies from a file, a patch, the list, delete.
+    let rule_file = dir.path().join("rule.json");
+    std::fs::write(
+        &rule_file,
+        json!({"name": "busy", "kind": "agent_state", "activity_codes": [36], "for_secs": 60})
+            .to_string(),
+    )
+    .unwrap();
+    let rule = cli.json(&["rules", "create", "--body", rule_file.to_str().unwrap()]);
+    let rid = rule["id"].as_str().unwrap().to_string();
+    let rule_path = format!("/v1/tenants/default/rules/{rid}");
+    assert_eq!(rule, get(&app, &rule_path).await);
+    assert_eq!(cli.json(&["rules", "get", &rid]), rule);
+    std::fs::write(&rule_file, json!({"for_secs": 90}).to_string()).unwrap();
+    let patched = cli.json(&[
+        "rules",
+        "update",
+        &rid,
+        "--body",
+        rule_file.to_str().unwrap(),
+    ]);
+    assert_eq!(patched["for_secs"], json!(90));
+    assert_eq!(
+        cli.json(&["rules", "list"]),
+        get(&app, "/v1/tenants/default/rules").await
+    );
+    assert!(cli.output(&["rules", "delete", &rid]).status.success());
+    assert_eq!(app.get(&rule_path, ADMIN_KEY).await.status(), 404);
+
     // Deleting.
     assert!(
         cli.output(&["subscriptions", "delete", &sid])

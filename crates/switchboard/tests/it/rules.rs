@@ -318,6 +318,23 @@ async fn rules_are_managed_over_the_api_and_bad_ones_are_refused_naming_the_fiel
     assert_eq!(gone.status(), StatusCode::NO_CONTENT);
     problem(app.get(&one, ADMIN_KEY).await, StatusCode::NOT_FOUND).await;
 
+    // The catalog describes Category 5.
+    let catalog = json_ok(app.get("/v1/catalog", ADMIN_KEY).await).await;
+    let derived = catalog["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category"] == json!(5))
+        .expect("category 5 in the catalog");
+    assert_eq!(derived["name"], json!("Derived"));
+    let names: Vec<&str> = derived["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["RuleFired", "RuleCleared"]);
+
     // Producers cannot write Category 5.
     let mut e = crate::support::app::agent_event(&guid(), 1, "ann");
     e["Category"] = json!(5);
