@@ -452,15 +452,21 @@ impl GroupTally {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Episode {
     pub rule_id: String,
+    /// The rule's revision it was opened under.
+    pub revision: i64,
     pub subject: String,
     pub since_ms: i64,
     pub start_seq: i64,
+    /// When `RuleFired` is due (unix ms): `since_ms` + `for_secs`.
+    pub due_ms: i64,
     pub fired: bool,
 }
 
 /// The `Id` of an episode's derived event: the same on every node and after every restart.
-pub fn derived_id(rule_id: &str, subject: &str, start_seq: i64, code: u32) -> Uuid {
-    let name = format!("{rule_id}\u{0}{subject}\u{0}{start_seq}\u{0}{code}");
+/// The rule's revision is part of it: a changed rule's new episode for the same subject may
+/// start at the same sequence (no event came between), and must not share the old one's ids.
+pub fn derived_id(rule_id: &str, revision: i64, subject: &str, start_seq: i64, code: u32) -> Uuid {
+    let name = format!("{rule_id}\u{0}{revision}\u{0}{subject}\u{0}{start_seq}\u{0}{code}");
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
@@ -491,7 +497,13 @@ pub fn derived_event(
         json!(Timestamp::from_unix_ms(episode.since_ms).to_string()),
     );
     Event {
-        id: derived_id(&rule.id, &episode.subject, episode.start_seq, code),
+        id: derived_id(
+            &rule.id,
+            episode.revision,
+            &episode.subject,
+            episode.start_seq,
+            code,
+        ),
         creation: Timestamp::from_unix_ms(at_ms),
         category: DERIVED,
         code,

@@ -138,7 +138,12 @@ async fn update(
     rule.revision += 1;
     rule.updated_at = now_millis().max(rule.updated_at + 1);
     if !state.store.update_rule(&rule).await? {
-        return Err(ApiError::NotFound("rule not found".into()));
+        find(&state, &tenant, &id).await?;
+        return Err(ApiError::Conflict {
+            detail: "the rule was changed meanwhile; read it again and send the change again"
+                .into(),
+            errors: Vec::new(),
+        });
     }
     Ok(Json(rule.into()))
 }

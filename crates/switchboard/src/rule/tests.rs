@@ -177,9 +177,10 @@ fn a_group_tally_moves_agents_between_groups() {
 
 #[test]
 fn derived_ids_differ_by_code_and_episode_and_repeat() {
-    let a = derived_id("rule_1", "ann", 7, code::RULE_FIRED);
-    assert_eq!(a, derived_id("rule_1", "ann", 7, code::RULE_FIRED));
-    assert_ne!(a, derived_id("rule_1", "ann", 7, code::RULE_CLEARED));
-    assert_ne!(a, derived_id("rule_1", "ann", 8, code::RULE_FIRED));
+    let a = derived_id("rule_1", 1, "ann", 7, code::RULE_FIRED);
+    assert_eq!(a, derived_id("rule_1", 1, "ann", 7, code::RULE_FIRED));
+    assert_ne!(a, derived_id("rule_1", 1, "ann", 7, code::RULE_CLEARED));
+    assert_ne!(a, derived_id("rule_1", 1, "ann", 8, code::RULE_FIRED));
+    assert_ne!(a, derived_id("rule_1", 2, "ann", 7, code::RULE_FIRED));
     assert_eq!(a.get_version_num(), 5);
 }

@@ -245,6 +245,16 @@ impl Store {
         let Some(mut tx) = holding(self, &job.id, held).await? else {
             return Ok(None);
         };
+        if field == "Username" {
+            // The writers count the tenant's groups again (DESIGN §18; the agent's episodes
+            // go below). First, as the writer takes the tenant's row before its agents'.
+            tx.execute(
+                "UPDATE tenants SET rules_version = rules_version + 1 \
+                 WHERE id = $1 AND rules_version > 0",
+                &args![tenant],
+            )
+            .await?;
+        }
         // Text wherever the value appears, as a JSON string's contents or as it is: attempts'
         // recorded answers and errors, and the errors copied from them.
         let replaced =
@@ -321,12 +331,6 @@ impl Store {
             tx.execute(
                 "DELETE FROM rule_episodes WHERE tenant_id = $1 AND subject = $2",
                 &args![tenant, value],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE tenants SET rules_version = rules_version + 1 \
-                 WHERE id = $1 AND rules_version > 0",
-                &args![tenant],
             )
             .await?;
             gone

@@ -82,9 +82,9 @@ impl Engine {
     /// After a failed turn: memory may hold what was not committed.
     pub fn forget(&mut self) {
         self.moved.clear();
-        for t in self.tenants.values_mut() {
-            t.through = None;
-        }
+        // A reconcile may have been rolled back with the turn: every tenant is reconciled
+        // again at the next tick.
+        self.tenants.clear();
     }
 }
 
@@ -305,7 +305,13 @@ fn end(
     out: &mut Derived,
 ) {
     (changes.ended.entry(ep.rule_id.clone()).or_default()).push(ep.subject.clone());
-    if ep.fired {
+    // Ended at or after it was due, before a tick fired it: it held `for_secs` all the same.
+    let fired = ep.fired || ep.due_ms <= at;
+    if !ep.fired && fired {
+        let event = derived_event(rule, ep, code::RULE_FIRED, ep.due_ms, value);
+        out.push((tenant.to_string(), event));
+    }
+    if fired {
         let event = derived_event(rule, ep, code::RULE_CLEARED, at.max(ep.since_ms), value);
         out.push((tenant.to_string(), event));
     }
@@ -318,8 +324,8 @@ async fn open_episodes<C: Conn>(
     tenant: &str,
     subjects: Option<&[&str]>,
 ) -> Result<HashMap<(String, String), (Episode, i64)>, StoreError> {
-    const SELECT: &str = "SELECT rule_id, subject, since_ms, start_seq, fired, revision \
-                          FROM rule_episodes WHERE tenant_id = $1";
+    const SELECT: &str = "SELECT rule_id, subject, since_ms, start_seq, fired, revision, \
+                          due_ms FROM rule_episodes WHERE tenant_id = $1";
     let mut rows = Vec::new();
     match subjects {
         None => rows = conn.query(SELECT, &args![tenant]).await?,
@@ -334,14 +340,16 @@ async fn open_episodes<C: Conn>(
     }
     let mut out = HashMap::with_capacity(rows.len());
     for mut r in rows {
+        let revision = r.int(5)?;
         let ep = Episode {
             rule_id: r.text(0)?,
+            revision,
             subject: r.text(1)?,
             since_ms: r.int(2)?,
             start_seq: r.int(3)?,
+            due_ms: r.int(6)?,
             fired: r.bool(4)?,
         };
-        let revision = r.int(5)?;
         out.insert((ep.rule_id.clone(), ep.subject.clone()), (ep, revision));
     }
     Ok(out)
@@ -470,6 +478,7 @@ async fn reconcile<C: Conn>(
         .collect();
     // Episodes of rules gone, disabled or changed end when that happened.
     let keys: Vec<(String, String)> = open.keys().cloned().collect();
+    let mut ended_tallies: HashMap<String, GroupTally> = HashMap::new();
     for key in keys {
         let (ep, revision) = &open[&key];
         let ends = match all.get(&ep.rule_id) {
@@ -483,13 +492,20 @@ async fn reconcile<C: Conn>(
         let (ep, _) = open.remove(&key).expect("listed above");
         match ends {
             Some((r, at)) => {
-                let value = (r.spec.kind == Kind::GroupCount)
-                    .then(|| GroupTally::new(&r.spec, &agents).count(&ep.subject));
+                let value = (r.spec.kind == Kind::GroupCount).then(|| {
+                    (ended_tallies.entry(r.id.clone()))
+                        .or_insert_with(|| GroupTally::new(&r.spec, &agents))
+                        .count(&ep.subject)
+                });
                 end(c, tenant, r, &ep, at, value, out);
             }
             // Its rule's row is gone (it cannot be named): the episode goes quietly.
             None => {
-                let ep = Episode { fired: false, ..ep };
+                let ep = Episode {
+                    fired: false,
+                    due_ms: i64::MAX,
+                    ..ep
+                };
                 let stub = Rule {
                     id: ep.rule_id.clone(),
                     tenant_id: tenant.to_string(),
@@ -526,11 +542,23 @@ async fn reconcile<C: Conn>(
             }
             Kind::GroupCount => {
                 let tally = GroupTally::new(&r.spec, &agents);
+                // When a group's condition began is not known here: no earlier than the
+                // rule's last change, nor than its agents' latest event.
+                let by = r.spec.by.as_deref().unwrap_or_default();
+                let mut latest: HashMap<&str, i64> = HashMap::new();
+                for a in &agents {
+                    if let Some(g) = a.groups.get(by) {
+                        let at = a.last_event_at.to_unix_ms();
+                        let e = latest.entry(g.as_str()).or_insert(at);
+                        *e = (*e).max(at);
+                    }
+                }
                 for (g, n) in tally.groups() {
                     if !r.spec.judges(g) {
                         continue;
                     }
-                    let since = r.spec.holds(n).then_some(r.active_from());
+                    let began = latest.get(g.as_str()).copied().unwrap_or(0);
+                    let since = r.spec.holds(n).then_some(r.active_from().max(began));
                     let ep = open.remove(&(r.id.clone(), g.clone()));
                     settle(c, tenant, r, g, since, through, ep, now, Some(n), out);
                 }
@@ -588,8 +616,10 @@ async fn fire<C: Conn>(
 ) -> Result<(), StoreError> {
     let rows = conn
         .query(
-            "SELECT tenant_id, rule_id, subject, since_ms, start_seq, revision, due_ms \
-             FROM rule_episodes WHERE NOT fired AND due_ms <= $1 ORDER BY due_ms LIMIT $2",
+            "SELECT e.tenant_id, e.rule_id, e.subject, e.since_ms, e.start_seq, e.revision, \
+             e.due_ms FROM rule_episodes e JOIN rules r ON r.tenant_id = e.tenant_id \
+             AND r.id = e.rule_id AND r.revision = e.revision AND r.deleted_at IS NULL \
+             WHERE NOT e.fired AND e.due_ms <= $1 ORDER BY e.due_ms LIMIT $2",
             &args![now, FIRE_BATCH],
         )
         .await?;
@@ -607,14 +637,16 @@ async fn fire<C: Conn>(
         if locked.get(&tenant) != Some(&true) {
             continue;
         }
+        let (revision, due) = (r.int(5)?, r.int(6)?);
         let ep = Episode {
             rule_id: r.text(1)?,
+            revision,
             subject: r.text(2)?,
             since_ms: r.int(3)?,
             start_seq: r.int(4)?,
+            due_ms: due,
             fired: true,
         };
-        let (revision, due) = (r.int(5)?, r.int(6)?);
         let Some(t) = engine.tenants.get_mut(&tenant) else {
             continue;
         };
@@ -653,25 +685,20 @@ async fn fire<C: Conn>(
 
 /// Logs `derived` events through the turn's ingest; what it committed joins `done`.
 pub(super) fn jobs(derived: Derived) -> Vec<super::IngestJob> {
-    let mut by_tenant: BTreeMap<String, Vec<crate::event::NewEvent>> = BTreeMap::new();
-    for (tenant, e) in derived {
-        by_tenant
-            .entry(tenant)
-            .or_default()
-            .push(crate::event::NewEvent {
+    // One job an event: a copy refused as a conflict (a body that differs from the one stored
+    // under its id) is refused alone.
+    derived
+        .into_iter()
+        .map(|(tenant, e)| super::IngestJob {
+            tenant,
+            events: vec![crate::event::NewEvent {
                 id: e.id,
                 id_given: true,
                 creation: Some(e.creation),
                 category: e.category,
                 code: e.code,
                 fields: e.fields,
-            });
-    }
-    by_tenant
-        .into_iter()
-        .map(|(tenant, events)| super::IngestJob {
-            tenant,
-            events,
+            }],
             trace: None,
         })
         .collect()
@@ -768,21 +795,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Replaces a rule's body (its revision moves on: its open episodes end); false if there is
-    /// no such rule.
+    /// Replaces a rule's body with `rule.revision` the next after the one it was read at (its
+    /// open episodes end); false if there is no such rule, or another change came first.
     pub async fn update_rule(&self, rule: &Rule) -> Result<bool, StoreError> {
         let spec = serde_json::to_string(&rule.spec).map_err(corrupt)?;
         let mut tx = self.0.db.begin(self.0.dialect).await?;
         let done = tx
             .execute(
                 "UPDATE rules SET spec = $1, revision = $2, updated_at = $3 \
-                 WHERE tenant_id = $4 AND id = $5 AND deleted_at IS NULL",
+                 WHERE tenant_id = $4 AND id = $5 AND deleted_at IS NULL AND revision = $6",
                 &args![
                     spec.as_str(),
                     rule.revision,
                     rule.updated_at,
                     &rule.tenant_id,
-                    &rule.id
+                    &rule.id,
+                    rule.revision - 1
                 ],
             )
             .await?;

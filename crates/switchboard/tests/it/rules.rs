@@ -347,6 +347,21 @@ async fn rules_are_managed_over_the_api_and_bad_ones_are_refused_naming_the_fiel
     app.stop().await;
 }
 
+/// Makes the rule "activity 36 for `for_secs`" over the API.
+async fn busy_rule(app: &TestApp, for_secs: i64) {
+    let body = json!({"name": "busy", "kind": "agent_state", "activity_codes": [36],
+                      "for_secs": for_secs});
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/tenants/default/rules",
+            ADMIN_KEY,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 /// Against a server on the system clock: events dated in the past cross at once.
 #[tokio::test]
 async fn category_5_reaches_only_subscriptions_that_name_it() {
@@ -356,18 +371,7 @@ async fn category_5_reaches_only_subscriptions_that_name_it() {
     let all_sub = app.subscribe(json!({"url": rx_all.url("/")})).await;
     app.subscribe(json!({"url": rx_rules.url("/"), "filter": {"events": [{"category": 5}]}}))
         .await;
-    let r = app
-        .call(
-            Method::POST,
-            "/v1/tenants/default/rules",
-            ADMIN_KEY,
-            Some(
-                &json!({"name": "busy", "kind": "agent_state", "activity_codes": [36],
-                         "for_secs": 1}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    busy_rule(&app, 1).await;
     let now = switchboard::clock::now_millis() / 1000 * 1000;
     // Created before the rule existed, so the episode counts from the rule's creation.
     app.publish_ok(
@@ -466,18 +470,7 @@ async fn a_node_killed_before_the_crossing_fires_the_episode_once_after_restart(
 async fn two_nodes_fire_and_clear_an_episode_once() {
     let one = TestApp::spawn_in(crate::support::db::TestData::postgres().await).await;
     let two = one.second_node().await;
-    let r = one
-        .call(
-            Method::POST,
-            "/v1/tenants/default/rules",
-            ADMIN_KEY,
-            Some(
-                &json!({"name": "busy", "kind": "agent_state", "activity_codes": [36],
-                         "for_secs": 1}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    busy_rule(&one, 1).await;
     let now = switchboard::clock::now_millis() / 1000 * 1000;
     let names: Vec<String> = (0..20).map(|i| format!("agent{i}")).collect();
     let mut events = Vec::new();
@@ -512,4 +505,61 @@ async fn two_nodes_fire_and_clear_an_episode_once() {
     assert_eq!(fired_names.len(), 20);
     two.stop().await;
     one.stop().await;
+}
+
+/// An episode whose end comes in (by event time) after it was due, before a tick fired it, still
+/// fires — then clears at once.
+#[tokio::test]
+async fn an_episode_ended_after_it_was_due_fires_then_clears() {
+    let s = Stepper::new().await;
+    let t0 = second(&s);
+    rule(
+        &s,
+        json!({"name": "busy", "kind": "agent_state", "activity_codes": [36], "for_secs": 60}),
+        t0 - 3_600_000,
+    )
+    .await;
+    s.store.run_rules().await.unwrap();
+    s.publish(&json!([agent(1, "ann", t0 - 200_000, json!({})),
+                      status("ann", t0 - 100_000, 36, json!({}))]))
+        .await;
+    s.publish(&status("ann", t0 - 30_000, 16, json!({}))).await;
+    let all = derived(&s).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!((all[0]["Code"].as_i64(), all[1]["Code"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(all[0]["CreationDateUtc"], json!(at(t0 - 40_000)));
+    assert_eq!(all[1]["CreationDateUtc"], json!(at(t0 - 30_000)));
+}
+
+/// A changed rule ends its fired episode and opens a new one for the same agent, with no event
+/// between: the new episode's events have ids of their own, and are logged.
+#[tokio::test]
+async fn a_changed_rule_fires_again_under_new_ids() {
+    let s = Stepper::new().await;
+    let t0 = second(&s);
+    let mut r = rule(
+        &s,
+        json!({"name": "busy", "kind": "agent_state", "activity_codes": [36], "for_secs": 60}),
+        t0 - 3_600_000,
+    )
+    .await;
+    s.store.run_rules().await.unwrap();
+    s.publish(&json!([agent(1, "ann", t0 - 10_000, json!({})), status("ann", t0, 36, json!({}))]))
+        .await;
+    s.advance(Duration::from_secs(61));
+    s.store.run_rules().await.unwrap();
+    assert_eq!(derived(&s).await.len(), 1);
+    // The same body saved again: a new revision.
+    r.revision += 1;
+    r.updated_at = s.clock.now_ms();
+    assert!(s.store.update_rule(&r).await.unwrap());
+    s.store.run_rules().await.unwrap();
+    s.advance(Duration::from_secs(61));
+    s.store.run_rules().await.unwrap();
+    let all = derived(&s).await;
+    let codes: Vec<i64> = all.iter().map(|e| e["Code"].as_i64().unwrap()).collect();
+    assert_eq!(codes, [1, 2, 1], "{all:?}");
+    assert_eq!(all[2]["AdditionalFields"]["Since"], json!(at(r.updated_at)));
+    // A stale change (read before this one) is refused.
+    assert!(!s.store.update_rule(&r).await.unwrap());
 }
