@@ -520,13 +520,18 @@ async fn an_episode_ended_after_it_was_due_fires_then_clears() {
     )
     .await;
     s.store.run_rules().await.unwrap();
-    s.publish(&json!([agent(1, "ann", t0 - 200_000, json!({})),
-                      status("ann", t0 - 100_000, 36, json!({}))]))
-        .await;
+    s.publish(&json!([
+        agent(1, "ann", t0 - 200_000, json!({})),
+        status("ann", t0 - 100_000, 36, json!({}))
+    ]))
+    .await;
     s.publish(&status("ann", t0 - 30_000, 16, json!({}))).await;
     let all = derived(&s).await;
     assert_eq!(all.len(), 2, "{all:?}");
-    assert_eq!((all[0]["Code"].as_i64(), all[1]["Code"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(
+        (all[0]["Code"].as_i64(), all[1]["Code"].as_i64()),
+        (Some(1), Some(2))
+    );
     assert_eq!(all[0]["CreationDateUtc"], json!(at(t0 - 40_000)));
     assert_eq!(all[1]["CreationDateUtc"], json!(at(t0 - 30_000)));
 }
@@ -544,8 +549,11 @@ async fn a_changed_rule_fires_again_under_new_ids() {
     )
     .await;
     s.store.run_rules().await.unwrap();
-    s.publish(&json!([agent(1, "ann", t0 - 10_000, json!({})), status("ann", t0, 36, json!({}))]))
-        .await;
+    s.publish(&json!([
+        agent(1, "ann", t0 - 10_000, json!({})),
+        status("ann", t0, 36, json!({}))
+    ]))
+    .await;
     s.advance(Duration::from_secs(61));
     s.store.run_rules().await.unwrap();
     assert_eq!(derived(&s).await.len(), 1);
