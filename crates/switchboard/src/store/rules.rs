@@ -217,15 +217,15 @@ fn settle(
     subject: &str,
     since: Option<i64>,
     start_seq: i64,
-    open: Option<(Episode, i64)>,
+    open: Option<Episode>,
     at: i64,
     value: Option<i64>,
     out: &mut Derived,
 ) {
     match open {
         // The condition goes on under the rule as it is.
-        Some((_, revision)) if since.is_some() && revision == rule.revision => return,
-        Some((ep, _)) => end(changes, tenant, rule, &ep, at, value, out),
+        Some(ep) if since.is_some() && ep.revision == rule.revision => return,
+        Some(ep) => end(changes, tenant, rule, &ep, at, value, out),
         None => {}
     }
     if let Some(since) = since {
@@ -317,13 +317,12 @@ fn end(
     }
 }
 
-/// The open episodes of `tenant` (of `subjects` only, when given), by (rule, subject), each
-/// with the revision of the rule it was opened under.
+/// The open episodes of `tenant` (of `subjects` only, when given), by (rule, subject).
 async fn open_episodes<C: Conn>(
     conn: &mut C,
     tenant: &str,
     subjects: Option<&[&str]>,
-) -> Result<HashMap<(String, String), (Episode, i64)>, StoreError> {
+) -> Result<HashMap<(String, String), Episode>, StoreError> {
     const SELECT: &str = "SELECT rule_id, subject, since_ms, start_seq, fired, revision, \
                           due_ms FROM rule_episodes WHERE tenant_id = $1";
     let mut rows = Vec::new();
@@ -350,7 +349,7 @@ async fn open_episodes<C: Conn>(
             due_ms: r.int(6)?,
             fired: r.bool(4)?,
         };
-        out.insert((ep.rule_id.clone(), ep.subject.clone()), (ep, revision));
+        out.insert((ep.rule_id.clone(), ep.subject.clone()), ep);
     }
     Ok(out)
 }
@@ -480,16 +479,16 @@ async fn reconcile<C: Conn>(
     let keys: Vec<(String, String)> = open.keys().cloned().collect();
     let mut ended_tallies: HashMap<String, GroupTally> = HashMap::new();
     for key in keys {
-        let (ep, revision) = &open[&key];
+        let ep = &open[&key];
         let ends = match all.get(&ep.rule_id) {
             None => None,
             Some((r, deleted)) if deleted.is_some() || !r.spec.enabled => {
                 Some((r, deleted.unwrap_or(r.updated_at)))
             }
-            Some((r, _)) if *revision != r.revision => Some((r, r.updated_at)),
+            Some((r, _)) if ep.revision != r.revision => Some((r, r.updated_at)),
             Some(_) => continue,
         };
-        let (ep, _) = open.remove(&key).expect("listed above");
+        let ep = open.remove(&key).expect("listed above");
         match ends {
             Some((r, at)) => {
                 let value = (r.spec.kind == Kind::GroupCount).then(|| {
@@ -500,22 +499,7 @@ async fn reconcile<C: Conn>(
                 end(c, tenant, r, &ep, at, value, out);
             }
             // Its rule's row is gone (it cannot be named): the episode goes quietly.
-            None => {
-                let ep = Episode {
-                    fired: false,
-                    due_ms: i64::MAX,
-                    ..ep
-                };
-                let stub = Rule {
-                    id: ep.rule_id.clone(),
-                    tenant_id: tenant.to_string(),
-                    spec: placeholder_spec(),
-                    revision: 0,
-                    created_at: 0,
-                    updated_at: 0,
-                };
-                end(c, tenant, &stub, &ep, now, None, out);
-            }
+            None => (c.ended.entry(ep.rule_id.clone()).or_default()).push(ep.subject.clone()),
         }
     }
     let mut tallies = HashMap::new();
@@ -567,7 +551,7 @@ async fn reconcile<C: Conn>(
         }
     }
     // Left open: episodes of active rules whose subject is no longer there (an erased agent).
-    for ((rule_id, _), (ep, _)) in open {
+    for ((rule_id, _), ep) in open {
         if let Some(r) = active.iter().find(|r| r.id == rule_id) {
             end(c, tenant, r, &ep, now, None, out);
         }
@@ -588,22 +572,6 @@ async fn reconcile<C: Conn>(
         },
     );
     Ok(())
-}
-
-fn placeholder_spec() -> RuleSpec {
-    RuleSpec {
-        name: "(deleted)".into(),
-        kind: Kind::AgentState,
-        activity_codes: None,
-        availability_codes: None,
-        work_item_state: None,
-        by: None,
-        value: None,
-        op: None,
-        threshold: None,
-        for_secs: 1,
-        enabled: false,
-    }
 }
 
 /// Fires the due episodes of the rules this writer holds: each is marked fired and its
