@@ -17,7 +17,7 @@ use crate::event::{Event, Timestamp};
 pub const SIZES: [i64; 3] = [900, 1800, 3600];
 
 /// The intervals asked for: those starting in `[since, until)` (unix seconds, `since` aligned
-/// to `size`), with time counted up to `horizon` (the end asked for, or now if earlier).
+/// to `size`), with time counted up to `horizon` (now: an interval is whole, or still going).
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
     pub since: i64,
@@ -35,7 +35,7 @@ impl Window {
             since,
             until,
             size,
-            horizon: until.min(now),
+            horizon: now,
         }
     }
 
@@ -286,6 +286,8 @@ impl Builder {
         out
     }
 }
+
+pub mod kept;
 
 #[cfg(test)]
 mod tests;

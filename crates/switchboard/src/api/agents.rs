@@ -11,10 +11,11 @@ use utoipa_axum::routes;
 use super::doc::Errors;
 use super::{Access, ApiError, AppState, Page, Params, need};
 use crate::agent::counts::{GroupCounts, Tally};
+use crate::agent::intervals::kept::Empty;
 use crate::agent::intervals::{AgentInterval, SIZES, Window};
 use crate::agent::{Agent, Interval};
 use crate::event::{FieldError, Timestamp};
-use crate::store::{AgentQuery, Refused};
+use crate::store::{AgentQuery, IntervalFilter, Refused};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -221,24 +222,43 @@ async fn intervals(
         ));
     }
     let _turn = state.reads.enter(&tenant).await?;
-    // As of the projection: every agent it lists has its events through this sequence.
-    let as_of_sequence = state.store.agents_through(&tenant).await?;
+    // As of the intervals projection, brought up to the log first: every event committed
+    // before this request is in the answer.
+    let (as_of_sequence, kept_from) = state.store.intervals_through(&tenant).await?;
+    if since < kept_from {
+        return Err(ApiError::BeyondRetention(FieldError::new(
+            None,
+            "since",
+            format!(
+                "retention purged the intervals before {}; ask for a later start",
+                Timestamp::from_unix_ms(kept_from * 1000)
+            ),
+        )));
+    }
     let now = Timestamp::now().to_unix_ms() / 1000;
     let window = Window::new(since, until, size, now);
     // An interval that had not ended when sequence N was received may have grown since by
     // time alone: an incremental load gets it again.
-    let open_after = match changed_since {
-        Some(n) => state
-            .store
-            .received_at(&tenant, n)
-            .await?
-            .map(|ms| ms / 1000),
+    let changed_since = match changed_since {
+        Some(n) => Some((
+            n,
+            state
+                .store
+                .received_at(&tenant, n)
+                .await?
+                .map(|ms| ms / 1000),
+        )),
         None => None,
     };
-    let max = state.settings.max_history_events;
+    // A full load leaves out intervals without signed-in time; an incremental one also gets
+    // those a late event emptied, so that the consumer overwrites what it held.
+    let empty = if changed_since.is_some() {
+        Empty::Revised
+    } else {
+        Empty::Left
+    };
     // The agents, by username: the cursor's own first (what is left of it), then those after.
     let mut names: Vec<String> = Vec::new();
-    let mut from: Option<(String, i64)> = after.clone();
     let mut scanned_all = true;
     match (&username, &after) {
         (Some(u), _) => names.push(u.clone()),
@@ -246,46 +266,30 @@ async fn intervals(
         _ => {}
     }
     if username.is_none() {
-        let q = AgentQuery {
-            after: after.as_ref().map(|(a, _)| a.clone()),
-            limit: INTERVAL_AGENTS_PER_PAGE,
-            ..AgentQuery::default()
-        };
-        let (agents, _) = state.store.list_agents(&tenant, &q).await?;
+        let from = after.as_ref().map(|(a, _)| a.as_str());
+        let agents = state
+            .store
+            .interval_agents(&tenant, from, INTERVAL_AGENTS_PER_PAGE)
+            .await?;
         scanned_all = agents.len() < INTERVAL_AGENTS_PER_PAGE as usize;
-        names.extend(agents.into_iter().map(|a| a.username));
+        names.extend(agents);
     }
     let mut data = Vec::new();
     let mut next_after = None;
     for name in &names {
-        let history = state
-            .store
-            .agent_history(&tenant, name, Some(as_of_sequence), max)
-            .await?;
-        let mut found = match history.intervals(window, name).await? {
-            Ok(found) => found,
-            Err(Refused::TooLong) => return Err(too_long("since", max)),
-            Err(Refused::Purged) => {
-                return Err(ApiError::BeyondRetention(FieldError::new(
-                    None,
-                    "since",
-                    format!(
-                        "the log no longer holds agent {name:?}'s events from that far back \
-                         (retention purged them); ask for a later start"
-                    ),
-                )));
-            }
+        let resume = after
+            .as_ref()
+            .filter(|(a, _)| a == name)
+            .map(|(_, start)| *start);
+        let filter = IntervalFilter {
+            empty,
+            changed_since,
+            after: resume,
         };
-        if let Some((_, start)) = from.take().filter(|(a, _)| a == name) {
-            found.retain(|i| i.start.to_unix_ms() / 1000 > start);
-        }
-        if let Some(n) = changed_since {
-            // Sequence N unknown here (purged, or not yet written): every interval.
-            found.retain(|i| {
-                let end = i.start.to_unix_ms() / 1000 + i.size_secs;
-                i.changed_by > n || open_after.is_none_or(|at| end > at)
-            });
-        }
+        let found = state
+            .store
+            .agent_intervals(&tenant, name, window, filter)
+            .await?;
         for interval in found {
             if data.len() == limit {
                 let last: &AgentInterval = data.last().expect("a full page");

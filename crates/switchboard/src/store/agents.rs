@@ -379,8 +379,6 @@ struct Pages {
     indexed: i64,
     part: Part,
     ended: bool,
-    /// Also read each event's `received_at` (a third column), for intervals.
-    received: bool,
 }
 
 impl Pages {
@@ -393,18 +391,13 @@ impl Pages {
             indexed,
             part: Part::Indexed,
             ended: false,
-            received: false,
         }
     }
 
     fn statement(&self) -> Select<'_> {
         usernames::page(
             self.part,
-            if self.received {
-                "e.sequence, e.body, e.received_at"
-            } else {
-                "e.sequence, e.body"
-            },
+            "e.sequence, e.body",
             &self.tenant,
             &self.username,
             self.after,
@@ -779,57 +772,6 @@ impl History<'_> {
             Some(Err(refused)) => Ok(Some(Err(refused))),
             None => Ok(None),
         }
-    }
-
-    /// The agent's intervals in `window` (DESIGN §18): its events read with when each was
-    /// received, those received together folded as one commit. Refused as a timeline is when
-    /// retention purged events after the window's start.
-    pub async fn intervals(
-        mut self,
-        window: agent::intervals::Window,
-        username: &str,
-    ) -> Result<Result<Vec<agent::intervals::AgentInterval>, Refused>, StoreError> {
-        let base = match self.base.take() {
-            Some((_, a)) if a.last_event_at.to_unix_ms() / 1000 > window.since => {
-                return Ok(Err(Refused::Purged));
-            }
-            Some((_, a)) => Some(a),
-            None => None,
-        };
-        self.pages.received = true;
-        let mut line = agent::intervals::Builder::new(window, base);
-        let until = window.until;
-        let mut commit: Vec<(i64, Event)> = Vec::new();
-        let mut received = i64::MIN;
-        let flush = |line: &mut agent::intervals::Builder, commit: &mut Vec<(i64, Event)>, at| {
-            let refs: Vec<(i64, &Event)> = commit.iter().map(|(s, e)| (*s, e)).collect();
-            line.commit(&refs, at / 1000);
-            commit.clear();
-        };
-        'read: while let Some(page) = self.rows().await? {
-            let rows = match page {
-                Ok(rows) => rows,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            for mut row in rows {
-                let sequence = row.int(0)?;
-                // Events of one commit share their `received_at` (ms).
-                let at = row.int(2)?;
-                let event = Event::from_canonical_json(&row.text(1)?).map_err(corrupt)?;
-                if event.creation.to_unix_ms() / 1000 >= until {
-                    break 'read;
-                }
-                if at != received && !commit.is_empty() {
-                    flush(&mut line, &mut commit, received);
-                }
-                received = at;
-                commit.push((sequence, event));
-            }
-        }
-        if !commit.is_empty() {
-            flush(&mut line, &mut commit, received);
-        }
-        Ok(Ok(line.finish(username)))
     }
 
     /// The state right after `sequence` (`through`, when the history was opened with one).

@@ -37,8 +37,11 @@ pub(super) enum Command {
     FoldAgents,
     /// Bring `events_by_username` up to date (sent now and then; see `usernames.rs`).
     IndexUsernames,
-    /// The rules tick (sent now and then, or by a test that steps it; see `rules.rs`).
+    /// The rules tick (sent now and then, or by a test that steps it; see `rules.rs`); it also
+    /// folds a batch of each tenant's log into the intervals projection (`intervals.rs`).
     Rules(Option<Reply<()>>),
+    /// One batch folding a tenant's log into the intervals projection; true if more remain.
+    FoldIntervals(String, Reply<bool>),
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -115,6 +118,7 @@ pub(super) struct Group {
     pub purges: Vec<(PurgeJob, Reply<PurgeStep>)>,
     pub replays: Vec<(ReplayJob, Reply<ReplayStep>)>,
     pub catch_ups: Vec<(String, Reply<bool>)>,
+    pub interval_folds: Vec<(String, Reply<bool>)>,
     /// A `FoldAgents` was among the commands.
     pub folds: bool,
     /// An `IndexUsernames` was among the commands.
@@ -136,6 +140,7 @@ pub(super) struct Committed {
     pub purges: Vec<PurgeStep>,
     pub replays: Vec<ReplayStep>,
     pub catch_ups: Vec<bool>,
+    pub interval_folds: Vec<bool>,
     /// The new events' `Id`s with their sequences, by tenant.
     pub new_ids: Vec<(String, Vec<(Uuid, i64)>)>,
     /// Deliveries may have become due that nobody holds: the dispatcher should claim.
@@ -183,6 +188,7 @@ impl Group {
             Command::Purge(job, reply) => self.purges.push((job, reply)),
             Command::Replay(job, reply) => self.replays.push((job, reply)),
             Command::CatchUpAgents(tenant, reply) => self.catch_ups.push((tenant, reply)),
+            Command::FoldIntervals(tenant, reply) => self.interval_folds.push((tenant, reply)),
             Command::FoldAgents => self.folds = true,
             Command::IndexUsernames => self.indexes = true,
             Command::Rules(reply) => {
@@ -213,6 +219,7 @@ impl Group {
             && self.purges.is_empty()
             && self.replays.is_empty()
             && self.catch_ups.is_empty()
+            && self.interval_folds.is_empty()
             && !self.indexes
             && !self.rules
             && !self.stopping)
@@ -290,6 +297,10 @@ impl Group {
                 for ((_, reply), more) in self.catch_ups.into_iter().zip(done.catch_ups) {
                     let _ = reply.send(Ok(more));
                 }
+                for ((_, reply), more) in (self.interval_folds.into_iter()).zip(done.interval_folds)
+                {
+                    let _ = reply.send(Ok(more));
+                }
                 for reply in (self.outcome_replies.into_iter())
                     .chain(self.pings)
                     .chain(self.rules_replies)
@@ -321,7 +332,7 @@ impl Group {
                 for (_, reply) in self.replays {
                     let _ = reply.send(Err(e.clone()));
                 }
-                for (_, reply) in self.catch_ups {
+                for (_, reply) in self.catch_ups.into_iter().chain(self.interval_folds) {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in (self.outcome_replies.into_iter())

@@ -40,6 +40,8 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("pull_cursors", &["subscription_id", "partition_no"]),
     ("rules", &["tenant_id", "id"]),
     ("rule_episodes", &["tenant_id", "subject", "rule_id"]),
+    ("agent_hours", &["tenant_id", "username", "start"]),
+    ("agent_tails", &["tenant_id", "username"]),
     // The source's keys replace any the target made for itself: hashes stay as they were.
     ("instance_keys", &["name"]),
 ];

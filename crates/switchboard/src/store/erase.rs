@@ -38,11 +38,13 @@ pub(crate) enum Settle {
 }
 
 /// The tables an erasure rewrites, vacuumed after it on PostgreSQL.
-const REWRITTEN: [&str; 10] = [
+const REWRITTEN: [&str; 12] = [
     "events",
     "attempts",
     "agents",
     "agent_bases",
+    "agent_tails",
+    "agent_hours",
     "deliveries",
     "events_by_username",
     "jobs",
@@ -312,14 +314,20 @@ impl Store {
             .await?;
         }
         let agents = if field == "Username" {
-            // The agent leaves the view: its state, its base and its index entries go.
+            // The agent leaves the view: its state, its base, its index entries and its
+            // intervals go.
             let gone = tx
                 .execute(
                     "DELETE FROM agents WHERE tenant_id = $1 AND username = $2",
                     &args![tenant, value],
                 )
                 .await? as i64;
-            for table in ["agent_bases", "events_by_username"] {
+            for table in [
+                "agent_bases",
+                "events_by_username",
+                "agent_tails",
+                "agent_hours",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE tenant_id = $1 AND username = $2"),
                     &args![tenant, value],
@@ -339,13 +347,18 @@ impl Store {
             let quoted = Value::String(value.to_string()).to_string();
             let pattern = containing(&quoted);
             let mut changed = 0;
-            for table in ["agents", "agent_bases"] {
+            // (The intervals projection's tails hold the agent's state too.)
+            for (table, state) in [
+                ("agents", "state"),
+                ("agent_bases", "state"),
+                ("agent_tails", "tail"),
+            ] {
                 let n = tx
                     .execute(
                         &format!(
-                            "UPDATE {table} SET state = REPLACE(state, $1, '\"[erased]\"') \
-                             WHERE tenant_id = $2 AND state LIKE $3 ESCAPE '!' \
-                             AND REPLACE(state, $1, '\"[erased]\"') <> state"
+                            "UPDATE {table} SET {state} = REPLACE({state}, $1, '\"[erased]\"') \
+                             WHERE tenant_id = $2 AND {state} LIKE $3 ESCAPE '!' \
+                             AND REPLACE({state}, $1, '\"[erased]\"') <> {state}"
                         ),
                         &args![quoted.as_str(), tenant, pattern.as_str()],
                     )

@@ -103,6 +103,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rules",
         include_str!("migrations/postgres/0016_rules.sql"),
     ),
+    (
+        17,
+        "agent_hours",
+        include_str!("migrations/postgres/0017_agent_hours.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

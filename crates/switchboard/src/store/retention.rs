@@ -53,6 +53,11 @@ impl Store {
         }
         passes.push(None);
         for tenant in passes {
+            // The intervals projection folds what is about to go first (a purge stops at the
+            // last event it holds).
+            if let Some(t) = &tenant {
+                self.intervals_through(t).await?;
+            }
             // Past the events that must stay (pending deliveries), batch after batch.
             let mut after = 0;
             loop {
@@ -125,6 +130,18 @@ async fn events_batch<C: Conn>(
         .transpose()?
         .flatten()
         .unwrap_or(i64::MAX);
+    // Nor does it pass what the intervals projection has not folded yet (DESIGN §18).
+    let kept_after = kept_after.min(
+        conn.query(
+            "SELECT intervals_through FROM tenants WHERE id = $1",
+            &args![tenant],
+        )
+        .await?
+        .first()
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(i64::MAX),
+    );
     let mut step = PurgeStep {
         more: rows.len() as i64 == PURGE_BATCH,
         last: after,
@@ -181,6 +198,7 @@ async fn events_batch<C: Conn>(
     let events = list("DELETE FROM events WHERE tenant_id = ", "");
     step.purged.events = conn.execute(&events.sql, &events.args).await?;
     super::agents::fold_purged(conn, tenant, &agent_events, groups).await?;
+    super::intervals::purge(conn, tenant, cutoff).await?;
     Ok(step)
 }
 

@@ -75,6 +75,8 @@ pub(crate) const SQLITE: Dialect = Dialect {
         "pull_cursors",
         "rules",
         "rule_episodes",
+        "agent_hours",
+        "agent_tails",
     ],
     skip_locked: "",
     settle: super::erase::Settle::Checkpoint,
@@ -114,6 +116,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "pull_cursors",
         "rules",
         "rule_episodes",
+        "agent_hours",
+        "agent_tails",
     ],
     skip_locked: " FOR UPDATE SKIP LOCKED",
     settle: super::erase::Settle::Vacuum,
@@ -296,6 +300,22 @@ pub static INSERT_EPISODES: MultiRow = MultiRow::new(
     8,
     1,
 );
+pub static UPSERT_HOURS: MultiRow = MultiRow::new(
+    "INSERT INTO agent_hours (tenant_id, username, start, signed_in_secs, changed_by, figures) \
+     VALUES ",
+    " ON CONFLICT (tenant_id, username, start) DO UPDATE SET \
+     signed_in_secs = excluded.signed_in_secs, changed_by = excluded.changed_by, \
+     figures = excluded.figures",
+    6,
+    1,
+);
+pub static UPSERT_TAILS: MultiRow = MultiRow::new(
+    "INSERT INTO agent_tails (tenant_id, username, tail) VALUES ",
+    " ON CONFLICT (tenant_id, username) DO UPDATE SET tail = excluded.tail",
+    3,
+    1,
+);
+
 pub static UPSERT_AGENT_BASES: MultiRow = MultiRow::new(
     "INSERT INTO agent_bases (tenant_id, username, through_sequence, state) VALUES ",
     " ON CONFLICT (tenant_id, username) DO UPDATE SET \

@@ -94,6 +94,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rules",
         include_str!("migrations/sqlite/0016_rules.sql"),
     ),
+    (
+        17,
+        "agent_hours",
+        include_str!("migrations/sqlite/0017_agent_hours.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

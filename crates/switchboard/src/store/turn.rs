@@ -45,7 +45,7 @@ use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
     Claimed, DeliveryStatus, IngestJob, NextState, Outcome, Recipients, StoreError, SystemEvent,
-    agents, handoff::Handoff, rules, sql, usernames,
+    agents, handoff::Handoff, intervals, rules, sql, usernames,
 };
 use crate::event::{Event, Timestamp};
 use crate::otel::TraceContext;
@@ -158,6 +158,13 @@ async fn write<C: Conn>(
     for (tenant, _) in &group.catch_ups {
         done.catch_ups
             .push(agents::catch_up_batch(conn, tenant, deferred).await?);
+    }
+    for (tenant, _) in &group.interval_folds {
+        done.interval_folds
+            .push(intervals::fold(conn, tenant).await?);
+    }
+    if group.rules {
+        intervals::tick(conn).await?;
     }
     // Rules (DESIGN §18): judged on what this turn's folds wrote; the tick reloads changed
     // rules and fires due episodes. Their derived events are logged in this same turn.

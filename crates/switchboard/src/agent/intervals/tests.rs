@@ -250,3 +250,80 @@ fn a_shift_cut_into_quarter_hours() {
         "every event came at once"
     );
 }
+
+/// Like [`commits`], with long quiet stretches (hours, a weekend) and backfills days late.
+fn wide_commits() -> impl Strategy<Value = Commits> {
+    prop::collection::vec((0u8..8, 0i64..30_000, 0u8..10, 1usize..4), 1..30).prop_map(|steps| {
+        let (mut at, mut received, mut sequence) = (T0 + 1_234, T0, 0);
+        let mut out = Vec::new();
+        for (kind, gap, lateness, n) in steps {
+            let mut events = Vec::new();
+            for i in 0..n {
+                let t = if lateness == 1 && i == 0 {
+                    at - 100
+                } else {
+                    at + gap * (i as i64 + 1) % 200_000
+                };
+                at = at.max(t);
+                sequence += 1;
+                events.push((sequence, random_event(kind.wrapping_add(3 * i as u8), t)));
+            }
+            let delay = match lateness {
+                0..=5 => 2,
+                6 | 7 => 1_000,
+                _ => 3 * 86_400,
+            };
+            received = received.max(at + delay);
+            out.push((events, received));
+        }
+        out
+    })
+}
+
+/// The intervals of `window` as the kept projection has them: each commit folded into a tail
+/// that goes through its stored form between commits, the hours it hands back kept by start.
+fn kept(window: Window, commits: &Commits, empty: kept::Empty) -> Vec<AgentInterval> {
+    let mut tail = kept::Tail::new(None);
+    let mut hours = BTreeMap::new();
+    for (events, received) in commits {
+        let refs: Vec<(i64, &Event)> = events.iter().map(|(s, e)| (*s, e)).collect();
+        for (start, hour) in tail.commit(&refs, *received) {
+            let text = serde_json::to_string(&hour).unwrap();
+            let again: kept::Hour = serde_json::from_str(&text).unwrap();
+            assert!(hours.insert(start, again).is_none(), "an hour is kept once");
+        }
+        let text = serde_json::to_string(&tail).unwrap();
+        tail = serde_json::from_str(&text).unwrap();
+    }
+    let first = window.since.div_euclid(kept::HOUR) * kept::HOUR;
+    let rows: Vec<(i64, kept::Hour)> = hours
+        .range(first..window.until)
+        .map(|(s, h)| (*s, h.clone()))
+        .collect();
+    kept::assemble(window, "jdoe", &rows, &tail, empty)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The kept projection answers exactly what a fold of the whole log answers, for every size
+    /// and window, with the revisions and the last changing sequences.
+    #[test]
+    fn kept_hours_and_the_tail_answer_as_the_log_does(
+        commits in prop_oneof![commits(), wide_commits()],
+        size in prop::sample::select(SIZES.to_vec()),
+        offset in -7_200i64..200_000,
+        length in 1i64..400_000,
+        now_after in 0i64..400_000,
+    ) {
+        let since = T0 + offset;
+        let until = since + length;
+        let now = commits.last().map_or(T0, |c| c.1) + now_after;
+        let window = Window::new(since, until, size, now);
+        let expected = build(window, &commits);
+        prop_assert_eq!(&kept(window, &commits, kept::Empty::Revised), &expected);
+        let full: Vec<AgentInterval> =
+            expected.into_iter().filter(|i| i.signed_in_secs > 0).collect();
+        prop_assert_eq!(kept(window, &commits, kept::Empty::Left), full);
+    }
+}
