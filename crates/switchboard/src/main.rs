@@ -126,6 +126,10 @@ struct SimulateArgs {
     /// catalog's [agents] group_fields = ["Team"]; 0: no Team
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
     teams: u64,
+    /// Hours each agent works a day, the agents' shifts spread around the clock: off shift an
+    /// agent finishes its work item, signs out and sends nothing; 0: everyone around the clock
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=24))]
+    shift_hours: u32,
     /// Seconds of shift; then every agent finishes its work item and signs out
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -431,6 +435,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 dry_run: a.dry_run,
                 progress: !a.dry_run,
                 teams: a.teams as usize,
+                shift_hours: a.shift_hours,
             };
             let mut stdout = std::io::stdout().lock();
             let report = switchboard::cli::simulate::run(opts, &mut stdout).await?;

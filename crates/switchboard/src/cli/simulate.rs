@@ -38,6 +38,10 @@ pub struct Options {
     /// Teams (DESIGN §18): with N > 0, every event carries the agent's `Team`, and now and then
     /// an agent signs in to another team.
     pub teams: usize,
+    /// Hours each agent works a day (DESIGN §18's intervals benchmark): agent `i`'s shift
+    /// starts `i / agents` of a day after midnight UTC; off shift it finishes its work item,
+    /// signs out and sends nothing. 0: everyone around the clock.
+    pub shift_hours: u32,
 }
 
 /// The names of the first teams; then "Team 11", "Team 12"….
@@ -133,6 +137,7 @@ pub struct Simulation {
     /// Set once every agent has been sent home.
     closing: Option<Vec<Value>>,
     teams: usize,
+    shift_hours: u32,
 }
 
 impl Simulation {
@@ -162,7 +167,38 @@ impl Simulation {
             items: 0,
             closing: None,
             teams: opts.teams,
+            shift_hours: opts.shift_hours.min(24),
         }
+    }
+
+    /// Whether agent `i` is on shift at the next event's time.
+    fn on_shift(&self, i: usize) -> bool {
+        if self.shift_hours == 0 || self.shift_hours >= 24 {
+            return true;
+        }
+        let day = 86_400i64;
+        let offset = i as i64 * day / self.agents.len() as i64;
+        let t = self.now().to_unix_ms() / 1000;
+        (t - offset).rem_euclid(day) < i64::from(self.shift_hours) * 3600
+    }
+
+    /// The next event with shifts: an agent picked at random steps on if on shift; off shift
+    /// it winds down (work item finished, signed out); a signed-out agent off shift is passed
+    /// over for another.
+    fn next_on_shifts(&mut self) -> Value {
+        for _ in 0..256 {
+            let i = self.rng.below(self.agents.len() as u64) as usize;
+            if self.on_shift(i) {
+                return self.step(i);
+            }
+            match self.agents[i].phase {
+                Phase::SignedOut => continue,
+                Phase::Receiving(..) | Phase::Handling(..) => return self.step(i),
+                Phase::SignedIn | Phase::Idle(_) => return self.sign_out(i),
+            }
+        }
+        let i = self.rng.below(self.agents.len() as u64) as usize;
+        self.step(i)
     }
 
     /// The `CreationDateUtc` of the next event.
@@ -297,6 +333,9 @@ impl Iterator for Simulation {
     type Item = Value;
 
     fn next(&mut self) -> Option<Value> {
+        if self.made < self.total && self.shift_hours > 0 {
+            return Some(self.next_on_shifts());
+        }
         if self.made < self.total {
             // Agents signed out come back now and then: the floor stays staffed.
             let i = self.rng.below(self.agents.len() as u64) as usize;
@@ -465,6 +504,7 @@ mod tests {
             dry_run: true,
             progress: false,
             teams: 0,
+            shift_hours: 0,
         }
     }
 
@@ -508,5 +548,38 @@ mod tests {
         assert_eq!(team_name(10), "Team 11");
         // Without --teams, a run is the run it always was.
         assert_eq!(plain, Simulation::new(&opts(7)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shifts_keep_agents_signed_out_off_shift() {
+        let o = Options {
+            agents: 24,
+            rate: 2,
+            duration_secs: 86_400,
+            shift_hours: 8,
+            ..opts(3)
+        };
+        let events: Vec<Value> = Simulation::new(&o).collect();
+        let start = Timestamp::parse("20261123080000").unwrap().to_unix_ms() / 1000;
+        let mut signed_in = 0;
+        for e in &events {
+            let name = e["AdditionalFields"]["Username"].as_str().unwrap();
+            let i: i64 = name.trim_start_matches("agent").parse().unwrap();
+            let at = Timestamp::parse(e["CreationDateUtc"].as_str().unwrap())
+                .unwrap()
+                .to_unix_ms()
+                / 1000;
+            // Agent i's shift starts i hours after midnight (24 agents over a day).
+            let on = (at - i * 3600).rem_euclid(86_400) < 8 * 3600;
+            let code = e["Code"].as_u64().unwrap();
+            if !on && at < start + 86_400 {
+                assert!(
+                    [2, 5, 6, 8].contains(&code),
+                    "off shift, {name} only winds down: {e}"
+                );
+            }
+            signed_in += u64::from(code == 1);
+        }
+        assert!(signed_in >= 24, "every agent works its shift: {signed_in}");
     }
 }

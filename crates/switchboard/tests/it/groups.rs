@@ -41,6 +41,7 @@ fn day(n: usize) -> Vec<Value> {
         dry_run: true,
         progress: false,
         teams: 10,
+        shift_hours: 0,
     };
     Simulation::new(&opts).take(n).collect()
 }

@@ -6,9 +6,15 @@ use serde_json::{Value, json};
 
 use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, fields_named, guid, json_ok, problem};
+use crate::support::db::OldDb;
+use crate::support::stepper::Stepper;
 
 fn ev(code: u32, at: &str, extra: Value) -> Value {
-    let mut fields = json!({"SessionId": "S-1", "SessionType": "CCA", "Username": "alice",
+    ev_of("alice", code, at, extra)
+}
+
+fn ev_of(who: &str, code: u32, at: &str, extra: Value) -> Value {
+    let mut fields = json!({"SessionId": "S-1", "SessionType": "CCA", "Username": who,
                             "PhoneNo": "+15551230001"});
     fields
         .as_object_mut()
@@ -217,4 +223,147 @@ async fn bad_interval_requests_are_refused_naming_the_field() {
         assert_eq!(fields_named(&p), [field], "{query}: {p}");
     }
     app.stop().await;
+}
+
+/// Three agents' day, in commits of one event each, some a few hours late: hours kept as rows,
+/// tails still going, revisions.
+async fn a_day(app: &TestApp) {
+    let status =
+        |code: i64| json!({"ActivityCode": code, "AvailabilityCode": 0, "ActivityName": ""});
+    let item = json!({"WorkItemId": "W-1", "WorkItemType": "Voice"});
+    for events in [
+        vec![
+            ev_of("alice", 1, "20261201071000", json!({})),
+            ev_of("alice", 3, "20261201072000", status(16)),
+            ev_of("alice", 4, "20261201084000", item.clone()),
+            ev_of("alice", 5, "20261201084010", item.clone()),
+            ev_of("alice", 8, "20261201101500", item.clone()),
+            ev_of("alice", 3, "20261201120000", status(34)),
+            ev_of("alice", 2, "20261201153000", json!({"ExitCode": 0})),
+        ],
+        vec![
+            ev_of("bob", 1, "20261201090000", json!({})),
+            ev_of("bob", 3, "20261201093000", status(36)),
+        ],
+        vec![
+            ev_of("carol", 1, "20261201060000", json!({})),
+            ev_of("carol", 2, "20261201061500", json!({"ExitCode": 0})),
+            ev_of("carol", 1, "20261201130000", json!({})),
+        ],
+    ] {
+        for e in events {
+            app.publish_ok("default", &json!([e])).await;
+        }
+    }
+}
+
+/// Every size of the day's intervals, full and incremental from sequence 3.
+async fn answers(app: &TestApp) -> Vec<Value> {
+    let mut out = Vec::new();
+    for size in [900, 1800, 3600] {
+        for more in ["", "&changed_since_sequence=3"] {
+            let query = format!("since=20261201000000&until=20261202000000&size={size}{more}");
+            let mut page = intervals(app, &query).await;
+            page.as_object_mut().unwrap().remove("as_of_sequence");
+            out.push(page);
+        }
+    }
+    out
+}
+
+/// The projection is stored, not kept in memory: the same answers after a restart, after its
+/// tables are emptied (a log written before it existed: folded again from the start), and — on
+/// PostgreSQL — from a second node.
+#[tokio::test]
+async fn the_projection_survives_restarts_refolds_an_old_log_and_serves_every_node() {
+    let app = TestApp::spawn().await;
+    a_day(&app).await;
+    let before = answers(&app).await;
+    let quarters = before[0]["data"].as_array().unwrap();
+    assert!(quarters.len() > 30, "{}", quarters.len());
+    let hours = before[4]["data"].as_array().unwrap();
+    let of = |who: &str| {
+        hours
+            .iter()
+            .filter(|i| i["username"] == who)
+            .map(|i| i["signed_in_secs"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // Alice from 07:10 to 15:30; Carol from 06:00 to 06:15, and from 13:00 on (still signed in).
+    assert_eq!(
+        of("alice"),
+        [3000, 3600, 3600, 3600, 3600, 3600, 3600, 3600, 1800]
+    );
+    assert_eq!(of("carol")[..3], [900, 3600, 3600]);
+    assert_eq!(of("carol").len(), 12, "06:00, then 13:00 to midnight");
+    if !app.data.database_url().is_empty() {
+        let node = app.second_node().await;
+        assert_eq!(answers(&node).await, before, "a second node");
+        node.stop().await;
+    }
+    let data = app.stop().await;
+    let app = TestApp::spawn_in(data).await;
+    assert_eq!(answers(&app).await, before, "after a restart");
+    let data = app.stop().await;
+    let mut db = OldDb::latest(&data).await;
+    db.exec("DELETE FROM agent_hours").await;
+    db.exec("DELETE FROM agent_tails").await;
+    db.exec("UPDATE tenants SET intervals_through = 0").await;
+    db.close().await;
+    let app = TestApp::spawn_in(data).await;
+    assert_eq!(answers(&app).await, before, "folded again from the log");
+    app.stop().await;
+}
+
+/// Retention purges the hours that ended before its cutoff with the events, and reads from
+/// before it are refused; what is after it stays.
+#[tokio::test]
+async fn retention_purges_old_hours_and_refuses_reads_from_before() {
+    use std::time::Duration;
+    use switchboard::agent::intervals::Window;
+    use switchboard::agent::intervals::kept::Empty;
+    use switchboard::event::Timestamp;
+    use switchboard::store::IntervalFilter;
+    let t = Stepper::new().await;
+    let t0 = t.clock.now_ms() / 1000;
+    let stamp = |secs: i64| Timestamp::from_unix_ms(secs * 1000).to_string();
+    // Signed in three days ago, a status every day since, each sent as it happened.
+    for day in 0..3 {
+        let at = t.clock.now_ms() / 1000;
+        let code = if day == 0 { 1 } else { 3 };
+        let e = ev(
+            code,
+            &stamp(at),
+            json!({"ActivityCode": 16 + day, "AvailabilityCode": 1, "ActivityName": ""}),
+        );
+        t.publish(&json!([e])).await;
+        t.advance(Duration::from_secs(86_400));
+    }
+    let now = t.clock.now_ms() / 1000;
+    let window = Window::new(t0 - 3600, now, 3600, now);
+    let filter = IntervalFilter {
+        empty: Empty::Left,
+        changed_since: None,
+        after: None,
+    };
+    let read = || t.store.agent_intervals("default", "alice", window, filter);
+    let (through, kept_from) = t.store.intervals_through("default").await.unwrap();
+    assert_eq!((through, kept_from), (3, 0));
+    let all = read().await.unwrap();
+    assert!(all.len() > 60, "{}", all.len());
+    // Retention of a day and a half: the first two events go, and the hours before the cutoff.
+    let cutoff = t0 + 3 * 86_400 / 2;
+    let purged = t.store.purge(cutoff * 1000).await.unwrap();
+    assert_eq!(purged.events, 2);
+    let (_, kept_from) = t.store.intervals_through("default").await.unwrap();
+    assert_eq!(kept_from, cutoff.div_euclid(3600) * 3600);
+    let left = read().await.unwrap();
+    let start = |i: &switchboard::agent::intervals::AgentInterval| i.start.to_unix_ms() / 1000;
+    assert!(left.iter().all(|i| start(i) >= kept_from));
+    let kept: Vec<_> = all
+        .iter()
+        .filter(|i| start(i) >= kept_from)
+        .cloned()
+        .collect();
+    assert_eq!(left, kept, "the hours after the cutoff stay as they were");
 }

@@ -452,6 +452,11 @@ async fn erasing_a_username_takes_the_agent_out_of_the_view() {
     ]);
     app.publish_ok("default", &events).await;
     json_ok(app.get("/v1/tenants/default/agents/frank", ADMIN_KEY).await).await;
+    // Its intervals are kept (a read folds them in): they go too.
+    let window = "since=20261123000000&until=20261124000000";
+    let path = format!("/v1/tenants/default/agents/intervals?{window}&username=frank");
+    let kept = json_ok(app.get(&path, ADMIN_KEY).await).await;
+    assert_eq!(kept["data"].as_array().unwrap().len(), 21, "{kept}");
     let job = create_job(
         &app,
         json!({"kind": "erase", "field": "Username", "value": "frank"}),
@@ -472,6 +477,8 @@ async fn erasing_a_username_takes_the_agent_out_of_the_view() {
         .collect();
     assert_eq!(names, [&json!("[erased]"), &json!("gina")]);
     assert!(!holds(&bytes_at_rest(&app.data).await, "\"frank\""));
+    let gone = json_ok(app.get(&path, ADMIN_KEY).await).await;
+    assert_eq!(gone["data"], json!([]));
 }
 
 #[tokio::test]

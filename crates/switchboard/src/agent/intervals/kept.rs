@@ -129,8 +129,9 @@ pub struct Tail {
     from: i64,
     /// (from, key, sequence that set it), in time order; the first holds at `from`.
     segments: Vec<(i64, Key, i64)>,
-    /// (time, event code, sequence) of the work item events from `from` on.
-    counted: Vec<(i64, u32, i64)>,
+    /// The work item events from `from` on, by second: (time, received, accepted, declined,
+    /// released, the last sequence) — at most one entry a second, however many events.
+    counted: Vec<(i64, [u64; 4], i64)>,
     /// Per size, revision changes at interval starts from `from` on: +1 where a run of revised
     /// intervals begins, -1 where it ends (a backfill revises long runs; each is one entry).
     revisions: [BTreeMap<i64, i64>; 3],
@@ -240,7 +241,23 @@ impl Tail {
                     | code::DECLINED_WORK_ITEM
                     | code::RELEASED_WORK_ITEM
             ) {
-                self.counted.push((at, event.code, *sequence));
+                let i = match event.code {
+                    code::RECEIVING_WORK_ITEM => 0,
+                    code::ACCEPTED_WORK_ITEM => 1,
+                    code::DECLINED_WORK_ITEM => 2,
+                    _ => 3,
+                };
+                match self.counted.last_mut() {
+                    Some(last) if last.0 == at => {
+                        last.1[i] += 1;
+                        last.2 = *sequence;
+                    }
+                    _ => {
+                        let mut items = [0; 4];
+                        items[i] = 1;
+                        self.counted.push((at, items, *sequence));
+                    }
+                }
             }
             let k = key(&next);
             match self.segments.last_mut() {
@@ -361,14 +378,12 @@ impl Tail {
             }
         }
         let lo = self.counted.partition_point(|c| c.0 < start);
-        for (_, c, _) in self.counted[lo..].iter().take_while(|c| c.0 < end) {
+        for (_, items, _) in self.counted[lo..].iter().take_while(|c| c.0 < end) {
             let w = &mut f.work_items;
-            match *c {
-                code::RECEIVING_WORK_ITEM => w.received += 1,
-                code::ACCEPTED_WORK_ITEM => w.accepted += 1,
-                code::DECLINED_WORK_ITEM => w.declined += 1,
-                _ => w.released += 1,
-            }
+            w.received += items[0];
+            w.accepted += items[1];
+            w.declined += items[2];
+            w.released += items[3];
         }
         f
     }
