@@ -135,22 +135,36 @@ pub(super) async fn fold<C: Conn>(conn: &mut C, tenant: &str) -> Result<bool, St
     Ok(full)
 }
 
-/// Retention's part (DESIGN §18): the hours that ended before `cutoff` (unix ms) go with the
-/// events, and reads of intervals from before it are refused from then on.
+/// Retention's part (DESIGN §18): the hours made by events through sequence `through` (each
+/// hour's `changed_by`; retention has purged those events, or kept them only for pending
+/// deliveries) go with them, and reads of intervals from before the last of them are refused
+/// from then on. Hours go as their events do — a backfill's hours as long as its events stay.
 pub(super) async fn purge<C: Conn>(
     conn: &mut C,
     tenant: &str,
-    cutoff: i64,
+    through: i64,
 ) -> Result<(), StoreError> {
-    let kept_from = cutoff.div_euclid(1000).div_euclid(HOUR) * HOUR;
+    let last = conn
+        .query(
+            "SELECT MAX(start) FROM agent_hours WHERE tenant_id = $1 AND changed_by <= $2",
+            &args![tenant, through],
+        )
+        .await?
+        .first()
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten();
+    let Some(last) = last else {
+        return Ok(());
+    };
     conn.execute(
-        "DELETE FROM agent_hours WHERE tenant_id = $1 AND start < $2",
-        &args![tenant, kept_from],
+        "DELETE FROM agent_hours WHERE tenant_id = $1 AND changed_by <= $2",
+        &args![tenant, through],
     )
     .await?;
     conn.execute(
         "UPDATE tenants SET intervals_from = $1 WHERE id = $2 AND intervals_from < $1",
-        &args![kept_from, tenant],
+        &args![last + HOUR, tenant],
     )
     .await?;
     Ok(())

@@ -142,10 +142,6 @@ async fn events_batch<C: Conn>(
         .transpose()?
         .unwrap_or(i64::MAX),
     );
-    if after == 0 {
-        // The pass's first batch: the hours that ended before the cutoff go (DESIGN §18).
-        super::intervals::purge(conn, tenant, cutoff).await?;
-    }
     let mut step = PurgeStep {
         more: rows.len() as i64 == PURGE_BATCH,
         last: after,
@@ -202,6 +198,7 @@ async fn events_batch<C: Conn>(
     let events = list("DELETE FROM events WHERE tenant_id = ", "");
     step.purged.events = conn.execute(&events.sql, &events.args).await?;
     super::agents::fold_purged(conn, tenant, &agent_events, groups).await?;
+    super::intervals::purge(conn, tenant, step.last).await?;
     Ok(step)
 }
 

@@ -18,8 +18,8 @@ CREATE TABLE agent_hours (
     PRIMARY KEY (tenant_id, username, start)
 ) WITHOUT ROWID;
 
--- Retention purges a tenant's hours by start.
-CREATE INDEX agent_hours_by_start ON agent_hours (tenant_id, start);
+-- Retention purges a tenant's hours with the events that made them.
+CREATE INDEX agent_hours_by_change ON agent_hours (tenant_id, changed_by);
 
 -- Each agent's part that can still change: its state as this projection folded it, the hour
 -- in progress and the revisions still running, as JSON.
