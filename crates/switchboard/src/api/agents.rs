@@ -2,7 +2,8 @@
 //! a sequence), and an agent's timeline. The agents stream is in `streams.rs`.
 
 use axum::extract::{Path, State};
-use axum::response::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Json, Response};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -146,6 +147,10 @@ struct Intervals {
 const MAX_INTERVAL_DAYS: i64 = 31;
 /// Agents whose history one page reads at most (each may have no interval in the window).
 const INTERVAL_AGENTS_PER_PAGE: u32 = 200;
+/// Agents whose hours one query reads.
+const INTERVAL_AGENTS_PER_QUERY: usize = 8;
+/// Queries (with their chunks' assembly and serialization) a page has going at once.
+const INTERVAL_QUERIES_IN_FLIGHT: usize = 4;
 
 /// Intervals of the agents' timelines for WFM: signed-in time, time on a work item, time by
 /// activity and work items, per agent and interval.
@@ -170,7 +175,7 @@ async fn intervals(
     State(state): State<AppState>,
     Access { tenant, .. }: Access<need::Read>,
     mut p: Params,
-) -> Result<Json<Intervals>, ApiError> {
+) -> Result<Response, ApiError> {
     let size = match p.parse::<i64>("size", "900, 1800 or 3600 (seconds)")? {
         None => 900,
         Some(n) if SIZES.contains(&n) => n,
@@ -258,60 +263,119 @@ async fn intervals(
         Empty::Left
     };
     // The agents, by username: the cursor's own first (what is left of it), then those after.
-    let mut names: Vec<String> = Vec::new();
+    let mut agents = Vec::new();
     let mut scanned_all = true;
     match (&username, &after) {
-        (Some(u), _) => names.push(u.clone()),
-        (None, Some((a, start))) if *start < END_OF_AGENT => names.push(a.clone()),
+        (Some(u), _) => {
+            agents = (state.store)
+                .interval_agents(&tenant, None, Some(u), 1)
+                .await?
+        }
+        (None, Some((a, start))) if *start < END_OF_AGENT => {
+            agents = (state.store)
+                .interval_agents(&tenant, None, Some(a), 1)
+                .await?
+        }
         _ => {}
     }
     if username.is_none() {
         let from = after.as_ref().map(|(a, _)| a.as_str());
-        let agents = state
-            .store
-            .interval_agents(&tenant, from, INTERVAL_AGENTS_PER_PAGE)
+        let more = (state.store)
+            .interval_agents(&tenant, from, None, INTERVAL_AGENTS_PER_PAGE)
             .await?;
-        scanned_all = agents.len() < INTERVAL_AGENTS_PER_PAGE as usize;
-        names.extend(agents);
+        scanned_all = more.len() < INTERVAL_AGENTS_PER_PAGE as usize;
+        agents.extend(more);
     }
-    let mut data = Vec::new();
-    let mut next_after = None;
-    for name in &names {
-        let resume = after
-            .as_ref()
-            .filter(|(a, _)| a == name)
-            .map(|(_, start)| *start);
-        let filter = IntervalFilter {
-            empty,
-            changed_since,
-            after: resume,
-        };
-        let found = state
-            .store
-            .agent_intervals(&tenant, name, window, filter)
-            .await?;
-        for interval in found {
-            if data.len() == limit {
-                let last: &AgentInterval = data.last().expect("a full page");
-                next_after = Some(format!("{}@{}", last.username, last.start));
-                return Ok(Json(Intervals {
-                    as_of_sequence,
-                    data,
-                    next_after,
-                }));
+    let filter = IntervalFilter {
+        empty,
+        changed_since,
+    };
+    let resume = after;
+    let last_name = agents.last().cloned();
+    // A few agents a query (their hours in one round trip), four queries in flight, each
+    // chunk's intervals serialized by its own task: the page is made on both cores.
+    let mut chunks = Vec::new();
+    let mut rest = agents.into_iter().peekable();
+    while rest.peek().is_some() {
+        chunks.push(
+            rest.by_ref()
+                .take(INTERVAL_AGENTS_PER_QUERY)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let mut chunks = chunks.into_iter();
+    let spawn = |chunk: Vec<String>| {
+        let store = state.store.clone();
+        let tenant = tenant.clone();
+        let resume = resume.clone();
+        tokio::spawn(async move {
+            let found = store
+                .agents_intervals(
+                    &tenant,
+                    &chunk,
+                    window,
+                    filter,
+                    resume.as_ref().map(|(a, s)| (a.as_str(), *s)),
+                )
+                .await?;
+            let mut out = Vec::new();
+            for i in found.into_iter().flatten() {
+                let bytes =
+                    serde_json::to_vec(&i).map_err(|e| ApiError::Internal(e.to_string()))?;
+                out.push((i.username, i.start, bytes));
             }
-            data.push(interval);
+            Ok::<_, ApiError>(out)
+        })
+    };
+    let mut pending = std::collections::VecDeque::new();
+    let mut data: Vec<u8> = Vec::new();
+    let mut count = 0;
+    let mut last: Option<(String, Timestamp)> = None;
+    let mut next_after = None;
+    'page: loop {
+        while pending.len() < INTERVAL_QUERIES_IN_FLIGHT {
+            match chunks.next() {
+                Some(chunk) => pending.push_back(spawn(chunk)),
+                None => break,
+            }
+        }
+        let Some(task) = pending.pop_front() else {
+            break;
+        };
+        let found = task
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        for (name, start, bytes) in found {
+            if count == limit {
+                let (name, start) = last.as_ref().expect("a full page");
+                next_after = Some(format!("{name}@{start}"));
+                break 'page;
+            }
+            if count > 0 {
+                data.push(b',');
+            }
+            data.extend_from_slice(&bytes);
+            count += 1;
+            last = Some((name, start));
         }
     }
-    if !scanned_all && let Some(last) = names.last() {
+    for task in pending {
+        task.abort();
+    }
+    if next_after.is_none()
+        && !scanned_all
+        && let Some(last) = last_name
+    {
         // More agents than a page reads: the next page goes on after this one's last.
         next_after = Some(format!("{last}@{END_OF_AGENT_TEXT}"));
     }
-    Ok(Json(Intervals {
-        as_of_sequence,
-        data,
-        next_after,
-    }))
+    // The page as `Intervals` serializes it, its data joined from the chunks' serializations.
+    let mut body = format!("{{\"as_of_sequence\":{as_of_sequence},\"data\":[").into_bytes();
+    body.extend_from_slice(&data);
+    body.extend_from_slice(b"],\"next_after\":");
+    body.extend_from_slice(&serde_json::to_vec(&next_after).unwrap_or_default());
+    body.push(b'}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The start in a cursor that says an agent is done with.

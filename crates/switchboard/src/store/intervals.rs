@@ -227,8 +227,6 @@ pub struct IntervalFilter {
     /// `changed_since_sequence`, and when that sequence was received (unix seconds; unknown:
     /// every interval): only intervals changed after it, or still going when it was received.
     pub changed_since: Option<(i64, Option<i64>)>,
-    /// Only intervals starting after this (unix seconds): the rest of a page's last agent.
-    pub after: Option<i64>,
 }
 
 impl Store {
@@ -272,23 +270,108 @@ impl Store {
         }
     }
 
-    /// Up to `limit` usernames of `tenant`'s agents with intervals, in order, after `after`.
+    /// Up to `limit` of `tenant`'s agents with intervals, by username, after `after` (or just
+    /// `only`, if it has any).
     pub async fn interval_agents(
         &self,
         tenant: &str,
         after: Option<&str>,
+        only: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .0
-            .db
-            .query(
-                "SELECT username FROM agent_tails WHERE tenant_id = $1 AND username > $2 \
-                 ORDER BY username LIMIT $3",
-                &args![tenant, after.unwrap_or(""), i64::from(limit)],
-            )
-            .await?;
+        let rows = match only {
+            Some(name) => {
+                self.0
+                    .db
+                    .query(
+                        "SELECT username FROM agent_tails WHERE tenant_id = $1 AND username = $2",
+                        &args![tenant, name],
+                    )
+                    .await?
+            }
+            None => {
+                self.0
+                    .db
+                    .query(
+                        "SELECT username FROM agent_tails WHERE tenant_id = $1 \
+                         AND username > $2 ORDER BY username LIMIT $3",
+                        &args![tenant, after.unwrap_or(""), i64::from(limit)],
+                    )
+                    .await?
+            }
+        };
         rows.into_iter().map(|mut r| r.text(0)).collect()
+    }
+
+    /// The intervals in `window` of `agents`, each agent's in order; `resume` (a username and
+    /// a start) leaves out that agent's intervals up to that start (the rest of a page's last
+    /// agent).
+    pub async fn agents_intervals(
+        &self,
+        tenant: &str,
+        agents: &[String],
+        window: Window,
+        filter: IntervalFilter,
+        resume: Option<(&str, i64)>,
+    ) -> Result<Vec<Vec<AgentInterval>>, StoreError> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The tails first: every hour they have handed over is in the table by then.
+        let text = format!(
+            "SELECT username, tail FROM agent_tails WHERE tenant_id = $1 AND username IN ({}",
+            sql::list(agents.len(), 2)
+        );
+        let mut values = vec![Arg::from(tenant)];
+        values.extend(agents.iter().map(|n| Arg::from(n.as_str())));
+        let mut tails: HashMap<String, Tail> = HashMap::with_capacity(agents.len());
+        for mut r in self.0.db.query(&text, &values).await? {
+            let tail = serde_json::from_str(&r.text(1)?).map_err(corrupt)?;
+            tails.insert(r.text(0)?, tail);
+        }
+        let from = window.since.div_euclid(HOUR) * HOUR;
+        let mut sql = String::from(
+            "SELECT username, start, figures FROM agent_hours WHERE tenant_id = $1 \
+             AND start >= $2 AND start < $3",
+        );
+        let mut values: Vec<Arg> = args![tenant, from, window.until].into();
+        if filter.empty == Empty::Left {
+            sql.push_str(" AND signed_in_secs > 0");
+        }
+        if let Some((n, Some(at))) = filter.changed_since {
+            sql.push_str(" AND (changed_by > $4 OR start + 3600 > $5)");
+            values.extend(args![n, at]);
+        }
+        sql.push_str(&format!(
+            " AND username IN ({} ORDER BY username, start",
+            sql::list(agents.len(), values.len() + 1)
+        ));
+        values.extend(agents.iter().map(|n| Arg::from(n.as_str())));
+        let mut hours: HashMap<String, Vec<(i64, Hour)>> = HashMap::new();
+        for mut r in self.0.db.query(&sql, &values).await? {
+            let hour: Hour = serde_json::from_str(&r.text(2)?).map_err(corrupt)?;
+            hours.entry(r.text(0)?).or_default().push((r.int(1)?, hour));
+        }
+        let mut out = Vec::with_capacity(agents.len());
+        for name in agents {
+            let Some(tail) = tails.get(name) else {
+                out.push(Vec::new());
+                continue;
+            };
+            let rows = hours.remove(name).unwrap_or_default();
+            let mut found = assemble(window, name, rows, tail, filter.empty);
+            if let Some((_, after)) = resume.filter(|(n, _)| n == name) {
+                found.retain(|i| i.start.to_unix_ms() / 1000 > after);
+            }
+            if let Some((n, open_after)) = filter.changed_since {
+                found.retain(|i| {
+                    let end = i.start.to_unix_ms() / 1000 + i.size_secs;
+                    i.changed_by > n || open_after.is_none_or(|at| end > at)
+                });
+            }
+            out.push(found);
+        }
+        Ok(out)
     }
 
     /// `username`'s intervals in `window` (none for an agent the projection does not know).
@@ -299,53 +382,10 @@ impl Store {
         window: Window,
         filter: IntervalFilter,
     ) -> Result<Vec<AgentInterval>, StoreError> {
-        // The tail first: the hours it has handed over by then are all in the table.
-        let rows = self
-            .0
-            .db
-            .query(
-                "SELECT tail FROM agent_tails WHERE tenant_id = $1 AND username = $2",
-                &args![tenant, username],
-            )
+        let agents = [username.to_string()];
+        let found = self
+            .agents_intervals(tenant, &agents, window, filter, None)
             .await?;
-        let Some(mut row) = rows.into_iter().next() else {
-            return Ok(Vec::new());
-        };
-        let tail: Tail = serde_json::from_str(&row.text(0)?).map_err(corrupt)?;
-        let mut from = window.since.div_euclid(HOUR) * HOUR;
-        if let Some(after) = filter.after {
-            from = from.max(after.div_euclid(HOUR) * HOUR);
-        }
-        let mut sql = String::from(
-            "SELECT start, figures FROM agent_hours WHERE tenant_id = $1 AND username = $2 \
-             AND start >= $3 AND start < $4",
-        );
-        let mut values: Vec<Arg> = args![tenant, username, from, window.until].into();
-        if filter.empty == Empty::Left {
-            sql.push_str(" AND signed_in_secs > 0");
-        }
-        if let Some((n, open_after)) = filter.changed_since
-            && let Some(at) = open_after
-        {
-            sql.push_str(" AND (changed_by > $5 OR start + 3600 > $6)");
-            values.extend(args![n, at]);
-        }
-        sql.push_str(" ORDER BY start");
-        let mut hours = Vec::new();
-        for mut r in self.0.db.query(&sql, &values).await? {
-            let hour: Hour = serde_json::from_str(&r.text(1)?).map_err(corrupt)?;
-            hours.push((r.int(0)?, hour));
-        }
-        let mut found = assemble(window, username, &hours, &tail, filter.empty);
-        if let Some(after) = filter.after {
-            found.retain(|i| i.start.to_unix_ms() / 1000 > after);
-        }
-        if let Some((n, open_after)) = filter.changed_since {
-            found.retain(|i| {
-                let end = i.start.to_unix_ms() / 1000 + i.size_secs;
-                i.changed_by > n || open_after.is_none_or(|at| end > at)
-            });
-        }
-        Ok(found)
+        Ok(found.into_iter().next().unwrap_or_default())
     }
 }

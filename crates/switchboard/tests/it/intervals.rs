@@ -344,7 +344,6 @@ async fn retention_purges_old_hours_and_refuses_reads_from_before() {
     let filter = IntervalFilter {
         empty: Empty::Left,
         changed_since: None,
-        after: None,
     };
     let read = || t.store.agent_intervals("default", "alice", window, filter);
     let (through, kept_from) = t.store.intervals_through("default").await.unwrap();

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentInterval, Figures, Key, SIZES, Window, WorkItems, key};
+use super::{AgentInterval, Figures, Key, SIZES, UNKNOWN, Window, WorkItems, key};
 use crate::agent::{Agent, apply, code};
 use crate::event::{Event, Timestamp};
 
@@ -27,21 +27,69 @@ fn start_of(t: i64, size: i64) -> i64 {
     t.div_euclid(size) * size
 }
 
-/// One quarter's figures as a row keeps them.
+/// One quarter's figures as a row keeps them: stored as one array of numbers (a read parses
+/// thousands of them a page) — signed-in seconds, on a work item, the four work item counts,
+/// the last changing sequence, the seconds with no status yet, then (activity code, seconds)
+/// pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Vec<i64>", try_from = "Vec<i64>")]
 pub struct Quarter {
-    #[serde(rename = "s", default)]
     signed_in_secs: u64,
-    #[serde(rename = "w", default)]
     on_work_item_secs: u64,
-    #[serde(rename = "a", default)]
     by_activity: BTreeMap<String, u64>,
     /// Received, accepted, declined, released.
-    #[serde(rename = "i", default)]
     items: [u64; 4],
     /// The last sequence that changed it.
-    #[serde(rename = "c", default)]
     changed_by: i64,
+}
+
+impl From<Quarter> for Vec<i64> {
+    fn from(q: Quarter) -> Self {
+        let unknown = q.by_activity.get(UNKNOWN).copied().unwrap_or(0);
+        let mut out = vec![
+            q.signed_in_secs as i64,
+            q.on_work_item_secs as i64,
+            q.items[0] as i64,
+            q.items[1] as i64,
+            q.items[2] as i64,
+            q.items[3] as i64,
+            q.changed_by,
+            unknown as i64,
+        ];
+        for (activity, secs) in &q.by_activity {
+            if let Ok(code) = activity.parse::<i64>() {
+                out.extend([code, *secs as i64]);
+            }
+        }
+        out
+    }
+}
+
+impl TryFrom<Vec<i64>> for Quarter {
+    type Error = &'static str;
+
+    fn try_from(v: Vec<i64>) -> Result<Self, Self::Error> {
+        if v.len() < 8 || !v.len().is_multiple_of(2) {
+            return Err("a stored quarter is 8 numbers and (activity, seconds) pairs");
+        }
+        let n = |i: usize| u64::try_from(v[i]).map_err(|_| "a negative count in a stored quarter");
+        let mut by_activity = BTreeMap::new();
+        if v[7] > 0 {
+            by_activity.insert(UNKNOWN.to_string(), n(7)?);
+        }
+        for pair in v[8..].chunks(2) {
+            let secs =
+                u64::try_from(pair[1]).map_err(|_| "negative seconds in a stored quarter")?;
+            by_activity.insert(pair[0].to_string(), secs);
+        }
+        Ok(Quarter {
+            signed_in_secs: n(0)?,
+            on_work_item_secs: n(1)?,
+            by_activity,
+            items: [n(2)?, n(3)?, n(4)?, n(5)?],
+            changed_by: v[6],
+        })
+    }
 }
 
 impl Quarter {
@@ -60,11 +108,16 @@ impl Quarter {
         self.signed_in_secs == 0 && self.items == [0; 4]
     }
 
-    fn add_to(&self, f: &mut Figures) {
+    /// Adds its figures to `f`, handing over its activities (a read uses a quarter once).
+    fn add_to(&mut self, f: &mut Figures) {
         f.signed_in_secs += self.signed_in_secs;
         f.on_work_item_secs += self.on_work_item_secs;
-        for (a, s) in &self.by_activity {
-            *f.by_activity.entry(a.clone()).or_default() += s;
+        if f.by_activity.is_empty() {
+            f.by_activity = std::mem::take(&mut self.by_activity);
+        } else {
+            for (a, s) in std::mem::take(&mut self.by_activity) {
+                *f.by_activity.entry(a).or_default() += s;
+            }
         }
         let w = &mut f.work_items;
         w.received += self.items[0];
@@ -420,7 +473,7 @@ pub enum Empty {
 pub fn assemble(
     window: Window,
     username: &str,
-    hours: &[(i64, Hour)],
+    hours: Vec<(i64, Hour)>,
     tail: &Tail,
     empty: Empty,
 ) -> Vec<AgentInterval> {
@@ -437,7 +490,7 @@ pub fn assemble(
         return out;
     };
     let mut start = start_of(known_from, size).max(window.since);
-    let mut rows = hours.iter().peekable();
+    let mut rows = hours.into_iter().peekable();
     while start < window.until && start < window.horizon {
         let hour = start_of(start, HOUR);
         if hour < tail.from {
@@ -445,17 +498,17 @@ pub fn assemble(
             while rows.peek().is_some_and(|(h, _)| *h < hour) {
                 rows.next();
             }
-            let Some((h, row)) = rows.peek().filter(|(h, _)| *h == hour) else {
+            let Some((h, row)) = rows.peek_mut().filter(|(h, _)| *h == hour) else {
                 // No row: nothing in this hour. On to the next row's hour, or the tail's.
                 let next = rows.peek().map_or(tail.from, |(h, _)| *h).min(tail.from);
                 start = start_of(next, size).max(start + size);
                 continue;
             };
             let mut f = Figures::default();
-            let offset = start - h;
+            let offset = start - *h;
             let first = (offset / QUARTER) as usize;
-            let quarters = &row.quarters[first..first + (size / QUARTER) as usize];
-            for q in quarters {
+            let quarters = &mut row.quarters[first..first + (size / QUARTER) as usize];
+            for q in quarters.iter_mut() {
                 q.add_to(&mut f);
             }
             let changed_by = quarters.iter().map(|q| q.changed_by).max().unwrap_or(0);

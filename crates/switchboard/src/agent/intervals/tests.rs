@@ -300,7 +300,7 @@ fn kept(window: Window, commits: &Commits, empty: kept::Empty) -> Vec<AgentInter
         .range(first..window.until)
         .map(|(s, h)| (*s, h.clone()))
         .collect();
-    kept::assemble(window, "jdoe", &rows, &tail, empty)
+    kept::assemble(window, "jdoe", rows, &tail, empty)
 }
 
 proptest! {
