@@ -5,8 +5,10 @@
 //! It follows the log rather than riding in the ingest turn's fold: a batch of a tenant's Agent
 //! events, read back with when each was received (a commit's events share that time), at each
 //! rules tick (every 250 ms) and before a read of the intervals (so that a read sees every
-//! event committed before it). Ingest never waits on it; a log written before it existed (an
-//! upgrade) is folded in batches from the start, as the agents projection's is.
+//! event committed before it). Ingest never waits on it. A tenant's projection starts with its
+//! first read of intervals, from the start of its log (`intervals_through` 0: not kept): a
+//! tenant that never asks for intervals never pays for them (the fold costs the writer about a
+//! tenth of its time under agent-heavy ingest; docs/BENCHMARKS.md).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,11 +26,14 @@ const FOLD_BATCH: i64 = 10_000;
 /// Batches a read waits for before answering as of where the projection is.
 const READ_CATCH_UP_BATCHES: u32 = 100;
 
-/// The rules tick's part: a batch for each tenant whose log runs ahead of the projection.
+/// The rules tick's part: a batch for each tenant whose log runs ahead of its projection. A
+/// tenant's projection starts with its first read of intervals (`intervals_through` 0: not
+/// kept), so that tenants that never ask for intervals never pay for them.
 pub(super) async fn tick<C: Conn>(conn: &mut C) -> Result<(), StoreError> {
     let rows = conn
         .query(
-            "SELECT id FROM tenants WHERE intervals_through < last_sequence",
+            "SELECT id FROM tenants WHERE intervals_through > 0 \
+             AND intervals_through < last_sequence",
             &[],
         )
         .await?;
@@ -231,8 +236,8 @@ pub struct IntervalFilter {
 
 impl Store {
     /// Brings `tenant`'s intervals projection up to its log (a batch per writer turn, up to a
-    /// bound) and returns the last sequence it holds, and where its hours start (unix seconds:
-    /// retention purged those before).
+    /// bound; the first time, this starts the projection) and returns the last sequence it
+    /// holds, and where its hours start (unix seconds: retention purged those before).
     pub async fn intervals_through(&self, tenant: &str) -> Result<(i64, i64), StoreError> {
         let (mut through, last, kept_from) = self.intervals_position(tenant).await?;
         let mut batches = 0;
@@ -251,6 +256,14 @@ impl Store {
             }
         }
         Ok((through, kept_from))
+    }
+
+    /// Brings `tenant`'s intervals projection up to its log if it is kept (see [`tick`]).
+    pub(super) async fn catch_up_kept_intervals(&self, tenant: &str) -> Result<(), StoreError> {
+        if self.intervals_position(tenant).await?.0 > 0 {
+            self.intervals_through(tenant).await?;
+        }
+        Ok(())
     }
 
     /// `tenant`'s `intervals_through`, `last_sequence` and `intervals_from`.

@@ -56,7 +56,7 @@ impl Store {
             // The intervals projection folds what is about to go first (a purge stops at the
             // last event it holds).
             if let Some(t) = &tenant {
-                self.intervals_through(t).await?;
+                self.catch_up_kept_intervals(t).await?;
             }
             // Past the events that must stay (pending deliveries), batch after batch.
             let mut after = 0;
@@ -130,9 +130,10 @@ async fn events_batch<C: Conn>(
         .transpose()?
         .flatten()
         .unwrap_or(i64::MAX);
-    // Nor does it pass what the intervals projection has not folded yet (DESIGN §18).
-    let kept_after = kept_after.min(
-        conn.query(
+    // Nor does it pass what the intervals projection, when the tenant's is kept, has not
+    // folded yet (DESIGN §18).
+    let intervals = conn
+        .query(
             "SELECT intervals_through FROM tenants WHERE id = $1",
             &args![tenant],
         )
@@ -140,8 +141,12 @@ async fn events_batch<C: Conn>(
         .first()
         .map(|r| r.int(0))
         .transpose()?
-        .unwrap_or(i64::MAX),
-    );
+        .unwrap_or(0);
+    let kept_after = if intervals > 0 {
+        kept_after.min(intervals)
+    } else {
+        kept_after
+    };
     let mut step = PurgeStep {
         more: rows.len() as i64 == PURGE_BATCH,
         last: after,

@@ -367,3 +367,47 @@ async fn retention_purges_old_hours_and_refuses_reads_from_before() {
         .collect();
     assert_eq!(left, kept, "the hours after the cutoff stay as they were");
 }
+
+/// A tenant's projection starts with its first read of intervals: before, the writer's tick
+/// folds nothing of its log (ingest pays nothing for it); after, the tick keeps it up.
+#[tokio::test]
+async fn the_projection_starts_with_the_first_read() {
+    let t = Stepper::new().await;
+    t.publish(&json!([ev(1, "20261201080000", json!({}))]))
+        .await;
+    t.store.run_rules().await.unwrap();
+    let t = &t;
+    let count = |table: &'static str| async move {
+        let mut db = t.db().await;
+        let n = db
+            .text(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}"))
+            .await;
+        db.close().await;
+        n
+    };
+    assert_eq!(count("agent_tails").await, "0", "not kept before a read");
+    let (through, _) = t.store.intervals_through("default").await.unwrap();
+    assert_eq!(through, 1);
+    assert_eq!(count("agent_tails").await, "1");
+    // From then on the tick folds what comes, without a read.
+    t.publish(&json!([ev(
+        3,
+        "20261201100000",
+        json!({"ActivityCode": 16, "AvailabilityCode": 1, "ActivityName": ""})
+    )]))
+    .await;
+    t.store.run_rules().await.unwrap();
+    let mut db = t.db().await;
+    let hours = db
+        .text("SELECT CAST(COUNT(*) AS TEXT) FROM agent_hours")
+        .await;
+    let kept = db
+        .text("SELECT CAST(intervals_through AS TEXT) FROM tenants WHERE id = 'default'")
+        .await;
+    db.close().await;
+    assert_eq!(
+        (hours.as_str(), kept.as_str()),
+        ("2", "2"),
+        "08:00 and 09:00 kept"
+    );
+}
