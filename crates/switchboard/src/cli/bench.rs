@@ -1323,7 +1323,9 @@ impl BenchDatabase {
 /// loopback) by pid.
 struct Cpu {
     process: f64,
-    servers: f64,
+    /// The servers' threads, by thread id: a thread that ends during a run (an earlier run's
+    /// server going away) must not take its time off this run's.
+    servers: HashMap<u32, f64>,
     postgres: HashMap<u32, f64>,
 }
 
@@ -1352,16 +1354,23 @@ fn stat_cpu(path: &str) -> Option<(String, f64)> {
 impl Cpu {
     fn now(in_process: bool) -> Self {
         let process = stat_cpu("/proc/self/stat").map_or(0.0, |(_, s)| s);
-        let mut servers = 0.0;
+        let mut servers = HashMap::new();
         if in_process && let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
                 let path = format!("{}/stat", task.path().display());
                 // The servers' runtimes, writer and checkpoint threads, and sqlx's SQLite read
                 // pool (the load does not use sqlx).
                 if let Some((name, secs)) = stat_cpu(&path)
                     && (name.starts_with("switchboard-") || name.starts_with("sqlx-sqlite"))
                 {
-                    servers += secs;
+                    servers.insert(tid, secs);
                 }
             }
         }
@@ -1392,9 +1401,11 @@ impl Cpu {
             .map(|(pid, now)| now - before.postgres.get(pid).copied().unwrap_or(0.0))
             .sum();
         let process = self.process - before.process;
-        let servers = self.servers - before.servers;
+        let servers: f64 = (self.servers.iter())
+            .map(|(tid, now)| now - before.servers.get(tid).copied().unwrap_or(0.0))
+            .sum();
         CpuSpent {
-            server_secs: (self.servers > 0.0).then_some(servers),
+            server_secs: (!self.servers.is_empty()).then_some(servers),
             load_secs: process - servers,
             postgres_secs,
         }
