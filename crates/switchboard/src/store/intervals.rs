@@ -176,8 +176,9 @@ pub(super) async fn purge<C: Conn>(
 }
 
 /// The tails of `names`: stored, or new — from the agent's base when retention purged its
-/// first events, else from nothing. A stored tail that does not decode starts again from the
-/// agent's state as the agents projection has it (its hours before stay as kept).
+/// first events, else from nothing. A stored tail that does not decode is counted and starts
+/// again the same way, from the agent's next events (the hours kept before stay; the hour it
+/// was in is written again from what follows).
 async fn load_tails<C: Conn>(
     conn: &mut C,
     tenant: &str,
@@ -199,7 +200,7 @@ async fn load_tails<C: Conn>(
                     tails.insert(name.clone(), t);
                 }
                 Err(e) => {
-                    tracing::error!(tenant, username = name, error = %e, "a stored intervals tail does not decode: it starts again from the agent's state");
+                    tracing::error!(tenant, username = name, error = %e, "a stored intervals tail does not decode: it starts again from the agent's next events");
                     metrics::counter!(crate::telemetry::UNDECODABLE_ROWS, "kind" => "agent_tail")
                         .increment(1);
                 }
