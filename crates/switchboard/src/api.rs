@@ -12,7 +12,9 @@ mod health;
 mod jobs;
 mod keys;
 pub mod limits;
+mod mcp;
 mod me;
+mod portal;
 mod pull;
 mod rules;
 pub mod streams;
@@ -74,6 +76,11 @@ pub struct Settings {
     pub max_subscriptions_per_tenant: u32,
     pub max_jobs_per_tenant: u32,
     pub max_rules_per_tenant: u32,
+    pub max_portal_links_per_tenant: u32,
+    /// Origins that may frame `/portal`.
+    pub portal_frame_ancestors: Vec<String>,
+    /// The public base URL, without a trailing `/`; empty: the request's `Host`.
+    pub public_url: String,
     /// The hash of `metrics_key`: `/metrics` needs it (or the admin key) when set.
     pub metrics_key_hash: Option<String>,
     pub stream_buffer_bytes: usize,
@@ -97,19 +104,32 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .merge(rules::router())
         .merge(catalog::router())
         .merge(me::router())
+        .merge(portal::router())
         .merge(console::router())
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
+    // What MCP's tools call, in-process: the API as it is, without `/mcp`.
+    let routes = rest(router.clone(), &state);
+    rest(router.merge(mcp::service(&state, routes)), &state)
+}
+
+/// `router` with the layers every route has, and its state.
+fn rest(router: Router<AppState>, state: &AppState) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // After routing (it needs the matched route): a portal token reaches only its routes.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            portal::guard,
+        ))
         // Bodies are read and limited by `json_body`, which answers 413 as problem+json.
         .layer(DefaultBodyLimit::disable())
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
 }
 
 /// What a `worker` node serves: liveness and readiness only.
@@ -137,6 +157,13 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
+        if let Some(portal::PortalCaller(principal, hash)) = parts.extensions.get() {
+            return Ok(Caller(principal.clone(), hash.clone()));
+        }
+        if key.starts_with(auth::PORTAL_TOKEN_PREFIX) {
+            // Only the portal guard lets such a token through, having found its link.
+            return Err(auth::Denied::NotForPortal.into());
+        }
         let hash = auth::hash_key(key);
         if *hash == *state.admin_key_hash {
             return Ok(Caller(Principal::Admin, hash));

@@ -62,6 +62,15 @@ pub enum Principal {
         tenant_id: String,
         scopes: Vec<Scope>,
     },
+    /// A portal link's token (DESIGN §22): one tenant's subscriptions and their deliveries,
+    /// on the routes `api::portal` lets it reach.
+    Portal {
+        tenant_id: String,
+        link_id: String,
+        /// The subscriptions it is limited to; `None`: all of the tenant's.
+        subscription_ids: Option<Vec<String>>,
+        read_only: bool,
+    },
 }
 
 /// Why a principal may not do something; the API maps these to 404 and 403.
@@ -71,6 +80,10 @@ pub enum Denied {
     OtherTenant,
     MissingScope(Scope),
     AdminOnly,
+    /// A portal token on something only keys may do.
+    NotForPortal,
+    /// A read-only portal token asked to change something.
+    ReadOnlyPortal,
 }
 
 impl Principal {
@@ -89,13 +102,32 @@ impl Principal {
                     Err(Denied::MissingScope(scope))
                 }
             }
+            Principal::Portal { tenant_id, .. } if tenant_id != tenant => Err(Denied::OtherTenant),
+            // What a portal token reaches is decided route by route (`api::portal`); of the
+            // scopes, it holds `read`, and `manage` unless read-only.
+            Principal::Portal { read_only, .. } => match scope {
+                Scope::Read => Ok(()),
+                Scope::Manage if !read_only => Ok(()),
+                Scope::Manage => Err(Denied::ReadOnlyPortal),
+                Scope::Publish | Scope::Consume => Err(Denied::NotForPortal),
+            },
+        }
+    }
+
+    /// The tenant this principal belongs to; `None` for the admin.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Principal::Admin => None,
+            Principal::Tenant { tenant_id, .. } | Principal::Portal { tenant_id, .. } => {
+                Some(tenant_id)
+            }
         }
     }
 
     pub fn require_admin(&self) -> Result<(), Denied> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Tenant { .. } => Err(Denied::AdminOnly),
+            Principal::Tenant { .. } | Principal::Portal { .. } => Err(Denied::AdminOnly),
         }
     }
 }
@@ -111,6 +143,10 @@ pub fn random_token(bytes: usize) -> String {
 pub fn generate_key(prefix: &str) -> String {
     format!("{prefix}{}", random_token(32))
 }
+
+/// A new portal token: its own prefix (so that authentication knows where to look) and 256
+/// random bits.
+pub const PORTAL_TOKEN_PREFIX: &str = "sbp_";
 
 /// A short, public key id.
 pub fn generate_key_id() -> String {
@@ -165,6 +201,20 @@ mod tests {
             Err(Denied::MissingScope(Publish)),
         );
         assert_eq!(key(&[Manage]).require_admin(), Err(Denied::AdminOnly));
+
+        let portal = |read_only| Principal::Portal {
+            tenant_id: "acme".into(),
+            link_id: "pl_1".into(),
+            subscription_ids: None,
+            read_only,
+        };
+        check(&portal(false), "acme", Read, Ok(()));
+        check(&portal(false), "acme", Manage, Ok(()));
+        check(&portal(true), "acme", Manage, Err(Denied::ReadOnlyPortal));
+        check(&portal(false), "acme", Publish, Err(Denied::NotForPortal));
+        check(&portal(false), "acme", Consume, Err(Denied::NotForPortal));
+        check(&portal(false), "other", Read, Err(Denied::OtherTenant));
+        assert_eq!(portal(false).require_admin(), Err(Denied::AdminOnly));
     }
 
     #[test]

@@ -70,6 +70,13 @@ pub struct Config {
     pub max_jobs_per_tenant: u32,
     /// Rules one tenant may have (DESIGN §18).
     pub max_rules_per_tenant: u32,
+    /// Portal links one tenant may hold unexpired at once (DESIGN §22).
+    pub max_portal_links_per_tenant: u32,
+    /// Origins that may frame `/portal` (DESIGN §22); empty: only this server's own pages.
+    pub portal_frame_ancestors: Vec<String>,
+    /// This server's public base URL (`https://hooks.example.com`), for the portal links' `url`;
+    /// empty: the request's `Host`, over `http` unless `X-Forwarded-Proto` says `https`.
+    pub public_url: String,
     /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
     pub max_history_events: u64,
     /// Expensive reads (log pages, agent rebuilds) one tenant runs at once on this node; more
@@ -239,6 +246,10 @@ impl Config {
             ),
             ("max_jobs_per_tenant", u64::from(self.max_jobs_per_tenant)),
             ("max_rules_per_tenant", u64::from(self.max_rules_per_tenant)),
+            (
+                "max_portal_links_per_tenant",
+                u64::from(self.max_portal_links_per_tenant),
+            ),
             ("max_history_events", self.max_history_events),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -247,6 +258,24 @@ impl Config {
         crate::secrets::SecretKey::configured(&self.secret_key, &self.secret_key_file)?;
         if !self.metrics_key.is_empty() && self.metrics_key.len() < 16 {
             bail!("metrics_key must be at least 16 characters (or empty: /metrics public)");
+        }
+        for origin in &self.portal_frame_ancestors {
+            if !valid_origin(origin) {
+                bail!(
+                    "portal_frame_ancestors: {origin:?} is not an origin (scheme://host[:port], no path)"
+                );
+            }
+        }
+        if !self.public_url.is_empty() {
+            let ok = reqwest::Url::parse(&self.public_url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+            });
+            if !ok {
+                bail!(
+                    "public_url must be empty or http(s)://host[:port][/path], got {:?}",
+                    self.public_url
+                );
+            }
         }
         if !self.egress_proxy.is_empty() {
             let ok = reqwest::Url::parse(&self.egress_proxy).is_ok_and(|u| {
@@ -385,6 +414,19 @@ fn merge(base: &mut toml::Table, overlay: toml::Table, source: &str) -> anyhow::
 }
 
 /// Reads an environment string as the TOML type the key has by default.
+/// `scheme://host[:port]` and nothing more: what CSP's `frame-ancestors` compares with.
+fn valid_origin(origin: &str) -> bool {
+    reqwest::Url::parse(origin).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && !origin.ends_with('/')
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+    })
+}
+
 fn typed_like(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
     Ok(match default {
         toml::Value::Boolean(_) => match raw {

@@ -180,6 +180,9 @@ pub async fn run_with(
             max_subscriptions_per_tenant: config.max_subscriptions_per_tenant,
             max_jobs_per_tenant: config.max_jobs_per_tenant,
             max_rules_per_tenant: config.max_rules_per_tenant,
+            max_portal_links_per_tenant: config.max_portal_links_per_tenant,
+            portal_frame_ancestors: config.portal_frame_ancestors.clone(),
+            public_url: config.public_url.trim_end_matches('/').to_string(),
             metrics_key_hash: (!config.metrics_key.is_empty())
                 .then(|| auth::hash_key(&config.metrics_key)),
             stream_buffer_bytes: usize::try_from(config.stream_buffer_bytes).unwrap_or(usize::MAX),

@@ -32,6 +32,7 @@ use crate::event::FieldError;
         (name = "jobs", description = "Long work, tracked and cancellable: replays, cancels"),
         (name = "tenants", description = "Tenants and API keys"),
         (name = "catalog", description = "The event catalog"),
+        (name = "portal", description = "The customers' portal: links, and its page"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     ),
 )]

@@ -208,6 +208,10 @@ impl From<Denied> for ApiError {
             Denied::OtherTenant => ApiError::NotFound("tenant not found".into()),
             Denied::MissingScope(s) => ApiError::Forbidden(format!("this key lacks the {s} scope")),
             Denied::AdminOnly => ApiError::Forbidden("only the admin key may do this".into()),
+            Denied::NotForPortal => {
+                ApiError::Forbidden("a portal token may not do this; use an API key".into())
+            }
+            Denied::ReadOnlyPortal => ApiError::Forbidden("this portal link is read-only".into()),
         }
     }
 }

@@ -42,5 +42,19 @@ async fn show(caller: Caller) -> Json<Me> {
             tenant_id: Some(tenant_id),
             scopes,
         },
+        // Not reached: `/v1/me` is not among a portal token's routes (api::portal).
+        Principal::Portal {
+            tenant_id,
+            read_only,
+            ..
+        } => Me {
+            admin: false,
+            tenant_id: Some(tenant_id),
+            scopes: if read_only {
+                vec![Scope::Read]
+            } else {
+                vec![Scope::Read, Scope::Manage]
+            },
+        },
     })
 }

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::deliveries::DeliveryView;
 use super::doc::{BodyErrors, Conflict, Errors};
 use super::{Access, ApiError, AppState, IdPage, Page, Params, json_body, need, rfc3339};
-use crate::auth::{self, Scope};
+use crate::auth::{self, Principal, Scope};
 use crate::clock::now_millis;
 use crate::delivery::attempt;
 use crate::delivery::signing::Secret;
@@ -438,13 +438,34 @@ async fn create(
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Read>,
+    Access { tenant, caller, .. }: Access<need::Read>,
     IdPage { limit, after }: IdPage,
 ) -> Result<Json<Page<Listed>>, ApiError> {
-    let subs = state
-        .store
-        .list_subscriptions(&tenant, &after, limit + 1)
-        .await?;
+    let subs = match caller {
+        // A portal link limited to some subscriptions lists only those.
+        Principal::Portal {
+            subscription_ids: Some(mut ids),
+            ..
+        } => {
+            ids.sort();
+            let mut subs = Vec::new();
+            for id in ids.iter().filter(|id| **id > after) {
+                if subs.len() > limit as usize {
+                    break;
+                }
+                if let Some(sub) = state.store.get_subscription(&tenant, id).await? {
+                    subs.push(sub);
+                }
+            }
+            subs
+        }
+        _ => {
+            state
+                .store
+                .list_subscriptions(&tenant, &after, limit + 1)
+                .await?
+        }
+    };
     let mut views: Vec<Listed> = subs.into_iter().map(|s| Listed::new(s, false)).collect();
     let shown = (limit as usize).min(views.len());
     Listed::with_lag(&mut views[..shown], &state).await?;

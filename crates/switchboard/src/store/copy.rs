@@ -42,6 +42,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("rule_episodes", &["tenant_id", "subject", "rule_id"]),
     ("agent_hours", &["tenant_id", "username", "start"]),
     ("agent_tails", &["tenant_id", "username"]),
+    ("portal_links", &["id"]),
     // The source's keys replace any the target made for itself: hashes stay as they were.
     ("instance_keys", &["name"]),
 ];

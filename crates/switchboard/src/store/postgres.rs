@@ -108,6 +108,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_hours",
         include_str!("migrations/postgres/0017_agent_hours.sql"),
     ),
+    (
+        18,
+        "portal_links",
+        include_str!("migrations/postgres/0018_portal_links.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

@@ -99,6 +99,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_hours",
         include_str!("migrations/sqlite/0017_agent_hours.sql"),
     ),
+    (
+        18,
+        "portal_links",
+        include_str!("migrations/sqlite/0018_portal_links.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

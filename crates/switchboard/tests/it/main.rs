@@ -27,6 +27,7 @@ mod mtls;
 mod nats;
 mod openapi;
 mod pg_faults;
+mod portal;
 mod privacy;
 mod proxy;
 mod pull;
