@@ -37,16 +37,19 @@ impl Server {
 
     /// As [`Server::start_logged`], with more environment variables.
     pub fn start_logged_env(data: &TestData, env: &[(&str, &str)]) -> (Self, Logs) {
-        let mut server = Self::launch(serve_command(data, &[], env, None), Stdio::piped());
-        let stderr = server.child.stderr.take().expect("stderr");
         let logs = Logs::default();
         let lines = logs.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                lines.lock().expect("lock").push(line);
-            }
-        });
+        // Read from the start: a server logging at debug fills the pipe (64 KiB) before it
+        // prints its listening line, and would wait for a reader forever.
+        let read = move |stderr: std::process::ChildStderr| {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    lines.lock().expect("lock").push(line);
+                }
+            });
+        };
+        let server = Self::launch_reading(serve_command(data, &[], env, None), read);
         (server, logs)
     }
 
@@ -56,11 +59,27 @@ impl Server {
 
     /// Runs `command` (a `serve`) and waits for its listening line.
     pub fn launch(mut command: Command, stderr: Stdio) -> Self {
-        let mut child = command
+        let child = command
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("start switchboard");
+        Self::listening(child)
+    }
+
+    /// [`Server::launch`] with stderr piped to `read`, which starts reading at once.
+    fn launch_reading(mut command: Command, read: impl FnOnce(std::process::ChildStderr)) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        read(child.stderr.take().expect("stderr"));
+        Self::listening(child)
+    }
+
+    /// Waits for `child`'s listening line.
+    fn listening(mut child: std::process::Child) -> Self {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
