@@ -40,10 +40,18 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Replaces an element's children, leaving out the null, undefined and false that conditional
+ * parts leave (`replaceChildren` would show them as text) and flattening arrays. */
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 let ids = 0;
 /** A labelled control: the label wraps the control, so it is named for assistive tech. */
 function field(label, control, cls) {
   control.id ||= `f${++ids}`;
+  // A checkbox goes before its words, as everywhere else.
+  if (cls === "check") return h("label", { class: cls, for: control.id }, control, label);
   return h("label", { class: cls, for: control.id }, label, control);
 }
 
@@ -163,11 +171,12 @@ function showProblem(box, form, err) {
   for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
   if (!err) {
     box.hidden = true;
-    box.replaceChildren();
+    fill(box);
     return;
   }
   const fields = (err.problem && err.problem.errors) || [];
-  box.replaceChildren(
+  fill(
+    box,
     h("p", {}, describe(err)),
     fields.length ? h("ul", {}, fields.map((e) => h("li", {}, `${e.field}: ${e.message}`))) : null,
   );
@@ -327,11 +336,20 @@ function typesText(filter) {
  * example. `value()` is the filter's `events` (a whole category as `{category}`), or null when
  * none is chosen. */
 function typePicker(filter) {
-  const chosen = (cat, code) =>
-    !!(filter && filter.events && filter.events.some((f) => f.category === cat && (!f.codes || f.codes.includes(code))));
-  const about = h("div", { class: "about", "aria-live": "polite" });
+  // Named by the filter: a type, by its code or its whole category; a category, as a whole.
+  const named = (cat, code) =>
+    !!(filter && filter.events) &&
+    filter.events.some((f) => f.category === cat && (!f.codes || (code !== undefined && f.codes.includes(code))));
+  // The chosen type's details are long: a short line is announced, the details are read at will.
+  const about = h("section", { class: "about", "aria-label": "The chosen event type" });
+  const told = h("span", { class: "sr", "aria-live": "polite" });
   const boxes = [];
   const wholes = [];
+  const everyOf = (cat) => {
+    const input = h("input", { type: "checkbox", name: "type", value: `${cat.category}`, checked: named(cat.category) });
+    wholes.push([cat, input]);
+    return field(`Every ${cat.name} event`, input, "check");
+  };
   const groups = catalog.categories
     .filter((c) => c.category <= 5 && (c.codes.length || !c.strict))
     .map((cat) =>
@@ -339,22 +357,17 @@ function typePicker(filter) {
         "fieldset",
         { class: "types" },
         h("legend", {}, `${cat.name} (category ${cat.category})`),
-        cat.codes.length
-          ? null
-          : (() => {
-              const all = !!(filter && filter.events && filter.events.some((f) => f.category === cat.category && !f.codes));
-              const input = h("input", { type: "checkbox", name: "type", value: `${cat.category}`, checked: all });
-              wholes.push([cat, input]);
-              return field(`Every ${cat.name} event`, input, "check");
-            })(),
+        cat.codes.length ? null : everyOf(cat),
         cat.codes.map((code) => {
           const input = h("input", {
             type: "checkbox",
             name: "type",
             value: `${cat.category}.${code.code}`,
-            checked: chosen(cat.category, code.code),
+            checked: named(cat.category, code.code),
             onchange: (e) => {
-              if (e.target.checked) about.replaceChildren(...typeDetails(cat, code));
+              if (!e.target.checked) return;
+              fill(about, typeDetails(cat, code));
+              told.textContent = `The fields of ${code.name} and an example are shown after the event types.`;
             },
           });
           boxes.push([cat, code, input]);
@@ -366,8 +379,14 @@ function typePicker(filter) {
     "fieldset",
     { class: "picker wide", "data-field": "filter" },
     h("legend", {}, "Event types"),
-    h("p", { class: "muted" }, `None chosen: every ${byDefault()} event. A test event is always sent. Choose a type to see its fields and an example.`),
+    h(
+      "p",
+      { class: "muted" },
+      `None chosen: every ${byDefault()} event. A test event is always sent. ` +
+        "Choose a type to see its fields and an example.",
+    ),
     h("div", { class: "groups" }, groups),
+    told,
     about,
   );
   const value = () => {
@@ -390,10 +409,11 @@ function linkRefused() {
   refused = true;
   kept.clear();
   nav.hidden = true;
-  who.replaceChildren();
+  fill(who);
   say("");
   document.title = "Link expired · Webhooks";
-  main.replaceChildren(
+  fill(
+    main,
     h("h1", {}, "Link expired"),
     h("p", { class: "alert", role: "alert" }, "This link has expired or was revoked — ask for a new one."),
   );
@@ -401,9 +421,14 @@ function linkRefused() {
 
 function noLink() {
   nav.hidden = true;
-  main.replaceChildren(
+  fill(
+    main,
     h("h1", {}, "Webhooks"),
-    h("p", { class: "alert", role: "alert" }, "Open this page from the link you were given: it holds your access. Ask for a new one if it is lost."),
+    h(
+      "p",
+      { class: "alert", role: "alert" },
+      "Open this page from the link you were given: it holds your access. Ask for a new one if it is lost.",
+    ),
   );
 }
 
@@ -414,10 +439,12 @@ const pages = [
 
 function drawBar(current) {
   nav.hidden = false;
-  nav.replaceChildren(
+  fill(
+    nav,
     ...pages.map(([name, title]) => h("a", { href: `#/${name}`, "aria-current": name === current ? "page" : null }, title)),
   );
-  who.replaceChildren(
+  fill(
+    who,
     h("span", {}, link.tenant),
     link.readOnly ? h("span", { class: "pill s-readonly" }, "read-only") : null,
   );
@@ -429,7 +456,14 @@ async function route(focus = false) {
   if (!keepStatus) say("");
   keepStatus = false;
   const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const decode = (x) => {
+    try {
+      return decodeURIComponent(x);
+    } catch {
+      return x;
+    }
+  };
+  const parts = path.split("/").filter(Boolean).map(decode);
   const q = new URLSearchParams(query || "");
   const name = parts[0] === "catalog" ? "catalog" : "subscriptions";
   drawBar(name);
@@ -445,10 +479,14 @@ async function route(focus = false) {
     shown = await render();
   } catch (err) {
     if (err instanceof Refused) return;
-    shown = [h("h1", {}, "Something went wrong"), h("p", { class: "alert", role: "alert" }, describe(err)), h("p", {}, h("a", { href: "#/subscriptions" }, "← Subscriptions"))];
+    shown = [
+      h("h1", {}, "Something went wrong"),
+      h("p", { class: "alert", role: "alert" }, describe(err)),
+      h("p", {}, h("a", { href: "#/subscriptions" }, "← Subscriptions")),
+    ];
   }
   if (mine !== generation || refused) return;
-  main.replaceChildren(...[shown].flat(Infinity).filter((x) => x !== null && x !== undefined && x !== false));
+  fill(main, shown);
   const h1 = main.querySelector("h1");
   document.title = `${h1 ? h1.textContent : "Webhooks"} · Webhooks`;
   if (focus && h1) {
@@ -469,13 +507,13 @@ async function redraw(label) {
 
 function stateCell(s) {
   if (s.undecodable) return h("td", {}, pill("unavailable"));
-  const health = s.health && s.health.state !== "healthy" ? h("div", { class: "muted" }, `failing: ${s.health.last_error || "its endpoint does not answer 2xx"}`) : null;
+  const failing = s.health && s.health.state !== "healthy";
   return h(
     "td",
     {},
     pill(s.enabled ? "enabled" : "disabled"),
     !s.enabled && s.disabled_reason ? h("div", { class: "muted" }, s.disabled_reason) : null,
-    health,
+    failing ? h("div", { class: "muted" }, `failing: ${s.health.last_error || "no 2xx answer"}`) : null,
   );
 }
 
@@ -487,17 +525,19 @@ async function subscriptionsPage() {
     subs.push(...page.data);
     after = page.next_after;
   } while (after && subs.length < 10000);
-  const rows = subs.map((s) =>
-    h(
+  const rows = subs.map((s) => {
+    const href = `#/subscriptions/${encodeURIComponent(s.id)}`;
+    const deliveries = h("a", { href: `${href}/deliveries` }, "Deliveries", h("span", { class: "sr" }, ` of ${target(s)}`));
+    return h(
       "tr",
       {},
-      h("td", {}, h("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}` }, s.undecodable ? s.id : target(s) || s.id), h("div", { class: "muted mono" }, s.id)),
+      h("td", {}, h("a", { href }, s.undecodable ? s.id : target(s) || s.id), h("div", { class: "muted mono" }, s.id)),
       h("td", {}, s.description || ""),
       h("td", {}, s.undecodable ? "" : typesText(s.filter)),
       stateCell(s),
-      h("td", {}, s.undecodable || s.mode === "pull" ? "" : h("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}/deliveries` }, "Deliveries", h("span", { class: "sr" }, ` of ${target(s)}`))),
-    ),
-  );
+      h("td", {}, s.undecodable || s.mode === "pull" ? "" : deliveries),
+    );
+  });
   return [
     h("h1", {}, "Subscriptions"),
     h(
@@ -512,7 +552,14 @@ async function subscriptionsPage() {
 
 /** The create and edit form: endpoint URL, description, event types, enabled. */
 function subscriptionForm(s, save) {
-  const url = h("input", { type: "url", required: true, "data-field": "url", autocomplete: "off", spellcheck: "false", value: s ? s.url : "" });
+  const url = h("input", {
+    type: "url",
+    required: true,
+    "data-field": "url",
+    autocomplete: "off",
+    spellcheck: "false",
+    value: s ? s.url : "",
+  });
   const description = h("input", { "data-field": "description", value: s ? s.description : "" });
   const picker = typePicker(s ? s.filter : null);
   const enabled = h("input", { type: "checkbox", "data-field": "enabled", checked: s ? s.enabled : true });
@@ -541,7 +588,11 @@ function subscriptionForm(s, save) {
     field("Description", description, "wide"),
     picker.el,
     field("Enabled", enabled, "check"),
-    h("div", { class: "wide actions" }, h("button", { class: "primary", type: "submit" }, s ? "Save changes" : "Create subscription")),
+    h(
+      "div",
+      { class: "wide actions" },
+      h("button", { class: "primary", type: "submit" }, s ? "Save changes" : "Create subscription"),
+    ),
     box,
   );
   box.classList.add("wide");
@@ -553,7 +604,8 @@ async function newSubscriptionPage() {
   const form = subscriptionForm(null, async (body) => {
     const created = await api("POST", t("/subscriptions"), body);
     // The secret is shown here once; the subscription's page shows it again on request.
-    shown.replaceChildren(
+    fill(
+      shown,
       h(
         "div",
         { class: "panel done" },
@@ -596,6 +648,15 @@ function secretRow(s) {
   return ["Signing secret", [shown, " ", button]];
 }
 
+const disabled = (s) => (s.disabled_reason ? `disabled: ${s.disabled_reason}` : "disabled");
+
+/** A circuit breaker that is not healthy, in words. */
+function health(b) {
+  if (!b || b.state === "healthy") return undefined;
+  const since = b.failing_since ? ` since ${showTime(b.failing_since)} UTC` : "";
+  return `${b.state}${since}${b.last_error ? `: ${b.last_error}` : ""}`;
+}
+
 async function subscriptionPage(id) {
   const s = await api("GET", sub(id));
   const pull = s.mode === "pull";
@@ -604,17 +665,19 @@ async function subscriptionPage(id) {
     ["Endpoint", target(s)],
     ["Description", s.description],
     ["Event types", s.undecodable ? undefined : typesText(s.filter)],
-    ["State", s.undecodable ? "unavailable: ask your provider" : s.enabled ? "enabled" : `disabled${s.disabled_reason ? `: ${s.disabled_reason}` : ""}`],
-    ["Health", s.health && s.health.state !== "healthy" ? `${s.health.state}${s.health.failing_since ? ` since ${showTime(s.health.failing_since)} UTC` : ""}${s.health.last_error ? `: ${s.health.last_error}` : ""}` : undefined],
+    ["State", s.undecodable ? "unavailable: ask your provider" : s.enabled ? "enabled" : disabled(s)],
+    ["Health", health(s.health)],
     ["Signature scheme", s.signature_scheme],
     ["Public key", s.public_key],
     secretRow(s),
     ["Created", s.created_at ? `${showTime(s.created_at)} UTC` : undefined],
   ].filter((f) => f && f[1] !== undefined && f[1] !== null && f[1] !== "");
+  const rows = facts.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "secret" }, v)));
+  const deliveries = `#/subscriptions/${encodeURIComponent(s.id)}/deliveries`;
   const out = [
     h("h1", {}, `Subscription ${s.id}`),
-    h("table", { class: "facts" }, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "secret" }, v))))),
-    pull ? null : h("p", {}, h("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}/deliveries` }, "Deliveries and attempts →")),
+    h("table", { class: "facts" }, h("tbody", {}, rows)),
+    pull ? null : h("p", {}, h("a", { href: deliveries }, "Deliveries and attempts →")),
   ];
   if (canChange() && !s.undecodable) out.push(...actions(s));
   out.push(h("p", {}, h("a", { href: "#/subscriptions" }, "← Subscriptions")));
@@ -634,19 +697,20 @@ function actions(s) {
       return r;
     } catch (err) {
       if (!(err instanceof Refused)) {
-        box.replaceChildren(h("p", {}, describe(err)));
+        fill(box, h("p", {}, describe(err)));
         box.hidden = false;
       }
       return undefined;
     }
   };
   const test = async () => {
-    outcome.replaceChildren(h("p", { class: "muted" }, "Sending a test event…"));
+    fill(outcome, h("p", { class: "muted" }, "Sending a test event…"));
     const r = await run(() => api("POST", `${path}/test`));
-    if (!r) return outcome.replaceChildren();
+    if (!r) return fill(outcome);
     const how = r.status_code ? `answered ${r.status_code} in ${r.duration_ms} ms` : r.error || "did not answer";
-    outcome.replaceChildren(
-      h("p", { class: r.delivered ? "good" : "bad" }, r.delivered ? `Delivered: your endpoint ${how}.` : `Not delivered: your endpoint ${how}.`),
+    fill(
+      outcome,
+      h("p", { class: r.delivered ? "good" : "bad" }, `${r.delivered ? "Delivered" : "Not delivered"}: your endpoint ${how}.`),
       r.error && r.status_code ? h("p", {}, r.error) : null,
       r.response_body ? [h("p", { class: "muted" }, "Its response (excerpt):"), h("pre", {}, excerpt(r.response_body))] : null,
       h("p", {}, h("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}/deliveries` }, "See it in the deliveries →")),
@@ -720,7 +784,17 @@ function actions(s) {
     ),
     deleteButton,
   );
-  const out = [h("section", { class: "panel", "aria-labelledby": "actions-h" }, h("h2", { id: "actions-h" }, "Actions"), buttons, confirmDelete, box, outcome)];
+  const out = [
+    h(
+      "section",
+      { class: "panel", "aria-labelledby": "actions-h" },
+      h("h2", { id: "actions-h" }, "Actions"),
+      buttons,
+      confirmDelete,
+      box,
+      outcome,
+    ),
+  ];
   out.push(
     h(
       "details",
@@ -749,7 +823,8 @@ function rotateForm(s) {
         e.preventDefault();
         const r = await submit(form, box, () => api("POST", `${sub(s.id)}/secret/rotate`, { grace_secs: Number(grace.value) }));
         if (!r) return;
-        shown.replaceChildren(
+        fill(
+          shown,
           h("p", {}, "New signing secret — copy it now, it is not shown again here:"),
           h("p", {}, h("code", { class: "secret new-secret" }, r.secret)),
           r.public_key ? h("p", {}, "New public key: ", h("code", { class: "secret" }, r.public_key)) : null,
@@ -767,7 +842,12 @@ function rotateForm(s) {
 
 function replayForm(s) {
   const now = new Date();
-  const since = h("input", { type: "datetime-local", required: true, "data-field": "since", value: localValue(new Date(now - 3600 * 1000)) });
+  const since = h("input", {
+    type: "datetime-local",
+    required: true,
+    "data-field": "since",
+    value: localValue(new Date(now - 3600 * 1000)),
+  });
   const until = h("input", { type: "datetime-local", "data-field": "until" });
   const onlyFailed = h("input", { type: "checkbox", "data-field": "only_failed" });
   const shown = h("p", { "aria-live": "polite" });
@@ -860,10 +940,10 @@ async function deliveriesPage(id, q) {
           }
           try {
             const full = await api("GET", t(`/deliveries/${encodeURIComponent(d.id)}`));
-            slot.replaceChildren(h("h3", { class: "sr" }, `Attempts of delivery ${d.id}`), attemptsTable(full.attempts || []));
+            fill(slot, h("h3", { class: "sr" }, `Attempts of delivery ${d.id}`), attemptsTable(full.attempts || []));
           } catch (err) {
             if (err instanceof Refused) return;
-            slot.replaceChildren(h("p", { class: "alert", role: "alert" }, describe(err)));
+            fill(slot, h("p", { class: "alert", role: "alert" }, describe(err)));
           }
           detail.hidden = false;
           toggle.setAttribute("aria-expanded", "true");
@@ -911,7 +991,14 @@ async function deliveriesPage(id, q) {
   });
   return [
     h("h1", {}, "Deliveries"),
-    h("p", {}, "Of ", h("a", { href: `#/subscriptions/${encodeURIComponent(id)}` }, target(s) || s.id), s.description ? ` (${s.description})` : "", ", oldest first."),
+    h(
+      "p",
+      {},
+      "Of ",
+      h("a", { href: `#/subscriptions/${encodeURIComponent(id)}` }, target(s) || s.id),
+      s.description ? ` (${s.description})` : "",
+      ", oldest first.",
+    ),
     h(
       "div",
       { class: "filters" },
@@ -919,7 +1006,11 @@ async function deliveriesPage(id, q) {
       h("button", { type: "button", onclick: () => redraw("Refresh") }, "Refresh"),
     ),
     live,
-    table(["Id", "Event", "Status", "Attempts", "Last status code", "Last error", "Updated (UTC)", ""], rows, status ? `No ${status} deliveries.` : "No deliveries yet."),
+    table(
+      ["Id", "Event", "Status", "Attempts", "Last status code", "Last error", "Updated (UTC)", ""],
+      rows,
+      status ? `No ${status} deliveries.` : "No deliveries yet.",
+    ),
     h(
       "p",
       { class: "actions" },
@@ -940,8 +1031,12 @@ async function catalogPage() {
         "section",
         { "aria-labelledby": `cat-${cat.category}` },
         h("h2", { id: `cat-${cat.category}` }, `${cat.name} (category ${cat.category})`),
-        cat.codes.length ? null : h("p", { class: "muted" }, cat.strict ? "No types." : "Open: any code, any fields; a subscription takes all of them or none."),
-        cat.codes.map((code) => h("details", { class: "type" }, h("summary", {}, `${code.code} ${code.name}`), typeDetails(cat, code, "h3"))),
+        cat.codes.length
+          ? null
+          : h("p", { class: "muted" }, cat.strict ? "No types." : "Open: any code, any fields; a subscription takes all or none."),
+        cat.codes.map((code) =>
+          h("details", { class: "type" }, h("summary", {}, `${code.code} ${code.name}`), typeDetails(cat, code, "h3")),
+        ),
       ),
     ),
     catalog.activities && catalog.activities.length
@@ -949,7 +1044,11 @@ async function catalogPage() {
           "section",
           { "aria-labelledby": "activities" },
           h("h2", { id: "activities" }, "Activity codes"),
-          table(["Code", "Name"], catalog.activities.map((a) => h("tr", {}, h("td", { class: "num" }, a.code), h("td", {}, a.name))), ""),
+          table(
+            ["Code", "Name"],
+            catalog.activities.map((a) => h("tr", {}, h("td", { class: "num" }, a.code), h("td", {}, a.name))),
+            "",
+          ),
         )
       : null,
   ];
