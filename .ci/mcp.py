@@ -562,8 +562,8 @@ async def main():
                             shape=without_secrets)
         await tools.mirrors("failed_deliveries", {"tenant": "mcp-a", "id": sub},
                             f"{a}/subscriptions/{sub}/deliveries", {"status": "failed"})
-        # The admin key names a tenant on every tool, the catalog's too (the server asks it).
-        await tools.mirrors("catalog", {"tenant": "mcp-a"}, "/v1/catalog")
+        # The admin key names a tenant on every tool but the catalog, which belongs to none.
+        await tools.mirrors("catalog", {}, "/v1/catalog")
         await tools.refuses("list_events", {}, ["tenant"], "the admin key without a tenant")
         await tools.refuses("list_agents", {"tenant": "no-such-tenant"}, [],
                             "the admin key with an unknown tenant")

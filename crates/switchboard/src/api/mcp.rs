@@ -116,11 +116,10 @@ const UNTIL: Arg = arg(
     "End of the window, yyyyMMddHHmmss (UTC).",
 );
 const USERNAME: Arg = required("username", Kind::Text, "The agent's username.");
-const SINCE_REQUIRED: Arg = required(
-    "since",
-    Kind::TextOrInteger,
-    "Start of the window, yyyyMMddHHmmss (UTC).",
-);
+const SINCE_REQUIRED: Arg = Arg {
+    required: true,
+    ..SINCE
+};
 
 const TOOLS: &[ToolDef] = &[
     ToolDef {

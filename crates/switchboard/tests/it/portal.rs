@@ -474,3 +474,15 @@ async fn bad_links_are_refused_naming_the_field_and_nothing_is_stored() {
     let r = app.call(Method::POST, links, &manage, Some(&body)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn an_admin_key_that_looks_like_a_portal_token_is_still_the_admin_key() {
+    let admin = "sbp_an_admin_key_chosen_to_look_like_a_portal_token";
+    let app = TestApp::spawn_with(|c| c.admin_key = admin.into()).await;
+    json_ok(app.get("/v1/tenants", admin).await).await;
+    json_ok(app.get("/v1/tenants/default/subscriptions", admin).await).await;
+    let r = app
+        .get("/v1/tenants", "sbp_not_the_admin_key_nor_a_link_0000000000")
+        .await;
+    problem(r, StatusCode::UNAUTHORIZED).await;
+}
