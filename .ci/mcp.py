@@ -536,6 +536,10 @@ async def main():
         await tools.refuses("list_events", {"limit": "abc"}, ["limit"], "a string for an integer")
         await tools.refuses("list_agents", {"bogus": 1}, ["bogus"], "an unknown argument")
         await tools.refuses("get_agent", {}, ["username"], "a required argument missing")
+        # A value that is a route's own word there would reach that route (the events stream).
+        await tools.refuses("get_event", {"id": "stream"}, ["id"], "the events stream's word")
+        await tools.refuses("get_agent", {"username": "stream"}, ["username"],
+                            "the agents stream's word")
         await tools.refuses("agent_timeline", {"since": since}, ["username"],
                             "a required argument missing")
         await tools.refuses("agent_timeline", {"username": "alice"}, ["since"],

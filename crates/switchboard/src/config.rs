@@ -74,7 +74,7 @@ pub struct Config {
     pub max_portal_links_per_tenant: u32,
     /// Origins that may frame `/portal` (DESIGN §22); empty: only this server's own pages.
     pub portal_frame_ancestors: Vec<String>,
-    /// This server's public base URL (`https://hooks.example.com`), for the portal links' `url`;
+    /// This server's public base URL (`https://hooks.example.com`, no path), for the portal links' `url`;
     /// empty: the request's `Host`, over `http` unless `X-Forwarded-Proto` says `https`.
     pub public_url: String,
     /// Most events of one agent a rebuild (`as_of`, a timeline) folds.
@@ -267,12 +267,17 @@ impl Config {
             }
         }
         if !self.public_url.is_empty() {
+            // The portal's page asks `/portal/…` and `/v1/…` of its own origin: no path prefix.
             let ok = reqwest::Url::parse(&self.public_url).is_ok_and(|u| {
-                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
             });
             if !ok {
                 bail!(
-                    "public_url must be empty or http(s)://host[:port][/path], got {:?}",
+                    "public_url must be empty or http(s)://host[:port], got {:?}",
                     self.public_url
                 );
             }
@@ -460,6 +465,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn portal_origins_and_the_public_url_are_checked() {
+        let load = |vars: &[(&str, &str)]| Config::load_from(&Overrides::default(), env(vars));
+        let c = load(&[(
+            "SWITCHBOARD_PORTAL_FRAME_ANCESTORS",
+            "https://app.example.com, http://127.0.0.1:8081",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.portal_frame_ancestors,
+            ["https://app.example.com", "http://127.0.0.1:8081"]
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/x",
+            "https://a.com/",
+            "*",
+        ] {
+            let e = load(&[("SWITCHBOARD_PORTAL_FRAME_ANCESTORS", bad)]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("portal_frame_ancestors"),
+                "{bad}: {e:#}"
+            );
+        }
+        assert!(load(&[("SWITCHBOARD_PUBLIC_URL", "https://hooks.example.com")]).is_ok());
+        for bad in [
+            "hooks.example.com",
+            "https://hooks.example.com/prefix",
+            "ftp://x",
+        ] {
+            let e = load(&[("SWITCHBOARD_PUBLIC_URL", bad)]).unwrap_err();
+            assert!(format!("{e:#}").contains("public_url"), "{bad}: {e:#}");
+        }
     }
 
     #[test]

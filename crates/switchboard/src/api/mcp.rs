@@ -425,8 +425,21 @@ impl ServerHandler for Tools {
             Err(never) => match never {},
         };
         let ok = response.status().is_success();
-        let bytes = response
-            .into_body()
+        // Every tool's route answers JSON; anything else (a stream) is not read.
+        let json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.starts_with("application/json") || v.starts_with("application/problem+json")
+            });
+        if !json {
+            return Err(ErrorData::internal_error(
+                "the route did not answer JSON",
+                None,
+            ));
+        }
+        let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|e| ErrorData::internal_error(format!("reading the answer: {e}"), None))?
@@ -515,6 +528,19 @@ fn route(def: &ToolDef, args: &JsonObject, principal: &Principal) -> Result<Stri
     for (name, value) in values {
         let hole = format!("{{{name}}}");
         if path.contains(&hole) {
+            // A value that is a route's own word there would be that route (`…/agents/stream`
+            // is the agents stream, not an agent named "stream").
+            let before = &path[..path.find(&hole).unwrap_or(0)];
+            if value.is_empty()
+                || SIBLINGS
+                    .iter()
+                    .any(|(parent, word)| before.ends_with(parent) && value == *word)
+            {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{value:?} cannot be named through this tool"),
+                ));
+            }
             path = path.replace(&hole, &enc(&value));
         } else {
             query.push(format!("{name}={}", enc(&value)));
@@ -529,6 +555,18 @@ fn route(def: &ToolDef, args: &JsonObject, principal: &Principal) -> Result<Stri
     }
     Ok(path)
 }
+
+/// The fixed words beside a `{name}` segment in the API's routes: a value equal to one of them
+/// would reach that route instead.
+const SIBLINGS: &[(&str, &str)] = &[
+    ("/agents/", "stream"),
+    ("/agents/", "counts"),
+    ("/agents/", "intervals"),
+    ("/events/", "stream"),
+];
+
+/// The most a tool reads of its route's answer (a page of events at the largest `limit`).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// A refused call as the REST API answers it: its problem document.
 async fn problem(e: ApiError) -> CallToolResult {

@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -93,6 +93,7 @@ impl PortalLinkView {
 async fn create(
     State(state): State<AppState>,
     Access { tenant, caller, .. }: Access<need::Manage>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<PortalLinkView>), ApiError> {
@@ -151,7 +152,7 @@ async fn create(
             state.settings.max_portal_links_per_tenant,
         )
         .await?;
-    let url = link_url(&state, &headers, &link, &token);
+    let url = link_url(&state, &uri, &headers, &link, &token);
     let mut view = PortalLinkView::new(link);
     view.url = Some(url);
     view.token = Some(token);
@@ -160,12 +161,21 @@ async fn create(
 
 /// Where the link's page is: `<base>/portal#tenant=…&token=…`, with the link's limits after
 /// them for the page to show only what works.
-fn link_url(state: &AppState, headers: &HeaderMap, link: &PortalLink, token: &str) -> String {
+fn link_url(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    link: &PortalLink,
+    token: &str,
+) -> String {
     let base = if state.settings.public_url.is_empty() {
+        // HTTP/1.1 names the host in `Host`, HTTP/2 in the request's `:authority`.
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
+            .map(str::to_string)
+            .or_else(|| uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| "localhost".into());
         let https = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -342,8 +352,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         return next.run(req).await;
     };
     let hash = auth::hash_key(token);
-    // An admin key that happens to look like a portal token is still the admin key.
-    if *hash == *state.admin_key_hash {
+    // An admin (or metrics) key that happens to look like a portal token is what it is.
+    if *hash == *state.admin_key_hash
+        || state.settings.metrics_key_hash.as_deref() == Some(hash.as_str())
+    {
         return next.run(req).await;
     }
     let link = match state.store.find_portal_link(&hash).await {

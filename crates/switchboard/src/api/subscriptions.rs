@@ -387,6 +387,37 @@ async fn find_stored(
         .ok_or_else(|| ApiError::NotFound(format!("subscription {id} not found")))
 }
 
+/// What a portal link's customer may not change of a subscription the platform made (DESIGN
+/// §22 and §19): its redaction, which keeps personal data from the receiver; and, for a link
+/// limited to some subscriptions, which agents' events it receives (`filter.usernames`,
+/// `filter.fields`) — widening those would show the customer other customers' agents. The
+/// event types (`filter.events`) are theirs to choose.
+fn portal_may_change(
+    before: &SubscriptionSpec,
+    after: &SubscriptionSpec,
+    scoped: bool,
+) -> Result<(), ApiError> {
+    if after.redact != before.redact {
+        return Err(ApiError::Forbidden(
+            "redact is set by the platform: a portal link cannot change it".into(),
+        ));
+    }
+    if scoped {
+        let agents = |s: &SubscriptionSpec| {
+            let f = s.filter.clone().unwrap_or_default();
+            (f.usernames, f.fields)
+        };
+        if agents(after) != agents(before) {
+            return Err(ApiError::Forbidden(
+                "filter.usernames and filter.fields are set by the platform: this portal link \
+                 cannot change whose events the subscription receives"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The subscription; one that does not decode is a `409`.
 async fn find(state: &AppState, tenant: &str, id: &str) -> Result<SubscriptionRecord, ApiError> {
     find_stored(state, tenant, id)
@@ -503,7 +534,7 @@ const DISABLED_BY_USER: &str = "disabled by the user";
     security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
-    Access { tenant, .. }: Access<need::Manage>,
+    Access { tenant, caller, .. }: Access<need::Manage>,
     Path((_, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -573,6 +604,12 @@ async fn update(
         }
     }
     let mut spec = SubscriptionSpec::from_value(current).map_err(ApiError::Invalid)?;
+    if let Principal::Portal {
+        subscription_ids, ..
+    } = &caller
+    {
+        portal_may_change(&rec.spec, &spec, subscription_ids.is_some())?;
+    }
     // A broker password sent back as shown ("***") keeps the stored one.
     if let Some(d) = spec.destination.as_mut() {
         d.unmask(rec.spec.destination.as_ref());

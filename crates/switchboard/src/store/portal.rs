@@ -59,28 +59,13 @@ impl Store {
             &args![link.tenant_id.as_str(), now],
         )
         .await?;
-        let held = tx
-            .query(
-                "SELECT COUNT(*) FROM portal_links WHERE tenant_id = $1",
-                &args![link.tenant_id.as_str()],
-            )
-            .await?
-            .into_iter()
-            .next()
-            .map(|r| r.int(0))
-            .transpose()?
-            .unwrap_or(0);
-        if held >= i64::from(max) {
-            return Err(CreateError::LimitReached {
-                limit: "max_portal_links_per_tenant",
-                max,
-            });
-        }
+        // Counted in the insert itself, so that two creations at once cannot both pass it.
         let done = tx
             .execute(
                 "INSERT INTO portal_links \
                  (id, tenant_id, token_hash, subscription_ids, read_only, created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $8) \
+                 AND (SELECT COUNT(*) FROM portal_links WHERE tenant_id = $9) < $10",
                 &args![
                     link.id.as_str(),
                     link.tenant_id.as_str(),
@@ -89,13 +74,21 @@ impl Store {
                     link.read_only,
                     link.created_at,
                     link.expires_at,
-                    link.tenant_id.as_str()
+                    link.tenant_id.as_str(),
+                    link.tenant_id.as_str(),
+                    i64::from(max)
                 ],
             )
             .await?;
         tx.commit().await?;
         if done == 0 {
-            return Err(CreateError::TenantNotFound);
+            return Err(match self.get_tenant(&link.tenant_id).await? {
+                None => CreateError::TenantNotFound,
+                Some(_) => CreateError::LimitReached {
+                    limit: "max_portal_links_per_tenant",
+                    max,
+                },
+            });
         }
         Ok(())
     }
@@ -155,14 +148,14 @@ impl Store {
 
     /// Revokes a link; false if there was none (or it had expired).
     pub async fn delete_portal_link(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let live = self.get_portal_link(tenant, id).await?.is_some();
-        self.0
+        let done = self
+            .0
             .db
             .execute(
-                "DELETE FROM portal_links WHERE tenant_id = $1 AND id = $2",
-                &args![tenant, id],
+                "DELETE FROM portal_links WHERE tenant_id = $1 AND id = $2 AND expires_at > $3",
+                &args![tenant, id, now_millis()],
             )
             .await?;
-        Ok(live)
+        Ok(done > 0)
     }
 }

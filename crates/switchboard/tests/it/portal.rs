@@ -322,6 +322,47 @@ async fn what_a_link_shows_follows_its_limits() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // What the platform set stays: redaction for every link; whose events, for a scoped one
+    // (the event types are the customer's to choose).
+    let r = f
+        .app
+        .call(
+            Method::PATCH,
+            &one,
+            &whole,
+            Some(&json!({"redact": {"PhoneNo": "drop"}})),
+        )
+        .await;
+    let doc = problem(r, StatusCode::FORBIDDEN).await;
+    assert!(doc["detail"].as_str().unwrap().contains("redact"), "{doc}");
+    let r = f
+        .app
+        .call(
+            Method::PATCH,
+            &one,
+            &scoped,
+            Some(&json!({"filter": {"usernames": ["someone-else"]}})),
+        )
+        .await;
+    let doc = problem(r, StatusCode::FORBIDDEN).await;
+    assert!(
+        doc["detail"].as_str().unwrap().contains("filter.usernames"),
+        "{doc}"
+    );
+    let now = get(ADMIN_KEY.to_string(), one.clone()).await;
+    assert_eq!(now["filter"], Value::Null, "{now}");
+    assert!(now.get("redact").is_none(), "{now}");
+    let r = f
+        .app
+        .call(
+            Method::PATCH,
+            &one,
+            &scoped,
+            Some(&json!({"filter": {"events": [{"category": 1, "codes": [1, 2]}]}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
 }
 
 #[tokio::test]
@@ -478,8 +519,15 @@ async fn bad_links_are_refused_naming_the_field_and_nothing_is_stored() {
 #[tokio::test]
 async fn an_admin_key_that_looks_like_a_portal_token_is_still_the_admin_key() {
     let admin = "sbp_an_admin_key_chosen_to_look_like_a_portal_token";
-    let app = TestApp::spawn_with(|c| c.admin_key = admin.into()).await;
+    let metrics = "sbp_a_metrics_key_like_a_portal_token";
+    let app = TestApp::spawn_with(|c| {
+        c.admin_key = admin.into();
+        c.metrics_key = metrics.into();
+    })
+    .await;
     json_ok(app.get("/v1/tenants", admin).await).await;
+    let r = app.get("/metrics", metrics).await;
+    assert_eq!(r.status(), StatusCode::OK);
     json_ok(app.get("/v1/tenants/default/subscriptions", admin).await).await;
     let r = app
         .get("/v1/tenants", "sbp_not_the_admin_key_nor_a_link_0000000000")
