@@ -14,6 +14,9 @@ pub enum ApiError {
     Malformed(String),
     #[error("missing or unknown API key")]
     Unauthorized,
+    /// A portal token whose link is gone: `401`, saying so.
+    #[error("this portal link has expired, was revoked or never existed: ask for a new one")]
+    PortalLinkGone,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -90,7 +93,9 @@ impl ApiError {
                 "malformed-request",
                 "Malformed request",
             ),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Unauthorized | PortalLinkGone => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            }
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),

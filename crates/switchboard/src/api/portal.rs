@@ -360,7 +360,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     let link = match state.store.find_portal_link(&hash).await {
         Ok(Some(link)) => link,
-        Ok(None) => return ApiError::Unauthorized.into_response(),
+        Ok(None) => return ApiError::PortalLinkGone.into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
     // No route matched: the fallback's 404, as for anyone.

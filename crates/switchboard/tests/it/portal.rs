@@ -400,7 +400,11 @@ async fn a_deleted_expired_or_forged_token_is_refused_everywhere() {
         let path = fill(&f, &template, "default", 0);
         for t in [token(&deleted), token(&expired), forged.clone()] {
             let r = f.app.call(method.clone(), &path, &t, None).await;
-            problem(r, StatusCode::UNAUTHORIZED).await;
+            let doc = problem(r, StatusCode::UNAUTHORIZED).await;
+            assert!(
+                doc["detail"].as_str().unwrap().contains("portal link"),
+                "{doc}"
+            );
         }
     }
     // The one left works; a key of another tenant cannot see or revoke it.
