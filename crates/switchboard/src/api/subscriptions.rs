@@ -542,6 +542,13 @@ async fn update(
     let patch: Map<String, Value> = json_body(&state, &headers, body).await?;
     let mut rec = match find_stored(&state, &tenant, &id).await? {
         Ok(rec) => rec,
+        // Repairing takes a whole new body: nothing stored to hold a portal link's change to.
+        Err(_) if matches!(caller, Principal::Portal { .. }) => {
+            return Err(ApiError::Forbidden(
+                "this subscription was written by another release: the platform must repair it"
+                    .into(),
+            ));
+        }
         Err(bad) => return repair(&state, bad, patch).await,
     };
     let mut current = rec.spec.to_value();

@@ -538,3 +538,23 @@ async fn an_admin_key_that_looks_like_a_portal_token_is_still_the_admin_key() {
         .await;
     problem(r, StatusCode::UNAUTHORIZED).await;
 }
+
+#[tokio::test]
+async fn a_portal_link_cannot_repair_a_subscription_another_release_wrote() {
+    let f = fixture().await;
+    let mut db = OldDb::latest(&f.app.data).await;
+    let id = &f.subs[0];
+    db.exec(&format!(
+        "UPDATE subscriptions SET spec = '{{\"url\": 7}}' WHERE id = '{id}'"
+    ))
+    .await;
+    db.close().await;
+    let whole = token(&link(&f.app, "default", json!({"expires_in_secs": 60})).await);
+    let path = format!("/v1/tenants/default/subscriptions/{id}");
+    let body = json!({"url": "http://127.0.0.1:9/all", "filter": null});
+    let r = f.app.call(Method::PATCH, &path, &whole, Some(&body)).await;
+    let doc = problem(r, StatusCode::FORBIDDEN).await;
+    assert!(doc["detail"].as_str().unwrap().contains("repair"), "{doc}");
+    let shown = json_ok(f.app.get(&path, ADMIN_KEY).await).await;
+    assert_eq!(shown["undecodable"], true, "unchanged: {shown}");
+}
