@@ -52,11 +52,13 @@ class Api:
 
 
 @contextlib.contextmanager
-def server(name, database_url="", extra=()):
+def server(name, database_url="", extra=(), data_dir=None):
     """Yields an `Api` of a server started for the benchmark `name`, stopped (and its
-    PostgreSQL database dropped) at the end."""
+    PostgreSQL database dropped) at the end. With `data_dir` (SQLite only), over that directory,
+    which is kept: another run (another build) can read what this one wrote."""
     port = free_port()
-    with tempfile.TemporaryDirectory() as data:
+    with contextlib.ExitStack() as stack:
+        data = data_dir or stack.enter_context(tempfile.TemporaryDirectory())
         env = dict(os.environ, SWITCHBOARD_ADMIN_KEY=ADMIN)
         command = [BIN, "serve", *extra, "--listen", f"127.0.0.1:{port}", "--data-dir", data]
         url = None
