@@ -147,9 +147,11 @@ struct Intervals {
 const MAX_INTERVAL_DAYS: i64 = 31;
 /// Agents whose history one page reads at most (each may have no interval in the window).
 const INTERVAL_AGENTS_PER_PAGE: u32 = 200;
-/// Agents whose hours one query reads.
-const INTERVAL_AGENTS_PER_QUERY: usize = 8;
-/// Queries (with their chunks' assembly and serialization) a page has going at once.
+/// Agents whose hours one query reads: few, so that a page reads few agents beyond those it
+/// answers.
+const INTERVAL_AGENTS_PER_QUERY: usize = 4;
+/// Queries (with their chunks' assembly and serialization) a page has going at once, at most;
+/// before the first answers, two (one a core).
 const INTERVAL_QUERIES_IN_FLIGHT: usize = 4;
 
 /// Intervals of the agents' timelines for WFM: signed-in time, time on a work item, time by
@@ -296,15 +298,24 @@ async fn intervals(
     // chunk's intervals serialized by its own task: the page is made on both cores.
     let mut chunks = Vec::new();
     let mut rest = agents.into_iter().peekable();
+    // The agent the cursor stopped in reads only what is left of it, alone: the hours before
+    // the cursor are not read again.
+    if let Some((name, start)) = &resume
+        && *start < END_OF_AGENT
+        && rest.peek() == Some(name)
+    {
+        let agent = rest.next().into_iter().collect::<Vec<_>>();
+        let left = Window::new(start + size, until, size, now);
+        if left.since < until {
+            chunks.push((agent, left));
+        }
+    }
     while rest.peek().is_some() {
-        chunks.push(
-            rest.by_ref()
-                .take(INTERVAL_AGENTS_PER_QUERY)
-                .collect::<Vec<_>>(),
-        );
+        let chunk = rest.by_ref().take(INTERVAL_AGENTS_PER_QUERY).collect();
+        chunks.push((chunk, window));
     }
     let mut chunks = chunks.into_iter();
-    let spawn = |chunk: Vec<String>| {
+    let spawn = |(chunk, window): (Vec<String>, Window)| {
         let store = state.store.clone();
         let tenant = tenant.clone();
         let resume = resume.clone();
@@ -332,19 +343,41 @@ async fn intervals(
     let mut count = 0;
     let mut last: Option<(String, Timestamp)> = None;
     let mut next_after = None;
+    // The agents in the chunks in flight, and the agents and intervals the page has had: a
+    // chunk is started only while those in flight may not fill the page (a month of agents
+    // fills it with a dozen; reading 32 of them, as four chunks of eight did, made the page
+    // three times the work).
+    let (mut in_flight, mut answered, mut had) = (0usize, 0usize, 0usize);
     'page: loop {
         while pending.len() < INTERVAL_QUERIES_IN_FLIGHT {
+            let enough = match answered {
+                0 => pending.len() >= 2,
+                _ => {
+                    let per_agent = (had / answered).max(1);
+                    // One agent's worth beyond the page: the last one may have fewer.
+                    count + in_flight * per_agent >= limit + per_agent
+                }
+            };
+            if enough {
+                break;
+            }
             match chunks.next() {
-                Some(chunk) => pending.push_back(spawn(chunk)),
+                Some(chunk) => {
+                    in_flight += chunk.0.len();
+                    pending.push_back((chunk.0.len(), spawn(chunk)));
+                }
                 None => break,
             }
         }
-        let Some(task) = pending.pop_front() else {
+        let Some((agents, task)) = pending.pop_front() else {
             break;
         };
         let found = task
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
+        in_flight -= agents;
+        answered += agents;
+        had += found.len();
         for (name, start, bytes) in found {
             if count == limit {
                 let (name, start) = last.as_ref().expect("a full page");
@@ -359,7 +392,7 @@ async fn intervals(
             last = Some((name, start));
         }
     }
-    for task in pending {
+    for (_, task) in pending {
         task.abort();
     }
     if next_after.is_none()

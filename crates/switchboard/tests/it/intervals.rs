@@ -411,3 +411,48 @@ async fn the_projection_starts_with_the_first_read() {
         "08:00 and 09:00 kept"
     );
 }
+
+/// A page reads only as many agents as it needs (and the agent a cursor stopped in only from
+/// there): walked in pages of every size, twenty agents of different lengths answer exactly as
+/// one page does.
+#[tokio::test]
+async fn pages_of_any_size_over_many_agents_hold_the_whole_answer() {
+    let app = TestApp::spawn().await;
+    let mut batch = Vec::new();
+    for n in 0..20 {
+        let who = format!("agent{n:02}");
+        // Signed in from 08:00 for n × 5 minutes (agent00: a sign-in and out at once).
+        batch.push(ev_of(&who, 1, "20261201080000", json!({})));
+        let out = 8 * 3600 + n * 300;
+        let at = format!("20261201{:02}{:02}00", out / 3600, out % 3600 / 60);
+        batch.push(ev_of(&who, 2, &at, json!({"ExitCode": 0})));
+    }
+    app.publish_ok("default", &json!(batch)).await;
+    let whole = intervals(&app, &format!("{WINDOW}&size=900&limit=10000")).await;
+    let all: Vec<(String, String)> = whole["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["username"].to_string(), i["start"].to_string()))
+        .collect();
+    assert!(all.len() > 40, "{}", all.len());
+    for limit in [1, 2, 3, 5, 7, 13, 50] {
+        let mut walked = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = intervals(&app, &format!("{WINDOW}&size=900&limit={limit}{after}")).await;
+            let data = page["data"].as_array().unwrap();
+            walked.extend(
+                data.iter()
+                    .map(|i| (i["username"].to_string(), i["start"].to_string())),
+            );
+            assert!(data.len() <= limit);
+            match page["next_after"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(walked, all, "pages of {limit}");
+    }
+    app.stop().await;
+}
