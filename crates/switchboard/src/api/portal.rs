@@ -1,13 +1,14 @@
 //! The customers' portal (DESIGN §22): `/v1/tenants/{t}/portal-links`, the short-lived tokens a
 //! platform hands its own customers, and the guard that keeps such a token to the routes a
 //! customer needs — its tenant's subscriptions (or only the link's), their deliveries, the
-//! catalog. The pages themselves (`/portal`) are served beside the console (`console.rs`).
+//! catalog, checked where the caller is extracted (`Caller`). The pages themselves (`/portal`)
+//! are served beside the console (`console.rs`).
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{MatchedPath, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Json;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::{BodyErrors, Errors};
-use super::{Access, ApiError, AppState, IdPage, Page, bearer_token, json_body, need, rfc3339};
+use super::{Access, ApiError, AppState, IdPage, Page, json_body, need, rfc3339};
 use crate::auth::{self, PORTAL_TOKEN_PREFIX, Principal};
 use crate::clock::now_millis;
 use crate::store::PortalLink;
@@ -333,56 +334,33 @@ const ROUTES: &[(Method, &str, Needs)] = &[
     ),
 ];
 
-/// The portal link a request's token names, found once by [`guard`] for the extractors after
-/// it.
-#[derive(Clone)]
-pub struct PortalCaller(pub Principal, pub String);
-
-/// Keeps a portal token to [`ROUTES`] (and to its subscriptions, when the link names some);
-/// requests with anything else pass untouched. Expired, revoked and unknown tokens are 401
-/// everywhere.
-pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .filter(|t| t.starts_with(PORTAL_TOKEN_PREFIX));
-    let Some(token) = token else {
-        return next.run(req).await;
-    };
-    let hash = auth::hash_key(token);
-    // An admin (or metrics) key that happens to look like a portal token is what it is.
-    if *hash == *state.admin_key_hash
-        || state.settings.metrics_key_hash.as_deref() == Some(hash.as_str())
-    {
-        return next.run(req).await;
-    }
-    let link = match state.store.find_portal_link(&hash).await {
-        Ok(Some(link)) => link,
-        Ok(None) => return ApiError::PortalLinkGone.into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    // No route matched: the fallback's 404, as for anyone.
-    let Some(template) = req.extensions().get::<MatchedPath>().cloned() else {
-        return next.run(req).await;
-    };
-    let method = if req.method() == Method::HEAD {
+/// The caller behind a portal token (`hash`, the token's), if its link is live and may use the
+/// route `parts` matched: what [`super::Caller`] answers for such a token. Expired, revoked and
+/// forged tokens are 401; a route not in [`ROUTES`] 403 (checked where the caller is
+/// extracted, so requests with keys pay nothing for it; routes that ask for no caller — health,
+/// the pages, `/openapi.json` — ignore the token as they ignore any).
+pub async fn caller(state: &AppState, parts: &Parts, hash: &str) -> Result<Principal, ApiError> {
+    let link = state
+        .store
+        .find_portal_link(hash)
+        .await?
+        .ok_or(ApiError::PortalLinkGone)?;
+    let template = parts
+        .extensions
+        .get::<MatchedPath>()
+        .ok_or(auth::Denied::NotForPortal)?;
+    let method = if parts.method == Method::HEAD {
         Method::GET
     } else {
-        req.method().clone()
+        parts.method.clone()
     };
-    if let Err(e) = allowed(&state, &link, &method, template.as_str(), req.uri().path()).await {
-        return e.into_response();
-    }
-    let principal = Principal::Portal {
+    allowed(state, &link, &method, template.as_str(), parts.uri.path()).await?;
+    Ok(Principal::Portal {
         tenant_id: link.tenant_id,
         link_id: link.id,
         subscription_ids: link.subscription_ids,
         read_only: link.read_only,
-    };
-    req.extensions_mut().insert(PortalCaller(principal, hash));
-    next.run(req).await
+    })
 }
 
 /// May `link` use the route `template` (the path `path`) with `method`?
