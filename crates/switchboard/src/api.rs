@@ -36,6 +36,7 @@ use time::format_description::well_known::Rfc3339;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use console::portal_csp;
 pub use error::ApiError;
 
 use crate::auth::{self, Principal, Scope};
@@ -77,8 +78,9 @@ pub struct Settings {
     pub max_jobs_per_tenant: u32,
     pub max_rules_per_tenant: u32,
     pub max_portal_links_per_tenant: u32,
-    /// Origins that may frame `/portal`.
-    pub portal_frame_ancestors: Vec<String>,
+    /// `/portal`'s Content-Security-Policy: the console's, framed by this origin and the
+    /// configured `portal_frame_ancestors` (made once, at start).
+    pub portal_csp: axum::http::HeaderValue,
     /// The public base URL, without a trailing `/`; empty: the request's `Host`.
     pub public_url: String,
     /// The hash of `metrics_key`: `/metrics` needs it (or the admin key) when set.

@@ -181,7 +181,7 @@ pub async fn run_with(
             max_jobs_per_tenant: config.max_jobs_per_tenant,
             max_rules_per_tenant: config.max_rules_per_tenant,
             max_portal_links_per_tenant: config.max_portal_links_per_tenant,
-            portal_frame_ancestors: config.portal_frame_ancestors.clone(),
+            portal_csp: api::portal_csp(&config.portal_frame_ancestors),
             public_url: config.public_url.trim_end_matches('/').to_string(),
             metrics_key_hash: (!config.metrics_key.is_empty())
                 .then(|| auth::hash_key(&config.metrics_key)),

@@ -292,7 +292,6 @@ async fn intervals(
         empty,
         changed_since,
     };
-    let resume = after;
     let last_name = agents.last().cloned();
     // A few agents a query (their hours in one round trip), four queries in flight, each
     // chunk's intervals serialized by its own task: the page is made on both cores.
@@ -300,7 +299,7 @@ async fn intervals(
     let mut rest = agents.into_iter().peekable();
     // The agent the cursor stopped in reads only what is left of it, alone: the hours before
     // the cursor are not read again.
-    if let Some((name, start)) = &resume
+    if let Some((name, start)) = &after
         && *start < END_OF_AGENT
         && rest.peek() == Some(name)
     {
@@ -318,16 +317,9 @@ async fn intervals(
     let spawn = |(chunk, window): (Vec<String>, Window)| {
         let store = state.store.clone();
         let tenant = tenant.clone();
-        let resume = resume.clone();
         tokio::spawn(async move {
             let found = store
-                .agents_intervals(
-                    &tenant,
-                    &chunk,
-                    window,
-                    filter,
-                    resume.as_ref().map(|(a, s)| (a.as_str(), *s)),
-                )
+                .agents_intervals(&tenant, &chunk, window, filter)
                 .await?;
             let mut out = Vec::new();
             for i in found.into_iter().flatten() {

@@ -42,16 +42,16 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-/// The portal's CSP: the console's, but framed by this origin and `portal_frame_ancestors`.
-fn portal_csp(state: &AppState) -> HeaderValue {
-    let mut ancestors = String::from("'self'");
-    for origin in &state.settings.portal_frame_ancestors {
-        ancestors.push(' ');
-        ancestors.push_str(origin);
+/// The portal's CSP: the console's, but framed by this origin and `ancestors`.
+pub fn portal_csp(ancestors: &[String]) -> HeaderValue {
+    let mut allowed = String::from("'self'");
+    for origin in ancestors {
+        allowed.push(' ');
+        allowed.push_str(origin);
     }
     let csp = CSP.replace(
         "frame-ancestors 'none'",
-        &format!("frame-ancestors {ancestors}"),
+        &format!("frame-ancestors {allowed}"),
     );
     // The origins were checked at start (scheme://host[:port]): always a valid header.
     HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static(CSP))
@@ -104,17 +104,25 @@ async fn app_css() -> Response {
     responses((status = 200, content_type = "text/html", body = String,
                description = "The portal's page")))]
 async fn portal(State(state): State<AppState>) -> Response {
-    page("text/html; charset=utf-8", PORTAL_INDEX, portal_csp(&state))
+    page(
+        "text/html; charset=utf-8",
+        PORTAL_INDEX,
+        state.settings.portal_csp.clone(),
+    )
 }
 
 async fn portal_js(State(state): State<AppState>) -> Response {
     page(
         "text/javascript; charset=utf-8",
         PORTAL_JS,
-        portal_csp(&state),
+        state.settings.portal_csp.clone(),
     )
 }
 
 async fn portal_css(State(state): State<AppState>) -> Response {
-    page("text/css; charset=utf-8", PORTAL_CSS, portal_csp(&state))
+    page(
+        "text/css; charset=utf-8",
+        PORTAL_CSS,
+        state.settings.portal_csp.clone(),
+    )
 }

@@ -317,16 +317,13 @@ impl Store {
         rows.into_iter().map(|mut r| r.text(0)).collect()
     }
 
-    /// The intervals in `window` of `agents`, each agent's in order; `resume` (a username and
-    /// a start) leaves out that agent's intervals up to that start (the rest of a page's last
-    /// agent).
+    /// The intervals in `window` of `agents`, each agent's in order.
     pub async fn agents_intervals(
         &self,
         tenant: &str,
         agents: &[String],
         window: Window,
         filter: IntervalFilter,
-        resume: Option<(&str, i64)>,
     ) -> Result<Vec<Vec<AgentInterval>>, StoreError> {
         if agents.is_empty() {
             return Ok(Vec::new());
@@ -386,9 +383,6 @@ impl Store {
             };
             let rows = hours.remove(name).unwrap_or_default();
             let mut found = assemble(window, name, rows, tail, filter.empty);
-            if let Some((_, after)) = resume.filter(|(n, _)| n == name) {
-                found.retain(|i| i.start.to_unix_ms() / 1000 > after);
-            }
             if let Some((n, open_after)) = filter.changed_since {
                 found.retain(|i| {
                     let end = i.start.to_unix_ms() / 1000 + i.size_secs;
@@ -410,7 +404,7 @@ impl Store {
     ) -> Result<Vec<AgentInterval>, StoreError> {
         let agents = [username.to_string()];
         let found = self
-            .agents_intervals(tenant, &agents, window, filter, None)
+            .agents_intervals(tenant, &agents, window, filter)
             .await?;
         Ok(found.into_iter().next().unwrap_or_default())
     }
