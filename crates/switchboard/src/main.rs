@@ -175,6 +175,10 @@ struct BenchArgs {
     /// over them
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Tenants the events are spread over (default, bench-1, …), each with --subscriptions
+    /// subscriptions and a publish key of its own; each client posts to one of them
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    tenants: usize,
     /// One JSON object on stdout instead of the summary
     #[arg(long)]
     json: bool,
@@ -650,6 +654,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     rules_disabled: a.rules_disabled,
                     agents: a.agents,
                     nodes: a.nodes,
+                    tenants: a.tenants,
                     delivery_batch: a.delivery_batch,
                     backlog: a.backlog,
                     receiver_auth: a.receiver_auth,

@@ -63,6 +63,11 @@ pub struct Options {
     /// In-process servers sharing the PostgreSQL database (`database_url`); the clients are
     /// split evenly over them.
     pub nodes: usize,
+    /// Tenants the events are spread over (the first is `default`, the others `bench-1`, …),
+    /// each with `subscriptions` subscriptions and a publish key of its own; each client posts
+    /// to one of them. Ingest serialises each tenant's sequence, so one tenant cannot show
+    /// what more nodes add.
+    pub tenants: usize,
     /// Batched delivery (DESIGN §17): each subscription gets up to this many events per
     /// request (`max_wait_ms` 100). `None`: one per request.
     pub delivery_batch: Option<u32>,
@@ -109,6 +114,7 @@ impl Default for Options {
             rules_disabled: false,
             agents: 500,
             nodes: 1,
+            tenants: 1,
         }
     }
 }
@@ -300,6 +306,9 @@ pub struct Report {
     pub agents_page_1000_ms: Percentiles,
     /// In-process servers.
     pub nodes: usize,
+    /// Tenants the events were spread over, and how many each took in.
+    pub tenants: usize,
+    pub accepted_by_tenant: std::collections::BTreeMap<String, usize>,
     /// CPU time spent from the first request to the last delivery, by whom.
     pub cpu: CpuSpent,
 }
@@ -448,6 +457,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     {
         bail!("--backlog runs one in-process server: no --url, --nodes, --streams or --rate");
     }
+    if opts.tenants == 0 || opts.tenants > 1_000 {
+        bail!("--tenants must be from 1 to 1000");
+    }
+    if opts.tenants > 1 && (opts.streams > 0 || opts.counts_streams > 0 || opts.rules > 0) {
+        bail!(
+            "--tenants above 1 sends no --streams, --counts-streams or --rules (they watch one tenant)"
+        );
+    }
     if let Some(ratio) = opts.otlp_ratio
         && (opts.url.is_some() || !(0.0..=1.0).contains(&ratio))
     {
@@ -495,7 +512,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 .context("opening the rules' episodes")?;
         }
     }
-    for _ in 0..opts.subscriptions {
+    let tenants = bench_tenants(opts.tenants);
+    for tenant in tenants.iter().skip(1) {
+        api.call(
+            reqwest::Method::POST,
+            "/v1/tenants",
+            Some(&json!({"id": tenant})),
+        )
+        .await
+        .with_context(|| format!("creating the tenant {tenant}"))?;
+    }
+    for n in 0..opts.subscriptions * tenants.len() {
+        let tenant = &tenants[n % tenants.len()];
         let mut body = json!({"url": format!("http://{receiver_addr}/"), "max_in_flight": 64});
         if let Some(n) = opts.delivery_batch {
             body["batch"] = json!({"max_events": n, "max_wait_ms": 100});
@@ -511,19 +539,31 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     "token_url": format!("http://{receiver_addr}/token"), "client_secret": "bench"});
             }
         }
-        api.create_subscription("default", &body)
+        api.create_subscription(tenant, &body)
             .await
             .context("creating a subscription")?;
     }
     let consumers = open_streams(&opts, base, admin_key, &state).await?;
     let counters = open_counts_streams(&opts, base, admin_key, &state).await?;
     // Events are posted as a producer would: with a tenant key that may only publish.
-    let key = publish_key(base, admin_key).await?;
+    let mut targets = Vec::with_capacity(tenants.len());
+    for tenant in &tenants {
+        targets.push((
+            tenant.clone(),
+            publish_key_of(base, admin_key, tenant).await?,
+        ));
+    }
     let requests = Arc::new(request_bodies(&opts)?);
 
     let mut cpu_before = Cpu::now(opts.url.is_none());
-    let load = drive(&opts, &client, &server.bases, &key, requests, &state);
-    let (accepted, ingest, accept_secs, mut end_to_end_secs) = load.await?;
+    let load = drive(&opts, &client, &server.bases, &targets, requests, &state);
+    let Driven {
+        accepted,
+        by_tenant: accepted_by_tenant,
+        ingest,
+        accept_secs,
+        mut end_to_end_secs,
+    } = load.await?;
     let mut delivered_before_drain = 0;
     if let Some(config) = server.restart.take() {
         // Every event is stored: the node that stored them stops, one that delivers starts on
@@ -638,6 +678,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         agents_page_ms,
         agents_page_1000_ms,
         nodes: opts.nodes,
+        tenants: opts.tenants,
+        accepted_by_tenant,
         cpu,
     })
 }
@@ -930,17 +972,34 @@ fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>
 /// (on schedule with `--rate`), until every event is accepted and every delivery arrived.
 /// Returns how many were accepted, the ingest latencies, and the seconds to accept them all
 /// and to deliver them all.
+/// What the load did: events accepted (in all, and by tenant), each request's latency, and
+/// the seconds to the last acceptance and to the last delivery.
+struct Driven {
+    accepted: usize,
+    by_tenant: std::collections::BTreeMap<String, usize>,
+    ingest: Histogram<u64>,
+    accept_secs: f64,
+    end_to_end_secs: f64,
+}
+
 async fn drive(
     opts: &Options,
     client: &reqwest::Client,
     bases: &[String],
-    key: &str,
+    targets: &[(String, String)],
     requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>>,
     state: &Arc<Receiver>,
-) -> anyhow::Result<(usize, Histogram<u64>, f64, f64)> {
-    let urls: Vec<String> = (bases.iter())
-        .map(|base| format!("{base}/v1/tenants/default/events"))
-        .collect();
+) -> anyhow::Result<Driven> {
+    // Client `w` posts to node `w % nodes` and, independently of that, to tenant
+    // `(w / nodes) % tenants`, with that tenant's key.
+    let target = |w: usize| {
+        let t = (w / bases.len()) % targets.len();
+        let (tenant, key) = &targets[t];
+        let base = &bases[w % bases.len()];
+        (format!("{base}/v1/tenants/{tenant}/events"), key.clone(), t)
+    };
+    let by_tenant: Arc<Vec<std::sync::atomic::AtomicUsize>> =
+        Arc::new(targets.iter().map(|_| Default::default()).collect());
     let batches = requests.len();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -948,11 +1007,13 @@ async fn drive(
     let start = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..opts.concurrency {
+        let (url, key, tenant) = target(worker);
+        let by_tenant = by_tenant.clone();
         let (client, url, requests, key, state, next, accepted, ingest, opts) = (
             client.clone(),
-            urls[worker % urls.len()].clone(),
+            url,
             requests.clone(),
-            key.to_string(),
+            key,
             state.clone(),
             next.clone(),
             accepted.clone(),
@@ -1008,6 +1069,7 @@ async fn drive(
                 }
                 let _ = ingest.lock().expect("lock").record(us);
                 accepted.fetch_add(count, std::sync::atomic::Ordering::SeqCst);
+                by_tenant[tenant].fetch_add(count, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
@@ -1041,7 +1103,16 @@ async fn drive(
     }
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let ingest = ingest.lock().expect("lock").clone();
-    Ok((accepted, ingest, accept_secs, end_to_end_secs))
+    let by_tenant = (targets.iter().zip(by_tenant.iter()))
+        .map(|((tenant, _), n)| (tenant.clone(), n.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect();
+    Ok(Driven {
+        accepted,
+        by_tenant,
+        ingest,
+        accept_secs,
+        end_to_end_secs,
+    })
 }
 
 /// Waits until every event reached every subscription; the receiver wakes us on each arrival.
@@ -1065,10 +1136,22 @@ async fn wait_deliveries(state: &Arc<Receiver>, want: usize) -> anyhow::Result<(
 
 /// Creates a `default`-tenant key with the `publish` scope, using the admin key.
 pub(crate) async fn publish_key(base: &str, admin_key: &str) -> anyhow::Result<String> {
+    publish_key_of(base, admin_key, "default").await
+}
+
+/// Creates a key of `tenant` with the `publish` scope, using the admin key.
+async fn publish_key_of(base: &str, admin_key: &str, tenant: &str) -> anyhow::Result<String> {
     let api = super::client::Api::new(base, admin_key);
-    api.create_key("default", "bench", &["publish"])
+    api.create_key(tenant, "bench", &["publish"])
         .await
-        .context("creating a publish key")
+        .with_context(|| format!("creating a publish key of {tenant}"))
+}
+
+/// The ids of `n` tenants: `default`, then `bench-1`, `bench-2`, ….
+fn bench_tenants(n: usize) -> Vec<String> {
+    std::iter::once("default".to_string())
+        .chain((1..n).map(|i| format!("bench-{i}")))
+        .collect()
 }
 
 /// Random-looking version-4 GUIDs, as scattered as a producer's, without a system call for
@@ -1209,9 +1292,11 @@ impl Report {
             0 => "n/a".to_string(),
             n => format!("{:.3}", secs * 1000.0 / n as f64),
         };
-        let nodes = match self.nodes {
-            1 => String::new(),
-            n => format!(", {n} nodes"),
+        let nodes = match (self.nodes, self.tenants) {
+            (1, 1) => String::new(),
+            (n, 1) => format!(", {n} nodes"),
+            (1, t) => format!(", {t} tenants"),
+            (n, t) => format!(", {n} nodes, {t} tenants"),
         };
         let server_cpu = self.cpu.server_secs.map_or("n/a (--url)".to_string(), |s| {
             format!("server{nodes} {s:.2} s ({} ms)", per(s))

@@ -265,6 +265,39 @@ async fn a_backlog_run_stores_everything_first_then_times_the_drain() {
     assert!(report.text().contains("draining a stored backlog"));
 }
 
+/// `--tenants`: the events spread over tenants of their own, each posting with its own key
+/// and delivered to its own subscriptions.
+#[tokio::test]
+async fn a_run_over_several_tenants_delivers_each_tenants_events_to_its_subscriptions() {
+    let data = TestData::new().await;
+    let report = run(Options {
+        events: 300,
+        concurrency: 6,
+        batch: 10,
+        subscriptions: 2,
+        tenants: 3,
+        database_url: data.database_url(),
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert_eq!(report.accepted, 300);
+    let by_tenant: Vec<(&str, usize)> = (report.accepted_by_tenant.iter())
+        .map(|(t, n)| (t.as_str(), *n))
+        .collect();
+    assert_eq!(
+        by_tenant.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        ["bench-1", "bench-2", "default"]
+    );
+    assert!(by_tenant.iter().all(|(_, n)| *n > 0), "{by_tenant:?}");
+    assert_eq!(by_tenant.iter().map(|(_, n)| n).sum::<usize>(), 300);
+    assert_eq!(
+        report.deliveries, 600,
+        "every event reaches the two subscriptions of its tenant, and only those"
+    );
+    assert!(report.text().contains("3 tenants"), "{}", report.text());
+}
+
 #[tokio::test]
 async fn the_bench_calls_its_receiver_with_a_bearer_or_an_oauth2_token() {
     use switchboard::cli::bench::ReceiverAuth;
