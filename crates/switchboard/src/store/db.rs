@@ -144,6 +144,10 @@ pub(crate) struct Dialect {
     pub probe: &'static [&'static str],
     /// As `lock_tenant`, but on PostgreSQL no row when another transaction holds it.
     pub try_lock_tenant: &'static str,
+    /// Ends a `SELECT` of several tenants' rows that locks them, in the order of their ids'
+    /// bytes (the order every turn locks tenants in, so that nodes never deadlock), waiting
+    /// for those another transaction holds (empty on SQLite, where the writer is alone).
+    pub lock_in_order: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
     pub lock_health: &'static str,
     /// The claim of due deliveries, with the dialect's row locking.

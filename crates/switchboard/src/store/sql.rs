@@ -53,6 +53,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     lock_tenant: LOCK_TENANT,
     try_lock_tenant: LOCK_TENANT,
+    lock_in_order: "",
     lock_health: LOCK_HEALTH,
     probe: &[
         "INSERT INTO write_probe (at, filler) VALUES ($1, zeroblob(65536))",
@@ -93,6 +94,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
         "SELECT last_sequence, agents_through FROM tenants WHERE id = $1",
         " FOR UPDATE SKIP LOCKED"
     ),
+    // Rows are locked as the sort hands them over; "C" orders by bytes, as Rust's `str` does.
+    lock_in_order: " ORDER BY id COLLATE \"C\" FOR UPDATE",
     lock_health: concat!(
         "SELECT failing_since, failures, failing_sent, tenant_id, probes FROM subscriptions \
          WHERE id = $1",
@@ -194,6 +197,13 @@ pub static INSERT_EVENTS: MultiRow = MultiRow::new(
 /// stored form's length.
 pub const ENABLED_SUBSCRIPTION_STAMPS: &str = "SELECT id, updated_at, length(spec) \
     FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND pull = FALSE";
+/// The same for several tenants (`IN (` … `)`, from `$1`), each row naming its tenant.
+pub const ENABLED_SUBSCRIPTION_STAMPS_OF: &str = "SELECT tenant_id, id, updated_at, \
+    length(spec) FROM subscriptions WHERE enabled = TRUE AND pull = FALSE AND tenant_id IN (";
+/// Several tenants' rows (`IN (` … `)`, from `$1`), read and locked as `lock_tenant` does one's:
+/// the dialect's `lock_in_order` follows the list.
+pub const LOCK_TENANTS: &str = "SELECT id, last_sequence, agents_through FROM tenants \
+    WHERE id IN (";
 /// Their stored forms, for those among a list (`IN (` … `)`, from `$2`) that changed.
 pub const SUBSCRIPTION_SPECS: &str = "SELECT id, spec, updated_at, length(spec) \
     FROM subscriptions WHERE tenant_id = $1 AND enabled = TRUE AND pull = FALSE AND id IN (";

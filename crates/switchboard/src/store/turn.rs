@@ -234,14 +234,9 @@ async fn ingest<C: Conn>(
     // Where each tenant's agents projection is (see `agents.rs`).
     let mut projected = BTreeMap::new();
     let tenants: BTreeSet<&str> = jobs.iter().map(|j| j.tenant.as_str()).collect();
-    for tenant in tenants {
-        let rows = conn
-            .query(conn.dialect().lock_tenant, &args![tenant])
-            .await?;
-        if let Some(row) = rows.first() {
-            last.insert(tenant, row.int(0)?);
-            projected.insert(tenant, row.int(1)?);
-        }
+    for (tenant, sequence, through) in lock_tenants(conn, &tenants).await? {
+        last.insert(tenant, sequence);
+        projected.insert(tenant, through);
     }
     let events: usize = jobs.iter().map(|j| j.events.len()).sum();
     deferred.note(now, events);
@@ -256,8 +251,10 @@ async fn ingest<C: Conn>(
     let bodies = insert_events(conn, &decided.added, now).await?;
     // Per tenant with new events: their outbox rows, and its new last sequence.
     let mut deliveries = 0;
+    let mut stamps = subscription_stamps(conn, decided.advanced.keys().copied()).await?;
     for (&tenant, &seq) in &decided.advanced {
-        let subs = enabled_subscriptions(conn, tenant).await?;
+        let current = stamps.remove(tenant).unwrap_or_default();
+        let subs = enabled_subscriptions(conn, tenant, current).await?;
         let mut rows = decide::outbox(&decided.added, tenant, &subs);
         for d in decide::coalescing(&mut rows) {
             done.superseded += d.superseded as u64;
@@ -417,17 +414,87 @@ async fn insert_held<C: Conn>(
 /// (the writer's connection remembers them, by `updated_at` and the stored form's length), not
 /// in every turn: a tenant's large filters cost the turns it shares with others nothing. One
 /// that does not decode harms only itself: logged once, counted, and given no deliveries.
+/// Reads and locks the rows of `tenants` (in their order: see `Dialect::lock_in_order`):
+/// each one's last sequence and how far its agents projection reaches. A tenant deleted
+/// meanwhile has none. One statement for a turn's tenants, not one each: a turn over many
+/// tenants ran this and the stamps below once per tenant (docs/BENCHMARKS.md, "tenants").
+async fn lock_tenants<'t, C: Conn>(
+    conn: &mut C,
+    tenants: &BTreeSet<&'t str>,
+) -> Result<Vec<(&'t str, i64, i64)>, StoreError> {
+    let mut out = Vec::with_capacity(tenants.len());
+    if let [tenant] = tenants.iter().copied().collect::<Vec<_>>()[..] {
+        let rows = conn
+            .query(conn.dialect().lock_tenant, &args![tenant])
+            .await?;
+        if let Some(row) = rows.first() {
+            out.push((tenant, row.int(0)?, row.int(1)?));
+        }
+        return Ok(out);
+    }
+    let tenants: Vec<&'t str> = tenants.iter().copied().collect();
+    for chunk in tenants.chunks(decide::IN_LIST) {
+        let text = format!(
+            "{}{}{}",
+            sql::LOCK_TENANTS,
+            sql::list(chunk.len(), 1),
+            conn.dialect().lock_in_order
+        );
+        let values: Vec<Arg> = chunk.iter().map(|t| Arg::from(*t)).collect();
+        for mut row in conn.query(&text, &values).await? {
+            let id = row.text(0)?;
+            if let Some(tenant) = chunk.iter().find(|t| **t == id) {
+                out.push((*tenant, row.int(1)?, row.int(2)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each tenant's enabled push subscriptions as stamps (id, (updated_at, length of the stored
+/// form)): what says whether the writer's decoded copy is still current.
+type Stamps = Vec<(String, (i64, i64))>;
+
+async fn subscription_stamps<'t, C: Conn>(
+    conn: &mut C,
+    tenants: impl Iterator<Item = &'t str>,
+) -> Result<HashMap<&'t str, Stamps>, StoreError> {
+    let tenants: Vec<&'t str> = tenants.collect();
+    let mut out: HashMap<&'t str, Stamps> = HashMap::with_capacity(tenants.len());
+    if let [tenant] = tenants[..] {
+        let rows = conn
+            .query(sql::ENABLED_SUBSCRIPTION_STAMPS, &args![tenant])
+            .await?;
+        let stamps = out.entry(tenant).or_default();
+        for mut row in rows {
+            stamps.push((row.text(0)?, (row.int(1)?, row.int(2)?)));
+        }
+        return Ok(out);
+    }
+    for chunk in tenants.chunks(decide::IN_LIST) {
+        let text = format!(
+            "{}{}",
+            sql::ENABLED_SUBSCRIPTION_STAMPS_OF,
+            sql::list(chunk.len(), 1)
+        );
+        let values: Vec<Arg> = chunk.iter().map(|t| Arg::from(*t)).collect();
+        for mut row in conn.query(&text, &values).await? {
+            let tenant = row.text(0)?;
+            if let Some(t) = chunk.iter().find(|t| **t == tenant) {
+                out.entry(*t)
+                    .or_default()
+                    .push((row.text(1)?, (row.int(2)?, row.int(3)?)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn enabled_subscriptions<C: Conn>(
     conn: &mut C,
     tenant: &str,
+    current: Stamps,
 ) -> Result<Vec<Arc<OutboxSub>>, StoreError> {
-    let rows = conn
-        .query(sql::ENABLED_SUBSCRIPTION_STAMPS, &args![tenant])
-        .await?;
-    let mut current = Vec::with_capacity(rows.len());
-    for mut row in rows {
-        current.push((row.text(0)?, (row.int(1)?, row.int(2)?)));
-    }
     let known = conn.subscriptions().remove(tenant).unwrap_or_default();
     let (mut fresh, mut changed) = (HashMap::with_capacity(current.len()), Vec::new());
     for (id, stamp) in current {
@@ -787,7 +854,9 @@ async fn recipients<C: Conn>(conn: &mut C, ev: &SystemEvent) -> Result<Vec<Strin
         Recipients::Subscriptions(subs) => return Ok(subs.clone()),
         Recipients::MonitorsBut(except) => except,
     };
-    let subs = enabled_subscriptions(conn, &ev.tenant).await?;
+    let mut stamps = subscription_stamps(conn, std::iter::once(ev.tenant.as_str())).await?;
+    let current = stamps.remove(ev.tenant.as_str()).unwrap_or_default();
+    let subs = enabled_subscriptions(conn, &ev.tenant, current).await?;
     Ok(subs
         .into_iter()
         .filter(|s| s.id != *except && decide::monitors(s.filter.as_ref()))
