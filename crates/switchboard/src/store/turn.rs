@@ -410,10 +410,6 @@ async fn insert_held<C: Conn>(
     Ok(claimed)
 }
 
-/// `tenant`'s enabled subscriptions, as the outbox reads them. Each is decoded once per change
-/// (the writer's connection remembers them, by `updated_at` and the stored form's length), not
-/// in every turn: a tenant's large filters cost the turns it shares with others nothing. One
-/// that does not decode harms only itself: logged once, counted, and given no deliveries.
 /// Reads and locks the rows of `tenants` (in their order: see `Dialect::lock_in_order`):
 /// each one's last sequence and how far its agents projection reaches. A tenant deleted
 /// meanwhile has none. One statement for a turn's tenants, not one each: a turn over many
@@ -434,13 +430,13 @@ async fn lock_tenants<'t, C: Conn>(
     }
     let tenants: Vec<&'t str> = tenants.iter().copied().collect();
     for chunk in tenants.chunks(decide::IN_LIST) {
+        let values = padded(chunk);
         let text = format!(
             "{}{}{}",
             sql::LOCK_TENANTS,
-            sql::list(chunk.len(), 1),
+            sql::list(values.len(), 1),
             conn.dialect().lock_in_order
         );
-        let values: Vec<Arg> = chunk.iter().map(|t| Arg::from(*t)).collect();
         for mut row in conn.query(&text, &values).await? {
             let id = row.text(0)?;
             if let Some(tenant) = chunk.iter().find(|t| **t == id) {
@@ -451,10 +447,22 @@ async fn lock_tenants<'t, C: Conn>(
     Ok(out)
 }
 
-/// Each tenant's enabled push subscriptions as stamps (id, (updated_at, length of the stored
-/// form)): what says whether the writer's decoded copy is still current.
+/// `tenants` as the values of an `IN (…)` list padded to one of a few lengths with copies of
+/// the last (which match nothing more), so that turns of any number of tenants share a few
+/// prepared statements.
+fn padded<'t>(tenants: &[&'t str]) -> Vec<Arg<'t>> {
+    let mut values: Vec<Arg> = tenants.iter().map(|t| Arg::from(*t)).collect();
+    let last = tenants[tenants.len() - 1];
+    values.resize_with(decide::padded_len(tenants.len()), || Arg::from(last));
+    values
+}
+
+/// A tenant's enabled push subscriptions as stamps: (id, (updated_at, length of the stored
+/// form)), what says whether the writer's decoded copy is still current.
 type Stamps = Vec<(String, (i64, i64))>;
 
+/// The stamps of `tenants`' subscriptions, in one statement for all of them (the one-tenant
+/// statement for one).
 async fn subscription_stamps<'t, C: Conn>(
     conn: &mut C,
     tenants: impl Iterator<Item = &'t str>,
@@ -472,12 +480,12 @@ async fn subscription_stamps<'t, C: Conn>(
         return Ok(out);
     }
     for chunk in tenants.chunks(decide::IN_LIST) {
+        let values = padded(chunk);
         let text = format!(
             "{}{}",
             sql::ENABLED_SUBSCRIPTION_STAMPS_OF,
-            sql::list(chunk.len(), 1)
+            sql::list(values.len(), 1)
         );
-        let values: Vec<Arg> = chunk.iter().map(|t| Arg::from(*t)).collect();
         for mut row in conn.query(&text, &values).await? {
             let tenant = row.text(0)?;
             if let Some(t) = chunk.iter().find(|t| **t == tenant) {
@@ -490,6 +498,11 @@ async fn subscription_stamps<'t, C: Conn>(
     Ok(out)
 }
 
+/// `tenant`'s enabled subscriptions, as the outbox reads them. Each is decoded once per change
+/// (the writer's connection remembers them, by `updated_at` and the stored form's length), not
+/// in every turn: a tenant's large filters cost the turns it shares with others nothing. One
+/// that does not decode harms only itself: logged once, counted, and given no deliveries.
+/// `current` is its stamps as this turn read them ([`subscription_stamps`]).
 async fn enabled_subscriptions<C: Conn>(
     conn: &mut C,
     tenant: &str,
