@@ -419,7 +419,7 @@ async fn lock_tenants<'t, C: Conn>(
     tenants: &BTreeSet<&'t str>,
 ) -> Result<Vec<(&'t str, i64, i64)>, StoreError> {
     let mut out = Vec::with_capacity(tenants.len());
-    if let [tenant] = tenants.iter().copied().collect::<Vec<_>>()[..] {
+    if let (1, Some(&tenant)) = (tenants.len(), tenants.first()) {
         let rows = conn
             .query(conn.dialect().lock_tenant, &args![tenant])
             .await?;
@@ -428,8 +428,8 @@ async fn lock_tenants<'t, C: Conn>(
         }
         return Ok(out);
     }
-    let tenants: Vec<&'t str> = tenants.iter().copied().collect();
-    for chunk in tenants.chunks(decide::IN_LIST) {
+    let list: Vec<&'t str> = tenants.iter().copied().collect();
+    for chunk in list.chunks(decide::IN_LIST) {
         let values = padded(chunk);
         let text = format!(
             "{}{}{}",
@@ -439,8 +439,8 @@ async fn lock_tenants<'t, C: Conn>(
         );
         for mut row in conn.query(&text, &values).await? {
             let id = row.text(0)?;
-            if let Some(tenant) = chunk.iter().find(|t| **t == id) {
-                out.push((*tenant, row.int(1)?, row.int(2)?));
+            if let Some(&tenant) = tenants.get(id.as_str()) {
+                out.push((tenant, row.int(1)?, row.int(2)?));
             }
         }
     }
