@@ -139,6 +139,9 @@ impl Deferred {
 
 /// The projection's part of a turn that committed `events` of `tenant` (sequences after
 /// `at.last`, the last being `to`): folds them now, or defers them (see the module's doc).
+/// True when it folded them: the tenant's row is to say the projection reaches `to` when its
+/// last sequence becomes `to` (the turn writes both, for all its tenants at once:
+/// `turn::set_sequences`).
 pub(super) async fn project<C: Conn>(
     conn: &mut C,
     tenant: &str,
@@ -147,13 +150,12 @@ pub(super) async fn project<C: Conn>(
     events: &[(i64, &Event)],
     deferred: &mut Deferred,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let busy = deferred.busy();
     if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
         let keep = deferred.rules.wants(tenant);
         let (agents, before) =
             fold_in_keeping(conn, Table::Live, tenant, events, &deferred.groups, keep).await?;
-        conn.execute(sql::SET_SEQUENCES, &args![to, tenant]).await?;
         deferred.rules.moved(Moved {
             tenant: tenant.to_string(),
             from: at.through,
@@ -161,10 +163,8 @@ pub(super) async fn project<C: Conn>(
             agents,
             before,
         });
-        return Ok(());
+        return Ok(true);
     }
-    conn.execute(sql::SET_LAST_SEQUENCE, &args![to, tenant])
-        .await?;
     let backlog = deferred
         .tenants
         .entry(tenant.to_string())
@@ -217,7 +217,7 @@ pub(super) async fn project<C: Conn>(
         };
         fold_backlog(conn, tenant, at, deferred).await?;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another

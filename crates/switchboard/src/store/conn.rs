@@ -3,7 +3,7 @@
 //! few operations whose SQL differs between the dialects. SQLite's writer (a thread) and
 //! PostgreSQL's (a task) each implement it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -37,6 +37,15 @@ pub(super) trait Conn {
         tenant: &str,
         ids: &[Uuid],
     ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// [`Conn::stored`] for each tenant of `given`: `(tenant, sequence, body)`. By default
+    /// (SQLite: local calls, and recent ids answered from memory) one tenant after another;
+    /// PostgreSQL's writer asks for a turn's tenants in one statement.
+    async fn stored_of(
+        &mut self,
+        given: &BTreeMap<&str, Vec<Uuid>>,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        stored_each(self, given).await
+    }
     /// The bodies of `tenant`'s events stored under `sequences`, with when each was received
     /// and the trace context stored with it.
     async fn bodies(&mut self, tenant: &str, sequences: &[i64])
@@ -101,6 +110,20 @@ pub(super) async fn insert_chunked<C: Conn + ?Sized>(
     }
     debug_assert!(rest.is_empty(), "values are not whole rows");
     Ok(inserted)
+}
+
+/// [`Conn::stored_of`], one tenant after another.
+pub(super) async fn stored_each<C: Conn + ?Sized>(
+    conn: &mut C,
+    given: &BTreeMap<&str, Vec<Uuid>>,
+) -> Result<Vec<(String, i64, String)>, StoreError> {
+    let mut found = Vec::new();
+    for (tenant, ids) in given {
+        for (sequence, body) in conn.stored(tenant, ids).await? {
+            found.push((tenant.to_string(), sequence, body));
+        }
+    }
+    Ok(found)
 }
 
 /// [`Conn::insert_returning`] in chunks of the sizes of [`INSERT_CHUNKS`].

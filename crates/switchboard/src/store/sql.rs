@@ -296,6 +296,15 @@ pub const SET_LAST_SEQUENCE: &str =
 /// Also moves the agents projection along, when it was up to date (see `agents.rs`).
 pub const SET_SEQUENCES: &str = "UPDATE tenants SET last_sequence = $1, agents_through = $1 \
     WHERE id = $2 AND last_sequence < $1";
+/// [`SET_LAST_SEQUENCE`] or [`SET_SEQUENCES`] for several tenants: each row is a tenant, its
+/// new last sequence, and 1 where the agents projection moves along too (else 0).
+pub static SET_SEQUENCES_OF: MultiRow = MultiRow::new(
+    "UPDATE tenants SET last_sequence = v.column2, agents_through = CASE WHEN v.column3 = 1 \
+     THEN v.column2 ELSE agents_through END FROM (VALUES ",
+    ") AS v WHERE tenants.id = v.column1 AND tenants.last_sequence < v.column2",
+    3,
+    1,
+);
 pub static UPSERT_AGENTS: MultiRow = MultiRow::new(
     "INSERT INTO agents (tenant_id, username, last_sequence, signed_in, availability_code, \
      state) VALUES ",

@@ -5,10 +5,13 @@
 //! 1. when readiness asked (`Ping`), the dialect's probe write;
 //! 2. ingest: lock the group's tenants (in one order) and read their last sequences; find the
 //!    events already stored under the `Id`s the producers gave; decide (`decide.rs`):
-//!    duplicates, conflicts, the new events' sequences; insert the new events and, per tenant,
-//!    their outbox rows (one delivery per matching subscription; a coalesced status supersedes
-//!    the pending ones before it), its agents projection (folded now, or deferred while the
-//!    writer is busy: `agents.rs`) and its new last sequence;
+//!    duplicates, conflicts, the new events' sequences; insert the new events; per tenant,
+//!    decide their outbox rows (one delivery per matching subscription; a coalesced status
+//!    supersedes the pending ones before it) and fold its agents projection (or defer it while
+//!    the writer is busy: `agents.rs`); then, for all the group's tenants at once, write the
+//!    new last sequences and insert the outbox rows. Each step that reads or writes tenants'
+//!    rows is one statement for the group's tenants, not one each (docs/BENCHMARKS.md,
+//!    "tenants");
 //! 3. when a `FoldAgents` came, or the writer is stopping, fold the deferred Agent events;
 //!    when an `IndexUsernames` came, copy the new events into `events_by_username`
 //!    (`usernames.rs`);
@@ -241,21 +244,37 @@ async fn ingest<C: Conn>(
     let events: usize = jobs.iter().map(|j| j.events.len()).sum();
     deferred.note(now, events);
     let mut stored: Stored = HashMap::new();
-    for (tenant, ids) in decide::given_ids(jobs) {
-        for (sequence, body) in conn.stored(tenant, &ids).await? {
-            let event = Event::from_canonical_json(&body).map_err(corrupt)?;
-            stored.insert((tenant, event.id), (sequence, event));
-        }
+    let given = decide::given_ids(jobs);
+    for (tenant, sequence, body) in conn.stored_of(&given).await? {
+        let Some((&tenant, _)) = given.get_key_value(tenant.as_str()) else {
+            return Err(StoreError::Db(
+                "a stored event of a tenant not asked for".into(),
+            ));
+        };
+        let event = Event::from_canonical_json(&body).map_err(corrupt)?;
+        stored.insert((tenant, event.id), (sequence, event));
     }
     let decided = decide::decide_ingests(jobs, last.clone(), &stored, Timestamp::now());
     let bodies = insert_events(conn, &decided.added, now).await?;
-    // Per tenant with new events: their outbox rows, and its new last sequence.
-    let mut deliveries = 0;
+    // Per tenant with new events: their outbox rows, and its new last sequence. The rows of
+    // all the turn's tenants are inserted together: a statement each, not one per tenant.
     let mut stamps = subscription_stamps(conn, decided.advanced.keys().copied()).await?;
+    let (mut plain_rows, mut coalesced_rows) = (Vec::new(), Vec::new());
+    // Handed over rows, by the length of their lease (ms).
+    let mut held_rows: BTreeMap<i64, Vec<NewDelivery>> = BTreeMap::new();
+    // Each tenant's new last sequence, and whether its agents projection reaches it too.
+    let mut sequences = Vec::with_capacity(decided.advanced.len());
+    let mut subs_of = Vec::with_capacity(decided.advanced.len());
     for (&tenant, &seq) in &decided.advanced {
         let current = stamps.remove(tenant).unwrap_or_default();
-        let subs = enabled_subscriptions(conn, tenant, current).await?;
-        let mut rows = decide::outbox(&decided.added, tenant, &subs);
+        subs_of.push((
+            tenant,
+            seq,
+            enabled_subscriptions(conn, tenant, current).await?,
+        ));
+    }
+    for &(tenant, seq, ref subs) in &subs_of {
+        let mut rows = decide::outbox(&decided.added, tenant, subs);
         for d in decide::coalescing(&mut rows) {
             done.superseded += d.superseded as u64;
             let (ended, replaced) = supersede(conn, d, now).await?;
@@ -265,16 +284,10 @@ async fn ingest<C: Conn>(
         let (coalesced, plain): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(NewDelivery::coalesces);
         let (held, plain, lease_ms) = hand_over(plain, handoff);
-        insert_deliveries(conn, &plain, now, None).await?;
-        insert_deliveries(conn, &coalesced, now, None).await?;
-        deliveries += plain.len() + coalesced.len();
+        plain_rows.extend(plain);
+        coalesced_rows.extend(coalesced);
         if !held.is_empty() {
-            let bodies: HashMap<i64, Held> = (decided.added.iter().zip(&bodies))
-                .filter(|(r, _)| r.tenant == tenant)
-                .map(|(r, body)| (r.sequence, (body.clone(), r.trace.cloned().map(Arc::new))))
-                .collect();
-            let handed = insert_held(conn, &held, now, now + lease_ms, &bodies).await?;
-            done.handed.extend(handed);
+            held_rows.entry(lease_ms).or_default().extend(held);
         }
         let events: Vec<(i64, &Event)> = decided
             .added
@@ -286,8 +299,25 @@ async fn ingest<C: Conn>(
             last: last.get(tenant).copied().unwrap_or(0),
             through: projected.get(tenant).copied().unwrap_or(0),
         };
-        agents::project(conn, tenant, at, seq, &events, deferred, now).await?;
+        let folded = agents::project(conn, tenant, at, seq, &events, deferred, now).await?;
+        sequences.push((tenant, seq, folded));
     }
+    set_sequences(conn, &sequences).await?;
+    insert_deliveries(conn, &plain_rows, now, None).await?;
+    insert_deliveries(conn, &coalesced_rows, now, None).await?;
+    if !held_rows.is_empty() {
+        let bodies: HashMap<(&str, i64), Held> = (decided.added.iter().zip(&bodies))
+            .map(|(r, body)| {
+                let held = (body.clone(), r.trace.cloned().map(Arc::new));
+                ((r.tenant, r.sequence), held)
+            })
+            .collect();
+        for (lease_ms, held) in &held_rows {
+            let handed = insert_held(conn, held, now, now + lease_ms, &bodies).await?;
+            done.handed.extend(handed);
+        }
+    }
+    let deliveries = plain_rows.len() + coalesced_rows.len();
     done.new_ids = decided
         .added
         .chunk_by(|a, b| a.tenant == b.tenant)
@@ -373,13 +403,13 @@ fn hand_over<'a>(
 }
 
 /// Inserts `rows` leased until `lease_until`, and returns them as the dispatcher attempts
-/// them, with their events' `bodies` (by sequence).
+/// them, with their events' `bodies` (by tenant and sequence).
 async fn insert_held<C: Conn>(
     conn: &mut C,
     rows: &[NewDelivery<'_>],
     now: i64,
     lease_until: i64,
-    bodies: &HashMap<i64, Held>,
+    bodies: &HashMap<(&str, i64), Held>,
 ) -> Result<Vec<Claimed>, StoreError> {
     let values = delivery_values(rows, now, Some(lease_until), false);
     let inserted = conn
@@ -392,7 +422,8 @@ async fn insert_held<C: Conn>(
     let mut claimed = Vec::with_capacity(rows.len());
     for d in rows {
         let key = (d.subscription_id.to_string(), d.sequence);
-        let (Some(&delivery_id), Some(body)) = (ids.get(&key), bodies.get(&d.sequence)) else {
+        let body = bodies.get(&(d.tenant, d.sequence));
+        let (Some(&delivery_id), Some(body)) = (ids.get(&key), body) else {
             return Err(StoreError::Db(
                 "a delivery just inserted was not returned".into(),
             ));
@@ -445,6 +476,38 @@ async fn lock_tenants<'t, C: Conn>(
         }
     }
     Ok(out)
+}
+
+/// Each tenant's new last sequence, and, where its agents projection was folded up to it
+/// (`agents::project`), the projection's place too: one statement for a turn's tenants (the
+/// one-tenant statements for one).
+async fn set_sequences<C: Conn>(
+    conn: &mut C,
+    sequences: &[(&str, i64, bool)],
+) -> Result<(), StoreError> {
+    if let [(tenant, to, folded)] = sequences {
+        let statement = match folded {
+            true => sql::SET_SEQUENCES,
+            false => sql::SET_LAST_SEQUENCE,
+        };
+        conn.execute(statement, &args![*to, *tenant]).await?;
+        return Ok(());
+    }
+    for chunk in sequences.chunks(decide::IN_LIST) {
+        let mut values = Vec::with_capacity(chunk.len() * sql::SET_SEQUENCES_OF.columns);
+        let rows = decide::padded_len(chunk.len());
+        // Padded with copies of the last row, which change nothing more (see `padded`).
+        for &(tenant, to, folded) in chunk
+            .iter()
+            .chain(std::iter::repeat(&chunk[chunk.len() - 1]))
+            .take(rows)
+        {
+            values.extend(args![tenant, to, i64::from(folded)]);
+        }
+        conn.execute(&sql::SET_SEQUENCES_OF.text(rows), &values)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `tenants` as the values of an `IN (…)` list padded to one of a few lengths with copies of

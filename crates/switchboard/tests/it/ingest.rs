@@ -3,8 +3,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
 use crate::support::app::{ADMIN_KEY, agent_event, guid, json_ok, problem};
+use crate::support::{TestApp, TestReceiver};
 
 #[tokio::test]
 async fn single_event_and_batch_are_accepted_in_sequence_and_read_back_identical() {
@@ -562,4 +562,102 @@ async fn numbers_in_additional_fields_are_kept_exactly_as_posted() {
         .unwrap();
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["events"][0]["duplicate"], true);
+}
+
+/// Posts to several tenants at once share the writer's turns, and a turn does its steps for
+/// all its tenants together (one statement each: docs/BENCHMARKS.md, "tenants"); each
+/// tenant's log, duplicates, deliveries and agents stay its own. Every tenant is given the same
+/// `Id`s with bodies of its own: a lookup that mixed tenants up would answer conflicts.
+#[tokio::test]
+async fn concurrent_posts_to_many_tenants_keep_each_tenants_log_its_own() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let tenants = ["t0", "t1", "t2", "t3", "t4"];
+    for t in tenants {
+        app.create_tenant(t).await;
+        let r = app
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{t}/subscriptions"),
+                ADMIN_KEY,
+                Some(&json!({"url": rx.url("/")})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let rounds = 12;
+    let ids: Vec<[String; 2]> = (0..rounds).map(|_| [guid(), guid()]).collect();
+    let batch = |t: &str, round: usize| {
+        let user = format!("{t}-u{round}");
+        let mut body = vec![
+            agent_event(&ids[round][0], 1, &user),
+            agent_event(&ids[round][1], 2, &user),
+        ];
+        if round > 0 {
+            // The previous round's first event again, as it was: a duplicate.
+            body.push(agent_event(
+                &ids[round - 1][0],
+                1,
+                &format!("{t}-u{}", round - 1),
+            ));
+        }
+        Value::from(body)
+    };
+    for round in 0..rounds {
+        let bodies = tenants.map(|t| batch(t, round));
+        let post = |k: usize| app.publish_ok(tenants[k], &bodies[k]);
+        let (a, b, c, d, e) = tokio::join!(post(0), post(1), post(2), post(3), post(4));
+        for answer in [a, b, c, d, e] {
+            let first = 2 * round as i64 + 1;
+            assert_eq!(answer[0]["duplicate"], false, "{answer:?}");
+            assert_eq!(answer[0]["sequence"], first);
+            assert_eq!(answer[1]["duplicate"], false);
+            assert_eq!(answer[1]["sequence"], first + 1);
+            if round > 0 {
+                assert_eq!(answer[2]["duplicate"], true, "{answer:?}");
+                assert_eq!(answer[2]["sequence"], first - 2);
+            }
+        }
+    }
+    let got = rx.wait_for(tenants.len() * 2 * rounds).await;
+    for t in tenants {
+        let log = app.all_events(t).await;
+        let logged: Vec<i64> = log
+            .iter()
+            .map(|e| e["sequence"].as_i64().unwrap())
+            .collect();
+        assert_eq!(logged, (1..=2 * rounds as i64).collect::<Vec<_>>(), "{t}");
+        // Its deliveries: each of its events once, and nothing of another tenant's.
+        let mut delivered: Vec<String> = (got.iter().map(|r| r.json()))
+            .filter(|e| {
+                e["AdditionalFields"]["Username"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(t)
+            })
+            .map(|e| e["Id"].as_str().unwrap().to_string())
+            .collect();
+        delivered.sort();
+        let mut expected: Vec<String> = ids.iter().flatten().cloned().collect();
+        expected.sort();
+        assert_eq!(delivered, expected, "{t}");
+        // Its agents: one a round, each signed out by its round's second event.
+        let agents = json_ok(
+            app.get(&format!("/v1/tenants/{t}/agents?limit=100"), ADMIN_KEY)
+                .await,
+        )
+        .await;
+        let mut names: Vec<&str> = (agents["data"].as_array().unwrap().iter())
+            .map(|a| a["username"].as_str().unwrap())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = (0..rounds).map(|r| format!("{t}-u{r}")).collect();
+        want.sort();
+        assert_eq!(names, want, "{t}");
+    }
+    assert_eq!(
+        rx.received().len(),
+        tenants.len() * 2 * rounds,
+        "no delivery twice"
+    );
 }

@@ -6,6 +6,7 @@
 //! no request of it is acknowledged — and the writer connects again, with backoff and jitter,
 //! before its next turn. Meanwhile turns fail at once with `StoreError::Unavailable`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -140,6 +141,11 @@ impl Writer {
 pub(in crate::store) const FIND_STORED: &str = "SELECT e.sequence, e.body FROM unnest($2::text[]) AS k(id) \
     CROSS JOIN LATERAL (SELECT sequence, body FROM events \
       WHERE tenant_id = $1 AND id = k.id LIMIT 1) e";
+/// [`FIND_STORED`] for several tenants: `$1` and `$2` pair each id with its tenant.
+const FIND_STORED_OF: &str = "SELECT k.tenant, e.sequence, e.body \
+    FROM unnest($1::text[], $2::text[]) AS k(tenant, id) \
+    CROSS JOIN LATERAL (SELECT sequence, body FROM events \
+      WHERE tenant_id = k.tenant AND id = k.id LIMIT 1) e";
 pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at, \
     e.traceparent, e.tracestate FROM unnest($2::int8[]) AS k(seq) \
     CROSS JOIN LATERAL (SELECT sequence, body, received_at, traceparent, tracestate FROM events \
@@ -326,6 +332,37 @@ impl conn::Conn for Writer {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         self.keyed_rows(FIND_STORED, tenant, &ids, |r| Ok((r.int(0)?, r.text(1)?)))
             .await
+    }
+
+    async fn stored_of(
+        &mut self,
+        given: &BTreeMap<&str, Vec<Uuid>>,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        if given.len() < 2 {
+            return conn::stored_each(self, given).await;
+        }
+        let (mut tenants, mut ids) = (Vec::new(), Vec::new());
+        for (tenant, given) in given {
+            for id in given {
+                tenants.push(*tenant);
+                ids.push(id.to_string());
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(FIND_STORED_OF)
+            .bind(&tenants)
+            .bind(&ids)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(sqlx_error)?;
+        rows.iter()
+            .map(|row| {
+                let mut r = pg_row(row)?;
+                Ok((r.text(0)?, r.int(1)?, r.text(2)?))
+            })
+            .collect()
     }
 
     async fn bodies(
