@@ -518,9 +518,14 @@ async fn load<C: Conn>(
     let mut states = HashMap::with_capacity(names.len());
     let mut bad = Vec::new();
     for chunk in names.chunks(IN_LIST) {
-        let text = format!("{select}{}", sql::list(chunk.len(), 2));
+        // Padded with copies of the last name to one of a few lengths, so that turns share a
+        // few prepared statements (and PostgreSQL their plans) whatever their agents' count.
+        let padded = super::decide::padded_len(chunk.len());
+        let text = format!("{select}{}", sql::list(padded, 2));
         let mut values = vec![Arg::from(tenant)];
         values.extend(chunk.iter().map(|(n, _)| Arg::from(*n)));
+        let last = chunk[chunk.len() - 1].0;
+        values.resize_with(1 + padded, || Arg::from(last));
         for mut row in conn.query(&text, &values).await? {
             let name = row.text(0)?;
             match decode(&row.text(1)?) {
