@@ -139,9 +139,10 @@ impl Deferred {
 
 /// The projection's part of a turn that committed `events` of `tenant` (sequences after
 /// `at.last`, the last being `to`): folds them now, or defers them (see the module's doc).
-/// True when it folded them: the tenant's row is to say the projection reaches `to` when its
-/// last sequence becomes `to` (the turn writes both, for all its tenants at once:
-/// `turn::set_sequences`).
+/// True when the caller is to move the tenant's `agents_through` along with its last sequence
+/// to `to` (folded here and now; the turn writes both, for all its tenants at once:
+/// `turn::set_sequences`); false when only the last sequence moves (deferred, or a backlog
+/// folded here, which wrote `agents_through` itself).
 pub(super) async fn project<C: Conn>(
     conn: &mut C,
     tenant: &str,

@@ -441,4 +441,20 @@ mod tests {
         assert_eq!(list(3, 2), "$2, $3, $4)");
         assert_eq!(list(0, 2), "NULL)");
     }
+
+    #[test]
+    fn several_tenants_sequences_number_their_rows_in_order() {
+        let text = SET_SEQUENCES_OF.build(2);
+        // SQLite numbers `$N` by first appearance: the text must show them in order.
+        let found: Vec<&str> = text
+            .match_indices('$')
+            .map(|(i, _)| &text[i..i + 2])
+            .collect();
+        assert_eq!(found, ["$1", "$2", "$3", "$4", "$5", "$6"]);
+        assert!(
+            text.ends_with(
+                "AS v WHERE tenants.id = v.column1 AND tenants.last_sequence < v.column2"
+            )
+        );
+    }
 }

@@ -9,9 +9,11 @@
 //!    decide their outbox rows (one delivery per matching subscription; a coalesced status
 //!    supersedes the pending ones before it) and fold its agents projection (or defer it while
 //!    the writer is busy: `agents.rs`); then, for all the group's tenants at once, write the
-//!    new last sequences and insert the outbox rows. Each step that reads or writes tenants'
-//!    rows is one statement for the group's tenants, not one each (docs/BENCHMARKS.md,
-//!    "tenants");
+//!    new last sequences and insert the outbox rows. The tenants' locks, their subscriptions'
+//!    stamps, their sequences, the outbox inserts and (on PostgreSQL) the lookup of stored ids
+//!    are statements shared by the group's tenants, not one each (docs/BENCHMARKS.md,
+//!    "tenants"); the agents projection and the specs of changed subscriptions are still read
+//!    and written per tenant;
 //! 3. when a `FoldAgents` came, or the writer is stopping, fold the deferred Agent events;
 //!    when an `IndexUsernames` came, copy the new events into `events_by_username`
 //!    (`usernames.rs`);
