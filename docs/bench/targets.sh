@@ -27,4 +27,5 @@ run --events 40000 --agents 10000 --rules 10 --rules-disabled   # baseline of th
 run --events 40000 --agents 10000 --rules 10        # 100,000 live rule timers: ingest ≤ 10 % below the row above (DESIGN §18)
 run --events 20000 --database-url "$pg"            # PostgreSQL, one node: deliveries/s, CPU per delivery by process
 run --events 20000 --database-url "$pg" --nodes 2  # two nodes on one database
+run --events 20000 --database-url "$pg" --tenants 8   # the same events over eight tenants (docs/capacity.md "Many tenants")
 run --events 10000 --rate 1000 --database-url "$pg"   # PostgreSQL, p99 ingest→receiver at 1,000/s
