@@ -968,10 +968,6 @@ fn request_bodies(opts: &Options) -> anyhow::Result<Vec<(bytes::Bytes, Vec<Uuid>
     Ok(bodies)
 }
 
-/// The measured load: `concurrency` workers take batches from a shared counter and post them
-/// (on schedule with `--rate`), until every event is accepted and every delivery arrived.
-/// Returns how many were accepted, the ingest latencies, and the seconds to accept them all
-/// and to deliver them all.
 /// What the load did: events accepted (in all, and by tenant), each request's latency, and
 /// the seconds to the last acceptance and to the last delivery.
 struct Driven {
@@ -982,6 +978,8 @@ struct Driven {
     end_to_end_secs: f64,
 }
 
+/// The measured load: `concurrency` workers take batches from a shared counter and post them
+/// (on schedule with `--rate`), until every event is accepted and every delivery arrived.
 async fn drive(
     opts: &Options,
     client: &reqwest::Client,

@@ -521,12 +521,9 @@ async fn load<C: Conn>(
     for chunk in names.chunks(IN_LIST) {
         // Padded with copies of the last name to one of a few lengths, so that turns share a
         // few prepared statements (and PostgreSQL their plans) whatever their agents' count.
-        let padded = super::decide::padded_len(chunk.len());
-        let text = format!("{select}{}", sql::list(padded, 2));
         let mut values = vec![Arg::from(tenant)];
-        values.extend(chunk.iter().map(|(n, _)| Arg::from(*n)));
-        let last = chunk[chunk.len() - 1].0;
-        values.resize_with(1 + padded, || Arg::from(last));
+        values.extend(super::decide::padded(chunk).map(|(n, _)| Arg::from(*n)));
+        let text = format!("{select}{}", sql::list(values.len() - 1, 2));
         for mut row in conn.query(&text, &values).await? {
             let name = row.text(0)?;
             match decode(&row.text(1)?) {

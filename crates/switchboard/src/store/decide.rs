@@ -42,6 +42,14 @@ pub(super) fn padded_len(n: usize) -> usize {
     n.next_power_of_two()
 }
 
+/// `rows` followed by copies of the last, [`padded_len`] in all: the values of a padded list
+/// (or of a padded multi-row statement).
+pub(super) fn padded<T>(rows: &[T]) -> impl Iterator<Item = &T> {
+    let copies = padded_len(rows.len()) - rows.len();
+    rows.iter()
+        .chain(rows.last().into_iter().cycle().take(copies))
+}
+
 /// The ids the producers of a group gave, by tenant: those that may be stored already.
 pub(super) fn given_ids<'a>(jobs: &[&'a IngestJob]) -> BTreeMap<&'a str, Vec<Uuid>> {
     let mut given: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
@@ -396,5 +404,10 @@ mod tests {
         assert!(fixed_chunks::<u8>(&[]).is_empty());
         assert_eq!(padded_len(5), 8);
         assert_eq!(padded_len(1), 1);
+        assert_eq!(
+            padded(&[1, 2, 3]).copied().collect::<Vec<_>>(),
+            [1, 2, 3, 3]
+        );
+        assert_eq!(padded::<u8>(&[]).count(), 0);
     }
 }

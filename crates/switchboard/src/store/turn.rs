@@ -496,16 +496,12 @@ async fn set_sequences<C: Conn>(
         return Ok(());
     }
     for chunk in sequences.chunks(decide::IN_LIST) {
-        let mut values = Vec::with_capacity(chunk.len() * sql::SET_SEQUENCES_OF.columns);
-        let rows = decide::padded_len(chunk.len());
         // Padded with copies of the last row, which change nothing more (see `padded`).
-        for &(tenant, to, folded) in chunk
-            .iter()
-            .chain(std::iter::repeat(&chunk[chunk.len() - 1]))
-            .take(rows)
-        {
+        let mut values = Vec::new();
+        for &(tenant, to, folded) in decide::padded(chunk) {
             values.extend(args![tenant, to, i64::from(folded)]);
         }
+        let rows = values.len() / sql::SET_SEQUENCES_OF.columns;
         conn.execute(&sql::SET_SEQUENCES_OF.text(rows), &values)
             .await?;
     }
@@ -516,10 +512,7 @@ async fn set_sequences<C: Conn>(
 /// the last (which match nothing more), so that turns of any number of tenants share a few
 /// prepared statements.
 fn padded<'t>(tenants: &[&'t str]) -> Vec<Arg<'t>> {
-    let mut values: Vec<Arg> = tenants.iter().map(|t| Arg::from(*t)).collect();
-    let last = tenants[tenants.len() - 1];
-    values.resize_with(decide::padded_len(tenants.len()), || Arg::from(last));
-    values
+    decide::padded(tenants).map(|t| Arg::from(*t)).collect()
 }
 
 /// A tenant's enabled push subscriptions as stamps: (id, (updated_at, length of the stored

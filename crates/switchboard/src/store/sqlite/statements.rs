@@ -110,13 +110,8 @@ pub(super) fn in_list<'c, T: ToSql>(
     let mut stmt = tx.prepare_cached(&format!("{head}{}", sql::list(padded, 2)))?;
     let mut b = Binder::new(&mut stmt);
     b.bind(tenant)?;
-    for v in chunk {
+    for v in decide::padded(chunk) {
         b.bind(v)?;
-    }
-    if let Some(last) = chunk.last() {
-        for _ in chunk.len()..padded {
-            b.bind(last)?;
-        }
     }
     Ok(stmt)
 }
