@@ -113,6 +113,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "portal_links",
         include_str!("migrations/postgres/0018_portal_links.sql"),
     ),
+    (
+        19,
+        "deliveries_by_status",
+        include_str!("migrations/postgres/0019_deliveries_by_status.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together

@@ -264,15 +264,18 @@ pub const PENDING_SEQUENCES: &str = "SELECT sequence FROM deliveries WHERE subsc
     AND status = 'pending' AND sequence >= $2 AND sequence <= $3";
 /// A replay of only the failed deliveries of subscription `$3`, up to sequence `$4`, for
 /// tenant `$5`'s events created from `$6` to `$7`: pending again, due at `$1`, for a fresh
-/// round.
+/// round. (`status <> 'succeeded'` repeats `deliveries_by_status`'s condition, so that SQLite
+/// sees the index serve the statement: `deliveries::list_deliveries_sql`.)
 pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
     next_attempt_at = $1, lease_until = NULL, updated_at = $2, pending_since = $2 \
-    WHERE subscription_id = $3 AND status = 'failed' AND sequence <= $4 \
+    WHERE subscription_id = $3 AND status = 'failed' AND status <> 'succeeded' \
+    AND sequence <= $4 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $5 \
       AND created >= $6 AND created <= $7)";
 /// The same, counted: what [`REPLAY_FAILED`] would requeue.
 pub const COUNT_FAILED: &str = "SELECT COUNT(*) FROM deliveries \
-    WHERE subscription_id = $1 AND status = 'failed' AND sequence <= $2 \
+    WHERE subscription_id = $1 AND status = 'failed' AND status <> 'succeeded' \
+    AND sequence <= $2 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $3 \
       AND created >= $4 AND created <= $5)";
 /// Whether job `$1` is still running under this runner's lease `$2` (not canceled, not taken

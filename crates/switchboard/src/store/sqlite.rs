@@ -104,6 +104,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "portal_links",
         include_str!("migrations/sqlite/0018_portal_links.sql"),
     ),
+    (
+        19,
+        "deliveries_by_status",
+        include_str!("migrations/sqlite/0019_deliveries_by_status.sql"),
+    ),
 ];
 
 /// Opens (creating if needed) the database at `path`, migrates it and starts the writer, which

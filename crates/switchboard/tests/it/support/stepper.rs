@@ -67,6 +67,11 @@ impl Stepper {
         }
     }
 
+    /// The test's database (for raw statements through `OldDb`).
+    pub fn data(&self) -> &TestData {
+        &self.data
+    }
+
     /// Closes the store and opens it again on the same data, with a new dispatcher: a restart.
     pub async fn restart(&mut self) {
         self.store.close().await;
