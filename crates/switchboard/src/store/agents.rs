@@ -137,88 +137,160 @@ impl Deferred {
     }
 }
 
-/// The projection's part of a turn that committed `events` of `tenant` (sequences after
-/// `at.last`, the last being `to`): folds them now, or defers them (see the module's doc).
-/// True when the caller is to move the tenant's `agents_through` along with its last sequence
-/// to `to` (folded here and now; the turn writes both, for all its tenants at once:
-/// `turn::set_sequences`); false when only the last sequence moves (deferred, or a backlog
-/// folded here, which wrote `agents_through` itself).
+/// A tenant's part of a turn that committed its `events` (sequences after `at.last`, the last
+/// being `to`).
+pub(super) struct Projecting<'a> {
+    pub tenant: &'a str,
+    pub at: Position,
+    pub to: i64,
+    pub events: Vec<(i64, &'a Event)>,
+}
+
+/// How a tenant's events are projected in this turn.
+enum Path<'a> {
+    /// Folded now, from the stored states.
+    Live(BTreeMap<&'a str, Vec<(i64, &'a Event)>>),
+    /// Deferred: moved on in memory, from the states the backlog holds or reads now.
+    Deferred(BTreeMap<&'a str, Vec<(i64, &'a Event)>>),
+    /// The backlog does not follow the log: a fold reads the log.
+    Lost,
+}
+
+/// The projection's part of a turn that committed the events of `tenants`: folds them now, or
+/// defers them (see the module's doc). For each tenant, in order: true when the caller is to
+/// move its `agents_through` along with its last sequence to `to` (folded here and now; the
+/// turn writes both, for all its tenants at once: `turn::set_sequences`); false when only the
+/// last sequence moves (deferred, or folded from the log, which wrote `agents_through`
+/// itself). The states the tenants' events need are read in one statement, and the agents
+/// folded from memory written in one, whatever the number of tenants (PostgreSQL; SQLite
+/// reads tenant by tenant: local calls).
 pub(super) async fn project<C: Conn>(
     conn: &mut C,
-    tenant: &str,
-    at: Position,
-    to: i64,
-    events: &[(i64, &Event)],
+    tenants: &[Projecting<'_>],
     deferred: &mut Deferred,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let busy = deferred.busy();
-    if !busy && at.through == at.last && !deferred.tenants.contains_key(tenant) {
-        let keep = deferred.rules.wants(tenant);
-        let (agents, before) =
-            fold_in_keeping(conn, Table::Live, tenant, events, &deferred.groups, keep).await?;
-        deferred.rules.moved(Moved {
-            tenant: tenant.to_string(),
-            from: at.through,
-            to,
-            agents,
-            before,
-        });
-        return Ok(true);
-    }
-    let backlog = deferred
-        .tenants
-        .entry(tenant.to_string())
-        .or_insert_with(|| Backlog {
-            from: (at.through == at.last).then_some(at.through),
-            to: at.last,
-            since: now,
-            states: HashMap::new(),
-            before: HashMap::new(),
-            changed: BTreeSet::new(),
-        });
-    if backlog.from.is_some() && backlog.to == at.last {
-        let by_agent = by_agent(events);
-        let missing: Vec<(&str, i64)> = by_agent
-            .iter()
-            .filter(|(n, _)| !backlog.states.contains_key(**n))
-            .map(|(n, evs)| (*n, evs[0].0))
-            .collect();
-        let groups = &deferred.groups;
-        let loaded = load(conn, Table::Live, tenant, &missing, groups).await?;
-        if deferred.rules.wants(tenant) {
-            for (name, _) in &missing {
-                let was = loaded.get(*name).cloned();
-                backlog.before.insert(name.to_string(), was);
+    // What each tenant needs read.
+    let mut paths = Vec::with_capacity(tenants.len());
+    let mut wanted: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
+    for p in tenants {
+        let by_agent = by_agent(&p.events);
+        if !busy && p.at.through == p.at.last && !deferred.tenants.contains_key(p.tenant) {
+            let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, e)| (*n, e[0].0)).collect();
+            if !names.is_empty() {
+                wanted.insert(p.tenant, names);
             }
+            paths.push(Path::Live(by_agent));
+            continue;
         }
-        backlog.states.extend(loaded);
-        for (name, evs) in by_agent {
-            let mut state = backlog.states.remove(name);
-            let before = state.as_ref().map(|a| a.last_sequence);
-            for (sequence, event) in evs {
-                agent::step_grouped(&mut state, event, sequence, groups);
+        let (at, to) = (p.at, p.to);
+        let backlog = deferred
+            .tenants
+            .entry(p.tenant.to_string())
+            .or_insert_with(|| Backlog {
+                from: (at.through == at.last).then_some(at.through),
+                to: at.last,
+                since: now,
+                states: HashMap::new(),
+                before: HashMap::new(),
+                changed: BTreeSet::new(),
+            });
+        if backlog.from.is_some() && backlog.to == at.last {
+            let missing: Vec<(&str, i64)> = by_agent
+                .iter()
+                .filter(|(n, _)| !backlog.states.contains_key(**n))
+                .map(|(n, evs)| (*n, evs[0].0))
+                .collect();
+            if !missing.is_empty() {
+                wanted.insert(p.tenant, missing);
             }
-            if let Some(a) = state {
-                if Some(a.last_sequence) != before {
-                    backlog.changed.insert(name.to_string());
-                }
-                backlog.states.insert(name.to_string(), a);
-            }
+            paths.push(Path::Deferred(by_agent));
+        } else {
+            // Another node wrote in between, or memory was lost: the log has what memory
+            // misses.
+            backlog.lost(to);
+            paths.push(Path::Lost);
         }
-        backlog.to = to;
-    } else {
-        // Another node wrote in between, or memory was lost: the log has what memory misses.
-        backlog.lost(to);
     }
-    if !busy || deferred.due(tenant, at.through, now) {
-        let at = Position {
-            last: to,
-            through: at.through,
+    let mut loaded = load_of(conn, &wanted, &deferred.groups).await?;
+    // Folded from memory, written together below.
+    let mut moved: Vec<Moved> = Vec::new();
+    let mut folded = Vec::with_capacity(tenants.len());
+    for (p, path) in tenants.iter().zip(paths) {
+        let states = loaded.remove(p.tenant).unwrap_or_default();
+        let by_agent = match path {
+            Path::Live(by_agent) => {
+                let keep = deferred.rules.wants(p.tenant);
+                let (out, before) =
+                    fold_states(Table::Live, by_agent, states, &deferred.groups, keep);
+                moved.push(Moved {
+                    tenant: p.tenant.to_string(),
+                    from: p.at.through,
+                    to: p.to,
+                    agents: out.into_iter().map(|(a, _)| a).collect(),
+                    before,
+                });
+                folded.push(true);
+                continue;
+            }
+            Path::Deferred(by_agent) => Some(by_agent),
+            Path::Lost => None,
         };
-        fold_backlog(conn, tenant, at, deferred).await?;
+        if let Some(by_agent) = by_agent
+            && let Some(backlog) = deferred.tenants.get_mut(p.tenant)
+        {
+            if deferred.rules.wants(p.tenant) {
+                for (name, _) in wanted.get(p.tenant).into_iter().flatten() {
+                    let was = states.get(*name).cloned();
+                    backlog.before.insert(name.to_string(), was);
+                }
+            }
+            backlog.states.extend(states);
+            for (name, evs) in by_agent {
+                let mut state = backlog.states.remove(name);
+                let before = state.as_ref().map(|a| a.last_sequence);
+                for (sequence, event) in evs {
+                    agent::step_grouped(&mut state, event, sequence, &deferred.groups);
+                }
+                if let Some(a) = state {
+                    if Some(a.last_sequence) != before {
+                        backlog.changed.insert(name.to_string());
+                    }
+                    backlog.states.insert(name.to_string(), a);
+                }
+            }
+            backlog.to = p.to;
+        }
+        if !busy || deferred.due(p.tenant, p.at.through, now) {
+            let at = Position {
+                last: p.to,
+                through: p.at.through,
+            };
+            match take_fold(deferred, p.tenant, at) {
+                Fold::Nothing => folded.push(false),
+                Fold::Memory(m) => {
+                    moved.push(m);
+                    folded.push(true);
+                }
+                Fold::Log => {
+                    fold_log(conn, p.tenant, at, deferred).await?;
+                    folded.push(false);
+                }
+            }
+        } else {
+            folded.push(false);
+        }
     }
-    Ok(false)
+    let rows: Vec<(&str, &Agent, i64)> = moved
+        .iter()
+        .flat_map(|m| m.agents.iter().map(|a| (m.tenant.as_str(), a, 0)))
+        .collect();
+    write_rows(conn, Table::Live, &rows).await?;
+    for m in moved {
+        deferred.rules.moved(m);
+    }
+    Ok(folded)
 }
 
 /// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another
@@ -263,43 +335,73 @@ async fn fold_backlog<C: Conn>(
     at: Position,
     deferred: &mut Deferred,
 ) -> Result<(), StoreError> {
+    match take_fold(deferred, tenant, at) {
+        Fold::Nothing => Ok(()),
+        Fold::Memory(m) => {
+            let rows: Vec<(&str, &Agent, i64)> = m.agents.iter().map(|a| (tenant, a, 0)).collect();
+            write_rows(conn, Table::Live, &rows).await?;
+            set_through(conn, tenant, at.last).await?;
+            deferred.rules.moved(m);
+            Ok(())
+        }
+        Fold::Log => fold_log(conn, tenant, at, deferred).await,
+    }
+}
+
+/// What a fold of a tenant's backlog writes.
+enum Fold {
+    /// The projection is already at the log's end.
+    Nothing,
+    /// The agents memory moved on (in `agents`), to be written and `agents_through` moved.
+    Memory(Moved),
+    /// Memory does not follow the log from `agents_through`: fold from the log.
+    Log,
+}
+
+/// Takes `tenant`'s backlog out of `deferred`, and says what a fold to `at.last` writes.
+fn take_fold(deferred: &mut Deferred, tenant: &str, at: Position) -> Fold {
     let backlog = deferred.tenants.remove(tenant);
     if at.through >= at.last {
-        return Ok(());
+        return Fold::Nothing;
     }
     match backlog {
         Some(mut b) if b.from == Some(at.through) && b.to == at.last => {
-            let changed: Vec<(Agent, i64)> = b
+            let agents: Vec<Agent> = b
                 .changed
                 .iter()
                 .filter_map(|n| b.states.remove(n))
-                .map(|a| (a, 0))
                 .collect();
-            write(conn, Table::Live, tenant, &changed).await?;
-            set_through(conn, tenant, at.last).await?;
             let mut before = std::mem::take(&mut b.before);
             before.retain(|n, _| b.changed.contains(n));
-            deferred.rules.moved(Moved {
+            Fold::Memory(Moved {
                 tenant: tenant.to_string(),
                 from: at.through,
                 to: at.last,
-                agents: changed.into_iter().map(|(a, _)| a).collect(),
-                before,
-            });
-            Ok(())
-        }
-        _ => {
-            let (to, agents) = fold_from_log(conn, tenant, at, i64::MAX, &deferred.groups).await?;
-            deferred.rules.moved(Moved {
-                tenant: tenant.to_string(),
-                from: at.through,
-                to,
                 agents,
-                before: HashMap::new(),
-            });
-            Ok(())
+                before,
+            })
         }
+        _ => Fold::Log,
     }
+}
+
+/// Folds `tenant`'s events after `at.through` through `at.last` from the log, writes them and
+/// moves `agents_through` there.
+async fn fold_log<C: Conn>(
+    conn: &mut C,
+    tenant: &str,
+    at: Position,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
+    let (to, agents) = fold_from_log(conn, tenant, at, i64::MAX, &deferred.groups).await?;
+    deferred.rules.moved(Moved {
+        tenant: tenant.to_string(),
+        from: at.through,
+        to,
+        agents,
+        before: HashMap::new(),
+    });
+    Ok(())
 }
 
 async fn set_through<C: Conn>(conn: &mut C, tenant: &str, through: i64) -> Result<(), StoreError> {
@@ -510,35 +612,76 @@ async fn load<C: Conn>(
     names: &[(&str, i64)],
     groups: &GroupFields,
 ) -> Result<HashMap<String, Agent>, StoreError> {
+    let only: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+    let rows = read_states(conn, table, tenant, &only).await?;
+    decode_states(conn, table, tenant, names, rows, groups).await
+}
+
+/// `(username, state)` of `tenant`'s `names` stored in `table`.
+async fn read_states<C: Conn + ?Sized>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    names: &[&str],
+) -> Result<Vec<(String, String)>, StoreError> {
     let select = match table {
         Table::Live => "SELECT username, state FROM agents WHERE tenant_id = $1 AND username IN (",
         Table::Base => {
             "SELECT username, state FROM agent_bases WHERE tenant_id = $1 AND username IN ("
         }
     };
-    let mut states = HashMap::with_capacity(names.len());
-    let mut bad = Vec::new();
+    let mut out = Vec::with_capacity(names.len());
     for chunk in names.chunks(IN_LIST) {
         // Padded with copies of the last name to one of a few lengths, so that turns share a
         // few prepared statements (and PostgreSQL their plans) whatever their agents' count.
         let mut values = vec![Arg::from(tenant)];
-        values.extend(super::decide::padded(chunk).map(|(n, _)| Arg::from(*n)));
+        values.extend(super::decide::padded(chunk).map(|n| Arg::from(*n)));
         let text = format!("{select}{}", sql::list(values.len() - 1, 2));
         for mut row in conn.query(&text, &values).await? {
-            let name = row.text(0)?;
-            match decode(&row.text(1)?) {
-                Ok(a) => {
-                    states.insert(name, a);
-                }
-                Err(e) => {
-                    let what = if table == Table::Live {
-                        "state"
-                    } else {
-                        "base"
-                    };
-                    undecodable(tenant, &name, what, &e);
-                    bad.push(name);
-                }
+            out.push((row.text(0)?, row.text(1)?));
+        }
+    }
+    Ok(out)
+}
+
+/// [`Conn::agents_of`] one tenant after another.
+pub(super) async fn states_each<C: Conn + ?Sized>(
+    conn: &mut C,
+    wanted: &BTreeMap<&str, Vec<&str>>,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut out = Vec::new();
+    for (tenant, names) in wanted {
+        for (name, state) in read_states(conn, Table::Live, tenant, names).await? {
+            out.push((tenant.to_string(), name, state));
+        }
+    }
+    Ok(out)
+}
+
+/// The states `rows` hold of `tenant`'s `names` (see [`load`]).
+async fn decode_states<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    tenant: &str,
+    names: &[(&str, i64)],
+    rows: Vec<(String, String)>,
+    groups: &GroupFields,
+) -> Result<HashMap<String, Agent>, StoreError> {
+    let mut states = HashMap::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for (name, state) in rows {
+        match decode(&state) {
+            Ok(a) => {
+                states.insert(name, a);
+            }
+            Err(e) => {
+                let what = if table == Table::Live {
+                    "state"
+                } else {
+                    "base"
+                };
+                undecodable(tenant, &name, what, &e);
+                bad.push(name);
             }
         }
     }
@@ -556,6 +699,37 @@ async fn load<C: Conn>(
     Ok(states)
 }
 
+/// The live states of each tenant's `wanted` agents (see [`load`]), by tenant: read in one
+/// statement for all of them where the backend can ([`Conn::agents_of`]).
+async fn load_of<C: Conn>(
+    conn: &mut C,
+    wanted: &BTreeMap<&str, Vec<(&str, i64)>>,
+    groups: &GroupFields,
+) -> Result<HashMap<String, HashMap<String, Agent>>, StoreError> {
+    let mut out = HashMap::with_capacity(wanted.len());
+    if wanted.len() < 2 {
+        for (tenant, names) in wanted {
+            let states = load(conn, Table::Live, tenant, names, groups).await?;
+            out.insert(tenant.to_string(), states);
+        }
+        return Ok(out);
+    }
+    let names: BTreeMap<&str, Vec<&str>> = wanted
+        .iter()
+        .map(|(t, names)| (*t, names.iter().map(|(n, _)| *n).collect()))
+        .collect();
+    let mut rows: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (tenant, name, state) in conn.agents_of(&names).await? {
+        rows.entry(tenant).or_default().push((name, state));
+    }
+    for (tenant, names) in wanted {
+        let found = rows.remove(*tenant).unwrap_or_default();
+        let states = decode_states(conn, Table::Live, tenant, names, found, groups).await?;
+        out.insert(tenant.to_string(), states);
+    }
+    Ok(out)
+}
+
 /// Writes `agents` (each with, for a base, the last sequence folded into it) to `table`.
 async fn write<C: Conn>(
     conn: &mut C,
@@ -563,19 +737,32 @@ async fn write<C: Conn>(
     tenant: &str,
     agents: &[(Agent, i64)],
 ) -> Result<(), StoreError> {
-    let rows: Vec<(&Agent, String, i64)> = agents
+    let rows: Vec<(&str, &Agent, i64)> = agents.iter().map(|(a, t)| (tenant, a, *t)).collect();
+    write_rows(conn, table, &rows).await
+}
+
+/// Writes agents of any tenants, `(tenant, agent, through)` (see [`write`]), in one statement.
+async fn write_rows<C: Conn>(
+    conn: &mut C,
+    table: Table,
+    agents: &[(&str, &Agent, i64)],
+) -> Result<(), StoreError> {
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(&str, &Agent, String, i64)> = agents
         .iter()
-        .map(|(a, through)| (a, encode(a), *through))
+        .map(|(tenant, a, through)| (*tenant, *a, encode(a), *through))
         .collect();
     let statement = match table {
         Table::Live => &sql::UPSERT_AGENTS,
         Table::Base => &sql::UPSERT_AGENT_BASES,
     };
     let mut values = Vec::with_capacity(rows.len() * statement.columns);
-    for (a, json, through) in &rows {
+    for (tenant, a, json, through) in &rows {
         match table {
             Table::Live => values.extend(args![
-                tenant,
+                *tenant,
                 a.username.as_str(),
                 a.last_sequence,
                 a.signed_in,
@@ -583,7 +770,7 @@ async fn write<C: Conn>(
                 json.as_str(),
             ]),
             Table::Base => {
-                values.extend(args![tenant, a.username.as_str(), *through, json.as_str()])
+                values.extend(args![*tenant, a.username.as_str(), *through, json.as_str()])
             }
         }
     }
@@ -614,13 +801,31 @@ async fn fold_in_keeping<C: Conn>(
     groups: &GroupFields,
     keep: bool,
 ) -> Result<(Vec<Agent>, HashMap<String, Option<Agent>>), StoreError> {
-    let mut kept = HashMap::new();
     let by_agent = by_agent(events);
     if by_agent.is_empty() {
-        return Ok((Vec::new(), kept));
+        return Ok((Vec::new(), HashMap::new()));
     }
     let names: Vec<(&str, i64)> = by_agent.iter().map(|(n, evs)| (*n, evs[0].0)).collect();
-    let mut states = load(conn, table, tenant, &names, groups).await?;
+    let states = load(conn, table, tenant, &names, groups).await?;
+    let (out, kept) = fold_states(table, by_agent, states, groups, keep);
+    write(conn, table, tenant, &out).await?;
+    Ok((out.into_iter().map(|(a, _)| a).collect(), kept))
+}
+
+/// The states some agents had before a fold, by username (`None`: new).
+type Before = HashMap<String, Option<Agent>>;
+
+/// Folds each agent's events into its state among `states` (none: a new agent); returns the
+/// states to write, each with the last sequence folded into it, and, when `keep`, the states
+/// they had before (`None`: new).
+fn fold_states(
+    table: Table,
+    by_agent: BTreeMap<&str, Vec<(i64, &Event)>>,
+    mut states: HashMap<String, Agent>,
+    groups: &GroupFields,
+    keep: bool,
+) -> (Vec<(Agent, i64)>, Before) {
+    let mut kept = HashMap::new();
     let mut out = Vec::with_capacity(by_agent.len());
     for (name, evs) in by_agent {
         let mut state = states.remove(name);
@@ -639,8 +844,7 @@ async fn fold_in_keeping<C: Conn>(
             out.push((a, through));
         }
     }
-    write(conn, table, tenant, &out).await?;
-    Ok((out.into_iter().map(|(a, _)| a).collect(), kept))
+    (out, kept)
 }
 
 /// `(sequence, event)` of stored rows `(sequence, body)`.

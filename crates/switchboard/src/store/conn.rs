@@ -46,6 +46,16 @@ pub(super) trait Conn {
     ) -> Result<Vec<(String, i64, String)>, StoreError> {
         stored_each(self, given).await
     }
+    /// The stored agents of each tenant of `wanted` (its usernames): `(tenant, username,
+    /// state)`. By default (SQLite: local calls) one tenant after another, through the `IN`
+    /// lists of `agents::read_states`; PostgreSQL's writer asks for a turn's tenants in one
+    /// statement.
+    async fn agents_of(
+        &mut self,
+        wanted: &BTreeMap<&str, Vec<&str>>,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        super::agents::states_each(self, wanted).await
+    }
     /// The bodies of `tenant`'s events stored under `sequences`, with when each was received
     /// and the trace context stored with it.
     async fn bodies(&mut self, tenant: &str, sequences: &[i64])

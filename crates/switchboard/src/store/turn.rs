@@ -7,13 +7,14 @@
 //!    events already stored under the `Id`s the producers gave; decide (`decide.rs`):
 //!    duplicates, conflicts, the new events' sequences; insert the new events; per tenant,
 //!    decide their outbox rows (one delivery per matching subscription; a coalesced status
-//!    supersedes the pending ones before it) and fold its agents projection (or defer it while
-//!    the writer is busy: `agents.rs`); then, for all the group's tenants at once, write the
-//!    new last sequences and insert the outbox rows. The tenants' locks, their subscriptions'
-//!    stamps, their sequences, the outbox inserts and (on PostgreSQL) the lookup of stored ids
-//!    are statements shared by the group's tenants, not one each (docs/BENCHMARKS.md,
-//!    "tenants"); the agents projection and the specs of changed subscriptions are still read
-//!    and written per tenant;
+//!    supersedes the pending ones before it); fold the tenants' agents projection (or defer it
+//!    while the writer is busy: `agents.rs`); then, for all the group's tenants at once, write
+//!    the new last sequences and insert the outbox rows. The tenants' locks, their
+//!    subscriptions' stamps, their sequences, the outbox inserts, the projection's upsert and
+//!    (on PostgreSQL) the lookups of stored ids and of the agents' stored states are
+//!    statements shared by the group's tenants, not one each (docs/BENCHMARKS.md, "tenants");
+//!    the specs of changed subscriptions are still read per tenant, and a tenant whose
+//!    deferred events no longer follow its log is folded from the log on its own;
 //! 3. when a `FoldAgents` came, or the writer is stopping, fold the deferred Agent events;
 //!    when an `IndexUsernames` came, copy the new events into `events_by_username`
 //!    (`usernames.rs`);
@@ -264,8 +265,9 @@ async fn ingest<C: Conn>(
     let (mut plain_rows, mut coalesced_rows) = (Vec::new(), Vec::new());
     // Handed over rows, by the length of their lease (ms).
     let mut held_rows: BTreeMap<i64, Vec<NewDelivery>> = BTreeMap::new();
-    // Each tenant's new last sequence, and whether its agents projection reaches it too.
-    let mut sequences = Vec::with_capacity(decided.advanced.len());
+    // Each tenant's new events for the agents projection, which says whether it reaches the
+    // new last sequence too.
+    let mut projecting = Vec::with_capacity(decided.advanced.len());
     let mut subs_of = Vec::with_capacity(decided.advanced.len());
     for (&tenant, &seq) in &decided.advanced {
         let current = stamps.remove(tenant).unwrap_or_default();
@@ -291,19 +293,25 @@ async fn ingest<C: Conn>(
         if !held.is_empty() {
             held_rows.entry(lease_ms).or_default().extend(held);
         }
-        let events: Vec<(i64, &Event)> = decided
-            .added
-            .iter()
-            .filter(|r| r.tenant == tenant)
-            .map(|r| (r.sequence, &r.event))
-            .collect();
-        let at = agents::Position {
-            last: last.get(tenant).copied().unwrap_or(0),
-            through: projected.get(tenant).copied().unwrap_or(0),
-        };
-        let folded = agents::project(conn, tenant, at, seq, &events, deferred, now).await?;
-        sequences.push((tenant, seq, folded));
+        projecting.push(agents::Projecting {
+            tenant,
+            at: agents::Position {
+                last: last.get(tenant).copied().unwrap_or(0),
+                through: projected.get(tenant).copied().unwrap_or(0),
+            },
+            to: seq,
+            events: decided
+                .added
+                .iter()
+                .filter(|r| r.tenant == tenant)
+                .map(|r| (r.sequence, &r.event))
+                .collect(),
+        });
     }
+    let folded = agents::project(conn, &projecting, deferred, now).await?;
+    let sequences: Vec<(&str, i64, bool)> = (projecting.iter().zip(folded))
+        .map(|(p, folded)| (p.tenant, p.to, folded))
+        .collect();
     set_sequences(conn, &sequences).await?;
     insert_deliveries(conn, &plain_rows, now, None).await?;
     insert_deliveries(conn, &coalesced_rows, now, None).await?;

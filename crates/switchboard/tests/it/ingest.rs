@@ -661,3 +661,96 @@ async fn concurrent_posts_to_many_tenants_keep_each_tenants_log_its_own() {
         assert_eq!(names, want, "{t}");
     }
 }
+
+/// The agents projection reads and writes the agents of a turn's tenants together (PostgreSQL:
+/// one statement each). Five tenants have agents of the same names whose sessions began at
+/// different times; their events come in concurrently, first a few at a time (each turn folds
+/// at once, reading the stored states), then 150 an hour (the writer defers and folds from
+/// memory). Every tenant's agents end as its own events alone make them: a state read for the
+/// wrong tenant would carry another tenant's `signed_in_at`.
+#[tokio::test]
+async fn concurrent_tenants_with_the_same_agents_keep_each_tenants_agents_its_own() {
+    let app = TestApp::spawn().await;
+    let tenants = ["t0", "t1", "t2", "t3", "t4"];
+    for t in tenants {
+        app.create_tenant(t).await;
+    }
+    let names = ["a0", "a1", "a2"];
+    let event = |name: &str, code: u32, at: String, availability: usize| {
+        let mut fields = json!({"SessionId": format!("S-{name}"), "SessionType": "CCA",
+                                "Username": name, "PhoneNo": "+15551230001"});
+        if code == 3 {
+            fields["ActivityCode"] = json!(16);
+            fields["AvailabilityCode"] = json!(availability);
+            fields["ActivityName"] = json!("");
+        }
+        json!({"Id": guid(), "CreationDateUtc": at, "Category": 1, "Code": code,
+               "AdditionalFields": fields})
+    };
+    // What each tenant's agents must end as: (last sequence, availability) by name.
+    let mut sequences = [0i64; 5];
+    let mut expected = vec![std::collections::BTreeMap::new(); 5];
+    let rounds = 10;
+    for round in 0..rounds {
+        let bodies: Vec<Value> = (0..tenants.len())
+            .map(|k| {
+                // Five small rounds, then five of 150 events.
+                let per_agent = if round < 5 { 1 } else { 50 };
+                let mut body = Vec::new();
+                for i in 0..per_agent {
+                    for name in names {
+                        sequences[k] += 1;
+                        let availability = (k + round + i) % 3;
+                        let e = match round {
+                            // Each tenant's sessions begin at a minute of their own.
+                            0 => event(name, 1, format!("2026112308{k:02}00"), 0),
+                            _ => {
+                                let at = format!("20261123{:02}{i:02}00", 9 + round);
+                                event(name, 3, at, availability)
+                            }
+                        };
+                        let availability = if round == 0 { None } else { Some(availability) };
+                        expected[k].insert(name, (sequences[k], availability));
+                        body.push(e);
+                    }
+                }
+                Value::from(body)
+            })
+            .collect();
+        let post = |k: usize| app.publish_ok(tenants[k], &bodies[k]);
+        let (a, b, c, d, e) = tokio::join!(post(0), post(1), post(2), post(3), post(4));
+        for (k, answer) in [a, b, c, d, e].iter().enumerate() {
+            let last = answer.last().unwrap();
+            assert_eq!(last["sequence"], sequences[k], "{}", tenants[k]);
+        }
+    }
+    for (k, t) in tenants.iter().enumerate() {
+        let page = crate::support::receiver::eventually("the projection catches up", || async {
+            let page = json_ok(
+                app.get(&format!("/v1/tenants/{t}/agents?limit=100"), ADMIN_KEY)
+                    .await,
+            )
+            .await;
+            (page["as_of_sequence"] == sequences[k]).then_some(page)
+        })
+        .await;
+        let listed = page["data"].as_array().unwrap();
+        assert_eq!(listed.len(), names.len(), "{page}");
+        for agent in listed {
+            let name = agent["username"].as_str().unwrap();
+            let (last, availability) = expected[k][name];
+            assert_eq!(agent["signed_in"], true, "{t}: {agent}");
+            assert_eq!(
+                agent["signed_in_at"],
+                format!("2026112308{k:02}00"),
+                "{t}: {agent}"
+            );
+            assert_eq!(agent["last_sequence"], last, "{t}: {agent}");
+            assert_eq!(
+                agent["availability_code"],
+                json!(availability),
+                "{t}: {agent}"
+            );
+        }
+    }
+}

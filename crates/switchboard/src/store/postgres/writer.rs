@@ -22,7 +22,7 @@ use super::super::conn::BodyRow;
 use super::super::db::{Arg, Dialect, Row, pg_execute, pg_query, pg_row, sqlx_error};
 use super::super::decide;
 use super::super::sql::MultiRow;
-use super::super::{Handoff, Options, Outcome, StoreError, conn, sql, turn};
+use super::super::{Handoff, Options, Outcome, StoreError, agents, conn, sql, turn};
 use crate::clock::Backoff;
 use crate::otel::TraceContext;
 
@@ -146,6 +146,11 @@ const FIND_STORED_OF: &str = "SELECT k.tenant, e.sequence, e.body \
     FROM unnest($1::text[], $2::text[]) AS k(tenant, id) \
     CROSS JOIN LATERAL (SELECT sequence, body FROM events \
       WHERE tenant_id = k.tenant AND id = k.id LIMIT 1) e";
+/// The stored agents of (tenant, username) pairs, an index probe each (see [`FIND_STORED_OF`]).
+const AGENTS_OF: &str = "SELECT k.tenant, a.username, a.state \
+    FROM unnest($1::text[], $2::text[]) AS k(tenant, username) \
+    CROSS JOIN LATERAL (SELECT username, state FROM agents \
+      WHERE tenant_id = k.tenant AND username = k.username LIMIT 1) a";
 pub(in crate::store) const CLAIMED_BODIES: &str = "SELECT e.sequence, e.body, e.received_at, \
     e.traceparent, e.tracestate FROM unnest($2::int8[]) AS k(seq) \
     CROSS JOIN LATERAL (SELECT sequence, body, received_at, traceparent, tracestate FROM events \
@@ -361,6 +366,37 @@ impl conn::Conn for Writer {
             .map(|row| {
                 let mut r = pg_row(row)?;
                 Ok((r.text(0)?, r.int(1)?, r.text(2)?))
+            })
+            .collect()
+    }
+
+    async fn agents_of(
+        &mut self,
+        wanted: &BTreeMap<&str, Vec<&str>>,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        if wanted.len() < 2 {
+            return agents::states_each(self, wanted).await;
+        }
+        let (mut tenants, mut names) = (Vec::new(), Vec::new());
+        for (tenant, wanted) in wanted {
+            for name in wanted {
+                tenants.push(*tenant);
+                names.push(*name);
+            }
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AGENTS_OF)
+            .bind(&tenants)
+            .bind(&names)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(sqlx_error)?;
+        rows.iter()
+            .map(|row| {
+                let mut r = pg_row(row)?;
+                Ok((r.text(0)?, r.text(1)?, r.text(2)?))
             })
             .collect()
     }
