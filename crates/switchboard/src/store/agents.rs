@@ -295,27 +295,63 @@ pub(super) async fn project<C: Conn>(
 
 /// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another
 /// node's turn may hold it: that tenant waits for the next fold); returns the tenants whose
-/// projection it moved on (their streams are woken after the commit).
+/// projection it moved on (their streams are woken after the commit). The tenants' rows are
+/// locked in one statement, the agents folded from memory upserted in one and their
+/// `agents_through` moved in one, however many tenants (a tenant folded from the log is
+/// folded on its own).
 pub(super) async fn fold_deferred<C: Conn>(
     conn: &mut C,
     deferred: &mut Deferred,
 ) -> Result<Vec<String>, StoreError> {
     let tenants: Vec<String> = deferred.tenants.keys().cloned().collect();
-    let mut folded = Vec::new();
-    for tenant in tenants {
+    let mut at_of: HashMap<String, Position> = HashMap::with_capacity(tenants.len());
+    if let [tenant] = tenants.as_slice() {
         let rows = conn
             .query(conn.dialect().try_lock_tenant, &args![tenant.as_str()])
             .await?;
-        match rows.first() {
-            Some(row) => {
+        if let Some(row) = rows.first() {
+            let at = Position {
+                last: row.int(0)?,
+                through: row.int(1)?,
+            };
+            at_of.insert(tenant.clone(), at);
+        }
+    } else {
+        for chunk in tenants.chunks(IN_LIST) {
+            let values: Vec<Arg> = super::decide::padded(chunk)
+                .map(|t| Arg::from(t.as_str()))
+                .collect();
+            let text = format!(
+                "{}{}{}",
+                sql::LOCK_TENANTS,
+                sql::list(values.len(), 1),
+                conn.dialect().try_lock_in_order
+            );
+            for mut row in conn.query(&text, &values).await? {
                 let at = Position {
-                    last: row.int(0)?,
-                    through: row.int(1)?,
+                    last: row.int(1)?,
+                    through: row.int(2)?,
                 };
+                at_of.insert(row.text(0)?, at);
+            }
+        }
+    }
+    let mut folded = Vec::new();
+    let (mut moved, mut throughs) = (Vec::new(), Vec::new());
+    for tenant in tenants {
+        match at_of.get(&tenant) {
+            Some(&at) => {
                 if at.through < at.last {
                     folded.push(tenant.clone());
                 }
-                fold_backlog(conn, &tenant, at, deferred).await?;
+                match take_fold(deferred, &tenant, at) {
+                    Fold::Nothing => {}
+                    Fold::Memory(m) => {
+                        moved.push(m);
+                        throughs.push((tenant, at.last));
+                    }
+                    Fold::Log => fold_log(conn, &tenant, at, deferred).await?,
+                }
             }
             // Locked by another node: next time. (SQLite never says so: deleted.)
             None if conn.dialect().try_lock_tenant == conn.dialect().lock_tenant => {
@@ -324,28 +360,31 @@ pub(super) async fn fold_deferred<C: Conn>(
             None => {}
         }
     }
-    Ok(folded)
-}
-
-/// Writes `tenant`'s agents as of `at.last` — from memory when it followed every event after
-/// `at.through`, else folded from the log — and moves `agents_through` there.
-async fn fold_backlog<C: Conn>(
-    conn: &mut C,
-    tenant: &str,
-    at: Position,
-    deferred: &mut Deferred,
-) -> Result<(), StoreError> {
-    match take_fold(deferred, tenant, at) {
-        Fold::Nothing => Ok(()),
-        Fold::Memory(m) => {
-            let rows: Vec<(&str, &Agent, i64)> = m.agents.iter().map(|a| (tenant, a, 0)).collect();
-            write_rows(conn, Table::Live, &rows).await?;
-            set_through(conn, tenant, at.last).await?;
-            deferred.rules.moved(m);
-            Ok(())
+    let rows: Vec<(&str, &Agent, i64)> = moved
+        .iter()
+        .flat_map(|m| m.agents.iter().map(|a| (m.tenant.as_str(), a, 0)))
+        .collect();
+    write_rows(conn, Table::Live, &rows).await?;
+    match throughs.as_slice() {
+        [] => {}
+        [(tenant, through)] => set_through(conn, tenant, *through).await?,
+        _ => {
+            for chunk in throughs.chunks(IN_LIST) {
+                // Padded with copies of the last row, which change nothing more.
+                let mut values = Vec::new();
+                for (tenant, through) in super::decide::padded(chunk) {
+                    values.extend(args![tenant.as_str(), *through]);
+                }
+                let rows = values.len() / sql::SET_THROUGH_OF.columns;
+                conn.execute(&sql::SET_THROUGH_OF.text(rows), &values)
+                    .await?;
+            }
         }
-        Fold::Log => fold_log(conn, tenant, at, deferred).await,
     }
+    for m in moved {
+        deferred.rules.moved(m);
+    }
+    Ok(folded)
 }
 
 /// What a fold of a tenant's backlog writes.

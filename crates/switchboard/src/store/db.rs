@@ -148,6 +148,8 @@ pub(crate) struct Dialect {
     /// bytes (the order every turn locks tenants in, so that nodes never deadlock), waiting
     /// for those another transaction holds (empty on SQLite, where the writer is alone).
     pub lock_in_order: &'static str,
+    /// As `lock_in_order`, but skipping the rows another transaction holds (empty on SQLite).
+    pub try_lock_in_order: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
     pub lock_health: &'static str,
     /// The claim of due deliveries, with the dialect's row locking.

@@ -54,6 +54,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     lock_tenant: LOCK_TENANT,
     try_lock_tenant: LOCK_TENANT,
     lock_in_order: "",
+    try_lock_in_order: "",
     lock_health: LOCK_HEALTH,
     probe: &[
         "INSERT INTO write_probe (at, filler) VALUES ($1, zeroblob(65536))",
@@ -96,6 +97,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     ),
     // Rows are locked as the sort hands them over; "C" orders by bytes, as Rust's `str` does.
     lock_in_order: " ORDER BY id COLLATE \"C\" FOR UPDATE",
+    try_lock_in_order: " FOR UPDATE SKIP LOCKED",
     lock_health: concat!(
         "SELECT failing_since, failures, failing_sent, tenant_id, probes FROM subscriptions \
          WHERE id = $1",
@@ -301,6 +303,14 @@ pub const SET_SEQUENCES: &str = "UPDATE tenants SET last_sequence = $1, agents_t
     WHERE id = $2 AND last_sequence < $1";
 /// [`SET_LAST_SEQUENCE`] or [`SET_SEQUENCES`] for several tenants: each row is a tenant, its
 /// new last sequence, and 1 where the agents projection moves along too (else 0).
+/// Several tenants' `agents_through`: each row is a tenant and the sequence its agents
+/// projection now reaches (a fold of deferred events: `agents::fold_deferred`).
+pub static SET_THROUGH_OF: MultiRow = MultiRow::new(
+    "UPDATE tenants SET agents_through = v.column2 FROM (VALUES ",
+    ") AS v WHERE tenants.id = v.column1",
+    2,
+    1,
+);
 pub static SET_SEQUENCES_OF: MultiRow = MultiRow::new(
     "UPDATE tenants SET last_sequence = v.column2, agents_through = CASE WHEN v.column3 = 1 \
      THEN v.column2 ELSE agents_through END FROM (VALUES ",
