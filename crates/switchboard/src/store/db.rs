@@ -148,7 +148,8 @@ pub(crate) struct Dialect {
     /// bytes (the order every turn locks tenants in, so that nodes never deadlock), waiting
     /// for those another transaction holds (empty on SQLite, where the writer is alone).
     pub lock_in_order: &'static str,
-    /// As `lock_in_order`, but skipping the rows another transaction holds (empty on SQLite).
+    /// Ends a `SELECT` of several tenants' rows that locks those no other transaction holds and
+    /// skips the others, never waiting (so in no particular order); empty on SQLite.
     pub try_lock_in_order: &'static str,
     /// Reads, and on PostgreSQL locks, a subscription's health (`$1`).
     pub lock_health: &'static str,

@@ -44,9 +44,9 @@ fn attempt_record(mut r: Row) -> Result<AttemptRecord, StoreError> {
 }
 
 /// A page of a subscription's deliveries in id order. The status, one of a few fixed words, is
-/// written into the statement rather than bound: `deliveries_by_status` holds every status but
-/// `succeeded` (migration 19), and a database uses a partial index only for a statement whose
-/// text implies the index's condition.
+/// written into the statement rather than bound: `deliveries_not_succeeded` holds every status
+/// but `succeeded` (migration 19), and a database uses a partial index only for a statement
+/// whose text implies the index's condition.
 fn list_deliveries_sql<'a>(
     tenant: &'a str,
     subscription: &'a str,
@@ -76,10 +76,18 @@ fn list_deliveries_sql<'a>(
     sql
 }
 
+/// How many of a subscription's latest deliveries a Heartbeat's `LastSequence` is looked for
+/// among: the read is bounded whatever the subscription's backlog.
+pub const LAST_DELIVERED_WINDOW: i64 = 10_000;
+
 fn last_delivered_sql(subscription: &str) -> Select<'_> {
-    let mut sql = Select::new("SELECT sequence FROM deliveries");
+    let mut sql = Select::new("SELECT MAX(sequence) FROM (SELECT sequence, status FROM deliveries");
     sql.push(" WHERE subscription_id = ", subscription)
-        .text(" AND status = 'succeeded' AND sequence > 0 ORDER BY sequence DESC LIMIT 1");
+        .push(
+            " AND sequence > 0 ORDER BY sequence DESC LIMIT ",
+            LAST_DELIVERED_WINDOW,
+        )
+        .text(") AS latest WHERE status = 'succeeded'");
     sql
 }
 
@@ -98,7 +106,7 @@ impl Store {
     }
 
     /// The database's plan for [`Store::list_deliveries`] (`EXPLAIN`), one line per step: for
-    /// the test that checks a listing by status is served by `deliveries_by_status`.
+    /// the test that checks a listing by status is served by `deliveries_not_succeeded`.
     #[doc(hidden)]
     pub async fn list_deliveries_plan(
         &self,
@@ -238,14 +246,17 @@ impl Store {
         Ok(())
     }
 
-    /// The latest sequence delivered to a subscription, 0 if none (System events' deliveries,
-    /// numbered below zero, do not count): a walk back along its deliveries by sequence (the
-    /// unique index) to the first that succeeded — short for the idle subscriptions a
-    /// heartbeat is for.
+    /// The latest sequence delivered to a subscription among its [`LAST_DELIVERED_WINDOW`]
+    /// latest deliveries by sequence, 0 if none of them succeeded (System events' deliveries,
+    /// numbered below zero, do not count): a walk back along the unique index, bounded.
     pub async fn last_delivered_sequence(&self, subscription: &str) -> Result<i64, StoreError> {
         let sql = last_delivered_sql(subscription);
         let row = self.0.db.query_one(&sql.sql, &sql.args).await?;
-        row.map_or(Ok(0), |r| r.int(0))
+        Ok(row
+            .map(|r| r.opt_int(0))
+            .transpose()?
+            .flatten()
+            .unwrap_or(0))
     }
 
     /// The database's plan for [`Store::last_delivered_sequence`] (`EXPLAIN`).

@@ -181,7 +181,7 @@ impl Store {
                     .db
                     .query_one(
                         "SELECT MAX(id) FROM deliveries WHERE subscription_id = $1 \
-                         AND status = 'pending'",
+                         AND status = 'pending' AND status <> 'succeeded'",
                         &args![subscription_id.as_str()],
                     )
                     .await?;
@@ -410,7 +410,7 @@ impl Store {
                 let row = db
                     .query_one(
                         "SELECT COUNT(*) FROM deliveries d WHERE subscription_id = $1 \
-                         AND status = 'pending' AND id <= $2 AND EXISTS (SELECT 1 FROM events e \
+                         AND status = 'pending' AND status <> 'succeeded' AND id <= $2 AND EXISTS (SELECT 1 FROM events e \
                          WHERE e.tenant_id = $3 AND e.sequence = d.sequence AND e.created < $4)",
                         &args![sub.id.as_str(), job.bound, tenant, before],
                     )
@@ -541,7 +541,7 @@ impl Store {
         let rows = tx
             .query(
                 "SELECT id FROM deliveries WHERE subscription_id = $1 AND status = 'pending' \
-                 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
+                 AND status <> 'succeeded' AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
                 &args![sub.id.as_str(), job.resume_after, job.bound, CANCEL_PAGE],
             )
             .await?;
@@ -555,7 +555,7 @@ impl Store {
                 .execute(
                     "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
                      lease_until = NULL, updated_at = $1 WHERE subscription_id = $2 \
-                     AND status = 'pending' AND id >= $3 AND id <= $4 AND EXISTS (SELECT 1 \
+                     AND status = 'pending' AND status <> 'succeeded' AND id >= $3 AND id <= $4 AND EXISTS (SELECT 1 \
                      FROM events e WHERE e.tenant_id = $5 AND e.sequence = deliveries.sequence \
                      AND e.created < $6)",
                     &args![

@@ -118,6 +118,16 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deliveries_by_status",
         include_str!("migrations/postgres/0019_deliveries_by_status.sql"),
     ),
+    (
+        20,
+        "deliveries_not_succeeded",
+        include_str!("migrations/postgres/0020_deliveries_not_succeeded.sql"),
+    ),
+    (
+        21,
+        "drop_deliveries_by_status",
+        include_str!("migrations/postgres/0021_drop_deliveries_by_status.sql"),
+    ),
 ];
 
 /// Connects to `url`, migrates the schema (under an advisory lock, so nodes starting together
@@ -209,7 +219,7 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
 
 /// Indexes built by a migration outside a transaction (`CREATE INDEX CONCURRENTLY`): one whose
 /// build was stopped midway is left invalid, and `IF NOT EXISTS` would keep it.
-const CONCURRENT_INDEXES: [&str; 1] = ["events_code"];
+const CONCURRENT_INDEXES: [&str; 2] = ["events_code", "deliveries_not_succeeded"];
 /// The advisory lock nodes take around [`migrate`] (sqlx's migrator takes its own inside).
 const MIGRATE_LOCK: i64 = 0x5377_6974_6368_6d67;
 

@@ -266,18 +266,15 @@ pub const PENDING_SEQUENCES: &str = "SELECT sequence FROM deliveries WHERE subsc
     AND status = 'pending' AND sequence >= $2 AND sequence <= $3";
 /// A replay of only the failed deliveries of subscription `$3`, up to sequence `$4`, for
 /// tenant `$5`'s events created from `$6` to `$7`: pending again, due at `$1`, for a fresh
-/// round. (`status <> 'succeeded'` repeats `deliveries_by_status`'s condition, so that SQLite
-/// sees the index serve the statement: `deliveries::list_deliveries_sql`.)
+/// round.
 pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
     next_attempt_at = $1, lease_until = NULL, updated_at = $2, pending_since = $2 \
-    WHERE subscription_id = $3 AND status = 'failed' AND status <> 'succeeded' \
-    AND sequence <= $4 \
+    WHERE subscription_id = $3 AND status = 'failed' AND sequence <= $4 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $5 \
       AND created >= $6 AND created <= $7)";
 /// The same, counted: what [`REPLAY_FAILED`] would requeue.
 pub const COUNT_FAILED: &str = "SELECT COUNT(*) FROM deliveries \
-    WHERE subscription_id = $1 AND status = 'failed' AND status <> 'succeeded' \
-    AND sequence <= $2 \
+    WHERE subscription_id = $1 AND status = 'failed' AND sequence <= $2 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $3 \
       AND created >= $4 AND created <= $5)";
 /// Whether job `$1` is still running under this runner's lease `$2` (not canceled, not taken
@@ -301,8 +298,6 @@ pub const SET_LAST_SEQUENCE: &str =
 /// Also moves the agents projection along, when it was up to date (see `agents.rs`).
 pub const SET_SEQUENCES: &str = "UPDATE tenants SET last_sequence = $1, agents_through = $1 \
     WHERE id = $2 AND last_sequence < $1";
-/// [`SET_LAST_SEQUENCE`] or [`SET_SEQUENCES`] for several tenants: each row is a tenant, its
-/// new last sequence, and 1 where the agents projection moves along too (else 0).
 /// Several tenants' `agents_through`: each row is a tenant and the sequence its agents
 /// projection now reaches (a fold of deferred events: `agents::fold_deferred`).
 pub static SET_THROUGH_OF: MultiRow = MultiRow::new(
@@ -311,6 +306,8 @@ pub static SET_THROUGH_OF: MultiRow = MultiRow::new(
     2,
     1,
 );
+/// [`SET_LAST_SEQUENCE`] or [`SET_SEQUENCES`] for several tenants: each row is a tenant, its
+/// new last sequence, and 1 where the agents projection moves along too (else 0).
 pub static SET_SEQUENCES_OF: MultiRow = MultiRow::new(
     "UPDATE tenants SET last_sequence = v.column2, agents_through = CASE WHEN v.column3 = 1 \
      THEN v.column2 ELSE agents_through END FROM (VALUES ",
@@ -453,6 +450,21 @@ mod tests {
         assert_eq!(values(2, 3, 2), "($2, $3, $4), ($5, $6, $7)");
         assert_eq!(list(3, 2), "$2, $3, $4)");
         assert_eq!(list(0, 2), "NULL)");
+    }
+
+    #[test]
+    fn several_tenants_agents_through_number_their_rows_in_order() {
+        let text = SET_THROUGH_OF.build(3);
+        let found: Vec<&str> = text
+            .match_indices('$')
+            .map(|(i, _)| &text[i..i + 2])
+            .collect();
+        assert_eq!(found, ["$1", "$2", "$3", "$4", "$5", "$6"]);
+        assert!(
+            text.starts_with(
+                "UPDATE tenants SET agents_through = v.column2 FROM (VALUES ($1, $2), "
+            )
+        );
     }
 
     #[test]
