@@ -452,33 +452,31 @@ mod tests {
         assert_eq!(list(0, 2), "NULL)");
     }
 
-    #[test]
-    fn several_tenants_agents_through_number_their_rows_in_order() {
-        let text = SET_THROUGH_OF.build(3);
-        let found: Vec<&str> = text
-            .match_indices('$')
+    /// The `$N` placeholders of `text`, in order of appearance (single digits).
+    fn placeholders(text: &str) -> Vec<&str> {
+        text.match_indices('$')
             .map(|(i, _)| &text[i..i + 2])
-            .collect();
-        assert_eq!(found, ["$1", "$2", "$3", "$4", "$5", "$6"]);
-        assert!(
-            text.starts_with(
-                "UPDATE tenants SET agents_through = v.column2 FROM (VALUES ($1, $2), "
-            )
-        );
+            .collect()
     }
 
     #[test]
-    fn several_tenants_sequences_number_their_rows_in_order() {
-        let text = SET_SEQUENCES_OF.build(2);
+    fn several_tenants_rows_number_their_placeholders_in_order() {
         // SQLite numbers `$N` by first appearance: the text must show them in order.
-        let found: Vec<&str> = text
-            .match_indices('$')
-            .map(|(i, _)| &text[i..i + 2])
-            .collect();
-        assert_eq!(found, ["$1", "$2", "$3", "$4", "$5", "$6"]);
+        let sequences = SET_SEQUENCES_OF.build(2);
+        assert_eq!(
+            placeholders(&sequences),
+            ["$1", "$2", "$3", "$4", "$5", "$6"]
+        );
         assert!(
-            text.ends_with(
+            sequences.ends_with(
                 "AS v WHERE tenants.id = v.column1 AND tenants.last_sequence < v.column2"
+            )
+        );
+        let through = SET_THROUGH_OF.build(3);
+        assert_eq!(placeholders(&through), ["$1", "$2", "$3", "$4", "$5", "$6"]);
+        assert!(
+            through.starts_with(
+                "UPDATE tenants SET agents_through = v.column2 FROM (VALUES ($1, $2), "
             )
         );
     }

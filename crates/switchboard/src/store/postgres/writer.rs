@@ -212,6 +212,32 @@ impl Writer {
             .map_err(sqlx_error)?;
         rows.iter().map(|row| read(&mut pg_row(row)?)).collect()
     }
+
+    /// The rows of `sql`, run with the (tenant, key) pairs of `given` — each tenant with each
+    /// of its keys — as two arrays, the tenants `$1` and the keys (as text) `$2`.
+    async fn by_pairs<K: ToString>(
+        &mut self,
+        sql: &str,
+        given: &BTreeMap<&str, Vec<K>>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let (mut tenants, mut keys) = (Vec::new(), Vec::new());
+        for (tenant, given) in given {
+            for key in given {
+                tenants.push(*tenant);
+                keys.push(key.to_string());
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sql)
+            .bind(&tenants)
+            .bind(&keys)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(sqlx_error)?;
+        rows.iter().map(pg_row).collect()
+    }
 }
 
 /// One column of a multi-row insert, as the array `unnest` joins.
@@ -346,27 +372,9 @@ impl conn::Conn for Writer {
         if given.len() < 2 {
             return conn::stored_each(self, given).await;
         }
-        let (mut tenants, mut ids) = (Vec::new(), Vec::new());
-        for (tenant, given) in given {
-            for id in given {
-                tenants.push(*tenant);
-                ids.push(id.to_string());
-            }
-        }
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(FIND_STORED_OF)
-            .bind(&tenants)
-            .bind(&ids)
-            .fetch_all(self.conn()?)
-            .await
-            .map_err(sqlx_error)?;
-        rows.iter()
-            .map(|row| {
-                let mut r = pg_row(row)?;
-                Ok((r.text(0)?, r.int(1)?, r.text(2)?))
-            })
+        let rows = self.by_pairs(FIND_STORED_OF, given).await?;
+        rows.into_iter()
+            .map(|mut r| Ok((r.text(0)?, r.int(1)?, r.text(2)?)))
             .collect()
     }
 
@@ -377,27 +385,9 @@ impl conn::Conn for Writer {
         if wanted.len() < 2 {
             return agents::states_each(self, wanted).await;
         }
-        let (mut tenants, mut names) = (Vec::new(), Vec::new());
-        for (tenant, wanted) in wanted {
-            for name in wanted {
-                tenants.push(*tenant);
-                names.push(*name);
-            }
-        }
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(AGENTS_OF)
-            .bind(&tenants)
-            .bind(&names)
-            .fetch_all(self.conn()?)
-            .await
-            .map_err(sqlx_error)?;
-        rows.iter()
-            .map(|row| {
-                let mut r = pg_row(row)?;
-                Ok((r.text(0)?, r.text(1)?, r.text(2)?))
-            })
+        let rows = self.by_pairs(AGENTS_OF, wanted).await?;
+        rows.into_iter()
+            .map(|mut r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
             .collect()
     }
 
