@@ -71,6 +71,41 @@ struct Backlog {
 }
 
 impl Backlog {
+    /// Moves the states on by `by_agent`'s events, up to sequence `to`; `states` were read now
+    /// for the agents `read` (those the backlog did not hold), noted as they were found when
+    /// the tenant's rules `keep` them.
+    fn step(
+        &mut self,
+        by_agent: BTreeMap<&str, Vec<(i64, &Event)>>,
+        read: &[(&str, i64)],
+        states: HashMap<String, Agent>,
+        keep: bool,
+        groups: &GroupFields,
+        to: i64,
+    ) {
+        if keep {
+            for (name, _) in read {
+                self.before
+                    .insert(name.to_string(), states.get(*name).cloned());
+            }
+        }
+        self.states.extend(states);
+        for (name, evs) in by_agent {
+            let mut state = self.states.remove(name);
+            let before = state.as_ref().map(|a| a.last_sequence);
+            for (sequence, event) in evs {
+                agent::step_grouped(&mut state, event, sequence, groups);
+            }
+            if let Some(a) = state {
+                if Some(a.last_sequence) != before {
+                    self.changed.insert(name.to_string());
+                }
+                self.states.insert(name.to_string(), a);
+            }
+        }
+        self.to = to;
+    }
+
     fn lost(&mut self, to: i64) {
         self.from = None;
         self.to = to;
@@ -219,7 +254,7 @@ pub(super) async fn project<C: Conn>(
     let mut folded = Vec::with_capacity(tenants.len());
     for (p, path) in tenants.iter().zip(paths) {
         let states = loaded.remove(p.tenant).unwrap_or_default();
-        let by_agent = match path {
+        match path {
             Path::Live(by_agent) => {
                 let keep = deferred.rules.wants(p.tenant);
                 let (out, before) =
@@ -234,33 +269,14 @@ pub(super) async fn project<C: Conn>(
                 folded.push(true);
                 continue;
             }
-            Path::Deferred(by_agent) => Some(by_agent),
-            Path::Lost => None,
-        };
-        if let Some(by_agent) = by_agent
-            && let Some(backlog) = deferred.tenants.get_mut(p.tenant)
-        {
-            if deferred.rules.wants(p.tenant) {
-                for (name, _) in wanted.get(p.tenant).into_iter().flatten() {
-                    let was = states.get(*name).cloned();
-                    backlog.before.insert(name.to_string(), was);
+            Path::Deferred(by_agent) => {
+                let keep = deferred.rules.wants(p.tenant);
+                if let Some(backlog) = deferred.tenants.get_mut(p.tenant) {
+                    let read = wanted.get(p.tenant).map(Vec::as_slice).unwrap_or_default();
+                    backlog.step(by_agent, read, states, keep, &deferred.groups, p.to);
                 }
             }
-            backlog.states.extend(states);
-            for (name, evs) in by_agent {
-                let mut state = backlog.states.remove(name);
-                let before = state.as_ref().map(|a| a.last_sequence);
-                for (sequence, event) in evs {
-                    agent::step_grouped(&mut state, event, sequence, &deferred.groups);
-                }
-                if let Some(a) = state {
-                    if Some(a.last_sequence) != before {
-                        backlog.changed.insert(name.to_string());
-                    }
-                    backlog.states.insert(name.to_string(), a);
-                }
-            }
-            backlog.to = p.to;
+            Path::Lost => {}
         }
         if !busy || deferred.due(p.tenant, p.at.through, now) {
             let at = Position {
@@ -282,6 +298,17 @@ pub(super) async fn project<C: Conn>(
             folded.push(false);
         }
     }
+    write_moved(conn, moved, deferred).await?;
+    Ok(folded)
+}
+
+/// Writes the agents folds from memory moved on, of any tenants, in one statement, and hands
+/// them to the rules.
+async fn write_moved<C: Conn>(
+    conn: &mut C,
+    moved: Vec<Moved>,
+    deferred: &mut Deferred,
+) -> Result<(), StoreError> {
     let rows: Vec<(&str, &Agent, i64)> = moved
         .iter()
         .flat_map(|m| m.agents.iter().map(|a| (m.tenant.as_str(), a, 0)))
@@ -290,7 +317,7 @@ pub(super) async fn project<C: Conn>(
     for m in moved {
         deferred.rules.moved(m);
     }
-    Ok(folded)
+    Ok(())
 }
 
 /// Folds every deferred tenant whose row this turn can lock now (on PostgreSQL another
@@ -360,11 +387,6 @@ pub(super) async fn fold_deferred<C: Conn>(
             None => {}
         }
     }
-    let rows: Vec<(&str, &Agent, i64)> = moved
-        .iter()
-        .flat_map(|m| m.agents.iter().map(|a| (m.tenant.as_str(), a, 0)))
-        .collect();
-    write_rows(conn, Table::Live, &rows).await?;
     match throughs.as_slice() {
         [] => {}
         [(tenant, through)] => set_through(conn, tenant, *through).await?,
@@ -381,9 +403,7 @@ pub(super) async fn fold_deferred<C: Conn>(
             }
         }
     }
-    for m in moved {
-        deferred.rules.moved(m);
-    }
+    write_moved(conn, moved, deferred).await?;
     Ok(folded)
 }
 
@@ -739,20 +759,14 @@ async fn decode_states<C: Conn>(
 }
 
 /// The live states of each tenant's `wanted` agents (see [`load`]), by tenant: read in one
-/// statement for all of them where the backend can ([`Conn::agents_of`]).
+/// statement for all of them where the backend can ([`Conn::agents_of`], which also says when
+/// one tenant's `IN` lists do better).
 async fn load_of<C: Conn>(
     conn: &mut C,
     wanted: &BTreeMap<&str, Vec<(&str, i64)>>,
     groups: &GroupFields,
 ) -> Result<HashMap<String, HashMap<String, Agent>>, StoreError> {
     let mut out = HashMap::with_capacity(wanted.len());
-    if wanted.len() < 2 {
-        for (tenant, names) in wanted {
-            let states = load(conn, Table::Live, tenant, names, groups).await?;
-            out.insert(tenant.to_string(), states);
-        }
-        return Ok(out);
-    }
     let names: BTreeMap<&str, Vec<&str>> = wanted
         .iter()
         .map(|(t, names)| (*t, names.iter().map(|(n, _)| *n).collect()))
