@@ -43,9 +43,28 @@ use crate::auth::{self, Principal, Scope};
 use crate::event::{Catalog, FieldError};
 use crate::store::Store;
 
-/// What every handler can reach.
+/// What every handler can reach: one reference-counted pointer, so the clone axum makes for
+/// each extractor of each request is one atomic increment, not one per field (it was 3–5 % of
+/// the request threads' CPU; docs/BENCHMARKS.md, eighth session).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     pub store: Store,
     pub catalog: Arc<Catalog>,
     /// The admin key's hash; the key itself is not kept.

@@ -162,7 +162,7 @@ pub async fn run_with(
     // The lease outlives the HTTP timeout (an attempt starts as soon as it is claimed), so a
     // delivery in flight is never claimed twice; a dead node's claims come free after it.
     let lease = timeout * 2 + Duration::from_secs(5);
-    let state = api::AppState {
+    let state = api::AppState::new(api::Shared {
         store: store.clone(),
         catalog: Arc::new(catalog),
         admin_key_hash: auth::hash_key(&admin_key).into(),
@@ -195,7 +195,7 @@ pub async fn run_with(
             config.max_streams_per_tenant,
             limits.max_streams,
         )),
-    };
+    });
 
     let (stop_dispatcher, stopped) = watch::channel(false);
     let dispatcher = config
