@@ -388,14 +388,22 @@ impl Dispatcher {
     /// when one is of a subscription whose next claim depends on it (a successor in per-agent
     /// order, a rate limit, coalescing), when there are many, or once the oldest has waited
     /// [`OUTCOME_LINGER_MS`].
+    /// Asked at every step while outcomes wait, so a run of outcomes of one subscription (the
+    /// usual case) costs one lookup, not one each.
     fn record_now(&self, finished: &[Outcome], now: i64) -> bool {
+        let mut seen: Option<&str> = None;
         finished.len() >= MAX_LINGERING
             || self
                 .finished_since
                 .is_none_or(|since| now - since >= OUTCOME_LINGER_MS)
-            || finished
-                .iter()
-                .any(|o| (self.subs.get(&o.subscription_id)).is_none_or(|s| !s.bulk()))
+            || finished.iter().any(|o| {
+                let id = o.subscription_id.as_str();
+                if seen == Some(id) {
+                    return false;
+                }
+                seen = Some(id);
+                self.subs.get(id).is_none_or(|s| !s.bulk())
+            })
     }
 
     /// Takes what ingest handed over into the subscriptions' ready queues; returns what no
