@@ -118,6 +118,10 @@ impl Backlog {
 /// The writer's deferred agent states, by tenant, and its recent load.
 pub(crate) struct Deferred {
     tenants: BTreeMap<String, Backlog>,
+    /// The backlogs this turn's folds took out (their `to` and `since`), put back to be folded
+    /// from the log if the turn does not commit: else a tenant with nothing more to ingest would
+    /// keep its agents behind its log until a restart.
+    taken: BTreeMap<String, (i64, i64)>,
     /// (time, events) of recent ingest turns.
     recent: std::collections::VecDeque<(i64, usize)>,
     /// The fields whose values the fold notes in each agent's `groups` (DESIGN §18).
@@ -130,6 +134,7 @@ impl Deferred {
     pub fn new(groups: GroupFields) -> Self {
         Deferred {
             tenants: BTreeMap::new(),
+            taken: BTreeMap::new(),
             recent: std::collections::VecDeque::new(),
             groups,
             rules: super::rules::Engine::default(),
@@ -156,9 +161,25 @@ impl Deferred {
         self.recent.iter().map(|(_, n)| n).sum::<usize>() > BUSY_EVENTS
     }
 
-    /// After a failed turn: what memory holds may not be committed; folds read the log.
+    /// A turn begins: what the previous one took out is written.
+    pub fn begin(&mut self) {
+        self.taken.clear();
+    }
+
+    /// After a failed turn: what memory holds may not be committed, and what the turn's folds
+    /// took out was not written; folds read the log.
     pub fn forget(&mut self) {
         self.rules.forget();
+        for (tenant, (to, since)) in std::mem::take(&mut self.taken) {
+            self.tenants.entry(tenant).or_insert_with(|| Backlog {
+                from: None,
+                to,
+                since,
+                states: HashMap::new(),
+                before: HashMap::new(),
+                changed: BTreeSet::new(),
+            });
+        }
         for b in self.tenants.values_mut() {
             let to = b.to;
             b.lost(to);
@@ -420,6 +441,9 @@ enum Fold {
 /// Takes `tenant`'s backlog out of `deferred`, and says what a fold to `at.last` writes.
 fn take_fold(deferred: &mut Deferred, tenant: &str, at: Position) -> Fold {
     let backlog = deferred.tenants.remove(tenant);
+    if let Some(b) = &backlog {
+        deferred.taken.insert(tenant.to_string(), (b.to, b.since));
+    }
     if at.through >= at.last {
         return Fold::Nothing;
     }
@@ -1332,5 +1356,52 @@ impl Store {
             tracing::info!(tenant, batches, "agents projection caught up with the log");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backlog(from: Option<i64>, to: i64, since: i64) -> Backlog {
+        Backlog {
+            from,
+            to,
+            since,
+            states: HashMap::new(),
+            before: HashMap::new(),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    /// A fold takes a tenant's backlog out of memory before it writes. If its turn then fails
+    /// (a full disk, a lost connection), the tenant must stay deferred, to be folded from the
+    /// log at the next fold: forgotten, it would keep its agents behind its log until its next
+    /// event or a restart. A turn that commits keeps what it took.
+    #[test]
+    fn a_backlog_taken_by_a_turn_that_fails_is_folded_from_the_log_next() {
+        let mut deferred = Deferred::new(GroupFields::default());
+        deferred
+            .tenants
+            .insert("t".into(), backlog(Some(10), 20, 5));
+        deferred.tenants.insert("u".into(), backlog(Some(3), 7, 6));
+        let at = Position {
+            last: 20,
+            through: 10,
+        };
+        deferred.begin();
+        assert!(matches!(take_fold(&mut deferred, "t", at), Fold::Memory(_)));
+        assert!(!deferred.tenants.contains_key("t"));
+        deferred.forget();
+        let t = &deferred.tenants["t"];
+        assert_eq!((t.from, t.to, t.since), (None, 20, 5));
+        assert!(deferred.due("t", 10, 5 + MAX_LAG_MS));
+        // The backlog left in memory is marked as not following the log either.
+        assert_eq!(deferred.tenants["u"].from, None);
+        assert!(matches!(take_fold(&mut deferred, "t", at), Fold::Log));
+        // The next turn begins: the one that took it committed.
+        deferred.begin();
+        deferred.forget();
+        assert!(!deferred.tenants.contains_key("t"));
     }
 }

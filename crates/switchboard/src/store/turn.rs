@@ -87,6 +87,7 @@ pub(super) async fn run<C: Conn>(
         let mut tries = 1;
         loop {
             conn.begin(group.durable()).await?;
+            deferred.begin();
             let written = match write(conn, group, policy, now, deferred, handoff).await {
                 Ok(done) => conn.commit().await.map(|()| done),
                 Err(e) => Err(e),
