@@ -388,6 +388,7 @@ impl Dispatcher {
     /// when one is of a subscription whose next claim depends on it (a successor in per-agent
     /// order, a rate limit, coalescing), when there are many, or once the oldest has waited
     /// [`OUTCOME_LINGER_MS`].
+    ///
     /// Asked at every step while outcomes wait, so a run of outcomes of one subscription (the
     /// usual case) costs one lookup, not one each.
     fn record_now(&self, finished: &[Outcome], now: i64) -> bool {

@@ -71,6 +71,19 @@ struct Backlog {
 }
 
 impl Backlog {
+    /// A backlog holding no states yet: following the log from `from` (`None`: it does not),
+    /// through `to`, since `since`.
+    fn new(from: Option<i64>, to: i64, since: i64) -> Self {
+        Backlog {
+            from,
+            to,
+            since,
+            states: HashMap::new(),
+            before: HashMap::new(),
+            changed: BTreeSet::new(),
+        }
+    }
+
     /// Moves the states on by `by_agent`'s events, up to sequence `to`; `states` were read now
     /// for the agents `read` (those the backlog did not hold), noted as they were found when
     /// the tenant's rules `keep` them.
@@ -171,14 +184,7 @@ impl Deferred {
     pub fn forget(&mut self) {
         self.rules.forget();
         for (tenant, (to, since)) in std::mem::take(&mut self.taken) {
-            self.tenants.entry(tenant).or_insert_with(|| Backlog {
-                from: None,
-                to,
-                since,
-                states: HashMap::new(),
-                before: HashMap::new(),
-                changed: BTreeSet::new(),
-            });
+            (self.tenants.entry(tenant)).or_insert_with(|| Backlog::new(None, to, since));
         }
         for b in self.tenants.values_mut() {
             let to = b.to;
@@ -244,13 +250,8 @@ pub(super) async fn project<C: Conn>(
         let backlog = deferred
             .tenants
             .entry(p.tenant.to_string())
-            .or_insert_with(|| Backlog {
-                from: (at.through == at.last).then_some(at.through),
-                to: at.last,
-                since: now,
-                states: HashMap::new(),
-                before: HashMap::new(),
-                changed: BTreeSet::new(),
+            .or_insert_with(|| {
+                Backlog::new((at.through == at.last).then_some(at.through), at.last, now)
             });
         if backlog.from.is_some() && backlog.to == at.last {
             let missing: Vec<(&str, i64)> = by_agent
@@ -1363,17 +1364,6 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn backlog(from: Option<i64>, to: i64, since: i64) -> Backlog {
-        Backlog {
-            from,
-            to,
-            since,
-            states: HashMap::new(),
-            before: HashMap::new(),
-            changed: BTreeSet::new(),
-        }
-    }
-
     /// A fold takes a tenant's backlog out of memory before it writes. If its turn then fails
     /// (a full disk, a lost connection), the tenant must stay deferred, to be folded from the
     /// log at the next fold: forgotten, it would keep its agents behind its log until its next
@@ -1383,8 +1373,10 @@ mod tests {
         let mut deferred = Deferred::new(GroupFields::default());
         deferred
             .tenants
-            .insert("t".into(), backlog(Some(10), 20, 5));
-        deferred.tenants.insert("u".into(), backlog(Some(3), 7, 6));
+            .insert("t".into(), Backlog::new(Some(10), 20, 5));
+        deferred
+            .tenants
+            .insert("u".into(), Backlog::new(Some(3), 7, 6));
         let at = Position {
             last: 20,
             through: 10,
