@@ -50,14 +50,15 @@ async fn healthy_delivery_time(n: usize, with_hanging: bool) -> Duration {
 
 /// Isolation: a receiver that hangs until the timeout does not slow a healthy subscription.
 /// This is the one throughput comparison in the suite, as the acceptance asks; each side is
-/// measured three times, interleaved, and the best run kept, to damp scheduling noise.
+/// measured five times, interleaved, and the best run kept, to damp scheduling noise (with
+/// three, a slow spell of the host that caught all three runs of one side failed it once).
 #[tokio::test]
 async fn a_hanging_receiver_does_not_slow_a_healthy_one() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let n = 2000;
     let mut alone = Duration::MAX;
     let mut beside = Duration::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         alone = alone.min(healthy_delivery_time(n, false).await);
         beside = beside.min(healthy_delivery_time(n, true).await);
     }
