@@ -125,11 +125,10 @@ impl TenantLimits {
         n: impl FnOnce() -> usize,
     ) -> Result<Result<(), u64>, StoreError> {
         let now = Instant::now();
-        if let Some(b) = self.lock().get_mut(tenant)
-            && now.duration_since(b.read_at) < REFRESH
-        {
-            return Ok(b.take_counted(n, now));
-        }
+        let n = match self.cached(tenant, now, n) {
+            Ok(answer) => return Ok(answer),
+            Err(n) => n,
+        };
         // A missing tenant has no limit: the ingest answers 404 for it. A database that cannot
         // be read keeps the rate last known: the ingest itself says whether it can be written.
         let rate = match store.get_tenant(tenant).await {
@@ -159,6 +158,31 @@ impl TenantLimits {
         bucket.rate = rate;
         bucket.read_at = now;
         Ok(bucket.take_counted(n, now))
+    }
+
+    /// The answer from `tenant`'s bucket when its rate need not be read now: it was read
+    /// within [`REFRESH`], or another request is reading it again. The first request to find
+    /// it stale claims the read by moving `read_at` to `now`, and the others keep the rate
+    /// last read meanwhile: one read a tenant a refresh, not one for every request that
+    /// arrives while it is under way (a tenant posting from a thousand connections read its
+    /// rate a thousand times a second). `Err(n)`: this request reads it; a tenant not seen
+    /// yet is read by each of its first requests.
+    fn cached<N: FnOnce() -> usize>(
+        &self,
+        tenant: &str,
+        now: Instant,
+        n: N,
+    ) -> Result<Result<(), u64>, N> {
+        match self.lock().get_mut(tenant) {
+            Some(b) if now.saturating_duration_since(b.read_at) < REFRESH => {
+                Ok(b.take_counted(n, now))
+            }
+            Some(b) => {
+                b.read_at = now;
+                Err(n)
+            }
+            None => Err(n),
+        }
     }
 
     /// Reads `tenant`'s rate again on its next request.
@@ -226,6 +250,54 @@ mod tests {
             out.push(reads.enter("a").await.unwrap());
         }
         out
+    }
+
+    /// A stale rate is read again by one request; the others arriving meanwhile keep the rate
+    /// last read rather than each reading it too.
+    #[test]
+    fn a_stale_rate_is_read_again_by_one_request_not_by_every_one() {
+        let limits = TenantLimits::default();
+        let t0 = Instant::now();
+        let must_read = |at: Instant| limits.cached("a", at, || 1).is_err();
+        assert!(must_read(t0), "a tenant not seen yet is read");
+        assert!(must_read(t0), "by each of its first requests");
+        limits.lock().insert(
+            "a".into(),
+            Bucket {
+                rate: Some(10.0),
+                read_at: t0,
+                tokens: 10.0,
+                refilled: t0,
+            },
+        );
+        assert!(!must_read(t0 + REFRESH / 2), "fresh: the bucket answers");
+        let stale = t0 + REFRESH;
+        assert!(
+            must_read(stale),
+            "the first request after the refresh reads it"
+        );
+        let counted = std::cell::Cell::new(0);
+        for _ in 0..50 {
+            let answer = limits.cached("a", stale, || {
+                counted.set(counted.get() + 1);
+                1
+            });
+            assert!(answer.is_ok(), "the others use the rate last read");
+        }
+        assert_eq!(counted.get(), 50, "and are counted against it");
+        assert!(
+            matches!(limits.cached("a", stale, || 1), Ok(Err(1))),
+            "over the limit of 10"
+        );
+        assert!(
+            must_read(stale + REFRESH),
+            "read again a refresh after the claim"
+        );
+        limits.forget("a");
+        assert!(
+            must_read(stale + REFRESH),
+            "forgotten: read on the next request"
+        );
     }
 
     #[test]
