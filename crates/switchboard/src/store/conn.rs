@@ -26,7 +26,9 @@ pub(super) trait Conn {
     fn subscriptions(&mut self) -> &mut Subscriptions;
     /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError>;
-    async fn commit(&mut self) -> Result<(), StoreError>;
+    /// Commits the turn, sending `announce` (PostgreSQL's notifications, which go out when
+    /// the transaction commits) in the same round trip; SQLite has none.
+    async fn commit(&mut self, announce: &[String]) -> Result<(), StoreError>;
     /// Undoes the turn; errors are only logged (the connection may be gone).
     async fn rollback(&mut self);
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;

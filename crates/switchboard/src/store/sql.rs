@@ -34,10 +34,16 @@ const LOCK_TENANT: &str = "SELECT last_sequence, agents_through FROM tenants WHE
 const LOCK_HEALTH: &str = "SELECT failing_since, failures, failing_sent, tenant_id, probes \
     FROM subscriptions WHERE id = $1";
 
-/// Sends the `n` notifications `$1` … `$n` (PostgreSQL) in one statement.
-pub fn notify_each(n: usize) -> String {
-    let calls: Vec<String> = (1..=n)
-        .map(|i| format!("pg_notify('switchboard', ${i})"))
+/// Sends `payloads` (PostgreSQL) in one statement with no parameters, for a simple query: each
+/// an escape string literal (`E'…'`, its quotes and backslashes doubled), which reads the same
+/// whatever `standard_conforming_strings` says.
+pub fn notify_literals(payloads: &[String]) -> String {
+    let calls: Vec<String> = payloads
+        .iter()
+        .map(|p| {
+            let escaped = p.replace('\\', "\\\\").replace('\'', "''");
+            format!("pg_notify('switchboard', E'{escaped}')")
+        })
         .collect();
     format!("SELECT {}", calls.join(", "))
 }
@@ -431,6 +437,19 @@ pub fn list(count: usize, first: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The notifications a turn sends with its `COMMIT` are literals in a simple query: quotes
+    /// and backslashes cannot end them early or change them (PostgreSQL reads these back:
+    /// `streams::every_postgresql_nodes_streams_see_every_nodes_events`).
+    #[test]
+    fn notifications_sent_with_the_commit_are_escaped_literals() {
+        let payloads = [DUE.to_string(), format!("{EVENTS_OF}a'b\\c")];
+        assert_eq!(
+            notify_literals(&payloads),
+            "SELECT pg_notify('switchboard', E'due'), \
+             pg_notify('switchboard', E'events:a''b\\\\c')"
+        );
+    }
 
     #[test]
     fn multi_row_texts_are_built_once_per_size() {

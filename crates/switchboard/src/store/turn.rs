@@ -89,7 +89,7 @@ pub(super) async fn run<C: Conn>(
             conn.begin(group.durable()).await?;
             deferred.begin();
             let written = match write(conn, group, policy, now, deferred, handoff).await {
-                Ok(done) => conn.commit().await.map(|()| done),
+                Ok(done) => conn.commit(&done.announce).await.map(|()| done),
                 Err(e) => Err(e),
             };
             if written.is_err() {
@@ -201,25 +201,25 @@ async fn write<C: Conn>(
         .any(|o| matches!(o.next, NextState::RetryAt(_)));
     done.due = unheld || replayed || noticed || retries || !group.system.is_empty();
     if conn.dialect().announce.is_some() {
-        // On PostgreSQL, in one statement: other nodes' dispatchers wake when this commits, if
-        // deliveries may have become due; and the streams of the tenants whose events (or
-        // agents) changed, theirs only.
-        let tenants: BTreeSet<&str> = (done.new_ids.iter().map(|(t, _)| t.as_str()))
-            .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
-            .chain(done.folded.iter().map(String::as_str))
-            .collect();
-        let mut payloads: Vec<String> = Vec::with_capacity(tenants.len() + 1);
-        if done.due {
-            payloads.push(sql::DUE.to_string());
-        }
-        payloads.extend(tenants.iter().map(|t| format!("{}{t}", sql::EVENTS_OF)));
-        if !payloads.is_empty() {
-            let values: Vec<Arg> = payloads.iter().map(|p| Arg::from(p.as_str())).collect();
-            conn.execute(&sql::notify_each(payloads.len()), &values)
-                .await?;
-        }
+        done.announce = announcements(&done, group);
     }
     Ok(done)
+}
+
+/// What a turn announces on PostgreSQL as it commits (sent with the `COMMIT`, in its round trip:
+/// `Conn::commit`): other nodes' dispatchers wake if deliveries may have become due; and the
+/// streams of the tenants whose events (or agents) changed, theirs only.
+fn announcements(done: &Committed, group: &Group) -> Vec<String> {
+    let tenants: BTreeSet<&str> = (done.new_ids.iter().map(|(t, _)| t.as_str()))
+        .chain(group.catch_ups.iter().map(|(t, _)| t.as_str()))
+        .chain(done.folded.iter().map(String::as_str))
+        .collect();
+    let mut payloads: Vec<String> = Vec::with_capacity(tenants.len() + 1);
+    if done.due {
+        payloads.push(sql::DUE.to_string());
+    }
+    payloads.extend(tenants.iter().map(|t| format!("{}{t}", sql::EVENTS_OF)));
+    payloads
 }
 
 /// Step 2, the group's ingest requests; true if deliveries were added that were not handed to

@@ -331,9 +331,15 @@ impl conn::Conn for Writer {
             .map_err(sqlx_error)
     }
 
-    async fn commit(&mut self) -> Result<(), StoreError> {
+    async fn commit(&mut self, announce: &[String]) -> Result<(), StoreError> {
+        // The notifications and the commit in one simple query, one round trip: its statements
+        // run in order, and an error in the first skips the `COMMIT` (the turn rolls back).
+        let commit = match announce {
+            [] => "COMMIT".to_string(),
+            _ => format!("{}; COMMIT", sql::notify_literals(announce)),
+        };
         self.conn()?
-            .execute("COMMIT")
+            .execute(commit.as_str())
             .await
             .map(drop)
             .map_err(sqlx_error)

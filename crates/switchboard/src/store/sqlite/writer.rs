@@ -252,7 +252,7 @@ impl conn::Conn for Writer<'_> {
         self.conn.execute_batch(sql::SQLITE.begin_write).map_err(db)
     }
 
-    async fn commit(&mut self) -> Result<(), StoreError> {
+    async fn commit(&mut self, _announce: &[String]) -> Result<(), StoreError> {
         let done = self.conn.execute_batch("COMMIT").map_err(db);
         self.restore_sync();
         done
