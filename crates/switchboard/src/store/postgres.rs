@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
@@ -175,31 +174,32 @@ async fn try_open(url: &str, options: Options) -> Result<Store, StoreError> {
     // writer's statements are all key lookups whose right plan does not depend on the arguments
     // but on the table's size now.
     let connect = connect.options([("plan_cache_mode", "force_custom_plan")]);
-    let conn = PgConnection::connect_with(&connect).await?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let wake = Arc::new(Handoff::default());
     let writable = Arc::new(AtomicBool::new(true));
     let done = writer::spawn(
+        "switchboard-writer",
         connect.clone(),
-        conn,
         rx,
         wake.clone(),
         options.clone(),
         writable.clone(),
-    );
+    )
+    .await?;
     // The dispatcher's claims and outcomes get a writer of their own: on one connection, a turn
     // of ingest (which waits for the disk) and a turn of claims and outcomes would take turns;
     // on two they overlap, as two nodes' would. Nothing of either needs the other's turn: a
     // claim locks what it takes (`SKIP LOCKED`), every node already writes beside the others.
     let (deliveries, rx) = mpsc::channel(QUEUE_DEPTH);
     let deliveries_done = writer::spawn(
+        "switchboard-deliveries-writer",
         connect.clone(),
-        PgConnection::connect_with(&connect).await?,
         rx,
         wake.clone(),
         options.clone(),
         writable.clone(),
-    );
+    )
+    .await?;
     let mut listener = PgListener::connect_with(&read).await?;
     listener.listen(CHANNEL).await?;
     let store = Store::from_opened(Opened {

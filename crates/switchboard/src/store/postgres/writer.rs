@@ -26,53 +26,88 @@ use super::super::{Handoff, Options, Outcome, StoreError, agents, conn, sql, tur
 use crate::clock::Backoff;
 use crate::otel::TraceContext;
 
-/// Starts the writer task; the returned receiver resolves when it has committed its last turn
-/// and closed the connection.
-pub(super) fn spawn(
+/// Starts the writer on a thread of its own, connected there; the returned receiver resolves
+/// when it has committed its last turn and closed the connection. `name` names the thread.
+///
+/// Its own thread, with a single-threaded runtime, rather than a task among the node's: a turn
+/// is nine or ten statements one after the other, and as a task each answer from the database
+/// waited for a turn on the runtime's workers behind every request in flight — on PostgreSQL
+/// the ingest connection sat idle for two thirds of each turn (docs/BENCHMARKS.md, "ninth
+/// session"). Here its connection's reactor is its own, and the thread is woken as soon as an
+/// answer arrives. Its connection is made on that runtime, so that its socket is driven there.
+pub(super) async fn spawn(
+    name: &str,
     connect: PgConnectOptions,
-    conn: PgConnection,
     mut rx: mpsc::Receiver<Command>,
     wake: Arc<Handoff>,
     options: Options,
     writable: Arc<AtomicBool>,
-) -> oneshot::Receiver<()> {
+) -> Result<oneshot::Receiver<()>, StoreError> {
     let (policy, clock, groups) = (options.health, options.clock, options.group_fields);
     let (done, finished) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut writer = Writer {
-            options: connect,
-            conn: Some(conn),
-            retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-            not_before: None,
-            subscriptions: conn::Subscriptions::default(),
-        };
-        let mut deferred = Deferred::new(groups);
-        while let Some(first) = rx.recv().await {
-            let (group, stopping) = Group::collect(first, &mut rx);
-            if !group.is_empty() {
-                let now = clock.now_ms();
-                let result = match writer.connected().await {
-                    Ok(()) => {
-                        turn::run(&mut writer, &group, &policy, now, &mut deferred, &wake).await
+    let (started, connected) = oneshot::channel::<Result<(), StoreError>>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Db(format!("cannot start the writer's runtime: {e}")))?;
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let conn = match PgConnection::connect_with(&connect).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = started.send(Err(sqlx_error(e)));
+                        return;
                     }
-                    Err(e) => Err(e),
                 };
-                if let Err(StoreError::Unavailable(_)) = &result {
-                    // The connection is not to be trusted again; the next turn opens another.
-                    writer.conn = None;
+                if started.send(Ok(())).is_err() {
+                    return;
                 }
-                group.answer(result, &wake, &writable);
-            }
-            if stopping {
-                break;
-            }
-        }
-        if let Some(conn) = writer.conn.take() {
-            let _ = conn.close().await;
-        }
-        let _ = done.send(());
-    });
-    finished
+                let mut writer = Writer {
+                    options: connect,
+                    conn: Some(conn),
+                    retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+                    not_before: None,
+                    subscriptions: conn::Subscriptions::default(),
+                };
+                let mut deferred = Deferred::new(groups);
+                while let Some(first) = rx.recv().await {
+                    let (group, stopping) = Group::collect(first, &mut rx);
+                    if !group.is_empty() {
+                        let now = clock.now_ms();
+                        let result = match writer.connected().await {
+                            Ok(()) => {
+                                let wake = &wake;
+                                turn::run(&mut writer, &group, &policy, now, &mut deferred, wake)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if let Err(StoreError::Unavailable(_)) = &result {
+                            // The connection is not to be trusted again; the next turn opens
+                            // another.
+                            writer.conn = None;
+                        }
+                        group.answer(result, &wake, &writable);
+                    }
+                    if stopping {
+                        break;
+                    }
+                }
+                if let Some(conn) = writer.conn.take() {
+                    let _ = conn.close().await;
+                }
+                let _ = done.send(());
+            })
+        });
+    spawned.map_err(|e| StoreError::Db(format!("cannot start a thread: {e}")))?;
+    match connected.await {
+        Ok(result) => result.map(|()| finished),
+        Err(_) => Err(StoreError::Db(
+            "the writer's thread ended at its start".into(),
+        )),
+    }
 }
 
 struct Writer {
