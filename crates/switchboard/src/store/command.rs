@@ -152,8 +152,6 @@ pub(super) struct Committed {
     pub expired: u64,
     /// Tenants whose deferred agents a fold of this turn wrote: their streams wake.
     pub folded: Vec<String>,
-    /// The notifications the turn's commit sends (PostgreSQL; see `turn::announcements`).
-    pub announce: Vec<String>,
 }
 
 impl Group {

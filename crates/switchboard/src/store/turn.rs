@@ -89,7 +89,13 @@ pub(super) async fn run<C: Conn>(
             conn.begin(group.durable()).await?;
             deferred.begin();
             let written = match write(conn, group, policy, now, deferred, handoff).await {
-                Ok(done) => conn.commit(&done.announce).await.map(|()| done),
+                Ok(done) => {
+                    let announce = match conn.dialect().announce {
+                        Some(_) => announcements(&done, group),
+                        None => Vec::new(),
+                    };
+                    conn.commit(&announce).await.map(|()| done)
+                }
                 Err(e) => Err(e),
             };
             if written.is_err() {
@@ -200,9 +206,6 @@ async fn write<C: Conn>(
         .iter()
         .any(|o| matches!(o.next, NextState::RetryAt(_)));
     done.due = unheld || replayed || noticed || retries || !group.system.is_empty();
-    if conn.dialect().announce.is_some() {
-        done.announce = announcements(&done, group);
-    }
     Ok(done)
 }
 

@@ -25,6 +25,8 @@ use super::super::sql::MultiRow;
 use super::super::{Handoff, Options, Outcome, StoreError, agents, conn, sql, turn};
 use crate::clock::Backoff;
 use crate::otel::TraceContext;
+use crate::store::Clock;
+use crate::subscription::health::Policy;
 
 /// Starts the writer on a thread of its own, connected there; the returned receiver resolves
 /// when it has committed its last turn and closed the connection. `name` names the thread.
@@ -38,76 +40,97 @@ use crate::otel::TraceContext;
 pub(super) async fn spawn(
     name: &str,
     connect: PgConnectOptions,
-    mut rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<Command>,
     wake: Arc<Handoff>,
     options: Options,
     writable: Arc<AtomicBool>,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
-    let (policy, clock, groups) = (options.health, options.clock, options.group_fields);
     let (done, finished) = oneshot::channel();
-    let (started, connected) = oneshot::channel::<Result<(), StoreError>>();
+    let (started, connected) = oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StoreError::Db(format!("cannot start the writer's runtime: {e}")))?;
-    let spawned = std::thread::Builder::new()
+    let turns = Turns {
+        rx,
+        wake,
+        writable,
+        policy: options.health,
+        clock: options.clock,
+        deferred: Deferred::new(options.group_fields),
+    };
+    std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let conn = match PgConnection::connect_with(&connect).await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        let _ = started.send(Err(sqlx_error(e)));
-                        return;
-                    }
-                };
-                if started.send(Ok(())).is_err() {
-                    return;
-                }
-                let mut writer = Writer {
-                    options: connect,
-                    conn: Some(conn),
-                    retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-                    not_before: None,
-                    subscriptions: conn::Subscriptions::default(),
-                };
-                let mut deferred = Deferred::new(groups);
-                while let Some(first) = rx.recv().await {
-                    let (group, stopping) = Group::collect(first, &mut rx);
-                    if !group.is_empty() {
-                        let now = clock.now_ms();
-                        let result = match writer.connected().await {
-                            Ok(()) => {
-                                let wake = &wake;
-                                turn::run(&mut writer, &group, &policy, now, &mut deferred, wake)
-                                    .await
-                            }
-                            Err(e) => Err(e),
-                        };
-                        if let Err(StoreError::Unavailable(_)) = &result {
-                            // The connection is not to be trusted again; the next turn opens
-                            // another.
-                            writer.conn = None;
-                        }
-                        group.answer(result, &wake, &writable);
-                    }
-                    if stopping {
-                        break;
-                    }
-                }
-                if let Some(conn) = writer.conn.take() {
-                    let _ = conn.close().await;
-                }
-                let _ = done.send(());
-            })
-        });
-    spawned.map_err(|e| StoreError::Db(format!("cannot start a thread: {e}")))?;
+        .spawn(move || runtime.block_on(serve(connect, turns, started, done)))
+        .map_err(|e| StoreError::Db(format!("cannot start a thread: {e}")))?;
     match connected.await {
         Ok(result) => result.map(|()| finished),
         Err(_) => Err(StoreError::Db(
             "the writer's thread ended at its start".into(),
         )),
     }
+}
+
+/// What a writer's turns need besides its connection.
+struct Turns {
+    rx: mpsc::Receiver<Command>,
+    wake: Arc<Handoff>,
+    writable: Arc<AtomicBool>,
+    policy: Policy,
+    clock: Clock,
+    deferred: Deferred,
+}
+
+/// The writer's life on its thread: connects (and says on `started` whether it could), then runs
+/// a turn for each group of commands until the last, and closes the connection (then `done`).
+async fn serve(
+    connect: PgConnectOptions,
+    mut t: Turns,
+    started: oneshot::Sender<Result<(), StoreError>>,
+    done: oneshot::Sender<()>,
+) {
+    let conn = match PgConnection::connect_with(&connect).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let _ = started.send(Err(sqlx_error(e)));
+            return;
+        }
+    };
+    if started.send(Ok(())).is_err() {
+        return;
+    }
+    let mut writer = Writer {
+        options: connect,
+        conn: Some(conn),
+        retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+        not_before: None,
+        subscriptions: conn::Subscriptions::default(),
+    };
+    while let Some(first) = t.rx.recv().await {
+        let (group, stopping) = Group::collect(first, &mut t.rx);
+        if !group.is_empty() {
+            let now = t.clock.now_ms();
+            let result = match writer.connected().await {
+                Ok(()) => {
+                    let deferred = &mut t.deferred;
+                    turn::run(&mut writer, &group, &t.policy, now, deferred, &t.wake).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(StoreError::Unavailable(_)) = &result {
+                // The connection is not to be trusted again; the next turn opens another.
+                writer.conn = None;
+            }
+            group.answer(result, &t.wake, &t.writable);
+        }
+        if stopping {
+            break;
+        }
+    }
+    if let Some(conn) = writer.conn.take() {
+        let _ = conn.close().await;
+    }
+    let _ = done.send(());
 }
 
 struct Writer {
