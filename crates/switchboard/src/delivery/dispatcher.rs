@@ -343,12 +343,6 @@ impl Dispatcher {
         Ok(disabled)
     }
 
-    /// Finished attempts whose outcomes wait to be recorded (for tests).
-    #[doc(hidden)]
-    pub fn unrecorded(&self) -> usize {
-        self.finished.len()
-    }
-
     /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
     /// never counts an attempt whose outcome is already waiting to be recorded.
     fn note_finished(&mut self, o: Outcome) {
