@@ -358,3 +358,35 @@ async fn v1a_signatures_verify_with_the_public_key_and_both_keys_during_a_rotati
     assert!(v1["secret"].as_str().unwrap().starts_with("whsec_"), "{v1}");
     assert!(v1.get("public_key").is_none(), "{v1}");
 }
+
+/// A status whose attempt is in flight is not superseded by a newer one of the same agent: it
+/// was sent, so it ends as its attempt says, and the newer one replaced nothing. Coalescing
+/// makes the delivery claimed rather than handed over at ingest; a claim held anywhere but in
+/// the row (in memory, say) must keep this true.
+#[tokio::test]
+async fn a_status_in_flight_is_not_superseded_by_a_newer_one() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "coalesce": "latest_status"}))
+        .await;
+    t.publish(&status("ann", 1)).await;
+    // Claimed and started; no step runs before the newer status, so its outcome is not
+    // recorded yet (a dispatcher records only in its steps).
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+    t.publish(&status("ann", 2)).await;
+    drain(&mut t).await;
+
+    let got = rx.received();
+    assert_eq!(got.len(), 2, "both statuses went out");
+    assert_eq!(
+        got[1].header("switchboard-superseded"),
+        "",
+        "the newer replaced nothing"
+    );
+    let deliveries = t.deliveries(&sub).await;
+    assert_eq!(status_of(&deliveries, DeliveryStatus::Succeeded), 2);
+    assert_eq!(status_of(&deliveries, DeliveryStatus::Superseded), 0);
+    assert!(deliveries.iter().all(|d| d.attempt_count == 1));
+}
