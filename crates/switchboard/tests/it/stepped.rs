@@ -436,3 +436,37 @@ async fn a_replay_during_a_claimed_attempt_wins_over_its_outcome() {
 async fn a_cancel_during_a_claimed_attempt_wins_over_its_outcome() {
     requeue_during_a_claimed_attempt(Requeue::Cancel).await;
 }
+
+/// An erasure waits for the attempts in flight that may carry the value: it reads the latest
+/// lease the tenant's deliveries are claimed under, and waits while one is held. A claimed
+/// delivery's lease is seen there until its outcome is recorded; a claim held anywhere but in
+/// the row (in memory, say) must be seen too.
+#[tokio::test]
+async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    t.subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    let now = t.clock.now_ms();
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+    let lease = now + crate::support::stepper::LEASE.as_millis() as i64;
+    let latest = t.store.latest_lease("default", now).await.unwrap();
+    assert_eq!(latest, lease, "the claim's lease");
+    assert!(
+        t.store
+            .erase_must_wait("default", latest, 0, now)
+            .await
+            .unwrap()
+    );
+    // Its outcome recorded: nothing in flight, nothing to wait for.
+    while t.step().await > 0 {}
+    assert_eq!(t.store.latest_lease("default", now).await.unwrap(), 0);
+    assert!(
+        !t.store
+            .erase_must_wait("default", latest, 0, now)
+            .await
+            .unwrap()
+    );
+}
