@@ -470,3 +470,21 @@ async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
             .unwrap()
     );
 }
+
+/// A delivery whose claimed attempt is in flight is not due: the dispatcher, asking when the
+/// next delivery is due so as to sleep until then, is not woken for it. A claim held anywhere
+/// but in the row (in memory, say) must keep it so, or an idle dispatcher polls at its
+/// shortest wait for as long as an attempt is in flight.
+#[tokio::test]
+async fn a_claimed_attempt_in_flight_is_not_due() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    t.subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    let now = t.clock.now_ms();
+    assert!(t.store.next_due(now).await.unwrap().is_some(), "due");
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+    assert_eq!(t.store.next_due(now).await.unwrap(), None, "in flight");
+}
