@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::store::DeliveryStatus;
+use switchboard::store::{DeliveryStatus, SubscriptionRecord};
 
 use crate::support::TestReceiver;
 use crate::support::app::{agent_event, guid};
@@ -350,6 +350,23 @@ async fn an_old_outcome_leaves_another_nodes_fresh_claim_alone() {
     assert_eq!(d.attempt_count, 1, "the old attempt is counted");
 }
 
+/// A per-agent subscription (its deliveries are claimed, never handed over at ingest) and one
+/// event for it, not yet attempted; the test clock's now.
+async fn one_event_to_claim(t: &Stepper, rx: &TestReceiver) -> (SubscriptionRecord, i64) {
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    (sub, t.clock.now_ms())
+}
+
+/// Claims and starts the attempt; returns once the receiver has it. No step runs after it, so
+/// its outcome is not recorded yet (a dispatcher records only in its steps).
+async fn claim_and_attempt(t: &mut Stepper, rx: &TestReceiver) {
+    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
+    rx.wait_for(1).await;
+}
+
 /// How a delivery is put back in the queue, or taken out of it, while its attempt is in flight.
 #[derive(Clone, Copy)]
 enum Requeue {
@@ -373,13 +390,8 @@ async fn requeue_during_a_claimed_attempt(how: Requeue) {
 
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
-    let sub = t
-        .subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
-        .await;
-    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
-    // Claimed and started; its outcome is recorded at a later step, not yet.
-    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    let (sub, _) = one_event_to_claim(&t, &rx).await;
+    claim_and_attempt(&mut t, &rx).await;
     let id = t.deliveries(&sub).await[0].id;
     match how {
         Requeue::Retry => assert!(t.store.retry_delivery("default", id, 1).await.unwrap()),
@@ -445,12 +457,8 @@ async fn a_cancel_during_a_claimed_attempt_wins_over_its_outcome() {
 async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
-    t.subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
-        .await;
-    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
-    let now = t.clock.now_ms();
-    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    let (_, now) = one_event_to_claim(&t, &rx).await;
+    claim_and_attempt(&mut t, &rx).await;
     let lease = now + crate::support::stepper::LEASE.as_millis() as i64;
     let latest = t.store.latest_lease("default", now).await.unwrap();
     assert_eq!(latest, lease, "the claim's lease");
@@ -479,12 +487,8 @@ async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
 async fn a_claimed_attempt_in_flight_is_not_due() {
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
-    t.subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))
-        .await;
-    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
-    let now = t.clock.now_ms();
+    let (_, now) = one_event_to_claim(&t, &rx).await;
     assert!(t.store.next_due(now).await.unwrap().is_some(), "due");
-    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    claim_and_attempt(&mut t, &rx).await;
     assert_eq!(t.store.next_due(now).await.unwrap(), None, "in flight");
 }
