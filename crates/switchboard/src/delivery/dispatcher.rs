@@ -343,6 +343,20 @@ impl Dispatcher {
         Ok(disabled)
     }
 
+    /// Waits for an attempt in flight to finish and notes it — its slot freed, its outcome kept
+    /// for the next step's turn — without recording anything; returns how many outcomes wait
+    /// (for tests: what happens between an attempt and its outcome's record). Returns at once
+    /// when nothing is in flight.
+    #[doc(hidden)]
+    pub async fn await_finished(&mut self) -> usize {
+        if self.in_flight() > 0
+            && let Some(o) = self.done_rx.recv().await
+        {
+            self.note_finished(o);
+        }
+        self.finished.len()
+    }
+
     /// Every finished attempt comes through here: its slot is freed at once, so `in_flight`
     /// never counts an attempt whose outcome is already waiting to be recorded.
     fn note_finished(&mut self, o: Outcome) {

@@ -256,16 +256,16 @@ async fn ordered_coalesced_and_rate_limited_deliveries_are_claimed_not_handed_ov
     assert_eq!(t.step().await, 3);
 }
 
-/// Publishes one event and starts its attempt; returns once the receiver has it. No step runs
-/// after the one that started it, so its outcome is not recorded yet: a dispatcher records only
-/// in its steps. (Stepping on until the outcome waited in the dispatcher, as this did before,
-/// was flaky on PostgreSQL: the "due" notification of the publish, which arrives from the
-/// database some time after the commit, could make a later step claim, and the outcome rode
-/// with that claim.)
+/// Publishes one event and makes its attempt; returns once the attempt has finished and its
+/// outcome waits in the dispatcher, not yet recorded (a dispatcher records only in its steps).
+/// (This stepped until the outcome waited, before: flaky on PostgreSQL, where the "due"
+/// notification of the publish arrives from the database some time after the commit and could
+/// make such a step claim, and the outcome rode with that claim.)
 async fn attempted_with_outcome_waiting(t: &mut Stepper, rx: &TestReceiver) {
     t.publish(&agent_event(&guid(), 1, "jdoe")).await;
     assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    assert_eq!(t.dispatcher.await_finished().await, 1, "the outcome waits");
+    assert_eq!(rx.received().len(), 1);
 }
 
 /// A delivery requeued after its attempt but before the attempt's outcome was recorded (a
@@ -360,11 +360,12 @@ async fn one_event_to_claim(t: &Stepper, rx: &TestReceiver) -> (SubscriptionReco
     (sub, t.clock.now_ms())
 }
 
-/// Claims and starts the attempt; returns once the receiver has it. No step runs after it, so
-/// its outcome is not recorded yet (a dispatcher records only in its steps).
+/// Claims and makes the attempt; returns once it has finished and its outcome waits in the
+/// dispatcher, not yet recorded (a dispatcher records only in its steps).
 async fn claim_and_attempt(t: &mut Stepper, rx: &TestReceiver) {
     assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    assert_eq!(t.dispatcher.await_finished().await, 1, "the outcome waits");
+    assert_eq!(rx.received().len(), 1);
 }
 
 /// How a delivery is put back in the queue, or taken out of it, while its attempt is in flight.
@@ -409,10 +410,12 @@ async fn requeue_during_a_claimed_attempt(how: Requeue) {
             while runner.run_once().await.expect("a job's page") {}
         }
     }
-    // A requeue is due at the wall clock's now, which ran on since the test's clock was set;
-    // 10 s covers that and stays within the claim's lease (25 s), so the claim still holds the
-    // delivery when the old outcome is recorded and what is due goes out.
-    t.advance(secs(10.0));
+    // A retry asked for is due at the wall clock's now, which ran on since the test's clock was
+    // set (a replay's at the test clock's; a cancel is never due): 20 s covers that, and stays
+    // within the claim's lease (25 s). Here the requeue or cancel cleared the lease in the row;
+    // a claim held in memory would still be held at the next step, which records the old
+    // outcome and sends what is due.
+    t.advance(secs(20.0));
     while t.step().await > 0 {}
     let (d, log) = t.store.get_delivery("default", id).await.unwrap().unwrap();
     let numbers: Vec<i64> = log.iter().map(|a| a.number).collect();
