@@ -371,10 +371,10 @@ async fn a_status_in_flight_is_not_superseded_by_a_newer_one() {
         .subscribe(json!({"url": rx.url("/"), "coalesce": "latest_status"}))
         .await;
     t.publish(&status("ann", 1)).await;
-    // Claimed and started; no step runs before the newer status, so its outcome is not
-    // recorded yet (a dispatcher records only in its steps).
+    // Claimed and attempted; its outcome waits in the dispatcher, not recorded before the
+    // newer status comes (a dispatcher records only in its steps).
     assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    rx.wait_for(1).await;
+    assert_eq!(t.dispatcher.await_finished().await, 1, "the outcome waits");
     t.publish(&status("ann", 2)).await;
     drain(&mut t).await;
 

@@ -263,9 +263,7 @@ async fn ordered_coalesced_and_rate_limited_deliveries_are_claimed_not_handed_ov
 /// make such a step claim, and the outcome rode with that claim.)
 async fn attempted_with_outcome_waiting(t: &mut Stepper, rx: &TestReceiver) {
     t.publish(&agent_event(&guid(), 1, "jdoe")).await;
-    assert_eq!(t.dispatcher.step().await.unwrap(), 1);
-    assert_eq!(t.dispatcher.await_finished().await, 1, "the outcome waits");
-    assert_eq!(rx.received().len(), 1);
+    attempt_with_outcome_waiting(t, rx).await;
 }
 
 /// A delivery requeued after its attempt but before the attempt's outcome was recorded (a
@@ -360,9 +358,10 @@ async fn one_event_to_claim(t: &Stepper, rx: &TestReceiver) -> (SubscriptionReco
     (sub, t.clock.now_ms())
 }
 
-/// Claims and makes the attempt; returns once it has finished and its outcome waits in the
-/// dispatcher, not yet recorded (a dispatcher records only in its steps).
-async fn claim_and_attempt(t: &mut Stepper, rx: &TestReceiver) {
+/// One step, which makes the one attempt there is (handed over or claimed); returns once it
+/// has finished and its outcome waits in the dispatcher, not yet recorded (a dispatcher
+/// records only in its steps).
+async fn attempt_with_outcome_waiting(t: &mut Stepper, rx: &TestReceiver) {
     assert_eq!(t.dispatcher.step().await.unwrap(), 1);
     assert_eq!(t.dispatcher.await_finished().await, 1, "the outcome waits");
     assert_eq!(rx.received().len(), 1);
@@ -392,7 +391,7 @@ async fn requeue_during_a_claimed_attempt(how: Requeue) {
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
     let (sub, _) = one_event_to_claim(&t, &rx).await;
-    claim_and_attempt(&mut t, &rx).await;
+    attempt_with_outcome_waiting(&mut t, &rx).await;
     let id = t.deliveries(&sub).await[0].id;
     match how {
         Requeue::Retry => assert!(t.store.retry_delivery("default", id, 1).await.unwrap()),
@@ -461,7 +460,7 @@ async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
     let (_, now) = one_event_to_claim(&t, &rx).await;
-    claim_and_attempt(&mut t, &rx).await;
+    attempt_with_outcome_waiting(&mut t, &rx).await;
     let lease = now + crate::support::stepper::LEASE.as_millis() as i64;
     let latest = t.store.latest_lease("default", now).await.unwrap();
     assert_eq!(latest, lease, "the claim's lease");
@@ -492,6 +491,6 @@ async fn a_claimed_attempt_in_flight_is_not_due() {
     let rx = TestReceiver::start().await;
     let (_, now) = one_event_to_claim(&t, &rx).await;
     assert!(t.store.next_due(now).await.unwrap().is_some(), "due");
-    claim_and_attempt(&mut t, &rx).await;
+    attempt_with_outcome_waiting(&mut t, &rx).await;
     assert_eq!(t.store.next_due(now).await.unwrap(), None, "in flight");
 }
