@@ -334,11 +334,14 @@ impl Store {
         self.0.wake.commits(tenant)
     }
 
-    /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed subscription until
-    /// `lease_until`.
+    /// Leases up to `n` due deliveries (by `now`, unix ms) of each listed `(subscription, n,
+    /// resume)` until `lease_until`. `resume` says that only a lease keeps the subscription's
+    /// due deliveries from being claimed (no per-agent order, coalescing, rate limit or probe
+    /// decides which may go): on SQLite its claim may then go on after the last one's
+    /// deliveries instead of stepping over every one still in flight (see `turn::claim`).
     pub async fn claim(
         &self,
-        subs: Vec<(String, u32)>,
+        subs: Vec<(String, u32, bool)>,
         lease_until: i64,
         now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {

@@ -576,7 +576,6 @@ impl Dispatcher {
             .filter(|(id, _, _)| self.subs.get(id).is_some_and(|s| s.probe_at.is_some()))
             .map(|(id, _, _)| id.clone())
             .collect();
-        let wanted: Vec<(String, u32)> = wanted.into_iter().map(|(id, n, _)| (id, n)).collect();
         // Sent together, the outcomes and the claim share one writer turn and one commit.
         let lease_until = now + self.lease.as_millis() as i64;
         let store = &self.store;

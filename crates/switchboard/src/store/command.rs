@@ -49,7 +49,8 @@ pub(super) enum Command {
 /// A claim: up to `n` due deliveries of each listed subscription, leased until `lease_until`,
 /// due by `now` (unix ms, the dispatcher's clock).
 pub(super) struct ClaimJob {
-    pub subs: Vec<(String, u32)>,
+    /// `(subscription, n, resume)`: see [`super::Store::claim`].
+    pub subs: Vec<(String, u32, bool)>,
     pub lease_until: i64,
     pub now: i64,
 }

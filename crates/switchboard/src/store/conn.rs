@@ -19,11 +19,26 @@ use super::{Outcome, StoreError};
 pub(super) type Subscriptions =
     HashMap<String, HashMap<String, ((i64, i64), Option<Arc<OutboxSub>>)>>;
 
+/// Where a subscription's claims have got to: the due order `(next_attempt_at, sequence)` of
+/// the last delivery claimed, and when (unix ms) the claims last walked from the start.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ClaimCursor {
+    pub after: (i64, i64),
+    pub walked_at: i64,
+}
+
+pub(super) type ClaimCursors = HashMap<String, ClaimCursor>;
+
 /// One writer connection, inside or outside its transaction.
 pub(super) trait Conn {
     fn dialect(&self) -> &'static Dialect;
     /// The subscriptions this writer has decoded (see `turn::enabled_subscriptions`).
     fn subscriptions(&mut self) -> &mut Subscriptions;
+    /// Where this writer's recent claims ended, by subscription (SQLite's; see `turn::claim`).
+    /// `None`: every claim walks its subscription's due deliveries from the start.
+    fn claim_cursors(&mut self) -> Option<&mut ClaimCursors> {
+        None
+    }
     /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError>;
     /// Commits the turn, sending `announce` (PostgreSQL's notifications, which go out when

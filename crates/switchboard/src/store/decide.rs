@@ -389,6 +389,8 @@ pub(super) struct ClaimRow {
     pub round_attempts: i64,
     pub created_at: i64,
     pub superseded: i64,
+    /// Its due order: `(next_attempt_at, sequence)`.
+    pub due: (i64, i64),
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ use bytes::Bytes;
 
 use super::agents::Deferred;
 use super::command::{ClaimJob, Committed, Group, JobMark, ReplayJob, ReplayStep};
-use super::conn::{Conn, corrupt};
+use super::conn::{ClaimCursor, Conn, corrupt};
 use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
@@ -101,6 +101,11 @@ pub(super) async fn run<C: Conn>(
             if written.is_err() {
                 conn.rollback().await;
                 deferred.forget();
+                // A claim undone: the deliveries it took are due again, wherever its cursor
+                // went.
+                if let Some(cursors) = conn.claim_cursors() {
+                    cursors.clear();
+                }
             }
             match written {
                 // Lost to another transaction (on PostgreSQL: another node, or a migration's lock
@@ -1044,22 +1049,61 @@ fn claim_row(mut r: Row) -> Result<ClaimRow, StoreError> {
         round_attempts: r.int(5)?,
         created_at: r.int(6)?,
         superseded: r.int(7)?,
+        due: (r.int(8)?, r.int(3)?),
     })
 }
 
 /// Step 7: leases up to `n` due deliveries of each subscription and returns them with their
 /// bodies, each body read once however many subscriptions claimed its event.
+///
+/// A claim walks the subscription's due deliveries in due order and steps over those in
+/// flight, one row lookup each. Where the writer keeps cursors (SQLite: one writer owns the
+/// database) and only a lease holds the subscription's deliveries back (`resume`), the claim
+/// first goes on after the last delivery the previous claims took, and walks from the start
+/// only for what that leaves short, or when the cursor is [`sql::CLAIM_CURSOR_MS`] old: a
+/// delivery due again behind the cursor (a lease run out or given back, a claim undone, a
+/// retry due no later than the cursor) waits at most that long.
 async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, StoreError> {
     let mut out = Vec::new();
     let mut bodies: decide::Bodies = HashMap::new();
-    for (sub_id, n) in &job.subs {
-        let rows = conn
-            .query(
-                conn.dialect().claim,
-                &args![job.lease_until, sub_id.as_str(), job.now, i64::from(*n)],
-            )
-            .await?;
+    for (sub_id, n, resume) in &job.subs {
+        let n = i64::from(*n);
+        let cursor = match conn.claim_cursors() {
+            Some(cursors) if *resume => cursors
+                .get(sub_id.as_str())
+                .filter(|c| (0..sql::CLAIM_CURSOR_MS).contains(&(job.now - c.walked_at)))
+                .copied(),
+            Some(cursors) => {
+                cursors.remove(sub_id.as_str());
+                None
+            }
+            None => None,
+        };
+        let mut rows = match cursor {
+            Some(c) => {
+                let (at, sequence) = c.after;
+                let args = args![job.lease_until, sub_id.as_str(), job.now, at, sequence, n];
+                conn.query(sql::CLAIM_AFTER, &args).await?
+            }
+            None => Vec::new(),
+        };
+        let short = n - rows.len() as i64;
+        if short > 0 {
+            let args = args![job.lease_until, sub_id.as_str(), job.now, short];
+            rows.extend(conn.query(conn.dialect().claim, &args).await?);
+        }
         let rows: Vec<ClaimRow> = rows.into_iter().map(claim_row).collect::<Result<_, _>>()?;
+        if let (true, Some(cursors)) = (*resume, conn.claim_cursors()) {
+            let walked_at = match cursor {
+                Some(c) => c.walked_at,
+                None => job.now,
+            };
+            let last = rows.iter().map(|r| r.due).max();
+            if let Some(after) = last.or(cursor.map(|c| c.after)) {
+                let c = ClaimCursor { after, walked_at };
+                cursors.insert(sub_id.clone(), c);
+            }
+        }
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
             continue;
         };

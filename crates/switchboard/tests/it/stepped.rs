@@ -142,7 +142,7 @@ async fn a_lease_left_by_a_dead_dispatcher_expires_and_the_delivery_goes_out() {
     let lease = crate::support::stepper::LEASE.as_millis() as i64;
     let taken = t
         .store
-        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .claim(vec![(sub.id.clone(), 16, false)], now + lease, now)
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
@@ -154,6 +154,67 @@ async fn a_lease_left_by_a_dead_dispatcher_expires_and_the_delivery_goes_out() {
     assert_eq!(rx.received().len(), 1);
     let d = &t.deliveries(&sub).await[0];
     assert_eq!(d.status, DeliveryStatus::Succeeded);
+}
+
+/// On SQLite (one writer owns the database) a plain subscription's claim goes on after the
+/// last one's deliveries rather than stepping over those in flight; it walks from the start
+/// for what that leaves short, and at least once a second: a delivery left behind (its lease
+/// given back here) waits at most that long while a backlog keeps every claim busy. PostgreSQL's
+/// nodes share the deliveries, and each of their claims walks from the start.
+#[tokio::test]
+async fn a_claim_goes_on_after_the_last_and_one_left_behind_waits_at_most_a_second() {
+    let t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = t.subscribe(json!({"url": rx.url("/")})).await;
+    let events: Vec<Value> = (0..10)
+        .map(|i| agent_event(&guid(), 1, &format!("a{i}")))
+        .collect();
+    let first = t.publish(&Value::Array(events)).await[0].sequence;
+    let db = t.db().await;
+    let postgres = db.is_postgres();
+    db.close().await;
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let claim = |n: u32| {
+        let (now, store) = (t.clock.now_ms(), &t.store);
+        let subs = vec![(sub.id.clone(), n, true)];
+        async move {
+            let got = store.claim(subs, now + lease, now).await.unwrap();
+            let ids: Vec<i64> = got.iter().map(|c| c.delivery_id).collect();
+            let nth: Vec<i64> = got.iter().map(|c| c.sequence - first).collect();
+            (ids, nth)
+        }
+    };
+    let expect = |sqlite: &[i64], pg: &[i64]| {
+        if postgres {
+            pg.to_vec()
+        } else {
+            sqlite.to_vec()
+        }
+    };
+
+    let (ids, nth) = claim(3).await;
+    assert_eq!(nth, [0, 1, 2]);
+    t.store.release_leases(vec![ids[1]]).await.unwrap();
+    let (_, nth) = claim(3).await;
+    assert_eq!(
+        nth,
+        expect(&[3, 4, 5], &[1, 3, 4]),
+        "the one given back waits"
+    );
+    t.advance(Duration::from_millis(1_000));
+    let (_, nth) = claim(3).await;
+    assert_eq!(
+        nth,
+        expect(&[1, 6, 7], &[5, 6, 7]),
+        "a second later, from the start"
+    );
+    let (ids, nth) = claim(2).await;
+    assert_eq!(nth, [8, 9], "then on after the last again");
+    t.store.release_leases(vec![ids[0]]).await.unwrap();
+    let (_, nth) = claim(5).await;
+    assert_eq!(nth, [8], "none after the last: from the start for the rest");
+    let (_, nth) = claim(5).await;
+    assert_eq!(nth, expect(&[], &[]), "every one leased once");
 }
 
 /// How many deliveries are leased now, as the database says.
@@ -310,7 +371,7 @@ async fn a_ready_delivery_whose_lease_ran_out_is_not_attempted() {
     let lease = crate::support::stepper::LEASE.as_millis() as i64;
     let taken = t
         .store
-        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .claim(vec![(sub.id.clone(), 16, false)], now + lease, now)
         .await
         .unwrap();
     assert_eq!(taken.len(), 1, "the other node holds it now");
@@ -333,7 +394,7 @@ async fn an_old_outcome_leaves_another_nodes_fresh_claim_alone() {
     let lease = crate::support::stepper::LEASE.as_millis() as i64;
     let taken = t
         .store
-        .claim(vec![(sub.id.clone(), 16)], now + lease, now)
+        .claim(vec![(sub.id.clone(), 16, false)], now + lease, now)
         .await
         .unwrap();
     assert_eq!(taken.len(), 1, "another node claims the requeued delivery");

@@ -82,6 +82,7 @@ pub(super) fn spawn(
                 ids: &ids,
                 relaxed: false,
                 subscriptions: conn::Subscriptions::default(),
+                cursors: conn::ClaimCursors::default(),
             };
             let settings = Settings {
                 policy,
@@ -221,6 +222,9 @@ struct Writer<'a> {
     relaxed: bool,
     /// The enabled subscriptions as decoded, kept across turns.
     subscriptions: conn::Subscriptions,
+    /// Where the recent claims ended: one process owns the database and this thread is its
+    /// only writer, so no other claim moves past them.
+    cursors: conn::ClaimCursors,
 }
 
 impl Writer<'_> {
@@ -240,6 +244,10 @@ impl conn::Conn for Writer<'_> {
 
     fn subscriptions(&mut self) -> &mut conn::Subscriptions {
         &mut self.subscriptions
+    }
+
+    fn claim_cursors(&mut self) -> Option<&mut conn::ClaimCursors> {
+        Some(&mut self.cursors)
     }
 
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {
