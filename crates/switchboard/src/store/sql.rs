@@ -34,12 +34,17 @@ macro_rules! claim_sql {
 /// subscription whose due deliveries only a lease holds back, only after due order `($4,
 /// $5)`, at most `$6`. The walk of `deliveries_due` starts there instead of stepping over the
 /// deliveries still in flight, one row lookup each (a batching subscription has thousands).
+/// The per-agent clause stays, at no cost where `agent` is NULL: the dispatcher's view of the
+/// subscription may be older than a `PATCH` to `per_agent` whose deliveries this turn stored.
 pub const CLAIM_AFTER: &str = "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
     SELECT d.id FROM deliveries d \
     WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
       AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
       AND (d.next_attempt_at, d.sequence) > ($4, $5) \
       AND (d.lease_until IS NULL OR d.lease_until < $3) \
+      AND (d.agent IS NULL OR NOT EXISTS ( \
+        SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
+          AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
     ORDER BY d.next_attempt_at, d.sequence LIMIT $6) \
     RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at, \
     superseded, next_attempt_at";

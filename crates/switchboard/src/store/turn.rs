@@ -1062,17 +1062,22 @@ fn claim_row(mut r: Row) -> Result<ClaimRow, StoreError> {
 /// first goes on after the last delivery the previous claims took, and walks from the start
 /// only for what that leaves short, or when the cursor is [`sql::CLAIM_CURSOR_MS`] old: a
 /// delivery due again behind the cursor (a lease run out or given back, a claim undone, a
-/// retry due no later than the cursor) waits at most that long.
+/// retry due no later than the cursor) waits at most that long, plus the claims' interval. (A
+/// test's clock that stands still keeps a cursor until a claim comes up short.) The cursor's
+/// claim keeps the per-agent clause: the dispatcher's `resume` may predate a `PATCH`.
 async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, StoreError> {
     let mut out = Vec::new();
     let mut bodies: decide::Bodies = HashMap::new();
+    // A cursor a second old is walked past anyway: forgotten, so that those of subscriptions
+    // deleted or no longer claimed do not pile up.
+    let fresh = |c: &ClaimCursor| (0..sql::CLAIM_CURSOR_MS).contains(&(job.now - c.walked_at));
+    if let Some(cursors) = conn.claim_cursors() {
+        cursors.retain(|_, c| fresh(c));
+    }
     for (sub_id, n, resume) in &job.subs {
         let n = i64::from(*n);
         let cursor = match conn.claim_cursors() {
-            Some(cursors) if *resume => cursors
-                .get(sub_id.as_str())
-                .filter(|c| (0..sql::CLAIM_CURSOR_MS).contains(&(job.now - c.walked_at)))
-                .copied(),
+            Some(cursors) if *resume => cursors.get(sub_id.as_str()).copied(),
             Some(cursors) => {
                 cursors.remove(sub_id.as_str());
                 None

@@ -217,6 +217,35 @@ async fn a_claim_goes_on_after_the_last_and_one_left_behind_waits_at_most_a_seco
     assert_eq!(nth, expect(&[], &[]), "every one leased once");
 }
 
+/// A claim asked to go on after the last (the dispatcher's view of the subscription may
+/// predate a `PATCH` to `per_agent`) still takes one delivery per agent at a time.
+#[tokio::test]
+async fn a_claim_asked_to_go_on_still_keeps_each_agents_order() {
+    let t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let sub = (t.subscribe(json!({"url": rx.url("/"), "ordering": "per_agent"}))).await;
+    let events: Vec<Value> = ["jdoe", "jdoe", "asmith", "jdoe"]
+        .iter()
+        .map(|agent| agent_event(&guid(), 1, agent))
+        .collect();
+    let first = t.publish(&Value::Array(events)).await[0].sequence;
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let claim = || {
+        let (now, store) = (t.clock.now_ms(), &t.store);
+        let subs = vec![(sub.id.clone(), 10, true)];
+        async move {
+            let got = store.claim(subs, now + lease, now).await.unwrap();
+            got.iter().map(|c| c.sequence - first).collect::<Vec<i64>>()
+        }
+    };
+    assert_eq!(claim().await, [0, 2], "each agent's first");
+    assert_eq!(
+        claim().await,
+        Vec::<i64>::new(),
+        "jdoe's next waits for its first"
+    );
+}
+
 /// How many deliveries are leased now, as the database says.
 async fn leased(t: &Stepper) -> String {
     let mut db = t.db().await;
