@@ -576,6 +576,19 @@ impl Dispatcher {
             .filter(|(id, _, _)| self.subs.get(id).is_some_and(|s| s.probe_at.is_some()))
             .map(|(id, _, _)| id.clone())
             .collect();
+        // A batching bulk subscription's claim may go on after its last one (`Store::claim`):
+        // it holds thousands of deliveries in flight, which a walk from the start steps over.
+        // Others hold at most twice `max_in_flight`, and their claims often come up short,
+        // which would cost a second walk.
+        let wanted: Vec<(String, u32, bool)> = (wanted.into_iter())
+            .map(|(id, n, bulk)| {
+                let batching = self
+                    .subs
+                    .get(&id)
+                    .is_some_and(|s| s.target.sub.spec.batch.is_some());
+                (id, n, bulk && batching)
+            })
+            .collect();
         // Sent together, the outcomes and the claim share one writer turn and one commit.
         let lease_until = now + self.lease.as_millis() as i64;
         let store = &self.store;
