@@ -10,19 +10,25 @@ use super::decide::INSERT_CHUNKS;
 /// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
 /// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
 /// `per_agent` subscriptions only a delivery with no earlier pending delivery of the same agent
-/// is due, so one agent's events go out one at a time in sequence order.
+/// is due, so one agent's events go out one at a time in sequence order. `$after` narrows the
+/// walk (see [`CLAIM_AFTER`]) and `$limit` names the placeholder of the limit.
 macro_rules! claim_sql {
     ($lock:literal) => {
+        claim_sql!("", "$4", $lock)
+    };
+    ($after:literal, $limit:literal, $lock:literal) => {
         concat!(
             "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
                SELECT d.id FROM deliveries d \
                WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
-                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
-                 AND (d.lease_until IS NULL OR d.lease_until < $3) \
+                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE)",
+            $after,
+            " AND (d.lease_until IS NULL OR d.lease_until < $3) \
                  AND (d.agent IS NULL OR NOT EXISTS ( \
                    SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
                      AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
-               ORDER BY d.next_attempt_at, d.sequence LIMIT $4",
+               ORDER BY d.next_attempt_at, d.sequence LIMIT ",
+            $limit,
             $lock,
             ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, \
              created_at, superseded, next_attempt_at"
@@ -30,24 +36,14 @@ macro_rules! claim_sql {
     };
 }
 
-/// SQLite's claim that goes on after the last one (`turn::claim`): as the claim, for a
-/// subscription whose due deliveries only a lease holds back, only after due order `($4,
-/// $5)`, at most `$6`. The walk of `deliveries_due` starts there instead of stepping over the
-/// deliveries still in flight, one row lookup each (a batching subscription has thousands).
-/// The per-agent clause stays, at no cost where `agent` is NULL: the dispatcher's view of the
-/// subscription may be older than a `PATCH` to `per_agent` whose deliveries this turn stored.
-pub const CLAIM_AFTER: &str = "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
-    SELECT d.id FROM deliveries d \
-    WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
-      AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
-      AND (d.next_attempt_at, d.sequence) > ($4, $5) \
-      AND (d.lease_until IS NULL OR d.lease_until < $3) \
-      AND (d.agent IS NULL OR NOT EXISTS ( \
-        SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
-          AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
-    ORDER BY d.next_attempt_at, d.sequence LIMIT $6) \
-    RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, created_at, \
-    superseded, next_attempt_at";
+/// SQLite's claim that goes on after the last one (`turn::claim`): the claim, only after due
+/// order `($4, $5)`, at most `$6`. The walk of `deliveries_due` starts there instead of
+/// stepping over the deliveries still in flight, one row lookup each (a batching subscription
+/// has thousands). It keeps the per-agent clause, at no cost where `agent` is NULL: the
+/// dispatcher's view of the subscription may be older than a `PATCH` to `per_agent` whose
+/// deliveries this turn stored.
+pub const CLAIM_AFTER: &str =
+    claim_sql!(" AND (d.next_attempt_at, d.sequence) > ($4, $5)", "$6", "");
 /// How long (ms) claims may go on after the last one before one walks from the start again:
 /// a delivery left behind (its lease ran out or was given back, its claim undone) waits at
 /// most this long while a backlog keeps every claim busy ahead of it.
