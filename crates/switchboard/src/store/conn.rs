@@ -29,6 +29,120 @@ pub(super) struct ClaimCursor {
 
 pub(super) type ClaimCursors = HashMap<String, ClaimCursor>;
 
+/// A claim SQLite's writer holds in memory instead of in its row (`sql::CLAIM_HELD`): the lease
+/// the attempt is made under, and the row's `lease_until` as the claim read it. A requeue
+/// changes that value (`sql::requeued_lease!`), so the attempt's outcome, fenced with it, no
+/// longer ends the delivery's fresh round, and the walk from the start may claim it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct HeldClaim {
+    pub lease_until: i64,
+    pub seen: Option<i64>,
+}
+
+/// The claims SQLite's writer holds, by delivery id, shared with the `sb_held` function its
+/// connection's claims call and with `Store::release_leases` (through the `Handoff`); and what
+/// the open turn changed of them, undone if it rolls back. The lock is never held across a
+/// statement (the function takes it).
+pub(super) struct HeldClaims {
+    claims: Arc<std::sync::Mutex<HashMap<i64, HeldClaim>>>,
+    undo: Vec<(i64, Option<HeldClaim>)>,
+    /// When those whose lease ran out were last dropped.
+    swept_at: i64,
+}
+
+impl HeldClaims {
+    pub fn new(claims: Arc<std::sync::Mutex<HashMap<i64, HeldClaim>>>) -> Self {
+        HeldClaims {
+            claims,
+            undo: Vec::new(),
+            swept_at: 0,
+        }
+    }
+
+    /// The map `sb_held` reads.
+    pub fn shared(&self) -> Arc<std::sync::Mutex<HashMap<i64, HeldClaim>>> {
+        self.claims.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, HeldClaim>> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds `claims` (delivery id, claim).
+    pub fn hold(&mut self, claims: impl IntoIterator<Item = (i64, HeldClaim)>) {
+        let mut held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, claim) in claims {
+            self.undo.push((id, held.insert(id, claim)));
+        }
+    }
+
+    /// The fence for the outcome of delivery `id`'s attempt made under `lease_until`: while
+    /// this writer still holds that claim, the value its claim read (and the claim is let go);
+    /// otherwise `None`, and the lease in the row fences it.
+    pub fn release(&mut self, id: i64, lease_until: i64) -> Option<Option<i64>> {
+        let mut held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.get(&id) {
+            Some(c) if c.lease_until == lease_until => {
+                let c = held.remove(&id);
+                self.undo.push((id, c));
+                c.map(|c| c.seen)
+            }
+            _ => None,
+        }
+    }
+
+    /// Drops the claims whose lease ran out before `now`, at most once per `every` ms (each
+    /// leaves the map when its outcome is recorded; these were never recorded).
+    pub fn sweep(&mut self, now: i64, every: i64) {
+        if now.saturating_sub(self.swept_at) < every && now >= self.swept_at {
+            return;
+        }
+        self.swept_at = now;
+        self.lock().retain(|_, c| c.lease_until >= now);
+    }
+
+    /// The turn committed: its changes stay.
+    pub fn committed(&mut self) {
+        self.undo.clear();
+    }
+
+    /// The turn rolled back: its claims are let go, and the claims its outcomes let go are
+    /// held again.
+    pub fn rolled_back(&mut self) {
+        let mut held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some((id, before)) = self.undo.pop() {
+            match before {
+                Some(c) => held.insert(id, c),
+                None => held.remove(&id),
+            };
+        }
+    }
+}
+
+/// Whether delivery `id`, whose row reads `lease_until`, is held at `now`: by a claim whose
+/// lease has not run out, made since the last requeue.
+pub(super) fn holds(
+    claims: &HashMap<i64, HeldClaim>,
+    id: i64,
+    lease_until: Option<i64>,
+    now: i64,
+) -> bool {
+    claims
+        .get(&id)
+        .is_some_and(|c| c.lease_until >= now && c.seen == lease_until)
+}
+
 /// One writer connection, inside or outside its transaction.
 pub(super) trait Conn {
     fn dialect(&self) -> &'static Dialect;
@@ -37,6 +151,12 @@ pub(super) trait Conn {
     /// Where this writer's recent claims ended, by subscription (SQLite's; see `turn::claim`).
     /// `None`: every claim walks its subscription's due deliveries from the start.
     fn claim_cursors(&mut self) -> Option<&mut ClaimCursors> {
+        None
+    }
+    /// The claims this writer holds in memory (SQLite's; see `turn::claim`), and where the
+    /// latest lease of each tenant's is told to erasure's wait. `None`: every claim writes its
+    /// lease in the row.
+    fn held(&mut self) -> Option<(&mut HeldClaims, &super::Handoff)> {
         None
     }
     /// Starts the turn's transaction; its commit waits for the disk only if `durable`.
@@ -170,4 +290,52 @@ pub(super) async fn insert_chunked_rows<C: Conn + ?Sized>(
     }
     debug_assert!(rest.is_empty(), "values are not whole rows");
     Ok(rows)
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    fn claim(lease_until: i64) -> HeldClaim {
+        HeldClaim {
+            lease_until,
+            seen: None,
+        }
+    }
+
+    /// A turn rolled back undoes what it did to the claims held: those it took are let go,
+    /// those its outcomes let go are held again; a committed turn's changes stay.
+    #[test]
+    fn a_rolled_back_turn_undoes_its_claims_and_outcomes() {
+        let mut held = HeldClaims::new(Arc::default());
+        let shared = held.shared();
+        held.hold([(1, claim(100))]);
+        held.committed();
+        held.hold([(2, claim(200))]);
+        assert_eq!(
+            held.release(1, 100),
+            Some(None),
+            "the outcome's fence: the value read"
+        );
+        assert_eq!(held.release(1, 100), None, "let go once");
+        held.rolled_back();
+        let claims = shared.lock().unwrap().clone();
+        assert_eq!(claims, HashMap::from([(1, claim(100))]));
+        assert_eq!(
+            held.release(1, 99),
+            None,
+            "another claim's outcome is not fenced by it"
+        );
+    }
+
+    /// A claim is held while its lease lasts and its row reads what the claim read; a requeue
+    /// (another value) or the lease's end frees it.
+    #[test]
+    fn a_claim_is_held_until_its_lease_ends_or_a_requeue() {
+        let claims = HashMap::from([(7, claim(100))]);
+        assert!(holds(&claims, 7, None, 100));
+        assert!(!holds(&claims, 7, None, 101), "the lease ran out");
+        assert!(!holds(&claims, 7, Some(-1), 50), "requeued since");
+        assert!(!holds(&claims, 8, None, 50), "not held");
+    }
 }

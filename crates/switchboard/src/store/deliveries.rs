@@ -11,6 +11,7 @@ use super::decide::OutboxSub;
 use super::sql::DELIVERY_COLUMNS;
 use super::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, Stats, Store, StoreError, SubscriptionRecord,
+    sql,
 };
 use crate::clock::now_millis;
 use crate::event::Timestamp;
@@ -180,10 +181,14 @@ impl Store {
             .0
             .db
             .execute(
-                "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, updated_at = $2, \
-                 pending_since = CASE WHEN status = 'pending' THEN pending_since ELSE $2 END, \
-                 round_attempts = CASE WHEN status = 'pending' THEN round_attempts ELSE $3 END, \
-                 status = 'pending' WHERE tenant_id = $4 AND id = $5",
+                concat!(
+                    "UPDATE deliveries SET next_attempt_at = $1, lease_until = ",
+                    sql::requeued_lease!(),
+                    ", updated_at = $2, \
+                     pending_since = CASE WHEN status = 'pending' THEN pending_since ELSE $2 END, \
+                     round_attempts = CASE WHEN status = 'pending' THEN round_attempts ELSE $3 END, \
+                     status = 'pending' WHERE tenant_id = $4 AND id = $5"
+                ),
                 &args![now, now, one_attempt_round, tenant, id],
             )
             .await?;
@@ -235,6 +240,8 @@ impl Store {
     /// Gives back the leases of claimed deliveries that were not attempted (rare: a
     /// subscription disabled, a shutdown), outside the writer.
     pub async fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        // Claims held in memory (SQLite's writer) are let go there; the others in their rows.
+        self.0.wake.let_go(&ids);
         for chunk in ids.chunks(500) {
             let mut sql = Select::new("UPDATE deliveries SET lease_until = NULL WHERE id IN (");
             for (i, id) in chunk.iter().enumerate() {

@@ -201,11 +201,10 @@ impl Store {
                 &args![tenant, now],
             )
             .await?;
-        Ok(row
-            .map(|r| r.opt_int(0))
-            .transpose()?
-            .flatten()
-            .unwrap_or(0))
+        let in_rows = row.map(|r| r.opt_int(0)).transpose()?.flatten();
+        // SQLite's writer holds some claims in memory: their latest lease counts too.
+        let held = self.0.wake.held_lease(tenant, now);
+        Ok(in_rows.max(held).unwrap_or(0))
     }
 
     /// Step 2: whether an erasure must wait — an attempt claimed under a lease until
@@ -227,7 +226,10 @@ impl Store {
                 &args![tenant, now, until],
             )
             .await?;
-        Ok(row.is_some() || self.agents_through(tenant).await? < bound)
+        // A claim held in memory (SQLite's) is known only by the tenant's latest such lease:
+        // while one may be in flight, the wait lasts until `until` has passed.
+        let held = self.0.wake.held_lease(tenant, now).is_some() && now < until;
+        Ok(row.is_some() || held || self.agents_through(tenant).await? < bound)
     }
 
     /// Step 3: the value erased from everything but the events, and from the job's own

@@ -18,12 +18,13 @@
 //! deliveries nobody took marks them [`Handoff::due`], and the dispatcher claims.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, futures::Notified, mpsc, watch};
 
 use super::Claimed;
+use super::conn::HeldClaim;
 
 /// The dispatcher's side of the writer; one per store.
 pub struct Handoff {
@@ -38,6 +39,11 @@ pub struct Handoff {
     rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Claimed>>>>,
     /// Per tenant with a stream waiting: changes after its events (or agents) were committed.
     commits: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// SQLite's: per tenant, the latest lease of a claim the writer holds in memory rather than
+    /// in the row (`conn::HeldClaims`), which erasure's wait cannot read in the table.
+    held: Mutex<HashMap<String, i64>>,
+    /// SQLite's: the claims the writer holds in memory, by delivery id (`conn::HeldClaims`).
+    claims: Arc<Mutex<HashMap<i64, HeldClaim>>>,
 }
 
 /// What the dispatcher takes: per subscription, how many deliveries more, leased for how long
@@ -60,11 +66,44 @@ impl Default for Handoff {
             tx,
             rx: Mutex::new(Some(rx)),
             commits: Mutex::default(),
+            held: Mutex::default(),
+            claims: Arc::default(),
         }
     }
 }
 
 impl Handoff {
+    /// The claims the writer holds in memory.
+    pub(super) fn held_claims(&self) -> Arc<Mutex<HashMap<i64, HeldClaim>>> {
+        self.claims.clone()
+    }
+
+    /// Lets go of the claims held in memory of deliveries `ids`, given back unattempted.
+    pub(super) fn let_go(&self, ids: &[i64]) {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            claims.remove(id);
+        }
+    }
+
+    /// The writer holds a claim of `tenant`'s under `lease_until` in memory.
+    pub(super) fn note_held(&self, tenant: &str, lease_until: i64) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get_mut(tenant) {
+            Some(latest) => *latest = (*latest).max(lease_until),
+            None => {
+                held.insert(tenant.to_string(), lease_until);
+            }
+        }
+    }
+
+    /// The latest lease under which the writer may still hold a claim of `tenant`'s in memory,
+    /// if it runs out after `now`.
+    pub(super) fn held_lease(&self, tenant: &str, now: i64) -> Option<i64> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(tenant).copied().filter(|&l| l > now)
+    }
+
     /// Changes after `tenant`'s events or agents were committed by this node (on PostgreSQL,
     /// by any node: see `postgres::listen`).
     pub fn commits(&self, tenant: &str) -> watch::Receiver<u64> {

@@ -44,6 +44,34 @@ macro_rules! claim_sql {
 /// deliveries this turn stored.
 pub const CLAIM_AFTER: &str =
     claim_sql!(" AND (d.next_attempt_at, d.sequence) > ($4, $5)", "$6", "");
+/// SQLite's claim held in memory (`turn::claim`, `conn::HeldClaims`): the deliveries the
+/// claim would take, only read — no lease is written, so neither the row nor
+/// `deliveries_leased` changes — after due order `($4, $5)`, at most `$6`; with each row's
+/// `lease_until` as read (column 9), which a requeue changes (`requeued_lease!`). Rows the
+/// writer holds are left out by `sb_held(id, lease_until, now)`, a function of the writer's
+/// connection. `$1` (the lease) is only named, so that the placeholders number as the claim's.
+pub const CLAIM_HELD: &str = "SELECT d.id, d.tenant_id, d.event_id, d.sequence, \
+    d.attempt_count, d.round_attempts, d.created_at, d.superseded, d.next_attempt_at, \
+    d.lease_until FROM deliveries d WHERE $1 = $1 AND d.subscription_id = $2 \
+    AND d.status = 'pending' AND d.next_attempt_at <= $3 \
+    AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
+    AND (d.next_attempt_at, d.sequence) > ($4, $5) \
+    AND (d.lease_until IS NULL OR d.lease_until < $3) AND NOT sb_held(d.id, d.lease_until, $3) \
+    AND (d.agent IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p \
+      WHERE p.subscription_id = d.subscription_id AND p.agent = d.agent \
+      AND p.status = 'pending' AND p.sequence < d.sequence)) \
+    ORDER BY d.next_attempt_at, d.sequence LIMIT $6";
+/// What a requeue (a retry asked for, a replay, a cancel) writes to `lease_until`, for
+/// `concat!`: a value no claim can hold (below zero: free, to every "not leased" test and to
+/// older releases), and a new one each time, so that an attempt whose claim wrote no lease
+/// (held in memory, [`CLAIM_HELD`]) can tell that its delivery was requeued since: its outcome
+/// is fenced with the value its claim read.
+macro_rules! requeued_lease {
+    () => {
+        "CASE WHEN deliveries.lease_until < 0 THEN deliveries.lease_until - 1 ELSE -1 END"
+    };
+}
+pub(super) use requeued_lease;
 /// How long (ms) claims may go on after the last one before one walks from the start again:
 /// a delivery left behind (its lease ran out or was given back, its claim undone) waits at
 /// most this long while a backlog keeps every claim busy ahead of it.
@@ -264,12 +292,15 @@ pub static INSERT_COALESCED_DELIVERIES: MultiRow = MultiRow::new(
 pub static REPLAY_DELIVERIES: MultiRow = MultiRow::new(
     "INSERT INTO deliveries (tenant_id, subscription_id, event_id, sequence, agent, status, \
      next_attempt_at, created_at, updated_at, lease_until, coalesce_key, superseded) VALUES ",
-    " ON CONFLICT (subscription_id, sequence) DO UPDATE SET status = excluded.status, \
-     round_attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_until = NULL, \
-     agent = excluded.agent, updated_at = excluded.updated_at, \
-     coalesce_key = excluded.coalesce_key, superseded = excluded.superseded, \
-     pending_since = CASE WHEN deliveries.status = 'pending' THEN deliveries.pending_since \
-       ELSE excluded.updated_at END",
+    concat!(
+        " ON CONFLICT (subscription_id, sequence) DO UPDATE SET status = excluded.status, \
+         round_attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_until = ",
+        requeued_lease!(),
+        ", agent = excluded.agent, updated_at = excluded.updated_at, \
+         coalesce_key = excluded.coalesce_key, superseded = excluded.superseded, \
+         pending_since = CASE WHEN deliveries.status = 'pending' THEN deliveries.pending_since \
+           ELSE excluded.updated_at END"
+    ),
     12,
     1,
 );
@@ -292,11 +323,15 @@ pub const PENDING_SEQUENCES: &str = "SELECT sequence FROM deliveries WHERE subsc
 /// A replay of only the failed deliveries of subscription `$3`, up to sequence `$4`, for
 /// tenant `$5`'s events created from `$6` to `$7`: pending again, due at `$1`, for a fresh
 /// round.
-pub const REPLAY_FAILED: &str = "UPDATE deliveries SET status = 'pending', round_attempts = 0, \
-    next_attempt_at = $1, lease_until = NULL, updated_at = $2, pending_since = $2 \
+pub const REPLAY_FAILED: &str = concat!(
+    "UPDATE deliveries SET status = 'pending', round_attempts = 0, next_attempt_at = $1, \
+     lease_until = ",
+    requeued_lease!(),
+    ", updated_at = $2, pending_since = $2 \
     WHERE subscription_id = $3 AND status = 'failed' AND sequence <= $4 \
     AND sequence IN (SELECT sequence FROM events WHERE tenant_id = $5 \
-      AND created >= $6 AND created <= $7)";
+      AND created >= $6 AND created <= $7)"
+);
 /// The same, counted: what [`REPLAY_FAILED`] would requeue.
 pub const COUNT_FAILED: &str = "SELECT COUNT(*) FROM deliveries \
     WHERE subscription_id = $1 AND status = 'failed' AND sequence <= $2 \
@@ -389,18 +424,19 @@ pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
 /// SQLite's: `$1` is the time; the values follow. VALUES columns are column1, column2, ….
 /// (PostgreSQL's joins arrays instead: see `postgres/writer.rs`.) An attempt's outcome changes
 /// its delivery's state only while the delivery still holds the lease the attempt was made
-/// under (`column8`): one requeued meanwhile (a replay, a retry asked for: the lease cleared)
-/// and perhaps claimed again (another lease) is in a fresh round that the old attempt's outcome
-/// must not end. Its attempt is counted either way, so the next attempt's number is new.
+/// under (`column8`; for a claim held in memory, the row's value as its claim read it, perhaps
+/// NULL: hence `IS`): one requeued meanwhile (a replay, a retry asked for: `requeued_lease!`
+/// written) and perhaps claimed again (another lease) is in a fresh round that the old
+/// attempt's outcome must not end. Its attempt is counted either way, so the next attempt's number is new.
 pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
     "UPDATE deliveries SET \
-     status = CASE WHEN lease_until = v.column8 THEN v.column2 ELSE status END, \
+     status = CASE WHEN lease_until IS v.column8 THEN v.column2 ELSE status END, \
      attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
-     round_attempts = CASE WHEN lease_until = v.column8 THEN v.column4 ELSE round_attempts END, \
-     next_attempt_at = CASE WHEN lease_until = v.column8 THEN v.column5 \
+     round_attempts = CASE WHEN lease_until IS v.column8 THEN v.column4 ELSE round_attempts END, \
+     next_attempt_at = CASE WHEN lease_until IS v.column8 THEN v.column5 \
        ELSE next_attempt_at END, \
      last_status_code = v.column6, last_error = v.column7, \
-     lease_until = CASE WHEN lease_until = v.column8 THEN NULL ELSE lease_until END, \
+     lease_until = CASE WHEN lease_until IS v.column8 THEN NULL ELSE lease_until END, \
      updated_at = $1 FROM (VALUES ",
     ") AS v WHERE id = v.column1",
     8,

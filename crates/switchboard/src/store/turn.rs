@@ -46,7 +46,7 @@ use bytes::Bytes;
 
 use super::agents::Deferred;
 use super::command::{ClaimJob, Committed, Group, JobMark, ReplayJob, ReplayStep};
-use super::conn::{ClaimCursor, Conn, corrupt};
+use super::conn::{ClaimCursor, Conn, HeldClaim, corrupt};
 use super::db::{Arg, Row, args};
 use super::decide::{self, ClaimRow, NewDelivery, NewEventRow, OutboxSub, Stored};
 use super::{
@@ -1053,6 +1053,39 @@ fn claim_row(mut r: Row) -> Result<ClaimRow, StoreError> {
     })
 }
 
+/// SQLite's claim held in memory ([`sql::CLAIM_HELD`]): up to `n` of the subscription's due
+/// deliveries after due order `after`, read (no lease written) and held by the writer until
+/// their outcome is recorded or their lease runs out; the tenant's latest such lease is told to
+/// erasure's wait. Held at once, so that the claim's walk from the start leaves them out.
+async fn claim_held<C: Conn>(
+    conn: &mut C,
+    job: &ClaimJob,
+    sub_id: &str,
+    after: (i64, i64),
+    n: i64,
+) -> Result<Vec<ClaimRow>, StoreError> {
+    let (at, sequence) = after;
+    let args = args![job.lease_until, sub_id, job.now, at, sequence, n];
+    let found = conn.query(sql::CLAIM_HELD, &args).await?;
+    let mut rows = Vec::with_capacity(found.len());
+    let mut claims = Vec::with_capacity(found.len());
+    for r in found {
+        let seen = r.opt_int(9)?;
+        let row = claim_row(r)?;
+        let claim = HeldClaim {
+            lease_until: job.lease_until,
+            seen,
+        };
+        claims.push((row.delivery_id, claim));
+        rows.push(row);
+    }
+    if let (Some(first), Some((held, wake))) = (rows.first(), conn.held()) {
+        held.hold(claims);
+        wake.note_held(&first.tenant, job.lease_until);
+    }
+    Ok(rows)
+}
+
 /// Step 7: leases up to `n` due deliveries of each subscription and returns them with their
 /// bodies, each body read once however many subscriptions claimed its event.
 ///
@@ -1074,8 +1107,13 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
     if let Some(cursors) = conn.claim_cursors() {
         cursors.retain(|_, c| fresh(c));
     }
+    if let Some((held, _)) = conn.held() {
+        held.sweep(job.now, sql::CLAIM_CURSOR_MS);
+    }
     for (sub_id, n, resume) in &job.subs {
         let n = i64::from(*n);
+        // Held in memory where the writer can (SQLite), for the same subscriptions.
+        let hold = *resume && conn.held().is_some();
         let cursor = match conn.claim_cursors() {
             Some(cursors) if *resume => cursors.get(sub_id.as_str()).copied(),
             Some(cursors) => {
@@ -1085,19 +1123,26 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
             None => None,
         };
         let mut rows = match cursor {
+            Some(c) if hold => claim_held(conn, job, sub_id, c.after, n).await?,
             Some(c) => {
                 let (at, sequence) = c.after;
                 let args = args![job.lease_until, sub_id.as_str(), job.now, at, sequence, n];
-                conn.query(sql::CLAIM_AFTER, &args).await?
+                let rows = conn.query(sql::CLAIM_AFTER, &args).await?;
+                rows.into_iter().map(claim_row).collect::<Result<_, _>>()?
             }
             None => Vec::new(),
         };
         let short = n - rows.len() as i64;
-        if short > 0 {
+        if short > 0 && hold {
+            let start = (i64::MIN, i64::MIN);
+            rows.extend(claim_held(conn, job, sub_id, start, short).await?);
+        } else if short > 0 {
             let args = args![job.lease_until, sub_id.as_str(), job.now, short];
-            rows.extend(conn.query(conn.dialect().claim, &args).await?);
+            let more = conn.query(conn.dialect().claim, &args).await?;
+            for r in more {
+                rows.push(claim_row(r)?);
+            }
         }
-        let rows: Vec<ClaimRow> = rows.into_iter().map(claim_row).collect::<Result<_, _>>()?;
         if let (true, Some(cursors)) = (*resume, conn.claim_cursors()) {
             let walked_at = match cursor {
                 Some(c) => c.walked_at,

@@ -448,6 +448,17 @@ async fn one_event_to_claim(t: &Stepper, rx: &TestReceiver) -> (SubscriptionReco
     (sub, t.clock.now_ms())
 }
 
+/// A batching subscription (bulk: on SQLite its claims are held in memory, not written in the
+/// row) and one event for it, stored before the dispatcher's first step offered ingest room, so
+/// that it is claimed rather than handed over; the test clock's now.
+async fn one_event_to_hold(t: &Stepper, rx: &TestReceiver) -> (SubscriptionRecord, i64) {
+    let sub = t
+        .subscribe(json!({"url": rx.url("/"), "batch": {"max_events": 10, "max_wait_ms": 0}}))
+        .await;
+    t.publish(&agent_event(&guid(), 1, "jdoe")).await;
+    (sub, t.clock.now_ms())
+}
+
 /// One step, which makes the one attempt there is (handed over or claimed); returns once it
 /// has finished and its outcome waits in the dispatcher, not yet recorded (a dispatcher
 /// records only in its steps).
@@ -473,14 +484,17 @@ enum Requeue {
 /// than handed over at ingest, so its lease is the claim's; the handed-over case is
 /// `an_outcome_recorded_after_a_requeue_does_not_end_the_fresh_round`. A claim held anywhere
 /// but in the row (in memory, say) must keep this true for each of the three.
-async fn requeue_during_a_claimed_attempt(how: Requeue) {
+async fn requeue_during_a_claimed_attempt(how: Requeue, batching: bool) {
     use switchboard::event::Timestamp;
     use switchboard::jobs::Runner;
     use switchboard::store::JobSpec;
 
     let mut t = Stepper::new().await;
     let rx = TestReceiver::start().await;
-    let (sub, _) = one_event_to_claim(&t, &rx).await;
+    let (sub, _) = match batching {
+        true => one_event_to_hold(&t, &rx).await,
+        false => one_event_to_claim(&t, &rx).await,
+    };
     attempt_with_outcome_waiting(&mut t, &rx).await;
     let id = t.deliveries(&sub).await[0].id;
     match how {
@@ -528,23 +542,126 @@ async fn requeue_during_a_claimed_attempt(how: Requeue) {
 
 #[tokio::test]
 async fn a_retry_asked_for_during_a_claimed_attempt_wins_over_its_outcome() {
-    requeue_during_a_claimed_attempt(Requeue::Retry).await;
+    requeue_during_a_claimed_attempt(Requeue::Retry, false).await;
 }
 
 #[tokio::test]
 async fn a_replay_during_a_claimed_attempt_wins_over_its_outcome() {
-    requeue_during_a_claimed_attempt(Requeue::Replay).await;
+    requeue_during_a_claimed_attempt(Requeue::Replay, false).await;
 }
 
 #[tokio::test]
 async fn a_cancel_during_a_claimed_attempt_wins_over_its_outcome() {
-    requeue_during_a_claimed_attempt(Requeue::Cancel).await;
+    requeue_during_a_claimed_attempt(Requeue::Cancel, false).await;
+}
+
+/// The same three for a claim held in memory (SQLite's, for a batching subscription): no lease
+/// is in the row, and the requeue's mark (`requeued_lease!`) is what fences the old outcome.
+#[tokio::test]
+async fn a_retry_asked_for_during_a_held_claims_attempt_wins_over_its_outcome() {
+    requeue_during_a_claimed_attempt(Requeue::Retry, true).await;
+}
+
+#[tokio::test]
+async fn a_replay_during_a_held_claims_attempt_wins_over_its_outcome() {
+    requeue_during_a_claimed_attempt(Requeue::Replay, true).await;
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_held_claims_attempt_wins_over_its_outcome() {
+    requeue_during_a_claimed_attempt(Requeue::Cancel, true).await;
+}
+
+/// On SQLite a batching subscription's claim is held in memory: the row gets no lease (its
+/// `UPDATE` and the `deliveries_leased` entry were a third of the writer's batched drain), yet
+/// the delivery is not claimed twice while its attempt is in flight, and its outcome ends it.
+/// PostgreSQL's nodes share the deliveries: the lease is in the row.
+#[tokio::test]
+async fn a_batching_claim_is_held_in_memory_on_sqlite_and_taken_once() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let (sub, _) = one_event_to_hold(&t, &rx).await;
+    let db = t.db().await;
+    let postgres = db.is_postgres();
+    db.close().await;
+    attempt_with_outcome_waiting(&mut t, &rx).await;
+    let in_rows = if postgres { "1" } else { "0" };
+    assert_eq!(
+        leased(&t).await,
+        in_rows,
+        "a lease in the row only on PostgreSQL"
+    );
+    let now = t.clock.now_ms();
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let again = t
+        .store
+        .claim(vec![(sub.id.clone(), 10, true)], now + lease, now);
+    assert!(
+        again.await.unwrap().is_empty(),
+        "in flight: not claimed twice"
+    );
+    while t.step().await > 0 {}
+    assert_eq!(rx.received().len(), 1);
+    let d = &t.deliveries(&sub).await[0];
+    assert_eq!((d.status, d.attempt_count), (DeliveryStatus::Succeeded, 1));
+    assert_eq!(leased(&t).await, "0");
+}
+
+/// A claim held in memory whose outcome never comes (its dispatcher gone) is claimed again
+/// once its lease has run out, as a lease in the row would be.
+#[tokio::test]
+async fn a_held_claim_is_claimed_again_once_its_lease_runs_out() {
+    let t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let (sub, now) = one_event_to_hold(&t, &rx).await;
+    let lease = crate::support::stepper::LEASE.as_millis() as i64;
+    let claim = |now: i64| {
+        let subs = vec![(sub.id.clone(), 10, true)];
+        t.store.claim(subs, now + lease, now)
+    };
+    assert_eq!(claim(now).await.unwrap().len(), 1);
+    assert!(
+        claim(now + lease).await.unwrap().is_empty(),
+        "held to its end"
+    );
+    assert_eq!(claim(now + lease + 1).await.unwrap().len(), 1, "then due");
 }
 
 /// An erasure waits for the attempts in flight that may carry the value: it reads the latest
 /// lease the tenant's deliveries are claimed under, and waits while one is held. A claimed
 /// delivery's lease is seen there until its outcome is recorded; a claim held anywhere but in
 /// the row (in memory, say) must be seen too.
+#[tokio::test]
+async fn an_erasure_sees_the_lease_of_a_held_claims_attempt_in_flight() {
+    let mut t = Stepper::new().await;
+    let rx = TestReceiver::start().await;
+    let (_, now) = one_event_to_hold(&t, &rx).await;
+    attempt_with_outcome_waiting(&mut t, &rx).await;
+    let lease = now + crate::support::stepper::LEASE.as_millis() as i64;
+    let latest = t.store.latest_lease("default", now).await.unwrap();
+    assert_eq!(
+        latest, lease,
+        "the claim's lease, though not in the row on SQLite"
+    );
+    assert!(
+        t.store
+            .erase_must_wait("default", latest, 0, now)
+            .await
+            .unwrap()
+    );
+    // Recorded, and the lease past: nothing to wait for. (SQLite knows only a tenant's latest
+    // lease held in memory, so its wait may last until then.)
+    while t.step().await > 0 {}
+    let after = lease + 1;
+    assert_eq!(t.store.latest_lease("default", after).await.unwrap(), 0);
+    assert!(
+        !t.store
+            .erase_must_wait("default", latest, 0, after)
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn an_erasure_sees_the_lease_of_a_claimed_attempt_in_flight() {
     let mut t = Stepper::new().await;

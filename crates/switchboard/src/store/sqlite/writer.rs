@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::Connection;
+use rusqlite::functions::FunctionFlags;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -73,6 +74,17 @@ pub(super) fn spawn(
         .name("switchboard-checkpoint".into())
         .spawn(move || checkpoints(checkpointer, &stopped, &flag))
         .map_err(spawn_error)?;
+    // Claims held in memory (`turn::claim`): the claims' statements leave out the rows held.
+    let held = conn::HeldClaims::new(wake.held_claims());
+    let shared = held.shared();
+    conn.create_scalar_function("sb_held", 3, FunctionFlags::SQLITE_UTF8, move |ctx| {
+        let (id, lease_until, now) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
+        let claims = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(conn::holds(&claims, id, lease_until, now))
+    })
+    .map_err(db)?;
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name("switchboard-writer".into())
@@ -83,6 +95,8 @@ pub(super) fn spawn(
                 relaxed: false,
                 subscriptions: conn::Subscriptions::default(),
                 cursors: conn::ClaimCursors::default(),
+                held,
+                wake: wake.clone(),
             };
             let settings = Settings {
                 policy,
@@ -225,6 +239,10 @@ struct Writer<'a> {
     /// Where the recent claims ended: one process owns the database and this thread is its
     /// only writer, so no other claim moves past them.
     cursors: conn::ClaimCursors,
+    /// The claims held in memory: one process owns the database, and this thread is the only
+    /// one that claims or records outcomes.
+    held: conn::HeldClaims,
+    wake: Arc<Handoff>,
 }
 
 impl Writer<'_> {
@@ -250,6 +268,10 @@ impl conn::Conn for Writer<'_> {
         Some(&mut self.cursors)
     }
 
+    fn held(&mut self) -> Option<(&mut conn::HeldClaims, &Handoff)> {
+        Some((&mut self.held, &self.wake))
+    }
+
     async fn begin(&mut self, durable: bool) -> Result<(), StoreError> {
         if !durable {
             self.conn
@@ -263,6 +285,9 @@ impl conn::Conn for Writer<'_> {
     async fn commit(&mut self, _announce: &[String]) -> Result<(), StoreError> {
         let done = self.conn.execute_batch("COMMIT").map_err(db);
         self.restore_sync();
+        if done.is_ok() {
+            self.held.committed();
+        }
         done
     }
 
@@ -272,6 +297,7 @@ impl conn::Conn for Writer<'_> {
         {
             tracing::warn!(error = %e, "rolling back a failed turn");
         }
+        self.held.rolled_back();
         self.restore_sync();
     }
 
@@ -337,12 +363,19 @@ impl conn::Conn for Writer<'_> {
         outcomes: &[&Outcome],
     ) -> Result<(), StoreError> {
         for chunk in fixed_chunks(outcomes) {
+            // A claim held in memory is fenced with the row's value its claim read, a claim in
+            // the row with its lease (`sql::UPDATE_DELIVERIES`).
+            let fences: Vec<Option<i64>> = (chunk.iter())
+                .map(|o| {
+                    (self.held.release(o.delivery_id, o.lease_until)).unwrap_or(Some(o.lease_until))
+                })
+                .collect();
             let text = sql::UPDATE_DELIVERIES.text(chunk.len());
             let mut stmt = self.conn.prepare_cached(&text).map_err(db)?;
             let mut b = Binder::new(&mut stmt);
             let bind = |b: &mut Binder| -> rusqlite::Result<()> {
                 b.bind(now)?;
-                for o in chunk {
+                for (o, fence) in chunk.iter().zip(&fences) {
                     let (status, next_at) = decide::delivery_state(o);
                     b.bind(o.delivery_id)?
                         .bind(status.as_str())?
@@ -351,7 +384,7 @@ impl conn::Conn for Writer<'_> {
                         .bind(next_at)?
                         .bind(o.status_code.map(i64::from))?
                         .bind(&o.error)?
-                        .bind(o.lease_until)?;
+                        .bind(*fence)?;
                 }
                 Ok(())
             };
