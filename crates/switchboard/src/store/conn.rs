@@ -39,6 +39,10 @@ pub(super) struct HeldClaim {
     pub seen: Option<i64>,
 }
 
+/// How long (ms) after its lease ran out a claim held in memory is still known (see
+/// [`HeldClaims::sweep`]).
+const HELD_AFTER_LEASE_MS: i64 = 60_000;
+
 /// The claims SQLite's writer holds, by delivery id, shared with the `sb_held` function its
 /// connection's claims call and with `Store::release_leases` (through the `Handoff`); and what
 /// the open turn changed of them, undone if it rolls back. The lock is never held across a
@@ -99,14 +103,18 @@ impl HeldClaims {
         }
     }
 
-    /// Drops the claims whose lease ran out before `now`, at most once per `every` ms (each
-    /// leaves the map when its outcome is recorded; these were never recorded).
+    /// Drops the claims whose lease ran out a minute before `now`, at most once per `every` ms
+    /// (each leaves the map when its outcome is recorded; these were never recorded). A lease
+    /// run out frees the row at once (`holds`); the claim stays known a while longer so that a
+    /// late outcome, if nobody claimed the delivery since, still ends it, as a lease in the row
+    /// would let it.
     pub fn sweep(&mut self, now: i64, every: i64) {
         if now.saturating_sub(self.swept_at) < every && now >= self.swept_at {
             return;
         }
         self.swept_at = now;
-        self.lock().retain(|_, c| c.lease_until >= now);
+        let before = now.saturating_sub(HELD_AFTER_LEASE_MS);
+        self.lock().retain(|_, c| c.lease_until >= before);
     }
 
     /// The turn committed: its changes stay.

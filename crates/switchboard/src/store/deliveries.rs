@@ -240,14 +240,17 @@ impl Store {
     /// Gives back the leases of claimed deliveries that were not attempted (rare: a
     /// subscription disabled, a shutdown), outside the writer.
     pub async fn release_leases(&self, ids: Vec<i64>) -> Result<(), StoreError> {
-        // Claims held in memory (SQLite's writer) are let go there; the others in their rows.
+        // Claims held in memory (SQLite's writer) are let go there; the others in their rows,
+        // only where the row holds a lease still running: a held claim's row holds none, and
+        // the writer may claim it again meanwhile (the value its claim read must stay).
         self.0.wake.let_go(&ids);
+        let now = now_millis();
         for chunk in ids.chunks(500) {
             let mut sql = Select::new("UPDATE deliveries SET lease_until = NULL WHERE id IN (");
             for (i, id) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "" } else { ", " }, Arg::from(*id));
             }
-            sql.text(")");
+            sql.push(") AND lease_until >= ", Arg::from(now));
             self.0.db.execute(&sql.sql, &sql.args).await?;
         }
         Ok(())

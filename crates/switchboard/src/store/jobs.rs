@@ -549,21 +549,17 @@ impl Store {
         let more = ids.len() as i64 == CANCEL_PAGE;
         let (mut canceled, last) = (0, ids.last().copied().unwrap_or(i64::MAX));
         if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
-            // The lease goes too (a requeue's mark, `sql::requeued_lease!`): an attempt in flight
-            // ends as it ends (it is logged), but its outcome no longer changes the delivery
-            // (`UPDATE_DELIVERIES` is fenced by lease, or by the value a held claim read).
+            // The lease goes too: an attempt in flight ends as it ends (it is logged), but its
+            // outcome no longer changes the delivery (`UPDATE_DELIVERIES` is fenced by lease,
+            // and by the status: no longer pending).
             canceled = tx
                 .execute(
-                    concat!(
-                        "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
-                         lease_until = ",
-                        sql::requeued_lease!(),
-                        ", updated_at = $1 WHERE subscription_id = $2 \
-                         AND status = 'pending' AND status <> 'succeeded' AND id >= $3 \
-                         AND id <= $4 AND EXISTS (SELECT 1 FROM events e \
-                         WHERE e.tenant_id = $5 AND e.sequence = deliveries.sequence \
-                         AND e.created < $6)"
-                    ),
+                    "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
+                     lease_until = NULL, updated_at = $1 WHERE subscription_id = $2 \
+                     AND status = 'pending' AND status <> 'succeeded' AND id >= $3 \
+                     AND id <= $4 AND EXISTS (SELECT 1 FROM events e \
+                     WHERE e.tenant_id = $5 AND e.sequence = deliveries.sequence \
+                     AND e.created < $6)",
                     &args![
                         now,
                         sub.id.as_str(),

@@ -384,7 +384,8 @@ impl conn::Conn for Writer<'_> {
                         .bind(next_at)?
                         .bind(o.status_code.map(i64::from))?
                         .bind(&o.error)?
-                        .bind(*fence)?;
+                        .bind(*fence)?
+                        .bind(o.subscription_id.as_str())?;
                 }
                 Ok(())
             };
