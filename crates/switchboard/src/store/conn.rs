@@ -68,18 +68,9 @@ impl HeldClaims {
         self.claims.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, HeldClaim>> {
-        self.claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Holds `claims` (delivery id, claim).
     pub fn hold(&mut self, claims: impl IntoIterator<Item = (i64, HeldClaim)>) {
-        let mut held = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.claims);
         for (id, claim) in claims {
             self.undo.push((id, held.insert(id, claim)));
         }
@@ -89,10 +80,7 @@ impl HeldClaims {
     /// this writer still holds that claim, the value its claim read (and the claim is let go);
     /// otherwise `None`, and the lease in the row fences it.
     pub fn release(&mut self, id: i64, lease_until: i64) -> Option<Option<i64>> {
-        let mut held = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.claims);
         match held.get(&id) {
             Some(c) if c.lease_until == lease_until => {
                 let c = held.remove(&id);
@@ -114,7 +102,7 @@ impl HeldClaims {
         }
         self.swept_at = now;
         let before = now.saturating_sub(HELD_AFTER_LEASE_MS);
-        self.lock().retain(|_, c| c.lease_until >= before);
+        lock(&self.claims).retain(|_, c| c.lease_until >= before);
     }
 
     /// The turn committed: its changes stay.
@@ -125,10 +113,7 @@ impl HeldClaims {
     /// The turn rolled back: its claims are let go, and the claims its outcomes let go are
     /// held again.
     pub fn rolled_back(&mut self) {
-        let mut held = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.claims);
         while let Some((id, before)) = self.undo.pop() {
             match before {
                 Some(c) => held.insert(id, c),
@@ -136,6 +121,15 @@ impl HeldClaims {
             };
         }
     }
+}
+
+/// The held claims' map, locked (a panic elsewhere leaves it usable: each change is whole).
+pub(super) fn lock(
+    claims: &std::sync::Mutex<HashMap<i64, HeldClaim>>,
+) -> std::sync::MutexGuard<'_, HashMap<i64, HeldClaim>> {
+    claims
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether delivery `id`, whose row reads `lease_until`, is held at `now`: by a claim whose

@@ -80,7 +80,7 @@ impl Handoff {
 
     /// Lets go of the claims held in memory of deliveries `ids`, given back unattempted.
     pub(super) fn let_go(&self, ids: &[i64]) {
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claims = super::conn::lock(&self.claims);
         for id in ids {
             claims.remove(id);
         }

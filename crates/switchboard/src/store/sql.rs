@@ -7,28 +7,38 @@ use std::sync::OnceLock;
 use super::db::Dialect;
 use super::decide::INSERT_CHUNKS;
 
-/// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`.
-/// `$lock` is PostgreSQL's row locking, so concurrent nodes skip each other's rows. For
+/// Which due deliveries of subscription `$2` a claim at time `$3` takes, in due order: for
 /// `per_agent` subscriptions only a delivery with no earlier pending delivery of the same agent
-/// is due, so one agent's events go out one at a time in sequence order. `$after` narrows the
-/// walk (see [`CLAIM_AFTER`]) and `$limit` names the placeholder of the limit.
+/// is due, so one agent's events go out one at a time in sequence order. `$first` opens the
+/// condition, `$after` narrows the walk, `$held` leaves out more rows, and `$limit` names the
+/// placeholder of the limit.
+macro_rules! claim_rows {
+    ($first:literal, $after:literal, $held:literal, $limit:literal) => {
+        concat!(
+            "FROM deliveries d WHERE ",
+            $first,
+            "d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
+             AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE)",
+            $after,
+            " AND (d.lease_until IS NULL OR d.lease_until < $3)",
+            $held,
+            " AND (d.agent IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
+                 AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
+             ORDER BY d.next_attempt_at, d.sequence LIMIT ",
+            $limit
+        )
+    };
+}
+
+/// The claim: lease up to `$4` due deliveries of subscription `$2` until `$1`, at time `$3`
+/// ([`claim_rows!`]). `$lock` is PostgreSQL's row locking, so concurrent nodes skip each
+/// other's rows.
 macro_rules! claim_sql {
     ($lock:literal) => {
-        claim_sql!("", "$4", $lock)
-    };
-    ($after:literal, $limit:literal, $lock:literal) => {
         concat!(
-            "UPDATE deliveries SET lease_until = $1 WHERE id IN ( \
-               SELECT d.id FROM deliveries d \
-               WHERE d.subscription_id = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3 \
-                 AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE)",
-            $after,
-            " AND (d.lease_until IS NULL OR d.lease_until < $3) \
-                 AND (d.agent IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM deliveries p WHERE p.subscription_id = d.subscription_id \
-                     AND p.agent = d.agent AND p.status = 'pending' AND p.sequence < d.sequence)) \
-               ORDER BY d.next_attempt_at, d.sequence LIMIT ",
-            $limit,
+            "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT d.id ",
+            claim_rows!("", "", "", "$4"),
             $lock,
             ") RETURNING id, tenant_id, event_id, sequence, attempt_count, round_attempts, \
              created_at, superseded, next_attempt_at"
@@ -36,32 +46,26 @@ macro_rules! claim_sql {
     };
 }
 
-/// SQLite's claim that goes on after the last one (`turn::claim`): the claim, only after due
-/// order `($4, $5)`, at most `$6`. The walk of `deliveries_due` starts there instead of
-/// stepping over the deliveries still in flight, one row lookup each (a batching subscription
-/// has thousands). It keeps the per-agent clause, at no cost where `agent` is NULL: the
-/// dispatcher's view of the subscription may be older than a `PATCH` to `per_agent` whose
-/// deliveries this turn stored.
-pub const CLAIM_AFTER: &str =
-    claim_sql!(" AND (d.next_attempt_at, d.sequence) > ($4, $5)", "$6", "");
-/// SQLite's claim held in memory (`turn::claim`, `conn::HeldClaims`): the deliveries the
-/// claim would take, only read — no lease is written, so neither the row nor
+/// SQLite's claim held in memory (`turn::claim`, `conn::HeldClaims`): the rows the claim would
+/// take ([`claim_rows!`]), only read — no lease is written, so neither the row nor
 /// `deliveries_leased` changes — after due order `($4, $5)`, at most `$6`; with each row's
-/// `lease_until` as read (column 9), which a requeue changes (`requeued_lease!`). Rows the
-/// writer holds are left out by `sb_held(id, lease_until, now)`, a function of the writer's
+/// `lease_until` as read (column 9), which a requeue changes (`requeued_lease!`). It goes on
+/// after the last claim rather than stepping over the deliveries in flight (a batching
+/// subscription has thousands), and keeps the per-agent clause, at no cost where `agent` is
+/// NULL: the dispatcher's view may be older than a `PATCH` to `per_agent`. Rows the writer
+/// holds are left out by `sb_held(id, lease_until, now)`, a function of the writer's
 /// connection. `$1` (the lease) is only named, so that the placeholders number as the claim's.
-pub const CLAIM_HELD: &str = "SELECT d.id, d.tenant_id, d.event_id, d.sequence, \
-    d.attempt_count, d.round_attempts, d.created_at, d.superseded, d.next_attempt_at, \
-    d.lease_until FROM deliveries d WHERE $1 = $1 AND d.subscription_id = $2 \
-    AND d.status = 'pending' AND d.next_attempt_at <= $3 \
-    AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = $2 AND s.enabled = TRUE) \
-    AND (d.next_attempt_at, d.sequence) > ($4, $5) \
-    AND (d.lease_until IS NULL OR d.lease_until < $3) AND NOT sb_held(d.id, d.lease_until, $3) \
-    AND (d.agent IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p \
-      WHERE p.subscription_id = d.subscription_id AND p.agent = d.agent \
-      AND p.status = 'pending' AND p.sequence < d.sequence)) \
-    ORDER BY d.next_attempt_at, d.sequence LIMIT $6";
-/// What a requeue (a retry asked for, a replay, a cancel) writes to `lease_until`, for
+pub const CLAIM_HELD: &str = concat!(
+    "SELECT d.id, d.tenant_id, d.event_id, d.sequence, d.attempt_count, d.round_attempts, \
+     d.created_at, d.superseded, d.next_attempt_at, d.lease_until ",
+    claim_rows!(
+        "$1 = $1 AND ",
+        " AND (d.next_attempt_at, d.sequence) > ($4, $5)",
+        " AND NOT sb_held(d.id, d.lease_until, $3)",
+        "$6"
+    )
+);
+/// What a requeue (a retry asked for, a replay) writes to `lease_until`, for
 /// `concat!`: a value no claim can hold (below zero: free, to every "not leased" test and to
 /// older releases), and a new one each time, so that an attempt whose claim wrote no lease
 /// (held in memory, [`CLAIM_HELD`]) can tell that its delivery was requeued since: its outcome

@@ -1112,48 +1112,39 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
     }
     for (sub_id, n, resume) in &job.subs {
         let n = i64::from(*n);
-        // Held in memory where the writer can (SQLite), for the same subscriptions.
+        // Held in memory where the writer can (SQLite), going on after the last claim.
         let hold = *resume && conn.held().is_some();
         let cursor = match conn.claim_cursors() {
-            Some(cursors) if *resume => cursors.get(sub_id.as_str()).copied(),
+            Some(cursors) if hold => cursors.get(sub_id.as_str()).copied(),
             Some(cursors) => {
                 cursors.remove(sub_id.as_str());
                 None
             }
             None => None,
         };
-        let mut rows = match cursor {
-            Some(c) if hold => claim_held(conn, job, sub_id, c.after, n).await?,
-            Some(c) => {
-                let (at, sequence) = c.after;
-                let args = args![job.lease_until, sub_id.as_str(), job.now, at, sequence, n];
-                let rows = conn.query(sql::CLAIM_AFTER, &args).await?;
-                rows.into_iter().map(claim_row).collect::<Result<_, _>>()?
-            }
-            None => Vec::new(),
-        };
-        let short = n - rows.len() as i64;
-        if short > 0 && hold {
-            let start = (i64::MIN, i64::MIN);
-            rows.extend(claim_held(conn, job, sub_id, start, short).await?);
-        } else if short > 0 {
-            let args = args![job.lease_until, sub_id.as_str(), job.now, short];
-            let more = conn.query(conn.dialect().claim, &args).await?;
-            for r in more {
-                rows.push(claim_row(r)?);
-            }
-        }
-        if let (true, Some(cursors)) = (*resume, conn.claim_cursors()) {
-            let walked_at = match cursor {
-                Some(c) => c.walked_at,
-                None => job.now,
+        let rows = if hold {
+            let mut rows = match cursor {
+                Some(c) => claim_held(conn, job, sub_id, c.after, n).await?,
+                None => Vec::new(),
             };
-            let last = rows.iter().map(|r| r.due).max();
-            if let Some(after) = last.or(cursor.map(|c| c.after)) {
-                let c = ClaimCursor { after, walked_at };
-                cursors.insert(sub_id.clone(), c);
+            let short = n - rows.len() as i64;
+            if short > 0 {
+                let start = (i64::MIN, i64::MIN);
+                rows.extend(claim_held(conn, job, sub_id, start, short).await?);
             }
-        }
+            if let Some(cursors) = conn.claim_cursors() {
+                let walked_at = cursor.map_or(job.now, |c| c.walked_at);
+                let last = rows.iter().map(|r| r.due).max();
+                if let Some(after) = last.or(cursor.map(|c| c.after)) {
+                    cursors.insert(sub_id.clone(), ClaimCursor { after, walked_at });
+                }
+            }
+            rows
+        } else {
+            let args = args![job.lease_until, sub_id.as_str(), job.now, n];
+            let rows = conn.query(conn.dialect().claim, &args).await?;
+            rows.into_iter().map(claim_row).collect::<Result<_, _>>()?
+        };
         let Some(tenant) = rows.first().map(|r| r.tenant.clone()) else {
             continue;
         };

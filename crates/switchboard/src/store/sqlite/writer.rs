@@ -79,10 +79,7 @@ pub(super) fn spawn(
     let shared = held.shared();
     conn.create_scalar_function("sb_held", 3, FunctionFlags::SQLITE_UTF8, move |ctx| {
         let (id, lease_until, now) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
-        let claims = shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(conn::holds(&claims, id, lease_until, now))
+        Ok(conn::holds(&conn::lock(&shared), id, lease_until, now))
     })
     .map_err(db)?;
     let (done, finished) = oneshot::channel();
