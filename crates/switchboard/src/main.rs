@@ -146,7 +146,8 @@ struct SimulateArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Target a running server instead of starting one (it must allow loopback receivers: --dev)
+    /// Target a running server instead of starting one (it must allow loopback receivers: --dev);
+    /// the nodes of one cluster: their URLs separated by commas, the clients spread over them
     #[arg(long)]
     url: Option<String>,
     /// The admin key of the server given with --url
@@ -179,6 +180,10 @@ struct BenchArgs {
     /// subscriptions and a publish key of its own; each client posts to one of them
     #[arg(long, value_name = "N", default_value_t = 1)]
     tenants: usize,
+    /// With several nodes (--nodes, or --url with several): each tenant posted to on one node
+    /// only, as behind a load balancer that routes by tenant
+    #[arg(long)]
+    tenants_by_node: bool,
     /// One JSON object on stdout instead of the summary
     #[arg(long)]
     json: bool,
@@ -655,6 +660,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     agents: a.agents,
                     nodes: a.nodes,
                     tenants: a.tenants,
+                    tenants_by_node: a.tenants_by_node,
                     delivery_batch: a.delivery_batch,
                     backlog: a.backlog,
                     receiver_auth: a.receiver_auth,

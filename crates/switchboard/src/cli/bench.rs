@@ -27,7 +27,9 @@ pub mod pull;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// A running server to target; `None` starts one in this process.
+    /// A running server to target; `None` starts one in this process. Several nodes of one
+    /// cluster: their URLs separated by commas (set up through the first; client `w` posts to
+    /// node `w % nodes`, as with `nodes`).
     pub url: Option<String>,
     /// Its admin key (with `url`).
     pub key: Option<String>,
@@ -68,6 +70,11 @@ pub struct Options {
     /// to one of them. Ingest serialises each tenant's sequence, so one tenant cannot show
     /// what more nodes add.
     pub tenants: usize,
+    /// With several nodes: each tenant is posted to on one node only, as behind a load
+    /// balancer that routes by tenant (client `w` posts to tenant `w % tenants` on node
+    /// `w % nodes`; with `tenants` a multiple of `nodes`, no tenant on two). Otherwise every
+    /// node takes every tenant's events, whose turns then wait for each other's tenant locks.
+    pub tenants_by_node: bool,
     /// Batched delivery (DESIGN §17): each subscription gets up to this many events per
     /// request (`max_wait_ms` 100). `None`: one per request.
     pub delivery_batch: Option<u32>,
@@ -115,6 +122,7 @@ impl Default for Options {
             agents: 500,
             nodes: 1,
             tenants: 1,
+            tenants_by_node: false,
         }
     }
 }
@@ -677,7 +685,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         agents: opts.agents.min(opts.events),
         agents_page_ms,
         agents_page_1000_ms,
-        nodes: opts.nodes,
+        nodes: server.bases.len(),
         tenants: opts.tenants,
         accepted_by_tenant,
         cpu,
@@ -738,9 +746,13 @@ async fn start_server(opts: &Options, client: &reqwest::Client) -> anyhow::Resul
                 .key
                 .clone()
                 .context("--url needs --key, the admin key")?;
-            let base = url.trim_end_matches('/').to_string();
+            let bases: Vec<String> = (url.split(','))
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            let base = bases.first().cloned().context("--url names no server")?;
             Server {
-                bases: vec![base.clone()],
+                bases,
                 base,
                 admin_key: key,
                 stop: Vec::new(),
@@ -988,12 +1000,10 @@ async fn drive(
     requests: Arc<Vec<(bytes::Bytes, Vec<Uuid>)>>,
     state: &Arc<Receiver>,
 ) -> anyhow::Result<Driven> {
-    // Client `w` posts to node `w % nodes` and, independently of that, to tenant
-    // `(w / nodes) % tenants`, with that tenant's key.
     let target = |w: usize| {
-        let t = (w / bases.len()) % targets.len();
+        let (node, t) = client_target(w, bases.len(), targets.len(), opts.tenants_by_node);
         let (tenant, key) = &targets[t];
-        let base = &bases[w % bases.len()];
+        let base = &bases[node];
         (format!("{base}/v1/tenants/{tenant}/events"), key.clone(), t)
     };
     let by_tenant: Arc<Vec<std::sync::atomic::AtomicUsize>> =
@@ -1143,6 +1153,17 @@ async fn publish_key_of(base: &str, admin_key: &str, tenant: &str) -> anyhow::Re
     api.create_key(tenant, "bench", &["publish"])
         .await
         .with_context(|| format!("creating a publish key of {tenant}"))
+}
+
+/// The node and the tenant client `w` posts to, of `nodes` and `tenants`: node `w % nodes`
+/// and, independently of that, tenant `(w / nodes) % tenants`; or, `by_node`, tenant
+/// `w % tenants` (see [`Options::tenants_by_node`]).
+fn client_target(w: usize, nodes: usize, tenants: usize, by_node: bool) -> (usize, usize) {
+    let tenant = match by_node {
+        true => w % tenants,
+        false => (w / nodes) % tenants,
+    };
+    (w % nodes, tenant)
 }
 
 /// The ids of `n` tenants: `default`, then `bench-1`, `bench-2`, ….
@@ -1296,9 +1317,12 @@ impl Report {
             (1, t) => format!(", {t} tenants"),
             (n, t) => format!(", {n} nodes, {t} tenants"),
         };
-        let server_cpu = self.cpu.server_secs.map_or("n/a (--url)".to_string(), |s| {
-            format!("server{nodes} {s:.2} s ({} ms)", per(s))
-        });
+        let server_cpu = self
+            .cpu
+            .server_secs
+            .map_or(format!("n/a (--url{nodes})"), |s| {
+                format!("server{nodes} {s:.2} s ({} ms)", per(s))
+            });
         let cpu = format!(
             "\ncpu               {server_cpu}, PostgreSQL {:.2} s ({} ms), load+receiver {:.2} s ({} ms); per delivery (or event)",
             self.cpu.postgres_secs,
@@ -1492,5 +1516,38 @@ impl Cpu {
             load_secs: process - servers,
             postgres_secs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_target;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The nodes each tenant is posted to, by 64 clients.
+    fn nodes_of_tenants(
+        nodes: usize,
+        tenants: usize,
+        by_node: bool,
+    ) -> BTreeMap<usize, BTreeSet<usize>> {
+        let mut of: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+        for w in 0..64 {
+            let (node, tenant) = client_target(w, nodes, tenants, by_node);
+            of.entry(tenant).or_default().insert(node);
+        }
+        of
+    }
+
+    #[test]
+    fn clients_spread_every_tenant_over_every_node_unless_tenants_go_by_node() {
+        let everywhere = nodes_of_tenants(2, 8, false);
+        assert_eq!(everywhere.len(), 8);
+        assert!(everywhere.values().all(|n| n.len() == 2), "{everywhere:?}");
+        let by_node = nodes_of_tenants(2, 8, true);
+        assert_eq!(by_node.len(), 8);
+        assert!(by_node.values().all(|n| n.len() == 1), "{by_node:?}");
+        // Each node still takes tenants, and as many.
+        let per_node = |node| by_node.values().filter(|n| n.contains(&node)).count();
+        assert_eq!((per_node(0), per_node(1)), (4, 4));
     }
 }

@@ -3,7 +3,9 @@
 
 use switchboard::cli::bench::{Options, run};
 
+use crate::support::app::ADMIN_KEY;
 use crate::support::db::TestData;
+use crate::support::process::Server;
 
 #[tokio::test]
 async fn bench_runs_a_tiny_workload_and_its_counts_add_up() {
@@ -141,6 +143,56 @@ async fn bench_runs_two_nodes_on_one_postgresql_database() {
     })
     .await;
     assert!(refused.is_err_and(|e| e.to_string().contains("--nodes")));
+}
+
+/// `--url` names the nodes of a running cluster, separated by commas: the run is set up
+/// through the first, the clients split over all, and every event is delivered once. (What
+/// `docs/bench/nodes-capped.sh` drives, each node held to a CPU budget of its own.)
+#[tokio::test]
+async fn bench_spreads_its_clients_over_the_nodes_given_with_url() {
+    let data = TestData::postgres().await;
+    let (a, b) = (Server::start(&data), Server::start(&data));
+    let report = run(Options {
+        url: Some(format!("{}/, {}", a.base, b.base)),
+        key: Some(ADMIN_KEY.to_string()),
+        events: 200,
+        concurrency: 4,
+        ..Options::default()
+    })
+    .await
+    .expect("bench ran");
+    assert_eq!(
+        (report.accepted, report.deliveries, report.nodes),
+        (200, 200, 2)
+    );
+    assert!(report.text().contains("2 nodes"), "{}", report.text());
+    // Both nodes took posts: each counted ingested events of its own.
+    let client = reqwest::Client::new();
+    for node in [&a, &b] {
+        let metrics = (client.get(format!("{}/metrics", node.base)))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let ingested: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchboard_events_ingested_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(ingested > 0.0, "{} took no events:\n{metrics}", node.base);
+    }
+
+    let refused = run(Options {
+        url: Some(" , ".to_string()),
+        key: Some(ADMIN_KEY.to_string()),
+        events: 10,
+        ..Options::default()
+    })
+    .await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("--url")));
 }
 
 #[tokio::test]
