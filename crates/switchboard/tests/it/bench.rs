@@ -169,14 +169,7 @@ async fn bench_spreads_its_clients_over_the_nodes_given_with_url() {
     // Both nodes took posts: each counted ingested events of its own.
     let client = reqwest::Client::new();
     for node in [&a, &b] {
-        let metrics = (client.get(format!("{}/metrics", node.base)))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node.get_text(&client, "/metrics").await;
         let ingested: f64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("switchboard_events_ingested_total "))

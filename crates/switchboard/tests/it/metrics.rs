@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::app::{ADMIN_KEY, agent_event, guid};
+use crate::support::app::{agent_event, guid};
 use crate::support::db::TestData;
 use crate::support::process::Server;
 use crate::support::receiver::eventually;
@@ -122,15 +122,7 @@ async fn the_test_action_is_counted_and_logged_like_any_attempt() {
         (&json!(false), &json!(503))
     );
 
-    let text = client
-        .get(format!("{}/metrics", server.base))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text(&client, "/metrics").await;
     assert_eq!(
         sample(
             &text,

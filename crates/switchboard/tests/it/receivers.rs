@@ -22,7 +22,7 @@ use switchboard::store::DeliveryStatus;
 
 use crate::support::app::{ADMIN_KEY, TestApp, agent_event, fields_named, guid, json_ok, problem};
 use crate::support::db::TestData;
-use crate::support::process::Server;
+use crate::support::process::{Server, get_text};
 use crate::support::receiver::{TestReceiver, eventually};
 use crate::support::stepper::Stepper;
 
@@ -611,17 +611,7 @@ async fn credentials_never_appear_in_answers_or_the_servers_log() {
     }
     let get = |path: String| {
         let (client, base) = (client.clone(), server.base.clone());
-        async move {
-            client
-                .get(format!("{base}{path}"))
-                .bearer_auth(ADMIN_KEY)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        async move { get_text(&client, &base, &path).await }
     };
     let last = ids[3].clone();
     eventually("attempts everywhere", || {

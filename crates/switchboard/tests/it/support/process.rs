@@ -144,6 +144,18 @@ impl Logs {
     }
 }
 
+/// The body of a GET of `path` of the server at `base` with the admin key.
+pub async fn get_text(client: &reqwest::Client, base: &str, path: &str) -> String {
+    (client.get(format!("{base}{path}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body")
+}
+
 /// POSTs `body` to `path` of the server at `base` with the admin key.
 pub async fn post_to(
     client: &reqwest::Client,
@@ -176,6 +188,11 @@ impl Server {
         body: &serde_json::Value,
     ) -> reqwest::Response {
         post_to(client, &self.base, path, body).await
+    }
+
+    /// The body of a GET of `path` with the admin key.
+    pub async fn get_text(&self, client: &reqwest::Client, path: &str) -> String {
+        get_text(client, &self.base, path).await
     }
 
     /// Posts one Agent event to tenant `default` as the admin; asserts it was accepted.
