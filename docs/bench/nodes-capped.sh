@@ -60,13 +60,13 @@ for i in $(seq 1 "$nodes"); do
 done
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 sum_ticks() { local s=0 p; for p in "$@"; do s=$((s + $(ticks "$p"))); done; echo $s; }
-postgres=$(pgrep -u postgres | tr '\n' ' ')
-# shellcheck disable=SC2086
-n0=$(sum_ticks "${pids[@]}") p0=$(sum_ticks $postgres)
+# Every PostgreSQL process, listed anew each time: backends that connect during the run count.
+# shellcheck disable=SC2046
+postgres_ticks() { sum_ticks $(pgrep -u postgres); }
+n0=$(sum_ticks "${pids[@]}") p0=$(postgres_ticks)
 throttled0=$(cat "$cg"/switchboard-node*/cpu.stat | awk '/^nr_throttled/ { s += $2 } END { print s }')
 out=$("$bin" bench --url "$(IFS=,; echo "${urls[*]}")" --key "$key" "$@" 2>&1)
-# shellcheck disable=SC2086
-n1=$(sum_ticks "${pids[@]}") p1=$(sum_ticks $postgres)
+n1=$(sum_ticks "${pids[@]}") p1=$(postgres_ticks)
 throttled1=$(cat "$cg"/switchboard-node*/cpu.stat | awk '/^nr_throttled/ { s += $2 } END { print s }')
 echo "$nodes node(s), $share CPU each (cgroup quota $quota µs per $period µs)"
 echo "$out" | grep -E "^(accepted|delivered|receiver raw|ingest latency|cpu)"
