@@ -96,13 +96,15 @@ impl HeldClaims {
     /// run out frees the row at once (`holds`); the claim stays known a while longer so that a
     /// late outcome, if nobody claimed the delivery since, still ends it, as a lease in the row
     /// would let it.
-    pub fn sweep(&mut self, now: i64, every: i64) {
+    /// The tenants' latest held leases that ran out go from `wake` at the same time.
+    pub fn sweep(&mut self, now: i64, every: i64, wake: &super::Handoff) {
         if now.saturating_sub(self.swept_at) < every && now >= self.swept_at {
             return;
         }
         self.swept_at = now;
         let before = now.saturating_sub(HELD_AFTER_LEASE_MS);
         lock(&self.claims).retain(|_, c| c.lease_until >= before);
+        wake.forget_held(now);
     }
 
     /// The turn committed: its changes stay.
@@ -328,6 +330,26 @@ mod held_tests {
             None,
             "another claim's outcome is not fenced by it"
         );
+    }
+
+    /// A sweep drops the claims a minute past their lease, and the tenants whose latest held
+    /// lease ran out (erasure's wait no longer needs them; a deleted tenant's would stay).
+    #[test]
+    fn a_sweep_forgets_claims_and_tenants_whose_leases_ran_out() {
+        let wake = super::super::Handoff::default();
+        let mut held = HeldClaims::new(Arc::default());
+        let shared = held.shared();
+        held.hold([(1, claim(100)), (2, claim(200_000))]);
+        held.committed();
+        wake.note_held("gone", 100);
+        wake.note_held("busy", 200_000);
+        assert_eq!(wake.held_lease("gone", 0), Some(100));
+        held.sweep(100_000, 1_000, &wake);
+        let claims = shared.lock().unwrap().clone();
+        assert_eq!(claims, HashMap::from([(2, claim(200_000))]));
+        assert_eq!(wake.held_lease("busy", 100_000), Some(200_000));
+        // Asked as of before its lease ended, the forgotten tenant has none left.
+        assert_eq!(wake.held_lease("gone", 0), None, "forgotten");
     }
 
     /// A claim is held while its lease lasts and its row reads what the claim read; a requeue

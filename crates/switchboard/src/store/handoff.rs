@@ -97,6 +97,12 @@ impl Handoff {
         }
     }
 
+    /// Forgets the tenants whose latest held lease ran out by `now` (a deleted tenant's too).
+    pub(super) fn forget_held(&self, now: i64) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, &mut latest| latest > now);
+    }
+
     /// The latest lease under which the writer may still hold a claim of `tenant`'s in memory,
     /// if it runs out after `now`.
     pub(super) fn held_lease(&self, tenant: &str, now: i64) -> Option<i64> {

@@ -434,16 +434,29 @@ pub static INSERT_ATTEMPTS: MultiRow = MultiRow::new(
 /// attempt's outcome must not end; one canceled meanwhile is no longer pending. Its attempt is
 /// counted either way, so the next attempt's number is new. (`column9`, the subscription: SQLite
 /// may give a deleted delivery's id to a new one, which an old outcome must not touch.)
+/// Whether an outcome ([`UPDATE_DELIVERIES`]) still ends its delivery's round: the row holds
+/// the lease the attempt was made under (or the value its held claim read), and is pending.
+macro_rules! outcome_fence {
+    () => {
+        "(lease_until IS v.column8 AND status = 'pending')"
+    };
+}
 pub static UPDATE_DELIVERIES: MultiRow = MultiRow::new(
-    "UPDATE deliveries SET \
-     status = CASE WHEN (lease_until IS v.column8 AND status = 'pending') THEN v.column2 ELSE status END, \
-     attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count ELSE v.column3 END, \
-     round_attempts = CASE WHEN (lease_until IS v.column8 AND status = 'pending') THEN v.column4 ELSE round_attempts END, \
-     next_attempt_at = CASE WHEN (lease_until IS v.column8 AND status = 'pending') THEN v.column5 \
-       ELSE next_attempt_at END, \
-     last_status_code = v.column6, last_error = v.column7, \
-     lease_until = CASE WHEN (lease_until IS v.column8 AND status = 'pending') THEN NULL ELSE lease_until END, \
-     updated_at = $1 FROM (VALUES ",
+    concat!(
+        "UPDATE deliveries SET status = CASE WHEN ",
+        outcome_fence!(),
+        " THEN v.column2 ELSE status END, \
+         attempt_count = CASE WHEN attempt_count > v.column3 THEN attempt_count \
+           ELSE v.column3 END, \
+         round_attempts = CASE WHEN ",
+        outcome_fence!(),
+        " THEN v.column4 ELSE round_attempts END, next_attempt_at = CASE WHEN ",
+        outcome_fence!(),
+        " THEN v.column5 ELSE next_attempt_at END, \
+         last_status_code = v.column6, last_error = v.column7, lease_until = CASE WHEN ",
+        outcome_fence!(),
+        " THEN NULL ELSE lease_until END, updated_at = $1 FROM (VALUES "
+    ),
     ") AS v WHERE id = v.column1 AND subscription_id = v.column9",
     9,
     2,

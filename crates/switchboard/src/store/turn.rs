@@ -1107,8 +1107,8 @@ async fn claim<C: Conn>(conn: &mut C, job: &ClaimJob) -> Result<Vec<Claimed>, St
     if let Some(cursors) = conn.claim_cursors() {
         cursors.retain(|_, c| fresh(c));
     }
-    if let Some((held, _)) = conn.held() {
-        held.sweep(job.now, sql::CLAIM_CURSOR_MS);
+    if let Some((held, wake)) = conn.held() {
+        held.sweep(job.now, sql::CLAIM_CURSOR_MS, wake);
     }
     for (sub_id, n, resume) in &job.subs {
         let n = i64::from(*n);
